@@ -1,0 +1,425 @@
+"""Run settings: defaults < llmbatch.toml < flags, checked once, before anything is sent."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ._exceptions import ConfigError, UsageError
+from ._models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
+from ._pricing import Price
+
+DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
+DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSettings:
+    """Where and how to reach one provider. ``kind`` is its wire format."""
+
+    name: str
+    kind: str  # "anthropic" | "openai" | "sim"
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # OpenAI-compatible servers differ: "max_tokens" (most) or "max_completion_tokens" (OpenAI).
+    max_tokens_field: str | None = None
+    structured_output: str = "native"  # "native" | "prompt"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def resolved_base_url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        if self.kind == "anthropic":
+            return (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/")
+        if self.kind == "openai":
+            return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/")
+        return ""
+
+    def key_env(self) -> str | None:
+        if self.api_key_env:
+            return self.api_key_env
+        return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.kind)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLimits:
+    """Client-side limits for one model (per minute)."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    input_tpm: float | None = None
+    output_tpm: float | None = None
+
+
+@dataclass(slots=True)
+class RunConfig:
+    """Everything one ``run`` needs. Build it with :func:`build_run_config` or by hand."""
+
+    jobs: Path
+    output: Path | None = None  # None: results go to stdout
+    jobs_display: str | None = None
+    model: ModelRef | None = None
+    fallback: list[ModelRef] = field(default_factory=list)
+    provider: str | None = None  # send every job to this provider (e.g. "sim")
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_attempts: int = 6
+    timeout: float = 300.0
+    idle_timeout: float = 120.0
+    backoff_cap: float = 60.0
+    max_cost: float | None = None
+    max_total_tokens: int | None = None
+    schema: dict[str, Any] | None = None
+    repair_attempts: int = 2
+    template: str | None = None
+    system: str | None = None
+    max_tokens: int = 1024
+    temperature: float | None = None
+    report: Path | None = None
+    fresh: bool = False
+    retry_failed: bool = False
+    skip_invalid: bool = False
+    quiet: bool = False
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+    limits: dict[str, ModelLimits] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in BUILTIN_PROVIDERS:
+            self.providers.setdefault(name, ProviderSettings(name, name))
+
+    @property
+    def display_name(self) -> str:
+        return self.jobs_display or str(self.jobs)
+
+    def limits_for(self, ref: ModelRef) -> ModelLimits:
+        """Per-model limits from config, with --rpm / --tpm filling what they leave."""
+        own = self.limits.get(str(ref), ModelLimits())
+        return replace(
+            own,
+            rpm=own.rpm if own.rpm is not None else self.rpm,
+            tpm=own.tpm if own.tpm is not None else self.tpm,
+        )
+
+
+# -- the config file ----------------------------------------------------------
+
+# Keys of llmbatch.toml that mirror `run` flags, with the type each takes.
+_FLAG_KEYS: dict[str, tuple[type, ...]] = {
+    "output": (str,),
+    "model": (str,),
+    "fallback": (list, str),
+    "provider": (str,),
+    "concurrency": (int,),
+    "rpm": (int, float),
+    "tpm": (int, float),
+    "max_attempts": (int,),
+    "timeout": (int, float),
+    "idle_timeout": (int, float),
+    "backoff_cap": (int, float),
+    "max_cost": (int, float),
+    "max_total_tokens": (int,),
+    "schema": (str,),
+    "repair_attempts": (int,),
+    "template": (str,),
+    "template_file": (str,),
+    "system": (str,),
+    "max_tokens": (int,),
+    "temperature": (int, float),
+    "report": (str,),
+    "fresh": (bool,),
+    "retry_failed": (bool,),
+    "skip_invalid": (bool,),
+    "quiet": (bool,),
+}
+_TABLE_KEYS = ("providers", "prices", "limits")
+_PROVIDER_KEYS = {
+    "type",
+    "base_url",
+    "api_key_env",
+    "max_tokens_field",
+    "structured_output",
+    "headers",
+}
+_PRICE_KEYS = {"input", "output", "cache_read", "cache_write"}
+_LIMIT_KEYS = {"rpm", "tpm", "input_tpm", "output_tpm"}
+
+
+@dataclass(slots=True)
+class FileConfig:
+    """llmbatch.toml, checked: flag defaults plus the provider, price and limit tables."""
+
+    path: Path | None = None
+    flags: dict[str, Any] = field(default_factory=dict)
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+    limits: dict[str, ModelLimits] = field(default_factory=dict)
+
+    @property
+    def provider_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*BUILTIN_PROVIDERS, *self.providers]))
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file not found: {explicit}")
+        return explicit
+    default = Path("llmbatch.toml")
+    return default if default.is_file() else None
+
+
+def load_config(explicit: Path | None) -> FileConfig:
+    path = find_config(explicit)
+    if path is None:
+        return FileConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    cfg = FileConfig(path=path)
+    for key, value in data.items():
+        if key in _TABLE_KEYS:
+            continue
+        if key not in _FLAG_KEYS:
+            raise ConfigError(
+                f"{path}: unknown key {key!r} (known: {', '.join(sorted(_FLAG_KEYS))})"
+            )
+        types = _FLAG_KEYS[key]
+        if isinstance(value, bool) and bool not in types:
+            raise ConfigError(f"{path}: {key} must be {_type_names(types)}, got {value!r}")
+        if not isinstance(value, types):
+            raise ConfigError(f"{path}: {key} must be {_type_names(types)}, got {value!r}")
+        cfg.flags[key] = value
+    cfg.providers = _load_providers(path, data.get("providers", {}))
+    cfg.prices = _load_prices(path, data.get("prices", {}))
+    cfg.limits = _load_limits(path, data.get("limits", {}))
+    return cfg
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names[list] = "a list"
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _table(path: Path, name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return value
+
+
+def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
+    out: dict[str, ProviderSettings] = {}
+    for name, spec in _table(path, "providers", table).items():
+        spec = _table(path, f"providers.{name}", spec)
+        unknown = set(spec) - _PROVIDER_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown key {sorted(unknown)[0]!r} in [providers.{name}] "
+                f"(known: {', '.join(sorted(_PROVIDER_KEYS))})"
+            )
+        kind = spec.get("type", name if name in BUILTIN_PROVIDERS else None)
+        if kind not in BUILTIN_PROVIDERS:
+            raise ConfigError(
+                f'{path}: [providers.{name}] needs type = "openai", "anthropic" or "sim"'
+            )
+        if name in BUILTIN_PROVIDERS and kind != name:
+            raise ConfigError(f"{path}: [providers.{name}] cannot change the type of a built-in")
+        structured = spec.get("structured_output", "native")
+        if structured not in ("native", "prompt"):
+            raise ConfigError(
+                f'{path}: [providers.{name}] structured_output must be "native" or "prompt"'
+            )
+        mtf = spec.get("max_tokens_field")
+        if mtf not in (None, "max_tokens", "max_completion_tokens"):
+            raise ConfigError(
+                f'{path}: [providers.{name}] max_tokens_field must be "max_tokens" '
+                'or "max_completion_tokens"'
+            )
+        headers = spec.get("headers", {})
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise ConfigError(f"{path}: [providers.{name}] headers must be a table of strings")
+        out[name] = ProviderSettings(
+            name=name,
+            kind=kind,
+            base_url=spec.get("base_url"),
+            api_key_env=spec.get("api_key_env"),
+            max_tokens_field=mtf,
+            structured_output=structured,
+            headers=tuple(headers.items()),
+        )
+    return out
+
+
+def _load_prices(path: Path, table: Any) -> dict[str, Price]:
+    out: dict[str, Price] = {}
+    for spec, entry in _table(path, "prices", table).items():
+        entry = _table(path, f'prices."{spec}"', entry)
+        unknown = set(entry) - _PRICE_KEYS
+        if unknown or "input" not in entry or "output" not in entry:
+            raise ConfigError(
+                f'{path}: [prices."{spec}"] takes input, output (required), cache_read, '
+                "cache_write, in USD per million tokens"
+            )
+        for k, v in entry.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f'{path}: [prices."{spec}"] {k} must be a number ≥ 0')
+        out[spec] = Price.flat(
+            float(entry["input"]),
+            float(entry["output"]),
+            None if "cache_read" not in entry else float(entry["cache_read"]),
+            None if "cache_write" not in entry else float(entry["cache_write"]),
+        )
+    return out
+
+
+def _load_limits(path: Path, table: Any) -> dict[str, ModelLimits]:
+    out: dict[str, ModelLimits] = {}
+    for spec, entry in _table(path, "limits", table).items():
+        entry = _table(path, f'limits."{spec}"', entry)
+        unknown = set(entry) - _LIMIT_KEYS
+        if unknown:
+            raise ConfigError(
+                f'{path}: unknown key {sorted(unknown)[0]!r} in [limits."{spec}"] '
+                f"(known: {', '.join(sorted(_LIMIT_KEYS))})"
+            )
+        for k, v in entry.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ConfigError(f'{path}: [limits."{spec}"] {k} must be a number > 0')
+        out[spec] = ModelLimits(**{k: float(v) for k, v in entry.items()})
+    return out
+
+
+# -- flags + file → RunConfig ---------------------------------------------------
+
+
+def build_run_config(
+    jobs: Path,
+    flags: Mapping[str, Any],
+    file_config: FileConfig,
+    *,
+    jobs_display: str | None = None,
+    stdin: bool = False,
+) -> RunConfig:
+    """Merge flags (those not None) over the config file, check every value."""
+    merged: dict[str, Any] = dict(file_config.flags)
+    merged.update({k: v for k, v in flags.items() if v is not None and v != []})
+    names = file_config.provider_names
+    base = file_config.path.parent if file_config.path else Path(".")
+
+    def model(spec: str, what: str) -> ModelRef:
+        try:
+            return parse_model_spec(spec, names)
+        except ModelSpecError as exc:
+            raise UsageError(f"{what}: {exc}") from None
+
+    def positive(key: str, kind: type = int, allow_zero: bool = False) -> Any:
+        value = merged.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UsageError(f"--{key.replace('_', '-')} must be a number")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {value}")
+        return kind(value)
+
+    cfg = RunConfig(jobs=jobs, jobs_display=jobs_display)
+    cfg.providers.update(file_config.providers)
+    cfg.prices = dict(file_config.prices)
+    cfg.limits = dict(file_config.limits)
+
+    out = merged.get("output")
+    if out is None:
+        if stdin:
+            raise UsageError("--output is required when the jobs come from standard input")
+        cfg.output = jobs.with_name(_stem(jobs) + ".results.jsonl")
+    elif out == "-":
+        cfg.output = None
+    else:
+        cfg.output = Path(out)
+    if "model" in merged:
+        cfg.model = model(merged["model"], "--model")
+    fallback = merged.get("fallback") or []
+    if isinstance(fallback, str):
+        fallback = [fallback]
+    cfg.fallback = [model(s, "--fallback") for s in fallback]
+    provider = merged.get("provider")
+    if provider is not None:
+        if provider not in names:
+            raise UsageError(
+                f"--provider {provider!r} is not a known provider ({', '.join(names)})"
+            )
+        cfg.provider = provider
+    for key in ("concurrency", "max_attempts", "max_tokens", "max_total_tokens"):
+        v = positive(key)
+        if v is not None:
+            setattr(cfg, key, v)
+    for key in ("rpm", "tpm", "timeout", "idle_timeout", "backoff_cap", "max_cost"):
+        v = positive(key, float)
+        if v is not None:
+            setattr(cfg, key, v)
+    v = positive("repair_attempts", int, allow_zero=True)
+    if v is not None:
+        cfg.repair_attempts = v
+    temp = merged.get("temperature")
+    if temp is not None:
+        if isinstance(temp, bool) or not isinstance(temp, int | float) or temp < 0:
+            raise UsageError("--temperature must be a number ≥ 0")
+        cfg.temperature = float(temp)
+    if merged.get("template") is not None and merged.get("template_file") is not None:
+        raise UsageError("give --template or --template-file, not both")
+    if merged.get("template_file") is not None:
+        tpath = _relative(base, merged["template_file"], "template_file" in flags)
+        try:
+            cfg.template = tpath.read_text(encoding="utf-8").rstrip("\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read template file {tpath}: {exc.strerror}") from None
+    else:
+        cfg.template = merged.get("template")
+    if merged.get("schema") is not None:
+        spath = _relative(base, merged["schema"], "schema" in flags and flags["schema"] is not None)
+        cfg.schema = load_schema_file(spath)
+    cfg.system = merged.get("system")
+    if merged.get("report") is not None:
+        cfg.report = Path(merged["report"])
+    for key in ("fresh", "retry_failed", "skip_invalid", "quiet"):
+        setattr(cfg, key, bool(merged.get(key, False)))
+    return cfg
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl", ".ndjson", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _relative(base: Path, value: str, from_flag: bool) -> Path:
+    """Paths in llmbatch.toml are relative to it; flags are relative to the shell."""
+    p = Path(value)
+    return p if from_flag or p.is_absolute() else base / p
+
+
+def load_schema_file(path: Path) -> dict[str, Any]:
+    from ._schema import check_schema
+
+    try:
+        data = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise UsageError(f"schema file not found: {path}") from None
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
+    check_schema(data, str(path))
+    assert isinstance(data, dict)
+    return data

@@ -1,0 +1,697 @@
+"""The engine: a producer, a pool of workers and one writer, in one anyio task group.
+
+    jobs ─producer─▶ [bounded stream] ─▶ N workers ─▶ [bounded stream] ─▶ writer ─▶ output
+                                           │
+               _run_job: budget → limits → send → retry / repair / fallback
+
+``_run_job`` is the one place where limits, retries, fallback, repair and budget
+meet. Memory stays flat: the jobs file is streamed twice (check, then run) and
+only a done-set of fixed-size hashes is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._breaker import Breaker
+from ._budget import Budget
+from ._config import RunConfig
+from ._exceptions import (
+    InputError,
+    LineProblem,
+    ProviderError,
+    ProviderTimeout,
+    ResumeConflict,
+    UsageError,
+)
+from ._history import append_history
+from ._jobs import Job, JobParser, LineError, Request, iter_lines, open_jobs, validate_file
+from ._models import ModelRef
+from ._pricing import PriceBook
+from ._progress import NoProgress, ProgressSink
+from ._ratelimit import ModelGate
+from ._report import RunReport, build_report
+from ._results import (
+    ExistingOutput,
+    JobResult,
+    ResultWriter,
+    backup_output,
+    cut_torn_tail,
+    fp_int,
+    read_existing,
+)
+from ._schema import check_schema, schema_key, validate_answer
+from ._stats import RunStats
+from ._template import Template, TemplateError
+from ._usage import Usage
+from .providers._base import Answer, Provider
+from .providers.sim import estimate_input_tokens
+
+ProviderFactory = Callable[[str, RunConfig], Provider]
+
+AUTH_FAILURES_TO_STOP = 3
+
+
+@dataclass(slots=True)
+class PreparedJob:
+    job: Job
+    request: Request  # defaults applied
+    chain: list[ModelRef]
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the check pass found: runnable count, models in use, problems."""
+
+    total_valid: int = 0
+    todo: int = 0
+    skipped_done: int = 0
+    invalid_lines: set[int] = field(default_factory=set)
+    problems: list[LineProblem] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    conflict_count: int = 0
+    models: set[ModelRef] = field(default_factory=set)
+
+
+def fingerprint(ref: ModelRef, request: Request) -> str:
+    """A hash of everything that decides the answer: the model and the request as sent."""
+    data = orjson.dumps(
+        [
+            str(ref),
+            request.system,
+            request.messages,
+            request.max_tokens,
+            request.temperature,
+            request.schema,
+            request.body,
+        ],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class Engine:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        progress: ProgressSink | None = None,
+        provider_factory: ProviderFactory | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.progress = progress or NoProgress()
+        self._factory = provider_factory
+        self._handle_signals = handle_signals
+        template = None
+        if config.template is not None:
+            try:
+                template = Template(config.template)
+            except TemplateError as exc:
+                raise UsageError(f"--template: {exc}") from None
+        self.parser = JobParser(
+            template=template,
+            providers=tuple(config.providers),
+            has_default_model=config.model is not None,
+        )
+        self.prices = PriceBook(
+            config.prices,
+            {
+                name: s.base_url
+                for name, s in config.providers.items()
+                if s.base_url and name not in ("anthropic", "openai", "sim")
+            },
+        )
+        self.stats = RunStats()
+        self.existing = ExistingOutput(config.output) if config.output else None
+        self.budget = Budget(config.max_cost, config.max_total_tokens)
+        self.providers: dict[str, Provider] = {}
+        self.gates: dict[ModelRef, ModelGate] = {}
+        self.breakers: dict[ModelRef, Breaker] = {}
+        self.stopped_by: str | None = None
+        self.stop_signal: int | None = None
+        self.fatal: str | None = None
+        self.notes: list[str] = []
+        self._stopping = False
+        self._auth_failures = 0
+        self._schemas_checked: set[bytes] = set()
+        self._work_scope: anyio.CancelScope | None = None
+
+    # -- per-job resolution ---------------------------------------------------
+
+    def prepare(self, job: Job) -> PreparedJob:
+        cfg = self.config
+        r = job.request
+        model = r.model or cfg.model
+        if model is None:  # the parser already refused this; keep mypy and readers sure
+            raise LineError("no model")
+        if cfg.provider is not None:
+            model = ModelRef(cfg.provider, model.model)
+        fallback = r.fallback if r.fallback is not None else cfg.fallback
+        chain = [model]
+        for ref in fallback:
+            if cfg.provider is not None:
+                ref = ModelRef(cfg.provider, ref.model)
+            if ref not in chain:
+                chain.append(ref)
+        request = Request(
+            messages=r.messages,
+            system=r.system if r.system is not None else cfg.system,
+            model=model,
+            max_tokens=r.max_tokens or cfg.max_tokens,
+            temperature=r.temperature if r.temperature is not None else cfg.temperature,
+            schema=r.schema if r.schema is not None else cfg.schema,
+            wire_format=r.wire_format,
+            body=r.body,
+        )
+        return PreparedJob(job, request, chain, fingerprint(model, request))
+
+    def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
+        key = schema_key(schema)
+        if key in self._schemas_checked:
+            return None
+        try:
+            check_schema(schema, "schema")
+        except UsageError as exc:
+            return str(exc)
+        self._schemas_checked.add(key)
+        return None
+
+    # -- the check pass ------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        """Read the output (for resume) and check every job line. Sends nothing."""
+        cfg = self.config
+        if cfg.output is not None and not cfg.fresh:
+            self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
+        plan = Plan()
+        done = self.existing.done if self.existing else None
+
+        def on_job(job: Job) -> str | None:
+            try:
+                prepared = self.prepare(job)
+            except LineError as exc:
+                return str(exc)
+            if job.request.schema is not None:
+                problem = self._check_job_schema(job.request.schema)
+                if problem:
+                    return problem
+            plan.models.update(prepared.chain)
+            plan.total_valid += 1
+            if done is not None:
+                stored = done.fingerprint(job.id)
+                if stored is not None:
+                    plan.skipped_done += 1
+                    if stored and stored != fp_int(prepared.fingerprint):
+                        plan.conflict_count += 1
+                        if len(plan.conflicts) < 5:
+                            plan.conflicts.append(f"{job.id} (line {job.line})")
+                    return None
+            plan.todo += 1
+            return None
+
+        summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
+        plan.problems = summary.problems
+        plan.invalid_lines = summary.invalid_lines
+        # Duplicates were counted as valid until the pass found them.
+        plan.total_valid = summary.valid
+        return plan
+
+    def check_plan(self, plan: Plan) -> None:
+        cfg = self.config
+        if plan.problems and not cfg.skip_invalid:
+            raise InputError(plan.problems)
+        if plan.conflict_count:
+            raise ResumeConflict(
+                f"{plan.conflict_count} job(s) already answered in {cfg.output} now ask for "
+                f"something else (prompt, model or settings changed): "
+                f"{', '.join(plan.conflicts)}{' …' if plan.conflict_count > 5 else ''}. "
+                "Nothing was sent. Use a new --output, or --fresh to start over "
+                "(the old output is kept as a backup)."
+            )
+        for ref in sorted(plan.models, key=str):
+            settings = cfg.providers[ref.provider]
+            env = settings.key_env()
+            if env is not None:
+                import os
+
+                if not os.environ.get(env):
+                    raise UsageError(
+                        f"{env} is not set: jobs use {ref}. Export it, or run offline "
+                        f"with --model sim:{ref.model}. Nothing was sent."
+                    )
+            if self.budget.capped and cfg.max_cost is not None and self.prices.price(ref) is None:
+                raise UsageError(
+                    f"--max-cost needs a price for {ref}, and none is known. Add one to "
+                    f'llmbatch.toml:\n  [prices."{ref}"]\n  input = 0.5   # USD per million '
+                    "tokens\n  output = 1.5\nNothing was sent."
+                )
+
+    # -- the run ------------------------------------------------------------------
+
+    async def run(self) -> RunReport:
+        cfg = self.config
+        plan = self.plan()
+        self.check_plan(plan)
+        started_wall = time.time()
+        started = time.monotonic()
+        existing = self.existing
+        if cfg.output is not None:
+            if cfg.fresh:
+                backup = backup_output(cfg.output)
+                if backup is not None:
+                    self.notes.append(f"--fresh: the old output was moved to {backup}")
+            elif existing is not None and existing.torn_at is not None:
+                cut_torn_tail(existing)
+                self.notes.append(
+                    f"cut a torn last line ({existing.torn_bytes} bytes) left by an "
+                    "interrupted run; that job runs again"
+                )
+        if existing is not None:
+            self.budget.spent_cost = existing.cost_usd
+            self.budget.spent_tokens = existing.tokens
+        cost_before = existing.cost_usd if existing else 0.0
+        for ref in plan.models:
+            self.gates[ref] = ModelGate(cfg.limits_for(ref))
+            self.breakers[ref] = Breaker()
+        writer = ResultWriter(cfg.output)
+        self.progress.start(plan.todo)
+        try:
+            await self._run_pool(plan, writer)
+        finally:
+            writer.close()
+            self.progress.stop()
+            for provider in self.providers.values():
+                with anyio.CancelScope(shield=True):
+                    await provider.aclose()
+        wall = time.monotonic() - started
+        not_run = max(0, plan.todo - self.stats.done)
+        if self.fatal:
+            self.notes.insert(0, self.fatal)
+        limits = {str(ref): gate.describe() for ref, gate in self.gates.items() if gate.stats.sent}
+        report = build_report(
+            self.stats,
+            skipped_done=plan.skipped_done,
+            not_run=not_run,
+            cost_before=cost_before,
+            wall_s=wall,
+            stopped_by=self.stopped_by,
+            invalid_lines=sorted(plan.invalid_lines),
+            limits=limits,
+            output=str(cfg.output) if cfg.output else None,
+            notes=self.notes,
+            failed_earlier=0 if (existing is None or cfg.retry_failed) else existing.failed,
+        )
+        if cfg.output is not None:
+            append_history(
+                cfg.output,
+                {
+                    "started": started_wall,
+                    "ended": time.time(),
+                    "wall_s": round(wall, 3),
+                    "jobs_done": self.stats.done,
+                    "ok": self.stats.ok,
+                    "failed": self.stats.failed,
+                    "not_run": not_run,
+                    "cost_usd": round(self.stats.cost_usd, 8),
+                    "stopped_by": self.stopped_by,
+                    "exit_code": exit_code_for(report, self.stop_signal),
+                },
+            )
+        return report
+
+    async def _run_pool(self, plan: Plan, writer: ResultWriter) -> None:
+        cfg = self.config
+        n = max(1, cfg.concurrency)
+        job_send, job_recv = anyio.create_memory_object_stream[Job](n)
+        result_send, result_recv = anyio.create_memory_object_stream[JobResult](n * 4)
+        async with anyio.create_task_group() as outer:
+            if self._handle_signals and threading.current_thread() is threading.main_thread():
+                outer.start_soon(self._watch_signals)
+            outer.start_soon(self._tick)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._produce, job_send, plan)
+                tg.start_soon(self._write, result_recv, writer)
+                self._work_scope = anyio.CancelScope()
+                tg.start_soon(self._workers, job_recv, result_send, n)
+            outer.cancel_scope.cancel()
+
+    async def _workers(
+        self,
+        job_recv: MemoryObjectReceiveStream[Job],
+        result_send: MemoryObjectSendStream[JobResult],
+        n: int,
+    ) -> None:
+        assert self._work_scope is not None
+        async with job_recv, result_send:
+            with self._work_scope:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(n):
+                        tg.start_soon(self._worker, job_recv.clone(), result_send.clone())
+
+    async def _produce(self, send: MemoryObjectSendStream[Job], plan: Plan) -> None:
+        done = self.existing.done if self.existing else None
+        invalid = plan.invalid_lines
+        async with send:
+            with open_jobs(self.config.jobs) as stream:
+                for lineno, raw in iter_lines(stream):
+                    if self._stopping:
+                        return
+                    if lineno in invalid:
+                        continue
+                    job = self.parser.parse(raw, lineno)
+                    if done is not None and done.fingerprint(job.id) is not None:
+                        continue
+                    await send.send(job)
+
+    async def _worker(
+        self, recv: MemoryObjectReceiveStream[Job], send: MemoryObjectSendStream[JobResult]
+    ) -> None:
+        async with recv, send:
+            async for job in recv:
+                if self._stopping:
+                    continue  # drain: not run, stays resumable
+                result = await self._run_job(self.prepare(job))
+                if result is not None:
+                    await send.send(result)
+
+    async def _write(
+        self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
+    ) -> None:
+        stats = self.stats
+        async with recv:
+            async for first in recv:
+                batch = [first]
+                while len(batch) < 1024:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                writer.write([r.to_json() for r in batch])
+                for r in batch:
+                    stats.add(r)
+
+    async def _tick(self) -> None:
+        while True:
+            spent = self.stats.cost_usd
+            projected = None
+            self.progress.update(self.stats, spent, projected)
+            self.progress.tick()
+            await anyio.sleep(0.25)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not self._stopping or self.stopped_by != "signal":
+                    self.stop_signal = int(signum)
+                    self.stop("signal")
+                    sys.stderr.write(
+                        "\nllmbatch: stopping: no new requests; waiting for those in flight "
+                        "(press Ctrl-C again to cancel them)\n"
+                    )
+                else:
+                    sys.stderr.write("\nllmbatch: cancelling requests in flight\n")
+                    if self._work_scope is not None:
+                        self._work_scope.cancel()
+                    return
+
+    def stop(self, reason: str) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = reason
+        self._stopping = True
+
+    # -- one job: the heart -----------------------------------------------------
+
+    def _provider(self, name: str) -> Provider:
+        provider = self.providers.get(name)
+        if provider is None:
+            factory = self._factory or default_provider_factory
+            provider = self.providers[name] = factory(name, self.config)
+        return provider
+
+    def _reservation(self, ref: ModelRef, request: Request) -> tuple[float, int, int]:
+        """Worst case of one attempt: (cost, input tokens, output tokens)."""
+        in_tokens = estimate_input_tokens(request, conservative=True)
+        out_tokens = request.max_tokens or self.config.max_tokens
+        price = self.prices.price(ref)
+        cost = 0.0 if price is None else price.cost(Usage(in_tokens, out_tokens))
+        return cost, in_tokens, out_tokens
+
+    async def _run_job(self, pj: PreparedJob) -> JobResult | None:
+        cfg = self.config
+        job = pj.job
+        usage = Usage()
+        cost: float | None = 0.0
+        attempts = 0
+        repairs = 0
+        fallbacks = 0
+        attempt_errors: Counter[str] = Counter()
+        last_error: dict[str, Any] | None = None
+        last_text: str | None = None
+        last_ref = pj.chain[0]
+        schema = pj.request.schema
+
+        def result(status: str, ref: ModelRef, **kw: Any) -> JobResult:
+            return JobResult(
+                id=job.id,
+                status=status,
+                output=kw.get("output"),
+                parsed=kw.get("parsed"),
+                provider=ref.provider,
+                model=ref.model,
+                usage=usage,
+                cost_usd=cost,
+                latency_ms=kw.get("latency_ms"),
+                ttft_ms=kw.get("ttft_ms"),
+                attempts=attempts,
+                error=kw.get("error"),
+                metadata=job.metadata,
+                stop_reason=kw.get("stop_reason"),
+                fingerprint=pj.fingerprint,
+                attempt_errors=dict(attempt_errors),
+                repairs=repairs,
+                fallbacks=fallbacks,
+            )
+
+        for position, ref in enumerate(pj.chain):
+            breaker = self.breakers[ref]
+            has_next = position + 1 < len(pj.chain)
+            if has_next and not breaker.allow():
+                continue  # the model is failing for everyone: go straight to the fallback
+            if position > 0:
+                fallbacks += 1
+            last_ref = ref
+            provider = self._provider(ref.provider)
+            gate = self.gates[ref]
+            request = pj.request
+            tries = 0
+            repairs_left = cfg.repair_attempts
+            while tries < cfg.max_attempts:
+                if self._stopping and attempts == 0:
+                    return None
+                if self._stopping and self.stopped_by == "signal":
+                    return None  # mid-retry at a signal: not written, runs again on resume
+                res_cost, res_in, res_out = self._reservation(ref, request)
+                if not self.budget.reserve(res_cost, res_in + res_out):
+                    self.stop("budget")
+                    if attempts == 0:
+                        return None
+                    return result(
+                        "failed",
+                        ref,
+                        output=last_text,
+                        error={
+                            "type": "budget",
+                            "message": "the budget cap was reached before this job finished",
+                            "status": None,
+                        },
+                    )
+                await gate.acquire(res_in, res_out)
+                tries += 1
+                attempts += 1
+                err: ProviderError | None = None
+                answer: Answer | None = None
+                try:
+                    with anyio.fail_after(cfg.timeout):
+                        answer = await provider.send(ref.model, request, cfg.timeout)
+                except ProviderError as exc:
+                    err = exc
+                except TimeoutError:
+                    err = ProviderTimeout(f"no complete answer within --timeout {cfg.timeout:g} s")
+                if err is not None:
+                    spent = getattr(err, "usage", None)
+                    spent_cost = 0.0
+                    if isinstance(spent, Usage):
+                        usage.add(spent)
+                        c = self.prices.cost(ref, spent)
+                        spent_cost = c or 0.0
+                        cost = None if (c is None or cost is None) else cost + c
+                    self.budget.settle(res_cost, res_in + res_out, spent_cost, _tokens(spent))
+                    gate.settle(res_in, res_out, 0, 0)
+                    attempt_errors[err.error_type] += 1
+                    last_error = err.to_dict()
+                    if err.error_type == "rate_limited":
+                        gate.on_rate_limited(err.retry_after, getattr(err, "limits", None))
+                    if err.error_type == "auth":
+                        self._auth_failures += 1
+                        if self._auth_failures >= AUTH_FAILURES_TO_STOP and not self._stopping:
+                            self.fatal = (
+                                f"stopped after {self._auth_failures} authentication failures "
+                                f"in a row from {ref.provider}: {err.message} — check the API "
+                                "key and retry."
+                            )
+                            self.stop("auth")
+                    if not err.retryable:
+                        return result("failed", ref, output=last_text, error=last_error)
+                    breaker.record_failure()
+                    if tries >= cfg.max_attempts:
+                        break
+                    if has_next and not breaker.allow():
+                        break
+                    delay = self._backoff(tries, err.retry_after)
+                    gate.stats.backoff_s += delay
+                    await anyio.sleep(delay)
+                    continue
+
+                # An answer.
+                assert answer is not None
+                self._auth_failures = 0
+                breaker.record_success()
+                gate.on_success(answer.limits)
+                usage.add(answer.usage)
+                c = self.prices.cost(ref, answer.usage)
+                cost = None if (c is None or cost is None) else cost + c
+                self.budget.settle(res_cost, res_in + res_out, c or 0.0, answer.usage.total)
+                gate.settle(res_in, res_out, answer.usage.input_tokens, answer.usage.output_tokens)
+                last_text = answer.text
+                common = {
+                    "output": answer.text,
+                    "latency_ms": answer.latency_ms,
+                    "ttft_ms": answer.ttft_ms,
+                    "stop_reason": answer.stop_reason,
+                }
+                if schema is None:
+                    return result("ok", ref, **common)
+                parsed, problem = validate_answer(answer.text, schema)
+                if problem is None:
+                    return result("ok", ref, parsed=parsed, **common)
+                if repairs_left > 0:
+                    repairs_left -= 1
+                    repairs += 1
+                    request = repair_request(request, answer.text, problem)
+                    tries = 0  # a repair is a new question, with its own retries
+                    continue
+                error = {
+                    "type": "schema_invalid",
+                    "message": f"the answer does not match the schema: {problem}",
+                    "status": None,
+                }
+                return result("failed", ref, error=error, **common)
+        return result("failed", last_ref, output=last_text, error=last_error)
+
+    def _backoff(self, tries: int, retry_after: float | None) -> float:
+        """Exponential with full jitter, capped; the server's retry-after wins."""
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.config.backoff_cap) + random.uniform(0, 0.25)
+        ceiling = min(self.config.backoff_cap, 0.5 * (2 ** (tries - 1)))
+        return random.uniform(0, ceiling)
+
+
+def _tokens(usage: object) -> int:
+    return usage.total if isinstance(usage, Usage) else 0
+
+
+REPAIR_INSTRUCTION = (
+    "Your previous answer is not valid against the required JSON Schema: {problem}. "
+    "Answer again with only the corrected JSON value, no prose and no code fences."
+)
+
+
+def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
+    """The same question with the invalid answer and the validation error as a follow-up turn."""
+    turns = [
+        {"role": "assistant", "content": bad_answer or "(empty answer)"},
+        {"role": "user", "content": REPAIR_INSTRUCTION.format(problem=problem)},
+    ]
+    return Request(
+        messages=request.messages + turns,
+        system=request.system,
+        model=request.model,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        schema=request.schema,
+        wire_format=request.wire_format,
+        body=request.body,
+        appended=(request.appended or []) + turns,
+    )
+
+
+def exit_code_for(report: RunReport, stop_signal: int | None) -> int:
+    if report.stopped_by == "signal" and stop_signal is not None:
+        return 128 + stop_signal
+    return report.exit_code
+
+
+def default_provider_factory(name: str, config: RunConfig) -> Provider:
+    settings = config.providers[name]
+    if settings.kind == "sim":
+        from .providers.sim import SimProvider
+
+        return SimProvider()
+    if settings.kind == "anthropic":
+        from .providers.anthropic import AnthropicProvider
+
+        return AnthropicProvider(settings, config)
+    from .providers.openai import OpenAIProvider
+
+    return OpenAIProvider(settings, config)
+
+
+async def run_jobs_async(
+    config: RunConfig,
+    *,
+    progress: ProgressSink | None = None,
+    provider_factory: ProviderFactory | None = None,
+    handle_signals: bool = True,
+) -> RunReport:
+    engine = Engine(
+        config, progress=progress, provider_factory=provider_factory, handle_signals=handle_signals
+    )
+    return await engine.run()
+
+
+def run_jobs(
+    config: RunConfig,
+    *,
+    progress: ProgressSink | None = None,
+    provider_factory: ProviderFactory | None = None,
+    handle_signals: bool = False,
+) -> RunReport:
+    """Run every job in ``config.jobs``; return the report. Blocks until done.
+
+    :raises InputError: invalid job lines (nothing was sent).
+    :raises UsageError: bad settings, missing keys, resume conflicts (nothing was sent).
+    """
+    return anyio.run(
+        lambda: run_jobs_async(
+            config,
+            progress=progress,
+            provider_factory=provider_factory,
+            handle_signals=handle_signals,
+        )
+    )

@@ -1,0 +1,117 @@
+"""``llmbatch estimate``: jobs, tokens and cost before anything is sent."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._config import RunConfig
+from ._jobs import LineError, iter_lines, open_jobs
+from ._results import read_existing
+from ._usage import Usage
+from .providers.sim import estimate_input_tokens
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# What "expected" assumes a job writes: the typical length of a short answer,
+# capped by the job's max_tokens.
+TYPICAL_OUTPUT_TOKENS = 250
+
+
+def estimate_jobs(config: RunConfig) -> dict[str, Any]:
+    from ._engine import Engine
+
+    engine = Engine(config)
+    existing = None
+    if config.output is not None and config.output.exists():
+        existing = read_existing(config.output, retry_failed=config.retry_failed)
+    per_model: dict[str, dict[str, Any]] = {}
+    total = invalid = done = 0
+    with open_jobs(config.jobs) as stream:
+        for lineno, raw in iter_lines(stream):
+            try:
+                pj = engine.prepare(engine.parser.parse(raw, lineno))
+            except LineError:
+                invalid += 1
+                continue
+            total += 1
+            if existing is not None and pj.job.id in existing.done:
+                done += 1
+                continue
+            ref = pj.chain[0]
+            m = per_model.setdefault(
+                str(ref),
+                {
+                    "jobs": 0,
+                    "input_tokens": 0,
+                    "max_output_tokens": 0,
+                    "expected_output_tokens": 0,
+                    "worst_case_usd": 0.0,
+                    "expected_usd": 0.0,
+                    "priced": True,
+                },
+            )
+            in_tokens = estimate_input_tokens(pj.request)
+            out_max = pj.request.max_tokens or config.max_tokens
+            out_typ = min(out_max, TYPICAL_OUTPUT_TOKENS)
+            m["jobs"] += 1
+            m["input_tokens"] += in_tokens
+            m["max_output_tokens"] += out_max
+            m["expected_output_tokens"] += out_typ
+            price = engine.prices.price(ref)
+            if price is None:
+                m["priced"] = False
+            else:
+                m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
+                m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
+    for m in per_model.values():
+        if not m["priced"]:
+            m["worst_case_usd"] = m["expected_usd"] = None
+        else:
+            m["worst_case_usd"] = round(m["worst_case_usd"], 6)
+            m["expected_usd"] = round(m["expected_usd"], 6)
+    priced = [m for m in per_model.values() if m["priced"]]
+    return {
+        "jobs": {"total": total, "done": done, "left": total - done, "invalid_lines": invalid},
+        "by_model": per_model,
+        "input_tokens": sum(m["input_tokens"] for m in per_model.values()),
+        "worst_case_usd": round(sum(m["worst_case_usd"] for m in priced), 6),
+        "expected_usd": round(sum(m["expected_usd"] for m in priced), 6),
+        "unpriced_models": sorted(k for k, m in per_model.items() if not m["priced"]),
+        "spent_usd_so_far": round(existing.cost_usd, 6) if existing else 0.0,
+        "assumptions": {
+            "input_tokens": "about 4 characters a token plus a few per message",
+            "expected_output_tokens": f"min(max_tokens, {TYPICAL_OUTPUT_TOKENS}) per job",
+            "worst_case": "every job writes max_tokens",
+        },
+    }
+
+
+def render_estimate(est: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    jobs = est["jobs"]
+    console.print(
+        f"[bold]{jobs['total']}[/] jobs · {jobs['done']} already done · "
+        f"[bold]{jobs['left']}[/] left · {jobs['invalid_lines']} invalid lines"
+    )
+    table = Table(title="estimate for the jobs left (nothing sent)", title_justify="left")
+    for col in ("model", "jobs", "input tok", "expected out", "expected", "worst case"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for key, m in est["by_model"].items():
+        table.add_row(
+            key,
+            str(m["jobs"]),
+            f"{m['input_tokens']:,}",
+            f"{m['expected_output_tokens']:,}",
+            "unpriced" if m["expected_usd"] is None else f"${m['expected_usd']:,.4f}",
+            "unpriced" if m["worst_case_usd"] is None else f"${m['worst_case_usd']:,.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"expected ${est['expected_usd']:,.4f} · worst case ${est['worst_case_usd']:,.4f} · "
+        f"spent so far on this output ${est['spent_usd_so_far']:,.4f}"
+    )
+    console.print(f"[dim]expected assumes {est['assumptions']['expected_output_tokens']}[/]")
+    if est["unpriced_models"]:
+        console.print(f"[yellow]unpriced: {', '.join(est['unpriced_models'])}[/]")

@@ -1,0 +1,293 @@
+"""Client-side rate limits per model: given ones held smoothly, unknown ones learned.
+
+Pacing is GCRA (a "virtual scheduling" leaky bucket): each acquisition takes the
+next slot ``amount / rate`` after the previous one, so sends are spread evenly
+and the burst is bounded by ``burst_s`` seconds' worth, never a minute's. We do
+not use aiolimiter's AsyncLimiter here: its rate is fixed at construction, and
+adaptive limits must change the rate of a live limiter and book token
+corrections (debt) after a response; GCRA does both in a few lines.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import anyio
+
+from ._config import ModelLimits
+from .providers._base import RateLimitHint
+
+
+class Pacer:
+    """Spreads acquisitions evenly at ``rate`` per second (None: no limit)."""
+
+    __slots__ = ("_tat", "burst_s", "paused_until", "rate")
+
+    def __init__(self, rate: float | None, burst_s: float = 0.0) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._tat = 0.0  # theoretical arrival time of the next acquisition
+        self.paused_until = 0.0
+
+    def reserve(self, amount: float = 1.0) -> float:
+        """Take a slot now; return how long to wait for it (seconds)."""
+        now = time.monotonic()
+        t = max(now, self.paused_until)
+        if self.rate is None or self.rate <= 0:
+            return t - now
+        tat = max(self._tat, t)
+        send_at = max(t, tat - self.burst_s)
+        # A slot covers at most one second's worth: a single huge request must not
+        # block the model for minutes past its own share.
+        self._tat = tat + min(amount, self.rate * max(1.0, self.burst_s)) / self.rate
+        return send_at - now
+
+    def correct(self, delta: float) -> None:
+        """Book ``delta`` more (or, negative, fewer) units than were reserved."""
+        if self.rate:
+            self._tat = max(time.monotonic() - self.burst_s, self._tat + delta / self.rate)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+
+
+@dataclass(slots=True)
+class GateStats:
+    rate_limited: int = 0
+    backoff_s: float = 0.0
+    sent: int = 0
+
+
+class ModelGate:
+    """Every limit on one model: requests, tokens (total, input, output), and what 429s taught.
+
+    With ``rpm`` given, sends are paced at exactly that rate. Without it, the gate
+    starts open (only concurrency bounds it) and learns: a 429 sets the rate just
+    below the pace that drew it (then ×0.7 for each further 429, at most once a
+    second); each success raises it by 0.1%; rate-limit headers cap it at the
+    provider's stated limit and pause it when the remaining quota runs out.
+    """
+
+    MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
+
+    def __init__(self, limits: ModelLimits) -> None:
+        self.given_rpm = limits.rpm
+        self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0)
+        self.tokens = Pacer(None if limits.tpm is None else limits.tpm / 60.0, burst_s=1.0)
+        self.input_tokens = Pacer(
+            None if limits.input_tpm is None else limits.input_tpm / 60.0, burst_s=1.0
+        )
+        self.output_tokens = Pacer(
+            None if limits.output_tpm is None else limits.output_tpm / 60.0, burst_s=1.0
+        )
+        self.stats = GateStats()
+        self.learned_ceiling: float | None = None  # from headers, requests per second
+        self.learned_tpm: float | None = None
+        self._last_decrease = 0.0
+        self._recent: list[float] = []  # send times in the last few seconds
+
+    @property
+    def adaptive(self) -> bool:
+        return self.given_rpm is None
+
+    async def acquire(self, input_tokens: int, output_tokens: int) -> None:
+        wait = max(
+            self.requests.reserve(1.0),
+            self.tokens.reserve(input_tokens + output_tokens),
+            self.input_tokens.reserve(input_tokens),
+            self.output_tokens.reserve(output_tokens),
+        )
+        if wait > 0:
+            await anyio.sleep(wait)
+        now = time.monotonic()
+        self.stats.sent += 1
+        if self.adaptive:
+            self._recent.append(now)
+            if len(self._recent) > 512:
+                del self._recent[:256]
+
+    def settle(self, reserved_in: int, reserved_out: int, real_in: int, real_out: int) -> None:
+        """Correct token reservations with what the provider counted."""
+        self.tokens.correct((real_in + real_out) - (reserved_in + reserved_out))
+        self.input_tokens.correct(real_in - reserved_in)
+        self.output_tokens.correct(real_out - reserved_out)
+
+    def on_success(self, hint: RateLimitHint | None) -> None:
+        if hint is not None:
+            self._apply_hint(hint)
+        if self.adaptive and self.requests.rate is not None:
+            rate = self.requests.rate * 1.001
+            if self.learned_ceiling is not None:
+                rate = min(rate, self.learned_ceiling)
+            self.requests.rate = rate
+
+    def on_rate_limited(self, retry_after: float | None, hint: RateLimitHint | None) -> None:
+        self.stats.rate_limited += 1
+        if hint is not None:
+            self._apply_hint(hint)
+        if retry_after is not None and retry_after > 0:
+            # Everyone waits, not just the request that was told to.
+            self.requests.pause(min(retry_after, 120.0))
+        if not self.adaptive:
+            return
+        now = time.monotonic()
+        if now - self._last_decrease < 1.0:
+            return
+        self._last_decrease = now
+        if self.requests.rate is None:
+            self.requests.rate = max(self.MIN_RATE, self._observed_rate(now) * 0.9)
+        else:
+            self.requests.rate = max(self.MIN_RATE, self.requests.rate * 0.7)
+
+    def _observed_rate(self, now: float) -> float:
+        window = [t for t in self._recent if now - t <= 5.0]
+        if len(window) < 2:
+            return 1.0
+        span = max(now - window[0], 0.5)
+        return len(window) / span
+
+    def _apply_hint(self, hint: RateLimitHint) -> None:
+        if hint.requests_limit:
+            # Providers state limits per minute; stay a hair under.
+            self.learned_ceiling = hint.requests_limit / 60.0 * 0.98
+            if self.adaptive and (
+                self.requests.rate is None or self.requests.rate > self.learned_ceiling
+            ):
+                self.requests.rate = self.learned_ceiling
+        if hint.tokens_limit:
+            self.learned_tpm = hint.tokens_limit
+        if hint.requests_remaining is not None and hint.requests_remaining <= 0:
+            if hint.requests_reset_s:
+                self.requests.pause(min(hint.requests_reset_s, 120.0))
+        if hint.tokens_remaining is not None and hint.tokens_remaining <= 0:
+            if hint.tokens_reset_s:
+                self.requests.pause(min(hint.tokens_reset_s, 120.0))
+
+    def describe(self) -> dict[str, object]:
+        rpm = None if self.requests.rate is None else self.requests.rate * 60.0
+        tpm = None if self.tokens.rate is None else self.tokens.rate * 60.0
+        if tpm is None and self.learned_tpm is not None:
+            tpm = self.learned_tpm
+        source = "given" if not self.adaptive else ("learned" if rpm is not None else "none needed")
+        return {
+            "rpm": None if rpm is None else round(rpm, 1),
+            "tpm": None if tpm is None else round(tpm, 1),
+            "source": source,
+            "rate_limited": self.stats.rate_limited,
+            "backoff_s": round(self.stats.backoff_s, 2),
+            "sent": self.stats.sent,
+        }
+
+
+# -- reading rate-limit headers ---------------------------------------------------
+
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """``6m0s``, ``12ms``, ``1h2m3.5s`` → seconds (OpenAI's x-ratelimit-reset-*)."""
+    text = text.strip()
+    if not text:
+        return None
+    total = 0.0
+    num = ""
+    i = 0
+    matched = False
+    while i < len(text):
+        c = text[i]
+        if c.isdigit() or c == ".":
+            num += c
+            i += 1
+            continue
+        unit = ""
+        while i < len(text) and not (text[i].isdigit() or text[i] == "."):
+            unit += text[i]
+            i += 1
+        if not num or unit not in _GO_UNITS:
+            return None
+        total += float(num) * _GO_UNITS[unit]
+        num = ""
+        matched = True
+    if num:  # a bare number: seconds
+        total += float(num)
+        matched = True
+    return total if matched else None
+
+
+def parse_reset(value: str | None, now: float | None = None) -> float | None:
+    """A reset given as a Go duration, plain seconds, or an RFC 3339 time → seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if "T" in value and ("-" in value[:10]):
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        now_ts = time.time() if now is None else now
+        return max(0.0, when.timestamp() - now_ts)
+    return parse_go_duration(value)
+
+
+def parse_retry_after(headers: dict[str, str]) -> float | None:
+    """``retry-after-ms`` wins over ``retry-after`` (seconds or an HTTP date), as the SDKs do."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            value = float(ms) / 1000
+            if math.isfinite(value) and value >= 0:
+                return value
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if ra:
+        try:
+            value = float(ra)
+            if math.isfinite(value) and value >= 0:
+                return value
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            try:
+                when = parsedate_to_datetime(ra)
+                return max(0.0, when.timestamp() - time.time())
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _num(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def hint_from_headers(headers: dict[str, str]) -> RateLimitHint | None:
+    """OpenAI ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*`` headers, if any."""
+    if "x-ratelimit-limit-requests" in headers or "x-ratelimit-remaining-requests" in headers:
+        return RateLimitHint(
+            requests_limit=_num(headers.get("x-ratelimit-limit-requests")),
+            requests_remaining=_num(headers.get("x-ratelimit-remaining-requests")),
+            requests_reset_s=parse_reset(headers.get("x-ratelimit-reset-requests")),
+            tokens_limit=_num(headers.get("x-ratelimit-limit-tokens")),
+            tokens_remaining=_num(headers.get("x-ratelimit-remaining-tokens")),
+            tokens_reset_s=parse_reset(headers.get("x-ratelimit-reset-tokens")),
+        )
+    if "anthropic-ratelimit-requests-limit" in headers:
+        return RateLimitHint(
+            requests_limit=_num(headers.get("anthropic-ratelimit-requests-limit")),
+            requests_remaining=_num(headers.get("anthropic-ratelimit-requests-remaining")),
+            requests_reset_s=parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
+            tokens_limit=_num(headers.get("anthropic-ratelimit-tokens-limit")),
+            tokens_remaining=_num(headers.get("anthropic-ratelimit-tokens-remaining")),
+            tokens_reset_s=parse_reset(headers.get("anthropic-ratelimit-tokens-reset")),
+        )
+    return None

@@ -1,0 +1,455 @@
+"""The command line: parse options, build a config, call the library, map errors to exit codes.
+
+Only typer is imported at module level, so ``llmbatch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+app = typer.Typer(
+    name="llmbatch",
+    help="Run JSONL files of LLM requests fast, safely and cheaply.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+T = TypeVar("T")
+
+JobsArg = Annotated[str, typer.Argument(metavar="JOBS", help="JSONL job file, or - for stdin.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Config file [default: ./llmbatch.toml if present].")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-m", "--model", help="Default model: PROVIDER:MODEL or a bare claude-*/gpt-* name."
+    ),
+]
+TemplateOpt = Annotated[
+    str | None, typer.Option("--template", help="Build prompts from records: {field}, {a.b}.")
+]
+TemplateFileOpt = Annotated[
+    str | None, typer.Option("--template-file", help="Read the --template text from a file.")
+]
+ProviderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--provider", help="Send every job to this provider (e.g. sim), whatever its model."
+    ),
+]
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"llmbatch: {message}\n")
+    sys.stderr.flush()
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """The error boundary: expected errors become one message and an exit code."""
+    from ._exceptions import (
+        InputError,
+        LLMBatchError,
+        OutputLocked,
+        ResumeConflict,
+        UsageError,
+    )
+
+    try:
+        return fn()
+    except InputError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except (UsageError, ResumeConflict, OutputLocked) as exc:
+        _err(str(exc))
+        raise typer.Exit(2) from None
+    except LLMBatchError as exc:
+        _err(str(exc))
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except (typer.Exit, SystemExit):
+        raise
+    except Exception as exc:
+        if os.environ.get("LLMBATCH_DEBUG") == "1":
+            raise
+        _err(
+            f"internal error: {type(exc).__name__}: {exc} "
+            "(set LLMBATCH_DEBUG=1 for the traceback, and please report it)"
+        )
+        raise typer.Exit(70) from None
+
+
+def _jobs_path(jobs: str) -> tuple[Path, str, bool]:
+    """(path to read, name to show, came from stdin)."""
+    if jobs == "-":
+        from ._jobs import spool_stdin
+
+        return spool_stdin(), "<stdin>", True
+    return Path(jobs), jobs, False
+
+
+@app.command()
+def run(
+    jobs: JobsArg,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Results JSONL (- = stdout) [default: JOBS.results.jsonl]."
+        ),
+    ] = None,
+    model: ModelOpt = None,
+    fallback: Annotated[
+        list[str] | None,
+        typer.Option("--fallback", help="Model to try when one keeps failing (repeatable)."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("-c", "--concurrency", help="Requests in flight [default: 16].")
+    ] = None,
+    rpm: Annotated[
+        float | None, typer.Option("--rpm", help="Requests per minute per model.")
+    ] = None,
+    tpm: Annotated[float | None, typer.Option("--tpm", help="Tokens per minute per model.")] = None,
+    max_attempts: Annotated[
+        int | None, typer.Option("--max-attempts", help="Attempts per job and model [default: 6].")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Seconds per attempt [default: 300].")
+    ] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Budget cap in USD, over all runs on OUTPUT.")
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option("--max-total-tokens", help="Token cap, over all runs on OUTPUT.")
+    ] = None,
+    schema: Annotated[
+        str | None, typer.Option("--schema", help="JSON Schema the output must satisfy.")
+    ] = None,
+    repair_attempts: Annotated[
+        int | None,
+        typer.Option(
+            "--repair-attempts", help="Re-asks when output fails the schema [default: 2]."
+        ),
+    ] = None,
+    template: TemplateOpt = None,
+    template_file: TemplateFileOpt = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System prompt for jobs that give none.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Default max output tokens [default: 1024].")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Default temperature (OpenAI only).")
+    ] = None,
+    report: Annotated[
+        str | None, typer.Option("--report", help="Write the run report as JSON here.")
+    ] = None,
+    fresh: Annotated[
+        bool | None, typer.Option("--fresh", help="Back up an existing output and start over.")
+    ] = None,
+    retry_failed: Annotated[
+        bool | None, typer.Option("--retry-failed", help="On resume, run failed jobs again.")
+    ] = None,
+    skip_invalid: Annotated[
+        bool | None,
+        typer.Option("--skip-invalid", help="Run the valid lines despite invalid ones."),
+    ] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", help="No progress, no report table.")
+    ] = None,
+    provider: ProviderOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a JSONL file of LLM requests; write one result line per job."""
+    flags: dict[str, Any] = {
+        "output": output,
+        "model": model,
+        "fallback": fallback,
+        "concurrency": concurrency,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_attempts": max_attempts,
+        "timeout": timeout,
+        "max_cost": max_cost,
+        "max_total_tokens": max_total_tokens,
+        "schema": schema,
+        "repair_attempts": repair_attempts,
+        "template": template,
+        "template_file": template_file,
+        "system": system,
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "report": report,
+        "fresh": fresh or None,
+        "retry_failed": retry_failed or None,
+        "skip_invalid": skip_invalid or None,
+        "quiet": quiet or None,
+        "provider": provider,
+    }
+    code = _guard(lambda: _run(jobs, flags, config))
+    raise typer.Exit(code)
+
+
+def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+    import anyio
+
+    from ._config import build_run_config, load_config
+    from ._engine import Engine, exit_code_for
+    from ._progress import make_progress
+
+    file_config = load_config(config_path)
+    path, display, stdin = _jobs_path(jobs)
+    try:
+        cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+        engine = Engine(cfg, progress=make_progress(cfg.quiet))
+        report = anyio.run(engine.run)
+    finally:
+        if stdin:
+            path.unlink(missing_ok=True)
+    if cfg.report is not None:
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.report.write_bytes(report.to_json())
+    if engine.fatal:
+        _err(engine.fatal)
+    if not cfg.quiet:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        console.print()
+        report.render(console)
+    elif report.failed and not engine.fatal:
+        _err(f"{report.failed} job(s) failed; see error fields in {report.output or 'the output'}")
+    if report.stopped_by == "budget":
+        _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
+    return exit_code_for(report, engine.stop_signal)
+
+
+@app.command()
+def validate(
+    jobs: JobsArg,
+    model: ModelOpt = None,
+    template: TemplateOpt = None,
+    template_file: TemplateFileOpt = None,
+    provider: ProviderOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Check every line, print problems as PATH:LINE: message. Sends nothing."""
+
+    def go() -> int:
+        from ._config import build_run_config, load_config
+        from ._engine import Engine
+
+        file_config = load_config(config)
+        path, display, stdin = _jobs_path(jobs)
+        try:
+            flags = {
+                "model": model,
+                "template": template,
+                "template_file": template_file,
+                "provider": provider,
+                "output": "-",
+            }
+            cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+            cfg.output = None
+            plan = Engine(cfg).plan()
+        finally:
+            if stdin:
+                path.unlink(missing_ok=True)
+        for problem in plan.problems:
+            sys.stdout.write(f"{problem}\n")
+        lines = plan.total_valid + len(plan.invalid_lines)
+        if plan.problems:
+            _err(f"{len(plan.invalid_lines)} of {lines} lines invalid")
+            return 2
+        sys.stderr.write(f"llmbatch: {plan.total_valid} jobs, all valid\n")
+        return 0
+
+    raise typer.Exit(_guard(go))
+
+
+@app.command()
+def estimate(
+    jobs: JobsArg,
+    model: ModelOpt = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Results file to count as already done.")
+    ] = None,
+    template: TemplateOpt = None,
+    template_file: TemplateFileOpt = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Default max output tokens [default: 1024].")
+    ] = None,
+    provider: ProviderOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
+
+    def go() -> int:
+        from ._config import build_run_config, load_config
+        from ._estimate import estimate_jobs, render_estimate
+
+        file_config = load_config(config)
+        path, display, stdin = _jobs_path(jobs)
+        try:
+            flags = {
+                "model": model,
+                "template": template,
+                "template_file": template_file,
+                "max_tokens": max_tokens,
+                "provider": provider,
+                "output": output if output is not None else ("-" if stdin else None),
+            }
+            cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+            est = estimate_jobs(cfg)
+        finally:
+            if stdin:
+                path.unlink(missing_ok=True)
+        if as_json:
+            import orjson
+
+            sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
+        else:
+            from rich.console import Console
+
+            render_estimate(est, Console())
+        return 0
+
+    raise typer.Exit(_guard(go))
+
+
+@app.command("report")
+def report_cmd(
+    results: Annotated[str, typer.Argument(metavar="RESULTS", help="A results JSONL file.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report to stdout.")
+    ] = False,
+) -> None:
+    """Re-render the cost/latency report from a results file."""
+
+    def go() -> int:
+        from ._report import report_from_results
+
+        rep = report_from_results(Path(results))
+        if as_json:
+            sys.stdout.buffer.write(rep.to_json())
+            sys.stdout.flush()
+        else:
+            from rich.console import Console
+
+            rep.render(Console())
+            from ._history import read_history
+
+            history = read_history(Path(results))
+            if history:
+                _render_history(history)
+        return 0
+
+    raise typer.Exit(_guard(go))
+
+
+def _render_history(history: list[dict[str, Any]]) -> None:
+    import datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="runs on this output", title_justify="left")
+    for col in ("started", "wall", "done", "ok", "failed", "not run", "cost", "stopped by", "exit"):
+        table.add_column(col)
+    for h in history:
+        started = datetime.datetime.fromtimestamp(float(h.get("started", 0))).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
+        table.add_row(
+            started,
+            f"{h.get('wall_s', 0):.1f} s",
+            str(h.get("jobs_done", "")),
+            str(h.get("ok", "")),
+            str(h.get("failed", "")),
+            str(h.get("not_run", "")),
+            f"${h.get('cost_usd', 0):.6f}",
+            str(h.get("stopped_by") or ""),
+            str(h.get("exit_code", "")),
+        )
+    Console().print(table)
+
+
+@app.command()
+def models(
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="Only this genai-prices provider id.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """List known models with their prices (USD per million tokens)."""
+
+    def go() -> int:
+        from ._config import load_config
+        from ._pricing import known_models
+
+        file_config = load_config(config)
+        rows = [
+            (p, m, price) for p, m, price in known_models() if provider is None or p == provider
+        ]
+        for spec, price in file_config.prices.items():
+            p, _, m = spec.partition(":")
+            rows.append((p, m, price))
+        if as_json:
+            import orjson
+
+            data = [
+                {
+                    "provider": p,
+                    "model": m,
+                    "input": price.input.base,
+                    "output": price.output.base,
+                    "cache_read": price.cache_read.base,
+                    "cache_write": price.cache_write.base,
+                    "source": price.source,
+                }
+                for p, m, price in rows
+            ]
+            sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="Known models (USD per million tokens)", title_justify="left")
+        for col in ("provider", "model", "input", "output", "cache read", "cache write"):
+            table.add_column(col, justify="right" if col not in ("provider", "model") else "left")
+        for p, m, price in rows:
+            tiered = "*" if price.input.tiers else ""
+            table.add_row(
+                p,
+                m,
+                f"{price.input.base:g}{tiered}",
+                f"{price.output.base:g}{tiered}",
+                f"{price.cache_read.base:g}",
+                f"{price.cache_write.base:g}",
+            )
+        Console().print(table)
+        return 0
+
+    raise typer.Exit(_guard(go))
+
+
+def main() -> NoReturn:
+    app()
+    raise SystemExit(0)  # pragma: no cover  (typer exits itself)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

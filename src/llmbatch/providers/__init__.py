@@ -1,0 +1,1 @@
+"""Provider adapters: anthropic, openai (and compatible servers), and the offline sim."""

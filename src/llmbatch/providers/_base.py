@@ -1,0 +1,49 @@
+"""What every provider adapter offers the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .._jobs import Request
+from .._usage import Usage
+
+
+@dataclass(slots=True)
+class RateLimitHint:
+    """What a response said about the provider's limits (None where it said nothing)."""
+
+    requests_limit: float | None = None
+    requests_remaining: float | None = None
+    requests_reset_s: float | None = None
+    tokens_limit: float | None = None
+    tokens_remaining: float | None = None
+    tokens_reset_s: float | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """One successful attempt."""
+
+    text: str
+    usage: Usage
+    stop_reason: str | None
+    latency_ms: float
+    ttft_ms: float | None
+    request_id: str | None = None
+    limits: RateLimitHint | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """Sends one request and streams its answer.
+
+    ``send`` returns an Answer or raises a ProviderError subclass; nothing else
+    escapes (foreign exceptions are translated at this seam).
+    """
+
+    name: str
+
+    async def send(self, model: str, request: Request, time_limit: float) -> Answer: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,156 @@
+"""The offline provider: deterministic answers with realistic tokens and latency.
+
+Same request → same text. Latency is drawn (log-normal) around
+``LLMBATCH_SIM_LATENCY_MS`` (default 800 ms); ``0`` answers at once, which the
+benchmarks use to measure the engine alone.
+
+``LLMBATCH_SIM_FAIL_RATE`` (0–1, default 0) makes that share of attempts fail
+with a transient fault (429, 500, 529), drawn at random, so retries show in the demo.
+``LLMBATCH_SIM_INVALID_RATE`` (0–1, default 0) makes that share of first answers
+to schema jobs invalid, so the repair path runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import time
+from typing import Any
+
+import anyio
+import orjson
+
+from .._exceptions import Overloaded, RateLimited, ServerError, UsageError
+from .._jobs import Request
+from .._schema import sample_instance
+from .._usage import Usage
+from ._base import Answer
+
+_VOCAB = (
+    "the of and to in is that for it as with was on be by this are at from or an which "
+    "data model result batch request token latency system signal value report review "
+    "summary customer product order service quality analysis feature update support "
+    "clear short useful brief strong weak stable fast slow careful accurate simple "
+    "because however therefore overall finally also often usually mostly rather"
+).split()
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise UsageError(f"{name} must be ≥ 0, got {raw!r}")
+    return value
+
+
+def _text_len(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(b.get("text", "")) for b in content if isinstance(b, dict))
+    return 0
+
+
+def estimate_input_tokens(request: Request, *, conservative: bool = False) -> int:
+    """Input tokens of a request: about four characters a token, plus a few per message.
+
+    ``conservative`` counts UTF-8 bytes instead: no tokenizer makes more tokens
+    than bytes, so a budget reserved from it is never short.
+    """
+    parts = [request.system, *(m.get("content") for m in request.messages)]
+    overhead = 4 * len(request.messages) + 8
+    if conservative:
+        return sum(_byte_len(p) for p in parts) + overhead
+    return max(1, math.ceil(sum(_text_len(p) for p in parts) / 4) + overhead)
+
+
+def _byte_len(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        return len(orjson.dumps(content))
+    return 0
+
+
+class SimProvider:
+    """Answers locally. Holds no connections; ``aclose`` is a no-op."""
+
+    name = "sim"
+
+    def __init__(self) -> None:
+        self.latency_ms = _env_float("LLMBATCH_SIM_LATENCY_MS", 800.0)
+        self.fail_rate = min(1.0, _env_float("LLMBATCH_SIM_FAIL_RATE", 0.0))
+        self.invalid_rate = min(1.0, _env_float("LLMBATCH_SIM_INVALID_RATE", 0.0))
+        self._faults = random.Random()
+
+    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
+        started = time.perf_counter()
+        seed_bytes = orjson.dumps(
+            [model, request.system, request.messages, request.max_tokens, request.schema],
+            option=orjson.OPT_SORT_KEYS,
+        )
+        seed = int.from_bytes(hashlib.blake2b(seed_bytes, digest_size=8).digest(), "big")
+        rng = random.Random(seed)
+        max_tokens = request.max_tokens or 1024
+
+        if self.fail_rate and self._faults.random() < self.fail_rate:
+            await self._sleep(rng, 0.1)
+            kind = self._faults.choice((RateLimited, ServerError, Overloaded))
+            status = {RateLimited: 429, ServerError: 500, Overloaded: 529}[kind]
+            raise kind(f"simulated {status}", status=status, retry_after=None)
+
+        repairing = bool(request.appended)
+        if request.schema is not None:
+            if self.invalid_rate and not repairing and rng.random() < self.invalid_rate:
+                text = '{"note": "this answer does not follow the schema"'
+            else:
+                text = orjson.dumps(sample_instance(request.schema, rng)).decode()
+            out_tokens = max(1, math.ceil(len(text) / 3.5))
+        else:
+            out_tokens = min(max_tokens, int(rng.lognormvariate(math.log(120), 0.6)) + 5)
+            words = [rng.choice(_VOCAB) for _ in range(max(1, int(out_tokens / 1.3)))]
+            words[0] = words[0].capitalize()
+            text = " ".join(words) + "."
+        stop_reason = "end_turn"
+        if out_tokens >= max_tokens:
+            out_tokens = max_tokens
+            stop_reason = "max_tokens"
+        in_tokens = estimate_input_tokens(request)
+
+        ttft_ms: float | None = None
+        if self.latency_ms > 0:
+            total = await self._sleep(rng, 1.0)
+            ttft_ms = total * 0.3
+        else:
+            await anyio.lowlevel.checkpoint()
+            ttft_ms = 0.0
+        latency_ms = (time.perf_counter() - started) * 1000
+        return Answer(
+            text=text,
+            usage=Usage(input_tokens=in_tokens, output_tokens=out_tokens),
+            stop_reason=stop_reason,
+            latency_ms=latency_ms,
+            ttft_ms=min(ttft_ms, latency_ms),
+        )
+
+    async def _sleep(self, rng: random.Random, share: float) -> float:
+        """Sleep a log-normal draw around the mean latency × share; return the ms slept."""
+        if self.latency_ms <= 0:
+            await anyio.lowlevel.checkpoint()
+            return 0.0
+        sigma = 0.45
+        mu = math.log(self.latency_ms * share) - sigma * sigma / 2
+        # Latency is drawn from the clock, not the request: only the text is deterministic.
+        ms = random.lognormvariate(mu, sigma)
+        await anyio.sleep(ms / 1000)
+        return ms
+
+    async def aclose(self) -> None:
+        return None

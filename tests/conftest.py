@@ -1,0 +1,107 @@
+"""Shared fixtures: a clean environment per test, the CLI as a subprocess, the fake API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fakeapi import FakeAPI
+
+CANARY_ANTHROPIC = "sk-ant-canary-DO-NOT-LEAK-0123456789abcdef"
+CANARY_OPENAI = "sk-canary-DO-NOT-LEAK-9876543210fedcba"
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No keys, base URLs, proxies or llmbatch settings leak in; cwd is the test's own."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if (
+            upper.endswith("_API_KEY")
+            or upper.endswith("_BASE_URL")
+            or upper.endswith("_PROXY")
+            or upper.startswith("LLMBATCH_")
+        ):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+    monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
+    monkeypatch.chdir(tmp_path)
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(
+    *args: str,
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> Result:
+    """Run ``python -m llmbatch ARGS`` as a user would, in the current directory."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run(
+        [sys.executable, "-m", "llmbatch", *args],
+        input=data,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
+    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode())
+
+
+def write_jsonl(path: Path, rows: Sequence[Any]) -> Path:
+    with path.open("wb") as f:
+        for row in rows:
+            f.write(row if isinstance(row, bytes) else orjson.dumps(row))
+            f.write(b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def prompts(n: int, prefix: str = "job") -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}-{i}", "prompt": f"Question {i}: what is {i} + {i}?"} for i in range(n)
+    ]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeAPI]:
+    api = FakeAPI().start()
+    try:
+        yield api
+    finally:
+        api.stop()
+
+
+def fake_env(api: FakeAPI) -> dict[str, str]:
+    """Point both providers at the fake, with canary keys."""
+    return {
+        "ANTHROPIC_BASE_URL": api.url,
+        "OPENAI_BASE_URL": api.url + "/v1",
+        "ANTHROPIC_API_KEY": CANARY_ANTHROPIC,
+        "OPENAI_API_KEY": CANARY_OPENAI,
+    }

@@ -1,0 +1,507 @@
+"""A loopback fake of the Anthropic and OpenAI APIs, with fault injection.
+
+It speaks the real wire formats (JSON bodies, SSE streams with the exact event
+shapes, error bodies, rate-limit headers); ``test_fakeapi.py`` checks that the
+official SDKs parse what it says. It runs on its own thread and event loop, so a
+test can drive the ``llmbatch`` CLI in a subprocess against it and then look at
+what it saw.
+
+Faults are chosen per request by ``FakeAPI.plan(kind, body)``: scripted per job
+(a rule matching text in the request, with one fault per attempt), random chaos
+at given rates, or a request-rate window enforced like a provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+OK = "ok"
+# Fault kinds: an HTTP status as a string ("429", "500", "529", "400", "401", "404"),
+# or one of these.
+RESET = "reset"  # connection dropped before any answer
+HANG = "hang"  # no answer at all
+STALL = "stall"  # headers and one event, then silence
+TRUNCATE = "truncate"  # a clean end of stream without the final events
+ERROR_EVENT = "error_event"  # an error event inside a 200 stream (overloaded)
+REFUSE = "refuse"  # a refusal / content filter
+
+
+@dataclass
+class Rule:
+    """Faults for requests whose text contains ``match``: one per attempt, then OK."""
+
+    match: str
+    faults: list[str]
+    seen: int = 0
+
+
+@dataclass
+class Record:
+    kind: str  # "anthropic" | "openai"
+    body: dict[str, Any]
+    headers: dict[str, str]
+    outcome: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read: int = 0
+    at: float = 0.0
+
+
+@dataclass
+class FakeAPI:
+    """Configure attributes, then ``start()``; read ``records`` afterwards."""
+
+    latency_s: float = 0.0  # total time of a streamed answer
+    ttft_s: float = 0.0  # time before the first text
+    reply: str | None = None  # fixed answer text; default: derived from the request
+    replies: list[str] = field(default_factory=list)  # answers in order (then default)
+    chaos: dict[str, float] = field(default_factory=dict)  # fault kind → probability
+    seed: int = 7
+    retry_after: float | None = 0.05  # sent with 429/529 (seconds); None: no header
+    retry_after_ms: float | None = None
+    window_limit: int | None = None  # requests allowed per window
+    window_s: float = 1.0
+    rate_limit_headers: bool = True
+    cache_read_tokens: int = 0
+    expected_key: str | None = None  # any other key → 401 (echoing the key, masked badly)
+    stream_usage: bool = True  # OpenAI: honour stream_options.include_usage
+    rules: list[Rule] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self._window: list[float] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # -- control ------------------------------------------------------------------
+
+    def add_rule(self, match: str, *faults: str) -> None:
+        self.rules.append(Rule(match, list(faults)))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeAPI:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            app = web.Application()
+            app.router.add_post("/v1/messages", self._anthropic)
+            app.router.add_post("/v1/chat/completions", self._openai)
+            self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            loop.run_until_complete(site.start())
+            self.port = int(self._runner.addresses[0][1])
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="fakeapi", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake API did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    # -- what it saw ----------------------------------------------------------------
+
+    def count(self, outcome: str | None = None) -> int:
+        with self._lock:
+            if outcome is None:
+                return len(self.records)
+            return sum(1 for r in self.records if r.outcome == outcome)
+
+    def outcomes(self) -> Counter[str]:
+        with self._lock:
+            return Counter(r.outcome for r in self.records)
+
+    def billed(self) -> tuple[int, int]:
+        """(input, output) tokens of every answer it gave (what a provider bills)."""
+        with self._lock:
+            return (
+                sum(r.input_tokens for r in self.records),
+                sum(r.output_tokens for r in self.records),
+            )
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def _plan(self, body: dict[str, Any]) -> str:
+        text = orjson.dumps(body.get("messages", [])).decode()
+        with self._lock:
+            for rule in self.rules:
+                if rule.match in text:
+                    i = rule.seen
+                    rule.seen += 1
+                    return rule.faults[i] if i < len(rule.faults) else OK
+            if self.window_limit is not None:
+                now = time.monotonic()
+                self._window = [t for t in self._window if now - t < self.window_s]
+                if len(self._window) >= self.window_limit:
+                    return "429"
+                self._window.append(now)
+            for kind, p in self.chaos.items():
+                if self._rng.random() < p:
+                    return kind
+        return OK
+
+    def _answer_text(self, body: dict[str, Any]) -> str:
+        with self._lock:
+            if self.replies:
+                return self.replies.pop(0)
+        if self.reply is not None:
+            return self.reply
+        last = body.get("messages", [{}])[-1].get("content", "")
+        if isinstance(last, list):
+            last = " ".join(b.get("text", "") for b in last if isinstance(b, dict))
+        return f"Answer to: {str(last)[:60]} (model {body.get('model')})"
+
+    @staticmethod
+    def input_tokens_of(body: dict[str, Any]) -> int:
+        return len(orjson.dumps(body.get("messages", []))) // 4 + 7
+
+    @staticmethod
+    def chunks(text: str) -> list[str]:
+        words = text.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+    def _ratelimit_headers(self, kind: str) -> dict[str, str]:
+        if not self.rate_limit_headers:
+            return {}
+        limit = self.window_limit or 10_000
+        per_min = int(limit * 60 / self.window_s)
+        with self._lock:
+            remaining = max(0, limit - len(self._window))
+        if kind == "openai":
+            return {
+                "x-ratelimit-limit-requests": str(per_min),
+                "x-ratelimit-remaining-requests": str(remaining),
+                "x-ratelimit-reset-requests": f"{int(self.window_s * 1000)}ms",
+                "x-ratelimit-limit-tokens": "2000000",
+                "x-ratelimit-remaining-tokens": "1999000",
+                "x-ratelimit-reset-tokens": "6m0s",
+            }
+        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + self.window_s))
+        return {
+            "anthropic-ratelimit-requests-limit": str(per_min),
+            "anthropic-ratelimit-requests-remaining": str(remaining),
+            "anthropic-ratelimit-requests-reset": reset,
+            "anthropic-ratelimit-tokens-limit": "2000000",
+            "anthropic-ratelimit-tokens-remaining": "1999000",
+            "anthropic-ratelimit-tokens-reset": reset,
+        }
+
+    # -- the handlers ----------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request, kind: str) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        record = Record(kind, body, headers, OK, at=time.monotonic())
+        with self._lock:
+            self.records.append(record)
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            key = _key_of(kind, headers)
+            if self.expected_key is not None and key != self.expected_key:
+                record.outcome = "401"
+                return self._error(kind, 401, f"invalid x-api-key: {key}")
+            fault = self._plan(body)
+            record.outcome = fault
+            if fault == RESET:
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError  # aiohttp drops the handler quietly
+            if fault == HANG:
+                await asyncio.sleep(3600)
+            if fault.isdigit():
+                return self._error(kind, int(fault), f"simulated {fault}")
+            return await self._stream(request, kind, body, record, fault)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "anthropic")
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, "openai")
+
+    def _error(self, kind: str, status: int, message: str) -> web.Response:
+        headers = self._ratelimit_headers(kind)
+        if status in (429, 529):
+            if self.retry_after is not None:
+                headers["retry-after"] = f"{self.retry_after:g}"
+            if self.retry_after_ms is not None:
+                headers["retry-after-ms"] = f"{self.retry_after_ms:g}"
+        if kind == "anthropic":
+            err_type = {
+                400: "invalid_request_error",
+                401: "authentication_error",
+                403: "permission_error",
+                404: "not_found_error",
+                429: "rate_limit_error",
+                500: "api_error",
+                529: "overloaded_error",
+            }.get(status, "api_error")
+            payload: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": err_type, "message": message},
+                "request_id": "req_fake",
+            }
+            headers["request-id"] = "req_fake"
+        else:
+            err_type = {
+                400: "invalid_request_error",
+                401: "invalid_request_error",
+                404: "invalid_request_error",
+                429: "requests",
+                500: "server_error",
+            }.get(status, "server_error")
+            payload = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
+            headers["x-request-id"] = "req_fake"
+        return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+
+    async def _stream(
+        self, request: web.Request, kind: str, body: dict[str, Any], record: Record, fault: str
+    ) -> web.StreamResponse:
+        text = self._answer_text(body)
+        in_tokens = self.input_tokens_of(body)
+        words = self.chunks(text)
+        out_tokens = len(words)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
+        stop = "end_turn" if kind == "anthropic" else "stop"
+        if out_tokens > max_tokens:
+            words = words[:max_tokens]
+            out_tokens = max_tokens
+            stop = "max_tokens" if kind == "anthropic" else "length"
+        if fault == REFUSE:
+            stop = "refusal" if kind == "anthropic" else "content_filter"
+        record.input_tokens = in_tokens
+        record.output_tokens = out_tokens
+        record.cache_read = self.cache_read_tokens
+        if not body.get("stream"):
+            return self._whole(kind, body, "".join(words), in_tokens, out_tokens, stop)
+        headers = {
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            **self._ratelimit_headers(kind),
+        }
+        headers["request-id" if kind == "anthropic" else "x-request-id"] = "req_fake"
+        resp = web.StreamResponse(status=200, headers=headers)
+        await resp.prepare(request)
+        send = _SSE(resp, kind)
+        model = body.get("model")
+        if kind == "anthropic":
+            await send.event(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_fake",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {
+                            "input_tokens": in_tokens - self.cache_read_tokens,
+                            "cache_creation_input_tokens": 0,
+                            "cache_read_input_tokens": self.cache_read_tokens,
+                            "output_tokens": 1,
+                        },
+                    },
+                },
+            )
+            await send.event(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
+            await send.event("ping", {"type": "ping"})
+        else:
+            await send.chunk(model, {"role": "assistant", "content": ""}, None)
+        if fault == STALL:
+            await asyncio.sleep(3600)
+        if self.ttft_s:
+            await asyncio.sleep(self.ttft_s)
+        rest = max(0.0, self.latency_s - self.ttft_s)
+        step = rest / max(1, len(words))
+        for i, w in enumerate(words):
+            if i and step:
+                await asyncio.sleep(step)
+            if fault == ERROR_EVENT and i == len(words) // 2:
+                if kind == "anthropic":
+                    await send.event(
+                        "error",
+                        {
+                            "type": "error",
+                            "error": {"type": "overloaded_error", "message": "Overloaded"},
+                        },
+                    )
+                else:
+                    await send.raw(
+                        {
+                            "error": {
+                                "message": "server overloaded",
+                                "type": "server_error",
+                                "code": None,
+                            }
+                        }
+                    )
+                await resp.write_eof()
+                return resp
+            if fault == TRUNCATE and i == len(words) // 2:
+                await resp.write_eof()
+                return resp
+            if kind == "anthropic":
+                await send.event(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": w},
+                    },
+                )
+            else:
+                await send.chunk(model, {"content": w}, None)
+        if kind == "anthropic":
+            await send.event("content_block_stop", {"type": "content_block_stop", "index": 0})
+            await send.event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": out_tokens},
+                },
+            )
+            await send.event("message_stop", {"type": "message_stop"})
+        else:
+            await send.chunk(model, {}, stop)
+            if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
+                await send.raw(
+                    {
+                        "id": "chatcmpl-fake",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [],
+                        "usage": _openai_usage(in_tokens, out_tokens, self.cache_read_tokens),
+                    }
+                )
+            await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    def _whole(
+        self, kind: str, body: dict[str, Any], text: str, in_tokens: int, out_tokens: int, stop: str
+    ) -> web.Response:
+        if kind == "anthropic":
+            payload: dict[str, Any] = {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": in_tokens - self.cache_read_tokens,
+                    "output_tokens": out_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": self.cache_read_tokens,
+                },
+            }
+        else:
+            payload = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "finish_reason": stop,
+                        "logprobs": None,
+                    }
+                ],
+                "usage": _openai_usage(in_tokens, out_tokens, self.cache_read_tokens),
+            }
+        return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=_dumps)
+
+
+def _openai_usage(in_tokens: int, out_tokens: int, cached: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": in_tokens,
+        "completion_tokens": out_tokens,
+        "total_tokens": in_tokens + out_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _key_of(kind: str, headers: dict[str, str]) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:]
+    return headers.get("x-api-key")
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class _SSE:
+    def __init__(self, resp: web.StreamResponse, kind: str) -> None:
+        self.resp = resp
+        self.kind = kind
+
+    async def event(self, name: str, data: dict[str, Any]) -> None:
+        await self.resp.write(
+            b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        )
+
+    async def raw(self, data: dict[str, Any]) -> None:
+        await self.resp.write(b"data: " + orjson.dumps(data) + b"\n\n")
+
+    async def chunk(self, model: Any, delta: dict[str, Any], finish: str | None) -> None:
+        await self.raw(
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                ],
+            }
+        )
