@@ -114,7 +114,6 @@ class FakeAPI:
             self.port = int(self._runner.addresses[0][1])
             ready.set()
             loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
             loop.close()
 
         self._thread = threading.Thread(target=serve, name="fakeapi", daemon=True)
@@ -125,9 +124,21 @@ class FakeAPI:
 
     def stop(self) -> None:
         if self._loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            future.result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        """End hanging handlers first, so nothing is left pending when the loop closes."""
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
 
     # -- what it saw ----------------------------------------------------------------
 
@@ -355,7 +366,7 @@ class FakeAPI:
         if self.ttft_s:
             await asyncio.sleep(self.ttft_s)
         rest = max(0.0, self.latency_s - self.ttft_s)
-        step = rest / max(1, len(words))
+        step = rest / max(1, len(words) - 1)
         for i, w in enumerate(words):
             if i and step:
                 await asyncio.sleep(step)

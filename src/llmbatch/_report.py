@@ -90,6 +90,7 @@ class RunReport:
             "fallbacks": self.fallbacks,
             "limits": self.limits,
             "output": self.output,
+            "notes": self.notes,
         }
 
     def to_json(self) -> bytes:

@@ -220,8 +220,8 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     if cfg.report is not None:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
         cfg.report.write_bytes(report.to_json())
-    if engine.fatal:
-        _err(engine.fatal)
+    if engine.fatal and cfg.quiet:
+        _err(engine.fatal)  # otherwise the report shows it
     if not cfg.quiet:
         from rich.console import Console
 
