@@ -75,6 +75,7 @@ class FakeAPI:
     expected_key: str | None = None  # any other key → 401 (echoing the key, masked badly)
     stream_usage: bool = True  # OpenAI: honour stream_options.include_usage
     rules: list[Rule] = field(default_factory=list)
+    model_faults: dict[str, str] = field(default_factory=dict)  # model → fault on every call
     records: list[Record] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
@@ -165,6 +166,8 @@ class FakeAPI:
     def _plan(self, body: dict[str, Any]) -> str:
         text = orjson.dumps(body.get("messages", [])).decode()
         with self._lock:
+            if body.get("model") in self.model_faults:
+                return self.model_faults[body["model"]]
             for rule in self.rules:
                 if rule.match in text:
                     i = rule.seen

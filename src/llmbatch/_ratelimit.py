@@ -45,6 +45,15 @@ class Pacer:
         self._tat = tat + min(amount, self.rate * max(1.0, self.burst_s)) / self.rate
         return send_at - now
 
+    def sent_at(self, when: float) -> None:
+        """Book a send that happened at ``when``: the next slot is one step after it.
+
+        Waking late must not squeeze the next send closer than one step, or a
+        provider counting in short windows sees a burst.
+        """
+        if self.rate:
+            self._tat = max(self._tat, when + 1.0 / self.rate)
+
     def correct(self, delta: float) -> None:
         """Book ``delta`` more (or, negative, fewer) units than were reserved."""
         if self.rate:
@@ -72,10 +81,14 @@ class ModelGate:
     """
 
     MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
+    # Given limits are paced a little under: scheduling jitter between our clock and
+    # the provider's window must not tip a request over the line.
+    GIVEN_MARGIN = 0.98
 
     def __init__(self, limits: ModelLimits) -> None:
         self.given_rpm = limits.rpm
-        self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0)
+        self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0 * self.GIVEN_MARGIN)
+        self._send_lock = anyio.Lock()
         self.tokens = Pacer(None if limits.tpm is None else limits.tpm / 60.0, burst_s=1.0)
         self.input_tokens = Pacer(
             None if limits.input_tpm is None else limits.input_tpm / 60.0, burst_s=1.0
@@ -94,15 +107,23 @@ class ModelGate:
         return self.given_rpm is None
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
-        wait = max(
-            self.requests.reserve(1.0),
+        token_wait = max(
             self.tokens.reserve(input_tokens + output_tokens),
             self.input_tokens.reserve(input_tokens),
             self.output_tokens.reserve(output_tokens),
         )
-        if wait > 0:
-            await anyio.sleep(wait)
-        now = time.monotonic()
+        if token_wait > 0:
+            await anyio.sleep(token_wait)
+        if self.requests.rate is None and self.requests.paused_until <= time.monotonic():
+            now = time.monotonic()
+        else:
+            # One sender at a time, in arrival order: slots follow real send times.
+            async with self._send_lock:
+                wait = self.requests.reserve(1.0)
+                if wait > 0:
+                    await anyio.sleep(wait)
+                now = time.monotonic()
+                self.requests.sent_at(now)
         self.stats.sent += 1
         if self.adaptive:
             self._recent.append(now)

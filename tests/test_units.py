@@ -1,0 +1,284 @@
+"""Unit tests where a small piece has rules of its own."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from typing import Any
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+import llmbatch
+from llmbatch._breaker import Breaker
+from llmbatch._config import ModelLimits
+from llmbatch._exceptions import error_for_status
+from llmbatch._models import ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._ratelimit import (
+    ModelGate,
+    Pacer,
+    hint_from_headers,
+    parse_go_duration,
+    parse_reset,
+    parse_retry_after,
+)
+from llmbatch._report import build_report
+from llmbatch._results import DoneSet, JobResult, fp_int
+from llmbatch._schema import extract_json, sample_instance, validate_answer
+from llmbatch._stats import Histogram, RunStats
+from llmbatch._template import MissingField, Template, TemplateError
+from llmbatch._usage import Usage
+from llmbatch.providers._http import redact
+
+
+def test_all_matches_the_real_exports() -> None:
+    exported = {name for name in dir(llmbatch) if not name.startswith("_")}
+    assert set(llmbatch.__all__) - {"__version__"} == exported - {
+        "cli",
+        "providers",
+    }
+    for name in llmbatch.__all__:
+        assert hasattr(llmbatch, name)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("claude-haiku-4-5", ModelRef("anthropic", "claude-haiku-4-5")),
+        ("gpt-4o-mini", ModelRef("openai", "gpt-4o-mini")),
+        ("o3-mini", ModelRef("openai", "o3-mini")),
+        ("openai:llama3:8b", ModelRef("openai", "llama3:8b")),
+        ("sim:claude-haiku-4-5", ModelRef("sim", "claude-haiku-4-5")),
+    ],
+)
+def test_model_specs(spec: str, expected: ModelRef) -> None:
+    assert parse_model_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["llama3", "", "sim:", "mistral-large"])
+def test_bad_model_specs(spec: str) -> None:
+    with pytest.raises(ModelSpecError):
+        parse_model_spec(spec)
+
+
+def test_templates() -> None:
+    t = Template("Hi {name}, {a.b} and {{literal}} {items.1}")
+    assert t.render({"name": "Ann", "a": {"b": 2}, "items": ["x", "y"]}) == (
+        "Hi Ann, 2 and {literal} y"
+    )
+    with pytest.raises(MissingField) as info:
+        t.render({"name": "Ann"})
+    assert info.value.field == "a.b"
+    with pytest.raises(TemplateError):
+        Template("no fields at all")
+    with pytest.raises(TemplateError):
+        Template("unbalanced {name")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("6m0s", 360.0), ("12ms", 0.012), ("1h2m3.5s", 3723.5), ("20", 20.0), ("1.5s", 1.5)],
+)
+def test_go_durations(text: str, seconds: float) -> None:
+    assert parse_go_duration(text) == pytest.approx(seconds)
+
+
+def test_reset_times() -> None:
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 30))
+    assert parse_reset(stamp, now=now) == pytest.approx(30, abs=1.5)
+    assert parse_reset("6m0s") == 360
+    assert parse_reset(None) is None
+
+
+def test_retry_after_headers() -> None:
+    assert parse_retry_after({"retry-after": "2"}) == 2
+    assert parse_retry_after({"retry-after": "2", "retry-after-ms": "150"}) == 0.15
+    assert parse_retry_after({}) is None
+    assert parse_retry_after({"retry-after": "soon"}) is None
+
+
+def test_rate_limit_hints() -> None:
+    hint = hint_from_headers(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "2s",
+        }
+    )
+    assert hint is not None and hint.requests_limit == 600 and hint.requests_reset_s == 2
+    assert hint_from_headers({"content-type": "x"}) is None
+
+
+def test_pacer_spreads_slots_evenly() -> None:
+    p = Pacer(10.0)  # 10 per second, no burst
+    waits = [p.reserve() for _ in range(5)]
+    assert waits[0] == pytest.approx(0, abs=0.01)
+    for a, b in zip(waits, waits[1:], strict=False):
+        assert b - a == pytest.approx(0.1, abs=0.01)
+
+
+def test_pacer_burst_is_bounded_by_seconds_not_minutes() -> None:
+    p = Pacer(100.0, burst_s=1.0)
+    free = sum(1 for _ in range(500) if p.reserve() <= 0.001)
+    assert 90 <= free <= 110  # one second's worth
+
+
+def _rate(gate: ModelGate) -> float:
+    return -1.0 if gate.requests.rate is None else gate.requests.rate
+
+
+def test_adaptive_gate_backs_off_and_ramps_up() -> None:
+    gate = ModelGate(ModelLimits())
+    assert _rate(gate) == -1.0  # open until something says otherwise
+    gate.on_rate_limited(None, None)
+    first = _rate(gate)
+    assert first > 0
+    for _ in range(100):
+        gate.on_success(None)
+    assert _rate(gate) > first
+    hinted = hint_from_headers({"x-ratelimit-limit-requests": "60"})
+    gate.on_success(hinted)
+    assert 0 < _rate(gate) <= 1.0  # capped at the stated 60/min
+
+
+def test_breaker_opens_then_probes() -> None:
+    b = Breaker(threshold=3, cooldown=0.05)
+    for _ in range(3):
+        assert b.allow()
+        b.record_failure()
+    assert b.is_open
+    assert not b.allow()
+    time.sleep(0.06)
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one
+    b.record_success()
+    assert b.allow()
+    assert b.consecutive == 0 and b.trips == 1
+
+
+def test_error_classes_by_status() -> None:
+    cases = {
+        400: "bad_request",
+        401: "auth",
+        403: "auth",
+        404: "not_found",
+        408: "timeout",
+        409: "server_error",
+        422: "bad_request",
+        429: "rate_limited",
+        500: "server_error",
+        503: "server_error",
+        504: "timeout",
+        529: "overloaded",
+    }
+    for status, kind in cases.items():
+        assert error_for_status(status, "x").error_type == kind
+    assert error_for_status(500, "x", body_type="overloaded_error").error_type == "overloaded"
+
+
+def test_redaction() -> None:
+    key = "sk-ant-api03-SECRETSECRETSECRET"
+    assert key not in redact(f"bad key {key}", key)
+    assert "sk-proj-abcdefghijkl" not in redact("Incorrect key sk-proj-abcdefghijklmnop", None)
+
+
+def test_histogram_percentiles_within_one_percent() -> None:
+    h = Histogram()
+    rng = random.Random(2)
+    values = [rng.uniform(1, 5000) for _ in range(10_000)]
+    for v in values:
+        h.add(v)
+    values.sort()
+    for p in (50, 90, 99):
+        exact = values[int(len(values) * p / 100) - 1]
+        assert h.percentile(p) == pytest.approx(exact, rel=0.02)
+    assert h.max == max(values)
+
+
+def test_done_set_lookups() -> None:
+    done = DoneSet()
+    for i in range(1000):
+        done.add(f"id-{i}", f"{i:016x}")
+    done.freeze()
+    assert "id-5" in done and "id-1000" not in done
+    assert done.fingerprint("id-255") == fp_int(f"{255:016x}") != 0
+    assert done.fingerprint("nope") is None
+    assert len(done) == 1000
+
+
+SCHEMAS: list[dict[str, Any]] = [
+    {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}},
+    {
+        "type": "object",
+        "required": ["score", "tags", "ok", "kind"],
+        "additionalProperties": False,
+        "properties": {
+            "score": {"type": "integer", "minimum": 1, "maximum": 5},
+            "ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+            "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 4},
+            "ok": {"type": "boolean"},
+            "kind": {"enum": ["x", "y"]},
+            "nested": {
+                "type": "object",
+                "required": ["deep"],
+                "properties": {"deep": {"type": ["string", "null"], "maxLength": 5}},
+            },
+        },
+    },
+    {"type": "array", "items": {"$ref": "#/$defs/p"}, "$defs": {"p": {"type": "integer"}}},
+    {"type": "string", "format": "email"},
+    {"allOf": [{"type": "object", "required": ["x"], "properties": {"x": {"const": 3}}}]},
+    {"anyOf": [{"type": "integer"}, {"type": "string"}]},
+]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_sim_answers_validate(schema: dict[str, Any]) -> None:
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    for seed in range(20):
+        validator.validate(sample_instance(schema, random.Random(seed)))
+
+
+def test_json_extraction() -> None:
+    assert extract_json('{"a": 1}') == {"a": 1}
+    assert extract_json('Here you go:\n```json\n{"a": 2}\n```\nBye') == {"a": 2}
+    assert extract_json('The answer is {"a": {"b": "}"}} as asked') == {"a": {"b": "}"}}
+    with pytest.raises(ValueError):
+        extract_json("no json here")
+    schema = {"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}}
+    assert validate_answer('{"a": 1}', schema) == ({"a": 1}, None)
+    value, problem = validate_answer('{"a": "x"}', schema)
+    assert problem is not None and "at a:" in problem
+
+
+def test_report_table_renders() -> None:
+    stats = RunStats()
+    stats.add(
+        JobResult(
+            id="a",
+            status="ok",
+            output="x",
+            parsed=None,
+            provider="sim",
+            model="m",
+            usage=Usage(10, 5),
+            cost_usd=0.001,
+            latency_ms=120.0,
+            ttft_ms=30.0,
+            attempts=2,
+            error=None,
+            metadata=None,
+            attempt_errors={"rate_limited": 1},
+        )
+    )
+    report = build_report(stats, wall_s=1.5)
+    buf = io.StringIO()
+    report.render(Console(file=buf, width=100, force_terminal=True, color_system=None))
+    text = buf.getvalue()
+    assert "1 total" in text and "rate_limited 1" in text and "sim:m" in text
+    assert report.to_dict()["attempts"] == {"total": 2, "retries": 1}
