@@ -40,6 +40,7 @@ from ._exceptions import (
 )
 from ._history import append_history
 from ._jobs import Job, JobParser, LineError, Request, iter_lines, open_jobs, validate_file
+from ._lock import OutputLock
 from ._models import ModelRef
 from ._pricing import PriceBook
 from ._progress import NoProgress, ProgressSink
@@ -151,6 +152,7 @@ class Engine:
         self._auth_failures = 0
         self._schemas_checked: set[bytes] = set()
         self._work_scope: anyio.CancelScope | None = None
+        self._todo = 0
 
     # -- per-job resolution ---------------------------------------------------
 
@@ -265,6 +267,16 @@ class Engine:
     # -- the run ------------------------------------------------------------------
 
     async def run(self) -> RunReport:
+        lock = OutputLock(self.config.output) if self.config.output is not None else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            return await self._run()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    async def _run(self) -> RunReport:
         cfg = self.config
         plan = self.plan()
         self.check_plan(plan)
@@ -290,6 +302,7 @@ class Engine:
             self.gates[ref] = ModelGate(cfg.limits_for(ref))
             self.breakers[ref] = Breaker()
         writer = ResultWriter(cfg.output)
+        self._todo = plan.todo
         self.progress.start(plan.todo)
         try:
             await self._run_pool(plan, writer)
@@ -409,7 +422,8 @@ class Engine:
     async def _tick(self) -> None:
         while True:
             spent = self.stats.cost_usd
-            projected = None
+            done = self.stats.done
+            projected = spent / done * self._todo if done else None
             self.progress.update(self.stats, spent, projected)
             self.progress.tick()
             await anyio.sleep(0.25)

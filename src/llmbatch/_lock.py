@@ -1,0 +1,43 @@
+"""One writer per output file, across processes.
+
+An advisory ``flock`` on ``<output>.lock``: the kernel drops it when the holder
+exits, however it exits (``kill -9`` included), so a crashed run never leaves
+the output locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from ._exceptions import OutputLocked
+
+
+class OutputLock:
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.path = output.with_name(output.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputLocked(
+                f"another llmbatch run (pid {holder}) is writing {self.output}; "
+                "wait for it to finish, or write to another --output. Nothing was sent."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
