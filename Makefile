@@ -21,8 +21,8 @@ demo: $(STAMP)
 		--max-cost 1.00 --fresh
 	@echo
 	@echo "results: demo-out/jobs.results.jsonl   report: demo-out/report.json"
-	@echo "first result line:"
-	@head -n 1 demo-out/jobs.results.jsonl
+	@echo "a structured result (the sentiment jobs carry a JSON Schema):"
+	@grep -m 1 '"parsed":{' demo-out/jobs.results.jsonl
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -308,12 +308,15 @@ class Engine:
             await self._run_pool(plan, writer)
         finally:
             writer.close()
+            self.progress.update(self.stats, self.stats.cost_usd, None)
             self.progress.stop()
             for provider in self.providers.values():
                 with anyio.CancelScope(shield=True):
                     await provider.aclose()
         wall = time.monotonic() - started
         not_run = max(0, plan.todo - self.stats.done)
+        for provider in self.providers.values():
+            self.notes.extend(f"{provider.name}: {note}" for note in sorted(provider.notes))
         if self.fatal:
             self.notes.insert(0, self.fatal)
         limits = {str(ref): gate.describe() for ref, gate in self.gates.items() if gate.stats.sent}

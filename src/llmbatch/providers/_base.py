@@ -43,6 +43,7 @@ class Provider(Protocol):
     """
 
     name: str
+    notes: set[str]  # things the report should say once (e.g. a setting not sent)
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer: ...
 

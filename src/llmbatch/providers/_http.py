@@ -67,6 +67,7 @@ class HttpProvider:
         self.pool_size = max(4, config.concurrency + 4)
         self.idle_timeout = config.idle_timeout
         self._session: aiohttp.ClientSession | None = None
+        self.notes: set[str] = set()  # said once in the report
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:

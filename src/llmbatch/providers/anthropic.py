@@ -43,7 +43,7 @@ def _content_to_anthropic(content: Any) -> Any:
 
 
 def build_anthropic_body(
-    model: str, request: Request, structured: str = "native"
+    model: str, request: Request, structured: str = "native", notes: set[str] | None = None
 ) -> dict[str, Any]:
     """The wire body for one attempt. A Message Batches ``params`` body passes through."""
     if request.wire_format == "anthropic" and request.body is not None:
@@ -64,9 +64,10 @@ def build_anthropic_body(
         }
         if request.system is not None:
             body["system"] = request.system
-        if request.appended and request.wire_format == "openai":
-            pass  # already inside request.messages
-    body.pop("temperature", None)
+    if (body.pop("temperature", None) is not None or request.temperature is not None) and (
+        notes is not None
+    ):
+        notes.add("temperature is not sent to Anthropic: its 2.x Messages API takes none")
     if request.schema is not None and structured == "native" and "output_config" not in body:
         body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
     elif request.schema is not None and structured == "prompt":
@@ -102,7 +103,7 @@ class AnthropicProvider(HttpProvider):
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
         started = time.perf_counter()
-        body = build_anthropic_body(model, request, self.settings.structured_output)
+        body = build_anthropic_body(model, request, self.settings.structured_output, self.notes)
         parts: list[str] = []
         usage = Usage()
         raw_in = cache_read = cache_write = 0

@@ -85,6 +85,7 @@ def build_openai_body(
     *,
     max_tokens_field: str = "max_tokens",
     structured: str = "native",
+    notes: set[str] | None = None,
 ) -> dict[str, Any]:
     """The wire body for one attempt. A Batch API ``body`` passes through."""
     if request.wire_format == "openai" and request.body is not None:
@@ -110,6 +111,12 @@ def build_openai_body(
     if request.schema is not None and "response_format" not in body:
         if structured == "native":
             strict = fits_strict(request.schema)
+            if not strict and notes is not None:
+                notes.add(
+                    f"schema {_schema_name(request.schema)!r} does not fit OpenAI strict mode "
+                    "(every property required, additionalProperties false, no bounds or "
+                    "formats): sent with strict: false, and validated here"
+                )
             body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
@@ -152,6 +159,7 @@ class OpenAIProvider(HttpProvider):
             request,
             max_tokens_field=self.max_tokens_field,
             structured=self.settings.structured_output,
+            notes=self.notes,
         )
         parts: list[str] = []
         usage: Usage | None = None

@@ -89,6 +89,7 @@ class SimProvider:
         self.fail_rate = min(1.0, _env_float("LLMBATCH_SIM_FAIL_RATE", 0.0))
         self.invalid_rate = min(1.0, _env_float("LLMBATCH_SIM_INVALID_RATE", 0.0))
         self._faults = random.Random()
+        self.notes: set[str] = set()
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
         started = time.perf_counter()
