@@ -255,7 +255,11 @@ class FakeAPI:
                 await asyncio.sleep(3600)
             if fault.isdigit():
                 return self._error(kind, int(fault), f"simulated {fault}")
-            return await self._stream(request, kind, body, record, fault)
+            try:
+                return await self._stream(request, kind, body, record, fault)
+            except ConnectionResetError:
+                record.outcome = "client_gone"  # the client died mid-answer (kill -9)
+                raise asyncio.CancelledError from None
         finally:
             with self._lock:
                 self.in_flight -= 1

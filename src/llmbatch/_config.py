@@ -42,8 +42,9 @@ class ProviderSettings:
         return ""
 
     def key_env(self) -> str | None:
-        if self.api_key_env:
-            return self.api_key_env
+        """The variable holding the key; ``api_key_env = ""`` means the server needs none."""
+        if self.api_key_env is not None:
+            return self.api_key_env or None
         return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.kind)
 
 

@@ -101,6 +101,7 @@ class ModelGate:
         self.learned_tpm: float | None = None
         self._last_decrease = 0.0
         self._recent: list[float] = []  # send times in the last few seconds
+        self._recent_429s: list[float] = []
 
     @property
     def adaptive(self) -> bool:
@@ -149,12 +150,16 @@ class ModelGate:
         self.stats.rate_limited += 1
         if hint is not None:
             self._apply_hint(hint)
+        now = time.monotonic()
+        self._recent_429s = [t for t in self._recent_429s if now - t < 5.0] + [now]
         if retry_after is not None and retry_after > 0:
-            # Everyone waits, not just the request that was told to.
-            self.requests.pause(min(retry_after, 120.0))
+            # Everyone waits, not just the request that was told to: always when the
+            # limit is being learned; with a given limit only when 429s repeat (a lone
+            # one is scheduling jitter, and its own request honours the retry-after).
+            if self.adaptive or len(self._recent_429s) >= 2:
+                self.requests.pause(min(retry_after, 120.0))
         if not self.adaptive:
             return
-        now = time.monotonic()
         if now - self._last_decrease < 1.0:
             return
         self._last_decrease = now
