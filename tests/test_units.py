@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from rich.console import Console
 
@@ -25,7 +27,7 @@ from llmbatch._ratelimit import (
     parse_retry_after,
 )
 from llmbatch._report import build_report
-from llmbatch._results import DoneSet, JobResult, fp_int
+from llmbatch._results import DoneSet, JobResult, fp_int, read_existing
 from llmbatch._schema import extract_json, sample_instance, validate_answer
 from llmbatch._stats import Histogram, RunStats
 from llmbatch._template import MissingField, Template, TemplateError
@@ -34,13 +36,11 @@ from llmbatch.providers._http import redact
 
 
 def test_all_matches_the_real_exports() -> None:
-    exported = {name for name in dir(llmbatch) if not name.startswith("_")}
-    assert set(llmbatch.__all__) - {"__version__"} == exported - {
-        "cli",
-        "providers",
-    }
     for name in llmbatch.__all__:
-        assert hasattr(llmbatch, name)
+        assert getattr(llmbatch, name) is not None
+    assert set(dir(llmbatch)) == set(llmbatch.__all__)
+    with pytest.raises(AttributeError):
+        _ = llmbatch.not_a_name
 
 
 @pytest.mark.parametrize(
@@ -282,3 +282,29 @@ def test_report_table_renders() -> None:
     text = buf.getvalue()
     assert "1 total" in text and "rate_limited 1" in text and "sim:m" in text
     assert report.to_dict()["attempts"] == {"total": 2, "retries": 1}
+
+
+def test_resume_state_reruns_budget_cut_jobs(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    lines = [
+        {"id": "a", "status": "failed", "error": {"type": "budget"}, "cost_usd": 0.5},
+        {"id": "b", "status": "failed", "error": {"type": "bad_request"}, "cost_usd": 0.0},
+        {"id": "c", "status": "ok", "cost_usd": 0.25, "usage": {"input_tokens": 3}},
+        {"id": "d", "status": "failed", "error": {"type": "server_error"}},
+        {"id": "d", "status": "ok"},
+    ]
+    out.write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines) + b'{"id": "e", "sta')
+    state = read_existing(out, retry_failed=False)
+    assert "a" not in state.done  # cut by a budget: runs again
+    assert "b" in state.done and "c" in state.done and "d" in state.done
+    assert state.failed == 1 and state.ok == 2
+    assert state.cost_usd == pytest.approx(0.75) and state.tokens == 3
+    assert state.torn_at is not None and state.torn_bytes == len(b'{"id": "e", "sta')
+    retry = read_existing(out, retry_failed=True)
+    assert "b" not in retry.done and retry.retry_ids == 2
+
+
+def test_every_lazy_name_is_exported() -> None:
+    from llmbatch import _WHERE
+
+    assert sorted([*_WHERE, "__version__"]) == sorted(llmbatch.__all__)

@@ -1,35 +1,49 @@
 """llmbatch: run JSONL files of LLM requests fast, safely and cheaply.
 
-from llmbatch import RunConfig, run_jobs
-report = run_jobs(RunConfig(jobs=Path("jobs.jsonl"), model=ModelRef("sim", "claude-haiku-4-5")))
+    from pathlib import Path
+    from llmbatch import ModelRef, RunConfig, run_jobs
+
+    report = run_jobs(RunConfig(jobs=Path("jobs.jsonl"), model=ModelRef("sim", "claude-haiku-4-5")))
+
+Names are imported on first use, so ``llmbatch --help`` loads nothing but typer.
 """
 
-from ._config import RunConfig
-from ._engine import run_jobs, run_jobs_async
-from ._exceptions import (
-    AuthError,
-    BadRequest,
-    ConfigError,
-    ConnectionFailed,
-    ContentFiltered,
-    InputError,
-    LLMBatchError,
-    NotFound,
-    OtherProviderError,
-    OutputLocked,
-    Overloaded,
-    ProviderError,
-    ProviderTimeout,
-    RateLimited,
-    ResumeConflict,
-    ServerError,
-    UsageError,
-)
-from ._models import ModelRef, parse_model_spec
-from ._report import RunReport
-from ._usage import Usage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXCEPTIONS = (
+    "AuthError",
+    "BadRequest",
+    "ConfigError",
+    "ConnectionFailed",
+    "ContentFiltered",
+    "InputError",
+    "LLMBatchError",
+    "NotFound",
+    "OtherProviderError",
+    "OutputLocked",
+    "Overloaded",
+    "ProviderError",
+    "ProviderTimeout",
+    "RateLimited",
+    "ResumeConflict",
+    "ServerError",
+    "UsageError",
+)
+_WHERE: dict[str, str] = {
+    "RunConfig": "._config",
+    "run_jobs": "._engine",
+    "run_jobs_async": "._engine",
+    "ModelRef": "._models",
+    "parse_model_spec": "._models",
+    "RunReport": "._report",
+    "Usage": "._usage",
+    **{name: "._exceptions" for name in _EXCEPTIONS},
+}
 
 __all__ = [
     "AuthError",
@@ -58,3 +72,42 @@ __all__ = [
     "run_jobs",
     "run_jobs_async",
 ]
+
+if TYPE_CHECKING:
+    from ._config import RunConfig
+    from ._engine import run_jobs, run_jobs_async
+    from ._exceptions import (
+        AuthError,
+        BadRequest,
+        ConfigError,
+        ConnectionFailed,
+        ContentFiltered,
+        InputError,
+        LLMBatchError,
+        NotFound,
+        OtherProviderError,
+        OutputLocked,
+        Overloaded,
+        ProviderError,
+        ProviderTimeout,
+        RateLimited,
+        ResumeConflict,
+        ServerError,
+        UsageError,
+    )
+    from ._models import ModelRef, parse_model_spec
+    from ._report import RunReport
+    from ._usage import Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmbatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

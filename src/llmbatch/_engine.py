@@ -33,6 +33,7 @@ from ._config import RunConfig
 from ._exceptions import (
     InputError,
     LineProblem,
+    LLMBatchError,
     ProviderError,
     ProviderTimeout,
     ResumeConflict,
@@ -80,6 +81,7 @@ class Plan:
     """What the check pass found: runnable count, models in use, problems."""
 
     total_valid: int = 0
+    last_line: int = 0  # lines appended during the run wait for the next one
     todo: int = 0
     skipped_done: int = 0
     invalid_lines: set[int] = field(default_factory=set)
@@ -230,6 +232,7 @@ class Engine:
         summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
         plan.problems = summary.problems
         plan.invalid_lines = summary.invalid_lines
+        plan.last_line = summary.last_line
         # Duplicates were counted as valid until the pass found them.
         plan.total_valid = summary.valid
         return plan
@@ -306,6 +309,12 @@ class Engine:
         self.progress.start(plan.todo)
         try:
             await self._run_pool(plan, writer)
+        except BaseExceptionGroup as group:
+            # Our own errors surface as themselves, not wrapped by the task group.
+            own = [e for e in group.exceptions if isinstance(e, LLMBatchError)]
+            if own and len(own) == len(group.exceptions):
+                raise own[0] from None
+            raise
         finally:
             writer.close()
             self.progress.update(self.stats, self.stats.cost_usd, None)
@@ -386,7 +395,7 @@ class Engine:
         async with send:
             with open_jobs(self.config.jobs) as stream:
                 for lineno, raw in iter_lines(stream):
-                    if self._stopping:
+                    if self._stopping or lineno > plan.last_line:
                         return
                     if lineno in invalid:
                         continue

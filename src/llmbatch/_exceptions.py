@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 
 class LLMBatchError(Exception):
@@ -99,6 +100,11 @@ class ProviderError(LLMBatchError):
 
     def to_dict(self) -> dict[str, object]:
         return {"type": self.error_type, "message": self.message, "status": self.status}
+
+    def with_usage(self, usage: object | None) -> Self:
+        """Attach the tokens billed before this attempt failed; returns self for ``raise``."""
+        self.usage = usage
+        return self
 
 
 class RateLimited(ProviderError):

@@ -294,6 +294,7 @@ class ValidationSummary:
 
     path: str
     lines: int = 0
+    last_line: int = 0
     valid: int = 0
     problems: list[LineProblem] = field(default_factory=list)
 
@@ -319,6 +320,7 @@ def validate_file(
     with open_jobs(path) as stream:
         for lineno, raw in iter_lines(stream):
             summary.lines += 1
+            summary.last_line = lineno
             try:
                 job = parser.parse(raw, lineno)
             except LineError as exc:

@@ -202,6 +202,7 @@ def read_existing(path: Path, *, retry_failed: bool) -> ExistingOutput:
     if not path.exists():
         return state
     failed_ids: dict[str, str | None] = {}
+    budget_cut: set[str] = set()
     bad: tuple[int, int, int] | None = None
     for lineno, offset, obj, length in iter_result_lines(path):
         if bad is not None:
@@ -222,15 +223,22 @@ def read_existing(path: Path, *, retry_failed: bool) -> ExistingOutput:
         job_id = str(obj["id"])
         if obj["status"] == "ok":
             failed_ids.pop(job_id, None)
+            budget_cut.discard(job_id)
             state.done.add(job_id, obj.get("fingerprint"))
             state.ok += 1
+        elif (obj.get("error") or {}).get("type") == "budget":
+            # Cut off by a budget cap mid-job: it runs again, whatever --retry-failed says.
+            failed_ids.pop(job_id, None)
+            budget_cut.add(job_id)
         else:
+            budget_cut.discard(job_id)
             failed_ids[job_id] = obj.get("fingerprint")
     if bad is not None:
         state.torn_at, state.torn_bytes = bad[1], bad[2]
     state.failed = len(failed_ids)
+    state.retry_ids = len(budget_cut)
     if retry_failed:
-        state.retry_ids = len(failed_ids)
+        state.retry_ids += len(failed_ids)
     else:
         for job_id, fp in failed_ids.items():
             state.done.add(job_id, fp)

@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from ._config import RunConfig
 
 app = typer.Typer(
     name="llmbatch",
@@ -90,13 +94,24 @@ def _guard(fn: Callable[[], T]) -> T:
         raise typer.Exit(70) from None
 
 
-def _jobs_path(jobs: str) -> tuple[Path, str, bool]:
-    """(path to read, name to show, came from stdin)."""
-    if jobs == "-":
+@contextmanager
+def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> Iterator[RunConfig]:
+    """Flags over llmbatch.toml, for JOBS (``-`` is spooled to a temporary file, removed after)."""
+    from ._config import build_run_config, load_config
+
+    file_config = load_config(config_path)
+    stdin = jobs == "-"
+    if stdin:
         from ._jobs import spool_stdin
 
-        return spool_stdin(), "<stdin>", True
-    return Path(jobs), jobs, False
+        path, display = spool_stdin(), "<stdin>"
+    else:
+        path, display = Path(jobs), jobs
+    try:
+        yield build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+    finally:
+        if stdin:
+            path.unlink(missing_ok=True)
 
 
 @app.command()
@@ -204,19 +219,12 @@ def run(
 def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     import anyio
 
-    from ._config import build_run_config, load_config
     from ._engine import Engine, exit_code_for
     from ._progress import make_progress
 
-    file_config = load_config(config_path)
-    path, display, stdin = _jobs_path(jobs)
-    try:
-        cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+    with _configured(jobs, flags, config_path) as cfg:
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
-    finally:
-        if stdin:
-            path.unlink(missing_ok=True)
     if cfg.report is not None:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
         cfg.report.write_bytes(report.to_json())
@@ -247,25 +255,17 @@ def validate(
     """Check every line, print problems as PATH:LINE: message. Sends nothing."""
 
     def go() -> int:
-        from ._config import build_run_config, load_config
         from ._engine import Engine
 
-        file_config = load_config(config)
-        path, display, stdin = _jobs_path(jobs)
-        try:
-            flags = {
-                "model": model,
-                "template": template,
-                "template_file": template_file,
-                "provider": provider,
-                "output": "-",
-            }
-            cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
-            cfg.output = None
+        flags = {
+            "model": model,
+            "template": template,
+            "template_file": template_file,
+            "provider": provider,
+            "output": "-",  # validate reads no output
+        }
+        with _configured(jobs, flags, config) as cfg:
             plan = Engine(cfg).plan()
-        finally:
-            if stdin:
-                path.unlink(missing_ok=True)
         for problem in plan.problems:
             sys.stdout.write(f"{problem}\n")
         lines = plan.total_valid + len(plan.invalid_lines)
@@ -297,25 +297,18 @@ def estimate(
     """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
 
     def go() -> int:
-        from ._config import build_run_config, load_config
         from ._estimate import estimate_jobs, render_estimate
 
-        file_config = load_config(config)
-        path, display, stdin = _jobs_path(jobs)
-        try:
-            flags = {
-                "model": model,
-                "template": template,
-                "template_file": template_file,
-                "max_tokens": max_tokens,
-                "provider": provider,
-                "output": output if output is not None else ("-" if stdin else None),
-            }
-            cfg = build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
+        flags = {
+            "model": model,
+            "template": template,
+            "template_file": template_file,
+            "max_tokens": max_tokens,
+            "provider": provider,
+            "output": output if output is not None else ("-" if jobs == "-" else None),
+        }
+        with _configured(jobs, flags, config) as cfg:
             est = estimate_jobs(cfg)
-        finally:
-            if stdin:
-                path.unlink(missing_ok=True)
         if as_json:
             import orjson
 

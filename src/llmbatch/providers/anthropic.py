@@ -163,13 +163,13 @@ class AnthropicProvider(HttpProvider):
             raise ConnectionFailed(f"a stream event was not valid JSON: {exc}") from exc
         usage = _usage(raw_in, cache_read, cache_write, usage.output_tokens)
         if not finished:
-            err = ConnectionFailed("the stream ended before message_stop (truncated)")
-            err.usage = usage
-            raise err
+            raise ConnectionFailed("the stream ended before message_stop (truncated)").with_usage(
+                usage
+            )
         if stop_reason == "refusal":
-            err2 = ContentFiltered("the model refused to answer (stop_reason: refusal)")
-            err2.usage = usage
-            raise err2
+            raise ContentFiltered("the model refused to answer (stop_reason: refusal)").with_usage(
+                usage
+            )
         return Answer(
             text="".join(parts),
             usage=usage,

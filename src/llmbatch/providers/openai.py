@@ -208,9 +208,7 @@ class OpenAIProvider(HttpProvider):
         except orjson.JSONDecodeError as exc:
             raise ConnectionFailed(f"a stream chunk was not valid JSON: {exc}") from exc
         if not done:
-            err = ConnectionFailed("the stream ended before [DONE] (truncated)")
-            err.usage = usage
-            raise err
+            raise ConnectionFailed("the stream ended before [DONE] (truncated)").with_usage(usage)
         if usage is None:
             # A server that ignores include_usage: estimate, so budgets still hold.
             from .sim import estimate_input_tokens
@@ -219,9 +217,7 @@ class OpenAIProvider(HttpProvider):
             usage = Usage(estimate_input_tokens(request), max(1, len(text) // 4))
         if finish == "content_filter" or refusal:
             reason = "".join(refusal) or "finish_reason: content_filter"
-            err2 = ContentFiltered(f"the answer was filtered or refused: {reason}")
-            err2.usage = usage
-            raise err2
+            raise ContentFiltered(f"the answer was filtered or refused: {reason}").with_usage(usage)
         return Answer(
             text="".join(parts),
             usage=usage,
