@@ -270,3 +270,30 @@ def test_second_signal_cancels_in_flight(fake: FakeAPI, tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr.decode()
     assert not (tmp_path / "jobs.results.jsonl").read_bytes()
+
+
+def test_a_signal_ends_a_long_backoff_at_once(fake: FakeAPI, tmp_path: Path) -> None:
+    fake.retry_after = 30.0
+    fake.add_rule("Question 0:", "429", "429")
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    import os
+
+    env = dict(os.environ)
+    env.update(fake_env(fake))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", MINI, "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while fake.count() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # job-0 is now waiting out its 30 s retry-after
+    proc.send_signal(signal.SIGINT)
+    sent_at = time.monotonic()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr.decode()
+    assert time.monotonic() - sent_at < 5
+    ids = {x["id"] for x in read_jsonl(tmp_path / "jobs.results.jsonl")}
+    assert ids == {"job-1", "job-2"}  # job-0 was not answered: it runs on resume

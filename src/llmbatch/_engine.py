@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,7 @@ class Engine:
         self._auth_failures = 0
         self._schemas_checked: set[bytes] = set()
         self._work_scope: anyio.CancelScope | None = None
+        self._waits: set[anyio.CancelScope] = set()
         self._todo = 0
 
     # -- per-job resolution ---------------------------------------------------
@@ -460,6 +462,21 @@ class Engine:
         if self.stopped_by is None:
             self.stopped_by = reason
         self._stopping = True
+        # Jobs waiting (backoff, rate limits) wake now; requests in flight go on.
+        for scope in list(self._waits):
+            scope.cancel()
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A wait that a stop ends early (check ``cancelled_caught``)."""
+        with anyio.CancelScope() as scope:
+            if self._stopping:
+                scope.cancel()
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
 
     # -- one job: the heart -----------------------------------------------------
 
@@ -547,7 +564,12 @@ class Engine:
                             "status": None,
                         },
                     )
-                await gate.acquire(res_in, res_out)
+                with self._interruptible() as waiting:
+                    await gate.acquire(res_in, res_out)
+                if waiting.cancelled_caught:
+                    self.budget.settle(res_cost, res_in + res_out, 0.0, 0)
+                    gate.settle(res_in, res_out, 0, 0)
+                    continue  # stopped while waiting for a slot: the checks above decide
                 tries += 1
                 attempts += 1
                 err: ProviderError | None = None
@@ -591,7 +613,8 @@ class Engine:
                         break
                     delay = self._backoff(tries, err.retry_after)
                     gate.stats.backoff_s += delay
-                    await anyio.sleep(delay)
+                    with self._interruptible():
+                        await anyio.sleep(delay)
                     continue
 
                 # An answer.

@@ -73,11 +73,12 @@ class GateStats:
 class ModelGate:
     """Every limit on one model: requests, tokens (total, input, output), and what 429s taught.
 
-    With ``rpm`` given, sends are paced at exactly that rate. Without it, the gate
-    starts open (only concurrency bounds it) and learns: a 429 sets the rate just
-    below the pace that drew it (then ×0.7 for each further 429, at most once a
-    second); each success raises it by 0.1%; rate-limit headers cap it at the
-    provider's stated limit and pause it when the remaining quota runs out.
+    With ``rpm`` given, sends are paced at 98% of it. Without it, the gate starts
+    open (only concurrency bounds it) and learns: a 429 sets the rate just below
+    the pace that drew it (then ×0.7 for each further 429, at most once a second);
+    each success raises it, by 1% while it is well under the rate that last drew a
+    429 and by 0.1% once near it (fast recovery, slow probing); rate-limit headers
+    cap it at the provider's stated limit and pause it when the quota runs out.
     """
 
     MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
@@ -100,6 +101,7 @@ class ModelGate:
         self.learned_ceiling: float | None = None  # from headers, requests per second
         self.learned_tpm: float | None = None
         self._last_decrease = 0.0
+        self._last_max = 0.0  # the rate that last drew a 429
         self._recent: list[float] = []  # send times in the last few seconds
         self._recent_429s: list[float] = []
 
@@ -141,7 +143,8 @@ class ModelGate:
         if hint is not None:
             self._apply_hint(hint)
         if self.adaptive and self.requests.rate is not None:
-            rate = self.requests.rate * 1.001
+            rate = self.requests.rate
+            rate *= 1.01 if rate < 0.9 * self._last_max else 1.001
             if self.learned_ceiling is not None:
                 rate = min(rate, self.learned_ceiling)
             self.requests.rate = rate
@@ -164,15 +167,17 @@ class ModelGate:
             return
         self._last_decrease = now
         if self.requests.rate is None:
-            self.requests.rate = max(self.MIN_RATE, self._observed_rate(now) * 0.9)
+            self._last_max = self._observed_rate(now)
+            self.requests.rate = max(self.MIN_RATE, self._last_max * 0.9)
         else:
+            self._last_max = self.requests.rate
             self.requests.rate = max(self.MIN_RATE, self.requests.rate * 0.7)
 
     def _observed_rate(self, now: float) -> float:
         window = [t for t in self._recent if now - t <= 5.0]
         if len(window) < 2:
             return 1.0
-        span = max(now - window[0], 0.5)
+        span = max(now - window[0], 1.0)
         return len(window) / span
 
     def _apply_hint(self, hint: RateLimitHint) -> None:

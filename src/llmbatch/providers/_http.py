@@ -86,6 +86,7 @@ class HttpProvider:
                 ),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 auto_decompress=True,
+                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the SDKs honour them
             )
         return self._session
 
