@@ -56,9 +56,8 @@ class LineProblem:
 class InputError(LLMBatchError):
     """Job lines are invalid. ``problems`` lists each with its line number."""
 
-    def __init__(self, problems: Sequence[LineProblem], total_lines: int = 0) -> None:
+    def __init__(self, problems: Sequence[LineProblem]) -> None:
         self.problems = list(problems)
-        self.total_lines = total_lines
         n = len(self.problems)
         super().__init__(
             f"{n} invalid line{'s' if n != 1 else ''}; nothing was sent. "

@@ -121,7 +121,7 @@ class DoneSet:
 
     def add(self, job_id: str, fingerprint: str | None) -> None:
         self._pending_keys.append(hash(job_id))
-        self._pending_fps.append(_fp_int(fingerprint))
+        self._pending_fps.append(fp_int(fingerprint))
 
     def freeze(self) -> None:
         keys = self._pending_keys
@@ -147,17 +147,13 @@ class DoneSet:
         return len(self._keys)
 
 
-def _fp_int(fingerprint: str | None) -> int:
+def fp_int(fingerprint: str | None) -> int:
     if not fingerprint:
         return 0
     try:
         return int(fingerprint[:15], 16)  # 60 bits: fits int64
     except ValueError:
         return 0
-
-
-def fp_int(fingerprint: str | None) -> int:
-    return _fp_int(fingerprint)
 
 
 # -- reading an existing output ------------------------------------------------------

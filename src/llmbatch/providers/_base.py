@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from .._jobs import Request
@@ -32,7 +32,6 @@ class Answer:
     ttft_ms: float | None
     request_id: str | None = None
     limits: RateLimitHint | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Provider(Protocol):
