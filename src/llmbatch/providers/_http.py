@@ -64,6 +64,7 @@ class HttpProvider:
         self.api_key = os.environ.get(env) if env else None
         if env and not self.api_key:
             raise UsageError(f"{env} is not set (needed by provider {self.name})")
+        self.proxy = proxy_for(self.base_url)
         self.pool_size = max(4, config.concurrency + 4)
         self.idle_timeout = config.idle_timeout
         self._session: aiohttp.ClientSession | None = None
@@ -86,7 +87,6 @@ class HttpProvider:
                 ),
                 json_serialize=lambda o: orjson.dumps(o).decode(),
                 auto_decompress=True,
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as the SDKs honour them
             )
         return self._session
 
@@ -114,7 +114,7 @@ class HttpProvider:
         session = self._get_session()
         data = orjson.dumps(body)
         try:
-            async with session.post(url, data=data, headers=headers) as resp:
+            async with session.post(url, data=data, headers=headers, proxy=self.proxy) as resp:
                 request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
                 hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]
                 if resp.status != 200:
@@ -173,6 +173,21 @@ class HttpProvider:
         if isinstance(err, RateLimited) and "insufficient_quota" in (code, body_type):
             err.retryable = False  # out of credit: waiting will not help
         return err
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy for ``url`` from HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as the SDKs honour them.
+
+    Resolved once per provider: aiohttp's ``trust_env`` would redo it (and read
+    ~/.netrc) on every request.
+    """
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def parse_error_body(raw: bytes) -> tuple[str, str | None, str | None]:
