@@ -36,6 +36,11 @@ _VOCAB = (
     "because however therefore overall finally also often usually mostly rather"
 ).split()
 
+# A fixed shuffled word stream; an answer is a slice of it, picked by the request's
+# hash. One randrange a job instead of one random.choice a word (the sim's cost
+# must not hide the engine's in the benchmarks).
+_CORPUS = random.Random(1).choices(_VOCAB, k=8192)
+
 
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -116,9 +121,10 @@ class SimProvider:
             out_tokens = max(1, math.ceil(len(text) / 3.5))
         else:
             out_tokens = min(max_tokens, int(rng.lognormvariate(math.log(120), 0.6)) + 5)
-            words = [rng.choice(_VOCAB) for _ in range(max(1, int(out_tokens / 1.3)))]
-            words[0] = words[0].capitalize()
-            text = " ".join(words) + "."
+            n = max(1, int(out_tokens / 1.3))
+            start = rng.randrange(len(_CORPUS) - n) if n < len(_CORPUS) else 0
+            words = _CORPUS[start : start + n]
+            text = words[0].capitalize() + " " + " ".join(words[1:]) + "."
         stop_reason = "end_turn"
         if out_tokens >= max_tokens:
             out_tokens = max_tokens
