@@ -12,6 +12,7 @@ only a done-set of fixed-size hashes is kept.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import signal
 import sys
@@ -218,7 +219,6 @@ class Engine:
                 if problem:
                     return problem
             plan.models.update(prepared.chain)
-            plan.total_valid += 1
             if done is not None:
                 stored = done.fingerprint(job.id)
                 if stored is not None:
@@ -235,7 +235,6 @@ class Engine:
         plan.problems = summary.problems
         plan.invalid_lines = summary.invalid_lines
         plan.last_line = summary.last_line
-        # Duplicates were counted as valid until the pass found them.
         plan.total_valid = summary.valid
         return plan
 
@@ -255,8 +254,6 @@ class Engine:
             settings = cfg.providers[ref.provider]
             env = settings.key_env()
             if env is not None:
-                import os
-
                 if not os.environ.get(env):
                     raise UsageError(
                         f"{env} is not set: jobs use {ref}. Export it, or run offline "
