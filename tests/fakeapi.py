@@ -74,6 +74,7 @@ class FakeAPI:
     cache_read_tokens: int = 0
     expected_key: str | None = None  # any other key → 401 (echoing the key, masked badly)
     stream_usage: bool = True  # OpenAI: honour stream_options.include_usage
+    ignore_stream: bool = False  # answer in one JSON body even when asked to stream
     rules: list[Rule] = field(default_factory=list)
     model_faults: dict[str, str] = field(default_factory=dict)  # model → fault on every call
     records: list[Record] = field(default_factory=list)
@@ -323,7 +324,7 @@ class FakeAPI:
         record.input_tokens = in_tokens
         record.output_tokens = out_tokens
         record.cache_read = self.cache_read_tokens
-        if not body.get("stream"):
+        if not body.get("stream") or self.ignore_stream:
             return self._whole(kind, body, "".join(words), in_tokens, out_tokens, stop)
         headers = {
             "content-type": "text/event-stream",

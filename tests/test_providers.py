@@ -334,3 +334,22 @@ def test_batch_lines_pass_through_to_their_own_provider(fake: FakeAPI, tmp_path:
     assert bodies["openai"]["messages"][0] == {"role": "system", "content": "terse"}
     assert bodies["anthropic"]["metadata"] == {"user_id": "u1"}
     assert bodies["anthropic"]["max_tokens"] == 66 and bodies["anthropic"]["stream"] is True
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_server_that_ignores_stream_true_still_works(
+    provider: str, fake: FakeAPI, tmp_path: Path
+) -> None:
+    fake.ignore_stream = True
+    fake.reply = "whole answer in one piece"
+    fake.cache_read_tokens = 2
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    r = run_cli("run", "jobs.jsonl", "-m", spec(provider), "--quiet", env=fake_env(fake))
+    assert r.code == 0, r.output
+    billed_in, billed_out = fake.billed()
+    results = read_jsonl(tmp_path / "jobs.results.jsonl")
+    assert all(x["output"] == "whole answer in one piece" for x in results)
+    assert sum(x["usage"]["input_tokens"] for x in results) == billed_in
+    assert sum(x["usage"]["output_tokens"] for x in results) == billed_out
+    assert all(x["usage"]["cache_read_tokens"] == 2 for x in results)
+    assert all(x["attempts"] == 1 for x in results)

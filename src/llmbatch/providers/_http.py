@@ -41,6 +41,9 @@ def redact(text: str, key: str | None) -> str:
     return _KEYLIKE.sub(r"\1…[redacted]", text)
 
 
+WHOLE_ANSWER = "llmbatch.whole-answer"  # the event name given to a non-streamed JSON body
+
+
 class SSEEvent:
     __slots__ = ("data", "event")
 
@@ -121,6 +124,10 @@ class HttpProvider:
                     raw = await resp.read()
                     raise self._http_error(resp.status, raw, resp.headers, hint, request_id)
                 yield None, hint, request_id
+                if resp.content_type == "application/json":
+                    # A server that ignored stream=true answered in one piece.
+                    yield SSEEvent(WHOLE_ANSWER, await resp.read()), None, None
+                    return
                 event: str | None = None
                 data_lines: list[bytes] = []
                 async for line in resp.content:

@@ -18,7 +18,7 @@ from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, erro
 from .._jobs import Request
 from .._usage import Usage
 from ._base import Answer
-from ._http import HttpProvider, now_ms
+from ._http import WHOLE_ANSWER, HttpProvider, now_ms
 
 if TYPE_CHECKING:
     from .._config import ProviderSettings, RunConfig
@@ -122,6 +122,19 @@ class AnthropicProvider(HttpProvider):
                 if kind == "ping":
                     continue
                 data = loads(event.data)
+                if kind == WHOLE_ANSWER:
+                    for block in data.get("content") or ():
+                        if isinstance(block, dict) and block.get("type") == "text":
+                            parts.append(block.get("text", ""))
+                    ttft = now_ms(started)
+                    u = data.get("usage") or {}
+                    raw_in = int(u.get("input_tokens") or 0)
+                    cache_read = int(u.get("cache_read_input_tokens") or 0)
+                    cache_write = int(u.get("cache_creation_input_tokens") or 0)
+                    usage.output_tokens = int(u.get("output_tokens") or 0)
+                    stop_reason = data.get("stop_reason")
+                    finished = True
+                    continue
                 if kind is None:
                     kind = data.get("type")
                 if kind == "content_block_delta":

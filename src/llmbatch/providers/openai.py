@@ -20,7 +20,7 @@ from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, erro
 from .._jobs import Request
 from .._usage import Usage
 from ._base import Answer
-from ._http import HttpProvider, now_ms
+from ._http import WHOLE_ANSWER, HttpProvider, now_ms
 
 if TYPE_CHECKING:
     from .._config import ProviderSettings, RunConfig
@@ -179,6 +179,11 @@ class OpenAIProvider(HttpProvider):
                     done = True
                     break
                 chunk = loads(event.data)
+                if event.event == WHOLE_ANSWER:
+                    # Non-streamed: choices[].message instead of choices[].delta.
+                    for choice in chunk.get("choices") or ():
+                        choice["delta"] = choice.get("message") or {}
+                    done = True
                 if "error" in chunk and chunk["error"]:
                     raise _stream_error(chunk["error"], self._redact)
                 for choice in chunk.get("choices") or ():
