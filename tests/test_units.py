@@ -15,8 +15,8 @@ from rich.console import Console
 
 import llmbatch
 from llmbatch._breaker import Breaker
-from llmbatch._config import ModelLimits
-from llmbatch._exceptions import error_for_status
+from llmbatch._config import ModelLimits, load_config
+from llmbatch._exceptions import ConfigError, error_for_status
 from llmbatch._models import ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._ratelimit import (
     ModelGate,
@@ -308,3 +308,37 @@ def test_every_lazy_name_is_exported() -> None:
     from llmbatch import _WHERE
 
     assert sorted([*_WHERE, "__version__"]) == sorted(llmbatch.__all__)
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[providers.local]\nbase_url = "http://x"\n', 'needs type = "openai"'),
+        ('[providers.local]\ntype = "openai"\nbase = "http://x"\n', "unknown key 'base'"),
+        ('[prices."sim:x"]\ninput = 1\n', "takes input, output (required)"),
+        ('[prices."sim:x"]\ninput = 1\noutput = 2\ncached = 1\n', "unknown key 'cached'"),
+        ('[limits."sim:x"]\nrpm = -5\n', "rpm must be a number > 0"),
+        ('concurrency = "lots"\n', "concurrency must be an integer"),
+        ("model = [\n", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_problem(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_config_tables_load(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[providers.local]\ntype = "openai"\nbase_url = "http://h/v1"\napi_key_env = ""\n'
+        '[prices."local:m"]\ninput = 1\noutput = 2\n'
+        '[limits."local:m"]\nrpm = 60\ninput_tpm = 1000\n'
+    )
+    cfg = load_config(path)
+    assert cfg.providers["local"].key_env() is None
+    assert cfg.prices["local:m"].cost(Usage(1_000_000, 0)) == pytest.approx(1.0)
+    assert cfg.limits["local:m"].input_tpm == 1000
+    assert "local" in cfg.provider_names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -219,16 +219,25 @@ def _table(path: Path, name: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
-    out: dict[str, ProviderSettings] = {}
-    for name, spec in _table(path, "providers", table).items():
-        spec = _table(path, f"providers.{name}", spec)
-        unknown = set(spec) - _PROVIDER_KEYS
+def _entries(
+    path: Path, name: str, table: Any, known: set[str], quote: bool
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each ``[name.KEY]`` sub-table, checked for unknown keys."""
+    for key, entry in _table(path, name, table).items():
+        where = f'{name}."{key}"' if quote else f"{name}.{key}"
+        entry = _table(path, where, entry)
+        unknown = set(entry) - known
         if unknown:
             raise ConfigError(
-                f"{path}: unknown key {sorted(unknown)[0]!r} in [providers.{name}] "
-                f"(known: {', '.join(sorted(_PROVIDER_KEYS))})"
+                f"{path}: unknown key {sorted(unknown)[0]!r} in [{where}] "
+                f"(known: {', '.join(sorted(known))})"
             )
+        yield key, entry
+
+
+def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
+    out: dict[str, ProviderSettings] = {}
+    for name, spec in _entries(path, "providers", table, _PROVIDER_KEYS, quote=False):
         kind = spec.get("type", name if name in BUILTIN_PROVIDERS else None)
         if kind not in BUILTIN_PROVIDERS:
             raise ConfigError(
@@ -264,10 +273,8 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
 
 def _load_prices(path: Path, table: Any) -> dict[str, Price]:
     out: dict[str, Price] = {}
-    for spec, entry in _table(path, "prices", table).items():
-        entry = _table(path, f'prices."{spec}"', entry)
-        unknown = set(entry) - _PRICE_KEYS
-        if unknown or "input" not in entry or "output" not in entry:
+    for spec, entry in _entries(path, "prices", table, _PRICE_KEYS, quote=True):
+        if "input" not in entry or "output" not in entry:
             raise ConfigError(
                 f'{path}: [prices."{spec}"] takes input, output (required), cache_read, '
                 "cache_write, in USD per million tokens"
@@ -286,14 +293,7 @@ def _load_prices(path: Path, table: Any) -> dict[str, Price]:
 
 def _load_limits(path: Path, table: Any) -> dict[str, ModelLimits]:
     out: dict[str, ModelLimits] = {}
-    for spec, entry in _table(path, "limits", table).items():
-        entry = _table(path, f'limits."{spec}"', entry)
-        unknown = set(entry) - _LIMIT_KEYS
-        if unknown:
-            raise ConfigError(
-                f'{path}: unknown key {sorted(unknown)[0]!r} in [limits."{spec}"] '
-                f"(known: {', '.join(sorted(_LIMIT_KEYS))})"
-            )
+    for spec, entry in _entries(path, "limits", table, _LIMIT_KEYS, quote=True):
         for k, v in entry.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
                 raise ConfigError(f'{path}: [limits."{spec}"] {k} must be a number > 0')
