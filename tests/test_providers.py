@@ -353,3 +353,56 @@ def test_a_server_that_ignores_stream_true_still_works(
     assert sum(x["usage"]["output_tokens"] for x in results) == billed_out
     assert all(x["usage"]["cache_read_tokens"] == 2 for x in results)
     assert all(x["attempts"] == 1 for x in results)
+
+
+def test_system_and_temperature_on_the_wire(fake: FakeAPI, tmp_path: Path) -> None:
+    write_jsonl(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "a", "prompt": "hi"},
+            {"id": "b", "prompt": "yo", "system": "own", "temperature": 1},
+        ],
+    )
+    args = ["--system", "Be terse.", "--temperature", "0.2", "--report", "rep.json", "--quiet"]
+    r = run_cli("run", "jobs.jsonl", "-m", spec("openai"), *args, env=fake_env(fake))
+    assert r.code == 0, r.output
+    bodies = {rec.body["messages"][-1]["content"]: rec.body for rec in fake.records}
+    assert bodies["hi"]["messages"][0] == {"role": "system", "content": "Be terse."}
+    assert bodies["hi"]["temperature"] == 0.2
+    assert bodies["yo"]["messages"][0] == {"role": "system", "content": "own"}
+    assert bodies["yo"]["temperature"] == 1
+    r = run_cli(
+        "run", "jobs.jsonl", "-m", spec("anthropic"), "-o", "a.jsonl", *args, env=fake_env(fake)
+    )
+    assert r.code == 0, r.output
+    sent = [rec.body for rec in fake.records if rec.kind == "anthropic"]
+    assert {b["system"] for b in sent} == {"Be terse.", "own"}
+    assert all("temperature" not in b for b in sent)
+    notes = orjson.loads((tmp_path / "rep.json").read_bytes())["notes"]
+    assert any("temperature is not sent to Anthropic" in n for n in notes)
+
+
+def test_tpm_spreads_requests_out(fake: FakeAPI, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(10))
+    r = run_cli(
+        "run",
+        "jobs.jsonl",
+        "-m",
+        spec("openai"),
+        "--tpm",
+        "6000",
+        "--max-tokens",
+        "20",
+        "-c",
+        "10",
+        "--report",
+        "rep.json",
+        "--quiet",
+        env=fake_env(fake),
+    )
+    assert r.code == 0, r.output
+    arrivals = sorted(rec.at for rec in fake.records)
+    # ~100 tokens a second against ~60 reserved a request: not all at once.
+    assert arrivals[-1] - arrivals[0] >= 1.0
+    limits = orjson.loads((tmp_path / "rep.json").read_bytes())["limits"][spec("openai")]
+    assert limits["tpm"] == 6000
