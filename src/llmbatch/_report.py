@@ -311,7 +311,13 @@ def render_report(report: RunReport, console: Console) -> None:
             )
         console.print(table)
 
-    if report.limits:
+    # Only models where a limit was given, learned, or hit: the rest is noise here.
+    limited = {
+        key: lim
+        for key, lim in report.limits.items()
+        if lim.get("source") != "none needed" or lim.get("rate_limited") or lim.get("tpm")
+    }
+    if limited:
         table = Table(title="rate limits in force", title_justify="left")
         table.add_column("model")
         table.add_column("requests/min", justify="right")
@@ -319,7 +325,7 @@ def render_report(report: RunReport, console: Console) -> None:
         table.add_column("source")
         table.add_column("429s", justify="right")
         table.add_column("backoff", justify="right")
-        for key, lim in report.limits.items():
+        for key, lim in limited.items():
             table.add_row(
                 key,
                 _num(lim.get("rpm")),

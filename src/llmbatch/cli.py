@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ._config import RunConfig
 
 app = typer.Typer(
@@ -50,6 +52,16 @@ ProviderOpt = Annotated[
         "--provider", help="Send every job to this provider (e.g. sim), whatever its model."
     ),
 ]
+
+
+def _console(stderr: bool = False) -> Console:
+    """A rich console; off a terminal (cron, CI, pipes) wide enough for the tables."""
+    from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console.width = max(console.width, 120)
+    return console
 
 
 def _err(message: str) -> None:
@@ -231,9 +243,7 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     if engine.fatal and cfg.quiet:
         _err(engine.fatal)  # otherwise the report shows it
     if not cfg.quiet:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+        console = _console(stderr=True)
         console.print()
         report.render(console)
     elif report.failed and not engine.fatal:
@@ -314,9 +324,7 @@ def estimate(
 
             sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
-            from rich.console import Console
-
-            render_estimate(est, Console())
+            render_estimate(est, _console())
         return 0
 
     raise typer.Exit(_guard(go))
@@ -339,9 +347,7 @@ def report_cmd(
             sys.stdout.buffer.write(rep.to_json())
             sys.stdout.flush()
         else:
-            from rich.console import Console
-
-            rep.render(Console())
+            rep.render(_console())
             from ._history import read_history
 
             history = read_history(Path(results))
@@ -355,7 +361,6 @@ def report_cmd(
 def _render_history(history: list[dict[str, Any]]) -> None:
     import datetime
 
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="runs on this output", title_justify="left")
@@ -376,7 +381,7 @@ def _render_history(history: list[dict[str, Any]]) -> None:
             str(h.get("stopped_by") or ""),
             str(h.get("exit_code", "")),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @app.command()
@@ -417,7 +422,6 @@ def models(
             ]
             sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
             return 0
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="Known models (USD per million tokens)", title_justify="left")
@@ -433,7 +437,7 @@ def models(
                 f"{price.cache_read.base:g}",
                 f"{price.cache_write.base:g}",
             )
-        Console().print(table)
+        _console().print(table)
         return 0
 
     raise typer.Exit(_guard(go))
