@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,24 @@ def fake_env(api: FakeAPI) -> dict[str, str]:
         "ANTHROPIC_API_KEY": CANARY_ANTHROPIC,
         "OPENAI_API_KEY": CANARY_OPENAI,
     }
+
+
+def start_cli(
+    *args: str, env: dict[str, str] | None = None, capture: bool = True
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m llmbatch ARGS`` in the background, to signal or kill it."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", *args], env=full_env, stdout=out, stderr=out
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Poll ``condition`` (what the fake saw, what the output holds) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.05)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,15 @@ import pytest
 from llmbatch._models import ModelRef
 from llmbatch._pricing import PriceBook
 from llmbatch._usage import Usage
-from tests.conftest import fake_env, prompts, read_jsonl, run_cli, write_jsonl
+from tests.conftest import (
+    fake_env,
+    prompts,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    wait_until,
+    write_jsonl,
+)
 from tests.fakeapi import FakeAPI
 
 HAIKU = "anthropic:claude-haiku-4-5"
@@ -148,17 +153,8 @@ def test_changed_jobs_under_an_old_output_stop_before_sending(
 def test_a_second_run_on_the_same_output_is_refused(fake: FakeAPI, tmp_path: Path) -> None:
     fake.latency_s = 1.0
     write_jsonl(tmp_path / "jobs.jsonl", prompts(8))
-    env = dict(os.environ)
-    env.update(fake_env(fake))
-    first = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", HAIKU, "-c", "2", "--quiet"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while fake.count() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    first = start_cli("run", "jobs.jsonl", "-m", HAIKU, "-c", "2", "--quiet", env=fake_env(fake))
+    wait_until(lambda: fake.count() > 0)
     second = run_cli("run", "jobs.jsonl", "-m", HAIKU, env=fake_env(fake))
     assert second.code == 2
     assert "another llmbatch run" in second.stderr
@@ -175,33 +171,18 @@ def test_kill_9_at_random_moments_loses_at_most_in_flight(fake: FakeAPI, tmp_pat
     jobs = 300
     concurrency = 8
     write_jsonl(tmp_path / "jobs.jsonl", prompts(jobs))
-    env = dict(os.environ)
-    env.update(fake_env(fake))
-    cmd = [
-        sys.executable,
-        "-m",
-        "llmbatch",
-        "run",
-        "jobs.jsonl",
-        "-m",
-        HAIKU,
-        "-c",
-        str(concurrency),
-        "--quiet",
-    ]
+    args = ["run", "jobs.jsonl", "-m", HAIKU, "-c", str(concurrency), "--quiet"]
     rng = random.Random(11)
     kills = 0
     out = tmp_path / "jobs.results.jsonl"
     for _ in range(5):
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_cli(*args, env=fake_env(fake), capture=False)
         time.sleep(rng.uniform(0.8, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait(30)
-    r = run_cli(
-        "run", "jobs.jsonl", "-m", HAIKU, "-c", str(concurrency), "--quiet", env=fake_env(fake)
-    )
+    r = run_cli(*args, env=fake_env(fake))
     assert r.code == 0, r.output
     lines = out.read_bytes().splitlines()
     results = [orjson.loads(line) for line in lines]  # every line parses: none torn

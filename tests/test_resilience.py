@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import fake_env, prompts, read_jsonl, run_cli, write_jsonl
+from tests.conftest import (
+    fake_env,
+    prompts,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    wait_until,
+    write_jsonl,
+)
 from tests.fakeapi import FakeAPI
 
 HAIKU = "anthropic:claude-haiku-4-5"
@@ -200,34 +206,10 @@ def test_a_signal_stops_cleanly_and_a_rerun_completes(
     fake.latency_s = 0.8
     fake.ttft_s = 0.2
     write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
-    import os
-
-    env = dict(os.environ)
-    env.update(fake_env(fake))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llmbatch",
-            "run",
-            "jobs.jsonl",
-            "-m",
-            HAIKU,
-            "-c",
-            "4",
-            "--report",
-            "rep.json",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    args = ["run", "jobs.jsonl", "-m", HAIKU, "-c", "4", "--report", "rep.json"]
+    proc = start_cli(*args, env=fake_env(fake))
     out = tmp_path / "jobs.results.jsonl"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if out.exists() and len(out.read_bytes().splitlines()) >= 4:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 4)
     proc.send_signal(signum)
     sent_at = time.monotonic()
     stdout, stderr = proc.communicate(timeout=60)
@@ -250,19 +232,8 @@ def test_a_signal_stops_cleanly_and_a_rerun_completes(
 def test_second_signal_cancels_in_flight(fake: FakeAPI, tmp_path: Path) -> None:
     fake.add_rule("Question", "hang", "hang", "hang", "hang")
     write_jsonl(tmp_path / "jobs.jsonl", prompts(4))
-    import os
-
-    env = dict(os.environ)
-    env.update(fake_env(fake))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", MINI, "-c", "4"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while fake.count() < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = start_cli("run", "jobs.jsonl", "-m", MINI, "-c", "4", env=fake_env(fake))
+    wait_until(lambda: fake.count() == 4)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.5)
     assert proc.poll() is None  # waiting for the hung requests
@@ -276,20 +247,10 @@ def test_a_signal_ends_a_long_backoff_at_once(fake: FakeAPI, tmp_path: Path) -> 
     fake.retry_after = 30.0
     fake.add_rule("Question 0:", "429", "429")
     write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
-    import os
-
-    env = dict(os.environ)
-    env.update(fake_env(fake))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", MINI, "--quiet"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while fake.count() < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # job-0 is now waiting out its 30 s retry-after
+    proc = start_cli("run", "jobs.jsonl", "-m", MINI, "--quiet", env=fake_env(fake))
+    out = tmp_path / "jobs.results.jsonl"
+    # The other two are written: job-0 is waiting out its 30 s retry-after.
+    wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) == 2)
     proc.send_signal(signal.SIGINT)
     sent_at = time.monotonic()
     _, stderr = proc.communicate(timeout=30)
