@@ -342,3 +342,23 @@ def test_config_tables_load(tmp_path: Path) -> None:
     assert cfg.prices["local:m"].cost(Usage(1_000_000, 0)) == pytest.approx(1.0)
     assert cfg.limits["local:m"].input_tpm == 1000
     assert "local" in cfg.provider_names
+
+
+def test_anthropic_hint_takes_the_scarcest_token_count() -> None:
+    soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 20))
+    hint = hint_from_headers(
+        {
+            "anthropic-ratelimit-requests-limit": "4000",
+            "anthropic-ratelimit-requests-remaining": "3999",
+            "anthropic-ratelimit-tokens-remaining": "90000",
+            "anthropic-ratelimit-input-tokens-remaining": "50000",
+            "anthropic-ratelimit-output-tokens-remaining": "0",
+            "anthropic-ratelimit-output-tokens-reset": soon,
+        }
+    )
+    assert hint is not None and hint.requests_limit == 4000
+    assert hint.tokens_remaining == 0
+    assert hint.tokens_reset_s is not None and 15 < hint.tokens_reset_s <= 21
+    gate = ModelGate(ModelLimits())
+    gate.on_success(hint)
+    assert gate.requests.paused_until > time.monotonic() + 10  # waits for the output quota

@@ -313,12 +313,20 @@ def hint_from_headers(headers: dict[str, str]) -> RateLimitHint | None:
             tokens_reset_s=parse_reset(headers.get("x-ratelimit-reset-tokens")),
         )
     if "anthropic-ratelimit-requests-limit" in headers:
+        # Anthropic counts tokens three ways (all, input, output): the scarcest decides.
+        remaining: float | None = None
+        reset: float | None = None
+        for kind in ("tokens", "input-tokens", "output-tokens"):
+            left = _num(headers.get(f"anthropic-ratelimit-{kind}-remaining"))
+            if left is not None and (remaining is None or left < remaining):
+                remaining = left
+                reset = parse_reset(headers.get(f"anthropic-ratelimit-{kind}-reset"))
         return RateLimitHint(
             requests_limit=_num(headers.get("anthropic-ratelimit-requests-limit")),
             requests_remaining=_num(headers.get("anthropic-ratelimit-requests-remaining")),
             requests_reset_s=parse_reset(headers.get("anthropic-ratelimit-requests-reset")),
             tokens_limit=_num(headers.get("anthropic-ratelimit-tokens-limit")),
-            tokens_remaining=_num(headers.get("anthropic-ratelimit-tokens-remaining")),
-            tokens_reset_s=parse_reset(headers.get("anthropic-ratelimit-tokens-reset")),
+            tokens_remaining=remaining,
+            tokens_reset_s=reset,
         )
     return None
