@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+import llmbatch
 from tests.conftest import prompts, read_jsonl, run_cli, write_jsonl
 
 SIM = "sim:claude-haiku-4-5"
@@ -418,3 +419,12 @@ def test_100k_lines_stream_through_with_flat_memory(tmp_path: Path) -> None:
     # if it were held as job objects; the done-set and streams stay small.
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     assert peak_mib < 250, f"peak RSS {peak_mib:.0f} MiB"
+
+
+def test_help_and_version() -> None:
+    r = run_cli("--help")
+    assert r.code == 0
+    for command in ("run", "validate", "estimate", "report", "models"):
+        assert command in r.stdout
+    v = run_cli("--version")
+    assert v.code == 0 and v.stdout.strip() == f"llmbatch {llmbatch.__version__}"

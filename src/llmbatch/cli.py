@@ -28,6 +28,27 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        sys.stdout.write(f"llmbatch {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Run JSONL files of LLM requests fast, safely and cheaply."""
+
+
 T = TypeVar("T")
 
 JobsArg = Annotated[str, typer.Argument(metavar="JOBS", help="JSONL job file, or - for stdin.")]
