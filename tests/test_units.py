@@ -362,3 +362,14 @@ def test_anthropic_hint_takes_the_scarcest_token_count() -> None:
     gate = ModelGate(ModelLimits())
     gate.on_success(hint)
     assert gate.requests.paused_until > time.monotonic() + 10  # waits for the output quota
+
+
+def test_a_stated_token_limit_paces_tokens() -> None:
+    gate = ModelGate(ModelLimits())
+    assert gate.tokens.rate is None
+    gate.on_success(hint_from_headers({"x-ratelimit-limit-tokens": "60000"}))
+    assert gate.tokens.rate == pytest.approx(1000 * ModelGate.GIVEN_MARGIN)
+    assert gate.describe()["tpm"] == 60000
+    given = ModelGate(ModelLimits(tpm=6000))
+    given.on_success(hint_from_headers({"x-ratelimit-limit-tokens": "60000"}))
+    assert given.tokens.rate == pytest.approx(100)  # a given limit stays as given

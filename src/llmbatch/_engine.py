@@ -78,6 +78,14 @@ class PreparedJob:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    cost: float  # worst case: input as UTF-8 bytes (never short) + max_tokens
+    budget_tokens: int
+    input_tokens: int  # what the providers' limiters count: an estimate + max_tokens
+    output_tokens: int
+
+
 @dataclass(slots=True)
 class Plan:
     """What the check pass found: runnable count, models in use, problems."""
@@ -484,13 +492,14 @@ class Engine:
             provider = self.providers[name] = factory(name, self.config)
         return provider
 
-    def _reservation(self, ref: ModelRef, request: Request) -> tuple[float, int, int]:
-        """Worst case of one attempt: (cost, input tokens, output tokens)."""
-        in_tokens = estimate_input_tokens(request, conservative=True)
+    def _reservation(self, ref: ModelRef, request: Request) -> Reservation:
+        """What one attempt holds before it is sent: its worst case for the budget, and
+        the providers' own count (input estimate + max_tokens) for the rate limits."""
         out_tokens = request.max_tokens or self.config.max_tokens
+        worst_in = estimate_input_tokens(request, conservative=True)
         price = self.prices.price(ref)
-        cost = 0.0 if price is None else price.cost(Usage(in_tokens, out_tokens))
-        return cost, in_tokens, out_tokens
+        cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
+        return Reservation(cost, worst_in + out_tokens, estimate_input_tokens(request), out_tokens)
 
     async def _run_job(self, pj: PreparedJob) -> JobResult | None:
         cfg = self.config
@@ -546,8 +555,8 @@ class Engine:
                     return None
                 if self._stopping and self.stopped_by == "signal":
                     return None  # mid-retry at a signal: not written, runs again on resume
-                res_cost, res_in, res_out = self._reservation(ref, request)
-                if not self.budget.reserve(res_cost, res_in + res_out):
+                res = self._reservation(ref, request)
+                if not self.budget.reserve(res.cost, res.budget_tokens):
                     self.stop("budget")
                     if attempts == 0:
                         return None
@@ -562,10 +571,10 @@ class Engine:
                         },
                     )
                 with self._interruptible() as waiting:
-                    await gate.acquire(res_in, res_out)
+                    await gate.acquire(res.input_tokens, res.output_tokens)
                 if waiting.cancelled_caught:
-                    self.budget.settle(res_cost, res_in + res_out, 0.0, 0)
-                    gate.settle(res_in, res_out, 0, 0)
+                    self.budget.settle(res.cost, res.budget_tokens, 0.0, 0)
+                    gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     continue  # stopped while waiting for a slot: the checks above decide
                 tries += 1
                 attempts += 1
@@ -586,8 +595,8 @@ class Engine:
                         c = self.prices.cost(ref, spent)
                         spent_cost = c or 0.0
                         cost = None if (c is None or cost is None) else cost + c
-                    self.budget.settle(res_cost, res_in + res_out, spent_cost, _tokens(spent))
-                    gate.settle(res_in, res_out, 0, 0)
+                    self.budget.settle(res.cost, res.budget_tokens, spent_cost, _tokens(spent))
+                    gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     attempt_errors[err.error_type] += 1
                     last_error = err.to_dict()
                     if err.error_type == "rate_limited":
@@ -622,8 +631,13 @@ class Engine:
                 usage.add(answer.usage)
                 c = self.prices.cost(ref, answer.usage)
                 cost = None if (c is None or cost is None) else cost + c
-                self.budget.settle(res_cost, res_in + res_out, c or 0.0, answer.usage.total)
-                gate.settle(res_in, res_out, answer.usage.input_tokens, answer.usage.output_tokens)
+                self.budget.settle(res.cost, res.budget_tokens, c or 0.0, answer.usage.total)
+                gate.settle(
+                    res.input_tokens,
+                    res.output_tokens,
+                    answer.usage.input_tokens,
+                    answer.usage.output_tokens,
+                )
                 last_text = answer.text
                 common = {
                     "output": answer.text,

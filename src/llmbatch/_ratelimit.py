@@ -88,6 +88,7 @@ class ModelGate:
 
     def __init__(self, limits: ModelLimits) -> None:
         self.given_rpm = limits.rpm
+        self.given_tpm = limits.tpm
         self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0 * self.GIVEN_MARGIN)
         self._send_lock = anyio.Lock()
         self.tokens = Pacer(None if limits.tpm is None else limits.tpm / 60.0, burst_s=1.0)
@@ -190,6 +191,10 @@ class ModelGate:
                 self.requests.rate = self.learned_ceiling
         if hint.tokens_limit:
             self.learned_tpm = hint.tokens_limit
+            if self.given_tpm is None:
+                # Pace tokens at the stated limit too, before the quota runs dry.
+                self.tokens.rate = hint.tokens_limit / 60.0 * self.GIVEN_MARGIN
+                self.tokens.burst_s = 1.0
         if hint.requests_remaining is not None and hint.requests_remaining <= 0:
             if hint.requests_reset_s:
                 self.requests.pause(min(hint.requests_reset_s, 120.0))
@@ -199,9 +204,7 @@ class ModelGate:
 
     def describe(self) -> dict[str, object]:
         rpm = None if self.requests.rate is None else self.requests.rate * 60.0
-        tpm = None if self.tokens.rate is None else self.tokens.rate * 60.0
-        if tpm is None and self.learned_tpm is not None:
-            tpm = self.learned_tpm
+        tpm = self.given_tpm if self.given_tpm is not None else self.learned_tpm
         source = "given" if not self.adaptive else ("learned" if rpm is not None else "none needed")
         return {
             "rpm": None if rpm is None else round(rpm, 1),
@@ -303,7 +306,15 @@ def _num(value: str | None) -> float | None:
 
 def hint_from_headers(headers: dict[str, str]) -> RateLimitHint | None:
     """OpenAI ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*`` headers, if any."""
-    if "x-ratelimit-limit-requests" in headers or "x-ratelimit-remaining-requests" in headers:
+    if any(
+        key in headers
+        for key in (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+        )
+    ):
         return RateLimitHint(
             requests_limit=_num(headers.get("x-ratelimit-limit-requests")),
             requests_remaining=_num(headers.get("x-ratelimit-remaining-requests")),
