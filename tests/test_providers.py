@@ -406,3 +406,15 @@ def test_tpm_spreads_requests_out(fake: FakeAPI, tmp_path: Path) -> None:
     assert arrivals[-1] - arrivals[0] >= 1.0
     limits = orjson.loads((tmp_path / "rep.json").read_bytes())["limits"][spec("openai")]
     assert limits["tpm"] == 6000
+
+
+def test_the_server_never_sees_more_than_concurrency_at_once(fake: FakeAPI, tmp_path: Path) -> None:
+    fake.latency_s = 0.3
+    fake.ttft_s = 0.1
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
+    r = run_cli(
+        "run", "jobs.jsonl", "-m", spec("anthropic"), "-c", "8", "--quiet", env=fake_env(fake)
+    )
+    assert r.code == 0, r.output
+    assert fake.peak_in_flight == 8
+    assert fake.count() == 40
