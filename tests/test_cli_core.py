@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -428,3 +431,22 @@ def test_help_and_version() -> None:
         assert command in r.stdout
     v = run_cli("--version")
     assert v.code == 0 and v.stdout.strip() == f"llmbatch {llmbatch.__version__}"
+
+
+def test_a_closed_output_pipe_stops_quietly(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(2000))
+    env = dict(os.environ, LLMBATCH_SIM_LATENCY_MS="20")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", SIM, "-o", "-", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert producer.stdout is not None
+    first = producer.stdout.readline()
+    assert orjson.loads(first)["status"] == "ok"
+    producer.stdout.close()  # like `| head -1`
+    _, stderr = producer.communicate(timeout=60)
+    assert producer.returncode == 141, stderr.decode()
+    assert b"output pipe was closed" in stderr
+    assert b"internal error" not in stderr

@@ -409,7 +409,10 @@ class Engine:
                     job = self.parser.parse(raw, lineno)
                     if done is not None and done.fingerprint(job.id) is not None:
                         continue
-                    await send.send(job)
+                    try:
+                        await send.send(job)
+                    except anyio.BrokenResourceError:
+                        return  # the workers are gone (output closed, hard stop)
 
     async def _worker(
         self, recv: MemoryObjectReceiveStream[Job], send: MemoryObjectSendStream[JobResult]
@@ -420,7 +423,10 @@ class Engine:
                     continue  # drain: not run, stays resumable
                 result = await self._run_job(self.prepare(job))
                 if result is not None:
-                    await send.send(result)
+                    try:
+                        await send.send(result)
+                    except anyio.BrokenResourceError:
+                        return  # the writer is gone: the output was closed
 
     async def _write(
         self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
@@ -434,7 +440,14 @@ class Engine:
                         batch.append(recv.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream):
                         break
-                writer.write([r.to_json() for r in batch])
+                try:
+                    writer.write([r.to_json() for r in batch])
+                except BrokenPipeError:
+                    # `-o - | head`: nobody reads any more. Stop at once, as SIGPIPE would.
+                    self.stop("output_closed")
+                    if self._work_scope is not None:
+                        self._work_scope.cancel()
+                    return
                 for r in batch:
                     stats.add(r)
 
@@ -704,6 +717,8 @@ def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
 def exit_code_for(report: RunReport, stop_signal: int | None) -> int:
     if report.stopped_by == "signal" and stop_signal is not None:
         return 128 + stop_signal
+    if report.stopped_by == "output_closed":
+        return 128 + signal.SIGPIPE
     return report.exit_code
 
 

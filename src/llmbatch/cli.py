@@ -269,6 +269,8 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         report.render(console)
     elif report.failed and not engine.fatal:
         _err(f"{report.failed} job(s) failed; see error fields in {report.output or 'the output'}")
+    if report.stopped_by == "output_closed":
+        _err("the output pipe was closed; stopped (jobs left unsent)")
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
     return exit_code_for(report, engine.stop_signal)
