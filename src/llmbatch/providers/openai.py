@@ -187,6 +187,8 @@ class OpenAIProvider(HttpProvider):
                 if "error" in chunk and chunk["error"]:
                     raise _stream_error(chunk["error"], self._redact)
                 for choice in chunk.get("choices") or ():
+                    if choice.get("index", 0) != 0:
+                        continue  # n > 1: the result holds the first choice
                     delta = choice.get("delta") or {}
                     text = delta.get("content")
                     if text:
