@@ -165,6 +165,7 @@ class Engine:
         self._schemas_checked: set[bytes] = set()
         self._work_scope: anyio.CancelScope | None = None
         self._waits: set[anyio.CancelScope] = set()
+        self._signals = 0
         self._todo = 0
 
     # -- per-job resolution ---------------------------------------------------
@@ -463,7 +464,8 @@ class Engine:
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
-                if not self._stopping or self.stopped_by != "signal":
+                self._signals += 1
+                if self._signals == 1:
                     self.stop_signal = int(signum)
                     self.stop("signal")
                     sys.stderr.write(
