@@ -407,7 +407,12 @@ class Engine:
                         return
                     if lineno in invalid:
                         continue
-                    job = self.parser.parse(raw, lineno)
+                    try:
+                        job = self.parser.parse(raw, lineno)
+                    except LineError as exc:
+                        # The file was rewritten under us since the check: skip, say so.
+                        self.notes.append(f"{self.config.display_name}:{lineno}: {exc} (skipped)")
+                        continue
                     if done is not None and done.fingerprint(job.id) is not None:
                         continue
                     try:
