@@ -450,3 +450,10 @@ def test_a_closed_output_pipe_stops_quietly(tmp_path: Path) -> None:
     assert producer.returncode == 141, stderr.decode()
     assert b"output pipe was closed" in stderr
     assert b"internal error" not in stderr
+
+
+def test_output_cannot_be_the_jobs_file(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    r = run_cli("run", "jobs.jsonl", "-m", SIM, "-o", "./jobs.jsonl")
+    assert r.code == 2 and "is the jobs file itself" in r.stderr
+    assert len(read_jsonl(tmp_path / "jobs.jsonl")) == 2

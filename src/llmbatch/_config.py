@@ -348,6 +348,8 @@ def build_run_config(
         cfg.output = None
     else:
         cfg.output = Path(out)
+        if not stdin and cfg.output.resolve() == jobs.resolve():
+            raise UsageError(f"--output {out} is the jobs file itself; write results elsewhere")
     if "model" in merged:
         cfg.model = model(merged["model"], "--model")
     fallback = merged.get("fallback") or []
