@@ -11,8 +11,6 @@ only a done-set of fixed-size hashes is kept.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
 import signal
 import sys
@@ -21,31 +19,26 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.lowlevel
-import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._breaker import Breaker
 from ._budget import Budget
 from ._config import RunConfig
 from ._exceptions import (
-    InputError,
-    LineProblem,
     LLMBatchError,
     ProviderError,
     ProviderTimeout,
-    ResumeConflict,
-    UsageError,
 )
 from ._history import append_history
-from ._jobs import Job, JobParser, LineError, Request, iter_lines, open_jobs, validate_file
+from ._jobs import Job, LineError, Request, iter_lines, open_jobs
 from ._lock import OutputLock
 from ._models import ModelRef
-from ._pricing import PriceBook
+from ._plan import Plan, Planner, PreparedJob
 from ._progress import NoProgress, ProgressSink
 from ._ratelimit import ModelGate
 from ._report import RunReport, build_report
@@ -55,12 +48,9 @@ from ._results import (
     ResultWriter,
     backup_output,
     cut_torn_tail,
-    fp_int,
-    read_existing,
 )
-from ._schema import check_schema, schema_key, validate_answer
+from ._schema import validate_answer
 from ._stats import RunStats
-from ._template import Template, TemplateError
 from ._usage import Usage
 from .providers._base import Answer, Provider
 from .providers.sim import estimate_input_tokens
@@ -70,52 +60,12 @@ ProviderFactory = Callable[[str, RunConfig], Provider]
 AUTH_FAILURES_TO_STOP = 3
 
 
-@dataclass(slots=True)
-class PreparedJob:
-    job: Job
-    request: Request  # defaults applied
-    chain: list[ModelRef]
-    fingerprint: str
-
-
 @dataclass(frozen=True, slots=True)
 class Reservation:
     cost: float  # worst case: input as UTF-8 bytes (never short) + max_tokens
     budget_tokens: int
     input_tokens: int  # what the providers' limiters count: an estimate + max_tokens
     output_tokens: int
-
-
-@dataclass(slots=True)
-class Plan:
-    """What the check pass found: runnable count, models in use, problems."""
-
-    total_valid: int = 0
-    last_line: int = 0  # lines appended during the run wait for the next one
-    todo: int = 0
-    skipped_done: int = 0
-    invalid_lines: set[int] = field(default_factory=set)
-    problems: list[LineProblem] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
-    conflict_count: int = 0
-    models: set[ModelRef] = field(default_factory=set)
-
-
-def fingerprint(ref: ModelRef, request: Request) -> str:
-    """A hash of everything that decides the answer: the model and the request as sent."""
-    data = orjson.dumps(
-        [
-            str(ref),
-            request.system,
-            request.messages,
-            request.max_tokens,
-            request.temperature,
-            request.schema,
-            request.body,
-        ],
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 class Engine:
@@ -131,27 +81,11 @@ class Engine:
         self.progress = progress or NoProgress()
         self._factory = provider_factory
         self._handle_signals = handle_signals
-        template = None
-        if config.template is not None:
-            try:
-                template = Template(config.template)
-            except TemplateError as exc:
-                raise UsageError(f"--template: {exc}") from None
-        self.parser = JobParser(
-            template=template,
-            providers=tuple(config.providers),
-            has_default_model=config.model is not None,
-        )
-        self.prices = PriceBook(
-            config.prices,
-            {
-                name: s.base_url
-                for name, s in config.providers.items()
-                if s.base_url and name not in ("anthropic", "openai", "sim")
-            },
-        )
+        self.planner = Planner(config)
+        self.parser = self.planner.parser
+        self.prices = self.planner.prices
         self.stats = RunStats()
-        self.existing = ExistingOutput(config.output) if config.output else None
+        self.existing: ExistingOutput | None = None  # the output as it was, once planned
         self.budget = Budget(config.max_cost, config.max_total_tokens)
         self.providers: dict[str, Provider] = {}
         self.gates: dict[ModelRef, ModelGate] = {}
@@ -162,118 +96,10 @@ class Engine:
         self.notes: list[str] = []
         self._stopping = False
         self._auth_failures = 0
-        self._schemas_checked: set[bytes] = set()
         self._work_scope: anyio.CancelScope | None = None
         self._waits: set[anyio.CancelScope] = set()
         self._signals = 0
         self._todo = 0
-
-    # -- per-job resolution ---------------------------------------------------
-
-    def prepare(self, job: Job) -> PreparedJob:
-        cfg = self.config
-        r = job.request
-        model = r.model or cfg.model
-        if model is None:  # the parser already refused this; keep mypy and readers sure
-            raise LineError("no model")
-        if cfg.provider is not None:
-            model = ModelRef(cfg.provider, model.model)
-        fallback = r.fallback if r.fallback is not None else cfg.fallback
-        chain = [model]
-        for ref in fallback:
-            if cfg.provider is not None:
-                ref = ModelRef(cfg.provider, ref.model)
-            if ref not in chain:
-                chain.append(ref)
-        request = Request(
-            messages=r.messages,
-            system=r.system if r.system is not None else cfg.system,
-            model=model,
-            max_tokens=r.max_tokens or cfg.max_tokens,
-            temperature=r.temperature if r.temperature is not None else cfg.temperature,
-            schema=r.schema if r.schema is not None else cfg.schema,
-            wire_format=r.wire_format,
-            body=r.body,
-        )
-        return PreparedJob(job, request, chain, fingerprint(model, request))
-
-    def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
-        key = schema_key(schema)
-        if key in self._schemas_checked:
-            return None
-        try:
-            check_schema(schema, "schema")
-        except UsageError as exc:
-            return str(exc)
-        self._schemas_checked.add(key)
-        return None
-
-    # -- the check pass ------------------------------------------------------------
-
-    def plan(self) -> Plan:
-        """Read the output (for resume) and check every job line. Sends nothing."""
-        cfg = self.config
-        if cfg.output is not None and not cfg.fresh:
-            self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
-        plan = Plan()
-        done = self.existing.done if self.existing else None
-
-        def on_job(job: Job) -> str | None:
-            try:
-                prepared = self.prepare(job)
-            except LineError as exc:
-                return str(exc)
-            if job.request.schema is not None:
-                problem = self._check_job_schema(job.request.schema)
-                if problem:
-                    return problem
-            plan.models.update(prepared.chain)
-            if done is not None:
-                stored = done.fingerprint(job.id)
-                if stored is not None:
-                    plan.skipped_done += 1
-                    if stored and stored != fp_int(prepared.fingerprint):
-                        plan.conflict_count += 1
-                        if len(plan.conflicts) < 5:
-                            plan.conflicts.append(f"{job.id} (line {job.line})")
-                    return None
-            plan.todo += 1
-            return None
-
-        summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
-        plan.problems = summary.problems
-        plan.invalid_lines = summary.invalid_lines
-        plan.last_line = summary.last_line
-        plan.total_valid = summary.valid
-        return plan
-
-    def check_plan(self, plan: Plan) -> None:
-        cfg = self.config
-        if plan.problems and not cfg.skip_invalid:
-            raise InputError(plan.problems)
-        if plan.conflict_count:
-            raise ResumeConflict(
-                f"{plan.conflict_count} job(s) already answered in {cfg.output} now ask for "
-                f"something else (prompt, model or settings changed): "
-                f"{', '.join(plan.conflicts)}{' …' if plan.conflict_count > 5 else ''}. "
-                "Nothing was sent. Use a new --output, or --fresh to start over "
-                "(the old output is kept as a backup)."
-            )
-        for ref in sorted(plan.models, key=str):
-            settings = cfg.providers[ref.provider]
-            env = settings.key_env()
-            if env is not None:
-                if not os.environ.get(env):
-                    raise UsageError(
-                        f"{env} is not set: jobs use {ref}. Export it, or run offline "
-                        f"with --model sim:{ref.model}. Nothing was sent."
-                    )
-            if self.budget.capped and cfg.max_cost is not None and self.prices.price(ref) is None:
-                raise UsageError(
-                    f"--max-cost needs a price for {ref}, and none is known. Add one to "
-                    f'llmbatch.toml:\n  [prices."{ref}"]\n  input = 0.5   # USD per million '
-                    "tokens\n  output = 1.5\nNothing was sent."
-                )
 
     # -- the run ------------------------------------------------------------------
 
@@ -289,11 +115,11 @@ class Engine:
 
     async def _run(self) -> RunReport:
         cfg = self.config
-        plan = self.plan()
-        self.check_plan(plan)
+        plan = self.planner.plan()
+        self.planner.check(plan)
         started_wall = time.time()
         started = time.monotonic()
-        existing = self.existing
+        existing = self.existing = self.planner.existing
         if cfg.output is not None:
             if cfg.fresh:
                 backup = backup_output(cfg.output)
@@ -427,7 +253,7 @@ class Engine:
             async for job in recv:
                 if self._stopping:
                     continue  # drain: not run, stays resumable
-                result = await self._run_job(self.prepare(job))
+                result = await self._run_job(self.planner.prepare(job))
                 if result is not None:
                     try:
                         await send.send(result)

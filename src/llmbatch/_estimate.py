@@ -19,9 +19,9 @@ TYPICAL_OUTPUT_TOKENS = 250
 
 
 def estimate_jobs(config: RunConfig) -> dict[str, Any]:
-    from ._engine import Engine
+    from ._plan import Planner
 
-    engine = Engine(config)
+    planner = Planner(config)
     existing = None
     if config.output is not None and config.output.exists():
         existing = read_existing(config.output, retry_failed=config.retry_failed)
@@ -30,7 +30,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
     with open_jobs(config.jobs) as stream:
         for lineno, raw in iter_lines(stream):
             try:
-                pj = engine.prepare(engine.parser.parse(raw, lineno))
+                pj = planner.prepare(planner.parser.parse(raw, lineno))
             except LineError:
                 invalid += 1
                 continue
@@ -58,7 +58,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             m["input_tokens"] += in_tokens
             m["max_output_tokens"] += out_max
             m["expected_output_tokens"] += out_typ
-            price = engine.prices.price(ref)
+            price = planner.prices.price(ref)
             if price is None:
                 m["priced"] = False
             else:

@@ -288,7 +288,7 @@ def validate(
     """Check every line, print problems as PATH:LINE: message. Sends nothing."""
 
     def go() -> int:
-        from ._engine import Engine
+        from ._plan import Planner
 
         flags = {
             "model": model,
@@ -298,7 +298,7 @@ def validate(
             "output": "-",  # validate reads no output
         }
         with _configured(jobs, flags, config) as cfg:
-            plan = Engine(cfg).plan()
+            plan = Planner(cfg).plan()
         for problem in plan.problems:
             sys.stdout.write(f"{problem}\n")
         lines = plan.total_valid + len(plan.invalid_lines)
