@@ -35,7 +35,7 @@ from ._exceptions import (
     ProviderTimeout,
 )
 from ._history import append_history
-from ._jobs import Job, LineError, Request, iter_lines, open_jobs
+from ._jobs import Job, LineError, Request, estimate_input_tokens, iter_lines, open_jobs
 from ._lock import OutputLock
 from ._models import ModelRef
 from ._plan import Plan, Planner, PreparedJob
@@ -53,7 +53,6 @@ from ._schema import validate_answer
 from ._stats import RunStats
 from ._usage import Usage
 from .providers._base import Answer, Provider
-from .providers.sim import estimate_input_tokens
 
 ProviderFactory = Callable[[str, RunConfig], Provider]
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._config import RunConfig
-from ._jobs import LineError, iter_lines, open_jobs
+from ._jobs import LineError, estimate_input_tokens, iter_lines, open_jobs
 from ._results import read_existing
 from ._usage import Usage
-from .providers.sim import estimate_input_tokens
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -140,7 +141,7 @@ class JobParser:
             raise LineError('"body.messages" has no user message')
         system: Any = None
         if system_parts:
-            system = "\n\n".join(_text_of(p) for p in system_parts)
+            system = "\n\n".join(text_of(p) for p in system_parts)
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         response_format = body.get("response_format")
         schema = None
@@ -244,14 +245,38 @@ def _check_messages(messages: Any, where: str = "messages") -> list[dict[str, An
     return messages
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """The text of a message content: a string, or the text blocks of a list."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         return "".join(
-            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+            b.get("text", "")
+            for b in content
+            if isinstance(b, dict) and b.get("type", "text") == "text"
         )
     return ""
+
+
+def estimate_input_tokens(request: Request, *, conservative: bool = False) -> int:
+    """Input tokens of a request: about four characters a token, plus a few per message.
+
+    ``conservative`` counts UTF-8 bytes instead: no tokenizer makes more tokens
+    than bytes, so a budget reserved from it is never short.
+    """
+    parts = [request.system, *(m.get("content") for m in request.messages)]
+    overhead = 4 * len(request.messages) + 8
+    if conservative:
+        return sum(_byte_len(p) for p in parts) + overhead
+    return max(1, math.ceil(sum(len(text_of(p)) for p in parts) / 4) + overhead)
+
+
+def _byte_len(content: Any) -> int:
+    if isinstance(content, str):
+        return len(content.encode())
+    if isinstance(content, list):
+        return len(orjson.dumps(content))
+    return 0
 
 
 def _max_tokens(value: Any) -> int | None:

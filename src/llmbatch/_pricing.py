@@ -146,17 +146,21 @@ def lookup_genai_price(
             )
     except LookupError:
         return None
-    mp = calc.model_price
-    input_rate = _rate(getattr(mp, "input_mtok", None))
-    output_rate = _rate(getattr(mp, "output_mtok", None))
+    return _price_of(calc.model_price, f"genai-prices ({calc.provider.id}:{calc.model.id})")
+
+
+def _price_of(model_price: Any, source: str = "genai-prices") -> Price | None:
+    """Our Price from a genai-prices ModelPrice; cache prices default to the input price."""
+    input_rate = _rate(getattr(model_price, "input_mtok", None))
+    output_rate = _rate(getattr(model_price, "output_mtok", None))
     if input_rate is None or output_rate is None:
         return None
     return Price(
         input_rate,
         output_rate,
-        _rate(getattr(mp, "cache_read_mtok", None), input_rate) or input_rate,
-        _rate(getattr(mp, "cache_write_mtok", None), input_rate) or input_rate,
-        f"genai-prices ({calc.provider.id}:{calc.model.id})",
+        _rate(getattr(model_price, "cache_read_mtok", None), input_rate) or input_rate,
+        _rate(getattr(model_price, "cache_write_mtok", None), input_rate) or input_rate,
+        source,
     )
 
 
@@ -172,20 +176,7 @@ def known_models() -> list[tuple[str, str, Price]]:
                 if not prices:
                     continue
                 prices = prices[-1].prices
-            input_rate = _rate(getattr(prices, "input_mtok", None))
-            output_rate = _rate(getattr(prices, "output_mtok", None))
-            if input_rate is None or output_rate is None:
-                continue
-            rows.append(
-                (
-                    provider.id,
-                    model.id,
-                    Price(
-                        input_rate,
-                        output_rate,
-                        _rate(getattr(prices, "cache_read_mtok", None), input_rate) or input_rate,
-                        _rate(getattr(prices, "cache_write_mtok", None), input_rate) or input_rate,
-                    ),
-                )
-            )
+            price = _price_of(prices)
+            if price is not None:
+                rows.append((provider.id, model.id, price))
     return rows

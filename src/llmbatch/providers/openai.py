@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, error_for_status
-from .._jobs import Request
+from .._jobs import Request, estimate_input_tokens, text_of
 from .._usage import Usage
 from ._base import Answer
 from ._http import WHOLE_ANSWER, HttpProvider, now_ms
@@ -102,7 +102,7 @@ def build_openai_body(
         if request.system is not None:
             system = request.system
             if isinstance(system, list):  # Anthropic text blocks
-                system = "".join(b.get("text", "") for b in system if isinstance(b, dict))
+                system = text_of(system)
             messages.append({"role": "system", "content": system})
         messages.extend({"role": m["role"], "content": m["content"]} for m in request.messages)
         body = {"model": model, "messages": messages, max_tokens_field: request.max_tokens}
@@ -218,8 +218,6 @@ class OpenAIProvider(HttpProvider):
             raise ConnectionFailed("the stream ended before [DONE] (truncated)").with_usage(usage)
         if usage is None:
             # A server that ignores include_usage: estimate, so budgets still hold.
-            from .sim import estimate_input_tokens
-
             text = "".join(parts)
             usage = Usage(estimate_input_tokens(request), max(1, len(text) // 4))
         if finish == "content_filter" or refusal:

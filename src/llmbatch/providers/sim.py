@@ -17,13 +17,12 @@ import math
 import os
 import random
 import time
-from typing import Any
 
 import anyio
 import orjson
 
 from .._exceptions import Overloaded, RateLimited, ServerError, UsageError
-from .._jobs import Request
+from .._jobs import Request, estimate_input_tokens
 from .._schema import sample_instance
 from .._usage import Usage
 from ._base import Answer
@@ -53,35 +52,6 @@ def _env_float(name: str, default: float) -> float:
     if value < 0:
         raise UsageError(f"{name} must be ≥ 0, got {raw!r}")
     return value
-
-
-def _text_len(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(b.get("text", "")) for b in content if isinstance(b, dict))
-    return 0
-
-
-def estimate_input_tokens(request: Request, *, conservative: bool = False) -> int:
-    """Input tokens of a request: about four characters a token, plus a few per message.
-
-    ``conservative`` counts UTF-8 bytes instead: no tokenizer makes more tokens
-    than bytes, so a budget reserved from it is never short.
-    """
-    parts = [request.system, *(m.get("content") for m in request.messages)]
-    overhead = 4 * len(request.messages) + 8
-    if conservative:
-        return sum(_byte_len(p) for p in parts) + overhead
-    return max(1, math.ceil(sum(_text_len(p) for p in parts) / 4) + overhead)
-
-
-def _byte_len(content: Any) -> int:
-    if isinstance(content, str):
-        return len(content.encode())
-    if isinstance(content, list):
-        return len(orjson.dumps(content))
-    return 0
 
 
 class SimProvider:
