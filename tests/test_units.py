@@ -17,15 +17,9 @@ import llmbatch
 from llmbatch._breaker import Breaker
 from llmbatch._config import ModelLimits, load_config
 from llmbatch._exceptions import ConfigError, error_for_status
+from llmbatch._headers import hint_from_headers, parse_go_duration, parse_reset, parse_retry_after
 from llmbatch._models import ModelRef, ModelSpecError, parse_model_spec
-from llmbatch._ratelimit import (
-    ModelGate,
-    Pacer,
-    hint_from_headers,
-    parse_go_duration,
-    parse_reset,
-    parse_retry_after,
-)
+from llmbatch._ratelimit import ModelGate, Pacer
 from llmbatch._report import build_report
 from llmbatch._results import DoneSet, JobResult, fp_int, read_existing
 from llmbatch._schema import extract_json, sample_instance, validate_answer

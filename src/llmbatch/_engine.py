@@ -27,7 +27,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._breaker import Breaker
-from ._budget import Budget
+from ._budget import Hold, RunBudget
 from ._config import RunConfig
 from ._exceptions import (
     LLMBatchError,
@@ -85,7 +85,7 @@ class Engine:
         self.prices = self.planner.prices
         self.stats = RunStats()
         self.existing: ExistingOutput | None = None  # the output as it was, once planned
-        self.budget = Budget(config.max_cost, config.max_total_tokens)
+        self.budget = RunBudget(config.max_cost, config.max_total_tokens)
         self.providers: dict[str, Provider] = {}
         self.gates: dict[ModelRef, ModelGate] = {}
         self.breakers: dict[ModelRef, Breaker] = {}
@@ -401,7 +401,8 @@ class Engine:
                 if self._stopping and self.stopped_by == "signal":
                     return None  # mid-retry at a signal: not written, runs again on resume
                 res = self._reservation(ref, request)
-                if not self.budget.reserve(res.cost, res.budget_tokens):
+                hold = self.budget.reserve_now(res.cost, res.budget_tokens)
+                if not isinstance(hold, Hold):
                     self.stop("budget")
                     if attempts == 0:
                         return None
@@ -418,7 +419,7 @@ class Engine:
                 with self._interruptible() as waiting:
                     await gate.acquire(res.input_tokens, res.output_tokens)
                 if waiting.cancelled_caught:
-                    self.budget.settle(res.cost, res.budget_tokens, 0.0, 0)
+                    self.budget.settle_now(hold, 0.0, 0)
                     gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     continue  # stopped while waiting for a slot: the checks above decide
                 tries += 1
@@ -440,7 +441,7 @@ class Engine:
                         c = self.prices.cost(ref, spent)
                         spent_cost = c or 0.0
                         cost = None if (c is None or cost is None) else cost + c
-                    self.budget.settle(res.cost, res.budget_tokens, spent_cost, _tokens(spent))
+                    self.budget.settle_now(hold, spent_cost, _tokens(spent))
                     gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     attempt_errors[err.error_type] += 1
                     last_error = err.to_dict()
@@ -476,7 +477,7 @@ class Engine:
                 usage.add(answer.usage)
                 c = self.prices.cost(ref, answer.usage)
                 cost = None if (c is None or cost is None) else cost + c
-                self.budget.settle(res.cost, res.budget_tokens, c or 0.0, answer.usage.total)
+                self.budget.settle_now(hold, c or 0.0, answer.usage.total)
                 gate.settle(
                     res.input_tokens,
                     res.output_tokens,

@@ -5,20 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from .._headers import RateLimitHint
 from .._jobs import Request
 from .._usage import Usage
-
-
-@dataclass(slots=True)
-class RateLimitHint:
-    """What a response said about the provider's limits (None where it said nothing)."""
-
-    requests_limit: float | None = None
-    requests_remaining: float | None = None
-    requests_reset_s: float | None = None
-    tokens_limit: float | None = None
-    tokens_remaining: float | None = None
-    tokens_reset_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -23,8 +23,7 @@ from .._exceptions import (
     UsageError,
     error_for_status,
 )
-from .._ratelimit import hint_from_headers, parse_retry_after
-from ._base import RateLimitHint
+from .._headers import RateLimitHint, hint_from_headers, parse_retry_after
 
 if TYPE_CHECKING:
     import aiohttp
