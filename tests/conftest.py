@@ -22,7 +22,10 @@ CANARY_OPENAI = "sk-canary-DO-NOT-LEAK-9876543210fedcba"
 
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No keys, base URLs, proxies or llmbatch settings leak in; cwd is the test's own."""
+    """No keys, base URLs, proxies or llmbatch settings leak in; cwd is the test's own.
+
+    Cache and state dirs are the test's own too: no run answers another's from the cache.
+    """
     for name in list(os.environ):
         upper = name.upper()
         if (
@@ -34,6 +37,8 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "*")
     monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".xdg" / "cache"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / ".xdg" / "state"))
     monkeypatch.chdir(tmp_path)
 
 

@@ -88,6 +88,11 @@ class RunConfig:
     retry_failed: bool = False
     skip_invalid: bool = False
     quiet: bool = False
+    cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
+    no_cache: bool = False
+    log_json: str | None = None  # a path, or "-" for stderr
+    log_prompts: bool = False
+    otlp: str | None = None  # OTLP/HTTP endpoint
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     limits: dict[str, ModelLimits] = field(default_factory=dict)
@@ -139,6 +144,11 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "retry_failed": (bool,),
     "skip_invalid": (bool,),
     "quiet": (bool,),
+    "cache": (str,),
+    "no_cache": (bool,),
+    "log_json": (str,),
+    "log_prompts": (bool,),
+    "otlp": (str,),
 }
 _TABLE_KEYS = ("providers", "prices", "limits")
 _PROVIDER_KEYS = {
@@ -395,8 +405,11 @@ def build_run_config(
     cfg.system = merged.get("system")
     if merged.get("report") is not None:
         cfg.report = Path(merged["report"])
-    for key in ("fresh", "retry_failed", "skip_invalid", "quiet"):
+    for key in ("fresh", "retry_failed", "skip_invalid", "quiet", "no_cache", "log_prompts"):
         setattr(cfg, key, bool(merged.get(key, False)))
+    from ._observe import observability_flags
+
+    observability_flags(cfg, merged, jobs, stdin)
     return cfg
 
 

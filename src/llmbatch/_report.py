@@ -50,6 +50,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     # Jobs an earlier run recorded as failed and this one did not retry.
     failed_earlier: int = 0
+    cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
+    cache_saved_usd: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -91,6 +93,7 @@ class RunReport:
             "limits": self.limits,
             "output": self.output,
             "notes": self.notes,
+            "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
         }
 
     def to_json(self) -> bytes:
@@ -169,6 +172,8 @@ def build_report(
         output=output,
         notes=list(notes or []),
         failed_earlier=failed_earlier,
+        cache_hits=stats.cache_hits,
+        cache_saved_usd=stats.cache_saved_usd,
     )
 
 
@@ -246,6 +251,11 @@ def render_report(report: RunReport, console: Console) -> None:
     if report.unpriced_models:
         cost += f" · [yellow]unpriced: {', '.join(report.unpriced_models)}[/]"
     summary.add_row("cost", cost)
+    if report.cache_hits:
+        summary.add_row(
+            "cache",
+            f"{report.cache_hits} answered from the cache · {_usd(report.cache_saved_usd)} saved",
+        )
     lat = report.latency_ms
     summary.add_row(
         "latency",

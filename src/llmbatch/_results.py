@@ -46,6 +46,7 @@ class JobResult:
     attempt_errors: dict[str, int] = field(default_factory=dict)
     repairs: int = 0
     fallbacks: int = 0
+    cache: dict[str, Any] | None = None  # answered from the response cache: {"hit", "saved_usd"}
 
     def to_json(self) -> bytes:
         line: dict[str, Any] = {
@@ -71,6 +72,8 @@ class JobResult:
             line["repairs"] = self.repairs
         if self.fallbacks:
             line["fallbacks"] = self.fallbacks
+        if self.cache:
+            line["cache"] = self.cache
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
@@ -94,6 +97,7 @@ class JobResult:
             attempt_errors=dict(d.get("attempt_errors") or {}),
             repairs=int(d.get("repairs") or 0),
             fallbacks=int(d.get("fallbacks") or 0),
+            cache=d.get("cache") if isinstance(d.get("cache"), dict) else None,
         )
 
 

@@ -81,6 +81,8 @@ class RunStats:
     repairs: int = 0
     repaired_jobs: int = 0
     fallbacks: int = 0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
     latency: Histogram = field(default_factory=Histogram)
     ttft: Histogram = field(default_factory=Histogram)
     errors: Counter[str] = field(default_factory=Counter)
@@ -109,6 +111,9 @@ class RunStats:
         if r.repairs:
             self.repaired_jobs += 1
         self.fallbacks += r.fallbacks
+        if r.cache and r.cache.get("hit"):
+            self.cache_hits += 1
+            self.cache_saved_usd += float(r.cache.get("saved_usd") or 0.0)
         if r.latency_ms is not None and r.status == "ok":
             self.latency.add(r.latency_ms)
         if r.ttft_ms is not None and r.status == "ok":

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from ._cli_cache import cache_app
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -217,6 +219,24 @@ def run(
         bool | None, typer.Option("--quiet", help="No progress, no report table.")
     ] = None,
     provider: ProviderOpt = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache", help="Response cache file [default: $XDG_CACHE_HOME/llmbatch/cache.sqlite]."
+        ),
+    ] = None,
+    no_cache: Annotated[
+        bool | None, typer.Option("--no-cache", help="Neither read nor fill the response cache.")
+    ] = None,
+    log_json: Annotated[
+        str | None, typer.Option("--log-json", help="Write events as JSON lines (- = stderr).")
+    ] = None,
+    log_prompts: Annotated[
+        bool | None, typer.Option("--log-prompts", help="Put the messages sent in --log-json.")
+    ] = None,
+    otlp: Annotated[
+        str | None, typer.Option("--otlp", help="Send OpenTelemetry spans to this OTLP/HTTP URL.")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
@@ -244,6 +264,11 @@ def run(
         "skip_invalid": skip_invalid or None,
         "quiet": quiet or None,
         "provider": provider,
+        "cache": cache,
+        "no_cache": no_cache or None,
+        "log_json": log_json,
+        "log_prompts": log_prompts or None,
+        "otlp": otlp,
     }
     code = _guard(lambda: _run(jobs, flags, config))
     raise typer.Exit(code)
@@ -464,6 +489,9 @@ def models(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+app.add_typer(cache_app)
 
 
 def main() -> NoReturn:

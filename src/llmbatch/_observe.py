@@ -1,0 +1,82 @@
+"""What watches a run besides the progress display: the flags' checks and the sinks they make.
+
+``build_sinks(config)`` is what the engine calls (once, before the run starts) to
+get the ``--log-json`` and ``--otlp`` sinks for its EventBus; ``close_sinks`` in a
+``finally`` flushes them even when the run ends without a RunEnded event.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import UsageError
+
+if TYPE_CHECKING:
+    from ._config import RunConfig
+    from ._events import EventSink
+
+
+def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdin: bool) -> None:
+    """--cache, --log-json, --otlp into ``cfg``, checked before anything is sent."""
+    if merged.get("cache") is not None:
+        cfg.cache_path = Path(merged["cache"]).expanduser()
+    log = merged.get("log_json")
+    if log is not None and log != "-":
+        p = Path(log).resolve()
+        if (not stdin and p == jobs.resolve()) or (
+            cfg.output is not None and p == cfg.output.resolve()
+        ):
+            raise UsageError(f"--log-json {log} is a file this run reads or writes")
+    cfg.log_json = log
+    otlp = merged.get("otlp")
+    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
+        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    cfg.otlp = otlp
+
+
+def run_secrets(config: RunConfig) -> list[str]:
+    """Every API key this run could send: no sink may ever write one."""
+    secrets = []
+    for settings in config.providers.values():
+        env = settings.key_env()
+        value = os.environ.get(env) if env else None
+        if value:
+            secrets.append(value)
+    return secrets
+
+
+def build_sinks(config: RunConfig) -> list[EventSink]:
+    """The sinks ``--log-json`` and ``--otlp`` ask for (none by default).
+
+    :raises UsageError: the log file cannot be opened, or ``--otlp`` without the extra.
+    """
+    sinks: list[EventSink] = []
+    secrets = run_secrets(config)
+    if config.log_json is not None:
+        from ._jsonlog import JsonEventLog
+
+        try:
+            sinks.append(
+                JsonEventLog(config.log_json, log_prompts=config.log_prompts, secrets=secrets)
+            )
+        except OSError as exc:
+            raise UsageError(f"--log-json {config.log_json}: {exc.strerror}") from None
+    if config.otlp is not None:
+        try:
+            from ._otel import OtelExporter
+        except ImportError:
+            raise UsageError(
+                "--otlp needs the OpenTelemetry SDK: pip install 'llmbatch[otel]'"
+            ) from None
+        sinks.append(OtelExporter(config.otlp, secrets=secrets))
+    return sinks
+
+
+def close_sinks(sinks: list[EventSink]) -> None:
+    """Flush and release every sink that holds something (idempotent)."""
+    for sink in sinks:
+        close = getattr(sink, "close", None)
+        if close is not None:
+            close()
