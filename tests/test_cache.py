@@ -1,0 +1,383 @@
+"""The response cache: keys, storage, degrading on a broken file, concurrency, the commands."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from llmbatch._cache import (
+    CachedAnswer,
+    ResponseCache,
+    cache_key,
+    cache_key_for,
+    clear_cache,
+    default_cache_path,
+    hit_result,
+    open_cache,
+)
+from llmbatch._cli_cache import parse_duration
+from llmbatch._config import FileConfig, RunConfig, build_run_config
+from llmbatch._exceptions import UsageError
+from llmbatch._jobs import Request
+from llmbatch._models import ModelRef
+from llmbatch._report import build_report
+from llmbatch._results import JobResult
+from llmbatch._stats import RunStats
+from llmbatch._usage import Usage
+from llmbatch.cli import app
+
+
+def req(**kw: Any) -> Request:
+    base: dict[str, Any] = {
+        "messages": [{"role": "user", "content": "What is 2 + 2?"}],
+        "max_tokens": 100,
+    }
+    base.update(kw)
+    return Request(**base)
+
+
+def key(request: Request, job: str = "a", **kw: Any) -> str:
+    args: dict[str, Any] = {
+        "provider": "anthropic",
+        "base_url": "https://api.anthropic.com",
+        "model": "claude-haiku-4-5",
+    }
+    args.update(kw)
+    return cache_key(args["provider"], args["base_url"], args["model"], request, job)
+
+
+def answer(text: str = "4", cost: float | None = 0.0021) -> CachedAnswer:
+    return CachedAnswer(
+        text=text,
+        parsed={"n": 4},
+        usage=Usage(12, 3),
+        cost_usd=cost,
+        stop_reason="end_turn",
+        model="claude-haiku-4-5",
+        provider="anthropic",
+    )
+
+
+class Warnings:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+
+
+# -- keys -------------------------------------------------------------------------
+
+
+def test_temperature_zero_shares_answers_across_job_ids() -> None:
+    r = req(temperature=0.0)
+    assert key(r, "a") == key(r, "b")
+
+
+@pytest.mark.parametrize("temperature", [None, 0.7, 1.0])
+def test_sampled_requests_are_keyed_per_job_id(temperature: float | None) -> None:
+    r = req(temperature=temperature)
+    assert key(r, "a") != key(r, "b")
+    assert key(r, "a") == key(req(temperature=temperature), "a")  # a rerun of a job hits
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": [{"role": "user", "content": "What is 2 + 3?"}]},
+        {"system": "Be terse."},
+        {"max_tokens": 101},
+        {"temperature": 0.5},
+        {"schema": {"type": "object"}},
+        {"appended": [{"role": "user", "content": "again"}]},
+        {"wire_format": "openai", "body": {"model": "x", "messages": []}},
+    ],
+)
+def test_any_change_of_the_request_misses(change: dict[str, Any]) -> None:
+    base = req(temperature=0.0)
+    changed = req(**{"temperature": 0.0, **change})
+    assert key(base) != key(changed)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"provider": "openai"},
+        {"base_url": "http://127.0.0.1:9999"},
+        {"model": "claude-sonnet-4-5"},
+    ],
+)
+def test_provider_base_url_and_model_are_in_the_key(where: dict[str, str]) -> None:
+    r = req(temperature=0.0)
+    assert key(r) != key(r, **where)
+
+
+def test_key_is_a_sha256_and_holds_no_prompt() -> None:
+    k = key(req(temperature=0.0))
+    assert len(k) == 64 and int(k, 16) >= 0
+    assert "2 + 2" not in k
+
+
+def test_key_for_config_uses_the_resolved_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = RunConfig(jobs=Path("j.jsonl"))
+    ref = ModelRef("openai", "gpt-4o-mini")
+    r = req(temperature=0.0)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1")
+    one = cache_key_for(cfg, ref, r, "a")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:2/v1")
+    assert cache_key_for(cfg, ref, r, "a") != one
+
+
+# -- storage ----------------------------------------------------------------------
+
+
+def test_store_then_lookup_round_trips(tmp_path: Path) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    assert cache.lookup("k") is None
+    cache.store("k", answer())
+    got = cache.lookup("k")
+    assert got is not None
+    assert (got.text, got.parsed, got.usage, got.cost_usd) == ("4", {"n": 4}, Usage(12, 3), 0.0021)
+    assert (got.stop_reason, got.model, got.provider) == (
+        "end_turn",
+        "claude-haiku-4-5",
+        "anthropic",
+    )
+    assert got.created > 0
+    s = cache.statistics()
+    assert (s.hits, s.saved_usd, s.stores, s.disabled) == (1, 0.0021, 1, None)
+    assert s.to_dict() == {"hits": 1, "saved_usd": 0.0021}
+    cache.close()
+
+
+def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    first = ResponseCache(path)
+    first.store("k", answer())
+    first.close()
+    second = ResponseCache(path)
+    assert second.lookup("k") is not None
+    assert second.lookup("k") is not None
+    second.close()
+    contents = ResponseCache(path).contents()
+    assert contents is not None
+    assert (contents.entries, contents.hits) == (1, 1)  # one key used in that run
+    assert contents.saved_usd == pytest.approx(0.0021)
+    assert contents.bytes > 0
+
+
+def test_the_file_is_wal(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_default_path_follows_xdg_cache_home(tmp_path: Path) -> None:
+    # conftest points XDG_CACHE_HOME at this test's own directory.
+    assert default_cache_path() == tmp_path / ".xdg" / "cache" / "llmbatch" / "cache.sqlite"
+    cache = open_cache(RunConfig(jobs=Path("j.jsonl")))
+    assert cache is not None and cache.usable
+    cache.close()
+    assert default_cache_path().exists()
+    assert open_cache(RunConfig(jobs=Path("j.jsonl"), no_cache=True)) is None
+
+
+def test_prune_drops_entries_unused_for_long(tmp_path: Path) -> None:
+    now = [1000.0]
+    cache = ResponseCache(tmp_path / "c.sqlite", clock=lambda: now[0])
+    cache.store("old", answer("old"))
+    now[0] = 2000.0
+    cache.store("new", answer("new"))
+    now[0] = 2100.0
+    assert cache.prune(500) == 1
+    assert cache.lookup("old") is None
+    assert cache.lookup("new") is not None
+
+
+# -- a broken cache never fails a run ----------------------------------------------
+
+
+def test_a_corrupt_file_degrades_to_no_cache_with_one_warning(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"this is not a database, it was corrupted on purpose" * 100)
+    warned = Warnings()
+    cache = ResponseCache(path, warn=warned)
+    assert not cache.usable
+    for _ in range(3):
+        assert cache.lookup("k") is None
+        cache.store("k", answer())
+    cache.close()
+    assert len(warned.messages) == 1
+    assert str(path) in warned.messages[0] and "running without it" in warned.messages[0]
+    assert cache.statistics().disabled == warned.messages[0]
+
+
+def test_a_page_corrupted_after_opening_degrades_too(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    for i in range(200):
+        cache.store(f"k{i}", answer("x" * 500))
+    cache.close()
+    data = bytearray(path.read_bytes())
+    data[4096 : len(data)] = b"\xff" * (len(data) - 4096)  # every page but the first
+    path.write_bytes(bytes(data))
+    warned = Warnings()
+    cache = ResponseCache(path, warn=warned)
+    results = [cache.lookup(f"k{i}") for i in range(200)]
+    cache.store("new", answer())
+    assert all(r is None for r in results)
+    assert len(warned.messages) == 1
+
+
+def test_a_lock_held_too_long_degrades_to_no_cache(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        warned = Warnings()
+        cache = ResponseCache(path, busy_timeout_s=0.05, warn=warned)
+        cache.store("k", answer())  # the writer lock is held elsewhere
+        assert cache.lookup("k") is None
+        cache.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(warned.messages) == 1 and "locked" in warned.messages[0]
+
+
+def test_an_unwritable_directory_degrades(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    warned = Warnings()
+    cache = ResponseCache(blocker / "cache.sqlite", warn=warned)
+    assert cache.lookup("k") is None
+    assert len(warned.messages) == 1
+
+
+# -- concurrency --------------------------------------------------------------------
+
+
+def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path).close()
+    warned = Warnings()
+
+    def writer(n: int) -> None:
+        cache = ResponseCache(path, warn=warned)
+        for i in range(100):
+            cache.store(f"{n}-{i}", answer(f"{n}-{i}"))
+            assert cache.lookup(f"{n}-{i // 2}") is not None
+        cache.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    script = (
+        "import sys; from pathlib import Path; from llmbatch._cache import ResponseCache, "
+        "CachedAnswer; from llmbatch._usage import Usage\n"
+        "c = ResponseCache(Path(sys.argv[1]))\n"
+        "for i in range(100): c.store(f'p-{i}', CachedAnswer('t', None, Usage(), 0.0, None, "
+        "'m', 'sim'))\n"
+        "c.close(); assert c.warning is None, c.warning\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script.replace("p-", f"p{n}-"), str(path)])
+        for n in range(2)
+    ]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert warned.messages == []
+    contents = ResponseCache(path).contents()
+    assert contents is not None and contents.entries == 600
+
+
+# -- result lines and the report ------------------------------------------------------
+
+
+def test_a_hit_is_a_normal_result_line_that_costs_nothing() -> None:
+    r = hit_result(answer(), job_id="j1", metadata={"m": 1}, fingerprint="abc")
+    line = orjson.loads(r.to_json())
+    assert line["status"] == "ok" and line["output"] == "4" and line["parsed"] == {"n": 4}
+    assert line["cost_usd"] == 0.0 and line["attempts"] == 0
+    assert line["usage"]["input_tokens"] == 0
+    assert line["cache"] == {"hit": True, "saved_usd": 0.0021}
+    assert JobResult.from_line(line).cache == {"hit": True, "saved_usd": 0.0021}
+
+
+def test_the_report_counts_hits_and_dollars_saved() -> None:
+    stats = RunStats()
+    stats.add(hit_result(answer(cost=0.25), job_id="a", metadata=None, fingerprint=None))
+    stats.add(hit_result(answer(cost=None), job_id="b", metadata=None, fingerprint=None))
+    report = build_report(stats)
+    assert report.to_dict()["cache"] == {"hits": 2, "saved_usd": 0.25}
+    assert report.cost_usd == 0.0
+
+
+# -- config and commands ---------------------------------------------------------------
+
+
+def test_flags_reach_the_config(tmp_path: Path) -> None:
+    flags = {"cache": str(tmp_path / "mine.sqlite"), "no_cache": True, "otlp": "http://h:4318"}
+    cfg = build_run_config(Path("jobs.jsonl"), flags, FileConfig())
+    assert (cfg.cache_path, cfg.no_cache, cfg.otlp) == (
+        tmp_path / "mine.sqlite",
+        True,
+        flags["otlp"],
+    )
+
+
+def test_otlp_must_be_a_url() -> None:
+    with pytest.raises(UsageError, match="--otlp"):
+        build_run_config(Path("jobs.jsonl"), {"otlp": "localhost:4318"}, FileConfig())
+
+
+def test_parse_duration() -> None:
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("12h") == 43200
+    assert parse_duration("90m") == 5400
+    assert parse_duration("45") == 45
+    with pytest.raises(ValueError):
+        parse_duration("soon")
+
+
+def test_cache_commands(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    cache.store("k", answer())
+    cache.close()
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "stats", "--cache", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    assert orjson.loads(res.stdout)["entries"] == 1
+    res = runner.invoke(app, ["cache", "prune", "--older-than", "30d", "--cache", str(path)])
+    assert res.exit_code == 0 and "pruned 0 answers" in res.stdout
+    res = runner.invoke(app, ["cache", "prune", "--older-than", "0s", "--cache", str(path)])
+    assert res.exit_code == 0 and "pruned 1 answers" in res.stdout
+    res = runner.invoke(app, ["cache", "prune", "--older-than", "soon", "--cache", str(path)])
+    assert res.exit_code == 2
+    res = runner.invoke(app, ["cache", "clear", "--cache", str(path)])
+    assert res.exit_code == 0 and not path.exists()
+    res = runner.invoke(app, ["cache", "stats"])  # the default path, not there yet
+    assert res.exit_code == 0 and "answers:  0" in res.stdout
+
+
+def test_cache_stats_on_a_corrupt_file_says_so_and_clear_mends_it(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    runner = CliRunner()
+    res = runner.invoke(app, ["cache", "stats", "--cache", str(path)])
+    assert res.exit_code == 1 and "unusable" in res.stderr
+    assert clear_cache(path) == 7000
+    res = runner.invoke(app, ["cache", "stats", "--cache", str(path)])
+    assert res.exit_code == 0

@@ -1,0 +1,170 @@
+"""--otlp: spans decoded by a local OTLP/HTTP receiver, run → job → attempt, GenAI attributes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from llmbatch._config import FileConfig, RunConfig, build_run_config
+from llmbatch._events import AttemptEnded, EventBus
+from llmbatch._observe import build_sinks, close_sinks
+from llmbatch._otel import OtelExporter, traces_url
+from tests.conftest import CANARY_ANTHROPIC
+from tests.events_data import T0, sample_run
+from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
+
+SPAN_KIND_CLIENT = 3
+STATUS_ERROR = 2
+
+
+def ns(ts: float) -> int:
+    return int(ts * 1e9)
+
+
+def export_sample(url: str) -> list[ReceivedSpan]:
+    exporter = OtelExporter(url, secrets=[CANARY_ANTHROPIC])
+    bus = EventBus([exporter])
+    for e in sample_run():
+        bus.emit(e)
+    assert bus.sinks == [exporter] and exporter.closed  # RunEnded flushed and shut it down
+    return []
+
+
+def by_name(spans: list[ReceivedSpan], prefix: str) -> list[ReceivedSpan]:
+    return [s for s in spans if s.name.startswith(prefix)]
+
+
+@pytest.fixture
+def spans() -> list[ReceivedSpan]:
+    with OTLPReceiver() as receiver:
+        export_sample(receiver.url)
+        assert receiver.received.paths and set(receiver.received.paths) == {"/v1/traces"}
+        return list(receiver.received.spans)
+
+
+def test_one_attempt_span_per_attempt_under_its_job_under_the_run(
+    spans: list[ReceivedSpan],
+) -> None:
+    events = sample_run()
+    attempts = [e for e in events if isinstance(e, AttemptEnded)]
+    (run,) = by_name(spans, "llmbatch run")
+    jobs = {s.attributes["llmbatch.job.id"]: s for s in by_name(spans, "llmbatch job")}
+    chats = by_name(spans, "chat ")
+    assert len(spans) == 1 + 3 + 3
+    assert len(chats) == len(attempts)
+    assert set(jobs) == {"a", "b", "c"}
+    assert {s.trace_id for s in spans} == {run.trace_id}
+    assert run.parent_span_id == b""
+    assert all(j.parent_span_id == run.span_id for j in jobs.values())
+    for chat in chats:
+        assert chat.parent_span_id == jobs[chat.attributes["llmbatch.job.id"]].span_id
+        assert chat.kind == SPAN_KIND_CLIENT
+    # Times are the events' own.
+    assert (run.start_ns, run.end_ns) == (ns(T0), ns(T0 + 3.0))
+    assert (jobs["a"].start_ns, jobs["a"].end_ns) == (ns(T0 + 0.01), ns(T0 + 2.1))
+    timed = sorted((s.start_ns, s.end_ns) for s in chats)
+    assert timed == sorted((ns(a.started_ts), ns(a.ts)) for a in attempts)
+
+
+def test_attempt_spans_carry_the_genai_attributes(spans: list[ReceivedSpan]) -> None:
+    chats = {
+        (s.attributes["llmbatch.job.id"], s.attributes["llmbatch.attempt"]): s
+        for s in by_name(spans, "chat ")
+    }
+    ok = chats[("a", 2)].attributes
+    assert ok["gen_ai.operation.name"] == "chat"
+    assert ok["gen_ai.system"] == ok["gen_ai.provider.name"] == "anthropic"
+    assert ok["gen_ai.request.model"] == ok["gen_ai.response.model"] == "claude-haiku-4-5"
+    assert (ok["gen_ai.usage.input_tokens"], ok["gen_ai.usage.output_tokens"]) == (12, 40)
+    assert ok["gen_ai.response.finish_reasons"] == ["end_turn"]
+    assert ok["llmbatch.cost_usd"] == pytest.approx(0.000212)
+    assert ok["http.response.status_code"] == 200
+    assert "error.type" not in ok
+    assert chats[("a", 2)].name == "chat claude-haiku-4-5"
+    limited = chats[("a", 1)]
+    assert limited.attributes["error.type"] == "rate_limited"
+    assert limited.attributes["http.response.status_code"] == 429
+    assert limited.attributes["llmbatch.retry_after_s"] == 1.0
+    assert limited.status_code == STATUS_ERROR
+    assert "llmbatch.cost_usd" not in chats[("b", 1)].attributes  # price unknown: no figure
+    assert chats[("b", 1)].attributes["error.type"] == "bad_request"
+
+
+def test_job_and_run_spans(spans: list[ReceivedSpan]) -> None:
+    jobs = {s.attributes["llmbatch.job.id"]: s for s in by_name(spans, "llmbatch job")}
+    assert jobs["a"].attributes["llmbatch.job.status"] == "ok"
+    assert jobs["a"].attributes["llmbatch.attempts"] == 2
+    assert jobs["b"].attributes["error.type"] == "bad_request"
+    assert jobs["b"].status_code == STATUS_ERROR
+    assert jobs["c"].attributes["llmbatch.cache.hit"] is True
+    assert jobs["c"].attributes["llmbatch.cache.saved_usd"] == 0.5
+    (run,) = by_name(spans, "llmbatch run")
+    assert run.attributes["llmbatch.jobs.ok"] == 2 and run.attributes["llmbatch.exit_code"] == 1
+    assert run.resource["service.name"] == "llmbatch"
+    assert [name for name, _, _ in run.events] == ["limit_change", "breaker", "budget_stop"]
+    assert run.events[0][1] == ns(T0 + 0.2)
+
+
+def test_no_key_and_no_prompt_in_any_span() -> None:
+    with OTLPReceiver() as receiver:
+        export_sample(receiver.url)
+        raw = b"".join(receiver.received.raw)
+    assert raw
+    assert CANARY_ANTHROPIC.encode() not in raw
+    assert b"SECRET-PROMPT-TEXT" not in raw
+    assert b"[redacted]" in raw  # the 429's message named the key: redacted in the status
+
+
+def test_a_job_stopped_mid_way_is_closed_at_run_end() -> None:
+    events = [e for e in sample_run() if not (getattr(e, "job_id", None) == "a" and e.ts > T0 + 1)]
+    events = [e for e in events if getattr(getattr(e, "result", None), "id", None) != "a"]
+    with OTLPReceiver() as receiver:
+        exporter = OtelExporter(receiver.url)
+        for e in events:
+            exporter.emit(e)
+        spans = receiver.received.spans
+        (job_a,) = [
+            s for s in by_name(spans, "llmbatch job") if s.attributes["llmbatch.job.id"] == "a"
+        ]
+    assert job_a.attributes["llmbatch.job.status"] == "not_finished"
+    assert job_a.end_ns == ns(T0 + 3.0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_a_missing_collector_costs_one_warning_not_the_run() -> None:
+    warnings: list[str] = []
+    exporter = OtelExporter(
+        f"http://127.0.0.1:{free_port()}",
+        export_timeout_s=0.2,
+        close_timeout_s=5,
+        warn=warnings.append,
+    )
+    for e in sample_run():
+        exporter.emit(e)
+    assert exporter.closed
+    assert len(warnings) == 1 and "--otlp" in warnings[0]
+
+
+def test_traces_url() -> None:
+    assert traces_url("http://h:4318") == "http://h:4318/v1/traces"
+    assert traces_url("http://h:4318/") == "http://h:4318/v1/traces"
+    assert traces_url("https://h/otlp") == "https://h/otlp/v1/traces"
+    assert traces_url("http://h:4318/v1/traces") == "http://h:4318/v1/traces"
+
+
+def test_build_sinks_makes_an_exporter(tmp_path: Path) -> None:
+    with OTLPReceiver() as receiver:
+        cfg = build_run_config(Path("jobs.jsonl"), {"otlp": receiver.url}, FileConfig())
+        sinks = build_sinks(cfg)
+        assert len(sinks) == 1 and isinstance(sinks[0], OtelExporter)
+        sinks[0].emit(sample_run()[0])
+        close_sinks(sinks)  # no RunEnded (a crash): the run span stays open, nothing hangs
+        assert build_sinks(RunConfig(jobs=Path("jobs.jsonl"))) == []
