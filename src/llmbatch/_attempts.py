@@ -259,7 +259,9 @@ class JobRunner:
             return ProviderTimeout(f"no complete answer within --timeout {timeout:g} s")
         except Exception as exc:  # an adapter must never end the run
             message = redact(f"{type(exc).__name__}: {exc}", None)
-            return OtherProviderError(f"unexpected error from {ref.provider}: {message}")
+            err = OtherProviderError(f"unexpected error from {ref.provider}: {message}")
+            err.retryable = True  # a payload we did not expect may not come again
+            return err
 
     def _judge(
         self, err: ProviderError, tally: Tally, ref: ModelRef, tries: int, has_next: bool
