@@ -2,58 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 
-import anyio
 import pytest
 
-from llmbatch import ModelRef, RateLimited, RunConfig, ServerError, run_jobs, run_jobs_async
-from llmbatch._jobs import Request
-from llmbatch._usage import Usage
-from llmbatch.providers._base import Answer, Provider
+from llmbatch import ModelRef, RunConfig, run_jobs, run_jobs_async
 from tests.conftest import prompts, read_jsonl, write_jsonl
-
-
-class ScriptedProvider:
-    """Answers from a script per job prompt; records what was sent and how many at once."""
-
-    name = "scripted"
-
-    def __init__(self, script: dict[str, list[str]] | None = None, hold: float = 0.0) -> None:
-        self.notes: set[str] = set()
-        self.script = defaultdict(list, script or {})
-        self.hold = hold
-        self.sent: list[Request] = []
-        self.in_flight = 0
-        self.peak = 0
-
-    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
-        self.sent.append(request)
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await anyio.sleep(self.hold)
-            prompt = str(request.messages[0]["content"])
-            steps = self.script[prompt]
-            step = steps.pop(0) if steps else "ok"
-            if step == "429":
-                raise RateLimited("slow down", status=429, retry_after=0.0)
-            if step == "500":
-                raise ServerError("oops", status=500)
-            return Answer(
-                text=f"answer to {prompt}",
-                usage=Usage(10, 5),
-                stop_reason="end_turn",
-                latency_ms=1.0,
-                ttft_ms=0.5,
-            )
-        finally:
-            self.in_flight -= 1
-
-    async def aclose(self) -> None:
-        return None
+from tests.scripted import ScriptedProvider, factory
 
 
 def config(tmp_path: Path, n: int, **kw: object) -> RunConfig:
@@ -67,13 +22,6 @@ def config(tmp_path: Path, n: int, **kw: object) -> RunConfig:
     for key, value in kw.items():
         setattr(cfg, key, value)
     return cfg
-
-
-def factory(provider: ScriptedProvider) -> Callable[[str, RunConfig], Provider]:
-    def make(name: str, cfg: RunConfig) -> Provider:
-        return provider
-
-    return make
 
 
 async def test_concurrency_is_a_hard_bound_and_is_used(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ._events import AttemptEnded, Event, JobEnded
 from ._results import JobResult
 
 _BUCKETS_PER_E = 100  # bucket width: 1% in value
@@ -94,7 +95,47 @@ class RunStats:
     def done(self) -> int:
         return self.ok + self.failed
 
-    def add(self, r: JobResult) -> None:
+    def emit(self, event: Event) -> None:
+        """The engine's event stream: attempts as they end, jobs as they are written."""
+        if isinstance(event, AttemptEnded):
+            self.add_attempt(event)
+        elif isinstance(event, JobEnded):
+            self.add(event.result, with_attempts=False)
+
+    def _model(self, provider: str | None, model: str | None) -> ModelStats:
+        key = f"{provider}:{model}" if provider else "(none)"
+        m = self.by_model.get(key)
+        if m is None:
+            m = self.by_model[key] = ModelStats()
+        return m
+
+    def add_attempt(self, e: AttemptEnded) -> None:
+        """One request sent: counted under the model it went to, written or not."""
+        self.attempts += 1
+        if e.outcome != "ok":
+            self.errors[e.outcome] += 1
+        m = self._model(e.provider, e.model)
+        m.attempts += 1
+        self._spend(m, f"{e.provider}:{e.model}", e.input_tokens, e.output_tokens, e.cost_usd)
+
+    def _spend(
+        self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None
+    ) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        m.input_tokens += input_tokens
+        m.output_tokens += output_tokens
+        if cost is None:
+            if input_tokens or output_tokens:
+                m.priced = False
+                self.unpriced_models.add(key)
+        else:
+            self.cost_usd += cost
+            m.cost_usd += cost
+
+    def add(self, r: JobResult, *, with_attempts: bool = True) -> None:
+        """One result line; ``with_attempts``: also count its attempts and spend (when
+        reading a results file; a live run counts those from its attempt events)."""
         if r.status == "ok":
             self.ok += 1
         else:
@@ -102,13 +143,10 @@ class RunStats:
             if r.error:
                 self.failures[str(r.error.get("type", "other"))] += 1
         u = r.usage
-        self.input_tokens += u.input_tokens
-        self.output_tokens += u.output_tokens
         self.cache_read_tokens += u.cache_read_tokens
         self.cache_write_tokens += u.cache_write_tokens
-        self.attempts += r.attempts
         self.repairs += r.repairs
-        if r.repairs:
+        if r.repairs and r.status == "ok":
             self.repaired_jobs += 1
         self.fallbacks += r.fallbacks
         if r.cache and r.cache.get("hit"):
@@ -118,28 +156,21 @@ class RunStats:
             self.latency.add(r.latency_ms)
         if r.ttft_ms is not None and r.status == "ok":
             self.ttft.add(r.ttft_ms)
-        for kind, n in r.attempt_errors.items():
-            self.errors[kind] += n
         key = f"{r.provider}:{r.model}" if r.provider else "(none)"
-        m = self.by_model.get(key)
-        if m is None:
-            m = self.by_model[key] = ModelStats()
+        m = self._model(r.provider, r.model)
         m.jobs += 1
-        m.attempts += r.attempts
-        m.input_tokens += u.input_tokens
-        m.output_tokens += u.output_tokens
         if r.status == "ok":
             m.ok += 1
         else:
             m.failed += 1
-        if r.cost_usd is None:
-            if r.attempts and (u.input_tokens or u.output_tokens):
-                self.unpriced_jobs += 1
-                m.priced = False
-                self.unpriced_models.add(key)
-        else:
-            self.cost_usd += r.cost_usd
-            m.cost_usd += r.cost_usd
+        if r.cost_usd is None and r.attempts and (u.input_tokens or u.output_tokens):
+            self.unpriced_jobs += 1
+        if with_attempts:
+            self.attempts += r.attempts
+            m.attempts += r.attempts
+            for kind, n in r.attempt_errors.items():
+                self.errors[kind] += n
+            self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
 
     def remove(self, r: JobResult) -> None:
         """Take back a superseded failed line (``report`` over a --retry-failed file)."""

@@ -1,0 +1,381 @@
+"""One job's attempts: reserve, wait for a slot, send, then retry, repair or fall back.
+
+``JobRunner.run`` is the one place where budgets, rate limits, retries, schema
+repair and fallback meet. Every request sent is one ``AttemptEnded`` event, under
+the model it went to, whether or not its job ends up written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from ._breaker import Breaker
+from ._budget import Refusal
+from ._clock import Clock
+from ._config import RunConfig
+from ._context import Budgets, Stopper
+from ._events import AttemptEnded, AttemptStarted, BudgetStopped, EventBus
+from ._exceptions import OtherProviderError, ProviderError, ProviderTimeout
+from ._headers import RateLimitHint
+from ._jobs import Request, estimate_input_tokens
+from ._models import ModelRef
+from ._plan import PreparedJob
+from ._pricing import PriceBook
+from ._ratelimit import RateLimiter
+from ._results import JobResult
+from ._schema import validate_answer
+from ._usage import Usage
+from .providers._base import Answer, Provider
+from .providers._http import redact
+
+AUTH_FAILURES_TO_STOP = 3
+
+# Stops after which a job cut mid-retry is left unwritten (it runs again on resume).
+_HARD_STOPS = frozenset({"signal", "auth", "output_closed", "shared_store"})
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one attempt holds before it is sent."""
+
+    cost: float  # worst case: input as UTF-8 bytes (never short) + max_tokens
+    budget_tokens: int
+    input_tokens: int  # what the providers' limiters count: an estimate + max_tokens
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one job has spent and seen so far, over all its attempts and models."""
+
+    pj: PreparedJob
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = 0.0
+    attempts: int = 0
+    repairs: int = 0
+    fallbacks: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: dict[str, Any] | None = None
+    last_text: str | None = None
+
+    def add_spend(self, usage: Usage, cost: float | None) -> None:
+        self.usage.add(usage)
+        self.cost = None if (cost is None or self.cost is None) else self.cost + cost
+
+    def result(self, status: str, ref: ModelRef, **kw: Any) -> JobResult:
+        job = self.pj.job
+        return JobResult(
+            id=job.id,
+            status=status,
+            output=kw.get("output", self.last_text if status == "failed" else None),
+            parsed=kw.get("parsed"),
+            provider=ref.provider,
+            model=ref.model,
+            usage=self.usage,
+            cost_usd=self.cost,
+            latency_ms=kw.get("latency_ms"),
+            ttft_ms=kw.get("ttft_ms"),
+            attempts=self.attempts,
+            error=kw.get("error", self.last_error if status == "failed" else None),
+            metadata=job.metadata,
+            stop_reason=kw.get("stop_reason"),
+            fingerprint=self.pj.fingerprint,
+            attempt_errors=dict(self.errors),
+            repairs=self.repairs,
+            fallbacks=self.fallbacks,
+        )
+
+
+class _NotWritten:
+    """The job ends without a result line: it runs again on the next run."""
+
+
+NOT_WRITTEN = _NotWritten()
+
+
+@dataclass(slots=True)
+class Sent:
+    """One request that went out, and what came of it."""
+
+    outcome: Answer | ProviderError
+    started: float  # wall clock
+    usage: Usage | None
+    cost: float | None
+    repair: bool
+
+
+@dataclass(slots=True)
+class JobRunner:
+    """Runs prepared jobs to their results, sharing the run's limits, budgets and events."""
+
+    config: RunConfig
+    clock: Clock
+    bus: EventBus
+    prices: PriceBook
+    provider: Callable[[str], Provider]
+    gates: dict[ModelRef, RateLimiter]
+    breakers: dict[ModelRef, Breaker]
+    budgets: Budgets
+    stopper: Stopper
+    backoff: Callable[[int, float | None], float]
+    fatal: str | None = None
+    auth_withheld: int = 0  # jobs not written because the key looked wrong
+    _auth_failures: int = 0
+    _answered: set[str] = field(default_factory=set)  # providers that answered once
+
+    async def run(self, pj: PreparedJob) -> JobResult | None:
+        tally = Tally(pj)
+        last_ref = pj.chain[0]
+        for position, ref in enumerate(pj.chain):
+            has_next = position + 1 < len(pj.chain)
+            if has_next and not self.breakers[ref].allow():
+                continue  # the model is failing for everyone: go straight to the fallback
+            if position > 0:
+                tally.fallbacks += 1
+            last_ref = ref
+            outcome = await self._on_model(tally, ref, has_next)
+            if isinstance(outcome, _NotWritten):
+                return None
+            if outcome is not None:
+                return outcome
+        return tally.result("failed", last_ref)
+
+    async def _on_model(
+        self, tally: Tally, ref: ModelRef, has_next: bool
+    ) -> JobResult | _NotWritten | None:
+        """Attempts on one model; None: give up on it (the fallback, if any, is next)."""
+        cfg = self.config
+        request = tally.pj.request
+        tries = 0
+        repairs_left = cfg.repair_attempts
+        while tries < cfg.max_attempts:
+            if self.stopper.stopping and (
+                tally.attempts == 0 or self.stopper.stopped_by in _HARD_STOPS
+            ):
+                return NOT_WRITTEN
+            sent = await self._attempt(tally, ref, request, request is not tally.pj.request)
+            if sent is None:
+                continue  # stopped while waiting: the checks above decide
+            if isinstance(sent, Refusal):
+                return self._refused(sent, tally, ref)
+            tries += 1
+            answer = sent.outcome
+            if isinstance(answer, ProviderError):
+                verdict = self._judge(answer, tally, ref, tries, has_next)
+                delay = verdict if isinstance(verdict, float) else None
+                self._emit_attempt(tally, ref, sent, delay)
+                if delay is None:
+                    return verdict  # type: ignore[return-value]
+                with self.stopper.interruptible():
+                    await self.clock.sleep(delay)
+                continue
+            self._emit_attempt(tally, ref, sent, None)
+            common = {
+                "output": answer.text,
+                "latency_ms": answer.latency_ms,
+                "ttft_ms": answer.ttft_ms,
+                "stop_reason": answer.stop_reason,
+            }
+            if request.schema is None:
+                return tally.result("ok", ref, **common)
+            parsed, problem = validate_answer(answer.text, request.schema)
+            if problem is None:
+                return tally.result("ok", ref, parsed=parsed, **common)
+            if repairs_left > 0:
+                repairs_left -= 1
+                tally.repairs += 1
+                request = repair_request(request, answer.text, problem)
+                tries = 0  # a repair is a new question, with its own retries
+                continue
+            error = {
+                "type": "schema_invalid",
+                "message": f"the answer does not match the schema: {problem}",
+                "status": None,
+            }
+            return tally.result("failed", ref, error=error, **common)
+        return None
+
+    def reservation(self, ref: ModelRef, request: Request) -> Reservation:
+        """Worst case for the budget; the providers' own count for the rate limits."""
+        out_tokens = request.max_tokens or self.config.max_tokens
+        worst_in = estimate_input_tokens(request, conservative=True)
+        price = self.prices.price(ref)
+        cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
+        return Reservation(cost, worst_in + out_tokens, estimate_input_tokens(request), out_tokens)
+
+    async def _attempt(
+        self, tally: Tally, ref: ModelRef, request: Request, repair: bool
+    ) -> Sent | Refusal | None:
+        """One request: hold budget room and a slot, send, book what it cost.
+
+        None: a stop came while waiting, nothing was sent.
+        """
+        res = self.reservation(ref, request)
+        held = await self.budgets.reserve(res.cost, res.budget_tokens)
+        if held is None or isinstance(held, Refusal):
+            return held
+        gate = self.gates[ref]
+        async with self.budgets.holding(held):
+            with self.stopper.interruptible() as waiting:
+                await gate.acquire(res.input_tokens, res.output_tokens)
+            if waiting.cancelled_caught:
+                gate.settle(res.input_tokens, res.output_tokens, 0, 0)
+                held.spend(0.0, 0)
+                return None
+            tally.attempts += 1
+            started = self.clock.time()
+            job_id = tally.pj.job.id
+            self.bus.emit(AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts))
+            outcome = await self._send(ref, request)
+            usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
+            cost = self.prices.cost(ref, usage) if usage is not None else 0.0
+            if usage is not None:
+                tally.add_spend(usage, cost)
+            real = usage or Usage()
+            held.spend(cost or 0.0, real.total)
+            gate.settle(res.input_tokens, res.output_tokens, real.input_tokens, real.output_tokens)
+        if isinstance(outcome, Answer):
+            self._auth_failures = 0
+            self._answered.add(ref.provider)
+            self.breakers[ref].record_success()
+            gate.on_success(outcome.limits)
+            tally.last_text = outcome.text
+        return Sent(outcome, started, usage, cost, repair)
+
+    async def _send(self, ref: ModelRef, request: Request) -> Answer | ProviderError:
+        """Send once; every failure, foreign ones included, becomes a ProviderError."""
+        timeout = self.config.timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await self.provider(ref.provider).send(ref.model, request, timeout)
+        except ProviderError as exc:
+            return exc
+        except TimeoutError:
+            return ProviderTimeout(f"no complete answer within --timeout {timeout:g} s")
+        except Exception as exc:  # an adapter must never end the run
+            message = redact(f"{type(exc).__name__}: {exc}", None)
+            err = OtherProviderError(f"unexpected error from {ref.provider}: {message}")
+            err.retryable = True  # a payload we did not expect may not come again
+            return err
+
+    def _judge(
+        self, err: ProviderError, tally: Tally, ref: ModelRef, tries: int, has_next: bool
+    ) -> JobResult | _NotWritten | float | None:
+        """After a failed attempt: the job's end, a delay before retrying, or None to give
+        up on this model."""
+        tally.errors[err.error_type] += 1
+        tally.last_error = err.to_dict()
+        if err.error_type == "rate_limited":
+            hint = err.limits if isinstance(err.limits, RateLimitHint) else None
+            self.gates[ref].on_rate_limited(err.retry_after, hint)
+        if err.error_type == "auth":
+            return self._auth_failed(err, tally, ref)
+        if not err.retryable:
+            return tally.result("failed", ref)
+        breaker = self.breakers[ref]
+        breaker.record_failure()
+        if tries >= self.config.max_attempts or (has_next and not breaker.allow()):
+            return None
+        delay = float(self.backoff(tries, err.retry_after))
+        stats = getattr(self.gates[ref], "stats", None)
+        if stats is not None:
+            stats.backoff_s += delay
+        return delay
+
+    def _auth_failed(
+        self, err: ProviderError, tally: Tally, ref: ModelRef
+    ) -> JobResult | _NotWritten:
+        self._auth_failures += 1
+        if self._auth_failures >= AUTH_FAILURES_TO_STOP and not self.stopper.stopping:
+            self.fatal = (
+                f"stopped after {self._auth_failures} authentication failures in a row from "
+                f"{ref.provider}: {err.message} — check the API key and run the same command "
+                "again (jobs refused this way were not recorded, so they run then)"
+            )
+            self.stopper.stop("auth")
+        if ref.provider in self._answered:
+            return tally.result("failed", ref)  # the key works: this job or model is refused
+        self.auth_withheld += 1
+        return NOT_WRITTEN
+
+    def _refused(self, refusal: Refusal, tally: Tally, ref: ModelRef) -> JobResult | _NotWritten:
+        if not self.stopper.stopping:
+            message = refusal.message
+            if self.budgets.in_flight == 0 and tally.attempts == 0:
+                message += f"; job {tally.pj.job.id!r} alone needs more than the room left"
+            self.fatal = self.fatal or message
+            now = self.clock.time()
+            self.bus.emit(BudgetStopped(now, refusal.reason, message, refusal.resets_at))
+        self.stopper.stop(refusal.reason)
+        if tally.attempts == 0:
+            return NOT_WRITTEN
+        error = {
+            "type": "budget",
+            "message": "the budget cap was reached before this job finished",
+            "status": None,
+        }
+        return tally.result("failed", ref, error=error)
+
+    def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
+        out = sent.outcome
+        answer = out if isinstance(out, Answer) else None
+        err = out if isinstance(out, ProviderError) else None
+        u = sent.usage or Usage()
+        self.bus.emit(
+            AttemptEnded(
+                ts=self.clock.time(),
+                started_ts=sent.started,
+                job_id=tally.pj.job.id,
+                provider=ref.provider,
+                model=ref.model,
+                n=tally.attempts,
+                outcome=err.error_type if err else "ok",
+                http_status=err.status if err else 200,
+                latency_ms=answer.latency_ms if answer else None,
+                ttft_ms=answer.ttft_ms if answer else None,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cost_usd=sent.cost,
+                retry_after_s=err.retry_after if err else None,
+                backoff_s=None if backoff is None else round(backoff, 3),
+                message=err.message if err else None,
+                finish_reason=answer.stop_reason if answer else None,
+                repair=sent.repair,
+                request_id=out.request_id,
+            )
+        )
+
+
+def _usage_of(err: object) -> Usage | None:
+    spent = getattr(err, "usage", None)
+    return spent if isinstance(spent, Usage) else None
+
+
+REPAIR_INSTRUCTION = (
+    "Your previous answer is not valid against the required JSON Schema: {problem}. "
+    "Answer again with only the corrected JSON value, no prose and no code fences."
+)
+
+
+def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
+    """The same question with the invalid answer and the validation error as a follow-up turn."""
+    turns = [
+        {"role": "assistant", "content": bad_answer or "(empty answer)"},
+        {"role": "user", "content": REPAIR_INSTRUCTION.format(problem=problem)},
+    ]
+    return Request(
+        messages=request.messages + turns,
+        system=request.system,
+        model=request.model,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        schema=request.schema,
+        wire_format=request.wire_format,
+        body=request.body,
+        appended=(request.appended or []) + turns,
+    )

@@ -1,0 +1,133 @@
+"""What the attempts of one run share: the stop switch, the budgets, the event bus.
+
+``Stopper`` ends waits (backoff, rate-limit slots, budget room) at a stop while
+requests in flight go on. ``Budgets`` holds room in every ledger for one attempt,
+waiting while attempts in flight may still free enough, and always settles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import anyio
+
+from ._budget import BudgetLedger, Hold, Refusal
+from ._clock import Clock
+
+
+class Stopper:
+    """The run's stop switch: no new requests, and every interruptible wait ends now."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.stopped_by: str | None = None
+        self._waits: set[anyio.CancelScope] = set()
+
+    def stop(self, reason: str) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = reason
+        self.stopping = True
+        for scope in list(self._waits):
+            scope.cancel()
+
+    @contextmanager
+    def interruptible(self) -> Iterator[anyio.CancelScope]:
+        """A wait that a stop ends early (check ``cancelled_caught``)."""
+        with anyio.CancelScope() as scope:
+            if self.stopping:
+                scope.cancel()
+            self._waits.add(scope)
+            try:
+                yield scope
+            finally:
+                self._waits.discard(scope)
+
+
+@dataclass(slots=True)
+class Held:
+    """Room held in every ledger for one attempt; ``spend`` books what it really cost."""
+
+    holds: list[tuple[BudgetLedger, Hold]]
+    cost: float  # the worst case held
+    tokens: int
+    spent: tuple[float, int] | None = None
+
+    def spend(self, cost: float, tokens: int) -> None:
+        self.spent = (cost, tokens)
+
+
+@dataclass(slots=True)
+class Budgets:
+    """Every ledger an attempt must fit in: the run's cap, rolling windows, shared ones."""
+
+    ledgers: list[BudgetLedger]
+    clock: Clock
+    stopper: Stopper
+    wait_for_window: bool = False
+    in_flight: int = 0
+    _settled: anyio.Event | None = None  # made on the event loop, when first awaited
+
+    async def reserve(self, cost: float, tokens: int) -> Held | Refusal | None:
+        """Hold room, waiting while attempts in flight may free enough.
+
+        Returns the hold, the refusal that ends the run, or None if a stop came first.
+        """
+        while True:
+            answer = await self._try(cost, tokens)
+            if isinstance(answer, Held):
+                self.in_flight += 1
+                return answer
+            if answer.may_fit_later and self.in_flight > 0:
+                if self._settled is None:
+                    self._settled = anyio.Event()
+                settled = self._settled
+                with self.stopper.interruptible() as wait:
+                    await settled.wait()
+                if wait.cancelled_caught:
+                    return None
+                continue
+            if answer.reason == "budget_window" and self.wait_for_window and answer.resets_at:
+                delay = max(0.05, answer.resets_at - self.clock.time())
+                with self.stopper.interruptible() as wait:
+                    await self.clock.sleep(min(delay, 60.0))
+                if wait.cancelled_caught:
+                    return None
+                continue
+            return answer
+
+    async def _try(self, cost: float, tokens: int) -> Held | Refusal:
+        held: list[tuple[BudgetLedger, Hold]] = []
+        for ledger in self.ledgers:
+            answer = await ledger.reserve(cost, tokens)
+            if isinstance(answer, Refusal):
+                for other, hold in held:
+                    await other.settle(hold, 0.0, 0)
+                return answer
+            held.append((ledger, answer))
+        return Held(held, cost, tokens)
+
+    async def settle(self, held: Held) -> None:
+        # Unknown outcome (cancelled mid-request): count the worst case, never less.
+        cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
+        with anyio.CancelScope(shield=True):
+            for ledger, hold in held.holds:
+                await ledger.settle(hold, cost, tokens)
+        self.in_flight -= 1
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
+
+    @asynccontextmanager
+    async def holding(self, held: Held) -> AsyncIterator[Held]:
+        """Settle ``held`` however the attempt ends."""
+        try:
+            yield held
+        finally:
+            await self.settle(held)
+
+    async def aclose(self) -> None:
+        for ledger in self.ledgers:
+            with anyio.CancelScope(shield=True):
+                await ledger.aclose()
