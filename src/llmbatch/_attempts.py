@@ -16,10 +16,11 @@ import anyio
 
 from ._breaker import Breaker
 from ._budget import Refusal
+from ._cache import CachedAnswer, ResponseCache, cache_key_for, hit_result
 from ._clock import Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
-from ._events import AttemptEnded, AttemptStarted, BudgetStopped, EventBus
+from ._events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
 from ._exceptions import OtherProviderError, ProviderError, ProviderTimeout
 from ._headers import RateLimitHint
 from ._jobs import Request, estimate_input_tokens
@@ -107,6 +108,7 @@ class Sent:
     usage: Usage | None
     cost: float | None
     repair: bool
+    request: Request | None = None  # kept only for --log-prompts
 
 
 @dataclass(slots=True)
@@ -123,12 +125,16 @@ class JobRunner:
     budgets: Budgets
     stopper: Stopper
     backoff: Callable[[int, float | None], float]
+    cache: ResponseCache | None = None
     fatal: str | None = None
     auth_withheld: int = 0  # jobs not written because the key looked wrong
     _auth_failures: int = 0
     _answered: set[str] = field(default_factory=set)  # providers that answered once
 
     async def run(self, pj: PreparedJob) -> JobResult | None:
+        hit = self._from_cache(pj)
+        if hit is not None:
+            return hit  # before any budget or rate-limit slot: a hit costs nothing
         tally = Tally(pj)
         last_ref = pj.chain[0]
         for position, ref in enumerate(pj.chain):
@@ -182,10 +188,10 @@ class JobRunner:
                 "stop_reason": answer.stop_reason,
             }
             if request.schema is None:
-                return tally.result("ok", ref, **common)
+                return self._to_cache(tally, ref, answer, None, common)
             parsed, problem = validate_answer(answer.text, request.schema)
             if problem is None:
-                return tally.result("ok", ref, parsed=parsed, **common)
+                return self._to_cache(tally, ref, answer, parsed, common)
             if repairs_left > 0:
                 repairs_left -= 1
                 tally.repairs += 1
@@ -199,6 +205,39 @@ class JobRunner:
             }
             return tally.result("failed", ref, error=error, **common)
         return None
+
+    def _from_cache(self, pj: PreparedJob) -> JobResult | None:
+        """The first model of the chain with a cached answer answers the job."""
+        if self.cache is None:
+            return None
+        for ref in pj.chain:
+            found = self.cache.lookup(cache_key_for(self.config, ref, pj.request, pj.job.id))
+            if found is not None:
+                now = self.clock.time()
+                self.bus.emit(CacheHit(now, pj.job.id, ref.provider, ref.model, found.cost_usd))
+                return hit_result(
+                    found, job_id=pj.job.id, metadata=pj.job.metadata, fingerprint=pj.fingerprint
+                )
+        return None
+
+    def _to_cache(
+        self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any, common: dict[str, Any]
+    ) -> JobResult:
+        """A complete, valid answer: keep it under the job's own question, then the result."""
+        complete = answer.stop_reason not in ("max_tokens", "length")
+        if self.cache is not None and complete:
+            pj = tally.pj
+            kept = CachedAnswer(
+                answer.text,
+                parsed,
+                answer.usage,
+                tally.cost,
+                answer.stop_reason,
+                ref.model,
+                ref.provider,
+            )
+            self.cache.store(cache_key_for(self.config, ref, pj.request, pj.job.id), kept)
+        return tally.result("ok", ref, parsed=parsed, **common)
 
     def reservation(self, ref: ModelRef, request: Request) -> Reservation:
         """Worst case for the budget; the providers' own count for the rate limits."""
@@ -245,7 +284,8 @@ class JobRunner:
             self.breakers[ref].record_success()
             gate.on_success(outcome.limits)
             tally.last_text = outcome.text
-        return Sent(outcome, started, usage, cost, repair)
+        kept = request if self.config.log_prompts else None
+        return Sent(outcome, started, usage, cost, repair, kept)
 
     async def _send(self, ref: ModelRef, request: Request) -> Answer | ProviderError:
         """Send once; every failure, foreign ones included, becomes a ProviderError."""
@@ -347,8 +387,16 @@ class JobRunner:
                 finish_reason=answer.stop_reason if answer else None,
                 repair=sent.repair,
                 request_id=out.request_id,
+                prompt=_prompt(sent.request),
             )
         )
+
+
+def _prompt(request: Request | None) -> Any:
+    """What --log-prompts puts in the attempt's event: the system prompt and messages sent."""
+    if request is None:
+        return None
+    return {"system": request.system, "messages": request.messages}
 
 
 def _usage_of(err: object) -> Usage | None:

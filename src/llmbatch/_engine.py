@@ -26,6 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._attempts import JobRunner
 from ._breaker import Breaker
 from ._budget import BudgetLedger, RunBudget
+from ._cache import open_cache
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
@@ -35,6 +36,7 @@ from ._history import append_history
 from ._jobs import LineError, iter_lines, open_jobs
 from ._lock import OutputLock
 from ._models import ModelRef
+from ._observe import build_sinks, close_sinks
 from ._plan import Plan, Planner, PreparedJob
 from ._progress import NoProgress, ProgressSink
 from ._ratelimit import ModelGate, RateLimiter
@@ -172,9 +174,14 @@ class Engine:
         lock = OutputLock(self.config.output) if self.config.output is not None else None
         if lock is not None:
             lock.acquire()
+        sinks: list[EventSink] = []
         try:
+            sinks = build_sinks(self.config)  # --log-json, --otlp
+            for sink in sinks:
+                self.bus.add(sink)
             return await self._run()
         finally:
+            close_sinks(sinks)
             if lock is not None:
                 lock.release()
 
@@ -182,6 +189,7 @@ class Engine:
         cfg = self.config
         plan = self.planner.plan()
         self.planner.check(plan)
+        self.runner.cache = open_cache(cfg)  # after the check: a refused run opens nothing
         started_wall = self.clock.time()
         started = self.clock.monotonic()
         existing = self.planner.existing
@@ -247,6 +255,8 @@ class Engine:
             with anyio.CancelScope(shield=True):
                 await provider.aclose()
         await self.budgets.aclose()
+        if self.runner.cache is not None:
+            self.runner.cache.close()
 
     def _report(self, plan: Plan, existing: ExistingOutput | None, wall: float) -> RunReport:
         cfg = self.config
