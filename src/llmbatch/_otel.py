@@ -3,10 +3,15 @@
 One trace per run: a ``llmbatch run`` span, a ``llmbatch job`` span per job under
 it, and a ``chat MODEL`` span per attempt under its job, with the GenAI semantic
 conventions' attributes (``gen_ai.*``, ``error.type``) and ``llmbatch.cost_usd``.
-Span times come from the events, not from when a sink sees them. The SDK's batch
-processor exports from its own thread, so a slow or absent collector never holds
-the run up; at the end of the run what is queued is flushed, for a bounded time.
 Prompts and answers are never put in spans.
+
+Every span's times and attributes come from the events, so spans are built as the
+SDK's finished ``ReadableSpan`` records and handed straight to its
+``BatchSpanProcessor`` — the tracer's live-span machinery (context, sampler,
+attribute checks, locks) would only add CPU. The processor exports from its own
+thread, over the official OTLP/HTTP exporter, so a slow or absent collector never
+holds the run up; at the end of the run what is queued is flushed, for a bounded
+time. Attributes are kept to what a GenAI dashboard reads: encoding each one costs.
 """
 
 from __future__ import annotations
@@ -15,14 +20,17 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from ._events import (
     AttemptEnded,
@@ -84,6 +92,33 @@ class _CountingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+
+
+class _Resource(Resource):
+    """A Resource whose hash is computed once: the encoder hashes it for every span."""
+
+    def __init__(self, base: Resource) -> None:
+        super().__init__(dict(base.attributes), base.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
+
+
+@dataclass(slots=True)
+class _Open:
+    """A span begun but not ended: what it will be built from."""
+
+    context: SpanContext
+    start_ns: int
+    attributes: dict[str, Any]
+    events: list[SpanEvent] = field(default_factory=list)
+
+
 def _attempt_attributes(e: AttemptEnded) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": "chat",
@@ -92,29 +127,50 @@ def _attempt_attributes(e: AttemptEnded) -> dict[str, Any]:
         "gen_ai.request.model": e.model,
         "gen_ai.usage.input_tokens": e.input_tokens,
         "gen_ai.usage.output_tokens": e.output_tokens,
-        "llmbatch.job.id": e.job_id,
         "llmbatch.attempt": e.n,
-        "llmbatch.outcome": e.outcome,
     }
     if e.outcome == "ok":
         attrs["gen_ai.response.model"] = e.model
     else:
         attrs["error.type"] = e.outcome
+        if e.http_status is not None:
+            attrs["http.response.status_code"] = e.http_status
+        if e.retry_after_s is not None:
+            attrs["llmbatch.retry_after_s"] = e.retry_after_s
+        if e.backoff_s is not None:
+            attrs["llmbatch.backoff_s"] = e.backoff_s
     if e.finish_reason is not None:
-        attrs["gen_ai.response.finish_reasons"] = [e.finish_reason]
-    optional = {
-        "http.response.status_code": e.http_status,
-        "llmbatch.cost_usd": e.cost_usd,
-        "llmbatch.latency_ms": e.latency_ms,
-        "llmbatch.ttft_ms": e.ttft_ms,
-        "llmbatch.retry_after_s": e.retry_after_s,
-        "llmbatch.backoff_s": e.backoff_s,
-        "llmbatch.request_id": e.request_id,
-    }
-    attrs.update((k, v) for k, v in optional.items() if v is not None)
+        attrs["gen_ai.response.finish_reasons"] = (e.finish_reason,)
+    if e.cost_usd is not None:
+        attrs["llmbatch.cost_usd"] = e.cost_usd
+    if e.ttft_ms is not None:
+        attrs["llmbatch.ttft_ms"] = e.ttft_ms
+    if e.request_id is not None:
+        attrs["llmbatch.request_id"] = e.request_id
     if e.repair:
         attrs["llmbatch.repair"] = True
     return attrs
+
+
+def _run_event(
+    e: LimitChanged | BreakerChanged | BudgetStopped, redact: Callable[[str], str]
+) -> SpanEvent:
+    if isinstance(e, LimitChanged):
+        attrs: dict[str, Any] = {"llmbatch.model": e.model, "llmbatch.reason": e.reason}
+        if e.rpm_before is not None:
+            attrs["llmbatch.rpm_before"] = e.rpm_before
+        if e.rpm_after is not None:
+            attrs["llmbatch.rpm_after"] = e.rpm_after
+        return SpanEvent("limit_change", attrs, _ns(e.ts))
+    if isinstance(e, BreakerChanged):
+        attrs = {
+            "llmbatch.model": e.model,
+            "llmbatch.state": e.state,
+            "llmbatch.consecutive_failures": e.consecutive_failures,
+        }
+        return SpanEvent("breaker", attrs, _ns(e.ts))
+    attrs = {"llmbatch.reason": e.reason, "llmbatch.message": redact(e.message)}
+    return SpanEvent("budget_stop", attrs, _ns(e.ts))
 
 
 class OtelExporter:
@@ -137,29 +193,26 @@ class OtelExporter:
         self._close_timeout = close_timeout_s
         self._warn = warn
         if span_exporter is None:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            from ._otlp_encode import fast_otlp_exporter
 
-            span_exporter = OTLPSpanExporter(endpoint=self.endpoint, timeout=export_timeout_s)
+            span_exporter = fast_otlp_exporter(self.endpoint, export_timeout_s)
         self._exporter = _CountingExporter(span_exporter)
         attributes: dict[str, Any] = {"service.version": __version__}
         if not os.environ.get("OTEL_SERVICE_NAME"):
             attributes["service.name"] = "llmbatch"
-        self._provider = TracerProvider(
-            resource=Resource.create(attributes), shutdown_on_exit=False
-        )
+        self._resource = _Resource(Resource.create(attributes))
+        self._scope = InstrumentationScope("llmbatch", __version__)
+        self._ids = RandomIdGenerator()
         # A large queue: a burst of fast answers must not drop spans; export is batched.
-        self._provider.add_span_processor(
-            BatchSpanProcessor(
-                self._exporter,
-                max_queue_size=1 << 15,
-                max_export_batch_size=1024,
-                schedule_delay_millis=1000,
-            )
+        self._processor = BatchSpanProcessor(
+            self._exporter,
+            max_queue_size=1 << 15,
+            max_export_batch_size=1024,
+            schedule_delay_millis=1000,
         )
-        self._tracer = self._provider.get_tracer("llmbatch", __version__)
-        self._run: Span | None = None
-        self._run_ctx: Any = None
-        self._jobs: dict[str, Span] = {}
+        self._trace_id = self._ids.generate_trace_id()
+        self._run: _Open | None = None
+        self._jobs: dict[str, _Open] = {}
         self.closed = False
 
     # -- events -------------------------------------------------------------------
@@ -170,116 +223,98 @@ class OtelExporter:
         if isinstance(event, AttemptEnded):
             self._attempt(event)
         elif isinstance(event, AttemptStarted):
-            self._job_span(event.job_id, event.ts)
+            self._job(event.job_id, event.ts)
         elif isinstance(event, JobEnded):
             self._job_ended(event)
         elif isinstance(event, CacheHit):
-            span = self._job_span(event.job_id, event.ts)
-            span.set_attribute("llmbatch.cache.hit", True)
+            attrs = self._job(event.job_id, event.ts).attributes
+            attrs["llmbatch.cache.hit"] = True
             if event.saved_usd is not None:
-                span.set_attribute("llmbatch.cache.saved_usd", event.saved_usd)
+                attrs["llmbatch.cache.saved_usd"] = event.saved_usd
         elif isinstance(event, RunStarted):
-            self._run_started(event)
+            self._run = _Open(
+                self._context(),
+                _ns(event.ts),
+                {
+                    "llmbatch.jobs.total": event.total,
+                    "llmbatch.jobs.skipped_done": event.skipped_done,
+                    "llmbatch.models": list(event.models),
+                    "llmbatch.concurrency": event.concurrency,
+                },
+            )
         elif isinstance(event, LimitChanged | BreakerChanged | BudgetStopped):
-            self._run_event(event)
+            if self._run is not None:
+                self._run.events.append(_run_event(event, self._redact))
         elif isinstance(event, RunEnded):
             self._run_ended(event)
 
-    def _run_started(self, e: RunStarted) -> None:
-        self._run = self._tracer.start_span(
-            "llmbatch run",
-            start_time=_ns(e.ts),
-            attributes={
-                "llmbatch.jobs.total": e.total,
-                "llmbatch.jobs.skipped_done": e.skipped_done,
-                "llmbatch.models": list(e.models),
-                "llmbatch.concurrency": e.concurrency,
-            },
-        )
-        self._run_ctx = trace.set_span_in_context(self._run)
+    def _context(self) -> SpanContext:
+        return SpanContext(self._trace_id, self._ids.generate_span_id(), False, _SAMPLED)
 
-    def _job_span(self, job_id: str, ts: float) -> Span:
-        span = self._jobs.get(job_id)
-        if span is None:
-            span = self._jobs[job_id] = self._tracer.start_span(
-                "llmbatch job",
-                context=self._run_ctx,
-                start_time=_ns(ts),
-                attributes={"llmbatch.job.id": job_id},
+    def _finish(
+        self,
+        name: str,
+        span: _Open,
+        end_ns: int,
+        parent: _Open | None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        status: Status | None = None,
+    ) -> None:
+        self._processor.on_end(
+            ReadableSpan(
+                name=name,
+                context=span.context,
+                parent=None if parent is None else parent.context,
+                resource=self._resource,
+                attributes=span.attributes,
+                events=span.events,
+                kind=kind,
+                status=status or Status(StatusCode.UNSET),
+                start_time=span.start_ns,
+                end_time=end_ns,
+                instrumentation_scope=self._scope,
             )
-        return span
+        )
+
+    def _job(self, job_id: str, ts: float) -> _Open:
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = self._jobs[job_id] = _Open(self._context(), _ns(ts), {"llmbatch.job.id": job_id})
+        return job
 
     def _attempt(self, e: AttemptEnded) -> None:
-        job = self._job_span(e.job_id, e.started_ts)
-        span = self._tracer.start_span(
-            f"chat {e.model}",
-            context=trace.set_span_in_context(job),
-            kind=SpanKind.CLIENT,
-            start_time=_ns(e.started_ts),
-            attributes=_attempt_attributes(e),
-        )
+        job = self._job(e.job_id, e.started_ts)
+        status = None
         if e.outcome != "ok":
-            span.set_status(Status(StatusCode.ERROR, self._redact(e.message or e.outcome)))
-        span.end(end_time=_ns(e.ts))
+            status = Status(StatusCode.ERROR, self._redact(e.message or e.outcome))
+        span = _Open(self._context(), _ns(e.started_ts), _attempt_attributes(e))
+        self._finish(f"chat {e.model}", span, _ns(e.ts), job, SpanKind.CLIENT, status)
 
     def _job_ended(self, e: JobEnded) -> None:
         r = e.result
-        span = self._job_span(r.id, e.ts)  # a job that ended before any attempt gets one too
+        job = self._job(r.id, e.ts)  # a job that ended before any attempt gets one too
         del self._jobs[r.id]
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "llmbatch.job.status": r.status,
-            "llmbatch.attempts": r.attempts,
-            "gen_ai.usage.input_tokens": r.usage.input_tokens,
-            "gen_ai.usage.output_tokens": r.usage.output_tokens,
-        }
-        if r.provider is not None:
-            attrs["gen_ai.system"] = attrs["gen_ai.provider.name"] = r.provider
-        if r.model is not None:
-            attrs["gen_ai.request.model"] = r.model
-            if r.status == "ok":
-                attrs["gen_ai.response.model"] = r.model
+        attrs = job.attributes
+        attrs["llmbatch.job.status"] = r.status
+        attrs["llmbatch.attempts"] = r.attempts
         if r.cost_usd is not None:
             attrs["llmbatch.cost_usd"] = r.cost_usd
-        if r.stop_reason is not None:
-            attrs["gen_ai.response.finish_reasons"] = [r.stop_reason]
+        status = None
         if r.status != "ok":
             kind = str((r.error or {}).get("type") or "other")
             attrs["error.type"] = kind
-            span.set_status(Status(StatusCode.ERROR, kind))
-        span.set_attributes(attrs)
-        span.end(end_time=_ns(e.ts))
-
-    def _run_event(self, e: LimitChanged | BreakerChanged | BudgetStopped) -> None:
-        if self._run is None:
-            return
-        if isinstance(e, LimitChanged):
-            name = "limit_change"
-            attrs: dict[str, Any] = {"llmbatch.model": e.model, "llmbatch.reason": e.reason}
-            if e.rpm_before is not None:
-                attrs["llmbatch.rpm_before"] = e.rpm_before
-            if e.rpm_after is not None:
-                attrs["llmbatch.rpm_after"] = e.rpm_after
-        elif isinstance(e, BreakerChanged):
-            name = "breaker"
-            attrs = {
-                "llmbatch.model": e.model,
-                "llmbatch.state": e.state,
-                "llmbatch.consecutive_failures": e.consecutive_failures,
-            }
-        else:
-            name = "budget_stop"
-            attrs = {"llmbatch.reason": e.reason, "llmbatch.message": self._redact(e.message)}
-        self._run.add_event(name, attributes=attrs, timestamp=_ns(e.ts))
+            status = Status(StatusCode.ERROR, kind)
+        self._finish("llmbatch job", job, _ns(e.ts), self._run, status=status)
 
     def _run_ended(self, e: RunEnded) -> None:
-        for span in self._jobs.values():  # stopped mid-job: resumable, never written
-            span.set_attribute("llmbatch.job.status", "not_finished")
-            span.end(end_time=_ns(e.ts))
+        end = _ns(e.ts)
+        for job in self._jobs.values():  # stopped mid-job: resumable, never written
+            job.attributes["llmbatch.job.status"] = "not_finished"
+            self._finish("llmbatch job", job, end, self._run)
         self._jobs.clear()
         if self._run is not None:
             rep = e.report
-            self._run.set_attributes(
+            self._run.attributes.update(
                 {
                     "llmbatch.jobs.ok": rep.ok,
                     "llmbatch.jobs.failed": rep.failed,
@@ -291,10 +326,11 @@ class OtelExporter:
                 }
             )
             if rep.stopped_by:
-                self._run.set_attribute("llmbatch.stopped_by", rep.stopped_by)
+                self._run.attributes["llmbatch.stopped_by"] = rep.stopped_by
+            status = None
             if e.exit_code != 0:
-                self._run.set_status(Status(StatusCode.ERROR, f"exit code {e.exit_code}"))
-            self._run.end(end_time=_ns(e.ts))
+                status = Status(StatusCode.ERROR, f"exit code {e.exit_code}")
+            self._finish("llmbatch run", self._run, end, None, status=status)
             self._run = None
         self.close()
 
@@ -311,7 +347,7 @@ class OtelExporter:
             return
         self.closed = True
         # The SDK's shutdown can wait on a dead collector for long: bound it from outside.
-        done = threading.Thread(target=self._provider.shutdown, name="llmbatch-otel-close")
+        done = threading.Thread(target=self._processor.shutdown, name="llmbatch-otel-close")
         done.daemon = True
         done.start()
         done.join(self._close_timeout)
