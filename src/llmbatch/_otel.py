@@ -93,6 +93,7 @@ class _CountingExporter(SpanExporter):
 
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
 
 
 class _Resource(Resource):
@@ -203,6 +204,7 @@ class OtelExporter:
         self._resource = _Resource(Resource.create(attributes))
         self._scope = InstrumentationScope("llmbatch", __version__)
         self._ids = RandomIdGenerator()
+        self._span_id = self._ids.generate_span_id
         # A large queue: a burst of fast answers must not drop spans; export is batched.
         self._processor = BatchSpanProcessor(
             self._exporter,
@@ -249,7 +251,7 @@ class OtelExporter:
             self._run_ended(event)
 
     def _context(self) -> SpanContext:
-        return SpanContext(self._trace_id, self._ids.generate_span_id(), False, _SAMPLED)
+        return SpanContext(self._trace_id, self._span_id(), False, _SAMPLED)
 
     def _finish(
         self,
@@ -257,19 +259,17 @@ class OtelExporter:
         span: _Open,
         end_ns: int,
         parent: _Open | None,
-        kind: SpanKind = SpanKind.INTERNAL,
         status: Status | None = None,
     ) -> None:
         self._processor.on_end(
             ReadableSpan(
-                name=name,
-                context=span.context,
-                parent=None if parent is None else parent.context,
-                resource=self._resource,
-                attributes=span.attributes,
-                events=span.events,
-                kind=kind,
-                status=status or Status(StatusCode.UNSET),
+                name,
+                span.context,
+                None if parent is None else parent.context,
+                self._resource,
+                span.attributes,
+                span.events,
+                status=status or _UNSET,
                 start_time=span.start_ns,
                 end_time=end_ns,
                 instrumentation_scope=self._scope,
@@ -283,12 +283,25 @@ class OtelExporter:
         return job
 
     def _attempt(self, e: AttemptEnded) -> None:
+        """An attempt's span is whole when it ends: built at once (the hot path)."""
         job = self._job(e.job_id, e.started_ts)
-        status = None
+        status = _UNSET
         if e.outcome != "ok":
             status = Status(StatusCode.ERROR, self._redact(e.message or e.outcome))
-        span = _Open(self._context(), _ns(e.started_ts), _attempt_attributes(e))
-        self._finish(f"chat {e.model}", span, _ns(e.ts), job, SpanKind.CLIENT, status)
+        self._processor.on_end(
+            ReadableSpan(
+                "chat " + e.model,
+                SpanContext(self._trace_id, self._span_id(), False, _SAMPLED),
+                job.context,
+                self._resource,
+                _attempt_attributes(e),
+                kind=SpanKind.CLIENT,
+                status=status,
+                start_time=int(e.started_ts * 1e9),
+                end_time=int(e.ts * 1e9),
+                instrumentation_scope=self._scope,
+            )
+        )
 
     def _job_ended(self, e: JobEnded) -> None:
         r = e.result
@@ -304,7 +317,7 @@ class OtelExporter:
             kind = str((r.error or {}).get("type") or "other")
             attrs["error.type"] = kind
             status = Status(StatusCode.ERROR, kind)
-        self._finish("llmbatch job", job, _ns(e.ts), self._run, status=status)
+        self._finish("llmbatch job", job, _ns(e.ts), self._run, status)
 
     def _run_ended(self, e: RunEnded) -> None:
         end = _ns(e.ts)
@@ -330,7 +343,7 @@ class OtelExporter:
             status = None
             if e.exit_code != 0:
                 status = Status(StatusCode.ERROR, f"exit code {e.exit_code}")
-            self._finish("llmbatch run", self._run, end, None, status=status)
+            self._finish("llmbatch run", self._run, end, None, status)
             self._run = None
         self.close()
 

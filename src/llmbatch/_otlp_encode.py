@@ -104,15 +104,34 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> bytes:
     return b"".join(out)
 
 
+_TRACE_IDS: dict[int, bytes] = {}  # one trace a run: its 16 bytes, once
+_NAMES: dict[tuple[str, SpanKind], bytes] = {}  # few: "chat MODEL", "llmbatch job"
+_NO_STATUS = b"\x7a\x00"  # field 15, empty: UNSET without a message
+
+
 def _span(span: ReadableSpan) -> bytes:
     ctx = span.context
     assert ctx is not None
     parent = span.parent
+    trace_id = _TRACE_IDS.get(ctx.trace_id)
+    if trace_id is None:
+        if len(_TRACE_IDS) > 64:
+            _TRACE_IDS.clear()
+        trace_id = _TRACE_IDS[ctx.trace_id] = b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big")
+    name = _NAMES.get((span.name, span.kind))
+    if name is None:
+        name = _string(5, span.name) + _KIND[span.kind]
+        if len(_NAMES) < 1024:
+            _NAMES[span.name, span.kind] = name
     status = span.status  # always present, as the official encoder writes it
     code = status.status_code.value
-    status_body = _string(2, status.description) if status.description else b""
-    if code:
-        status_body += b"\x18" + _SMALL[code]
+    if code or status.description:
+        body = _string(2, status.description) if status.description else b""
+        if code:
+            body += b"\x18" + _SMALL[code]
+        status_field = _field(15, body)
+    else:
+        status_field = _NO_STATUS
     events = [
         _field(
             11,
@@ -125,17 +144,16 @@ def _span(span: ReadableSpan) -> bytes:
     ]
     return b"".join(
         (
-            b"\x0a\x10" + ctx.trace_id.to_bytes(16, "big"),
+            trace_id,
             b"\x12\x08" + ctx.span_id.to_bytes(8, "big"),
             b"" if parent is None else b"\x22\x08" + parent.span_id.to_bytes(8, "big"),
             _FLAGS,
-            _string(5, span.name),
-            _KIND[span.kind],
+            name,
             b"\x39" + _FIXED64(span.start_time or 0),
             b"\x41" + _FIXED64(span.end_time or 0),
             _attributes(9, span._attributes),  # the dict itself, not a read-only view of it
             *events,
-            _field(15, status_body),
+            status_field,
         )
     )
 
