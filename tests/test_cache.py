@@ -246,7 +246,8 @@ def test_a_lock_held_too_long_degrades_to_no_cache(tmp_path: Path) -> None:
     try:
         warned = Warnings()
         cache = ResponseCache(path, busy_timeout_s=0.05, warn=warned)
-        cache.store("k", answer())  # the writer lock is held elsewhere
+        cache.store("k", answer())
+        cache.flush()  # the writer lock is held elsewhere
         assert cache.lookup("k") is None
         cache.close()
     finally:

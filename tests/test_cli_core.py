@@ -205,7 +205,8 @@ def test_output_to_stdout(tmp_path: Path) -> None:
 
 def test_resume_skips_done_and_cuts_a_torn_line(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
-    assert run_cli("run", "jobs.jsonl", "-m", SIM, "--quiet").code == 0
+    # No cache: the jobs run again must cost something this run too.
+    assert run_cli("run", "jobs.jsonl", "-m", SIM, "--quiet", "--no-cache").code == 0
     out = tmp_path / "jobs.results.jsonl"
     lines = out.read_bytes().splitlines(keepends=True)
     # As if killed mid-write: keep 12 whole lines and half of the 13th.
@@ -409,7 +410,8 @@ def test_100k_lines_stream_through_with_flat_memory(tmp_path: Path) -> None:
     with path.open("wb") as f:
         for i in range(100_000):
             f.write(b'{"id": "j%d", "prompt": "Say something about number %d."}\n' % (i, i))
-    r = run_cli("run", "big.jsonl", "-m", SIM, "-c", "64", "--quiet", timeout=600)
+    # No cache: 100k answers would make a 120 MB cache file, beside the point here.
+    r = run_cli("run", "big.jsonl", "-m", SIM, "-c", "64", "--quiet", "--no-cache", timeout=600)
     assert r.code == 0, r.output
     n = 0
     seen = set()

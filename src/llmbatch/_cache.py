@@ -210,6 +210,9 @@ class ResponseCache:
         self._saved = 0.0
         self._stores = 0
         self._used: dict[str, float] = {}  # keys hit this run → when (written back on close)
+        # Answers not yet written: one transaction per batch, not one per answer.
+        self._pending: dict[str, tuple[float, float | None, bytes]] = {}
+        self._last_write = clock()
         with self._guard("open"):
             self._db = self._connect()
 
@@ -225,6 +228,8 @@ class ResponseCache:
             db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
+            # Keys are random: a big cache touches pages all over; keep more of them at hand.
+            db.execute("PRAGMA cache_size = -16384")  # KiB
             db.executescript(_SCHEMA)
         except BaseException:
             db.close()
@@ -266,9 +271,14 @@ class ResponseCache:
         with self._guard("lookup"):
             if self._db is None:
                 return None
-            row = self._db.execute(
-                "SELECT value, created FROM answers WHERE key = ?", (key,)
-            ).fetchone()
+            pending = self._pending.get(key)
+            row = (
+                (pending[2], pending[0])
+                if pending is not None
+                else self._db.execute(
+                    "SELECT value, created FROM answers WHERE key = ?", (key,)
+                ).fetchone()
+            )
             if row is not None:
                 found = CachedAnswer.from_json(row[0], row[1])
                 self._hits += 1
@@ -277,23 +287,40 @@ class ResponseCache:
         return found
 
     def store(self, key: str, answer: CachedAnswer) -> None:
-        """Keep a complete, valid answer (the caller has validated it)."""
+        """Keep a complete, valid answer (the caller has validated it).
+
+        Written in batches (256 answers, or a second): a crash loses at most those.
+        """
+        if self._db is None:
+            return
+        now = self._now()
+        self._pending[key] = (now, answer.cost_usd, answer.to_json())
+        self._stores += 1
+        if len(self._pending) >= 256 or now - self._last_write >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the answers kept since the last write, in one transaction."""
         with self._guard("store"):
-            if self._db is None:
+            self._last_write = self._now()
+            if self._db is None or not self._pending:
                 return
-            now = self._now()
-            self._db.execute(
+            rows = [(k, t, t, cost, blob) for k, (t, cost, blob) in self._pending.items()]
+            self._pending.clear()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
                 "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value) "
                 "VALUES (?, ?, ?, 0, ?, ?)",
-                (key, now, now, answer.cost_usd, answer.to_json()),
+                rows,
             )
-            self._stores += 1
+            self._db.execute("COMMIT")
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(self._hits, self._saved, self._stores, self.warning)
 
     def close(self) -> None:
         """Record this run's hits (for ``cache stats`` and ``prune``), then let go of the file."""
+        self.flush()
         with self._guard("close"):
             if self._db is None:
                 return
@@ -314,6 +341,7 @@ class ResponseCache:
     def contents(self) -> CacheContents | None:
         """What the file holds; None when it cannot be read."""
         result: CacheContents | None = None
+        self.flush()
         with self._guard("stats"):
             if self._db is None:
                 return None
@@ -333,6 +361,7 @@ class ResponseCache:
     def prune(self, older_than_s: float) -> int:
         """Drop entries neither stored nor hit in the last ``older_than_s`` seconds."""
         removed = 0
+        self.flush()
         with self._guard("prune"):
             if self._db is None:
                 return 0
