@@ -31,11 +31,15 @@ from ._events import (
 REDACTED = "[redacted]"
 
 
+_SECOND: list[Any] = [None, ""]  # the last second formatted: most events share it
+
+
 def rfc3339_ms(ts: float) -> str:
     """Wall-clock seconds as RFC 3339 in UTC with milliseconds: 2026-11-28T14:03:07.042Z."""
-    total_ms = round(ts * 1000)
-    secs, ms = divmod(total_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    secs, ms = divmod(round(ts * 1000), 1000)
+    if secs != _SECOND[0]:
+        _SECOND[:] = [secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))]
+    return f"{_SECOND[1]}.{ms:03d}Z"
 
 
 def _ms(value: float | None) -> float | None:
