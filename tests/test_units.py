@@ -30,9 +30,27 @@ from llmbatch.providers._http import redact
 
 
 def test_all_matches_the_real_exports() -> None:
+    import importlib
+
+    from llmbatch import _WHERE, _exceptions
+
+    # Every class of the exception tree is public: a new one must be exported.
+    tree = {
+        name
+        for name, obj in vars(_exceptions).items()
+        if isinstance(obj, type) and issubclass(obj, llmbatch.LLMBatchError)
+    }
+    missing = tree - set(llmbatch.__all__)
+    assert not missing, f"exception classes not exported: {sorted(missing)}"
+    # Each exported name is the very object defined where the lazy table says.
     for name in llmbatch.__all__:
-        assert getattr(llmbatch, name) is not None
-    assert set(dir(llmbatch)) == set(llmbatch.__all__)
+        if name == "__version__":
+            continue
+        module = importlib.import_module("llmbatch" + _WHERE[name])
+        obj = getattr(llmbatch, name)
+        assert obj is getattr(module, name)
+        assert obj.__module__ == module.__name__, name
+    assert len(llmbatch.__all__) == len(set(llmbatch.__all__))
     with pytest.raises(AttributeError):
         _ = llmbatch.not_a_name
 
