@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._exceptions import LLMBatchError
 from ._html_charts import (
     errors_figure,
     histogram_figures,
@@ -84,11 +85,19 @@ _CSP = (
 
 
 def write_html_report(path: Path, report: RunReport, timeline: Timeline) -> None:
-    """Write the page to ``path`` (via a temporary file, so a reader never sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the page to ``path`` (via a temporary file, so a reader never sees half).
+
+    :raises LLMBatchError: the file cannot be written.
+    """
+    page = render_html(report, timeline)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(render_html(report, timeline), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise LLMBatchError(f"cannot write the HTML report {path}: {exc.strerror}") from None
 
 
 def render_html(report: RunReport, timeline: Timeline) -> str:

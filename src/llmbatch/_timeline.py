@@ -245,6 +245,7 @@ class TimelineRecorder:
         self._buckets = _Buckets()
         self._jobs = _Jobs()
         self._started: float | None = None
+        self.saw_run = False  # a JobEnded or RunEnded came: the engine feeds this sink
 
     def emit(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
@@ -262,6 +263,7 @@ class TimelineRecorder:
         elif isinstance(event, AttemptStarted):
             self._buckets.row(event.ts)[_IDX["started"]] += 1
         elif isinstance(event, JobEnded):
+            self.saw_run = True
             self._buckets.row(event.ts)[_IDX["jobs_done"]] += 1
             self._jobs.add(event.result)
         elif isinstance(event, RunStarted):
@@ -269,22 +271,27 @@ class TimelineRecorder:
             if self._buckets.t0 is None:
                 self._buckets.t0 = event.ts
         elif isinstance(event, RunEnded):
+            self.saw_run = True
             self._buckets.end = event.ts
 
     def timeline(self) -> Timeline:
         return self._jobs.freeze(self._buckets.freeze(), "events", self._started, None)
 
 
-def timeline_from_results(path: Path) -> Timeline:
+def timeline_from_results(path: Path, *, start: int | None = None) -> Timeline:
     """The Timeline a results file alone gives (the last line of an id wins).
 
     Result lines carry no timestamps; the time series comes from the run history
-    beside the file, when the last run recorded one there.
+    beside the file, when the last run recorded one there. With ``start`` (a byte
+    offset: where one run began appending) only that run's lines count, and no
+    series is read.
     """
     jobs = _Jobs(superseding=True)
-    for _lineno, _offset, obj, _length in iter_result_lines(path):
-        if obj is not None:
+    for _lineno, offset, obj, _length in iter_result_lines(path):
+        if obj is not None and (start is None or offset >= start):
             jobs.add(JobResult.from_line(obj))
+    if start is not None:
+        return jobs.freeze(None, "results", None, None)
     series, started, note = _series_from_history(path)
     return jobs.freeze(series, "results", started, note)
 
