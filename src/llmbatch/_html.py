@@ -69,7 +69,7 @@ document.addEventListener("mouseover",e=>{const m=e.target.closest("[data-tip]")
 if(!m){t.hidden=true;return}t.textContent=m.getAttribute("data-tip");t.hidden=false});
 document.addEventListener("mousemove",e=>{t.style.left=(e.clientX+14)+"px";
 t.style.top=(e.clientY+14)+"px"});
-let n=0;for(const s of document.querySelectorAll("[data-chart] svg")){
+let n=0;for(const s of document.querySelectorAll("[data-chart]>svg")){
 const r=s.getBoundingClientRect();if(r.width>0&&r.height>0)n++}
 document.body.setAttribute("data-charts-rendered",String(n))})();"""
 

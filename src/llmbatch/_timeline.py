@@ -170,7 +170,9 @@ class _Buckets:
             self.row(self.end)  # the series spans the whole run, idle tail included
         cols = list(zip(*self.rows, strict=True)) if self.rows else [() for _ in FIELDS]
         values: dict[str, Any] = {
-            name: tuple(float(v) for v in col) if name == "cost_usd" else tuple(int(v) for v in col)
+            name: tuple(round(v, 8) for v in col)
+            if name == "cost_usd"
+            else tuple(int(v) for v in col)
             for name, col in zip(FIELDS, cols, strict=True)
         }
         return Series(bucket_s=self.width, **values)
