@@ -68,6 +68,7 @@ def synthetic_events(n: int, *, seed: int = 1, rate: float = 40.0) -> Iterator[E
             end = t + latency / 1000
             if i == 7 or (roll < 0.08 and i != 11):
                 error = {"type": "bad_request", "message": HOSTILE_MESSAGE, "status": 400}
+                errors["bad_request"] = errors.get("bad_request", 0) + 1
                 yield AttemptEnded(
                     end, t, job_id, provider, model, n_attempt, "bad_request", 400, None, None,
                     0, 0, None, None, None, message=HOSTILE_MESSAGE,

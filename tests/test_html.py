@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from llmbatch._config import build_run_config, load_config
 from llmbatch._html import _JS, render_html, write_html_report
 from llmbatch._timeline import FAILED_N, MAX_BUCKETS, TOP_N, timeline_from_results
 from tests.conftest import prompts, run_cli, write_jsonl
@@ -112,6 +113,15 @@ def test_html_may_not_overwrite_an_input(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
     r = run_cli("report", "jobs.jsonl", "--html", "jobs.jsonl")
     assert r.code == 2 and "is the results file itself" in r.stderr
+
+
+def test_html_is_a_config_key(tmp_path: Path) -> None:
+    (tmp_path / "llmbatch.toml").write_text('html = "pages/run.html"\n')
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    cfg = build_run_config(tmp_path / "jobs.jsonl", {}, load_config(None))
+    assert cfg.html == Path("pages/run.html")
+    cfg = build_run_config(tmp_path / "jobs.jsonl", {"html": "b.html"}, load_config(None))
+    assert cfg.html == Path("b.html")
 
 
 # -- in a real browser ------------------------------------------------------------------

@@ -37,7 +37,7 @@ header h1{font-size:22px;margin:0 0 2px}
 header p{margin:0;color:#6b7280}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#fee2e2;color:#991b1b;
 font-size:12px;margin-left:8px;vertical-align:middle}
-.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:10px;
+.tiles{display:grid;grid-template-columns:repeat(4,1fr);gap:10px;
 margin:16px 0}
 .tile{background:#fff;border:1px solid #e5e7eb;border-radius:8px;padding:10px 12px}
 .tile b{display:block;font-size:20px;font-weight:600;margin-top:2px}
@@ -59,6 +59,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.id{font-family:ui-monospace,Menlo,Consolas,monospace;overflow-wrap:anywhere;max-width:360px}
 td.msg{color:#4b5563;overflow-wrap:anywhere}
 ul.notes{margin:4px 0 0;padding-left:18px}
+@media (max-width:760px){.tiles{grid-template-columns:repeat(2,1fr)}}
 #tip{position:fixed;pointer-events:none;background:#111827;color:#fff;padding:4px 8px;
 border-radius:4px;font-size:12px;max-width:420px;white-space:pre-line}
 """
@@ -158,30 +159,32 @@ def _tiles(d: dict[str, Any]) -> str:
         cost_small += f" · {usd(d['cost_usd_cumulative'])} all runs"
     if d["unpriced_models"]:
         cost_small += " · some unpriced"
-    wall = d["wall_s"]
+    jobs_small = f"{jobs['failed']:,} failed · {jobs['total']:,} total"
+    if jobs["skipped_done"]:
+        jobs_small += f" · {jobs['skipped_done']:,} done before"
+    if jobs["not_run"]:
+        jobs_small += f" · {jobs['not_run']:,} not run"
+    limited = d["errors"].get("rate_limited", 0)
+    others = sum(d["errors"].values()) - limited
+    wall, rate = d["wall_s"], d["jobs_per_s"]
     tiles = [
-        _tile("jobs", f"{jobs['ok']:,} ok", f"{jobs['failed']:,} failed · {jobs['total']:,} total"),
+        _tile("jobs", f"{jobs['ok']:,} ok", jobs_small),
         _tile("cost", usd(d["cost_usd"]), cost_small),
         _tile(
             "tokens",
-            f"{num(tok['input'] + tok['output'])}",
-            f"{tok['input']:,} in · {tok['output']:,} out",
+            num(tok["input"] + tok["output"]),
+            f"{num(tok['input'])} in · {num(tok['output'])} out",
         ),
         _tile("latency p50", ms(lat["p50"]), f"p95 {ms(lat['p95'])} · p99 {ms(lat['p99'])}"),
-        _tile("time to first token", ms(ttft["p50"]), f"p95 {ms(ttft['p95'])}"),
+        _tile("first token p50", ms(ttft["p50"]), f"p95 {ms(ttft['p95'])}"),
         _tile("attempts", f"{att['total']:,}", f"{att['retries']:,} retries"),
+        _tile("rate-limited (429)", f"{limited:,}", f"{others:,} other failed attempts"),
+        _tile(
+            "wall time",
+            "—" if wall is None else f"{wall:,.1f} s",
+            f"{rate:,.1f} jobs/s" if rate else "",
+        ),
     ]
-    if wall is not None:
-        rate = f"{d['jobs_per_s']:,.1f} jobs/s" if d["jobs_per_s"] else ""
-        tiles.append(_tile("wall time", f"{wall:,.1f} s", rate))
-    if jobs["skipped_done"] or jobs["not_run"]:
-        tiles.append(
-            _tile(
-                "not this run",
-                f"{jobs['skipped_done']:,} done before",
-                f"{jobs['not_run']:,} not run",
-            )
-        )
     return '<div class="tiles">' + "".join(tiles) + "</div>"
 
 

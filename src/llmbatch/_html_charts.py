@@ -95,8 +95,9 @@ def time_figures(t: Timeline) -> list[str]:
     if s is None or not len(s):
         return [
             '<figure class="nochart"><figcaption><h2>Over time</h2><p>Not recorded: result lines '
-            "carry no timestamps. A run with <code>--html</code> records throughput, 429s and "
-            "cost over time in the run history, and this page shows them.</p></figcaption></figure>"
+            "carry no timestamps, and the run history beside them holds no timeline. Runs "
+            "record throughput, 429s and cost over time there, and this page then shows "
+            "them.</p></figcaption></figure>"
         ]
     div, unit = _time_unit(s)
     w = s.bucket_s
@@ -196,9 +197,13 @@ def errors_figure(d: dict[str, Any]) -> str:
     for kind in dict.fromkeys([*errors, *failures]):
         n, f = errors.get(kind, 0), failures.get(kind, 0)
         seg = (float(n or f), 0.0) if kind == "rate_limited" else (0.0, float(n or f))
-        value = f"{n:,} attempts" + (f" · {f:,} jobs failed" if f else "")
+        value = _count(n, "attempt") + (f" · {_count(f, 'job')} failed" if f else "")
         rows.append(HRow(kind, seg, value, f"{kind}: {value}"))
     svg = hbar_chart("errors", rows, [AMBER, RED], empty="no errors")
     return _figure(
         "errors", "Errors by type", "failed attempts (retried or not), and jobs that failed", svg
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")

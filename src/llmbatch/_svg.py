@@ -228,7 +228,9 @@ def hbar_chart(
     """Horizontal bars, one per label (models, error types); the chart grows with rows."""
     if not rows or not any(sum(r.segments) for r in rows):
         return _empty(name, empty)
-    label_w, value_w, row_h = 190, 110, 26
+    # Room at the right for the longest value text (~7 units a character at 12 px).
+    label_w, row_h = 190, 26
+    value_w = max(60, 7 * max(len(r.value) for r in rows) + 14)
     height = TOP + row_h * len(rows) + 8
     top = max(sum(r.segments) for r in rows)
     width = W - label_w - value_w
