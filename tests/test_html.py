@@ -16,7 +16,15 @@ import pytest
 
 from llmbatch._config import build_run_config, load_config
 from llmbatch._html import _JS, render_html, write_html_report
-from llmbatch._timeline import FAILED_N, MAX_BUCKETS, TOP_N, timeline_from_results
+from llmbatch._report import build_report
+from llmbatch._stats import RunStats
+from llmbatch._timeline import (
+    FAILED_N,
+    MAX_BUCKETS,
+    TOP_N,
+    TimelineRecorder,
+    timeline_from_results,
+)
 from tests.conftest import prompts, run_cli, write_jsonl
 from tests.synthetic import HOSTILE_FAILED_ID, HOSTILE_MESSAGE, HOSTILE_SLOW_ID, record
 
@@ -113,6 +121,13 @@ def test_html_may_not_overwrite_an_input(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
     r = run_cli("report", "jobs.jsonl", "--html", "jobs.jsonl")
     assert r.code == 2 and "is the results file itself" in r.stderr
+
+
+def test_an_empty_run_renders_every_chart_empty() -> None:
+    page = render_html(build_report(RunStats()), TimelineRecorder().timeline())
+    assert len(_charts(page)) == CHARTS_WITHOUT_SERIES
+    assert page.count('class="empty"') == CHARTS_WITHOUT_SERIES
+    assert 'class="mark"' not in page and "no successful jobs" in page
 
 
 def test_html_is_a_config_key(tmp_path: Path) -> None:

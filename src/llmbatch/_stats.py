@@ -58,7 +58,8 @@ class Histogram:
             return ()
         top = self.percentile(99)
         low = self.percentile(0.5)
-        step = nice_step(max(top - (0 if low < top / 4 else low), 1e-9) / target)
+        # No narrower than 0.1: result lines keep latencies to 0.1 ms.
+        step = nice_step(max((top - (0 if low < top / 4 else low)) / target, 0.1))
         start = 0.0 if low < top / 4 else math.floor(low / step) * step
         n = max(1, math.floor((top - start) / step) + 1)
         overflow = self.max >= start + n * step

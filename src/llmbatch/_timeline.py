@@ -35,7 +35,7 @@ FIELDS = (
     "output_tokens",
     "cost_usd",
 )
-_IDX = {name: i for i, name in enumerate(FIELDS)}
+(_STARTED, _ENDED, _OK, _429, _OTHER, _DONE, _IN, _OUT, _COST) = range(len(FIELDS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,19 +140,17 @@ class _Buckets:
         self.end: float | None = None
 
     def row(self, ts: float) -> list[float]:
-        if self.t0 is None:
-            self.t0 = ts
-        i = self._index(ts)
+        t0 = self.t0
+        if t0 is None:
+            t0 = self.t0 = ts
+        i = int((ts - t0) / self.width) if ts > t0 else 0
         while i >= MAX_BUCKETS:
             self._widen()
-            i = self._index(ts)
-        while len(self.rows) <= i:
-            self.rows.append([0.0] * len(FIELDS))
-        return self.rows[i]
-
-    def _index(self, ts: float) -> int:
-        assert self.t0 is not None
-        return max(0, int((ts - self.t0) / self.width))
+            i = int((ts - t0) / self.width)
+        rows = self.rows
+        while len(rows) <= i:
+            rows.append([0.0] * len(FIELDS))
+        return rows[i]
 
     def _widen(self) -> None:
         rows = self.rows
@@ -252,21 +250,21 @@ class TimelineRecorder:
     def emit(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
             row = self._buckets.row(event.ts)
-            row[_IDX["ended"]] += 1
+            row[_ENDED] += 1
             if event.outcome == "ok":
-                row[_IDX["ok"]] += 1
+                row[_OK] += 1
             elif event.outcome == "rate_limited":
-                row[_IDX["rate_limited"]] += 1
+                row[_429] += 1
             else:
-                row[_IDX["other_errors"]] += 1
-            row[_IDX["input_tokens"]] += event.input_tokens
-            row[_IDX["output_tokens"]] += event.output_tokens
-            row[_IDX["cost_usd"]] += event.cost_usd or 0.0
+                row[_OTHER] += 1
+            row[_IN] += event.input_tokens
+            row[_OUT] += event.output_tokens
+            row[_COST] += event.cost_usd or 0.0
         elif isinstance(event, AttemptStarted):
-            self._buckets.row(event.ts)[_IDX["started"]] += 1
+            self._buckets.row(event.ts)[_STARTED] += 1
         elif isinstance(event, JobEnded):
             self.saw_run = True
-            self._buckets.row(event.ts)[_IDX["jobs_done"]] += 1
+            self._buckets.row(event.ts)[_DONE] += 1
             self._jobs.add(event.result)
         elif isinstance(event, RunStarted):
             self._started = event.ts
