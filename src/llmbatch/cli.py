@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ._config import RunConfig
+    from ._engine import Engine
+    from ._report import RunReport
+    from ._timeline import TimelineRecorder
 
 app = typer.Typer(
     name="llmbatch",
@@ -66,6 +69,10 @@ TemplateOpt = Annotated[
 ]
 TemplateFileOpt = Annotated[
     str | None, typer.Option("--template-file", help="Read the --template text from a file.")
+]
+HtmlOpt = Annotated[
+    str | None,
+    typer.Option("--html", help="Write the report as a self-contained HTML page with charts."),
 ]
 ProviderOpt = Annotated[
     str | None,
@@ -203,6 +210,7 @@ def run(
     report: Annotated[
         str | None, typer.Option("--report", help="Write the run report as JSON here.")
     ] = None,
+    html: HtmlOpt = None,
     fresh: Annotated[
         bool | None, typer.Option("--fresh", help="Back up an existing output and start over.")
     ] = None,
@@ -239,6 +247,7 @@ def run(
         "max_tokens": max_tokens,
         "temperature": temperature,
         "report": report,
+        "html": html,
         "fresh": fresh or None,
         "retry_failed": retry_failed or None,
         "skip_invalid": skip_invalid or None,
@@ -254,9 +263,12 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
 
     from ._engine import Engine, exit_code_for
     from ._progress import make_progress
+    from ._timeline import TimelineRecorder
 
     with _configured(jobs, flags, config_path) as cfg:
+        recorder = TimelineRecorder()
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
+        appended_from = _output_size(cfg)
         report = anyio.run(engine.run)
     if cfg.report is not None:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
@@ -273,7 +285,39 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         _err("the output pipe was closed; stopped (jobs left unsent)")
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
+    if cfg.html is not None:
+        _write_run_html(cfg, cfg.html, report, recorder, engine, appended_from)
     return exit_code_for(report, engine.stop_signal)
+
+
+def _output_size(cfg: RunConfig) -> int:
+    """Where this run's result lines will start in the output."""
+    if cfg.output is None or cfg.fresh or not cfg.output.exists():
+        return 0
+    return cfg.output.stat().st_size
+
+
+def _write_run_html(
+    cfg: RunConfig,
+    path: Path,
+    report: RunReport,
+    recorder: TimelineRecorder,
+    engine: Engine,
+    appended_from: int,
+) -> None:
+    """The run's HTML report: from its events, or else from the lines it appended."""
+    from ._html import write_html_report
+    from ._timeline import timeline_from_results
+
+    if recorder.saw_run or cfg.output is None or not cfg.output.exists():
+        timeline = recorder.timeline()
+    else:
+        torn = engine.existing.torn_at if engine.existing is not None else None
+        start = appended_from if torn is None else min(torn, appended_from)
+        timeline = timeline_from_results(cfg.output, start=start)
+    write_html_report(path, report, timeline)
+    if not cfg.quiet:
+        sys.stderr.write(f"llmbatch: HTML report written to {path}\n")
 
 
 @app.command()
@@ -359,6 +403,7 @@ def report_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the JSON report to stdout.")
     ] = False,
+    html: HtmlOpt = None,
 ) -> None:
     """Re-render the cost/latency report from a results file."""
 
@@ -366,6 +411,8 @@ def report_cmd(
         from ._report import report_from_results
 
         rep = report_from_results(Path(results))
+        if html is not None:
+            _write_results_html(Path(results), Path(html), rep)
         if as_json:
             sys.stdout.buffer.write(rep.to_json())
             sys.stdout.flush()
@@ -379,6 +426,17 @@ def report_cmd(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+def _write_results_html(results: Path, path: Path, rep: RunReport) -> None:
+    from ._exceptions import UsageError
+    from ._html import write_html_report
+    from ._timeline import timeline_from_results
+
+    if path.resolve() == results.resolve():
+        raise UsageError(f"--html {path} is the results file itself; write the page elsewhere")
+    write_html_report(path, rep, timeline_from_results(results))
+    sys.stderr.write(f"llmbatch: HTML report written to {path}\n")
 
 
 def _render_history(history: list[dict[str, Any]]) -> None:
