@@ -106,12 +106,18 @@ def test_cli_report_and_run_write_html(tmp_path: Path) -> None:
     assert r.code == 0, r.output
     page = (tmp_path / "run.html").read_text()
     assert "&lt;script&gt;alert(3)&lt;/script&gt;" in page and "<script>alert" not in page
-    assert len(_charts(page)) >= CHARTS_WITHOUT_SERIES
+    assert len(_charts(page)) == CHARTS_WITH_SERIES
+    # Later, from the results file: the run history kept the time series.
     r = run_cli("report", "jobs.results.jsonl", "--html", "sub/report.html", "--json")
     assert r.code == 0, r.output
     assert r.stdout.startswith("{") and "HTML report written to sub/report.html" in r.stderr
     page = (tmp_path / "sub" / "report.html").read_text()
-    assert len(_charts(page)) == CHARTS_WITHOUT_SERIES and "30 ok" in page
+    assert len(_charts(page)) == CHARTS_WITH_SERIES and "30 ok" in page
+    # Without the history, the charts over time are left out, the rest is there.
+    (tmp_path / "jobs.results.jsonl.runs.jsonl").unlink()
+    r = run_cli("report", "jobs.results.jsonl", "--html", "bare.html")
+    assert r.code == 0, r.output
+    assert len(_charts((tmp_path / "bare.html").read_text())) == CHARTS_WITHOUT_SERIES
 
 
 def test_html_may_not_overwrite_an_input(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from ._report import RunReport, build_report
 from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cut_torn_tail
 from ._retry import backoff_delay
 from ._stats import RunStats
+from ._timeline import TimelineRecorder
 from .providers._base import Provider
 
 ProviderFactory = Callable[[str, RunConfig], Provider]
@@ -122,7 +123,8 @@ class Engine:
         self.clock = clock
         self.planner = Planner(config)
         self.stats = RunStats()
-        self.bus = EventBus([self.stats, *sinks])
+        self.timeline = TimelineRecorder()  # charts for --html, and a series for the history
+        self.bus = EventBus([self.stats, self.timeline, *sinks])
         self.stopper = Stopper()
         self.run_budget = RunBudget(config.max_cost, config.max_total_tokens)
         self.budgets = Budgets([self.run_budget, *ledgers], clock, self.stopper)
@@ -281,6 +283,7 @@ class Engine:
         )
 
     def _history(self, report: RunReport, started_wall: float, code: int) -> dict[str, object]:
+        series = self.timeline.timeline().series
         return {
             "started": started_wall,
             "ended": self.clock.time(),
@@ -294,6 +297,7 @@ class Engine:
             "cost_usd": round(self.stats.cost_usd, 8),
             "stopped_by": self.stopper.stopped_by,
             "exit_code": code,
+            "timeline": series.to_dict() if series is not None else None,
         }
 
     async def _run_pool(

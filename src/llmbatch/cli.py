@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from ._config import RunConfig
     from ._engine import Engine
     from ._report import RunReport
-    from ._timeline import TimelineRecorder
 
 app = typer.Typer(
     name="llmbatch",
@@ -263,12 +262,9 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
 
     from ._engine import Engine, exit_code_for
     from ._progress import make_progress
-    from ._timeline import TimelineRecorder
 
     with _configured(jobs, flags, config_path) as cfg:
-        recorder = TimelineRecorder()
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
-        appended_from = _output_size(cfg)
         report = anyio.run(engine.run)
     if cfg.report is not None:
         cfg.report.parent.mkdir(parents=True, exist_ok=True)
@@ -286,36 +282,15 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
     if cfg.html is not None:
-        _write_run_html(cfg, cfg.html, report, recorder, engine, appended_from)
+        _write_run_html(cfg, cfg.html, report, engine)
     return exit_code_for(report, engine.stop_signal)
 
 
-def _output_size(cfg: RunConfig) -> int:
-    """Where this run's result lines will start in the output."""
-    if cfg.output is None or cfg.fresh or not cfg.output.exists():
-        return 0
-    return cfg.output.stat().st_size
-
-
-def _write_run_html(
-    cfg: RunConfig,
-    path: Path,
-    report: RunReport,
-    recorder: TimelineRecorder,
-    engine: Engine,
-    appended_from: int,
-) -> None:
-    """The run's HTML report: from its events, or else from the lines it appended."""
+def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: Engine) -> None:
+    """The run's HTML report, from its event stream."""
     from ._html import write_html_report
-    from ._timeline import timeline_from_results
 
-    if recorder.saw_run or cfg.output is None or not cfg.output.exists():
-        timeline = recorder.timeline()
-    else:
-        torn = engine.existing.torn_at if engine.existing is not None else None
-        start = appended_from if torn is None else min(torn, appended_from)
-        timeline = timeline_from_results(cfg.output, start=start)
-    write_html_report(path, report, timeline)
+    write_html_report(path, report, engine.timeline.timeline())
     if not cfg.quiet:
         sys.stderr.write(f"llmbatch: HTML report written to {path}\n")
 
