@@ -115,7 +115,7 @@ def translate_exception(
     timeout_message: str = "timed out waiting for the provider",
 ) -> ProviderError | None:
     """The ProviderError for a foreign exception, or None when ``exc`` is not foreign."""
-    text = _clip(redact(str(exc), key))
+    text = _clip(redact(_text_of(exc), key))
     if isinstance(exc, ProviderError):
         return exc
     aio = _aiohttp_error(exc, text, idle_timeout)
@@ -159,6 +159,13 @@ def _aiohttp_error(exc: Exception, text: str, idle_timeout: float | None) -> Pro
 def _attach_usage(err: ProviderError, attempt: Attempt) -> None:
     if err.usage is None and attempt.spent is not None:
         err.usage = attempt.spent()
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # some foreign exceptions cannot print themselves half-built
+        return type(exc).__name__
 
 
 def _clip(text: str) -> str:
