@@ -40,6 +40,7 @@ TRUNCATE = "truncate"  # a clean end of stream without the final events
 ERROR_EVENT = "error_event"  # an error event inside a 200 stream (overloaded)
 REFUSE = "refuse"  # a refusal / content filter
 NO_FINISH = "no_finish"  # a clean end ([DONE] / message_stop) without a finish reason
+LINGER = "linger"  # a complete answer, then the body is held open (never ended)
 
 
 @dataclass
@@ -391,6 +392,8 @@ class FakeAPI:
         if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
             usage = openai_usage(in_tokens, out_tokens, self.cache_read_tokens)
         await send.end(finish, out_tokens, usage)
+        if fault == LINGER:
+            await asyncio.sleep(3600)
         # The end of the chunked body goes out as its own write, as real servers send it.
         await asyncio.sleep(0.001)
         await resp.write_eof()

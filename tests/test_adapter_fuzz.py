@@ -231,6 +231,7 @@ def test_each_foreign_exception_becomes_a_project_error(
             attempt.spent = lambda: Usage(3, 4)
             raise exc
     assert type(info.value) is cls
+    assert info.value.retryable  # one bad attempt, not a verdict on the request
     assert words in info.value.message
     assert info.value.__cause__ is exc
     assert info.value.usage == Usage(3, 4)  # tokens billed before the failure are kept

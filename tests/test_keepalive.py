@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmbatch import ModelRef, RunConfig, run_jobs_async
+from llmbatch.providers import _http
 from tests.conftest import fake_env, prompts, read_jsonl, write_jsonl
 from tests.fakeapi import FakeAPI
 
@@ -73,3 +74,22 @@ async def test_a_reset_costs_one_reconnect(
     await run_jobs_async(run_config(tmp_path, provider, 30, 2))
     assert [x["status"] for x in read_jsonl(tmp_path / "out.jsonl")] == ["ok"] * 30
     assert fake.connections_opened <= 2 + 3
+
+
+@pytest.mark.parametrize("provider", list(MODELS))
+async def test_a_body_held_open_after_the_last_event_still_gives_the_answer(
+    provider: str, fake_for_run: FakeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end of the body gets a short grace; then that connection is dropped, not the answer."""
+    monkeypatch.setattr(_http, "DRAIN_GRACE_S", 0.05)
+    fake = fake_for_run
+    fake.reply = "complete"
+    fake.add_rule("Question 0:", "linger")
+    cfg = run_config(tmp_path, provider, 4, 1)
+    cfg.timeout = 30
+    await run_jobs_async(cfg)
+    results = read_jsonl(tmp_path / "out.jsonl")
+    assert [(x["status"], x["output"], x["attempts"]) for x in results] == [
+        ("ok", "complete", 1)
+    ] * 4
+    assert fake.connections_opened == 2  # the held one was closed; one more for the rest

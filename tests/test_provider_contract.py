@@ -193,3 +193,21 @@ async def test_a_rejection_that_does_not_name_the_field_changes_nothing(
     assert provider.notes == set()
     body = api.records[0].body
     assert orjson.dumps(body["response_format"]["json_schema"]["schema"]) == orjson.dumps(SCHEMA)
+
+
+# -- a malformed event fails one attempt, not the run ----------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@pytest.mark.parametrize("data", [b"[1]", b"null", b'{"choices": 7, "delta": "x"}', b"\xff{"])
+async def test_a_malformed_event_is_a_retryable_other_error(
+    kind: str, data: bytes, api: FakeAPI, tmp_path: Path
+) -> None:
+    api.reply = "fine"
+    event = b"event: content_block_delta\n" if kind == "anthropic" else b""
+    api.raw_streams.append(event + b"data: " + data + b"\n\n")
+    await run_jobs_async(run_config(tmp_path, kind, 2, concurrency=1))
+    results = read_jsonl(tmp_path / "out.jsonl")
+    assert [(x["status"], x["output"]) for x in results] == [("ok", "fine")] * 2
+    assert [x["attempts"] for x in results] == [2, 1]
+    assert results[0]["attempt_errors"] == {"other": 1}

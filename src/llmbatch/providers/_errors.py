@@ -57,7 +57,15 @@ class Attempt:
 
 def unexpected_shape(detail: str) -> OtherProviderError:
     """The error for a payload that parses but is not what the wire format promises."""
-    return OtherProviderError(f"unexpected event shape from the provider: {_clip(detail)}")
+    return _other(f"unexpected event shape from the provider: {_clip(detail)}")
+
+
+def _other(message: str) -> OtherProviderError:
+    # A garbled payload is one bad attempt (a proxy, a busy server), not a verdict on
+    # the request: unlike an unknown HTTP status, it is worth another try.
+    err = OtherProviderError(message)
+    err.retryable = True
+    return err
 
 
 def text_field(value: Any) -> str | None:
@@ -126,9 +134,9 @@ def translate_exception(
     if isinstance(exc, ConnectionError | EOFError | OSError):
         return ConnectionFailed(f"connection failed: {type(exc).__name__}: {text}")
     if isinstance(exc, orjson.JSONDecodeError):
-        return OtherProviderError(f"the provider sent an event that is not valid JSON: {text}")
+        return _other(f"the provider sent an event that is not valid JSON: {text}")
     if isinstance(exc, UnicodeError):
-        return OtherProviderError(f"the provider sent text that is not valid UTF-8: {text}")
+        return _other(f"the provider sent text that is not valid UTF-8: {text}")
     if isinstance(exc, KeyError | TypeError | AttributeError | ValueError | IndexError):
         return unexpected_shape(f"{type(exc).__name__}: {text}")
     return None
@@ -148,7 +156,7 @@ def _aiohttp_error(exc: Exception, text: str, idle_timeout: float | None) -> Pro
     if isinstance(exc, aiohttp.ClientConnectionError):
         return ConnectionFailed(f"connection failed: {type(exc).__name__}: {text}")
     if isinstance(exc, aiohttp.ClientError):
-        return OtherProviderError(f"HTTP error: {type(exc).__name__}: {text}")
+        return _other(f"HTTP error: {type(exc).__name__}: {text}")
     from aiohttp import http_exceptions
 
     if isinstance(exc, http_exceptions.HttpProcessingError):

@@ -17,7 +17,6 @@ import anyio
 import orjson
 
 from .._exceptions import (
-    OtherProviderError,
     ProviderError,
     RateLimited,
     UsageError,
@@ -26,7 +25,7 @@ from .._exceptions import (
 from .._headers import RateLimitHint, hint_from_headers, parse_retry_after
 from .._jobs import Request
 from ._base import Answer
-from ._errors import Attempt, redact, translate_errors
+from ._errors import Attempt, redact, translate_errors, unexpected_shape
 
 if TYPE_CHECKING:
     import aiohttp
@@ -64,7 +63,7 @@ class SSEDecoder:
             self._pending.append(chunk)
             self._pending_size += len(chunk)
             if self._pending_size > MAX_LINE:
-                raise OtherProviderError(f"the provider sent a line longer than {MAX_LINE} bytes")
+                raise unexpected_shape(f"a line longer than {MAX_LINE} bytes")
             return []
         if self._pending:
             chunk = b"".join(self._pending) + chunk
