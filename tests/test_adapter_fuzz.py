@@ -32,7 +32,7 @@ from llmbatch._jobs import Request
 from llmbatch._usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import translate_errors
-from llmbatch.providers._http import HttpProvider
+from llmbatch.providers._http import HttpProvider, SSEDecoder, SSEEvent
 from llmbatch.providers.anthropic import AnthropicProvider
 from llmbatch.providers.openai import OpenAIProvider
 from tests.conftest import fake_env
@@ -248,3 +248,22 @@ def test_the_seam_redacts_clips_and_lets_our_own_errors_and_bugs_through() -> No
     assert same.value is own
     with pytest.raises(RuntimeError), translate_errors():
         raise RuntimeError("a bug in our own code stays loud")
+
+
+def test_the_sse_decoder_gives_the_same_events_however_the_body_is_cut() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        events = [
+            (rng.choice([None, "message_delta", "ping"]), orjson.dumps({"n": i, "t": "é\n" * i}))
+            for i in range(rng.randrange(1, 8))
+        ]
+        body = b"".join(frame(name, data.replace(b"\n", b"\\n"), rng) for name, data in events)
+        whole = SSEDecoder().feed(body)
+        decoder = SSEDecoder()
+        pieces: list[SSEEvent] = []
+        cuts = sorted(rng.randrange(len(body) + 1) for _ in range(rng.randrange(6)))
+        for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True):
+            pieces.extend(decoder.feed(body[a:b]))
+        pieces.extend(decoder.close())
+        assert [(e.event, e.data) for e in pieces] == [(e.event, e.data) for e in whole]
+        assert len(whole) == len(events)

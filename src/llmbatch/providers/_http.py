@@ -32,9 +32,8 @@ if TYPE_CHECKING:
 
     from .._config import ProviderSettings, RunConfig
 
-__all__ = ["WHOLE_ANSWER", "HttpProvider", "SSEDecoder", "SSEEvent", "redact"]
+__all__ = ["HttpProvider", "SSEDecoder", "SSEEvent", "redact"]
 
-WHOLE_ANSWER = "llmbatch.whole-answer"  # the event name given to a non-streamed JSON body
 MAX_LINE = 32 * 1024 * 1024  # one SSE line longer than this is not an answer we can hold
 DRAIN_GRACE_S = 2.0  # after the last event, how long the end of the body may take to come
 
