@@ -174,8 +174,20 @@ async def test_the_rejected_attempt_asks_to_be_retried_at_once(
             await provider.send(MODELS[kind], request, 9)
     finally:
         await provider.aclose()
-    assert info.value.retryable and info.value.retry_after == 0
+    assert info.value.retryable and info.value.retry_after == 0 and info.value.retry_now
     assert len(provider.notes) == 1
+
+
+async def test_a_mode_switch_is_not_a_try(api: FakeAPI, tmp_path: Path) -> None:
+    # With one attempt per job, the refused first attempt must not end the job.
+    api.reply = '{"answer": 4}'
+    api.rejects_response_format = {"json_schema": 500, "json_object": 400}
+    cfg = run_config(tmp_path, "openai", 2, concurrency=1, schema=SCHEMA, max_attempts=1)
+    report = await run_jobs_async(cfg)
+    results = read_jsonl(tmp_path / "out.jsonl")
+    assert [x["status"] for x in results] == ["ok", "ok"]
+    assert report.attempts == len(api.records) == 4  # two refusals, two answers
+    assert report.errors == {"server_error": 1, "bad_request": 1}
 
 
 async def test_a_rejection_that_does_not_name_the_field_changes_nothing(

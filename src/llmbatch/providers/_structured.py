@@ -67,6 +67,7 @@ class StructuredModes:
             )
         err.retryable = True
         err.retry_after = 0.0
+        err.retry_now = True
 
 
 def _first_line(message: str) -> str:
