@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class FakeAPI:
     records: list[Record] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
+    route_hooks: list[Callable[[web.Application], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -109,6 +111,8 @@ class FakeAPI:
             app = web.Application()
             app.router.add_post("/v1/messages", self._anthropic)
             app.router.add_post("/v1/chat/completions", self._openai)
+            for hook in self.route_hooks:  # more endpoints (tests/fakebatch.py)
+                hook(app)
             self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
             loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", 0)

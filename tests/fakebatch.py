@@ -1,0 +1,625 @@
+"""The providers' Batch APIs, faked on the loopback FakeAPI's server, on virtual time.
+
+OpenAI: ``/v1/files`` (upload, list, delete, content) and ``/v1/batches`` (create,
+list, retrieve, cancel). Anthropic: ``/v1/messages/batches`` (create, list,
+retrieve, delete, cancel, results). Field names and states follow the installed
+SDKs' types; ``test_fakebatch.py`` drives the SDKs against it.
+
+Time is virtual: ``now()`` is the wall clock plus ``offset``, which a test moves
+with ``advance(seconds)`` (or ``tick_per_poll`` moves on every status read). A
+batch works through its requests in ``process_s`` virtual seconds; answers come
+from the FakeAPI's own answer generator, and its rules decide per-request faults
+(``"400"`` → an errored request, ``"500"`` → a transient one).
+
+Faults: ``create_429`` (that many 429s on create), ``fail_next`` (the next batch
+fails with that error code), ``null_output_polls`` (completed but no
+``output_file_id`` for that many reads), ``empty_error_file`` (``error_file_id:
+""``), ``truncate_downloads`` (that many downloads cut off), ``expire_after``
+(the fraction of requests done before a batch stalls and expires).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import math
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from tests.fakeapi import FakeAPI
+
+WINDOW_S = 24 * 3600
+ANTHROPIC_EXPIRY_S = 24 * 3600
+
+
+@dataclass
+class Item:
+    """One request inside a batch."""
+
+    custom_id: str
+    body: dict[str, Any]
+    outcome: str | None = None  # None while unprocessed; "ok", "400", "500", "expired", ...
+    answer: dict[str, Any] | None = None
+
+
+@dataclass
+class FakeBatchJob:
+    """One batch, either provider's; ``kind`` says whose wire format."""
+
+    kind: str
+    id: str
+    created_at: float
+    items: list[Item]
+    model: str | None = None
+    input_file_id: str = ""
+    metadata: dict[str, str] | None = None
+    cancel_at: float | None = None
+    ended_at: float | None = None
+    status: str = "validating"
+    failed_code: str | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    null_polls_left: int = 0
+    stall_at: int | None = None  # processed count where it stops (expiry faults)
+    deleted: bool = False
+
+    @property
+    def expires_at(self) -> float:
+        return self.created_at + (WINDOW_S if self.kind == "openai" else ANTHROPIC_EXPIRY_S)
+
+
+@dataclass
+class FakeFile:
+    id: str
+    filename: str
+    purpose: str
+    data: bytes
+    created_at: float
+
+
+@dataclass
+class FakeBatch:
+    """Mount with ``FakeBatch(api)`` before ``api.start()``; then drive time from the test."""
+
+    api: FakeAPI
+    offset: float = 0.0
+    process_s: float = 600.0
+    tick_per_poll: float = 0.0
+    create_429: int = 0
+    fail_next: str | None = None
+    null_output_polls: int = 0
+    empty_error_file: bool = False
+    truncate_downloads: int = 0
+    expire_after: float | None = None
+    batches: dict[str, FakeBatchJob] = field(default_factory=dict)
+    files: dict[str, FakeFile] = field(default_factory=dict)
+    created: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, requests)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self.api.route_hooks.append(self.mount)
+
+    # -- control ----------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.offset += seconds
+
+    def billed(self) -> dict[str, tuple[int, int]]:
+        """model → (input, output) tokens of every request answered inside a batch."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for b in self.batches.values():
+                for it in b.items:
+                    if it.outcome == "ok" and it.answer is not None:
+                        i, o = out.get(str(it.body.get("model")), (0, 0))
+                        u = it.answer["usage"]
+                        out[str(it.body.get("model"))] = (i + u[0], o + u[1])
+        return out
+
+    def sent_ids(self) -> Counter[str]:
+        """How many batches each custom_id was created in."""
+        with self._lock:
+            return Counter(it.custom_id for b in self.batches.values() for it in b.items)
+
+    def mount(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/v1/files", self._file_create)
+        r.add_get("/v1/files", self._file_list)
+        r.add_delete("/v1/files/{id}", self._file_delete)
+        r.add_get("/v1/files/{id}/content", self._file_content)
+        r.add_post("/v1/batches", self._oa_create)
+        r.add_get("/v1/batches", self._oa_list)
+        r.add_get("/v1/batches/{id}", self._oa_get)
+        r.add_post("/v1/batches/{id}/cancel", self._oa_cancel)
+        r.add_post("/v1/messages/batches", self._an_create)
+        r.add_get("/v1/messages/batches", self._an_list)
+        r.add_get("/v1/messages/batches/{id}", self._an_get)
+        r.add_delete("/v1/messages/batches/{id}", self._an_delete)
+        r.add_post("/v1/messages/batches/{id}/cancel", self._an_cancel)
+        r.add_get("/v1/messages/batches/{id}/results", self._an_results)
+
+    # -- the batch machine ---------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{next(self._ids):06d}fake"
+
+    def _make(self, kind: str, items: list[Item], **kw: Any) -> FakeBatchJob:
+        with self._lock:
+            prefix = "batch_" if kind == "openai" else "msgbatch_"
+            b = FakeBatchJob(kind, self._new_id(prefix), self.now(), items, **kw)
+            if self.fail_next is not None:
+                b.failed_code, self.fail_next = self.fail_next, None
+            if self.expire_after is not None:
+                b.stall_at = math.floor(len(items) * self.expire_after)
+            self.batches[b.id] = b
+            self.created.append((kind, b.id, len(items)))
+            return b
+
+    def _advance(self, b: FakeBatchJob) -> None:
+        """Bring one batch up to the virtual now: process requests, end it when due."""
+        now = self.now()
+        if b.ended_at is not None:
+            return
+        if b.failed_code is not None:
+            if b.kind == "openai" and now > b.created_at:
+                b.status, b.ended_at = "failed", now
+            return
+        elapsed = (b.cancel_at or now) - b.created_at
+        due = (
+            len(b.items)
+            if elapsed >= self.process_s
+            else int(len(b.items) * elapsed / self.process_s)
+        )
+        if b.stall_at is not None:
+            due = min(due, b.stall_at)
+        for it in b.items[:due]:
+            if it.outcome is None:
+                self._answer(it)
+        if b.cancel_at is not None:
+            # What finished before the cancel is kept; the rest is canceled.
+            self._finish(b, "cancelled" if b.kind == "openai" else "ended", "canceled")
+            return
+        if b.kind == "openai" and b.status == "validating" and elapsed > 0:
+            b.status = "in_progress"
+        if all(it.outcome is not None for it in b.items):
+            self._finish(b, "completed" if b.kind == "openai" else "ended", None)
+            b.null_polls_left = self.null_output_polls
+        elif now >= b.expires_at:
+            self._finish(b, "expired" if b.kind == "openai" else "ended", "expired")
+
+    def _answer(self, it: Item) -> None:
+        fault = self.api._plan(it.body)
+        if fault.isdigit() and fault != "200":
+            it.outcome = fault
+            return
+        text = self.api._answer_text(it.body)
+        words = self.api.chunks(text)
+        cap = it.body.get("max_tokens") or it.body.get("max_completion_tokens") or 4096
+        stop = "end_turn"
+        if len(words) > cap:
+            words, stop = words[:cap], "max_tokens"
+        in_tokens = self.api.input_tokens_of(it.body)
+        it.outcome = "ok"
+        it.answer = {"text": "".join(words), "usage": (in_tokens, len(words)), "stop": stop}
+
+    def _finish(self, b: FakeBatchJob, status: str, rest: str | None) -> None:
+        now = self.now()
+        for it in b.items:
+            if it.outcome is None and rest is not None:
+                it.outcome = rest
+        b.status, b.ended_at = status, now
+        if b.kind == "openai":
+            self._write_openai_files(b)
+
+    def _write_openai_files(self, b: FakeBatchJob) -> None:
+        ok = [self._oa_line(b, it) for it in b.items if it.outcome == "ok"]
+        bad = [self._oa_line(b, it) for it in b.items if it.outcome != "ok"]
+        if ok:
+            b.output_file_id = self._store(f"{b.id}_output.jsonl", "batch_output", b"".join(ok)).id
+        if bad and not self.empty_error_file:
+            b.error_file_id = self._store(f"{b.id}_error.jsonl", "batch_output", b"".join(bad)).id
+        elif self.empty_error_file:
+            b.error_file_id = ""
+
+    def _store(self, name: str, purpose: str, data: bytes) -> FakeFile:
+        f = FakeFile(self._new_id("file-"), name, purpose, data, self.now())
+        self.files[f.id] = f
+        return f
+
+    # -- wire shapes ----------------------------------------------------------------------------
+
+    def _oa_line(self, b: FakeBatchJob, it: Item) -> bytes:
+        line: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": it.custom_id}
+        if it.outcome == "ok":
+            assert it.answer is not None
+            i, o = it.answer["usage"]
+            body = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(self.now()),
+                "model": it.body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": it.answer["text"],
+                            "refusal": None,
+                        },
+                        "finish_reason": "stop" if it.answer["stop"] == "end_turn" else "length",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
+            }
+            line["response"] = {"status_code": 200, "request_id": "req_fake", "body": body}
+            line["error"] = None
+        elif it.outcome in ("expired", "canceled"):
+            code = "batch_expired" if it.outcome == "expired" else "batch_cancelled"
+            line["response"] = None
+            line["error"] = {"code": code, "message": f"This request was not executed ({code})."}
+        else:
+            status = int(it.outcome or 500)
+            etype = "invalid_request_error" if status < 500 else "server_error"
+            err = {"message": f"simulated {status}", "type": etype, "param": None, "code": None}
+            line["response"] = {
+                "status_code": status,
+                "request_id": "req_fake",
+                "body": {"error": err},
+            }
+            line["error"] = None
+        return orjson.dumps(line) + b"\n"
+
+    def _oa_batch(self, b: FakeBatchJob) -> dict[str, Any]:
+        done = sum(1 for it in b.items if it.outcome == "ok")
+        failed = sum(1 for it in b.items if it.outcome not in (None, "ok"))
+        stamp = int(b.ended_at) if b.ended_at is not None else None
+        output = b.output_file_id
+        if b.status == "completed" and b.null_polls_left > 0:
+            b.null_polls_left -= 1
+            output = None  # the output file is still being written
+        errors = None
+        if b.failed_code is not None and b.status == "failed":
+            errors = {
+                "object": "list",
+                "data": [
+                    {
+                        "code": b.failed_code,
+                        "message": f"Enqueued token limit reached for {b.model}.",
+                        "param": None,
+                        "line": None,
+                    }
+                ],
+            }
+        return {
+            "id": b.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "model": b.model,
+            "errors": errors,
+            "input_file_id": b.input_file_id,
+            "completion_window": "24h",
+            "status": b.status,
+            "output_file_id": output,
+            "error_file_id": b.error_file_id,
+            "created_at": int(b.created_at),
+            "in_progress_at": int(b.created_at) + 1 if b.status != "validating" else None,
+            "expires_at": int(b.expires_at),
+            "finalizing_at": stamp if b.status == "completed" else None,
+            "completed_at": stamp if b.status == "completed" else None,
+            "failed_at": stamp if b.status == "failed" else None,
+            "expired_at": stamp if b.status == "expired" else None,
+            "cancelling_at": int(b.cancel_at) if b.cancel_at is not None else None,
+            "cancelled_at": stamp if b.status == "cancelled" else None,
+            "request_counts": {"total": len(b.items), "completed": done, "failed": failed},
+            "metadata": b.metadata,
+        }
+
+    def _an_batch(self, b: FakeBatchJob, base: str) -> dict[str, Any]:
+        counts = Counter(it.outcome for it in b.items)
+        status = "ended" if b.ended_at is not None else "in_progress"
+        if status == "in_progress" and b.cancel_at is not None:
+            status = "canceling"
+        return {
+            "id": b.id,
+            "type": "message_batch",
+            "processing_status": status,
+            "request_counts": {
+                "processing": counts[None],
+                "succeeded": counts["ok"],
+                "errored": sum(n for k, n in counts.items() if k and k.isdigit()),
+                "canceled": counts["canceled"],
+                "expired": counts["expired"],
+            },
+            "created_at": _rfc3339(b.created_at),
+            "expires_at": _rfc3339(b.expires_at),
+            "ended_at": _rfc3339(b.ended_at) if b.ended_at is not None else None,
+            "archived_at": None,
+            "cancel_initiated_at": _rfc3339(b.cancel_at) if b.cancel_at is not None else None,
+            "results_url": f"{base}/v1/messages/batches/{b.id}/results"
+            if status == "ended"
+            else None,
+        }
+
+    def _an_line(self, it: Item) -> bytes:
+        result: dict[str, Any]
+        if it.outcome == "ok":
+            assert it.answer is not None
+            i, o = it.answer["usage"]
+            result = {
+                "type": "succeeded",
+                "message": {
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": it.body.get("model"),
+                    "content": [{"type": "text", "text": it.answer["text"]}],
+                    "stop_reason": it.answer["stop"],
+                    "stop_sequence": None,
+                    "usage": {
+                        "input_tokens": i,
+                        "output_tokens": o,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                    },
+                },
+            }
+        elif it.outcome in ("expired", "canceled"):
+            result = {"type": it.outcome}
+        else:
+            status = int(it.outcome or 500)
+            etype = "invalid_request_error" if status < 500 else "api_error"
+            result = {
+                "type": "errored",
+                "error": {
+                    "type": "error",
+                    "error": {"type": etype, "message": f"simulated {status}"},
+                    "request_id": "req_fake",
+                },
+            }
+        return orjson.dumps({"custom_id": it.custom_id, "result": result}) + b"\n"
+
+    # -- handlers: shared -------------------------------------------------------------------
+
+    def _gate(self, request: web.Request, kind: str, what: str) -> web.Response | None:
+        """Count the call, check the key, and answer a scripted 429 on create."""
+        self.calls[what] += 1
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        key = headers.get("authorization", "")[7:] or headers.get("x-api-key")
+        if self.api.expected_key is not None and key != self.api.expected_key:
+            return self.api._error(kind, 401, "invalid api key")
+        if what in ("batch_create", "msgbatch_create") and self.create_429 > 0:
+            with self._lock:
+                self.create_429 -= 1
+            return self.api._error(kind, 429, "Too many batch creations; retry later")
+        return None
+
+    def _get(self, request: web.Request, kind: str) -> FakeBatchJob | None:
+        b = self.batches.get(request.match_info["id"])
+        if b is None or b.kind != kind or b.deleted:
+            return None
+        if self.tick_per_poll:
+            self.advance(self.tick_per_poll)
+        self._advance(b)
+        return b
+
+    def _paged(
+        self, items: list[dict[str, Any]], request: web.Request, cursor: str
+    ) -> dict[str, Any]:
+        limit = int(request.query.get("limit", "20"))
+        after = request.query.get(cursor)
+        if after is not None:
+            ids = [d["id"] for d in items]
+            items = items[ids.index(after) + 1 :] if after in ids else []
+        page = items[:limit]
+        return {
+            "data": page,
+            "has_more": len(items) > limit,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+        }
+
+    def _missing(self, kind: str) -> web.Response:
+        return self.api._error(kind, 404, "no such batch")
+
+    # -- handlers: OpenAI ---------------------------------------------------------------------
+
+    async def _file_create(self, request: web.Request) -> web.Response:
+        if (bad := self._gate(request, "openai", "file_create")) is not None:
+            return bad
+        form = await request.post()
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str | bytes | bytearray):
+            return self.api._error("openai", 400, "file is required")
+        with self._lock:
+            f = self._store(str(upload.filename), str(form.get("purpose", "")), upload.file.read())
+        return _json(self._file_obj(f))
+
+    def _file_obj(self, f: FakeFile) -> dict[str, Any]:
+        return {
+            "id": f.id,
+            "object": "file",
+            "bytes": len(f.data),
+            "created_at": int(f.created_at),
+            "filename": f.filename,
+            "purpose": f.purpose,
+            "status": "processed",
+            "expires_at": None,
+            "status_details": None,
+        }
+
+    async def _file_list(self, request: web.Request) -> web.Response:
+        self.calls["file_list"] += 1
+        data = [self._file_obj(f) for f in reversed(self.files.values())]
+        return _json({"object": "list", **self._paged(data, request, "after")})
+
+    async def _file_delete(self, request: web.Request) -> web.Response:
+        self.calls["file_delete"] += 1
+        f = self.files.pop(request.match_info["id"], None)
+        if f is None:
+            return self.api._error("openai", 404, "no such file")
+        return _json({"id": f.id, "object": "file", "deleted": True})
+
+    async def _file_content(self, request: web.Request) -> web.StreamResponse:
+        if (bad := self._gate(request, "openai", "file_content")) is not None:
+            return bad
+        f = self.files.get(request.match_info["id"])
+        if f is None:
+            return self.api._error("openai", 404, "no such file")
+        if self.truncate_downloads > 0:
+            with self._lock:
+                self.truncate_downloads -= 1
+            return await _cut_off(request, f.data)
+        return web.Response(body=f.data, content_type="application/octet-stream")
+
+    async def _oa_create(self, request: web.Request) -> web.Response:
+        if (bad := self._gate(request, "openai", "batch_create")) is not None:
+            return bad
+        body = orjson.loads(await request.read())
+        f = self.files.get(str(body.get("input_file_id")))
+        if f is None:
+            return self.api._error("openai", 400, "input_file_id not found")
+        items = [
+            Item(str(line["custom_id"]), line["body"])
+            for line in map(orjson.loads, f.data.splitlines())
+        ]
+        models = {it.body.get("model") for it in items}
+        if len(models) != 1:
+            return self.api._error("openai", 400, "a batch file may hold one model only")
+        b = self._make(
+            "openai",
+            items,
+            model=str(models.pop()),
+            input_file_id=f.id,
+            metadata=body.get("metadata"),
+        )
+        return _json(self._oa_batch(b))
+
+    async def _oa_list(self, request: web.Request) -> web.Response:
+        self.calls["batch_list"] += 1
+        with self._lock:
+            rows = [b for b in reversed(self.batches.values()) if b.kind == "openai"]
+            for b in rows:
+                self._advance(b)
+            data = [self._oa_batch(b) for b in rows]
+        return _json({"object": "list", **self._paged(data, request, "after")})
+
+    async def _oa_get(self, request: web.Request) -> web.Response:
+        self.calls["batch_get"] += 1
+        with self._lock:
+            b = self._get(request, "openai")
+            return _json(self._oa_batch(b)) if b else self._missing("openai")
+
+    async def _oa_cancel(self, request: web.Request) -> web.Response:
+        self.calls["batch_cancel"] += 1
+        with self._lock:
+            b = self._get(request, "openai")
+            if b is None:
+                return self._missing("openai")
+            if b.ended_at is None:
+                b.cancel_at, b.status = self.now(), "cancelling"
+            return _json(self._oa_batch(b))
+
+    # -- handlers: Anthropic ---------------------------------------------------------------------
+
+    async def _an_create(self, request: web.Request) -> web.Response:
+        if (bad := self._gate(request, "anthropic", "msgbatch_create")) is not None:
+            return bad
+        body = orjson.loads(await request.read())
+        items = [Item(str(r["custom_id"]), dict(r["params"])) for r in body.get("requests", [])]
+        b = self._make("anthropic", items)
+        return _json(self._an_batch(b, _base(request)))
+
+    async def _an_list(self, request: web.Request) -> web.Response:
+        self.calls["msgbatch_list"] += 1
+        with self._lock:
+            rows = [
+                b
+                for b in reversed(self.batches.values())
+                if b.kind == "anthropic" and not b.deleted
+            ]
+            for b in rows:
+                self._advance(b)
+            data = [self._an_batch(b, _base(request)) for b in rows]
+        return _json(self._paged(data, request, "after_id"))
+
+    async def _an_get(self, request: web.Request) -> web.Response:
+        self.calls["msgbatch_get"] += 1
+        with self._lock:
+            b = self._get(request, "anthropic")
+            return _json(self._an_batch(b, _base(request))) if b else self._missing("anthropic")
+
+    async def _an_delete(self, request: web.Request) -> web.Response:
+        with self._lock:
+            b = self._get(request, "anthropic")
+            if b is None:
+                return self._missing("anthropic")
+            if b.ended_at is None:
+                return self.api._error("anthropic", 400, "cancel the batch before deleting it")
+            b.deleted = True
+        return _json({"id": b.id, "type": "message_batch_deleted"})
+
+    async def _an_cancel(self, request: web.Request) -> web.Response:
+        self.calls["msgbatch_cancel"] += 1
+        with self._lock:
+            b = self._get(request, "anthropic")
+            if b is None:
+                return self._missing("anthropic")
+            if b.ended_at is None:
+                b.cancel_at = self.now()
+            data = self._an_batch(b, _base(request))
+            if b.ended_at is None:
+                data["processing_status"] = "canceling"
+            return _json(data)
+
+    async def _an_results(self, request: web.Request) -> web.StreamResponse:
+        if (bad := self._gate(request, "anthropic", "msgbatch_results")) is not None:
+            return bad
+        with self._lock:
+            b = self._get(request, "anthropic")
+            if b is None:
+                return self._missing("anthropic")
+            if b.ended_at is None:
+                return self.api._error("anthropic", 400, "the batch is still processing")
+            data = b"".join(self._an_line(it) for it in b.items)
+            cut = self.truncate_downloads > 0
+            if cut:
+                self.truncate_downloads -= 1
+        if cut:
+            return await _cut_off(request, data)
+        return web.Response(body=data, content_type="application/binary")
+
+
+async def _cut_off(request: web.Request, data: bytes) -> web.StreamResponse:
+    """Promise the whole body, send half, and drop the connection."""
+    resp = web.StreamResponse(headers={"content-length": str(len(data))})
+    resp.content_type = "application/octet-stream"
+    await resp.prepare(request)
+    await resp.write(data[: len(data) // 2])
+    assert request.transport is not None
+    request.transport.abort()
+    return resp
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _base(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}"
+
+
+def _json(payload: dict[str, Any]) -> web.Response:
+    return web.json_response(payload, dumps=lambda o: orjson.dumps(o).decode())
