@@ -15,11 +15,13 @@ Faults: ``create_429`` (that many 429s on create), ``fail_next`` (the next batch
 fails with that error code), ``null_output_polls`` (completed but no
 ``output_file_id`` for that many reads), ``empty_error_file`` (``error_file_id:
 ""``), ``truncate_downloads`` (that many downloads cut off), ``expire_after``
-(the fraction of requests done before a batch stalls and expires).
+(the fraction of requests done before a batch stalls and expires), ``create_delay_s``
+(a create is made, then answers late: the window where a client may die).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import itertools
 import math
@@ -97,6 +99,7 @@ class FakeBatch:
     empty_error_file: bool = False
     truncate_downloads: int = 0
     expire_after: float | None = None
+    create_delay_s: float = 0.0  # real seconds a create waits, once made, before it answers
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
     files: dict[str, FakeFile] = field(default_factory=dict)
     created: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, requests)
@@ -159,7 +162,7 @@ class FakeBatch:
         with self._lock:
             prefix = "batch_" if kind == "openai" else "msgbatch_"
             b = FakeBatchJob(kind, self._new_id(prefix), self.now(), items, **kw)
-            if self.fail_next is not None:
+            if self.fail_next is not None and kind == "openai":  # an OpenAI batch state
                 b.failed_code, self.fail_next = self.fail_next, None
             if self.expire_after is not None:
                 b.stall_at = math.floor(len(items) * self.expire_after)
@@ -505,6 +508,8 @@ class FakeBatch:
             input_file_id=f.id,
             metadata=body.get("metadata"),
         )
+        if self.create_delay_s:
+            await asyncio.sleep(self.create_delay_s)
         return _json(self._oa_batch(b))
 
     async def _oa_list(self, request: web.Request) -> web.Response:
@@ -540,6 +545,8 @@ class FakeBatch:
         body = orjson.loads(await request.read())
         items = [Item(str(r["custom_id"]), dict(r["params"])) for r in body.get("requests", [])]
         b = self._make("anthropic", items)
+        if self.create_delay_s:
+            await asyncio.sleep(self.create_delay_s)
         return _json(self._an_batch(b, _base(request)))
 
     async def _an_list(self, request: web.Request) -> web.Response:

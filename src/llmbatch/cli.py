@@ -466,6 +466,11 @@ def models(
     raise typer.Exit(_guard(go))
 
 
+from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
+
+app.add_typer(batch_app, name="batch")
+
+
 def main() -> NoReturn:
     app()
     raise SystemExit(0)  # pragma: no cover  (typer exits itself)
