@@ -22,56 +22,15 @@ from llmbatch._exceptions import InputError, UsageError
 from llmbatch._models import ModelRef
 from llmbatch._pricing import PriceBook
 from llmbatch._usage import Usage
-from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI, fake_env, read_jsonl, write_jsonl
-from tests.fakeapi import FakeAPI
+from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
+from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI, read_jsonl, write_jsonl
 from tests.fakebatch import FakeBatch
-
-OA = "gpt-4o-mini"
-AN = "claude-haiku-4-5"
-
-
-class VirtualClock:
-    """Our clock on the fake's virtual time: a sleep moves the providers' time on."""
-
-    def __init__(self, fb: FakeBatch) -> None:
-        self.fb = fb
-        self.slept = 0.0
-
-    def monotonic(self) -> float:
-        return self.fb.now()
-
-    def time(self) -> float:
-        return self.fb.now()
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept += seconds
-        self.fb.advance(seconds)
-        await anyio.lowlevel.checkpoint()
 
 
 @pytest.fixture
 def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
-    api = FakeAPI(retry_after=0.01)
-    batch = FakeBatch(api)
-    api.start()
-    for k, v in fake_env(api).items():
-        monkeypatch.setenv(k, v)
-    try:
+    with running_fake(monkeypatch) as batch:
         yield batch
-    finally:
-        api.stop()
-
-
-def jobs_file(tmp_path: Path, n: int, models: tuple[str, ...] = (OA, AN)) -> Path:
-    rows = [
-        {"id": f"job-{i}", "prompt": f"Question {i}: what is {i} + {i}?", "model": models[i % 2]}
-        for i in range(n)
-    ]
-    return write_jsonl(tmp_path / "jobs.jsonl", rows)
-
-
-def config(jobs: Path, **kw: Any) -> RunConfig:
-    return RunConfig(jobs=jobs, output=jobs.with_name("out.jsonl"), **kw)
 
 
 def do_submit(cfg: RunConfig, clock: VirtualClock, batch_size: int | None = None) -> SubmitReport:

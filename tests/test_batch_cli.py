@@ -100,3 +100,29 @@ def test_kill_during_submit_then_submit_again_pays_once(
     fb.advance(3600)
     assert run_cli("batch", "fetch", out, env=env).code == 0
     assert len(read_jsonl(Path(out))) == 10
+
+
+def test_run_mode_auto_from_the_shell(fb: FakeBatch, tmp_path: Path) -> None:
+    env = fake_env(fb.api)
+    path = jobs(tmp_path, 12, ("gpt-4o-mini", "claude-haiku-4-5"))
+    out = tmp_path / "out.jsonl"
+    report = tmp_path / "report.json"
+    sub = run_cli("batch", "submit", str(path), "-o", str(out), "--batch-size", "3", env=env)
+    assert sub.code == 0 and len(fb.created) == 4
+    online = run_cli("run", str(path), "-o", str(out), env=env)
+    assert online.code == 2 and "still open" in online.stderr
+    assert not fb.api.records
+    res = run_cli(
+        "run", str(path), "-o", str(out), "--mode", "auto", "--batch-deadline", "1s",
+        "--report", str(report), env=env,
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    assert "batch deadline reached" in res.stderr
+    lines = read_jsonl(out)
+    assert Counter(x["id"] for x in lines) == Counter(f"job-{i}" for i in range(12))
+    assert len(fb.api.records) == 12  # nothing finished in a second of real time: all online
+    assert orjson.loads(report.read_bytes())["batch"] == {
+        "jobs": 0,
+        "cost_usd": 0.0,
+        "online_cost_usd": 0.0,
+    }

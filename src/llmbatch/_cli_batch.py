@@ -266,3 +266,34 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     from .cli import _guard
 
     raise typer.Exit(_guard(go))
+
+
+def run_mode(cfg: RunConfig, mode: str, batch_deadline: str | None) -> int:
+    """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
+    import anyio
+
+    from ._batch_run import parse_duration, run_with_batches
+    from ._progress import make_progress
+    from .cli import _console, _err
+
+    deadline = parse_duration(batch_deadline) if batch_deadline is not None else None
+
+    def say(message: str) -> None:
+        if not cfg.quiet:
+            _err(message)
+
+    rep = anyio.run(
+        lambda: run_with_batches(
+            cfg, mode=mode, deadline=deadline, progress=make_progress(cfg.quiet), say=say
+        )
+    )
+    if cfg.report is not None:
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.report.write_bytes(rep.to_json())
+    if not cfg.quiet:
+        console = _console(stderr=True)
+        console.print()
+        rep.render(console)
+    if rep.run.stopped_by == "signal":
+        return 130
+    return rep.exit_code
