@@ -45,7 +45,7 @@ def output_config(output: str, config_path: Path | None) -> RunConfig:
 def _stamp(ts: float | None) -> str:
     if ts is None:
         return ""
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+    return datetime.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
 
 
 def render_rows(rows: list[BatchRow], as_json: bool) -> None:
@@ -57,13 +57,15 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
         data = [r.to_dict() for r in rows]
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="batches", title_justify="left")
-    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "created", "expires"):
-        table.add_column(col, justify="right" if col in ("ok", "failed", "total") else "left")
+    table = Table(title="batches", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "expires"):
+        right = col in ("ok", "failed", "total")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for r in rows:
-        state = r.state + (" (fetched)" if r.fetched else "")
+        state = r.state + (", fetched" if r.fetched else "")
         table.add_row(
             r.provider,
             r.model,
@@ -72,7 +74,6 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
             str(r.succeeded),
             str(r.failed),
             str(r.total),
-            _stamp(r.created_at),
             _stamp(r.expires_at),
         )
     _console().print(table)
