@@ -268,3 +268,16 @@ def test_keys_never_reach_state_or_results(fb: FakeBatch, tmp_path: Path) -> Non
             assert CANARY_OPENAI.encode() not in data and CANARY_ANTHROPIC.encode() not in data
     state = (tmp_path / "out.jsonl.batches" / "batches.jsonl").read_bytes()
     assert [orjson.loads(x)["ev"] for x in state.splitlines()].count("closed") == 2
+
+
+def test_create_that_times_out_is_found_not_sent_again(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 6), idle_timeout=0.5)
+    fb.create_delay_s = 3  # each create is made, then its answer comes too late
+    rep = do_submit(cfg, clock)
+    assert rep.jobs == 6 and len(fb.created) == 2
+    assert sum("found batch" in n for n in rep.notes) == 2
+    assert set(fb.sent_ids().values()) == {1}
+    fb.create_delay_s = 0
+    fb.advance(700)
+    assert do_fetch(cfg, clock).ok == 6

@@ -59,13 +59,19 @@ class BatchContext:
             client = self.clients[provider] = self.factory(provider, self.config)
         return client
 
-    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """One API call, retried on transient errors with jittered backoff (retry-after wins)."""
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, idempotent: bool = True) -> T:
+        """One API call, retried on transient errors with jittered backoff (retry-after wins).
+
+        A call that is not ``idempotent`` (a create) is retried only when the server
+        answered with an error status: after a timeout or a dropped connection the
+        batch may exist, and a blind retry could pay for it twice.
+        """
         for attempt in range(1, CALL_ATTEMPTS + 1):
             try:
                 return await fn(*args)
             except ProviderError as exc:
-                if not exc.retryable or attempt == CALL_ATTEMPTS:
+                ambiguous = not idempotent and exc.status is None
+                if not exc.retryable or ambiguous or attempt == CALL_ATTEMPTS:
                     raise
                 wait = exc.retry_after
                 if wait is None:

@@ -109,7 +109,9 @@ class _Fetcher:
         return still
 
     def close(self, chunk: Chunk, info: BatchInfo, items: list[ItemResult]) -> None:
-        rows = {r["cid"]: r for r in self.ctx.state.read_jobs(chunk.local)}
+        listed = self.ctx.state.read_jobs(chunk.local)
+        rows = {r["cid"]: r for r in listed}
+        by_id = {r["id"]: r for r in listed}
         ref = ModelRef(chunk.provider, chunk.model)
         lines: list[bytes] = []
         returned: dict[str, str] = {}
@@ -123,7 +125,7 @@ class _Fetcher:
                 returned[row["id"]] = item.error.error_type
             else:
                 lines.append(self.line(ref, chunk, info, row, item))
-        why = "batch_failed" if info.batch_error else "missing"
+        why = _missing_reason(info)
         for row in rows.values():  # in no results file: a failed batch, or lost
             if not self.is_done(row["id"]):
                 returned[row["id"]] = why
@@ -131,7 +133,6 @@ class _Fetcher:
             self.ctx.notes.append(
                 f"batch {info.id} failed ({info.batch_error}); its jobs go back to pending"
             )
-        by_id = {r["id"]: r for r in self.ctx.state.read_jobs(chunk.local)}
         for job_id, reason in list(returned.items()):
             if reason not in UNCOUNTED and self.ctx.state.rounds[job_id] + 1 >= self.max_attempts:
                 del returned[job_id]
@@ -229,6 +230,17 @@ class _Fetcher:
         )
         self.written.add(row["id"])
         return with_batch(result, info.id, row["cid"])
+
+
+def _missing_reason(info: BatchInfo) -> str:
+    """Why a request is in no results file: its batch failed, was canceled, or expired."""
+    if info.batch_error:
+        return "batch_failed"
+    if info.status in ("cancelled", "canceled", "cancelling"):
+        return "canceled"
+    if info.status == "expired":
+        return "expired"
+    return "missing"
 
 
 _KNOWN = {"rate_limited", "overloaded", "server_error", "timeout", "connection"}

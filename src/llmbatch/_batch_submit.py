@@ -245,7 +245,9 @@ class _Submitter:
         )
         record = state.chunks[local]
         try:
-            info = await self.ctx.call(client.create, state.key(record), [p.line for p in chunk])
+            info = await self.ctx.call(
+                client.create, state.key(record), [p.line for p in chunk], idempotent=False
+            )
         except ProviderError:
             # It may exist anyway (a timeout after the provider took it): look before giving up.
             if await recover_chunk(self.ctx, record) is None:
