@@ -137,6 +137,8 @@ class FakeBatch:
             return Counter(it.custom_id for b in self.batches.values() for it in b.items)
 
     def mount(self, app: web.Application) -> None:
+        # Batch bodies run to hundreds of MB; aiohttp's default cap is 1 MB.
+        app._client_max_size = 512 * 1024 * 1024
         r = app.router
         r.add_post("/v1/files", self._file_create)
         r.add_get("/v1/files", self._file_list)

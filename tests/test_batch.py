@@ -281,3 +281,16 @@ def test_create_that_times_out_is_found_not_sent_again(fb: FakeBatch, tmp_path: 
     fb.create_delay_s = 0
     fb.advance(700)
     assert do_fetch(cfg, clock).ok == 6
+
+
+def test_chunks_stay_under_the_byte_limit(
+    fb: FakeBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbatch.providers.batch_openai import OpenAIBatchClient
+
+    monkeypatch.setattr(OpenAIBatchClient, "max_bytes", 2000)
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 20, models=(OA, OA)))
+    assert do_submit(cfg, clock).jobs == 20
+    sizes = [len(f.data) for f in fb.files.values() if f.purpose == "batch"]
+    assert len(sizes) > 1 and max(sizes) <= 2000 and sum(n for _, _, n in fb.created) == 20

@@ -109,3 +109,16 @@ def test_durations() -> None:
     assert parse_duration("1h30m") == 5400
     with pytest.raises(UsageError):
         parse_duration("soon")
+
+
+def test_batch_block_from_a_results_file(fb: FakeBatch, tmp_path: Path) -> None:
+    from llmbatch._batch_run import batch_part_from_results
+
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 30))
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert cfg.output is not None
+    part = batch_part_from_results(cfg.output)
+    assert part.jobs == rep.batch.jobs == 30
+    assert part.cost_usd == pytest.approx(rep.batch.cost_usd, abs=30 * 5e-9)
+    assert part.online_cost_usd == pytest.approx(rep.batch.online_cost_usd, rel=1e-3)

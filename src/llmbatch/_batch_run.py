@@ -180,3 +180,24 @@ async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | 
 def _stderr(message: str) -> None:
     sys.stderr.write(f"llmbatch: {message}\n")
     sys.stderr.flush()
+
+
+def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) -> BatchPart:
+    """The report's ``batch`` block from a results file: lines that carry ``"batch"``."""
+    from ._models import ModelRef
+    from ._pricing import PriceBook
+    from ._results import iter_result_lines
+    from ._usage import Usage
+
+    book = PriceBook(prices or {})
+    jobs, cost, online = 0, 0.0, 0.0
+    for _, _, line, _ in iter_result_lines(path):
+        if line is None or "batch" not in line:
+            continue
+        jobs += 1
+        c = float(line.get("cost_usd") or 0.0)
+        cost += c
+        ref = ModelRef(str(line.get("provider")), str(line.get("model")))
+        o = book.cost(ref, Usage.from_dict(line.get("usage")))
+        online += c if o is None else o
+    return BatchPart(jobs, cost, online, 0, False)

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
 
 from ._batch import (
     BatchContext,
@@ -149,31 +153,44 @@ class _Submitter:
         self.batches: list[SubmittedBatch] = []
         self.jobs = 0
 
-    def collect(self) -> dict[ModelRef, list[PreparedJob]]:
-        """Stream the jobs file again: every valid job not done and not in an open batch."""
+    def collect(self, spool: Path) -> dict[ModelRef, Path]:
+        """Stream the jobs file again; spool every job not done and not in an open batch,
+        ready to send, to one file per (provider, model): memory stays flat."""
         cfg = self.ctx.config
         existing = self.planner.existing
         done = existing.done if existing is not None else None
         in_open = self.ctx.state.open_job_ids()
-        groups: dict[ModelRef, list[PreparedJob]] = {}
-        with open_jobs(cfg.jobs) as stream:
-            for lineno, raw in iter_lines(stream):
-                if lineno > self.plan.last_line:
-                    break
-                if lineno in self.plan.invalid_lines:
-                    continue
-                try:
-                    job = self.planner.parser.parse(raw, lineno)
-                except LineError:
-                    continue
-                if done is not None and done.fingerprint(job.id) is not None:
-                    continue
-                if job.id in in_open:
-                    self.skipped_open += 1
-                    continue
-                pj = self.planner.prepare(job)
-                groups.setdefault(pj.chain[0], []).append(pj)
-        return groups
+        files: dict[ModelRef, BinaryIO] = {}
+        used: dict[ModelRef, set[str]] = {}
+        try:
+            with open_jobs(cfg.jobs) as stream:
+                for lineno, raw in iter_lines(stream):
+                    if lineno > self.plan.last_line:
+                        break
+                    if lineno in self.plan.invalid_lines:
+                        continue
+                    try:
+                        job = self.planner.parser.parse(raw, lineno)
+                    except LineError:
+                        continue
+                    if done is not None and done.fingerprint(job.id) is not None:
+                        continue
+                    if job.id in in_open:
+                        self.skipped_open += 1
+                        continue
+                    pj = self.planner.prepare(job)
+                    ref = pj.chain[0]
+                    out = files.get(ref)
+                    if out is None:
+                        self.ctx.client(ref.provider)  # no Batch API: refused before any call
+                        out = files[ref] = (spool / f"{len(files)}.spool").open("wb")
+                    item = self.pending(ref, pj, used.setdefault(ref, set()))
+                    out.write(orjson.dumps([item.row, item.cost, item.tokens, item.line.decode()]))
+                    out.write(b"\n")
+        finally:
+            for f in files.values():
+                f.close()
+        return {ref: Path(f.name) for ref, f in files.items()}
 
     def price(self, ref: ModelRef) -> Price | None:
         if ref not in self.prices:
@@ -185,34 +202,36 @@ class _Submitter:
                 self.ctx.notes.append(note)
         return self.prices[ref]
 
-    def pending(
-        self, ref: ModelRef, jobs: list[PreparedJob], client: BatchClient
-    ) -> Iterator[_Pending]:
+    def pending(self, ref: ModelRef, pj: PreparedJob, used: set[str]) -> _Pending:
+        """One job as it goes into its batch, with its worst case at the batch price."""
         settings = self.ctx.config.providers[ref.provider]
         price = self.price(ref)
-        used: set[str] = set()
-        for pj in jobs:
-            body = request_body(settings, ref.model, pj.request, self.wire_notes)
-            cid = custom_id(pj.job.id, used)
-            worst_in = estimate_input_tokens(pj.request, conservative=True)
-            out = pj.request.max_tokens or self.ctx.config.max_tokens
-            cost = 0.0 if price is None else price.cost(Usage(worst_in, out))
-            row = {"cid": cid, "id": pj.job.id, "fp": pj.fingerprint, "meta": pj.job.metadata}
-            if pj.request.schema is not None:
-                row["schema"] = pj.request.schema
-            yield _Pending(row, client.encode(cid, body), cost, worst_in + out)
+        body = request_body(settings, ref.model, pj.request, self.wire_notes)
+        cid = custom_id(pj.job.id, used)
+        worst_in = estimate_input_tokens(pj.request, conservative=True)
+        out = pj.request.max_tokens or self.ctx.config.max_tokens
+        cost = 0.0 if price is None else price.cost(Usage(worst_in, out))
+        row = {"cid": cid, "id": pj.job.id, "fp": pj.fingerprint, "meta": pj.job.metadata}
+        if pj.request.schema is not None:
+            row["schema"] = pj.request.schema
+        line = self.ctx.client(ref.provider).encode(cid, body)
+        return _Pending(row, line, cost, worst_in + out)
 
-    def chunks(self, items: Iterator[_Pending], client: BatchClient) -> Iterator[list[_Pending]]:
+    def chunks(self, spooled: Path, client: BatchClient) -> Iterator[list[_Pending]]:
+        """Read a spool back as chunks under the provider's limits and ``--batch-size``."""
         limit = min(client.max_requests, self.batch_size or client.max_requests)
         max_bytes = int(client.max_bytes * _BYTES_MARGIN)
         chunk: list[_Pending] = []
         size = 0
-        for item in items:
-            if chunk and (len(chunk) >= limit or size + len(item.line) + 1 > max_bytes):
-                yield chunk
-                chunk, size = [], 0
-            chunk.append(item)
-            size += len(item.line) + 1
+        with spooled.open("rb") as f:
+            for raw in f:
+                row, cost, tokens, text = orjson.loads(raw)
+                item = _Pending(row, text.encode(), cost, tokens)
+                if chunk and (len(chunk) >= limit or size + len(item.line) + 1 > max_bytes):
+                    yield chunk
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item.line) + 1
         if chunk:
             yield chunk
 
@@ -277,21 +296,9 @@ async def submit(
             cut_torn_tail(existing)
         await recover(ctx)
         sub = _Submitter(ctx, planner, plan, batch_size)
-        groups = sub.collect()
-        clients = {ref: ctx.client(ref.provider) for ref in groups}  # no Batch API: exit 2 now
-        budget = RunBudget(config.max_cost, config.max_total_tokens)
-        if existing is not None:
-            budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
-        budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
-        for ref in sorted(groups, key=str):
-            client = clients[ref]
-            for chunk in sub.chunks(sub.pending(ref, groups[ref], client), client):
-                if sub.stopped_by is not None:
-                    sub.not_submitted += len(chunk)
-                    continue
-                chunk = sub.fit(budget, chunk)
-                if chunk:
-                    await sub.create(ref, client, chunk)
+        ctx.state.dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
+            await _send(ctx, sub, config, sub.collect(Path(spool)))
         ctx.notes.extend(sorted(sub.wire_notes))
         return SubmitReport(
             batches=sub.batches,
@@ -303,3 +310,23 @@ async def submit(
             reserved_cost=ctx.state.reserved()[0],
             notes=ctx.notes,
         )
+
+
+async def _send(
+    ctx: BatchContext, sub: _Submitter, config: RunConfig, spools: dict[ModelRef, Path]
+) -> None:
+    """Create the chunks in order, each holding its worst case; stop where the budget ends."""
+    existing = sub.planner.existing
+    budget = RunBudget(config.max_cost, config.max_total_tokens)
+    if existing is not None:
+        budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
+    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
+    for ref in sorted(spools, key=str):
+        client = ctx.client(ref.provider)
+        for chunk in sub.chunks(spools[ref], client):
+            if sub.stopped_by is not None:
+                sub.not_submitted += len(chunk)
+                continue
+            chunk = sub.fit(budget, chunk)
+            if chunk:
+                await sub.create(ref, client, chunk)
