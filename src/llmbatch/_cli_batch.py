@@ -61,11 +61,11 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="batches", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "expires"):
+    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "created", "expires"):
         right = col in ("ok", "failed", "total")
         table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for r in rows:
-        state = r.state + (", fetched" if r.fetched else "")
+        state = "fetched" if r.fetched else r.state  # the provider's word until then
         table.add_row(
             r.provider,
             r.model,
@@ -74,6 +74,7 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
             str(r.succeeded),
             str(r.failed),
             str(r.total),
+            _stamp(r.created_at),
             _stamp(r.expires_at),
         )
     _console().print(table)
