@@ -22,7 +22,6 @@ fails with that error code), ``null_output_polls`` (completed but no
 from __future__ import annotations
 
 import asyncio
-import datetime
 import itertools
 import math
 import threading
@@ -35,54 +34,16 @@ import orjson
 from aiohttp import web
 
 from tests.fakeapi import FakeAPI
-
-WINDOW_S = 24 * 3600
-ANTHROPIC_EXPIRY_S = 24 * 3600
-
-
-@dataclass
-class Item:
-    """One request inside a batch."""
-
-    custom_id: str
-    body: dict[str, Any]
-    outcome: str | None = None  # None while unprocessed; "ok", "400", "500", "expired", ...
-    answer: dict[str, Any] | None = None
-
-
-@dataclass
-class FakeBatchJob:
-    """One batch, either provider's; ``kind`` says whose wire format."""
-
-    kind: str
-    id: str
-    created_at: float
-    items: list[Item]
-    model: str | None = None
-    input_file_id: str = ""
-    metadata: dict[str, str] | None = None
-    cancel_at: float | None = None
-    ended_at: float | None = None
-    status: str = "validating"
-    failed_code: str | None = None
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    null_polls_left: int = 0
-    stall_at: int | None = None  # processed count where it stops (expiry faults)
-    deleted: bool = False
-
-    @property
-    def expires_at(self) -> float:
-        return self.created_at + (WINDOW_S if self.kind == "openai" else ANTHROPIC_EXPIRY_S)
-
-
-@dataclass
-class FakeFile:
-    id: str
-    filename: str
-    purpose: str
-    data: bytes
-    created_at: float
+from tests.fakebatch_wire import (
+    FakeBatchJob,
+    FakeFile,
+    Item,
+    an_batch,
+    an_line,
+    file_obj,
+    oa_batch,
+    oa_line,
+)
 
 
 @dataclass
@@ -229,8 +190,16 @@ class FakeBatch:
             self._write_openai_files(b)
 
     def _write_openai_files(self, b: FakeBatchJob) -> None:
-        ok = [self._oa_line(b, it) for it in b.items if it.outcome == "ok"]
-        bad = [self._oa_line(b, it) for it in b.items if it.outcome != "ok"]
+        ok = [
+            oa_line(it, self._new_id("batch_req_"), self.now())
+            for it in b.items
+            if it.outcome == "ok"
+        ]
+        bad = [
+            oa_line(it, self._new_id("batch_req_"), self.now())
+            for it in b.items
+            if it.outcome != "ok"
+        ]
         if ok:
             b.output_file_id = self._store(f"{b.id}_output.jsonl", "batch_output", b"".join(ok)).id
         if bad and not self.empty_error_file:
@@ -242,159 +211,6 @@ class FakeBatch:
         f = FakeFile(self._new_id("file-"), name, purpose, data, self.now())
         self.files[f.id] = f
         return f
-
-    # -- wire shapes ----------------------------------------------------------------------------
-
-    def _oa_line(self, b: FakeBatchJob, it: Item) -> bytes:
-        line: dict[str, Any] = {"id": self._new_id("batch_req_"), "custom_id": it.custom_id}
-        if it.outcome == "ok":
-            assert it.answer is not None
-            i, o = it.answer["usage"]
-            body = {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": int(self.now()),
-                "model": it.body.get("model"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": it.answer["text"],
-                            "refusal": None,
-                        },
-                        "finish_reason": "stop" if it.answer["stop"] == "end_turn" else "length",
-                        "logprobs": None,
-                    }
-                ],
-                "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o},
-            }
-            line["response"] = {"status_code": 200, "request_id": "req_fake", "body": body}
-            line["error"] = None
-        elif it.outcome in ("expired", "canceled"):
-            code = "batch_expired" if it.outcome == "expired" else "batch_cancelled"
-            line["response"] = None
-            line["error"] = {"code": code, "message": f"This request was not executed ({code})."}
-        else:
-            status = int(it.outcome or 500)
-            etype = "invalid_request_error" if status < 500 else "server_error"
-            err = {"message": f"simulated {status}", "type": etype, "param": None, "code": None}
-            line["response"] = {
-                "status_code": status,
-                "request_id": "req_fake",
-                "body": {"error": err},
-            }
-            line["error"] = None
-        return orjson.dumps(line) + b"\n"
-
-    def _oa_batch(self, b: FakeBatchJob) -> dict[str, Any]:
-        done = sum(1 for it in b.items if it.outcome == "ok")
-        failed = sum(1 for it in b.items if it.outcome not in (None, "ok"))
-        stamp = int(b.ended_at) if b.ended_at is not None else None
-        output = b.output_file_id
-        if b.status == "completed" and b.null_polls_left > 0:
-            b.null_polls_left -= 1
-            output = None  # the output file is still being written
-        errors = None
-        if b.failed_code is not None and b.status == "failed":
-            errors = {
-                "object": "list",
-                "data": [
-                    {
-                        "code": b.failed_code,
-                        "message": f"Enqueued token limit reached for {b.model}.",
-                        "param": None,
-                        "line": None,
-                    }
-                ],
-            }
-        return {
-            "id": b.id,
-            "object": "batch",
-            "endpoint": "/v1/chat/completions",
-            "model": b.model,
-            "errors": errors,
-            "input_file_id": b.input_file_id,
-            "completion_window": "24h",
-            "status": b.status,
-            "output_file_id": output,
-            "error_file_id": b.error_file_id,
-            "created_at": int(b.created_at),
-            "in_progress_at": int(b.created_at) + 1 if b.status != "validating" else None,
-            "expires_at": int(b.expires_at),
-            "finalizing_at": stamp if b.status == "completed" else None,
-            "completed_at": stamp if b.status == "completed" else None,
-            "failed_at": stamp if b.status == "failed" else None,
-            "expired_at": stamp if b.status == "expired" else None,
-            "cancelling_at": int(b.cancel_at) if b.cancel_at is not None else None,
-            "cancelled_at": stamp if b.status == "cancelled" else None,
-            "request_counts": {"total": len(b.items), "completed": done, "failed": failed},
-            "metadata": b.metadata,
-        }
-
-    def _an_batch(self, b: FakeBatchJob, base: str) -> dict[str, Any]:
-        counts = Counter(it.outcome for it in b.items)
-        status = "ended" if b.ended_at is not None else "in_progress"
-        if status == "in_progress" and b.cancel_at is not None:
-            status = "canceling"
-        return {
-            "id": b.id,
-            "type": "message_batch",
-            "processing_status": status,
-            "request_counts": {
-                "processing": counts[None],
-                "succeeded": counts["ok"],
-                "errored": sum(n for k, n in counts.items() if k and k.isdigit()),
-                "canceled": counts["canceled"],
-                "expired": counts["expired"],
-            },
-            "created_at": _rfc3339(b.created_at),
-            "expires_at": _rfc3339(b.expires_at),
-            "ended_at": _rfc3339(b.ended_at) if b.ended_at is not None else None,
-            "archived_at": None,
-            "cancel_initiated_at": _rfc3339(b.cancel_at) if b.cancel_at is not None else None,
-            "results_url": f"{base}/v1/messages/batches/{b.id}/results"
-            if status == "ended"
-            else None,
-        }
-
-    def _an_line(self, it: Item) -> bytes:
-        result: dict[str, Any]
-        if it.outcome == "ok":
-            assert it.answer is not None
-            i, o = it.answer["usage"]
-            result = {
-                "type": "succeeded",
-                "message": {
-                    "id": "msg_fake",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": it.body.get("model"),
-                    "content": [{"type": "text", "text": it.answer["text"]}],
-                    "stop_reason": it.answer["stop"],
-                    "stop_sequence": None,
-                    "usage": {
-                        "input_tokens": i,
-                        "output_tokens": o,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
-                    },
-                },
-            }
-        elif it.outcome in ("expired", "canceled"):
-            result = {"type": it.outcome}
-        else:
-            status = int(it.outcome or 500)
-            etype = "invalid_request_error" if status < 500 else "api_error"
-            result = {
-                "type": "errored",
-                "error": {
-                    "type": "error",
-                    "error": {"type": etype, "message": f"simulated {status}"},
-                    "request_id": "req_fake",
-                },
-            }
-        return orjson.dumps({"custom_id": it.custom_id, "result": result}) + b"\n"
 
     # -- handlers: shared -------------------------------------------------------------------
 
@@ -450,24 +266,11 @@ class FakeBatch:
             return self.api._error("openai", 400, "file is required")
         with self._lock:
             f = self._store(str(upload.filename), str(form.get("purpose", "")), upload.file.read())
-        return _json(self._file_obj(f))
-
-    def _file_obj(self, f: FakeFile) -> dict[str, Any]:
-        return {
-            "id": f.id,
-            "object": "file",
-            "bytes": len(f.data),
-            "created_at": int(f.created_at),
-            "filename": f.filename,
-            "purpose": f.purpose,
-            "status": "processed",
-            "expires_at": None,
-            "status_details": None,
-        }
+        return _json(file_obj(f))
 
     async def _file_list(self, request: web.Request) -> web.Response:
         self.calls["file_list"] += 1
-        data = [self._file_obj(f) for f in reversed(self.files.values())]
+        data = [file_obj(f) for f in reversed(self.files.values())]
         return _json({"object": "list", **self._paged(data, request, "after")})
 
     async def _file_delete(self, request: web.Request) -> web.Response:
@@ -512,7 +315,7 @@ class FakeBatch:
         )
         if self.create_delay_s:
             await asyncio.sleep(self.create_delay_s)
-        return _json(self._oa_batch(b))
+        return _json(oa_batch(b))
 
     async def _oa_list(self, request: web.Request) -> web.Response:
         self.calls["batch_list"] += 1
@@ -520,14 +323,14 @@ class FakeBatch:
             rows = [b for b in reversed(self.batches.values()) if b.kind == "openai"]
             for b in rows:
                 self._advance(b)
-            data = [self._oa_batch(b) for b in rows]
+            data = [oa_batch(b) for b in rows]
         return _json({"object": "list", **self._paged(data, request, "after")})
 
     async def _oa_get(self, request: web.Request) -> web.Response:
         self.calls["batch_get"] += 1
         with self._lock:
             b = self._get(request, "openai")
-            return _json(self._oa_batch(b)) if b else self._missing("openai")
+            return _json(oa_batch(b)) if b else self._missing("openai")
 
     async def _oa_cancel(self, request: web.Request) -> web.Response:
         self.calls["batch_cancel"] += 1
@@ -537,7 +340,7 @@ class FakeBatch:
                 return self._missing("openai")
             if b.ended_at is None:
                 b.cancel_at, b.status = self.now(), "cancelling"
-            return _json(self._oa_batch(b))
+            return _json(oa_batch(b))
 
     # -- handlers: Anthropic ---------------------------------------------------------------------
 
@@ -549,7 +352,7 @@ class FakeBatch:
         b = self._make("anthropic", items)
         if self.create_delay_s:
             await asyncio.sleep(self.create_delay_s)
-        return _json(self._an_batch(b, _base(request)))
+        return _json(an_batch(b, _base(request)))
 
     async def _an_list(self, request: web.Request) -> web.Response:
         self.calls["msgbatch_list"] += 1
@@ -561,14 +364,14 @@ class FakeBatch:
             ]
             for b in rows:
                 self._advance(b)
-            data = [self._an_batch(b, _base(request)) for b in rows]
+            data = [an_batch(b, _base(request)) for b in rows]
         return _json(self._paged(data, request, "after_id"))
 
     async def _an_get(self, request: web.Request) -> web.Response:
         self.calls["msgbatch_get"] += 1
         with self._lock:
             b = self._get(request, "anthropic")
-            return _json(self._an_batch(b, _base(request))) if b else self._missing("anthropic")
+            return _json(an_batch(b, _base(request))) if b else self._missing("anthropic")
 
     async def _an_delete(self, request: web.Request) -> web.Response:
         with self._lock:
@@ -588,7 +391,7 @@ class FakeBatch:
                 return self._missing("anthropic")
             if b.ended_at is None:
                 b.cancel_at = self.now()
-            data = self._an_batch(b, _base(request))
+            data = an_batch(b, _base(request))
             if b.ended_at is None:
                 data["processing_status"] = "canceling"
             return _json(data)
@@ -602,7 +405,7 @@ class FakeBatch:
                 return self._missing("anthropic")
             if b.ended_at is None:
                 return self.api._error("anthropic", 400, "the batch is still processing")
-            data = b"".join(self._an_line(it) for it in b.items)
+            data = b"".join(an_line(it) for it in b.items)
             cut = self.truncate_downloads > 0
             if cut:
                 self.truncate_downloads -= 1
@@ -620,10 +423,6 @@ async def _cut_off(request: web.Request, data: bytes) -> web.StreamResponse:
     assert request.transport is not None
     request.transport.abort()
     return resp
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _base(request: web.Request) -> str:
