@@ -11,8 +11,8 @@ batch works through its requests in ``process_s`` virtual seconds; answers come
 from the FakeAPI's own answer generator, and its rules decide per-request faults
 (``"400"`` → an errored request, ``"500"`` → a transient one).
 
-Faults: ``create_429`` (that many 429s on create), ``fail_next`` (the next batch
-fails with that error code), ``null_output_polls`` (completed but no
+Faults: ``create_429`` (that many 429s on create), ``fail_next`` (the next OpenAI
+batch fails with that error code), ``null_output_polls`` (completed but no
 ``output_file_id`` for that many reads), ``empty_error_file`` (``error_file_id:
 ""``), ``truncate_downloads`` (that many downloads cut off), ``expire_after``
 (the fraction of requests done before a batch stalls and expires), ``create_delay_s``

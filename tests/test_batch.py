@@ -218,6 +218,7 @@ def test_custom_ids_mapped_schema_checked_and_bodies_as_run_sends(
     assert lines["with space/and:colon"]["batch"]["custom_id"].startswith("m-")
     # The fake answers prose: the schema job fails validation, billed and recorded.
     assert lines["x" * 80]["error"]["type"] == "schema_invalid" and rep.failed == 1
+    assert any("missed the schema" in n for n in rep.notes)
 
 
 def test_check_pass_refuses_before_sending(fb: FakeBatch, tmp_path: Path) -> None:

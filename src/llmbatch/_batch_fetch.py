@@ -38,6 +38,7 @@ class FetchTotals:
     batch_jobs: int = 0
     cost_usd: float = 0.0
     online_cost_usd: float = 0.0
+    schema_misses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class _Fetcher:
             if problem is not None:
                 # Repairs go through the online attempt loop; `run --retry-failed` does them.
                 parsed = None
+                self.totals.schema_misses += 1
                 error = {
                     "type": "schema_invalid",
                     "message": f"the answer does not match the schema: {problem}",
@@ -275,6 +277,11 @@ async def fetch(
         finally:
             f.writer.close()
         t = f.totals
+        if t.schema_misses:
+            ctx.notes.append(
+                f"{t.schema_misses} answer(s) missed the schema (failed lines, billed); "
+                "`llmbatch run JOBS -o OUTPUT --retry-failed` asks them again online, with repairs"
+            )
         return FetchReport(
             ok=t.ok,
             failed=t.failed,
