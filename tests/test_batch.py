@@ -295,3 +295,15 @@ def test_chunks_stay_under_the_byte_limit(
     assert do_submit(cfg, clock).jobs == 20
     sizes = [len(f.data) for f in fb.files.values() if f.purpose == "batch"]
     assert len(sizes) > 1 and max(sizes) <= 2000 and sum(n for _, _, n in fb.created) == 20
+
+
+def test_a_batch_the_provider_does_not_know_stays_open(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 4, models=(OA, OA)))
+    do_submit(cfg, clock)
+    fb.batches.clear()  # gone at the provider (or made with another key)
+    rep = do_fetch(cfg, clock)
+    assert rep.exit_code == 4 and any("does not know" in n for n in rep.notes)
+    rows = anyio.run(lambda: _status(cfg))
+    assert [(r.state, r.in_progress, r.fetched) for r in rows] == [("not found", True, False)]
+    assert do_submit(cfg, clock).jobs == 0  # its jobs are not sent again

@@ -11,14 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ._batch_state import BatchState, Chunk
 from ._batch_types import BatchClient, BatchInfo
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
-from ._exceptions import ProviderError, UsageError
+from ._exceptions import NotFound, ProviderError, UsageError
 from ._lock import OutputLock
 
 ClientFactory = Callable[[str, RunConfig], BatchClient]
@@ -141,6 +141,20 @@ async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
     return None
 
 
+async def lookup(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
+    """The provider's view of an open chunk; None (and a note) when it does not know it."""
+    assert chunk.batch_id is not None
+    try:
+        return await ctx.call(ctx.client(chunk.provider).get, chunk.batch_id)
+    except NotFound:
+        # Not dropped: it may exist under another key, and resubmitting could pay twice.
+        ctx.notes.append(
+            f"{chunk.provider} does not know batch {chunk.batch_id} (deleted, or made with "
+            "another API key?); it stays open here and its jobs are not resubmitted"
+        )
+        return None
+
+
 def created_event(chunk: Chunk, info: BatchInfo, adopted: bool = False) -> dict[str, object]:
     return {
         "ev": "created",
@@ -210,7 +224,7 @@ def _recorded_row(c: Chunk) -> BatchRow:
         c.batch_id or "(being created)",
         "creating" if creating else (c.status or "ended"),
         creating,
-        not creating,
+        c.state == "closed",
         n.get("total", c.count),
         n.get("succeeded", 0),
         n.get("failed", 0),
@@ -226,7 +240,12 @@ async def batch_status(ctx: BatchContext) -> list[BatchRow]:
         if c.state == "abandoned":
             continue
         if c.state == "open" and c.batch_id is not None:
-            rows.append(_live_row(c, await ctx.call(ctx.client(c.provider).get, c.batch_id)))
+            info = await lookup(ctx, c)
+            rows.append(
+                _live_row(c, info)
+                if info
+                else replace(_recorded_row(c), state="not found", in_progress=True)
+            )
         else:
             rows.append(_recorded_row(c))
     return rows

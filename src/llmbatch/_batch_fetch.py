@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ._batch import BatchContext, ClientFactory, batch_context, recover
+from ._batch import BatchContext, ClientFactory, batch_context, lookup, recover
 from ._batch_price import price_from_json
 from ._batch_state import UNCOUNTED, Chunk
 from ._batch_types import BatchInfo, ItemResult
@@ -101,8 +101,8 @@ class _Fetcher:
             if chunk.batch_id is None:
                 continue
             client = self.ctx.client(chunk.provider)
-            info = await self.ctx.call(client.get, chunk.batch_id)
-            if not info.results_ready:
+            info = await lookup(self.ctx, chunk)
+            if info is None or not info.results_ready:
                 still += 1
                 continue
             items = [] if info.batch_error else await self.ctx.call(client.results, info)
