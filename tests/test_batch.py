@@ -307,3 +307,17 @@ def test_a_batch_the_provider_does_not_know_stays_open(fb: FakeBatch, tmp_path: 
     rows = anyio.run(lambda: _status(cfg))
     assert [(r.state, r.in_progress, r.fetched) for r in rows] == [("not found", True, False)]
     assert do_submit(cfg, clock).jobs == 0  # its jobs are not sent again
+
+
+def test_state_log_survives_a_torn_last_line(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 4))
+    do_submit(cfg, clock)
+    log = tmp_path / "out.jsonl.batches" / "batches.jsonl"
+    whole = log.read_bytes()
+    with log.open("ab") as f:
+        f.write(b'{"ev": "closed", "local": "c00')  # a crash mid-append
+    assert len(BatchState.load(tmp_path / "out.jsonl").open_chunks()) == 2
+    fb.advance(700)
+    assert do_fetch(cfg, clock).ok == 4  # the writer cuts the torn line, then appends
+    assert log.read_bytes().startswith(whole + b'{"ev":"closed"')

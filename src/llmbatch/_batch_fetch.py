@@ -85,7 +85,7 @@ class _Fetcher:
             cut_torn_tail(existing)
         self.done = existing.done
         self.written: set[str] = set()
-        self.writer = ResultWriter(cfg.output)
+        self.output = cfg.output
         urls = {n: s.base_url for n, s in cfg.providers.items() if s.base_url}
         self.online = PriceBook(cfg.prices, urls)
         self.totals = FetchTotals()
@@ -138,7 +138,13 @@ class _Fetcher:
             if reason not in UNCOUNTED and self.ctx.state.rounds[job_id] + 1 >= self.max_attempts:
                 del returned[job_id]
                 lines.append(self.give_up(ref, chunk, info, by_id[job_id], reason))
-        self.writer.write(lines)
+        # Lines reach the disk (close fsyncs) before the chunk is marked closed: a power
+        # cut must not leave a closed chunk whose answers were never written.
+        writer = ResultWriter(self.output)
+        try:
+            writer.write(lines)
+        finally:
+            writer.close()
         self.totals.returned += len(returned)
         counts = {"total": info.total, "succeeded": info.succeeded, "failed": info.failed}
         self.ctx.state.append(
@@ -268,14 +274,13 @@ async def fetch(
     async with batch_context(config, clock=clock, factory=client_factory) as ctx:
         await recover(ctx)
         f = _Fetcher(ctx, max_attempts or config.max_attempts)
-        try:
-            while True:
-                still = await f.poll()
-                if not still or not wait:
-                    break
-                await clock.sleep(poll)
-        finally:
-            f.writer.close()
+        if not ctx.state.chunks:
+            ctx.notes.append(f"no batches recorded for {config.output}")
+        while True:
+            still = await f.poll()
+            if not still or not wait:
+                break
+            await clock.sleep(poll)
         t = f.totals
         if t.schema_misses:
             ctx.notes.append(
