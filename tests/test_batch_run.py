@@ -122,3 +122,15 @@ def test_batch_block_from_a_results_file(fb: FakeBatch, tmp_path: Path) -> None:
     assert part.jobs == rep.batch.jobs == 30
     assert part.cost_usd == pytest.approx(rep.batch.cost_usd, abs=30 * 5e-9)
     assert part.online_cost_usd == pytest.approx(rep.batch.online_cost_usd, rel=1e-3)
+
+
+def test_fresh_moves_output_and_state_aside(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 6))
+    run_mode(cfg, clock, "batch", deadline=None)
+    cfg.fresh = True
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.batch.jobs == 6 and sum(fb.sent_ids().values()) == 12
+    assert cfg.output is not None and len(read_jsonl(cfg.output)) == 6
+    backups = sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name)
+    assert len(backups) == 2 and backups[1] == backups[0] + ".batches"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,6 +143,8 @@ async def run_with_batches(
     if mode == "auto" and deadline is None:
         raise UsageError("--mode auto needs --batch-deadline (e.g. 2h)")
     tell = say or _stderr
+    if config.fresh and config.output is not None:
+        config = _start_fresh(config, tell)
     sub = await submit(config, batch_size=batch_size, clock=clock, client_factory=client_factory)
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
     totals = _Totals()
@@ -170,6 +172,25 @@ async def run_with_batches(
     )
     part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
     return ModeReport(report, part)
+
+
+def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
+    """``--fresh``: move the output and its batch state aside first, as ``run`` does."""
+    from ._results import backup_output
+
+    assert config.output is not None
+    state = BatchState.load(config.output)
+    if state.open_chunks():
+        raise UsageError(
+            f"--fresh: batches of {config.output} are still open; fetch or cancel them first. "
+            "Nothing was sent."
+        )
+    moved = backup_output(config.output)
+    if moved is not None:
+        tell(f"--fresh: the old output was moved to {moved}")
+        if state.dir.exists():
+            state.dir.rename(moved.with_name(moved.name + ".batches"))
+    return replace(config, fresh=False)
 
 
 async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
