@@ -86,7 +86,11 @@ class _Fetcher:
         self.done = existing.done
         self.written: set[str] = set()
         self.output = cfg.output
-        urls = {n: s.base_url for n, s in cfg.providers.items() if s.base_url}
+        urls = {
+            n: s.base_url
+            for n, s in cfg.providers.items()
+            if s.base_url and n not in ("anthropic", "openai", "sim")
+        }
         self.online = PriceBook(cfg.prices, urls)
         self.totals = FetchTotals()
         self.closed = 0
@@ -137,7 +141,7 @@ class _Fetcher:
         for job_id, reason in list(returned.items()):
             if reason not in UNCOUNTED and self.ctx.state.rounds[job_id] + 1 >= self.max_attempts:
                 del returned[job_id]
-                lines.append(self.give_up(ref, chunk, info, by_id[job_id], reason))
+                lines.append(self.give_up(ref, info, by_id[job_id], reason))
         # Lines reach the disk (close fsyncs) before the chunk is marked closed: a power
         # cut must not leave a closed chunk whose answers were never written.
         writer = ResultWriter(self.output)
@@ -208,16 +212,14 @@ class _Fetcher:
         self.written.add(row["id"])
         return with_batch(result, info.id, row["cid"])
 
-    def give_up(
-        self, ref: ModelRef, chunk: Chunk, info: BatchInfo, row: dict[str, Any], reason: str
-    ) -> bytes:
+    def give_up(self, ref: ModelRef, info: BatchInfo, row: dict[str, Any], reason: str) -> bytes:
+        """A failed line for a job whose rounds ran out without an answer."""
         rounds = self.ctx.state.rounds[row["id"]] + 1
         error = {
             "type": _GIVE_UP_TYPE.get(reason, reason if reason in _KNOWN else "other"),
             "message": f"no answer after {rounds} batch round(s) (last: {reason})",
             "status": None,
         }
-        item = ItemResult(row["cid"], "error")
         self.totals.failed += 1
         result = JobResult(
             id=row["id"],
@@ -233,7 +235,6 @@ class _Fetcher:
             attempts=rounds,
             error=error,
             metadata=row.get("meta"),
-            stop_reason=item.stop_reason,
             fingerprint=row.get("fp"),
         )
         self.written.add(row["id"])
