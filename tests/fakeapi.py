@@ -22,6 +22,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,7 @@ class FakeAPI:
     in_flight: int = 0
     peak_in_flight: int = 0
     connections_opened: int = 0  # TCP connections accepted (keep-alive reuses them)
+    route_hooks: list[Callable[[web.Application], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -124,6 +126,8 @@ class FakeAPI:
             app = web.Application()
             app.router.add_post("/v1/messages", self._anthropic)
             app.router.add_post("/v1/chat/completions", self._openai)
+            for hook in self.route_hooks:  # more endpoints (tests/fakebatch.py)
+                hook(app)
             self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
             loop.run_until_complete(self._runner.setup())
             self._server = loop.run_until_complete(

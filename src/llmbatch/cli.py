@@ -224,6 +224,14 @@ def run(
         bool | None, typer.Option("--quiet", help="No progress, no report table.")
     ] = None,
     provider: ProviderOpt = None,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help="online | batch (Batch APIs, then the rest online) | auto."),
+    ] = "online",
+    batch_deadline: Annotated[
+        str | None,
+        typer.Option("--batch-deadline", help="auto: cancel open batches after this (e.g. 2h)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
@@ -253,17 +261,30 @@ def run(
         "quiet": quiet or None,
         "provider": provider,
     }
-    code = _guard(lambda: _run(jobs, flags, config))
+    code = _guard(lambda: _run(jobs, flags, config, mode, batch_deadline))
     raise typer.Exit(code)
 
 
-def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+def _run(
+    jobs: str,
+    flags: dict[str, Any],
+    config_path: Path | None,
+    mode: str = "online",
+    batch_deadline: str | None = None,
+) -> int:
     import anyio
 
     from ._engine import Engine, exit_code_for
     from ._progress import make_progress
 
     with _configured(jobs, flags, config_path) as cfg:
+        if mode != "online" or batch_deadline is not None:
+            from ._cli_batch import run_mode
+
+            return run_mode(cfg, mode, batch_deadline)
+        from ._batch_run import refuse_if_batches_open
+
+        refuse_if_batches_open(cfg.output)
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
     if cfg.report is not None:
@@ -497,6 +518,11 @@ def models(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
+
+app.add_typer(batch_app, name="batch")
 
 
 def main() -> NoReturn:
