@@ -119,11 +119,11 @@ class SimResult:
     def rejected_share(self) -> float:
         return self.outcomes.get(LIMITED, 0) / max(1, self.requests)
 
-    def pace(self, skip: float = 0.0) -> float:
-        """Successful requests per second, from ``skip`` seconds in to the end."""
-        span = self.elapsed - skip
-        ok_after = [t for t, o in zip(self.sends, self._order, strict=True) if t >= skip and o]
-        return len(ok_after) / span if span > 0 else 0.0
+    def pace(self, skip: float = 0.0, until: float | None = None) -> float:
+        """Successful requests per second sent between ``skip`` and ``until`` seconds in."""
+        end = self.elapsed if until is None else until
+        ok = sum(1 for t, o in zip(self.sends, self._order, strict=True) if skip <= t < end and o)
+        return ok / (end - skip) if end > skip else 0.0
 
     _order: list[bool] = field(default_factory=list)
 

@@ -89,6 +89,7 @@ class RateLearner:
         self._last_probe = -math.inf
         self._last_excess = -math.inf  # the end of the last window with more pace 429s than noise
         self._window: _Window | None = None
+        self._pause = (0.0, 0.0)  # the last time the model was paused: from, until
         self._trial: _Trial | None = None
         self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
         self._hot_rate: float | None = None  # the pace that last drew pace 429s
@@ -132,7 +133,7 @@ class RateLearner:
         elif ratio >= 0.5:
             # A few outcomes, most of them 429s (the start of a run): cut by BETA only,
             # and do not judge the cut by so few.
-            cut = self._cut(now, 0.0, trial=False)
+            cut = self._cut(now, 0.0, trial=False, sampled=False)
         else:
             return change
         return cut or change
@@ -144,14 +145,17 @@ class RateLearner:
             return self._set(ceiling, "headers")
         return None
 
-    def judge_after(self, resume_at: float) -> None:
-        """The model is paused until ``resume_at``: judge the last cut only after it."""
+    def paused(self, now: float, until: float) -> None:
+        """The model sends nothing until ``until``: that time does not count as pace."""
+        self._pause = (now, until)
         if self._trial is not None:
-            self._trial.at = max(self._trial.at, resume_at)
+            self._trial.at = max(self._trial.at, until)
 
     # -- deciding ---------------------------------------------------------------------
 
-    def _cut(self, now: float, ratio: float, trial: bool) -> RateChange | None:
+    def _cut(
+        self, now: float, ratio: float, trial: bool, sampled: bool = True
+    ) -> RateChange | None:
         sent_rate = self._per_second(len(self._since(self._sends, now, self.WINDOW)), now)
         # The pace that drew them: what we really sent (a pause or thin demand can keep
         # it under the rate we allow), but never read as less than half that rate.
@@ -173,7 +177,8 @@ class RateLearner:
         self._trial = None
         if trial:
             self._trial = _Trial(now, self.rate, self._hot_rate, ratio, sent_rate, [0, 0, 0, 0])
-        self._hot_rate = hot
+        if sampled:  # a handful of 429s says too little about which pace draws them
+            self._hot_rate = hot
         if self._clean_rate is not None and self._clean_rate >= current:
             self._clean_rate = None  # that rate is not clean any more
         return self._set(new, "rate_limited")
@@ -298,9 +303,12 @@ class RateLearner:
     def _since(times: deque[float], now: float, span: float) -> list[float]:
         return [t for t in times if now - t <= span]
 
-    def _per_second(self, count: int, now: float) -> float:
-        elapsed = now - (self._first_send if self._first_send is not None else now)
-        return count / min(self.WINDOW, max(elapsed, 0.25))
+    def _per_second(self, sends: int, now: float) -> float:
+        """Sends per second over the last window, not counting time paused or before the start."""
+        start = max(now - self.WINDOW, self._first_send if self._first_send is not None else now)
+        paused_from, paused_until = self._pause
+        overlap = max(0.0, min(now, paused_until) - max(start, paused_from))
+        return sends / max(now - start - overlap, 0.25)
 
     def _achieved(self, now: float) -> float:
         """Successes per second at the present pace: since the last cut, within the horizon.

@@ -202,7 +202,7 @@ class ModelGate:
         if change is not None and change.reason == "rate_limited" and retry_after:
             # Our pace overran the provider's window: everyone waits for it to drain.
             self.requests.pause(min(retry_after, PAUSE_CAP_S))
-            self.learner.judge_after(self.requests.paused_until)
+            self.learner.paused(now, self.requests.paused_until)
         self._learned(change)
 
     def _learned(self, change: RateChange | None) -> None:
