@@ -84,6 +84,7 @@ class RateLearner:
         self.cuts = 0
         self._sends: deque[float] = deque()
         self._outcomes: deque[tuple[float, int]] = deque()
+        self._totals = [0, 0, 0]  # of ``_outcomes`` by kind: the horizon's counts, kept running
         self._first_send: float | None = None
         self._last_cut = -math.inf
         self._last_probe = -math.inf
@@ -253,6 +254,7 @@ class RateLearner:
     def _outcome(self, now: float, kind: int) -> RateChange | None:
         change = self._tick(now)
         self._outcomes.append((now, kind))
+        self._totals[kind] += 1
         assert self._window is not None
         if kind == OK:
             self._window.ok += 1
@@ -288,10 +290,12 @@ class RateLearner:
         while self._sends and self._sends[0] < horizon:
             self._sends.popleft()
         while self._outcomes and self._outcomes[0][0] < horizon:
-            self._outcomes.popleft()
+            self._totals[self._outcomes.popleft()[1]] -= 1
         return change
 
     def _counts(self, now: float, span: float) -> tuple[int, int, int]:
+        if span >= self.HORIZON:
+            return self._totals[OK], self._totals[PACE], self._totals[NOISE]
         counts = [0, 0, 0]
         for t, kind in reversed(self._outcomes):
             if now - t > span:
