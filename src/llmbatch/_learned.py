@@ -307,23 +307,29 @@ class RateLearner:
     def _since(times: deque[float], now: float, span: float) -> list[float]:
         return [t for t in times if now - t <= span]
 
+    def _active(self, start: float, now: float) -> float:
+        """Seconds from ``start`` to ``now`` that the model was not paused."""
+        paused_from, paused_until = self._pause
+        overlap = max(0.0, min(now, paused_until) - max(start, paused_from))
+        return now - start - overlap
+
     def _per_second(self, sends: int, now: float) -> float:
         """Sends per second over the last window, not counting time paused or before the start."""
         start = max(now - self.WINDOW, self._first_send if self._first_send is not None else now)
-        paused_from, paused_until = self._pause
-        overlap = max(0.0, min(now, paused_until) - max(start, paused_from))
-        return sends / max(now - start - overlap, 0.25)
+        return sends / max(self._active(start, now), 0.25)
 
     def _achieved(self, now: float) -> float:
         """Successes per second at the present pace: since the last cut, within the horizon.
 
-        Before any cut the span starts at the first send, and a burst into an empty
-        quota would read as a high rate: then only a whole window counts.
+        Time paused counts: a provider's window runs on while we wait for it. Under a
+        second says too little (a burst into an empty quota would read as a high
+        rate): then the count is spread over a window.
         """
         start = self._last_cut if self._last_cut > -math.inf else self._first_send
-        span = min(self.HORIZON, now - (now if start is None else start))
-        ok, _, _ = self._counts(now, span)
-        return ok / max(span, self.WINDOW)
+        start = max(now - self.HORIZON, now if start is None else start)
+        ok = sum(1 for t, kind in self._outcomes if t >= start and kind == OK)
+        span = now - start
+        return ok / (span if span >= 1.0 else self.WINDOW)
 
     def _set(self, rate: float | None, reason: str) -> RateChange | None:
         if rate == self.rate:
