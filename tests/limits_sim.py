@@ -33,6 +33,8 @@ class SimServer:
     limit: int | None = None
     window_s: float = 60.0
     bucket: bool = False  # a token bucket refilled continuously (llmock) instead of fixed windows
+    sliding: bool = False  # a sliding window (tests/fakeapi.py) instead of fixed windows
+    limit_retry_after: float | None = None  # on limit 429s; None: the real wait (as llmock)
     noise_429: float = 0.0  # share of random 429s that have nothing to do with pace
     noise_5xx: float = 0.0
     headers: bool = True  # send rate-limit headers
@@ -48,6 +50,7 @@ class SimServer:
         self._used = 0
         self._tokens = float(self.limit or 0)
         self._last = self.clock.monotonic()
+        self._recent: list[float] = []
 
     def handle(self) -> tuple[str, RateLimitHint | None, float | None]:
         """Decide one request's fate on arrival: outcome, headers, retry-after."""
@@ -62,7 +65,7 @@ class SimServer:
         if self.limit is not None:
             wait = self._take(now)
             if wait is not None:
-                return LIMITED, wait
+                return LIMITED, wait if self.limit_retry_after is None else self.limit_retry_after
         roll = self._rng.random()
         if roll < self.noise_429:
             return NOISE_429, self.noise_retry_after
@@ -73,6 +76,12 @@ class SimServer:
     def _take(self, now: float) -> float | None:
         """Spend one request of quota; if there is none, how long until there is."""
         assert self.limit is not None
+        if self.sliding:
+            self._recent = [t for t in self._recent if now - t < self.window_s]
+            if len(self._recent) >= self.limit:
+                return self._recent[0] + self.window_s - now
+            self._recent.append(now)
+            return None
         if self.bucket:
             per_s = self.limit / self.window_s
             self._tokens = min(float(self.limit), self._tokens + (now - self._last) * per_s)

@@ -298,6 +298,20 @@ def test_a_genuine_limit_without_rpm_is_learned_close_to_its_pace() -> None:
     assert r.rejected_share <= 0.03, r.outcomes
 
 
+def test_a_sliding_window_with_a_fixed_retry_after_is_learned_without_collapse() -> None:
+    # As tests/fakeapi.py enforces it: 50 in any 5 s, and "retry-after: 1" whatever the wait.
+    sim = _run(
+        ModelLimits(), 3000, limit=50, window_s=5.0, headers=False, sliding=True,
+        limit_retry_after=1.0,
+    )  # fmt: skip
+    r = sim.result
+    assert r.done == 3000
+    assert r.pace() >= 0.8 * 10.0
+    assert r.rejected_share <= 0.03, r.outcomes
+    late = [e.rpm_after for e in sim.events if e.ts - FakeClock().time() > 60.0]
+    assert late and min(x or 0.0 for x in late) >= 0.8 * 600  # it never sank far below
+
+
 def test_a_genuine_limit_with_headers_is_held_under() -> None:
     r = _run(ModelLimits(), 1500, limit=50, window_s=5.0).result
     assert r.done == 1500 and r.pace() >= 0.9 * 10.0

@@ -161,13 +161,18 @@ class RateLearner:
         # The pace that drew them: what we really sent (a pause or thin demand can keep
         # it under the rate we allow), but never read as less than half that rate.
         current = sent_rate if self.rate is None else min(self.rate, max(sent_rate, self.rate / 2))
-        achieved = self._achieved(now)
+        achieved, whole = self._achieved(now)
         hot = current
         if ratio >= self.STRONG:
             # Many refused: the limit is what got through, so go there at once rather
-            # than by BETA a window at a time; just above it is what draws 429s.
-            new = max(self.MIN_RATE, achieved)
-            hot = min(current, 1.1 * new)
+            # than by BETA a window at a time. Counted over a whole horizon, just above
+            # it is what draws 429s; over less it may be far too low (a quota spent in
+            # the first second), so then cut by 90% at most and keep probing as usual.
+            if whole:
+                new = max(self.MIN_RATE, achieved)
+                hot = min(current, 1.1 * new)
+            else:
+                new = max(self.MIN_RATE, achieved, 0.1 * current)
         else:
             new = max(self.MIN_RATE, self.BETA * current, achieved)
         new = min(new, current)
@@ -318,8 +323,9 @@ class RateLearner:
         start = max(now - self.WINDOW, self._first_send if self._first_send is not None else now)
         return sends / max(self._active(start, now), 0.25)
 
-    def _achieved(self, now: float) -> float:
-        """Successes per second at the present pace: since the last cut, within the horizon.
+    def _achieved(self, now: float) -> tuple[float, bool]:
+        """Successes per second at the present pace (since the last cut, within the
+        horizon), and whether they were counted over a whole horizon.
 
         Time paused counts: a provider's window runs on while we wait for it. Under a
         second says too little (a burst into an empty quota would read as a high
@@ -329,7 +335,7 @@ class RateLearner:
         start = max(now - self.HORIZON, now if start is None else start)
         ok = sum(1 for t, kind in self._outcomes if t >= start and kind == OK)
         span = now - start
-        return ok / (span if span >= 1.0 else self.WINDOW)
+        return ok / (span if span >= 1.0 else self.WINDOW), span >= self.HORIZON
 
     def _set(self, rate: float | None, reason: str) -> RateChange | None:
         if rate == self.rate:
