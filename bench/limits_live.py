@@ -1,6 +1,6 @@
 """Learned limits end to end: the real engine, in-process, against the loopback fake API.
 
-usage: python bench/limits_live.py [SRC_DIR] [--new-backoff]
+usage: python bench/limits_live.py [SRC_DIR] [--new-backoff] [--only NAME_PART]
 
 SRC_DIR is the llmbatch source to measure (default: this checkout's src; for
 "before", extract an older commit: ``git archive 5e567f2 src | tar -x -C /tmp/before``).
@@ -97,7 +97,10 @@ async def _one(settings: dict[str, Any], jobs: int, rpm: float | None, burst: in
 
 def main() -> None:
     print(f"source: {SRC}  new backoff: {'--new-backoff' in sys.argv}")
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     for name, settings, jobs, rpm, burst in _scenarios():
+        if only not in name:
+            continue
         print(f"{name:38} {anyio.run(_one, settings, jobs, rpm, burst)}", flush=True)
 
 

@@ -62,6 +62,7 @@ def _full_jitter(rng: random.Random) -> Callable[[int, float | None], float]:
 
 NO_HEADERS = {"headers": False}
 WINDOWS_600 = {"limit": 50, "window_s": 5.0}
+FAKE_600 = {**WINDOWS_600, **NO_HEADERS, "sliding": True, "limit_retry_after": 1.0}
 LLMOCK = {"limit": 60, "window_s": 60.0, "bucket": True}
 OPEN = ModelLimits()
 SCENARIOS: list[tuple[str, ModelLimits, dict[str, Any], int, float]] = [
@@ -75,6 +76,7 @@ SCENARIOS: list[tuple[str, ModelLimits, dict[str, Any], int, float]] = [
     ("first 30 429, no headers, 200", OPEN, {"burst_429s": 30, **NO_HEADERS}, 200, 600),
     ("600/min in 5 s windows, no hdrs", OPEN, {**WINDOWS_600, **NO_HEADERS}, 1500, 900),
     ("600/min in 5 s windows, headers", OPEN, WINDOWS_600, 1500, 900),
+    ("600/min sliding, retry-after 1 (fake)", OPEN, FAKE_600, 1500, 900),
     (
         "--rpm 1200, 0.5 s windows",
         ModelLimits(rpm=1200),
@@ -119,7 +121,7 @@ def _per_10s(result: SimResult) -> str:
 def main() -> None:
     commit = sys.argv[1] if len(sys.argv) > 1 else "5e567f2"
     old = _old_gate_class(commit)
-    head = f"{'scenario (-c 32, 200 ms)':34} | {'before: done   time   ok/s  429% rpm':40} | after"
+    head = f"{'scenario (-c 32, 200 ms)':38} | {'before: done   time   ok/s  429% rpm':40} | after"
     print(head)
     for name, limits, server, jobs, until in SCENARIOS:
         before, bgate = anyio.run(
@@ -128,9 +130,9 @@ def main() -> None:
         after, agate = anyio.run(
             _one, ModelGate, Backoff(rng=random.Random(11)).delay, limits, server, jobs, until
         )
-        print(f"{name:34} | {_row(before, bgate):40} | {_row(after, agate)}", flush=True)
+        print(f"{name:38} | {_row(before, bgate):40} | {_row(after, agate)}", flush=True)
         if name.startswith("10%"):
-            print(f"{'  sends per 10 s':34} | {_per_10s(before):40} | {_per_10s(after)}")
+            print(f"{'  sends per 10 s':38} | {_per_10s(before):40} | {_per_10s(after)}")
 
 
 if __name__ == "__main__":
