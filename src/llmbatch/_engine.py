@@ -40,7 +40,7 @@ from ._progress import NoProgress, ProgressSink
 from ._ratelimit import ModelGate, RateLimiter
 from ._report import RunReport, build_report
 from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cut_torn_tail
-from ._retry import backoff_delay
+from ._retry import Backoff
 from ._stats import RunStats
 from ._timeline import TimelineRecorder
 from .providers._base import Provider
@@ -141,9 +141,7 @@ class Engine:
             breakers=self.breakers,
             budgets=self.budgets,
             stopper=self.stopper,
-            backoff=lambda tries, retry_after: backoff_delay(
-                tries, retry_after, cap=config.backoff_cap
-            ),
+            backoff=Backoff(cap=config.backoff_cap).delay,
         )
         self.executor = StreamingExecutor(self.runner, 1, self.stopper)
         self.notes: list[str] = []
@@ -192,8 +190,11 @@ class Engine:
             self.run_budget.spent_cost = existing.cost_usd
             self.run_budget.spent_tokens = existing.tokens
         for ref in plan.models:
-            self.gates[ref] = ModelGate(cfg.limits_for(ref))
-            self.breakers[ref] = Breaker()
+            name = str(ref)
+            emit = self.bus.emit
+            gate = ModelGate(cfg.limits_for(ref), clock=self.clock, name=name, on_change=emit)
+            self.gates[ref] = gate
+            self.breakers[ref] = Breaker(clock=self.clock, name=name, on_change=emit)
         self.executor.workers = max(1, min(cfg.concurrency, plan.todo))
         self.bus.emit(
             RunStarted(
