@@ -11,7 +11,7 @@ import datetime
 from typing import Any
 
 from ._models import ModelRef
-from ._pricing import Price, PriceBook, Rate, _price_of
+from ._pricing import Price, PriceBook, Rate, price_of
 
 BATCH_CONTEXT = {"processing": "batch"}
 _GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai"}
@@ -51,7 +51,7 @@ def _genai_batch_price(ref: ModelRef, at: float) -> Price | None:
         return None
     if not any(_applies(v, when) for v in calc.model.price_variants or ()):
         return None
-    return _price_of(calc.model_price, f"genai-prices batch ({calc.provider.id}:{calc.model.id})")
+    return price_of(calc.model_price, f"genai-prices batch ({calc.provider.id}:{calc.model.id})")
 
 
 def _applies(variant: Any, when: datetime.datetime) -> bool:
