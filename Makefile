@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,9 @@ demo: $(STAMP)
 	@mkdir -p demo-out
 	LLMBATCH_SIM_FAIL_RATE=0.03 LLMBATCH_SIM_INVALID_RATE=0.2 $(BIN)/llmbatch run samples/jobs.jsonl --model sim:claude-haiku-4-5 \
 		--output demo-out/jobs.results.jsonl --report demo-out/report.json \
-		--max-cost 1.00 --fresh
+		--html demo-out/report.html --max-cost 1.00 --fresh
 	@echo
-	@echo "results: demo-out/jobs.results.jsonl   report: demo-out/report.json"
+	@echo "results: demo-out/jobs.results.jsonl   report: demo-out/report.json, demo-out/report.html"
 	@echo "a structured result (the sentiment jobs carry a JSON Schema):"
 	@grep -m 1 '"parsed":{' demo-out/jobs.results.jsonl
 
@@ -31,8 +31,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) browser
 	$(BIN)/pytest -q
+
+# The HTML report is tested in a real headless Chromium (Debian's chromium package).
+# Missing, it is installed; if that fails, CI stops here, elsewhere those tests skip.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium for the HTML report tests"; \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; } || { \
+		echo "could not install chromium (apt-get install chromium): the HTML report" \
+			"tests need it" >&2; test -z "$$CI"; }
 
 test: lint typecheck unit
 

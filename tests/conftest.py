@@ -60,7 +60,39 @@ def run_cli(
     timeout: float = 120,
     cwd: Path | None = None,
 ) -> Result:
-    """Run ``python -m llmbatch ARGS`` as a user would, in the current directory."""
+    """Run ``llmbatch ARGS`` in this process (the CLI's own code, its exit code, its
+    stdout and stderr), as a user would in the current directory.
+
+    Spawning a Python per call cost most of the suite's time; tests about what only a
+    real process shows (signals, kill -9, pipes, peak memory, encodings) use
+    :func:`run_cli_process`. ``LLMBATCH_TEST_SUBPROCESS=1`` runs every call in a process.
+    """
+    if os.environ.get("LLMBATCH_TEST_SUBPROCESS") == "1":
+        return run_cli_process(*args, input=input, env=env, timeout=timeout, cwd=cwd)
+    from typer.testing import CliRunner
+
+    from llmbatch.cli import app
+
+    old_cwd = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        outcome = CliRunner().invoke(app, list(args), input=input, env=env)
+    finally:
+        os.chdir(old_cwd)
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        raise outcome.exception
+    return Result(outcome.exit_code, outcome.stdout, outcome.stderr)
+
+
+def run_cli_process(
+    *args: str,
+    input: str | bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> Result:
+    """Run ``python -m llmbatch ARGS`` in a new process, as a user would."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)

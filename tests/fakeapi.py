@@ -8,7 +8,11 @@ what it saw.
 
 Faults are chosen per request by ``FakeAPI.plan(kind, body)``: scripted per job
 (a rule matching text in the request, with one fault per attempt), random chaos
-at given rates, or a request-rate window enforced like a provider.
+at given rates, or a request-rate window enforced like a provider. Server traits
+are attributes: ``rejects_response_format`` / ``rejects_output_config`` make it
+refuse structured-output fields as some compatible servers do; ``raw_streams``
+sends given bytes verbatim as the next answers (for fuzzing the adapters).
+It counts the TCP connections it accepts (``connections_opened``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests._fakewire import SSE, dumps, error_payload, key_of, openai_usage, whole_payload
 
 OK = "ok"
 # Fault kinds: an HTTP status as a string ("429", "500", "529", "400", "401", "404"),
@@ -33,6 +40,8 @@ STALL = "stall"  # headers and one event, then silence
 TRUNCATE = "truncate"  # a clean end of stream without the final events
 ERROR_EVENT = "error_event"  # an error event inside a 200 stream (overloaded)
 REFUSE = "refuse"  # a refusal / content filter
+NO_FINISH = "no_finish"  # a clean end ([DONE] / message_stop) without a finish reason
+LINGER = "linger"  # a complete answer, then the body is held open (never ended)
 
 
 @dataclass
@@ -77,9 +86,16 @@ class FakeAPI:
     ignore_stream: bool = False  # answer in one JSON body even when asked to stream
     rules: list[Rule] = field(default_factory=list)
     model_faults: dict[str, str] = field(default_factory=dict)  # model → fault on every call
+    # response_format type → the status a server that does not take it answers with
+    # (e.g. {"json_schema": 500}: a server that accepts only text and json_object)
+    rejects_response_format: dict[str, int] = field(default_factory=dict)
+    rejects_output_config: int | None = None  # status for a body with output_config
+    raw_streams: list[bytes] = field(default_factory=list)  # next answers' bodies, verbatim
     records: list[Record] = field(default_factory=list)
     in_flight: int = 0
     peak_in_flight: int = 0
+    connections_opened: int = 0  # TCP connections accepted (keep-alive reuses them)
+    route_hooks: list[Callable[[web.Application], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -88,6 +104,7 @@ class FakeAPI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
 
     # -- control ------------------------------------------------------------------
@@ -109,11 +126,14 @@ class FakeAPI:
             app = web.Application()
             app.router.add_post("/v1/messages", self._anthropic)
             app.router.add_post("/v1/chat/completions", self._openai)
+            for hook in self.route_hooks:  # more endpoints (tests/fakebatch.py)
+                hook(app)
             self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
             loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
-            self.port = int(self._runner.addresses[0][1])
+            self._server = loop.run_until_complete(
+                loop.create_server(self._protocol, "127.0.0.1", 0)
+            )
+            self.port = int(self._server.sockets[0].getsockname()[1])
             ready.set()
             loop.run_forever()
             loop.close()
@@ -132,6 +152,13 @@ class FakeAPI:
         if self._thread is not None:
             self._thread.join(10)
 
+    def _protocol(self) -> asyncio.BaseProtocol:
+        """aiohttp's handler for one accepted connection, counted (what keep-alive saves)."""
+        assert self._runner is not None and self._runner.server is not None
+        with self._lock:
+            self.connections_opened += 1
+        return self._runner.server()
+
     async def _shutdown(self) -> None:
         """End hanging handlers first, so nothing is left pending when the loop closes."""
         me = asyncio.current_task()
@@ -139,6 +166,8 @@ class FakeAPI:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -242,10 +271,19 @@ class FakeAPI:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            key = _key_of(kind, headers)
+            key = key_of(headers)
             if self.expected_key is not None and key != self.expected_key:
                 record.outcome = "401"
                 return self._error(kind, 401, f"invalid x-api-key: {key}")
+            rejected = self._rejects_structured(kind, body)
+            if rejected is not None:
+                record.outcome = "structured_rejected"
+                return self._error(kind, *rejected)
+            with self._lock:
+                raw = self.raw_streams.pop(0) if self.raw_streams else None
+            if raw is not None:
+                record.outcome = "raw"
+                return await self._raw(request, raw)
             fault = self._plan(body)
             record.outcome = fault
             if fault == RESET:
@@ -271,6 +309,32 @@ class FakeAPI:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "openai")
 
+    def _rejects_structured(self, kind: str, body: dict[str, Any]) -> tuple[int, str] | None:
+        """(status, message) when this server does not take the body's structured output."""
+        if kind == "anthropic":
+            if self.rejects_output_config is not None and "output_config" in body:
+                return self.rejects_output_config, "output_config: Extra inputs are not permitted"
+            return None
+        fmt = body.get("response_format")
+        kind_of = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind_of in self.rejects_response_format:
+            allowed = [t for t in ("text", "json_object", "json_schema") if t != kind_of]
+            # The wording of a pydantic-validating server (vLLM- or LM Studio-like).
+            message = (
+                "1 validation error for ChatCompletionRequest\nresponse_format.type\n  Input "
+                f"should be {' or '.join(repr(t) for t in allowed)} [type=literal_error, "
+                f"input_value={kind_of!r}, input_type=str]"
+            )
+            return self.rejects_response_format[kind_of], message
+        return None
+
+    async def _raw(self, request: web.Request, raw: bytes) -> web.StreamResponse:
+        resp = web.StreamResponse(status=200, headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(raw)
+        await resp.write_eof()
+        return resp
+
     def _error(self, kind: str, status: int, message: str) -> web.Response:
         headers = self._ratelimit_headers(kind)
         if status in (429, 529):
@@ -278,33 +342,9 @@ class FakeAPI:
                 headers["retry-after"] = f"{self.retry_after:g}"
             if self.retry_after_ms is not None:
                 headers["retry-after-ms"] = f"{self.retry_after_ms:g}"
-        if kind == "anthropic":
-            err_type = {
-                400: "invalid_request_error",
-                401: "authentication_error",
-                403: "permission_error",
-                404: "not_found_error",
-                429: "rate_limit_error",
-                500: "api_error",
-                529: "overloaded_error",
-            }.get(status, "api_error")
-            payload: dict[str, Any] = {
-                "type": "error",
-                "error": {"type": err_type, "message": message},
-                "request_id": "req_fake",
-            }
-            headers["request-id"] = "req_fake"
-        else:
-            err_type = {
-                400: "invalid_request_error",
-                401: "invalid_request_error",
-                404: "invalid_request_error",
-                429: "requests",
-                500: "server_error",
-            }.get(status, "server_error")
-            payload = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
-            headers["x-request-id"] = "req_fake"
-        return web.json_response(payload, status=status, headers=headers, dumps=_dumps)
+        payload, more = error_payload(kind, status, message)
+        headers.update(more)
+        return web.json_response(payload, status=status, headers=headers, dumps=dumps)
 
     async def _stream(
         self, request: web.Request, kind: str, body: dict[str, Any], record: Record, fault: str
@@ -321,11 +361,12 @@ class FakeAPI:
             stop = "max_tokens" if kind == "anthropic" else "length"
         if fault == REFUSE:
             stop = "refusal" if kind == "anthropic" else "content_filter"
+        finish = None if fault == NO_FINISH else stop
         record.input_tokens = in_tokens
         record.output_tokens = out_tokens
         record.cache_read = self.cache_read_tokens
         if not body.get("stream") or self.ignore_stream:
-            return self._whole(kind, body, "".join(words), in_tokens, out_tokens, stop)
+            return self._whole(kind, body, "".join(words), in_tokens, out_tokens, finish)
         headers = {
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
@@ -334,41 +375,8 @@ class FakeAPI:
         headers["request-id" if kind == "anthropic" else "x-request-id"] = "req_fake"
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
-        send = _SSE(resp, kind)
-        model = body.get("model")
-        if kind == "anthropic":
-            await send.event(
-                "message_start",
-                {
-                    "type": "message_start",
-                    "message": {
-                        "id": "msg_fake",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": model,
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {
-                            "input_tokens": in_tokens - self.cache_read_tokens,
-                            "cache_creation_input_tokens": 0,
-                            "cache_read_input_tokens": self.cache_read_tokens,
-                            "output_tokens": 1,
-                        },
-                    },
-                },
-            )
-            await send.event(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
-            await send.event("ping", {"type": "ping"})
-        else:
-            await send.chunk(model, {"role": "assistant", "content": ""}, None)
+        send = SSE(resp, kind, body.get("model"))
+        await send.start(in_tokens, self.cache_read_tokens)
         if fault == STALL:
             await asyncio.sleep(3600)
         if self.ttft_s:
@@ -378,149 +386,33 @@ class FakeAPI:
         for i, w in enumerate(words):
             if i and step:
                 await asyncio.sleep(step)
-            if fault == ERROR_EVENT and i == len(words) // 2:
-                if kind == "anthropic":
-                    await send.event(
-                        "error",
-                        {
-                            "type": "error",
-                            "error": {"type": "overloaded_error", "message": "Overloaded"},
-                        },
-                    )
-                else:
-                    await send.raw(
-                        {
-                            "error": {
-                                "message": "server overloaded",
-                                "type": "server_error",
-                                "code": None,
-                            }
-                        }
-                    )
+            if fault in (ERROR_EVENT, TRUNCATE) and i == len(words) // 2:
+                if fault == ERROR_EVENT:
+                    await send.error()
                 await resp.write_eof()
                 return resp
-            if fault == TRUNCATE and i == len(words) // 2:
-                await resp.write_eof()
-                return resp
-            if kind == "anthropic":
-                await send.event(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": w},
-                    },
-                )
-            else:
-                await send.chunk(model, {"content": w}, None)
-        if kind == "anthropic":
-            await send.event("content_block_stop", {"type": "content_block_stop", "index": 0})
-            await send.event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": stop, "stop_sequence": None},
-                    "usage": {"output_tokens": out_tokens},
-                },
-            )
-            await send.event("message_stop", {"type": "message_stop"})
-        else:
-            await send.chunk(model, {}, stop)
-            if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
-                await send.raw(
-                    {
-                        "id": "chatcmpl-fake",
-                        "object": "chat.completion.chunk",
-                        "created": int(time.time()),
-                        "model": model,
-                        "choices": [],
-                        "usage": _openai_usage(in_tokens, out_tokens, self.cache_read_tokens),
-                    }
-                )
-            await resp.write(b"data: [DONE]\n\n")
+            await send.text(w)
+        usage = None
+        if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
+            usage = openai_usage(in_tokens, out_tokens, self.cache_read_tokens)
+        await send.end(finish, out_tokens, usage)
+        if fault == LINGER:
+            await asyncio.sleep(3600)
+        # The end of the chunked body goes out as its own write, as real servers send it.
+        await asyncio.sleep(0.001)
         await resp.write_eof()
         return resp
 
     def _whole(
-        self, kind: str, body: dict[str, Any], text: str, in_tokens: int, out_tokens: int, stop: str
+        self,
+        kind: str,
+        body: dict[str, Any],
+        text: str,
+        in_tokens: int,
+        out_tokens: int,
+        stop: str | None,
     ) -> web.Response:
-        if kind == "anthropic":
-            payload: dict[str, Any] = {
-                "id": "msg_fake",
-                "type": "message",
-                "role": "assistant",
-                "model": body.get("model"),
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": stop,
-                "stop_sequence": None,
-                "usage": {
-                    "input_tokens": in_tokens - self.cache_read_tokens,
-                    "output_tokens": out_tokens,
-                    "cache_creation_input_tokens": 0,
-                    "cache_read_input_tokens": self.cache_read_tokens,
-                },
-            }
-        else:
-            payload = {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": body.get("model"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text, "refusal": None},
-                        "finish_reason": stop,
-                        "logprobs": None,
-                    }
-                ],
-                "usage": _openai_usage(in_tokens, out_tokens, self.cache_read_tokens),
-            }
-        return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=_dumps)
-
-
-def _openai_usage(in_tokens: int, out_tokens: int, cached: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": in_tokens,
-        "completion_tokens": out_tokens,
-        "total_tokens": in_tokens + out_tokens,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def _key_of(kind: str, headers: dict[str, str]) -> str | None:
-    auth = headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:]
-    return headers.get("x-api-key")
-
-
-def _dumps(obj: Any) -> str:
-    return orjson.dumps(obj).decode()
-
-
-class _SSE:
-    def __init__(self, resp: web.StreamResponse, kind: str) -> None:
-        self.resp = resp
-        self.kind = kind
-
-    async def event(self, name: str, data: dict[str, Any]) -> None:
-        await self.resp.write(
-            b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        payload = whole_payload(
+            kind, body.get("model"), text, in_tokens, out_tokens, stop, self.cache_read_tokens
         )
-
-    async def raw(self, data: dict[str, Any]) -> None:
-        await self.resp.write(b"data: " + orjson.dumps(data) + b"\n\n")
-
-    async def chunk(self, model: Any, delta: dict[str, Any], finish: str | None) -> None:
-        await self.raw(
-            {
-                "id": "chatcmpl-fake",
-                "object": "chat.completion.chunk",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-                ],
-            }
-        )
+        return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=dumps)

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 import llmbatch
-from tests.conftest import prompts, read_jsonl, run_cli, write_jsonl
+from tests.conftest import prompts, read_jsonl, run_cli, run_cli_process, write_jsonl
 
 SIM = "sim:claude-haiku-4-5"
 
@@ -196,7 +196,7 @@ def test_stdin_input_needs_output_and_works(tmp_path: Path) -> None:
 
 def test_output_to_stdout(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
-    r = run_cli("run", "jobs.jsonl", "-m", SIM, "-o", "-")
+    r = run_cli_process("run", "jobs.jsonl", "-m", SIM, "-o", "-")
     assert r.code == 0
     lines = [orjson.loads(x) for x in r.stdout.splitlines()]
     assert sorted(x["id"] for x in lines) == ["job-0", "job-1", "job-2"]
@@ -405,13 +405,16 @@ def test_estimate_counts_and_prices(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_100k_lines_stream_through_with_flat_memory(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
     with path.open("wb") as f:
         for i in range(100_000):
             f.write(b'{"id": "j%d", "prompt": "Say something about number %d."}\n' % (i, i))
     # No cache: 100k answers would make a 120 MB cache file, beside the point here.
-    r = run_cli("run", "big.jsonl", "-m", SIM, "-c", "64", "--quiet", "--no-cache", timeout=600)
+    r = run_cli_process(
+        "run", "big.jsonl", "-m", SIM, "-c", "64", "--quiet", "--no-cache", timeout=600
+    )
     assert r.code == 0, r.output
     n = 0
     seen = set()

@@ -137,3 +137,62 @@ async def test_openai_sdk_reads_error_bodies(fake: FakeAPI) -> None:
             )
     assert info.value.status_code == 400
     assert "simulated 400" in str(info.value)
+
+
+async def test_sdks_see_no_finish_reason_in_a_no_finish_stream(fake: FakeAPI) -> None:
+    fake.reply = "cut short here"
+    fake.add_rule("go", "no_finish", "no_finish")
+    oa = openai.AsyncOpenAI(api_key=CANARY_OPENAI, base_url=fake.url + "/v1", max_retries=0)
+    async with oa:
+        stream = await oa.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "go"}], stream=True
+        )
+        text, finishes = [], []
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                finishes.append(choice.finish_reason)
+    assert "".join(text) == "cut short here"
+    assert finishes and all(f is None for f in finishes)
+    client = anthropic.AsyncAnthropic(api_key=CANARY_ANTHROPIC, base_url=fake.url, max_retries=0)
+    async with client:
+        async with client.messages.stream(
+            model="m", max_tokens=50, messages=[{"role": "user", "content": "go"}]
+        ) as s:
+            final = await s.get_final_message()
+    assert final.stop_reason is None
+    assert final.content[0].type == "text" and final.content[0].text == "cut short here"
+
+
+async def test_sdks_read_the_rejections_of_structured_output(fake: FakeAPI) -> None:
+    fake.rejects_response_format = {"json_schema": 500}
+    fake.rejects_output_config = 400
+    oa = openai.AsyncOpenAI(api_key=CANARY_OPENAI, base_url=fake.url + "/v1", max_retries=0)
+    schema = {"type": "object", "properties": {}, "additionalProperties": False}
+    async with oa:
+        with pytest.raises(openai.InternalServerError) as info:
+            await oa.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": "x"}],
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": "o", "schema": schema},
+                },
+            )
+        assert "response_format.type" in str(info.value)
+        ok = await oa.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "json please"}],
+            response_format={"type": "json_object"},
+        )
+        assert ok.choices[0].finish_reason == "stop"
+    client = anthropic.AsyncAnthropic(api_key=CANARY_ANTHROPIC, base_url=fake.url, max_retries=0)
+    async with client:
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            await client.messages.create(
+                model="m",
+                max_tokens=5,
+                messages=[{"role": "user", "content": "x"}],
+                output_config={"format": {"type": "json_schema", "schema": schema}},
+            )
+    assert "output_config" in str(bad.value)

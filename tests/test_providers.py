@@ -127,6 +127,7 @@ RETRIED = [
     ("529", "overloaded"),
     ("reset", "connection"),
     ("truncate", "connection"),
+    ("no_finish", "connection"),  # [DONE] / message_stop without a finish reason
     ("error_event", "overloaded"),  # OpenAI's mid-stream error says server_error
 ]
 

@@ -21,7 +21,7 @@ from ._clock import Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
 from ._events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
-from ._exceptions import OtherProviderError, ProviderError, ProviderTimeout
+from ._exceptions import OtherProviderError, ProviderError
 from ._headers import RateLimitHint
 from ._jobs import Request, estimate_input_tokens
 from ._models import ModelRef
@@ -32,7 +32,7 @@ from ._results import JobResult
 from ._schema import validate_answer
 from ._usage import Usage
 from .providers._base import Answer, Provider
-from .providers._http import redact
+from .providers._errors import redact, translate_errors
 
 AUTH_FAILURES_TO_STOP = 3
 
@@ -169,8 +169,12 @@ class JobRunner:
                 continue  # stopped while waiting: the checks above decide
             if isinstance(sent, Refusal):
                 return self._refused(sent, tally, ref)
-            tries += 1
             answer = sent.outcome
+            if isinstance(answer, ProviderError) and answer.retry_now:
+                self._emit_attempt(tally, ref, sent, 0.0)
+                tally.errors[answer.error_type] += 1
+                continue  # a setting of ours was refused and changed: send again at once
+            tries += 1
             if isinstance(answer, ProviderError):
                 verdict = self._judge(answer, tally, ref, tries, has_next)
                 delay = verdict if isinstance(verdict, float) else None
@@ -291,16 +295,17 @@ class JobRunner:
         """Send once; every failure, foreign ones included, becomes a ProviderError."""
         timeout = self.config.timeout
         try:
-            with anyio.fail_after(timeout):
-                return await self.provider(ref.provider).send(ref.model, request, timeout)
+            with translate_errors(
+                timeout_message=f"no complete answer within --timeout {timeout:g} s"
+            ):
+                with anyio.fail_after(timeout):
+                    return await self.provider(ref.provider).send(ref.model, request, timeout)
         except ProviderError as exc:
             return exc
-        except TimeoutError:
-            return ProviderTimeout(f"no complete answer within --timeout {timeout:g} s")
-        except Exception as exc:  # an adapter must never end the run
+        except Exception as exc:  # a bug of ours: one job's attempt, never the whole run
             message = redact(f"{type(exc).__name__}: {exc}", None)
-            err = OtherProviderError(f"unexpected error from {ref.provider}: {message}")
-            err.retryable = True  # a payload we did not expect may not come again
+            err = OtherProviderError(f"internal error while sending: {message}")
+            err.retryable = True
             return err
 
     def _judge(

@@ -84,6 +84,7 @@ class RunConfig:
     max_tokens: int = 1024
     temperature: float | None = None
     report: Path | None = None
+    html: Path | None = None  # the HTML report (--html)
     fresh: bool = False
     retry_failed: bool = False
     skip_invalid: bool = False
@@ -140,6 +141,7 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "max_tokens": (int,),
     "temperature": (int, float),
     "report": (str,),
+    "html": (str,),
     "fresh": (bool,),
     "retry_failed": (bool,),
     "skip_invalid": (bool,),
@@ -405,6 +407,10 @@ def build_run_config(
     cfg.system = merged.get("system")
     if merged.get("report") is not None:
         cfg.report = Path(merged["report"])
+    if merged.get("html") is not None:
+        cfg.html = Path(merged["html"])
+        if cfg.html.resolve() in {jobs.resolve(), cfg.output.resolve() if cfg.output else None}:
+            raise UsageError(f"--html {cfg.html} would overwrite the jobs or results file")
     for key in ("fresh", "retry_failed", "skip_invalid", "quiet", "no_cache", "log_prompts"):
         setattr(cfg, key, bool(merged.get(key, False)))
     from ._observe import observability_flags

@@ -42,8 +42,9 @@ from ._progress import NoProgress, ProgressSink
 from ._ratelimit import ModelGate, RateLimiter
 from ._report import RunReport, build_report
 from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cut_torn_tail
-from ._retry import backoff_delay
+from ._retry import Backoff
 from ._stats import RunStats
+from ._timeline import TimelineRecorder
 from .providers._base import Provider
 
 ProviderFactory = Callable[[str, RunConfig], Provider]
@@ -124,7 +125,8 @@ class Engine:
         self.clock = clock
         self.planner = Planner(config)
         self.stats = RunStats()
-        self.bus = EventBus([self.stats, *sinks])
+        self.timeline = TimelineRecorder()  # charts for --html, and a series for the history
+        self.bus = EventBus([self.stats, self.timeline, *sinks])
         self.stopper = Stopper()
         self.run_budget = RunBudget(config.max_cost, config.max_total_tokens)
         self.budgets = Budgets([self.run_budget, *ledgers], clock, self.stopper)
@@ -141,9 +143,7 @@ class Engine:
             breakers=self.breakers,
             budgets=self.budgets,
             stopper=self.stopper,
-            backoff=lambda tries, retry_after: backoff_delay(
-                tries, retry_after, cap=config.backoff_cap
-            ),
+            backoff=Backoff(cap=config.backoff_cap).delay,
         )
         self.executor = StreamingExecutor(self.runner, 1, self.stopper)
         self.notes: list[str] = []
@@ -198,8 +198,11 @@ class Engine:
             self.run_budget.spent_cost = existing.cost_usd
             self.run_budget.spent_tokens = existing.tokens
         for ref in plan.models:
-            self.gates[ref] = ModelGate(cfg.limits_for(ref))
-            self.breakers[ref] = Breaker()
+            name = str(ref)
+            emit = self.bus.emit
+            gate = ModelGate(cfg.limits_for(ref), clock=self.clock, name=name, on_change=emit)
+            self.gates[ref] = gate
+            self.breakers[ref] = Breaker(clock=self.clock, name=name, on_change=emit)
         self.executor.workers = max(1, min(cfg.concurrency, plan.todo))
         self.bus.emit(
             RunStarted(
@@ -291,6 +294,7 @@ class Engine:
         )
 
     def _history(self, report: RunReport, started_wall: float, code: int) -> dict[str, object]:
+        series = self.timeline.timeline().series
         return {
             "started": started_wall,
             "ended": self.clock.time(),
@@ -304,6 +308,7 @@ class Engine:
             "cost_usd": round(self.stats.cost_usd, 8),
             "stopped_by": self.stopper.stopped_by,
             "exit_code": code,
+            "timeline": series.to_dict() if series is not None else None,
         }
 
     async def _run_pool(

@@ -96,6 +96,9 @@ class ProviderError(LLMBatchError):
         # and tokens billed before a stream broke (a Usage).
         self.limits: object | None = None
         self.usage: object | None = None
+        # A setting of ours was refused and has been changed (structured output stepped
+        # down): send again at once; it is not the provider failing, so not a try.
+        self.retry_now = False
 
     def to_dict(self) -> dict[str, object]:
         return {"type": self.error_type, "message": self.message, "status": self.status}

@@ -146,10 +146,10 @@ def lookup_genai_price(
             )
     except LookupError:
         return None
-    return _price_of(calc.model_price, f"genai-prices ({calc.provider.id}:{calc.model.id})")
+    return price_of(calc.model_price, f"genai-prices ({calc.provider.id}:{calc.model.id})")
 
 
-def _price_of(model_price: Any, source: str = "genai-prices") -> Price | None:
+def price_of(model_price: Any, source: str = "genai-prices") -> Price | None:
     """Our Price from a genai-prices ModelPrice; cache prices default to the input price."""
     input_rate = _rate(getattr(model_price, "input_mtok", None))
     output_rate = _rate(getattr(model_price, "output_mtok", None))
@@ -176,7 +176,7 @@ def known_models() -> list[tuple[str, str, Price]]:
                 if not prices:
                     continue
                 prices = prices[-1].prices
-            price = _price_of(prices)
+            price = price_of(prices)
             if price is not None:
                 rows.append((provider.id, model.id, price))
     return rows

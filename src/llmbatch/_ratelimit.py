@@ -5,35 +5,44 @@ next slot ``amount / rate`` after the previous one, so sends are spread evenly
 and the burst is bounded by ``burst_s`` seconds' worth, never a minute's. We do
 not use aiolimiter's AsyncLimiter here: its rate is fixed at construction, and
 adaptive limits must change the rate of a live limiter and book token
-corrections (debt) after a response; GCRA does both in a few lines.
+corrections (debt) after a response; GCRA does both in a few lines. How the
+request rate is learned from 429s is ``_learned.RateLearner``.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 
+from ._clock import SYSTEM_CLOCK, Clock
 from ._config import ModelLimits
+from ._events import LimitChanged
 from ._headers import RateLimitHint
+from ._learned import RateChange, RateLearner
+
+PAUSE_CAP_S = 120.0  # the longest a model is paused on one response's word
 
 
 class Pacer:
     """Spreads acquisitions evenly at ``rate`` per second (None: no limit)."""
 
-    __slots__ = ("_tat", "burst_s", "paused_until", "rate")
+    __slots__ = ("_clock", "_tat", "burst_s", "paused_until", "rate")
 
-    def __init__(self, rate: float | None, burst_s: float = 0.0) -> None:
+    def __init__(
+        self, rate: float | None, burst_s: float = 0.0, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.rate = rate
         self.burst_s = burst_s
+        self._clock = clock
         self._tat = 0.0  # theoretical arrival time of the next acquisition
         self.paused_until = 0.0
 
     def reserve(self, amount: float = 1.0) -> float:
         """Take a slot now; return how long to wait for it (seconds)."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         t = max(now, self.paused_until)
         if self.rate is None or self.rate <= 0:
             return t - now
@@ -56,10 +65,10 @@ class Pacer:
     def correct(self, delta: float) -> None:
         """Book ``delta`` more (or, negative, fewer) units than were reserved."""
         if self.rate:
-            self._tat = max(time.monotonic() - self.burst_s, self._tat + delta / self.rate)
+            self._tat = max(self._clock.monotonic() - self.burst_s, self._tat + delta / self.rate)
 
     def pause(self, seconds: float) -> None:
-        self.paused_until = max(self.paused_until, time.monotonic() + seconds)
+        self.paused_until = max(self.paused_until, self._clock.monotonic() + seconds)
 
 
 @dataclass(slots=True)
@@ -69,45 +78,72 @@ class GateStats:
     sent: int = 0
 
 
+def _quota_left(hint: RateLimitHint | None) -> bool | None:
+    """Do the headers on a 429 say quota remains (True), is spent (False), or nothing (None)?"""
+    if hint is None:
+        return None
+    pairs = (
+        (hint.requests_remaining, hint.requests_limit),
+        (hint.tokens_remaining, hint.tokens_limit),
+    )
+    said = [(left, limit) for left, limit in pairs if left is not None]
+    if not said:
+        return None
+    # "Remaining 1 of 600" on a 429 is a race with the window's end, not spare quota.
+    return all(left > max(1.0, 0.01 * (limit or 0.0)) for left, limit in said)
+
+
 class ModelGate:
     """Every limit on one model: requests, tokens (total, input, output), and what 429s taught.
 
     With ``rpm`` given, sends are paced at 98% of it. Without it, the gate starts
-    open (only concurrency bounds it) and learns: a 429 sets the rate just below
-    the pace that drew it (then ×0.7 for each further 429, at most once a second);
-    each success raises it, by 1% while it is well under the rate that last drew a
-    429 and by 0.1% once near it (fast recovery, slow probing); rate-limit headers
-    cap it at the provider's stated limit and pause it when the quota runs out.
+    open (only concurrency bounds it) and ``RateLearner`` learns a pace from the
+    429s our pace causes. Rate-limit headers cap it at the provider's stated limit
+    and pause it when the quota runs out. A 429 whose headers say quota remains is
+    not about our pace: its own request waits its ``retry-after``, nobody else.
+    ``on_change`` hears every change of the learned rate.
     """
 
-    MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
+    MIN_RATE = RateLearner.MIN_RATE
     # Given limits are paced a little under: scheduling jitter between our clock and
     # the provider's window must not tip a request over the line.
     GIVEN_MARGIN = 0.98
 
-    def __init__(self, limits: ModelLimits) -> None:
+    def __init__(
+        self,
+        limits: ModelLimits,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        name: str = "",
+        on_change: Callable[[LimitChanged], None] | None = None,
+    ) -> None:
         self.given_rpm = limits.rpm
         self.given_tpm = limits.tpm
-        self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0 * self.GIVEN_MARGIN)
+        self.name = name  # "provider:model", for events
+        self._clock = clock
+        self._on_change = on_change
+        rpm = None if limits.rpm is None else limits.rpm / 60.0 * self.GIVEN_MARGIN
+        self.requests = Pacer(rpm, clock=clock)
         self._send_lock = anyio.Lock()
-        self.tokens = Pacer(None if limits.tpm is None else limits.tpm / 60.0, burst_s=1.0)
-        self.input_tokens = Pacer(
-            None if limits.input_tpm is None else limits.input_tpm / 60.0, burst_s=1.0
-        )
-        self.output_tokens = Pacer(
-            None if limits.output_tpm is None else limits.output_tpm / 60.0, burst_s=1.0
-        )
+        self.tokens = self._token_pacer(limits.tpm)
+        self.input_tokens = self._token_pacer(limits.input_tpm)
+        self.output_tokens = self._token_pacer(limits.output_tpm)
         self.stats = GateStats()
-        self.learned_ceiling: float | None = None  # from headers, requests per second
+        self.learner = RateLearner()
         self.learned_tpm: float | None = None
-        self._last_decrease = 0.0
-        self._last_max = 0.0  # the rate that last drew a 429
-        self._recent: list[float] = []  # send times in the last few seconds
         self._recent_429s: list[float] = []
+
+    def _token_pacer(self, per_minute: float | None) -> Pacer:
+        return Pacer(None if per_minute is None else per_minute / 60.0, 1.0, clock=self._clock)
 
     @property
     def adaptive(self) -> bool:
         return self.given_rpm is None
+
+    @property
+    def learned_ceiling(self) -> float | None:
+        """The request rate the headers stated (per second, with the margin)."""
+        return self.learner.ceiling
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
         token_wait = max(
@@ -116,22 +152,20 @@ class ModelGate:
             self.output_tokens.reserve(output_tokens),
         )
         if token_wait > 0:
-            await anyio.sleep(token_wait)
-        if self.requests.rate is None and self.requests.paused_until <= time.monotonic():
-            now = time.monotonic()
+            await self._clock.sleep(token_wait)
+        if self.requests.rate is None and self.requests.paused_until <= self._clock.monotonic():
+            now = self._clock.monotonic()
         else:
             # One sender at a time, in arrival order: slots follow real send times.
             async with self._send_lock:
                 wait = self.requests.reserve(1.0)
                 if wait > 0:
-                    await anyio.sleep(wait)
-                now = time.monotonic()
+                    await self._clock.sleep(wait)
+                now = self._clock.monotonic()
                 self.requests.sent_at(now)
         self.stats.sent += 1
         if self.adaptive:
-            self._recent.append(now)
-            if len(self._recent) > 512:
-                del self._recent[:256]
+            self._learned(self.learner.sent(now))
 
     def settle(self, reserved_in: int, reserved_out: int, real_in: int, real_out: int) -> None:
         """Correct token reservations with what the provider counted."""
@@ -142,52 +176,54 @@ class ModelGate:
     def on_success(self, hint: RateLimitHint | None) -> None:
         if hint is not None:
             self._apply_hint(hint)
-        if self.adaptive and self.requests.rate is not None:
-            rate = self.requests.rate
-            rate *= 1.01 if rate < 0.9 * self._last_max else 1.001
-            if self.learned_ceiling is not None:
-                rate = min(rate, self.learned_ceiling)
-            self.requests.rate = rate
+        if self.adaptive:
+            self._learned(self.learner.succeeded(self._clock.monotonic()))
 
     def on_rate_limited(self, retry_after: float | None, hint: RateLimitHint | None) -> None:
         self.stats.rate_limited += 1
+        now = self._clock.monotonic()
         if hint is not None:
             self._apply_hint(hint)
-        now = time.monotonic()
+        left = _quota_left(hint)
+        if left:
+            # Not our pace: a shared key, a busy provider, a proxy. The caller waits
+            # this request's retry-after; the model keeps its pace.
+            if self.adaptive:
+                self._learned(self.learner.noise_429(now))
+            return
         self._recent_429s = [t for t in self._recent_429s if now - t < 5.0] + [now]
-        if retry_after is not None and retry_after > 0:
-            # Everyone waits, not just the request that was told to: always when the
-            # limit is being learned; with a given limit only when 429s repeat (a lone
-            # one is scheduling jitter, and its own request honours the retry-after).
-            if self.adaptive or len(self._recent_429s) >= 2:
-                self.requests.pause(min(retry_after, 120.0))
         if not self.adaptive:
+            # A lone 429 under a given limit is scheduling jitter, and its own request
+            # honours the retry-after; repeated ones mean the window is full: all wait.
+            if retry_after and len(self._recent_429s) >= 2:
+                self.requests.pause(min(retry_after, PAUSE_CAP_S))
             return
-        if now - self._last_decrease < 1.0:
-            return
-        self._last_decrease = now
-        if self.requests.rate is None:
-            self._last_max = self._observed_rate(now)
-            self.requests.rate = max(self.MIN_RATE, self._last_max * 0.9)
-        else:
-            self._last_max = self.requests.rate
-            self.requests.rate = max(self.MIN_RATE, self.requests.rate * 0.7)
+        change = self.learner.pace_429(now, exhausted=left is False)
+        if change is not None and change.reason == "rate_limited" and retry_after:
+            # Our pace overran the provider's window: everyone waits for it to drain.
+            self.requests.pause(min(retry_after, PAUSE_CAP_S))
+            self.learner.paused(now, self.requests.paused_until)
+        self._learned(change)
 
-    def _observed_rate(self, now: float) -> float:
-        window = [t for t in self._recent if now - t <= 5.0]
-        if len(window) < 2:
-            return 1.0
-        span = max(now - window[0], 1.0)
-        return len(window) / span
+    def _learned(self, change: RateChange | None) -> None:
+        if change is None:
+            return
+        self.requests.rate = change.after
+        if self._on_change is not None:
+            self._on_change(
+                LimitChanged(
+                    self._clock.time(),
+                    self.name,
+                    None if change.before is None else change.before * 60.0,
+                    None if change.after is None else change.after * 60.0,
+                    change.reason,
+                )
+            )
 
     def _apply_hint(self, hint: RateLimitHint) -> None:
-        if hint.requests_limit:
+        if hint.requests_limit and self.adaptive:
             # Providers state limits per minute; stay a hair under.
-            self.learned_ceiling = hint.requests_limit / 60.0 * 0.98
-            if self.adaptive and (
-                self.requests.rate is None or self.requests.rate > self.learned_ceiling
-            ):
-                self.requests.rate = self.learned_ceiling
+            self._learned(self.learner.stated(hint.requests_limit / 60.0 * self.GIVEN_MARGIN))
         if hint.tokens_limit:
             self.learned_tpm = hint.tokens_limit
             if self.given_tpm is None:
@@ -196,10 +232,10 @@ class ModelGate:
                 self.tokens.burst_s = 1.0
         if hint.requests_remaining is not None and hint.requests_remaining <= 0:
             if hint.requests_reset_s:
-                self.requests.pause(min(hint.requests_reset_s, 120.0))
+                self.requests.pause(min(hint.requests_reset_s, PAUSE_CAP_S))
         if hint.tokens_remaining is not None and hint.tokens_remaining <= 0:
             if hint.tokens_reset_s:
-                self.requests.pause(min(hint.tokens_reset_s, 120.0))
+                self.requests.pause(min(hint.tokens_reset_s, PAUSE_CAP_S))
 
     def describe(self) -> dict[str, object]:
         rpm = None if self.requests.rate is None else self.requests.rate * 60.0

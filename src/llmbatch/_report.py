@@ -10,10 +10,11 @@ import orjson
 
 from ._exceptions import UsageError
 from ._results import JobResult, iter_result_lines
-from ._stats import RunStats
+from ._stats import Bin, RunStats
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     # Jobs an earlier run recorded as failed and this one did not retry.
     failed_earlier: int = 0
+    # A coarse latency histogram for the terminal (not part of the JSON report).
+    latency_bins: tuple[Bin, ...] = ()
     cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
     cache_saved_usd: float = 0.0
 
@@ -172,6 +175,7 @@ def build_report(
         output=output,
         notes=list(notes or []),
         failed_earlier=failed_earlier,
+        latency_bins=lat.linear_bins(8),
         cache_hits=stats.cache_hits,
         cache_saved_usd=stats.cache_saved_usd,
     )
@@ -297,6 +301,8 @@ def render_report(report: RunReport, console: Console) -> None:
     for note in report.notes:
         summary.add_row("note", note)
     console.print(summary)
+    if report.latency_bins:
+        console.print(latency_histogram(report.latency_bins))
 
     if report.by_model:
         table = Table(title="by model", title_justify="left")
@@ -345,6 +351,36 @@ def render_report(report: RunReport, console: Console) -> None:
                 f"{lim.get('backoff_s', 0):.1f} s",
             )
         console.print(table)
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def _bar(fraction: float, width: int) -> str:
+    """A bar of unicode blocks, in eighths of a cell."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return "█" * full + (_EIGHTHS[part] if part else "")
+
+
+def latency_histogram(bins: tuple[Bin, ...], width: int = 36) -> Table:
+    """A few rows of bars: how successful jobs' latencies spread."""
+    from rich.table import Table
+
+    table = Table(
+        title="latency of successful jobs", title_justify="left", show_header=False, box=None
+    )
+    table.add_column(justify="right", style="dim")
+    table.add_column()
+    table.add_column(justify="right")
+    top = max(b.count for b in bins) or 1
+    seconds = bins[-1].hi >= 10_000
+    div, unit = (1000.0, "s") if seconds else (1.0, "ms")
+    for b in bins:
+        lo, hi = f"{b.lo / div:,.4g}", f"{b.hi / div:,.4g}"
+        label = f"≥ {lo} {unit}" if b.open_ended else f"{lo}–{hi} {unit}"
+        table.add_row(label, f"[cyan]{_bar(b.count / top, width)}[/]", f"{b.count:,}")
+    return table
 
 
 def _num(value: Any) -> str:

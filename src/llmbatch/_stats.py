@@ -53,6 +53,49 @@ class Histogram:
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def linear_bins(self, target: int = 30) -> tuple[Bin, ...]:
+        """About ``target`` equal bins with round edges, up to about p99; the rest in the last."""
+        if not self.count:
+            return ()
+        top = self.percentile(99)
+        low = self.percentile(0.5)
+        # No narrower than 0.1: result lines keep latencies to 0.1 ms.
+        step = nice_step(max((top - (0 if low < top / 4 else low)) / target, 0.1))
+        start = 0.0 if low < top / 4 else math.floor(low / step) * step
+        n = max(1, math.floor((top - start) / step) + 1)
+        overflow = self.max >= start + n * step
+        if overflow:
+            n += 1  # the last bin takes everything from its lower edge up
+        counts = [0] * n
+        for bucket, c in self.buckets.items():
+            value = min(math.expm1((bucket + 0.5) / _BUCKETS_PER_E), self.max)
+            counts[min(n - 1, max(0, int((value - start) / step)))] += c
+        return tuple(
+            Bin(start + i * step, start + (i + 1) * step, c, overflow and i == n - 1)
+            for i, c in enumerate(counts)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bin:
+    """One bar of a histogram: values in [lo, hi), or from lo up when ``open_ended``."""
+
+    lo: float
+    hi: float
+    count: int
+    open_ended: bool = False
+
+
+def nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten at or above ``raw``."""
+    if raw <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * power >= raw * (1 - 1e-9):
+            return m * power
+    return 10 * power
+
 
 @dataclass(slots=True)
 class ModelStats:

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ._config import RunConfig
+    from ._engine import Engine
+    from ._report import RunReport
 
 app = typer.Typer(
     name="llmbatch",
@@ -68,6 +70,10 @@ TemplateOpt = Annotated[
 ]
 TemplateFileOpt = Annotated[
     str | None, typer.Option("--template-file", help="Read the --template text from a file.")
+]
+HtmlOpt = Annotated[
+    str | None,
+    typer.Option("--html", help="Write the report as a self-contained HTML page with charts."),
 ]
 ProviderOpt = Annotated[
     str | None,
@@ -205,6 +211,7 @@ def run(
     report: Annotated[
         str | None, typer.Option("--report", help="Write the run report as JSON here.")
     ] = None,
+    html: HtmlOpt = None,
     fresh: Annotated[
         bool | None, typer.Option("--fresh", help="Back up an existing output and start over.")
     ] = None,
@@ -219,6 +226,14 @@ def run(
         bool | None, typer.Option("--quiet", help="No progress, no report table.")
     ] = None,
     provider: ProviderOpt = None,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", help="online | batch (Batch APIs, then the rest online) | auto."),
+    ] = "online",
+    batch_deadline: Annotated[
+        str | None,
+        typer.Option("--batch-deadline", help="auto: cancel open batches after this (e.g. 2h)."),
+    ] = None,
     cache: Annotated[
         str | None,
         typer.Option(
@@ -259,6 +274,7 @@ def run(
         "max_tokens": max_tokens,
         "temperature": temperature,
         "report": report,
+        "html": html,
         "fresh": fresh or None,
         "retry_failed": retry_failed or None,
         "skip_invalid": skip_invalid or None,
@@ -270,17 +286,30 @@ def run(
         "log_prompts": log_prompts or None,
         "otlp": otlp,
     }
-    code = _guard(lambda: _run(jobs, flags, config))
+    code = _guard(lambda: _run(jobs, flags, config, mode, batch_deadline))
     raise typer.Exit(code)
 
 
-def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+def _run(
+    jobs: str,
+    flags: dict[str, Any],
+    config_path: Path | None,
+    mode: str = "online",
+    batch_deadline: str | None = None,
+) -> int:
     import anyio
 
     from ._engine import Engine, exit_code_for
     from ._progress import make_progress
 
     with _configured(jobs, flags, config_path) as cfg:
+        if mode != "online" or batch_deadline is not None:
+            from ._cli_batch import run_mode
+
+            return run_mode(cfg, mode, batch_deadline)
+        from ._batch_run import refuse_if_batches_open
+
+        refuse_if_batches_open(cfg.output)
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
     if cfg.report is not None:
@@ -298,7 +327,18 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         _err("the output pipe was closed; stopped (jobs left unsent)")
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
+    if cfg.html is not None:
+        _write_run_html(cfg, cfg.html, report, engine)
     return exit_code_for(report, engine.stop_signal)
+
+
+def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: Engine) -> None:
+    """The run's HTML report, from its event stream."""
+    from ._html import write_html_report
+
+    write_html_report(path, report, engine.timeline.timeline())
+    if not cfg.quiet:
+        sys.stderr.write(f"llmbatch: HTML report written to {path}\n")
 
 
 @app.command()
@@ -384,6 +424,7 @@ def report_cmd(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the JSON report to stdout.")
     ] = False,
+    html: HtmlOpt = None,
 ) -> None:
     """Re-render the cost/latency report from a results file."""
 
@@ -391,6 +432,8 @@ def report_cmd(
         from ._report import report_from_results
 
         rep = report_from_results(Path(results))
+        if html is not None:
+            _write_results_html(Path(results), Path(html), rep)
         if as_json:
             sys.stdout.buffer.write(rep.to_json())
             sys.stdout.flush()
@@ -404,6 +447,17 @@ def report_cmd(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+def _write_results_html(results: Path, path: Path, rep: RunReport) -> None:
+    from ._exceptions import UsageError
+    from ._html import write_html_report
+    from ._timeline import timeline_from_results
+
+    if path.resolve() == results.resolve():
+        raise UsageError(f"--html {path} is the results file itself; write the page elsewhere")
+    write_html_report(path, rep, timeline_from_results(results))
+    sys.stderr.write(f"llmbatch: HTML report written to {path}\n")
 
 
 def _render_history(history: list[dict[str, Any]]) -> None:
@@ -491,6 +545,9 @@ def models(
     raise typer.Exit(_guard(go))
 
 
+from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
+
+app.add_typer(batch_app, name="batch")
 app.add_typer(cache_app)
 
 

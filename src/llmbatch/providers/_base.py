@@ -27,7 +27,10 @@ class Provider(Protocol):
     """Sends one request and streams its answer.
 
     ``send`` returns an Answer or raises a ProviderError subclass; nothing else
-    escapes (foreign exceptions are translated at this seam).
+    escapes: the built-in providers run each attempt inside
+    ``providers._errors.translate_errors``, the one seam for foreign exceptions.
+    An error with ``retryable`` set and ``retry_after == 0`` asks to be retried at
+    once (the provider changed how it sends, e.g. its structured-output mode).
     """
 
     name: str

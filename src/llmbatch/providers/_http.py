@@ -1,46 +1,41 @@
 """What the HTTP providers share: one aiohttp session, SSE reading, and the error seam.
 
-Every foreign exception (aiohttp, asyncio, orjson) is translated here, to the
-most specific ProviderError, so the engine matches only our own classes.
+``HttpProvider.send`` runs the adapter's ``_send`` inside
+:func:`~llmbatch.providers._errors.translate_errors`, so only ProviderError
+subclasses leave it. Every response is read to its end (an error body, the bytes
+after ``[DONE]``) so aiohttp's pool keeps the connection alive for the next request.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
+import anyio
 import orjson
 
 from .._exceptions import (
-    ConnectionFailed,
-    OtherProviderError,
     ProviderError,
-    ProviderTimeout,
     RateLimited,
     UsageError,
     error_for_status,
 )
 from .._headers import RateLimitHint, hint_from_headers, parse_retry_after
+from .._jobs import Request
+from ._base import Answer
+from ._errors import Attempt, redact, translate_errors, unexpected_shape
 
 if TYPE_CHECKING:
     import aiohttp
 
     from .._config import ProviderSettings, RunConfig
 
-_KEYLIKE = re.compile(r"\b(sk-(?:ant-)?[A-Za-z0-9_\-]{6})[A-Za-z0-9_\-]{8,}")
+__all__ = ["HttpProvider", "SSEDecoder", "SSEEvent", "redact"]
 
-
-def redact(text: str, key: str | None) -> str:
-    """Remove an API key (ours, or anything shaped like one) from text we show."""
-    if key:
-        text = text.replace(key, "[redacted]")
-    return _KEYLIKE.sub(r"\1…[redacted]", text)
-
-
-WHOLE_ANSWER = "llmbatch.whole-answer"  # the event name given to a non-streamed JSON body
+MAX_LINE = 32 * 1024 * 1024  # one SSE line longer than this is not an answer we can hold
+DRAIN_GRACE_S = 2.0  # after the last event, how long the end of the body may take to come
 
 
 class SSEEvent:
@@ -49,6 +44,74 @@ class SSEEvent:
     def __init__(self, event: str | None, data: bytes) -> None:
         self.event = event
         self.data = data
+
+
+class SSEDecoder:
+    """Turns the bytes of a ``text/event-stream`` body, in chunks of any size, into events."""
+
+    __slots__ = ("_data", "_event", "_pending", "_pending_size")
+
+    def __init__(self) -> None:
+        self._event: str | None = None
+        self._data: list[bytes] = []
+        self._pending: list[bytes] = []  # a line not yet ended, kept in pieces (no quadratic +=)
+        self._pending_size = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if b"\n" not in chunk:
+            self._pending.append(chunk)
+            self._pending_size += len(chunk)
+            if self._pending_size > MAX_LINE:
+                raise unexpected_shape(f"a line longer than {MAX_LINE} bytes")
+            return []
+        if self._pending:
+            chunk = b"".join(self._pending) + chunk
+            self._pending.clear()
+            self._pending_size = 0
+        lines = chunk.split(b"\n")
+        tail = lines.pop()
+        if tail:
+            self._pending.append(tail)
+            self._pending_size = len(tail)
+        out: list[SSEEvent] = []
+        for line in lines:
+            self._line(line, out)
+        return out
+
+    def close(self) -> list[SSEEvent]:
+        """The events still held when the body ends (a last line without its newline)."""
+        out: list[SSEEvent] = []
+        if self._pending:
+            self._line(b"".join(self._pending), out)
+            self._pending.clear()
+        if self._data:
+            out.append(SSEEvent(self._event, b"\n".join(self._data)))
+            self._data = []
+        return out
+
+    def _line(self, line: bytes, out: list[SSEEvent]) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            if self._data:
+                out.append(SSEEvent(self._event, b"\n".join(self._data)))
+                self._data = []
+            self._event = None
+        elif line.startswith(b"data:"):
+            self._data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip().decode("utf-8", "replace")
+        # comments (":") and unknown fields are ignored, as the SSE spec says
+
+
+class EventStream(Protocol):
+    """An adapter's reader of one answer: fed events, it knows when the answer is complete."""
+
+    done: bool  # the last event of the answer (or an error event) was seen
+
+    def feed(self, event: SSEEvent) -> None: ...
+
+    def whole(self, raw: bytes) -> None: ...
 
 
 class HttpProvider:
@@ -71,6 +134,14 @@ class HttpProvider:
         self.idle_timeout = config.idle_timeout
         self._session: aiohttp.ClientSession | None = None
         self.notes: set[str] = set()  # said once in the report
+
+    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
+        """One attempt; raises ProviderError subclasses only."""
+        with translate_errors(key=self.api_key, idle_timeout=self.idle_timeout) as attempt:
+            return await self._send(model, request, attempt)
+
+    async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
+        raise NotImplementedError
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -100,66 +171,29 @@ class HttpProvider:
     def _redact(self, text: str) -> str:
         return redact(text, self.api_key)
 
-    async def _stream(
-        self,
-        url: str,
-        body: dict[str, Any],
-        headers: Mapping[str, str],
-    ) -> AsyncIterator[tuple[SSEEvent | None, RateLimitHint | None, str | None]]:
-        """POST ``body`` and yield SSE events.
+    async def _exchange(
+        self, url: str, body: dict[str, Any], headers: Mapping[str, str], stream: EventStream
+    ) -> tuple[RateLimitHint | None, str | None]:
+        """POST ``body`` and feed the answer to ``stream``; (rate-limit hint, request id).
 
-        The first item is ``(None, hint, request_id)`` from the response headers.
-        Raises ProviderError subclasses only.
+        An error status raises its ProviderError after its body was read, so the
+        connection goes back to the pool.
         """
-        import aiohttp
-
         session = self._get_session()
-        data = orjson.dumps(body)
-        try:
-            async with session.post(url, data=data, headers=headers, proxy=self.proxy) as resp:
-                request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
-                hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]
-                if resp.status != 200:
-                    raw = await resp.read()
-                    raise self._http_error(resp.status, raw, resp.headers, hint, request_id)
-                yield None, hint, request_id
-                if resp.content_type == "application/json":
-                    # A server that ignored stream=true answered in one piece.
-                    yield SSEEvent(WHOLE_ANSWER, await resp.read()), None, None
-                    return
-                event: str | None = None
-                data_lines: list[bytes] = []
-                async for line in resp.content:
-                    line = line.rstrip(b"\r\n")
-                    if not line:
-                        if data_lines:
-                            yield SSEEvent(event, b"\n".join(data_lines)), None, None
-                        event = None
-                        data_lines = []
-                        continue
-                    if line.startswith(b"data:"):
-                        data_lines.append(line[5:].lstrip(b" "))
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode()
-                    # comments (":") and unknown fields are ignored, as the SSE spec says
-                if data_lines:
-                    yield SSEEvent(event, b"\n".join(data_lines)), None, None
-        except ProviderError:
-            raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ProviderTimeout(
-                f"the stream went silent for more than {self.idle_timeout:g} s"
-                if isinstance(exc, aiohttp.ServerTimeoutError)
-                else "timed out waiting for the provider"
-            ) from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise ConnectionFailed(f"the response was cut off: {self._redact(str(exc))}") from exc
-        except aiohttp.ClientConnectionError as exc:
-            raise ConnectionFailed(
-                f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise OtherProviderError(f"HTTP error: {self._redact(str(exc))}") from exc
+        async with session.post(
+            url, data=orjson.dumps(body), headers=headers, proxy=self.proxy
+        ) as resp:
+            request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+            hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]
+            if resp.status != 200:
+                raw = await resp.read()
+                raise self._http_error(resp.status, raw, resp.headers, hint, request_id)
+            if resp.content_type == "application/json":
+                # A server that ignored stream=true answered in one piece.
+                stream.whole(await resp.read())
+            else:
+                await _read_events(resp, stream)
+        return hint, request_id
 
     def _http_error(
         self,
@@ -214,6 +248,33 @@ def parse_error_body(raw: bytes) -> tuple[str, str | None, str | None]:
         if isinstance(err, str):
             return err, None, None
     return "", None, None
+
+
+async def _read_events(resp: aiohttp.ClientResponse, stream: EventStream) -> None:
+    """Feed the SSE events of ``resp`` to ``stream``; after its last event, read the body's end."""
+    decoder = SSEDecoder()
+    async for chunk in resp.content.iter_any():
+        for event in decoder.feed(chunk):
+            stream.feed(event)
+            if stream.done:
+                await _drain(resp)
+                return
+    for event in decoder.close():
+        stream.feed(event)
+        if stream.done:
+            return
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows the last event (usually only the end of the chunked body).
+
+    A connection is reused only when its response was read to the end; a server
+    that keeps the stream open after its last event gets a short grace, then the
+    connection is closed when the response is released.
+    """
+    with anyio.move_on_after(DRAIN_GRACE_S):
+        while await resp.content.readany():
+            pass
 
 
 def now_ms(since: float) -> float:

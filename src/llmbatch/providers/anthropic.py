@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, error_for_status
+from .._headers import RateLimitHint
 from .._jobs import Request
 from .._usage import Usage
 from ._base import Answer
-from ._http import WHOLE_ANSWER, HttpProvider, now_ms
+from ._errors import Attempt, redact, text_field, token_count, unexpected_shape
+from ._http import HttpProvider, SSEEvent, now_ms
+from ._structured import ANTHROPIC_MODES, StructuredModes, schema_instruction
 
 if TYPE_CHECKING:
     from .._config import ProviderSettings, RunConfig
@@ -68,7 +71,8 @@ def build_anthropic_body(
         notes is not None
     ):
         notes.add("temperature is not sent to Anthropic: its 2.x Messages API takes none")
-    if request.schema is not None and structured == "native" and "output_config" not in body:
+    native = structured in ("native", "output_config")
+    if request.schema is not None and native and "output_config" not in body:
         body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
     elif request.schema is not None and structured == "prompt":
         body["system"] = _with_schema_instruction(body.get("system"), request.schema)
@@ -77,10 +81,7 @@ def build_anthropic_body(
 
 
 def _with_schema_instruction(system: Any, schema: dict[str, Any]) -> Any:
-    note = (
-        "Answer with only a JSON value that validates against this JSON Schema, "
-        "no prose and no code fences:\n" + orjson.dumps(schema).decode()
-    )
+    note = schema_instruction(schema)
     if system is None:
         return note
     if isinstance(system, str):
@@ -101,94 +102,133 @@ class AnthropicProvider(HttpProvider):
             **dict(settings.headers),
         }
 
-    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
-        started = time.perf_counter()
-        body = build_anthropic_body(model, request, self.settings.structured_output, self.notes)
-        parts: list[str] = []
-        usage = Usage()
-        raw_in = cache_read = cache_write = 0
-        stop_reason: str | None = None
-        ttft: float | None = None
-        hint = None
-        request_id = None
-        finished = False
-        loads = orjson.loads
+        self.structured = StructuredModes(ANTHROPIC_MODES, settings.structured_output, self.notes)
+
+    async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
+        mode = self.structured.mode
+        body = build_anthropic_body(model, request, mode, self.notes)
+        ours = request.schema is not None and mode != "prompt"
+        if ours and request.body is not None and "output_config" in request.body:
+            ours = False  # the line's own output_config: not ours to change
+        stream = AnthropicStream(time.perf_counter(), self.api_key)
+        attempt.spent = stream.spent
         try:
-            async for event, h, rid in self._stream(self.url, body, self.headers):
-                if event is None:
-                    hint, request_id = h, rid
-                    continue
-                kind = event.event
-                if kind == "ping":
-                    continue
-                data = loads(event.data)
-                if kind == WHOLE_ANSWER:
-                    for block in data.get("content") or ():
-                        if isinstance(block, dict) and block.get("type") == "text":
-                            parts.append(block.get("text", ""))
-                    ttft = now_ms(started)
-                    u = data.get("usage") or {}
-                    raw_in = int(u.get("input_tokens") or 0)
-                    cache_read = int(u.get("cache_read_input_tokens") or 0)
-                    cache_write = int(u.get("cache_creation_input_tokens") or 0)
-                    usage.output_tokens = int(u.get("output_tokens") or 0)
-                    stop_reason = data.get("stop_reason")
-                    finished = True
-                    continue
-                if kind is None:
-                    kind = data.get("type")
-                if kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    text = delta.get("text")
-                    if text is None:
-                        text = delta.get("partial_json")
-                    if text:
-                        if ttft is None:
-                            ttft = now_ms(started)
-                        parts.append(text)
-                elif kind == "message_start":
-                    u = (data.get("message") or {}).get("usage") or {}
-                    raw_in = int(u.get("input_tokens") or 0)
-                    cache_read = int(u.get("cache_read_input_tokens") or 0)
-                    cache_write = int(u.get("cache_creation_input_tokens") or 0)
-                    usage.output_tokens = int(u.get("output_tokens") or 0)
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    u = data.get("usage") or {}
-                    if u.get("output_tokens") is not None:
-                        usage.output_tokens = int(u["output_tokens"])
-                    if u.get("input_tokens") is not None:
-                        raw_in = int(u["input_tokens"])
-                    if u.get("cache_read_input_tokens") is not None:
-                        cache_read = int(u["cache_read_input_tokens"])
-                    if u.get("cache_creation_input_tokens") is not None:
-                        cache_write = int(u["cache_creation_input_tokens"])
-                elif kind == "message_stop":
-                    finished = True
-                elif kind == "error":
-                    err = data.get("error") or {}
-                    raise _stream_error(err, self._redact(str(err.get("message") or "")))
-        except ProviderError as exc:
-            if raw_in or usage.output_tokens:
-                exc.usage = _usage(raw_in, cache_read, cache_write, usage.output_tokens)
+            hint, request_id = await self._exchange(self.url, body, self.headers, stream)
+        except ProviderError as err:
+            self.structured.adapt(err, mode if ours else None)
             raise
-        except orjson.JSONDecodeError as exc:
-            raise ConnectionFailed(f"a stream event was not valid JSON: {exc}") from exc
-        usage = _usage(raw_in, cache_read, cache_write, usage.output_tokens)
-        if not finished:
+        return stream.answer(hint, request_id)
+
+
+class AnthropicStream:
+    """Reads one streamed message (or a whole one), event by event."""
+
+    __slots__ = (
+        "_key",
+        "cache_read",
+        "cache_write",
+        "done",
+        "error",
+        "output",
+        "parts",
+        "raw_in",
+        "started",
+        "stop_reason",
+        "ttft",
+    )
+
+    def __init__(self, started: float, key: str | None = None) -> None:
+        self.started = started
+        self._key = key
+        self.parts: list[str] = []
+        self.raw_in = self.cache_read = self.cache_write = self.output = 0
+        self.stop_reason: str | None = None
+        self.ttft: float | None = None
+        self.error: ProviderError | None = None
+        self.done = False
+
+    def spent(self) -> Usage | None:
+        if not (self.raw_in or self.output):
+            return None
+        return _usage(self.raw_in, self.cache_read, self.cache_write, self.output)
+
+    def feed(self, event: SSEEvent) -> None:
+        kind = event.event
+        if kind == "ping":
+            return
+        data = orjson.loads(event.data)
+        if not isinstance(data, dict):
+            raise unexpected_shape(f"an event that is {type(data).__name__}, not an object")
+        if kind is None:
+            kind = data.get("type")
+        if kind == "content_block_delta":
+            delta = data.get("delta") or {}
+            text = text_field(delta.get("text"))
+            if text is None:
+                text = text_field(delta.get("partial_json"))
+            if text:
+                if self.ttft is None:
+                    self.ttft = now_ms(self.started)
+                self.parts.append(text)
+        elif kind == "message_start":
+            self._usage((data.get("message") or {}).get("usage") or {})
+        elif kind == "message_delta":
+            self.stop_reason = text_field((data.get("delta") or {}).get("stop_reason")) or (
+                self.stop_reason
+            )
+            self._usage(data.get("usage") or {})
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            err = data.get("error") or {}
+            self.error = _stream_error(err, redact(str(err.get("message") or ""), self._key))
+            self.done = True
+
+    def whole(self, raw: bytes) -> None:
+        """A non-streamed message."""
+        data = orjson.loads(raw)
+        if not isinstance(data, dict):
+            raise unexpected_shape(f"a message that is {type(data).__name__}, not an object")
+        for block in data.get("content") or ():
+            if isinstance(block, dict) and block.get("type") == "text":
+                self.parts.append(text_field(block.get("text")) or "")
+        self.ttft = now_ms(self.started)
+        self._usage(data.get("usage") or {})
+        self.stop_reason = text_field(data.get("stop_reason"))
+        self.done = True
+
+    def _usage(self, u: dict[str, Any]) -> None:
+        # Absent fields keep what an earlier event said (message_delta repeats only some).
+        if u.get("input_tokens") is not None:
+            self.raw_in = token_count(u["input_tokens"])
+        if u.get("cache_read_input_tokens") is not None:
+            self.cache_read = token_count(u["cache_read_input_tokens"])
+        if u.get("cache_creation_input_tokens") is not None:
+            self.cache_write = token_count(u["cache_creation_input_tokens"])
+        if u.get("output_tokens") is not None:
+            self.output = token_count(u["output_tokens"])
+
+    def answer(self, hint: RateLimitHint | None, request_id: str | None) -> Answer:
+        """The Answer, once the body has ended; or the ProviderError of an incomplete one."""
+        usage = _usage(self.raw_in, self.cache_read, self.cache_write, self.output)
+        if self.error is not None:
+            raise self.error.with_usage(self.spent())
+        if not self.done:
             raise ConnectionFailed("the stream ended before message_stop (truncated)").with_usage(
                 usage
             )
-        if stop_reason == "refusal":
+        if self.stop_reason is None:
+            raise ConnectionFailed("the stream ended without a finish reason").with_usage(usage)
+        if self.stop_reason == "refusal":
             raise ContentFiltered("the model refused to answer (stop_reason: refusal)").with_usage(
                 usage
             )
         return Answer(
-            text="".join(parts),
+            text="".join(self.parts),
             usage=usage,
-            stop_reason=stop_reason,
-            latency_ms=now_ms(started),
-            ttft_ms=ttft,
+            stop_reason=self.stop_reason,
+            latency_ms=now_ms(self.started),
+            ttft_ms=self.ttft,
             request_id=request_id,
             limits=hint,
         )

@@ -17,10 +17,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, error_for_status
+from .._headers import RateLimitHint
 from .._jobs import Request, estimate_input_tokens, text_of
 from .._usage import Usage
 from ._base import Answer
-from ._http import WHOLE_ANSWER, HttpProvider, now_ms
+from ._errors import Attempt, redact, text_field, token_count, unexpected_shape
+from ._http import HttpProvider, SSEEvent, now_ms
+from ._structured import OPENAI_MODES, StructuredModes, schema_instruction
 
 if TYPE_CHECKING:
     from .._config import ProviderSettings, RunConfig
@@ -87,7 +90,12 @@ def build_openai_body(
     structured: str = "native",
     notes: set[str] | None = None,
 ) -> dict[str, Any]:
-    """The wire body for one attempt. A Batch API ``body`` passes through."""
+    """The wire body for one attempt. A Batch API ``body`` passes through.
+
+    ``structured`` is how a schema goes out: "native" or "json_schema"
+    (``response_format`` json_schema), "json_object" (JSON mode, the schema in a
+    system message) or "prompt" (the schema in a system message only).
+    """
     if request.wire_format == "openai" and request.body is not None:
         body = dict(request.body)
         body["model"] = model
@@ -109,31 +117,34 @@ def build_openai_body(
         if request.temperature is not None:
             body["temperature"] = request.temperature
     if request.schema is not None and "response_format" not in body:
-        if structured == "native":
-            strict = fits_strict(request.schema)
-            if not strict and notes is not None:
-                notes.add(
-                    f"schema {_schema_name(request.schema)!r} does not fit OpenAI strict mode "
-                    "(every property required, additionalProperties false, no bounds or "
-                    "formats): sent with strict: false, and validated here"
-                )
-            body["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": _schema_name(request.schema),
-                    "schema": request.schema,
-                    "strict": strict,
-                },
-            }
-        else:
-            note = (
-                "Answer with only a JSON value that validates against this JSON Schema, "
-                "no prose and no code fences:\n" + orjson.dumps(request.schema).decode()
-            )
-            body["messages"] = [{"role": "system", "content": note}, *body["messages"]]
+        _add_structured(body, request.schema, structured, notes)
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
+
+
+def _add_structured(
+    body: dict[str, Any], schema: dict[str, Any], structured: str, notes: set[str] | None
+) -> None:
+    if structured in ("native", "json_schema"):
+        strict = fits_strict(schema)
+        if not strict and notes is not None:
+            notes.add(
+                f"schema {_schema_name(schema)!r} does not fit OpenAI strict mode "
+                "(every property required, additionalProperties false, no bounds or "
+                "formats): sent with strict: false, and validated here"
+            )
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(schema), "schema": schema, "strict": strict},
+        }
+        return
+    if structured == "json_object":
+        body["response_format"] = {"type": "json_object"}
+    body["messages"] = [
+        {"role": "system", "content": schema_instruction(schema)},
+        *body["messages"],
+    ]
 
 
 class OpenAIProvider(HttpProvider):
@@ -151,93 +162,127 @@ class OpenAIProvider(HttpProvider):
         }
         if self.api_key:
             self.headers["authorization"] = f"Bearer {self.api_key}"
+        self.structured = StructuredModes(OPENAI_MODES, settings.structured_output, self.notes)
 
-    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
-        started = time.perf_counter()
+    async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
+        mode = self.structured.mode
         body = build_openai_body(
             model,
             request,
             max_tokens_field=self.max_tokens_field,
-            structured=self.settings.structured_output,
+            structured=mode,
             notes=self.notes,
         )
-        parts: list[str] = []
-        usage: Usage | None = None
-        finish: str | None = None
-        refusal: list[str] = []
-        ttft: float | None = None
-        hint = None
-        request_id = None
-        done = False
-        loads = orjson.loads
+        ours = request.schema is not None and mode != "prompt"
+        if ours and request.body is not None and "response_format" in request.body:
+            ours = False  # the line's own response_format: not ours to change
+        stream = OpenAIStream(time.perf_counter(), self.api_key)
+        attempt.spent = stream.spent
         try:
-            async for event, h, rid in self._stream(self.url, body, self.headers):
-                if event is None:
-                    hint, request_id = h, rid
-                    continue
-                if event.data == b"[DONE]":
-                    done = True
-                    break
-                chunk = loads(event.data)
-                if event.event == WHOLE_ANSWER:
-                    # Non-streamed: choices[].message instead of choices[].delta.
-                    for choice in chunk.get("choices") or ():
-                        choice["delta"] = choice.get("message") or {}
-                    done = True
-                if "error" in chunk and chunk["error"]:
-                    raise _stream_error(chunk["error"], self._redact)
-                for choice in chunk.get("choices") or ():
-                    if choice.get("index", 0) != 0:
-                        continue  # n > 1: the result holds the first choice
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content")
-                    if text:
-                        if ttft is None:
-                            ttft = now_ms(started)
-                        parts.append(text)
-                    if delta.get("refusal"):
-                        refusal.append(delta["refusal"])
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                u = chunk.get("usage")
-                if u:
-                    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-                    usage = Usage(
-                        int(u.get("prompt_tokens") or 0),
-                        int(u.get("completion_tokens") or 0),
-                        int(cached),
-                        0,
-                    )
-        except ProviderError as exc:
-            if usage is not None:
-                exc.usage = usage
+            hint, request_id = await self._exchange(self.url, body, self.headers, stream)
+        except ProviderError as err:
+            self.structured.adapt(err, mode if ours else None)
             raise
-        except orjson.JSONDecodeError as exc:
-            raise ConnectionFailed(f"a stream chunk was not valid JSON: {exc}") from exc
-        if not done:
-            raise ConnectionFailed("the stream ended before [DONE] (truncated)").with_usage(usage)
+        return stream.answer(request, hint, request_id)
+
+
+class OpenAIStream:
+    """Reads one streamed chat completion (or a whole one), event by event."""
+
+    __slots__ = ("_key", "done", "error", "finish", "parts", "refusal", "started", "ttft", "usage")
+
+    def __init__(self, started: float, key: str | None = None) -> None:
+        self.started = started
+        self._key = key
+        self.parts: list[str] = []
+        self.refusal: list[str] = []
+        self.usage: Usage | None = None
+        self.finish: str | None = None
+        self.ttft: float | None = None
+        self.error: ProviderError | None = None
+        self.done = False
+
+    def spent(self) -> Usage | None:
+        return self.usage
+
+    def feed(self, event: SSEEvent) -> None:
+        if event.data == b"[DONE]":
+            self.done = True
+            return
+        self._chunk(orjson.loads(event.data), "delta")
+
+    def whole(self, raw: bytes) -> None:
+        """A non-streamed completion: choices[].message instead of choices[].delta."""
+        self._chunk(orjson.loads(raw), "message")
+        self.done = True
+
+    def _chunk(self, chunk: Any, key: str) -> None:
+        if not isinstance(chunk, dict):
+            raise unexpected_shape(f"a chunk that is {type(chunk).__name__}, not an object")
+        if chunk.get("error"):
+            self.error = _stream_error(chunk["error"], self._key)
+            self.done = True
+            return
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue  # n > 1: the result holds the first choice
+            delta = choice.get(key) or {}
+            text = text_field(delta.get("content"))
+            if text:
+                if self.ttft is None:
+                    self.ttft = now_ms(self.started)
+                self.parts.append(text)
+            refusal = text_field(delta.get("refusal"))
+            if refusal:
+                self.refusal.append(refusal)
+            finish = text_field(choice.get("finish_reason"))
+            if finish:
+                self.finish = finish
+        u = chunk.get("usage")
+        if u:
+            details = u.get("prompt_tokens_details") or {}
+            self.usage = Usage(
+                token_count(u.get("prompt_tokens")),
+                token_count(u.get("completion_tokens")),
+                token_count(details.get("cached_tokens")),
+                0,
+            )
+
+    def answer(
+        self, request: Request, hint: RateLimitHint | None, request_id: str | None
+    ) -> Answer:
+        """The Answer, once the body has ended; or the ProviderError of an incomplete one."""
+        if self.error is not None:
+            raise self.error.with_usage(self.usage)
+        if not self.done:
+            raise ConnectionFailed("the stream ended before [DONE] (truncated)").with_usage(
+                self.usage
+            )
+        usage = self.usage
         if usage is None:
             # A server that ignores include_usage: estimate, so budgets still hold.
-            text = "".join(parts)
+            text = "".join(self.parts)
             usage = Usage(estimate_input_tokens(request), max(1, len(text) // 4))
-        if finish == "content_filter" or refusal:
-            reason = "".join(refusal) or "finish_reason: content_filter"
+        if self.finish is None:
+            raise ConnectionFailed("the stream ended without a finish reason").with_usage(usage)
+        if self.finish == "content_filter" or self.refusal:
+            reason = "".join(self.refusal) or "finish_reason: content_filter"
             raise ContentFiltered(f"the answer was filtered or refused: {reason}").with_usage(usage)
         return Answer(
-            text="".join(parts),
+            text="".join(self.parts),
             usage=usage,
-            stop_reason=finish,
-            latency_ms=now_ms(started),
-            ttft_ms=ttft,
+            stop_reason=self.finish,
+            latency_ms=now_ms(self.started),
+            ttft_ms=self.ttft,
             request_id=request_id,
             limits=hint,
         )
 
 
-def _stream_error(err: Any, redact: Any) -> ProviderError:
+def _stream_error(err: Any, key: str | None) -> ProviderError:
     if not isinstance(err, dict):
-        return error_for_status(500, redact(str(err)))
-    message = redact(str(err.get("message") or "error in stream"))
+        return error_for_status(500, redact(str(err), key))
+    message = redact(str(err.get("message") or "error in stream"), key)
     kind = str(err.get("type") or "")
     code = err.get("code")
     status = code if isinstance(code, int) else None

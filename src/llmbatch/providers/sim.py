@@ -26,6 +26,7 @@ from .._jobs import Request, estimate_input_tokens
 from .._schema import sample_instance
 from .._usage import Usage
 from ._base import Answer
+from ._errors import translate_errors
 
 _VOCAB = (
     "the of and to in is that for it as with was on be by this are at from or an which "
@@ -67,6 +68,11 @@ class SimProvider:
         self.notes: set[str] = set()
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
+        """One attempt; raises ProviderError subclasses only, like the HTTP providers."""
+        with translate_errors():
+            return await self._send(model, request)
+
+    async def _send(self, model: str, request: Request) -> Answer:
         started = time.perf_counter()
         seed_bytes = orjson.dumps(
             [model, request.system, request.messages, request.max_tokens, request.schema],

@@ -1,0 +1,108 @@
+"""Learned limits end to end: the real engine, in-process, against the loopback fake API.
+
+usage: python bench/limits_live.py [SRC_DIR] [--new-backoff] [--only NAME_PART]
+
+SRC_DIR is the llmbatch source to measure (default: this checkout's src; for
+"before", extract an older commit: ``git archive 5e567f2 src | tar -x -C /tmp/before``).
+``--new-backoff`` swaps ``Engine._backoff`` for ``_retry.Backoff`` (what the lead's
+integration does). Wall-clock figures of this machine, so run it on a quiet one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else ROOT / "src"
+sys.path.insert(0, str(SRC))
+sys.path.insert(1, str(ROOT))
+
+from llmbatch._config import RunConfig  # noqa: E402
+from llmbatch._engine import Engine, run_jobs_async  # noqa: E402
+from llmbatch._models import ModelRef  # noqa: E402
+from tests.fakeapi import FakeAPI  # noqa: E402
+
+GIVE_UP_S = 150.0
+
+if "--new-backoff" in sys.argv:
+    from llmbatch._retry import Backoff
+
+    def _backoff(self: Any, tries: int, retry_after: float | None) -> float:
+        return Backoff(cap=self.config.backoff_cap).delay(tries, retry_after)
+
+    Engine._backoff = _backoff  # type: ignore[method-assign]
+
+
+def _scenarios() -> list[tuple[str, dict[str, Any], int, float | None, int]]:
+    chaos = {"429": 0.08, "500": 0.05, "529": 0.05, "reset": 0.03}
+    window = {"window_limit": 50, "window_s": 5.0, "rate_limit_headers": False}
+    rpm_window = {"window_limit": 10, "window_s": 0.5, "rate_limit_headers": False}
+    return [
+        # name, fake settings, jobs, --rpm, first N jobs draw one 429
+        ("clean", {}, 300, None, 0),
+        ("8% 429 (quota left)", {"chaos": {"429": 0.08}}, 300, None, 0),
+        ("8% 429 + 5% 500 + 5% 529 + 3% reset", {"chaos": chaos}, 300, None, 0),
+        ("first 30 jobs draw one 429, 200", {}, 200, None, 30),
+        ("600/min, 5 s windows, no headers", window, 600, None, 0),
+        ("--rpm 1200, 0.5 s windows", rpm_window, 600, 1200.0, 0),
+    ]
+
+
+async def _one(settings: dict[str, Any], jobs: int, rpm: float | None, burst: int) -> str:
+    fake = FakeAPI(latency_s=0.2, retry_after=1.0, **settings).start()
+    for i in range(burst):
+        fake.add_rule(f"Question {i}:", "429")
+    os.environ["OPENAI_BASE_URL"] = fake.url + "/v1"
+    os.environ["OPENAI_API_KEY"] = "sk-bench"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "jobs.jsonl"
+            rows = [
+                {"id": f"j{i}", "prompt": f"Question {i}: what is {i} + {i}?"} for i in range(jobs)
+            ]
+            path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            cfg = RunConfig(
+                jobs=path, output=Path(tmp) / "out.jsonl", model=ModelRef("openai", "gpt-4o-mini"),
+                concurrency=32, rpm=rpm, quiet=True, max_attempts=20,
+            )  # fmt: skip
+            started = time.monotonic()
+            report: Any = None
+            with anyio.move_on_after(GIVE_UP_S):
+                report = await run_jobs_async(cfg, handle_signals=False)
+            elapsed = time.monotonic() - started
+            done = sum(
+                1 for line in (Path(tmp) / "out.jsonl").read_bytes().splitlines() if b'"ok"' in line
+            )
+    finally:
+        fake.stop()
+    ok_times = sorted(r.at for r in fake.records if r.outcome == "ok")
+    pace = (len(ok_times) - 1) / (ok_times[-1] - ok_times[0]) if len(ok_times) > 1 else 0.0
+    limited = sum(1 for r in fake.records if r.outcome == "429")
+    rpm_learned = None
+    if report is not None:
+        rpm_learned = next(iter(report.to_dict().get("limits", {}).values()), {}).get("rpm")
+    return (
+        f"{done:>4}/{jobs:<4} {elapsed:6.1f}s  {pace:6.1f} ok/s  "
+        f"{limited / max(1, len(fake.records)) * 100:5.1f}% 429  rpm {rpm_learned}"
+    )
+
+
+def main() -> None:
+    print(f"source: {SRC}  new backoff: {'--new-backoff' in sys.argv}")
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
+    for name, settings, jobs, rpm, burst in _scenarios():
+        if only not in name:
+            continue
+        print(f"{name:38} {anyio.run(_one, settings, jobs, rpm, burst)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Batch state beside the output, in ``<output>.batches/``: what was sent, what came back.
+
+``batches.jsonl`` is an append-only event log (fsynced, torn-line safe: a cut
+last line is ignored, and cut away by the next writer). Each chunk's jobs sit
+in ``<chunk>.jobs.jsonl``, written before the chunk's intent is recorded, and
+the intent is recorded before the batch is created: a crash between "created"
+and "recorded" leaves an intent that the next start resolves (find the batch
+again, or say it may be orphaned) instead of paying for a second batch.
+Writers hold the output lock.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+STATE_FILE = "batches.jsonl"
+OPEN_STATES = ("intent", "open")
+# Why a job came back unanswered; all but "canceled" count as a round against --max-attempts.
+UNCOUNTED = ("canceled",)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One provider batch of ours, from intent to closed."""
+
+    local: str
+    provider: str
+    model: str
+    count: int
+    at: float  # when the intent was recorded (our clock)
+    reserve_cost: float = 0.0
+    reserve_tokens: int = 0
+    price: dict[str, Any] | None = None
+    note: str | None = None
+    batch_id: str | None = None
+    created_at: float | None = None
+    expires_at: float | None = None
+    state: str = "intent"  # "intent" | "open" | "closed" | "abandoned"
+    status: str | None = None  # the provider's last word
+    counts: dict[str, int] = field(default_factory=dict)
+    reason: str | None = None  # why abandoned
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
+
+
+class BatchState:
+    """The event log, replayed into chunks and per-job round counts."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = output
+        self.dir = output.with_name(output.name + ".batches")
+        self.path = self.dir / STATE_FILE
+        self.uid = ""
+        self.chunks: dict[str, Chunk] = {}
+        self.rounds: Counter[str] = Counter()  # job id → rounds that came back unanswered
+
+    @classmethod
+    def load(cls, output: Path, *, writable: bool = False) -> BatchState:
+        """Replay the log. ``writable`` (under the output lock): cut a torn tail, start a log."""
+        state = cls(output)
+        if state.path.exists():
+            good = 0
+            with state.path.open("rb") as f:
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break
+                    try:
+                        event = orjson.loads(raw)
+                    except orjson.JSONDecodeError:
+                        break
+                    state._apply(event)
+                    good += len(raw)
+            if writable and good < state.path.stat().st_size:
+                with state.path.open("r+b") as f:
+                    f.truncate(good)
+        if writable and not state.uid:
+            state.dir.mkdir(parents=True, exist_ok=True)
+            state.append({"ev": "init", "uid": secrets.token_hex(6)})
+        return state
+
+    @property
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def append(self, event: dict[str, Any]) -> None:
+        """Record one event durably, then apply it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._apply(event)
+
+    def _apply(self, e: dict[str, Any]) -> None:
+        ev = e.get("ev")
+        if ev == "init":
+            self.uid = self.uid or str(e.get("uid"))
+            return
+        if ev == "intent":
+            self.chunks[e["local"]] = Chunk(
+                local=e["local"],
+                provider=e["provider"],
+                model=e["model"],
+                count=int(e["count"]),
+                at=float(e["at"]),
+                reserve_cost=float(e.get("reserve_cost") or 0.0),
+                reserve_tokens=int(e.get("reserve_tokens") or 0),
+                price=e.get("price"),
+                note=e.get("note"),
+            )
+            return
+        chunk = self.chunks.get(str(e.get("local")))
+        if chunk is None:
+            return
+        if ev == "created":
+            chunk.batch_id = e["batch_id"]
+            chunk.created_at = e.get("created_at")
+            chunk.expires_at = e.get("expires_at")
+            chunk.state = "open"
+        elif ev == "closed":
+            chunk.state = "closed"
+            chunk.status = e.get("status")
+            chunk.counts = dict(e.get("counts") or {})
+            for job_id, why in (e.get("returned") or {}).items():
+                if why not in UNCOUNTED:
+                    self.rounds[job_id] += 1
+        elif ev == "abandoned":
+            chunk.state = "abandoned"
+            chunk.reason = e.get("reason")
+
+    # -- chunks and their jobs --------------------------------------------------------
+
+    def key(self, chunk: Chunk) -> str:
+        """Our name for a chunk at the provider (OpenAI metadata): unique per output."""
+        return f"{self.uid}-{chunk.local}"
+
+    def new_local(self) -> str:
+        return f"c{len(self.chunks) + 1:05d}"
+
+    def open_chunks(self) -> list[Chunk]:
+        return [c for c in self.chunks.values() if c.is_open]
+
+    def jobs_path(self, local: str) -> Path:
+        return self.dir / f"{local}.jobs.jsonl"
+
+    def write_jobs(self, local: str, rows: list[dict[str, Any]]) -> None:
+        """A chunk's jobs (custom id, job id, fingerprint, metadata, schema), written whole."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.jobs_path(local).with_suffix(".tmp")
+        with tmp.open("wb") as f:
+            f.write(b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for r in rows))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.jobs_path(local))
+
+    def read_jobs(self, local: str) -> list[dict[str, Any]]:
+        path = self.jobs_path(local)
+        if not path.exists():
+            return []
+        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line]
+
+    def open_job_ids(self) -> set[str]:
+        """Jobs sitting in a batch not yet closed: never sent again meanwhile."""
+        return {r["id"] for c in self.open_chunks() for r in self.read_jobs(c.local)}
+
+    def reserved(self) -> tuple[float, int]:
+        """What open chunks hold against the budget (their worst case)."""
+        chunks = self.open_chunks()
+        return sum(c.reserve_cost for c in chunks), sum(c.reserve_tokens for c in chunks)

@@ -1,0 +1,345 @@
+"""A request rate learned from 429s: cut on evidence that our pace causes them, recover when not.
+
+The old rule (x0.7 per 429, +0.1% per success) drove the rate to zero under any
+steady share of 429s, because 429s that our pace does not cause (a shared key, a
+busy provider, a proxy) kept cutting it. Here:
+
+* Only *pace* 429s count: a 429 whose rate-limit headers say quota remains is
+  noise (``ModelGate`` tells us so; its own request waits its retry-after).
+* A cut needs evidence: quota headers at zero, or at least ``MIN_EVIDENCE`` pace
+  429s in the last ``HORIZON`` making up significantly (two standard errors)
+  more than the tolerated share of at least ``MIN_SAMPLE`` outcomes, or half of
+  fewer. At most one cut per ``WINDOW`` and none while the last is being judged.
+  A cut keeps ``BETA`` of the pace, or goes straight to the achieved success rate
+  when ``STRONG`` shares are refused; never below the success rate achieved at
+  the present pace (a genuine limit lets exactly its rate through, so the floor
+  lands on it), never below ``MIN_RATE``.
+* Each cut is an experiment. A genuine limit lets a fixed number through, so
+  sending less lowers the 429 share; random 429s keep their share whatever we
+  send. ``JUDGE_SAMPLE`` outcomes after a cut are compared with both predictions;
+  if they look like noise the cut is undone and about twice that share is
+  tolerated from then on (decaying slowly back to ``THRESHOLD``).
+* Each window within the tolerance recovers: straight back to the last rate that
+  went a whole window clean, then additively in steps of 10% of the rate that
+  last drew 429s (doubling if none did); within 10% of it, by 2% at most once per
+  ``PROBE_QUIET`` seconds without excess 429s, and a probe that draws them steps
+  back at once (fast recovery, slow probing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+OK, PACE, NOISE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class RateChange:
+    """The learned rate moved (requests per second; None: no limit)."""
+
+    before: float | None
+    after: float | None
+    reason: str
+
+
+@dataclass(slots=True)
+class _Trial:
+    at: float  # counting starts here (after any pause); judged a HORIZON later or more
+    rate_before: float | None
+    hot_before: float | None
+    ratio: float  # pace-429 share of outcomes when we cut
+    sent_rate: float  # sends per second when we cut
+    counts: list[int]  # since ``at``: ok, pace 429s, noise 429s, sends
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    ok: int = 0
+    pace: int = 0
+    noise: int = 0
+    sends: int = 0
+
+
+class RateLearner:
+    """The learned request rate of one model; every method takes the current time."""
+
+    WINDOW = 2.0  # seconds: at most one cut, and one recovery step, per window
+    HORIZON = 5.0  # seconds of outcomes read as evidence and as the achieved rate
+    THRESHOLD = 0.05  # share of pace 429s tolerated before it counts as evidence
+    MIN_EVIDENCE = 3  # pace 429s within the horizon before a cut (unless quota is at zero)
+    MIN_SAMPLE = 10  # outcomes within the horizon before their share is read as a ratio
+    JUDGE_SAMPLE = 40  # outcomes after a cut before it is judged (or a minute)
+    STRONG = 0.3  # a share of 429s no noise explains: cut to the achieved rate at once
+    BETA = 0.7  # a cut keeps this share of the pace, at least
+    MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
+    PROBE_QUIET = 30.0  # seconds without pace 429s beyond the noise before probing higher
+
+    def __init__(self) -> None:
+        self.rate: float | None = None  # None: open, only concurrency bounds it
+        self.ceiling: float | None = None  # stated by rate-limit headers
+        self.tolerated = self.THRESHOLD
+        self.cuts = 0
+        self._sends: deque[float] = deque()
+        self._outcomes: deque[tuple[float, int]] = deque()
+        self._totals = [0, 0, 0]  # of ``_outcomes`` by kind: the horizon's counts, kept running
+        self._first_send: float | None = None
+        self._last_cut = -math.inf
+        self._last_probe = -math.inf
+        self._last_excess = -math.inf  # the end of the last window with more pace 429s than noise
+        self._window: _Window | None = None
+        self._pause = (0.0, 0.0)  # the last time the model was paused: from, until
+        self._trial: _Trial | None = None
+        self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
+        self._hot_rate: float | None = None  # the pace that last drew pace 429s
+
+    # -- what happened ----------------------------------------------------------------
+
+    def sent(self, now: float) -> RateChange | None:
+        change = self._tick(now)
+        self._sends.append(now)
+        if self._first_send is None:
+            self._first_send = now
+        assert self._window is not None
+        self._window.sends += 1
+        self._count(now, 3)
+        return change
+
+    def succeeded(self, now: float) -> RateChange | None:
+        return self._outcome(now, OK)
+
+    def noise_429(self, now: float) -> RateChange | None:
+        return self._outcome(now, NOISE)
+
+    def pace_429(self, now: float, exhausted: bool = False) -> RateChange | None:
+        """A 429 that our pace may have caused; returns the cut, if one is due."""
+        change = self._outcome(now, PACE)
+        if now - self._last_cut < self.WINDOW:
+            return change
+        ok, pace, noise = self._counts(now, self.HORIZON)
+        n = ok + pace + noise
+        ratio = pace / max(1, n)
+        sampled = n >= self.MIN_SAMPLE
+        strong = n >= 2 * self.MIN_SAMPLE and ratio >= max(self.STRONG, 2 * self.tolerated)
+        if self._trial is not None and not (exhausted or strong):
+            return change  # one experiment at a time
+        if exhausted or strong:
+            cut = self._cut(now, ratio if sampled else 0.0, trial=False)
+        elif pace < self.MIN_EVIDENCE or ratio <= self._significant(n):
+            return change
+        elif sampled:
+            cut = self._cut(now, ratio, trial=True)
+        elif ratio >= 0.5:
+            # A few outcomes, most of them 429s (the start of a run): cut by BETA only,
+            # and do not judge the cut by so few.
+            cut = self._cut(now, 0.0, trial=False, sampled=False)
+        else:
+            return change
+        return cut or change
+
+    def stated(self, ceiling: float) -> RateChange | None:
+        """Headers stated a limit (per second): the rate never goes above it."""
+        self.ceiling = ceiling
+        if self.rate is None or self.rate > ceiling:
+            return self._set(ceiling, "headers")
+        return None
+
+    def paused(self, now: float, until: float) -> None:
+        """The model sends nothing until ``until``: that time does not count as pace."""
+        self._pause = (now, until)
+        if self._trial is not None:
+            self._trial.at = max(self._trial.at, until)
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def _cut(
+        self, now: float, ratio: float, trial: bool, sampled: bool = True
+    ) -> RateChange | None:
+        sent_rate = self._per_second(len(self._since(self._sends, now, self.WINDOW)), now)
+        # The pace that drew them: what we really sent (a pause or thin demand can keep
+        # it under the rate we allow), but never read as less than half that rate.
+        current = sent_rate if self.rate is None else min(self.rate, max(sent_rate, self.rate / 2))
+        achieved, whole = self._achieved(now)
+        hot = current
+        if ratio >= self.STRONG:
+            # Many refused: the limit is what got through, so go there at once rather
+            # than by BETA a window at a time. Counted over a whole horizon, just above
+            # it is what draws 429s; over less it may be far too low (a quota spent in
+            # the first second), so then cut by 90% at most and keep probing as usual.
+            if whole:
+                new = max(self.MIN_RATE, achieved)
+                hot = min(current, 1.1 * new)
+            else:
+                new = max(self.MIN_RATE, achieved, 0.1 * current)
+        else:
+            new = max(self.MIN_RATE, self.BETA * current, achieved)
+        new = min(new, current)
+        if self.ceiling is not None:
+            new = min(new, self.ceiling)
+        self._last_cut = now
+        self.cuts += 1
+        self._trial = None
+        if trial:
+            self._trial = _Trial(now, self.rate, self._hot_rate, ratio, sent_rate, [0, 0, 0, 0])
+        if sampled:  # a handful of 429s says too little about which pace draws them
+            self._hot_rate = hot
+        if self._clean_rate is not None and self._clean_rate >= current:
+            self._clean_rate = None  # that rate is not clean any more
+        return self._set(new, "rate_limited")
+
+    def _close(self, w: _Window) -> RateChange | None:
+        end = w.start + self.WINDOW
+        change = None
+        n = w.ok + w.pace + w.noise
+        if w.pace > (self.tolerated - self.THRESHOLD) * n:
+            self._last_excess = end
+            clean = self._clean_rate
+            if self.rate is not None and clean is not None and self.rate > clean:
+                # Above the last rate that went a window clean, 429s came back: step back.
+                self._hot_rate = self.rate
+                return self._set(clean, "rate_limited")
+        t = self._trial
+        if t is not None and end >= t.at + self.HORIZON:
+            if sum(t.counts[:3]) >= self.JUDGE_SAMPLE or end >= t.at + 60.0:
+                change = self._judge(t, end)
+                self._trial = None
+        self.tolerated = max(self.THRESHOLD, self.tolerated * 0.99)
+        if change is None and self.rate is not None and w.pace <= self.tolerated * n:
+            change = self._recover(w, end)
+        return change
+
+    def _judge(self, t: _Trial, now: float) -> RateChange | None:
+        """Did sending less lower the share of 429s, as it would under a genuine limit?"""
+        ok, pace, noise, sends = t.counts
+        n = ok + pace + noise
+        sent_rate = sends / (now - t.at)
+        if n < self.MIN_SAMPLE or sent_rate <= 0 or sent_rate >= t.sent_rate:
+            return None  # too little to go on, or we did not send less: no experiment
+        ratio = pace / n
+        if_genuine = max(0.0, 1.0 - (1.0 - t.ratio) * t.sent_rate / sent_rate)
+        if_noise = t.ratio
+        if if_noise - if_genuine < 0.03 or ratio <= (if_genuine + if_noise) / 2:
+            return None  # it did: keep the cut
+        if ratio > 1.5 * if_noise + 0.02:
+            return None  # worse than before: a limit we are still over, not noise
+        self.tolerated = min(0.5, max(self.tolerated, 2 * ratio + 0.02))
+        self._hot_rate = None  # the cut's evidence was noise
+        restored = t.rate_before
+        if restored is not None and self.ceiling is not None:
+            restored = min(restored, self.ceiling)
+        return self._set(restored, "429s do not follow our pace")
+
+    def _recover(self, w: _Window, end: float) -> RateChange | None:
+        assert self.rate is not None
+        rate = self.rate
+        used = w.sends >= 0.85 * rate * self.WINDOW  # the pace was really used
+        if used and w.pace == 0:
+            self._clean_rate = max(self._clean_rate or 0.0, rate)
+        if self._clean_rate is not None and rate < self._clean_rate:
+            new = self._clean_rate
+        elif not used:
+            return None  # not using the pace we have: no point going above it
+        elif self._hot_rate is None:
+            new = 2 * rate  # nothing known above us: find the demand fast
+        elif rate < 0.9 * self._hot_rate:
+            new = rate + 0.1 * self._hot_rate
+        elif end - max(self._last_excess, self._last_probe) >= self.PROBE_QUIET:
+            new = rate + 0.02 * self._hot_rate
+            self._last_probe = end
+        else:
+            return None  # close to the pace that drew 429s: probe above it only now and then
+        if self.ceiling is not None:
+            new = min(new, self.ceiling)
+        return self._set(new, "recovering") if new > rate else None
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _outcome(self, now: float, kind: int) -> RateChange | None:
+        change = self._tick(now)
+        self._outcomes.append((now, kind))
+        self._totals[kind] += 1
+        assert self._window is not None
+        if kind == OK:
+            self._window.ok += 1
+        elif kind == PACE:
+            self._window.pace += 1
+        else:
+            self._window.noise += 1
+        self._count(now, kind)
+        return change
+
+    def _significant(self, n: int) -> float:
+        """The pace-429 share above which ``n`` outcomes say more than tolerated noise."""
+        p = self.tolerated
+        return p + 2.0 * math.sqrt(p * (1.0 - p) / max(1, n))
+
+    def _count(self, now: float, index: int) -> None:
+        if self._trial is not None and now >= self._trial.at:
+            self._trial.counts[index] += 1
+
+    def _tick(self, now: float) -> RateChange | None:
+        """Close every window that has ended; forget what is older than the horizon."""
+        change = None
+        if self._window is None:
+            self._window = _Window(now)
+        while now >= self._window.start + self.WINDOW:
+            closed = self._window
+            start = closed.start + self.WINDOW
+            if now >= start + self.WINDOW:
+                start = now  # a long silence: the next window starts now
+            self._window = _Window(start)
+            change = self._close(closed) or change
+        horizon = now - max(self.HORIZON, self.WINDOW)
+        while self._sends and self._sends[0] < horizon:
+            self._sends.popleft()
+        while self._outcomes and self._outcomes[0][0] < horizon:
+            self._totals[self._outcomes.popleft()[1]] -= 1
+        return change
+
+    def _counts(self, now: float, span: float) -> tuple[int, int, int]:
+        if span >= self.HORIZON:
+            return self._totals[OK], self._totals[PACE], self._totals[NOISE]
+        counts = [0, 0, 0]
+        for t, kind in reversed(self._outcomes):
+            if now - t > span:
+                break
+            counts[kind] += 1
+        return counts[OK], counts[PACE], counts[NOISE]
+
+    @staticmethod
+    def _since(times: deque[float], now: float, span: float) -> list[float]:
+        return [t for t in times if now - t <= span]
+
+    def _active(self, start: float, now: float) -> float:
+        """Seconds from ``start`` to ``now`` that the model was not paused."""
+        paused_from, paused_until = self._pause
+        overlap = max(0.0, min(now, paused_until) - max(start, paused_from))
+        return now - start - overlap
+
+    def _per_second(self, sends: int, now: float) -> float:
+        """Sends per second over the last window, not counting time paused or before the start."""
+        start = max(now - self.WINDOW, self._first_send if self._first_send is not None else now)
+        return sends / max(self._active(start, now), 0.25)
+
+    def _achieved(self, now: float) -> tuple[float, bool]:
+        """Successes per second at the present pace (since the last cut, within the
+        horizon), and whether they were counted over a whole horizon.
+
+        Time paused counts: a provider's window runs on while we wait for it. Under a
+        second says too little (a burst into an empty quota would read as a high
+        rate): then the count is spread over a window.
+        """
+        start = self._last_cut if self._last_cut > -math.inf else self._first_send
+        start = max(now - self.HORIZON, now if start is None else start)
+        ok = sum(1 for t, kind in self._outcomes if t >= start and kind == OK)
+        span = now - start
+        return ok / (span if span >= 1.0 else self.WINDOW), span >= self.HORIZON
+
+    def _set(self, rate: float | None, reason: str) -> RateChange | None:
+        if rate == self.rate:
+            return None
+        change = RateChange(self.rate, rate, reason)
+        self.rate = rate
+        return change

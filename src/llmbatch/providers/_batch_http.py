@@ -1,0 +1,96 @@
+"""What the two Batch API clients share: plain JSON calls over the adapters' session.
+
+Foreign exceptions are translated here, as in ``_http``, so callers match only
+ProviderError subclasses; error texts pass through the key redaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from .._exceptions import ConnectionFailed, OtherProviderError, ProviderError, ProviderTimeout
+from ._http import HttpProvider
+
+
+class BatchHttp(HttpProvider):
+    """An HttpProvider that makes ordinary requests instead of streaming ones."""
+
+    headers: dict[str, str]
+
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str | None = "application/json",
+    ) -> bytes:
+        import aiohttp
+
+        headers = dict(self.headers)
+        if content_type is not None and data is not None:
+            headers["content-type"] = content_type
+        session = self._get_session()
+        try:
+            async with session.request(
+                method, url, data=data, params=params, headers=headers, proxy=self.proxy
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    rid = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+                    raise self._http_error(resp.status, raw, resp.headers, None, rid)
+                return raw
+        except ProviderError:
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise ProviderTimeout(f"{method} {url}: timed out") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise ConnectionFailed(f"the download was cut off: {self._redact(str(exc))}") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise ConnectionFailed(
+                f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise OtherProviderError(f"HTTP error: {self._redact(str(exc))}") from exc
+
+    async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
+        raw = await self._call(method, url, **kw)
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConnectionFailed(f"{method} {url}: the answer is not JSON") from exc
+        if not isinstance(obj, dict):
+            raise OtherProviderError(f"{method} {url}: unexpected answer")
+        return obj
+
+
+def jsonl_lines(raw: bytes) -> list[dict[str, Any]]:
+    """Parse a downloaded JSONL file; a cut-off last line means the download was cut off."""
+    out: list[dict[str, Any]] = []
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConnectionFailed("a results file ended mid-line (download cut off)") from exc
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def timestamp(value: Any) -> float | None:
+    """Unix seconds from an int (OpenAI) or an RFC 3339 string (Anthropic)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

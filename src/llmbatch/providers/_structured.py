@@ -1,0 +1,75 @@
+"""Structured output that adapts to the server: step down when the field itself is rejected.
+
+Servers that speak a wire format differ in what structured output they accept
+(vLLM, llama.cpp, Ollama, gateways). When one rejects the structured-output
+field — an error of any status whose message names it — the provider switches,
+for the rest of the run, to the next mode down, says so once in its notes, and
+makes that attempt's error retryable at once: a deterministic rejection is never
+repeated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from .._exceptions import ProviderError
+
+OPENAI_MODES = ("json_schema", "json_object", "prompt")
+ANTHROPIC_MODES = ("output_config", "prompt")
+
+_NAMES_THE_FIELD = re.compile(r"response_format|json_schema|output_config", re.IGNORECASE)
+
+_SAID = {
+    "json_object": 'response_format {"type": "json_object"}, with the schema in a system message',
+    "prompt": "the schema in a system message (no structured-output field)",
+}
+
+SCHEMA_INSTRUCTION = (
+    "Answer with only a JSON value that validates against this JSON Schema, "
+    "no prose and no code fences:\n"
+)
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    """The system text that asks for JSON matching ``schema`` (validated here afterwards)."""
+    return SCHEMA_INSTRUCTION + orjson.dumps(schema).decode()
+
+
+class StructuredModes:
+    """The structured-output mode one provider uses now, and the ones it may fall back to."""
+
+    def __init__(self, modes: tuple[str, ...], configured: str, notes: set[str]) -> None:
+        self.modes = modes
+        # "native" (the config's word) is the first mode of the wire format.
+        self.mode = modes[0] if configured == "native" else configured
+        if self.mode not in modes:
+            raise ValueError(f"unknown structured output mode {configured!r}")
+        self.notes = notes
+
+    def adapt(self, err: ProviderError, used: str | None) -> None:
+        """If ``err`` rejects the structured field sent in mode ``used``, step down.
+
+        ``used`` is None when the attempt carried no structured field of ours.
+        The error becomes retryable with ``retry_after = 0``: retry at once.
+        """
+        if used is None or used == self.modes[-1] or not _NAMES_THE_FIELD.search(err.message):
+            return
+        if self.mode == used:  # not yet moved by a concurrent attempt that failed alike
+            self.mode = self.modes[self.modes.index(used) + 1]
+            status = f"HTTP {err.status}" if err.status is not None else "an error"
+            self.notes.add(
+                f"the server rejected structured output as {used} ({status}: "
+                f"{_first_line(err.message)}); switched to {_SAID[self.mode]} for the rest "
+                "of the run"
+            )
+        err.retryable = True
+        err.retry_after = 0.0
+        err.retry_now = True
+
+
+def _first_line(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else ""
+    return line if len(line) <= 160 else line[:160] + "…"

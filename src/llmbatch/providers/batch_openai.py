@@ -1,0 +1,162 @@
+"""OpenAI's Batch API: upload a JSONL file, create a batch, read its output and error files.
+
+One model per file (the API's rule). The batch carries our own metadata key,
+so a batch whose creation was interrupted can be found again by listing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .._batch_types import BatchInfo, ItemResult
+from .._exceptions import (
+    ContentFiltered,
+    OtherProviderError,
+    ProviderError,
+    ServerError,
+    error_for_status,
+)
+from .._usage import Usage
+from ._batch_http import BatchHttp, jsonl_lines, timestamp
+from ._http import parse_error_body
+
+if TYPE_CHECKING:
+    from .._config import ProviderSettings, RunConfig
+
+META_KEY = "llmbatch_chunk"
+ENDPOINT = "/v1/chat/completions"
+_OPEN = ("validating", "in_progress", "finalizing", "cancelling")
+# Per-request error codes that mean "not run": the request goes back to pending.
+_NOT_RUN = {"batch_expired": "expired", "batch_cancelled": "canceled"}
+
+
+class OpenAIBatchClient(BatchHttp):
+    max_requests = 50_000
+    max_bytes = 200 * 1024 * 1024
+
+    def __init__(self, settings: ProviderSettings, config: RunConfig) -> None:
+        super().__init__(settings, config)
+        self.headers = {"user-agent": "llmbatch/0.1", **dict(settings.headers)}
+        if self.api_key:
+            self.headers["authorization"] = f"Bearer {self.api_key}"
+        self._uploaded: dict[str, str] = {}  # key → file id: a retried create uploads once
+
+    def encode(self, custom_id: str, body: dict[str, object]) -> bytes:
+        line = {"custom_id": custom_id, "method": "POST", "url": ENDPOINT, "body": body}
+        return orjson.dumps(line) + b"\n"
+
+    async def create(self, key: str, lines: list[bytes]) -> BatchInfo:
+        import aiohttp
+
+        file_id = self._uploaded.get(key)
+        if file_id is None:
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field(
+                "file",
+                b"".join(lines),
+                filename=f"llmbatch-{key}.jsonl",
+                content_type="application/jsonl",
+            )
+            uploaded = await self._json(
+                "POST", self.base_url + "/files", data=form, content_type=None
+            )
+            file_id = self._uploaded[key] = str(uploaded["id"])
+        body = {
+            "input_file_id": file_id,
+            "endpoint": ENDPOINT,
+            "completion_window": "24h",
+            "metadata": {META_KEY: key},
+        }
+        return _info(await self._json("POST", self.base_url + "/batches", data=orjson.dumps(body)))
+
+    async def find(self, key: str, created_after: float, count: int) -> list[BatchInfo]:
+        found: list[BatchInfo] = []
+        after: str | None = None
+        while True:
+            params = {"limit": "100"} | ({"after": after} if after else {})
+            page = await self._json("GET", self.base_url + "/batches", params=params)
+            rows = [_info(d) for d in page.get("data") or ()]
+            found.extend(b for b in rows if b.metadata.get(META_KEY) == key)
+            if not page.get("has_more") or not rows or rows[-1].created_at < created_after - 600:
+                return found
+            after = rows[-1].id
+
+    async def get(self, batch_id: str) -> BatchInfo:
+        return _info(await self._json("GET", f"{self.base_url}/batches/{batch_id}"))
+
+    async def cancel(self, batch_id: str) -> BatchInfo:
+        return _info(await self._json("POST", f"{self.base_url}/batches/{batch_id}/cancel"))
+
+    async def results(self, info: BatchInfo) -> list[ItemResult]:
+        out: list[ItemResult] = []
+        for file_id in (info.output_ref, info.error_ref):
+            if file_id:  # error_file_id may be "" as well as null
+                raw = await self._call("GET", f"{self.base_url}/files/{file_id}/content")
+                out.extend(_item(d, self._redact) for d in jsonl_lines(raw))
+        return out
+
+
+def _info(d: dict[str, Any]) -> BatchInfo:
+    counts = d.get("request_counts") or {}
+    status = str(d.get("status"))
+    errors = ((d.get("errors") or {}).get("data")) or []
+    batch_error = None
+    if status == "failed":
+        first = errors[0] if errors else {}
+        batch_error = f"{first.get('code') or 'failed'}: {first.get('message') or ''}".strip()
+    return BatchInfo(
+        id=str(d["id"]),
+        status=status,
+        ended=status not in _OPEN,
+        total=int(counts.get("total") or 0),
+        succeeded=int(counts.get("completed") or 0),
+        failed=int(counts.get("failed") or 0),
+        created_at=timestamp(d.get("created_at")) or 0.0,
+        expires_at=timestamp(d.get("expires_at")),
+        output_ref=d.get("output_file_id") or None,
+        error_ref=d.get("error_file_id") or None,
+        batch_error=batch_error,
+        metadata=dict(d.get("metadata") or {}),
+    )
+
+
+def _item(d: dict[str, Any], redact: Any) -> ItemResult:
+    cid = str(d.get("custom_id"))
+    resp = d.get("response")
+    if isinstance(resp, dict) and resp.get("status_code") == 200:
+        return _answer(cid, resp.get("body") or {})
+    if isinstance(resp, dict):
+        message, body_type, _ = parse_error_body(orjson.dumps(resp.get("body")))
+        status = int(resp.get("status_code") or 500)
+        err = error_for_status(status, redact(message or f"HTTP {status}"), body_type=body_type)
+        return ItemResult(cid, "error", error=err)
+    err_obj = d.get("error") or {}
+    code = str(err_obj.get("code") or "")
+    if code in _NOT_RUN:
+        return ItemResult(cid, _NOT_RUN[code])
+    message = redact(str(err_obj.get("message") or code or "the request failed"))
+    error: ProviderError = (
+        ServerError(message)
+        if "server" in code or "timeout" in code
+        else OtherProviderError(message)
+    )
+    return ItemResult(cid, "error", error=error)
+
+
+def _answer(cid: str, body: dict[str, Any]) -> ItemResult:
+    u = body.get("usage") or {}
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), cached, 0)
+    choice: dict[str, Any] = next(
+        (c for c in body.get("choices") or () if c.get("index", 0) == 0), {}
+    )
+    message = choice.get("message") or {}
+    finish = choice.get("finish_reason")
+    if finish == "content_filter" or message.get("refusal"):
+        reason = message.get("refusal") or "finish_reason: content_filter"
+        err = ContentFiltered(f"the answer was filtered or refused: {reason}").with_usage(usage)
+        return ItemResult(cid, "error", usage=usage, error=err)
+    return ItemResult(cid, "ok", text=message.get("content") or "", usage=usage, stop_reason=finish)
