@@ -31,6 +31,7 @@ from ._budget import Hold, RunBudget
 from ._config import RunConfig
 from ._exceptions import (
     LLMBatchError,
+    OutputError,
     ProviderError,
     ProviderTimeout,
 )
@@ -279,6 +280,12 @@ class Engine:
                     if self._work_scope is not None:
                         self._work_scope.cancel()
                     return
+                except OutputError as exc:  # disk full: stop; what was written resumes
+                    self.fatal = str(exc)
+                    self.stop("output_error")
+                    if self._work_scope is not None:
+                        self._work_scope.cancel()
+                    return
                 for r in batch:
                     stats.add(r)
 
@@ -380,6 +387,7 @@ class Engine:
                 attempt_errors=dict(attempt_errors),
                 repairs=repairs,
                 fallbacks=fallbacks,
+                input=job.input,
             )
 
         for position, ref in enumerate(pj.chain):

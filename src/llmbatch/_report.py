@@ -55,7 +55,8 @@ class RunReport:
     def exit_code(self) -> int:
         if self.stopped_by == "budget":
             return 3
-        return 1 if (self.failed or self.failed_earlier or self.stopped_by == "auth") else 0
+        stopped_badly = self.stopped_by in ("auth", "output_error")
+        return 1 if (self.failed or self.failed_earlier or stopped_badly) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -196,7 +197,8 @@ def report_from_results(path: Path) -> RunReport:
     from ._history import read_history
 
     history = read_history(path)
-    wall = sum(h.get("wall_s") or 0.0 for h in history) or None
+    walls = [h.get("wall_s") for h in history]
+    wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
     return build_report(stats, wall_s=wall, output=str(path), notes=notes)
 
 
@@ -290,7 +292,8 @@ def render_report(report: RunReport, console: Console) -> None:
 
     if report.by_model:
         table = Table(title="by model", title_justify="left")
-        table.add_column("model")
+        # Long model names wrap (at - : / boundaries) instead of losing their tails.
+        table.add_column("model", overflow="fold", min_width=12)
         table.add_column("jobs", justify="right")
         table.add_column("ok", justify="right")
         table.add_column("failed", justify="right")
@@ -319,7 +322,7 @@ def render_report(report: RunReport, console: Console) -> None:
     }
     if limited:
         table = Table(title="rate limits in force", title_justify="left")
-        table.add_column("model")
+        table.add_column("model", overflow="fold", min_width=12)
         table.add_column("requests/min", justify="right")
         table.add_column("tokens/min", justify="right")
         table.add_column("source")
