@@ -304,7 +304,7 @@ def _load_prices(path: Path, table: Any) -> dict[str, Price]:
             )
         for k, v in entry.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
-                raise ConfigError(f'{path}: [prices."{spec}"] {k} must be a finite number ≥ 0')
+                raise ConfigError(f'{path}: [prices."{spec}"] {k} must be a number ≥ 0')
         out[spec] = Price.flat(
             float(entry["input"]),
             float(entry["output"]),
@@ -319,7 +319,7 @@ def _load_limits(path: Path, table: Any) -> dict[str, ModelLimits]:
     for spec, entry in _entries(path, "limits", table, _LIMIT_KEYS, quote=True):
         for k, v in entry.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
-                raise ConfigError(f'{path}: [limits."{spec}"] {k} must be a finite number > 0')
+                raise ConfigError(f'{path}: [limits."{spec}"] {k} must be a number > 0')
         out[spec] = ModelLimits(**{k: float(v) for k, v in entry.items()})
     return out
 
