@@ -4,7 +4,6 @@ never an internal error. In-process where the CLI is not the point."""
 from __future__ import annotations
 
 import errno
-import io
 import math
 import os
 from pathlib import Path
@@ -19,7 +18,6 @@ from llmbatch._exceptions import ConfigError, OutputLocked, UsageError
 from llmbatch._history import history_path, read_history
 from llmbatch._lock import OutputLock
 from llmbatch._plan import Planner
-from llmbatch._report import report_from_results
 from llmbatch._schema import check_schema
 from tests.conftest import (
     CANARY_OPENAI,
@@ -183,7 +181,10 @@ def test_a_bad_ref_sends_nothing(fake: FakeAPI, tmp_path: Path) -> None:
     )
     assert r.code == 2 and "s.json: $ref '#/$defs/missing' at properties/a" in r.stderr, r.output
     r = run_cli("run", "jobs.jsonl", "-m", "openai:gpt-4o-mini", env=fake_env(fake))
-    assert r.code == 2 and "jobs.jsonl:2: schema: $ref 'http://127.0.0.1:9/remote.json'" in r.stdout + r.stderr
+    assert (
+        r.code == 2
+        and "jobs.jsonl:2: schema: $ref 'http://127.0.0.1:9/remote.json'" in r.stdout + r.stderr
+    )
     assert fake.count() == 0
 
 

@@ -128,7 +128,7 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
     if est["unpriced_models"]:
         console.print(
             f"[yellow]unpriced: {', '.join(est['unpriced_models'])} (no known price; "
-            'add one under [prices."PROVIDER:MODEL"] in llmbatch.toml)[/]'
+            'add one under \\[prices."PROVIDER:MODEL"] in llmbatch.toml)[/]'
         )
 
 

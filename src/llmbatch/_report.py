@@ -220,6 +220,7 @@ def _ms(value: float) -> str:
 
 
 def render_report(report: RunReport, console: Console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     title = "llmbatch report"
@@ -284,10 +285,11 @@ def render_report(report: RunReport, console: Console) -> None:
             f" (+{len(report.invalid_lines) - 20} more)" if len(report.invalid_lines) > 20 else ""
         )
         summary.add_row("skipped invalid lines", shown + more)
+    # Paths and notes are text, not markup: "[prices.x]" or "a[1].jsonl" must show as written.
     if report.output:
-        summary.add_row("results", report.output)
+        summary.add_row("results", escape(report.output))
     for note in report.notes:
-        summary.add_row("note", note)
+        summary.add_row("note", escape(note))
     console.print(summary)
 
     if report.by_model:
