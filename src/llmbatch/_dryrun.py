@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
+
+import orjson
 
 from ._config import ProviderSettings, RunConfig
 from ._jobs import LineError, iter_lines, open_jobs
@@ -96,3 +98,21 @@ def _headers(settings: ProviderSettings) -> dict[str, str]:
     for name, value in settings.headers:
         out[name] = f"[redacted: {len(value)} characters]" if _SECRET_HEADER.search(name) else value
     return out
+
+
+def print_dry_run(cfg: RunConfig, out: IO[bytes], err: IO[str]) -> int:
+    """Write one JSON line per request a run would send now to ``out``, a summary to ``err``."""
+    plan, requests, notes = dry_run_requests(cfg)
+    n = 0
+    for line in requests:
+        out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        n += 1
+    out.flush()
+    for note in sorted(notes):
+        err.write(f"llmbatch: note: {note}\n")
+    left = f"; {plan.held_back} more left by --limit" if plan.held_back else ""
+    err.write(
+        f"llmbatch: dry run: {n} request(s) would be sent (first attempts only: retries, "
+        f"repairs and fallbacks depend on the answers){left}. Nothing was sent.\n"
+    )
+    return 0

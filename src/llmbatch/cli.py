@@ -290,7 +290,9 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
 
     with _configured(jobs, flags, config_path) as cfg:
         if cfg.dry_run:
-            return _dry_run(cfg)
+            from ._dryrun import print_dry_run
+
+            return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
     if cfg.report is not None:
@@ -322,29 +324,6 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
     return exit_code_for(report, engine.stop_signal)
-
-
-def _dry_run(cfg: RunConfig) -> int:
-    """Print one JSON line per request a run would send now; send nothing."""
-    import orjson
-
-    from ._dryrun import dry_run_requests
-
-    plan, requests, notes = dry_run_requests(cfg)
-    n = 0
-    out = sys.stdout.buffer
-    for line in requests:
-        out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
-        n += 1
-    sys.stdout.flush()
-    for note in sorted(notes):
-        _err(f"note: {note}")
-    left = f"; {plan.held_back} more left by --limit" if plan.held_back else ""
-    _err(
-        f"dry run: {n} request(s) would be sent (first attempts only: retries, repairs and "
-        f"fallbacks depend on the answers){left}. Nothing was sent."
-    )
-    return 0
 
 
 @app.command()
