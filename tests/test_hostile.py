@@ -316,3 +316,15 @@ def test_a_crlf_key_file_exits_2_from_the_cli(fake: FakeAPI, tmp_path: Path) -> 
     r = run_cli("run", "jobs.jsonl", "-m", "openai:gpt-4o-mini", env=env)
     assert r.code == 2 and "OPENAI_API_KEY contains a line break" in r.stderr, r.output
     assert CANARY_OPENAI not in r.output and fake.count() == 0
+
+
+def test_jobs_from_a_pipe_are_read_twice_safely(tmp_path: Path) -> None:
+    from llmbatch._jobs import spooled_jobs_source
+
+    data = b"".join(orjson.dumps(row) + b"\n" for row in prompts(3))
+    r = run_cli("run", "/dev/stdin", "-m", SIM, "-o", "out.jsonl", "--quiet", input=data)
+    assert r.code == 0, r.output
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 3  # before: 0 lines, exit 0
+    with pytest.raises(UsageError, match="is a device"):
+        spooled_jobs_source("/dev/zero")
+    assert spooled_jobs_source(str(tmp_path / "out.jsonl")) is None

@@ -357,7 +357,7 @@ def build_run_config(
 
     out = merged.get("output")
     if out is None and stdin:
-        raise UsageError("--output is required when the jobs come from standard input")
+        raise UsageError("--output is required when the jobs come from standard input or a pipe")
     if out is None:
         cfg.output = jobs.with_name(_stem(jobs) + ".results.jsonl")
     else:

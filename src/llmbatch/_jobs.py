@@ -421,9 +421,37 @@ def open_jobs(path: Path) -> BinaryIO:
         raise UsageError(f"cannot read jobs file (permission denied): {path}") from None
 
 
-def spool_stdin() -> Path:
-    """Copy standard input to a temporary file: validation and the run each read it once."""
+def spooled_jobs_source(jobs: str) -> BinaryIO | None:
+    """The stream to spool for JOBS when it can be read only once (``-``, a FIFO), else None.
+
+    A device that is not our standard input (``/dev/zero``) is refused: it never ends.
+    """
+    import stat
+
+    if jobs == "-":
+        return sys.stdin.buffer
+    try:
+        mode = os.stat(jobs).st_mode
+    except OSError:
+        return None  # missing: open_jobs says so
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return open(jobs, "rb")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        if os.path.samestat(os.stat(jobs), os.fstat(0)):
+            return sys.stdin.buffer
+        raise UsageError(f"jobs path {jobs} is a device, not a JSONL file")
+    return None
+
+
+def spool_stdin(source: BinaryIO | None = None) -> Path:
+    """Copy standard input (or ``source``) to a temporary file: the check pass and the run
+    each read it once."""
+    stream = source if source is not None else sys.stdin.buffer
     fd, name = tempfile.mkstemp(prefix="llmbatch-stdin-", suffix=".jsonl")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
     return Path(name)

@@ -146,13 +146,14 @@ def _guard(fn: Callable[[], T]) -> T:
 def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> Iterator[RunConfig]:
     """Flags over llmbatch.toml, for JOBS (``-`` is spooled to a temporary file, removed after)."""
     from ._config import build_run_config, load_config
+    from ._jobs import spool_stdin, spooled_jobs_source
 
     file_config = load_config(config_path)
-    stdin = jobs == "-"
-    if stdin:
-        from ._jobs import spool_stdin
-
-        path, display = spool_stdin(), "<stdin>"
+    # A pipe (`-`, `<(cmd)`, /dev/stdin) can be read once: it is spooled, and read twice.
+    source = spooled_jobs_source(jobs)
+    stdin = source is not None
+    if source is not None:
+        path, display = spool_stdin(source), "<stdin>" if jobs == "-" else jobs
     else:
         path, display = Path(jobs), jobs
     try:
