@@ -359,8 +359,10 @@ class ResultWriter:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._stream = path.open("ab")
-            except OSError as exc:
-                raise output_error(exc, path) from None
+            except OSError as exc:  # before the first request: a usage error, exit 2
+                raise UsageError(
+                    f"cannot write {path}: {exc.strerror or exc}. Nothing was sent."
+                ) from None
             self._fd = self._stream.fileno()
         self.lines = 0
 
