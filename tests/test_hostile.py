@@ -328,3 +328,10 @@ def test_jobs_from_a_pipe_are_read_twice_safely(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is a device"):
         spooled_jobs_source("/dev/zero")
     assert spooled_jobs_source(str(tmp_path / "out.jsonl")) is None
+
+
+def test_a_config_built_by_hand_gets_the_path_check_too(tmp_path: Path) -> None:
+    cfg = sim_config(tmp_path, 2, report=tmp_path / "jobs.jsonl")
+    with pytest.raises(UsageError, match="--report .* is the jobs file itself"):
+        run_jobs(cfg)
+    assert len(read_jsonl(tmp_path / "jobs.jsonl")) == 2 and not (tmp_path / "out.jsonl").exists()

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ._config import RunConfig
+from ._config import RunConfig, check_run_paths
 from ._exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from ._jobs import Job, JobParser, LineError, Request, validate_file
 from ._keys import check_base_url, check_key
@@ -185,6 +185,8 @@ class Planner:
         ``require_keys=False`` (``--dry-run``) still refuses a key that cannot be sent.
         """
         cfg = self.config
+        # Again here for configs built by hand (library use); the CLI checked more paths.
+        check_run_paths(cfg)
         if plan.problems and not cfg.skip_invalid:
             raise InputError(plan.problems)
         if plan.conflict_count:
