@@ -305,6 +305,9 @@ def test_unsendable_keys_and_base_urls_exit_2_without_quoting_them(
     with pytest.raises(UsageError, match="user:pass@") as info:
         load_config(tmp_path / "c.toml")
     assert "pw-secret" not in str(info.value)
+    (tmp_path / "c.toml").write_text('[providers.x]\ntype = "openai"\nheaders = {a = "k\\r\\n"}\n')
+    with pytest.raises(UsageError, match="header 'a' contains a line break"):
+        load_config(tmp_path / "c.toml")
     (tmp_path / "c.toml").write_text('[providers.x]\ntype = "openai"\nbase_url = "h/v1"\n')
     with pytest.raises(UsageError, match="http:// or https://"):
         load_config(tmp_path / "c.toml")

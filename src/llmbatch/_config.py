@@ -282,6 +282,13 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
         headers = spec.get("headers", {})
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{path}: [providers.{name}] headers must be a table of strings")
+        for header, value in headers.items():
+            if any(ord(c) < 32 or ord(c) == 127 for c in header + value):
+                # A line break in a header would end it, or inject another; never quoted.
+                raise ConfigError(
+                    f"{path}: [providers.{name}] header {header.strip()!r} contains a line "
+                    "break or control character"
+                )
         out[name] = ProviderSettings(
             name=name,
             kind=kind,

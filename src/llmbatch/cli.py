@@ -389,7 +389,8 @@ def estimate(
             "template_file": template_file,
             "max_tokens": max_tokens,
             "provider": provider,
-            "output": output if output is not None else ("-" if jobs == "-" else None),
+            # Jobs from a pipe have no results file beside them to count as done.
+            "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }
         with _configured(jobs, flags, config) as cfg:
             est = estimate_jobs(cfg)
@@ -406,6 +407,12 @@ def estimate(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+def _is_pipe(jobs: str) -> bool:
+    from ._paths import file_kind
+
+    return jobs == "-" or file_kind(Path(jobs)) == "special"
 
 
 @app.command("report")
