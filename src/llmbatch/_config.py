@@ -15,7 +15,7 @@ import orjson
 from ._exceptions import ConfigError, UsageError
 from ._keys import check_base_url
 from ._models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
-from ._paths import check_paths, resolve_output, resolve_report
+from ._paths import check_run_paths, resolve_output, resolve_report
 from ._pricing import Price
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
@@ -366,7 +366,7 @@ def build_run_config(
     if out is None and stdin:
         raise UsageError("--output is required when the jobs come from standard input or a pipe")
     if out is None:
-        cfg.output = jobs.with_name(_stem(jobs) + ".results.jsonl")
+        cfg.output = resolve_output(str(jobs.with_name(_stem(jobs) + ".results.jsonl")))
     else:
         cfg.output = resolve_output(out if out == "-" else str(path_of("output")))
     if "model" in merged:
@@ -406,30 +406,6 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     check_run_paths(cfg, reads)
     return cfg
-
-
-def check_run_paths(
-    cfg: RunConfig,
-    reads: Mapping[str, Path | None] | None = None,
-    writes: Mapping[str, Path | None] | None = None,
-) -> None:
-    """Refuse a run whose written files (output, report, sidecars) are files it reads.
-
-    ``reads`` and ``writes`` add paths beyond the config's own (features with
-    sidecars of their own, e.g. ``<output>.batches/``, pass theirs here).
-    """
-    from ._history import history_path
-    from ._lock import lock_path
-
-    out = cfg.output
-    all_writes: dict[str, Path | None] = {
-        "--output": out,
-        "the run history": history_path(out) if out else None,
-        "the output lock": lock_path(out) if out else None,
-        "--report": cfg.report,
-        **(writes or {}),
-    }
-    check_paths({"the jobs file": cfg.jobs, **(reads or {})}, all_writes)
 
 
 def _number(merged: Mapping[str, Any], key: str, kind: type, allow_zero: bool = False) -> Any:

@@ -9,11 +9,12 @@ from typing import Any
 
 import orjson
 
-from ._config import RunConfig, check_run_paths
+from ._config import RunConfig
 from ._exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from ._jobs import Job, JobParser, LineError, Request, validate_file
 from ._keys import check_base_url, check_key
 from ._models import ModelRef
+from ._paths import check_run_paths
 from ._pricing import PriceBook
 from ._results import ExistingOutput, fp_int, read_existing
 from ._schema import check_schema, schema_key
