@@ -338,3 +338,31 @@ def test_a_config_built_by_hand_gets_the_path_check_too(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--report .* is the jobs file itself"):
         run_jobs(cfg)
     assert len(read_jsonl(tmp_path / "jobs.jsonl")) == 2 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_file_size_limit_stops_the_cli_cleanly_and_resumes(tmp_path: Path) -> None:
+    """A real kernel refusal, no root needed: RLIMIT_FSIZE (Python ignores SIGXFSZ)."""
+    import resource
+    import subprocess
+    import sys
+
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(300))
+    args = [sys.executable, "-m", "llmbatch", "run", "jobs.jsonl", "-m", SIM, "-o", "out.jsonl"]
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    proc = subprocess.run(
+        [*args, "--quiet"], capture_output=True, preexec_fn=small_files, timeout=120
+    )
+    stderr = proc.stderr.decode()
+    assert proc.returncode == 1, stderr
+    assert "out.jsonl has reached the largest file size allowed" in stderr
+    assert "internal error" not in stderr
+    (history,) = read_history(tmp_path / "out.jsonl")
+    assert history["stopped_by"] == "output_error" and history["exit_code"] == 1
+    assert (tmp_path / "out.jsonl").stat().st_size <= 20_000
+    proc = subprocess.run([*args, "--quiet"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    ids = [x["id"] for x in read_jsonl(tmp_path / "out.jsonl")]
+    assert sorted(ids) == sorted(f"job-{i}" for i in range(300))

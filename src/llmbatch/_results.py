@@ -400,12 +400,15 @@ class ResultWriter:
 def output_error(exc: OSError, path: Path | None) -> OutputError:
     """Our own error for a failed write, saying which file and why, in words."""
     where = str(path) if path is not None else "standard output"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = "no space left on" if exc.errno == errno.ENOSPC else "disk quota exceeded on"
-        message = (
-            f"{what} {where}; stopped. What was written is kept: free some space "
-            "and run the same command again to resume"
-        )
+    if exc.errno == errno.ENOSPC:
+        what = f"no space left on {where}"
+    elif exc.errno == errno.EDQUOT:
+        what = f"disk quota exceeded on {where}"
+    elif exc.errno == errno.EFBIG:
+        what = f"{where} has reached the largest file size allowed (ulimit -f)"
     else:
-        message = f"cannot write {where}: {exc.strerror or exc}"
-    return OutputError(message)
+        what = f"cannot write {where}: {exc.strerror or exc}"
+    return OutputError(
+        f"{what}; stopped. What was written is kept: fix that and run the same "
+        "command again to resume"
+    )
