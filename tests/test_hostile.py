@@ -367,3 +367,16 @@ def test_a_file_size_limit_stops_the_cli_cleanly_and_resumes(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr.decode()
     ids = [x["id"] for x in read_jsonl(tmp_path / "out.jsonl")]
     assert sorted(ids) == sorted(f"job-{i}" for i in range(300))
+
+
+def test_a_keyless_anthropic_type_provider_sends_no_credential(
+    fake: FakeAPI, tmp_path: Path
+) -> None:
+    (tmp_path / "llmbatch.toml").write_text(
+        f'[providers.local]\ntype = "anthropic"\nbase_url = "{fake.url}"\napi_key_env = ""\n'
+    )
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
+    r = run_cli("run", "jobs.jsonl", "-m", "local:claude-haiku-4-5", "--quiet", env=fake_env(fake))
+    assert r.code == 0, r.output
+    sent = fake.records[0].headers
+    assert "authorization" not in sent and "x-api-key" not in sent
