@@ -123,7 +123,7 @@ def test_cli_report_and_run_write_html(tmp_path: Path) -> None:
 def test_html_may_not_overwrite_an_input(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
     r = run_cli("run", "jobs.jsonl", "-m", SIM, "-o", "out.jsonl", "--html", "out.jsonl")
-    assert r.code == 2 and "--html out.jsonl would overwrite" in r.stderr
+    assert r.code == 2 and "--html out.jsonl is --output itself" in r.stderr
     assert not (tmp_path / "out.jsonl").exists()
     r = run_cli("report", "jobs.jsonl", "--html", "jobs.jsonl")
     assert r.code == 2 and "is the results file itself" in r.stderr

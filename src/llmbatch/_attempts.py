@@ -84,6 +84,7 @@ class Tally:
             attempts=self.attempts,
             error=kw.get("error", self.last_error if status == "failed" else None),
             metadata=job.metadata,
+            input=job.input,
             stop_reason=kw.get("stop_reason"),
             fingerprint=self.pj.fingerprint,
             attempt_errors=dict(self.errors),

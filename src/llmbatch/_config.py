@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -12,11 +13,16 @@ from typing import Any
 import orjson
 
 from ._exceptions import ConfigError, UsageError
+from ._keys import check_base_url
 from ._models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
+from ._paths import check_run_paths, resolve_output, resolve_report
 from ._pricing import Price
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+# More requests in flight than any provider account allows; far past it, the
+# pool itself (a task and a buffer slot per worker) is what would run out.
+MAX_CONCURRENCY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +51,9 @@ class ProviderSettings:
         """The variable holding the key; ``api_key_env = ""`` means the server needs none."""
         if self.api_key_env is not None:
             return self.api_key_env or None
-        return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.kind)
+        # A custom provider gets no key unless it names one: OPENAI_API_KEY belongs
+        # to OpenAI's endpoint, not to whatever base_url a [providers.NAME] gives.
+        return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,9 @@ class RunConfig:
     retry_failed: bool = False
     skip_invalid: bool = False
     quiet: bool = False
+    include_input: bool = False  # result lines carry the job's input
+    dry_run: bool = False  # print the request bodies; send nothing
+    limit: int | None = None  # run only the first N jobs not yet done
     cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
     no_cache: bool = False
     log_json: str | None = None  # a path, or "-" for stderr
@@ -146,6 +157,8 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "retry_failed": (bool,),
     "skip_invalid": (bool,),
     "quiet": (bool,),
+    "include_input": (bool,),
+    "limit": (int,),
     "cache": (str,),
     "no_cache": (bool,),
     "log_json": (str,),
@@ -194,7 +207,7 @@ def load_config(explicit: Path | None) -> FileConfig:
     if path is None:
         return FileConfig()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
@@ -212,6 +225,8 @@ def load_config(explicit: Path | None) -> FileConfig:
             raise ConfigError(f"{path}: {key} must be {_type_names(types)}, got {value!r}")
         if not isinstance(value, types):
             raise ConfigError(f"{path}: {key} must be {_type_names(types)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: {key} must be a finite number, got {value!r}")
         cfg.flags[key] = value
     cfg.providers = _load_providers(path, data.get("providers", {}))
     cfg.prices = _load_prices(path, data.get("prices", {}))
@@ -268,14 +283,29 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
                 f'{path}: [providers.{name}] max_tokens_field must be "max_tokens" '
                 'or "max_completion_tokens"'
             )
+        base_url = spec.get("base_url")
+        if base_url is not None:
+            if not isinstance(base_url, str):
+                raise ConfigError(f"{path}: [providers.{name}] base_url must be a string")
+            check_base_url(base_url, f"{path}: [providers.{name}]")
+        key_env = spec.get("api_key_env")
+        if key_env is not None and not isinstance(key_env, str):
+            raise ConfigError(f"{path}: [providers.{name}] api_key_env must be a string")
         headers = spec.get("headers", {})
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise ConfigError(f"{path}: [providers.{name}] headers must be a table of strings")
+        for header, value in headers.items():
+            if any(ord(c) < 32 or ord(c) == 127 for c in header + value):
+                # A line break in a header would end it, or inject another; never quoted.
+                raise ConfigError(
+                    f"{path}: [providers.{name}] header {header.strip()!r} contains a line "
+                    "break or control character"
+                )
         out[name] = ProviderSettings(
             name=name,
             kind=kind,
-            base_url=spec.get("base_url"),
-            api_key_env=spec.get("api_key_env"),
+            base_url=base_url,
+            api_key_env=key_env,
             max_tokens_field=mtf,
             structured_output=structured,
             headers=tuple(headers.items()),
@@ -292,7 +322,7 @@ def _load_prices(path: Path, table: Any) -> dict[str, Price]:
                 "cache_write, in USD per million tokens"
             )
         for k, v in entry.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
                 raise ConfigError(f'{path}: [prices."{spec}"] {k} must be a number ≥ 0')
         out[spec] = Price.flat(
             float(entry["input"]),
@@ -307,7 +337,7 @@ def _load_limits(path: Path, table: Any) -> dict[str, ModelLimits]:
     out: dict[str, ModelLimits] = {}
     for spec, entry in _entries(path, "limits", table, _LIMIT_KEYS, quote=True):
         for k, v in entry.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < math.inf:
                 raise ConfigError(f'{path}: [limits."{spec}"] {k} must be a number > 0')
         out[spec] = ModelLimits(**{k: float(v) for k, v in entry.items()})
     return out
@@ -330,21 +360,14 @@ def build_run_config(
     names = file_config.provider_names
     base = file_config.path.parent if file_config.path else Path(".")
 
+    def path_of(key: str) -> Path:
+        return _relative(base, merged[key], flags.get(key) is not None)
+
     def model(spec: str, what: str) -> ModelRef:
         try:
             return parse_model_spec(spec, names)
         except ModelSpecError as exc:
             raise UsageError(f"{what}: {exc}") from None
-
-    def positive(key: str, kind: type = int, allow_zero: bool = False) -> Any:
-        value = merged.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise UsageError(f"--{key.replace('_', '-')} must be a number")
-        if value < 0 or (value == 0 and not allow_zero):
-            raise UsageError(f"--{key.replace('_', '-')} must be > 0, got {value}")
-        return kind(value)
 
     cfg = RunConfig(jobs=jobs, jobs_display=jobs_display)
     cfg.providers.update(file_config.providers)
@@ -352,16 +375,12 @@ def build_run_config(
     cfg.limits = dict(file_config.limits)
 
     out = merged.get("output")
+    if out is None and stdin:
+        raise UsageError("--output is required when the jobs come from standard input or a pipe")
     if out is None:
-        if stdin:
-            raise UsageError("--output is required when the jobs come from standard input")
-        cfg.output = jobs.with_name(_stem(jobs) + ".results.jsonl")
-    elif out == "-":
-        cfg.output = None
+        cfg.output = resolve_output(str(jobs.with_name(_stem(jobs) + ".results.jsonl")))
     else:
-        cfg.output = Path(out)
-        if not stdin and cfg.output.resolve() == jobs.resolve():
-            raise UsageError(f"--output {out} is the jobs file itself; write results elsewhere")
+        cfg.output = resolve_output(out if out == "-" else str(path_of("output")))
     if "model" in merged:
         cfg.model = model(merged["model"], "--model")
     fallback = merged.get("fallback") or []
@@ -375,48 +394,88 @@ def build_run_config(
                 f"--provider {provider!r} is not a known provider ({', '.join(names)})"
             )
         cfg.provider = provider
-    for key in ("concurrency", "max_attempts", "max_tokens", "max_total_tokens"):
-        v = positive(key)
-        if v is not None:
-            setattr(cfg, key, v)
-    for key in ("rpm", "tpm", "timeout", "idle_timeout", "backoff_cap", "max_cost"):
-        v = positive(key, float)
-        if v is not None:
-            setattr(cfg, key, v)
-    v = positive("repair_attempts", int, allow_zero=True)
-    if v is not None:
-        cfg.repair_attempts = v
-    temp = merged.get("temperature")
-    if temp is not None:
-        if isinstance(temp, bool) or not isinstance(temp, int | float) or temp < 0:
-            raise UsageError("--temperature must be a number ≥ 0")
-        cfg.temperature = float(temp)
+    _apply_numbers(cfg, merged)
+    reads: dict[str, Path | None] = {"the jobs file": jobs, "the config file": file_config.path}
     if merged.get("template") is not None and merged.get("template_file") is not None:
         raise UsageError("give --template or --template-file, not both")
     if merged.get("template_file") is not None:
-        tpath = _relative(base, merged["template_file"], "template_file" in flags)
+        tpath = reads["--template-file"] = path_of("template_file")
         try:
-            cfg.template = tpath.read_text(encoding="utf-8").rstrip("\n")
+            cfg.template = tpath.read_text(encoding="utf-8-sig").rstrip("\n")
         except OSError as exc:
             raise UsageError(f"cannot read template file {tpath}: {exc.strerror}") from None
     else:
         cfg.template = merged.get("template")
     if merged.get("schema") is not None:
-        spath = _relative(base, merged["schema"], "schema" in flags and flags["schema"] is not None)
+        spath = reads["--schema"] = path_of("schema")
         cfg.schema = load_schema_file(spath)
     cfg.system = merged.get("system")
     if merged.get("report") is not None:
-        cfg.report = Path(merged["report"])
+        cfg.report = resolve_report(path_of("report"))
     if merged.get("html") is not None:
-        cfg.html = Path(merged["html"])
-        if cfg.html.resolve() in {jobs.resolve(), cfg.output.resolve() if cfg.output else None}:
-            raise UsageError(f"--html {cfg.html} would overwrite the jobs or results file")
-    for key in ("fresh", "retry_failed", "skip_invalid", "quiet", "no_cache", "log_prompts"):
+        cfg.html = resolve_report(path_of("html"))
+    for key in (
+        "fresh",
+        "retry_failed",
+        "skip_invalid",
+        "quiet",
+        "include_input",
+        "dry_run",
+        "no_cache",
+        "log_prompts",
+    ):
         setattr(cfg, key, bool(merged.get(key, False)))
+    if merged.get("limit") is not None:
+        cfg.limit = _number(merged, "limit", int)
     from ._observe import observability_flags
 
     observability_flags(cfg, merged, jobs, stdin)
+    check_run_paths(cfg, reads)
     return cfg
+
+
+def _number(merged: Mapping[str, Any], key: str, kind: type, allow_zero: bool = False) -> Any:
+    """A finite number > 0 (≥ 0 with ``allow_zero``), or None when not given."""
+    flag = f"--{key.replace('_', '-')}"
+    value = merged.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{flag} must be a number")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{flag} must be > 0, got {value}")
+    if kind is int and value > _MAX_INT:
+        raise UsageError(f"{flag} {value} is out of range (at most {_MAX_INT})")
+    return kind(value)
+
+
+_MAX_INT = 2**53
+
+
+def _apply_numbers(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    for key in ("concurrency", "max_attempts", "max_tokens", "max_total_tokens"):
+        v = _number(merged, key, int)
+        if v is not None:
+            setattr(cfg, key, v)
+    if cfg.concurrency > MAX_CONCURRENCY:
+        raise UsageError(
+            f"--concurrency {cfg.concurrency} is more requests in flight than llmbatch "
+            f"allows (at most {MAX_CONCURRENCY:,}); no provider account takes that many"
+        )
+    for key in ("rpm", "tpm", "timeout", "idle_timeout", "backoff_cap", "max_cost"):
+        v = _number(merged, key, float)
+        if v is not None:
+            setattr(cfg, key, v)
+    v = _number(merged, "repair_attempts", int, allow_zero=True)
+    if v is not None:
+        cfg.repair_attempts = v
+    temp = merged.get("temperature")
+    if temp is not None:
+        if isinstance(temp, bool) or not isinstance(temp, int | float) or not 0 <= temp < math.inf:
+            raise UsageError("--temperature must be a finite number ≥ 0")
+        cfg.temperature = float(temp)
 
 
 def _stem(path: Path) -> str:
@@ -437,9 +496,11 @@ def load_schema_file(path: Path) -> dict[str, Any]:
     from ._schema import check_schema
 
     try:
-        data = orjson.loads(path.read_bytes())
+        data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
     except FileNotFoundError:
         raise UsageError(f"schema file not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read schema file {path}: {exc.strerror}") from None
     except orjson.JSONDecodeError as exc:
         raise UsageError(f"{path}: not valid JSON: {exc}") from None
     check_schema(data, str(path))

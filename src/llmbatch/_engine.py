@@ -31,7 +31,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
 from ._events import EventBus, EventSink, JobEnded, RunEnded, RunStarted
-from ._exceptions import LLMBatchError
+from ._exceptions import LLMBatchError, OutputError
 from ._history import append_history
 from ._jobs import LineError, iter_lines, open_jobs
 from ._lock import OutputLock
@@ -369,6 +369,11 @@ class Engine:
                 except BrokenPipeError:
                     # `-o - | head`: nobody reads any more. Stop at once, as SIGPIPE would.
                     self.stopper.stop("output_closed")
+                    self.executor.cancel()
+                    return
+                except OutputError as exc:  # disk full: stop; what was written resumes
+                    self.runner.fatal = str(exc)
+                    self.stopper.stop("output_error")
                     self.executor.cancel()
                     return
                 now = self.clock.time()

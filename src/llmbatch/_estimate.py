@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 # What "expected" assumes a job writes: the typical length of a short answer,
 # capped by the job's max_tokens.
 TYPICAL_OUTPUT_TOKENS = 250
+MAX_PROBLEMS_SHOWN = 20
 
 
 def estimate_jobs(config: RunConfig) -> dict[str, Any]:
@@ -26,12 +27,15 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
         existing = read_existing(config.output, retry_failed=config.retry_failed)
     per_model: dict[str, dict[str, Any]] = {}
     total = invalid = done = 0
+    problems: list[str] = []
     with open_jobs(config.jobs) as stream:
         for lineno, raw in iter_lines(stream):
             try:
                 pj = planner.prepare(planner.parser.parse(raw, lineno))
-            except LineError:
+            except LineError as exc:
                 invalid += 1
+                if len(problems) < MAX_PROBLEMS_SHOWN:
+                    problems.append(f"{config.display_name}:{lineno}: {exc}")
                 continue
             total += 1
             if existing is not None and pj.job.id in existing.done:
@@ -70,12 +74,19 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             m["worst_case_usd"] = round(m["worst_case_usd"], 6)
             m["expected_usd"] = round(m["expected_usd"], 6)
     priced = [m for m in per_model.values() if m["priced"]]
+    # Nothing priced: no figure at all, rather than a $0 that reads as "free".
+    nothing_priced = bool(per_model) and not priced
     return {
         "jobs": {"total": total, "done": done, "left": total - done, "invalid_lines": invalid},
+        "problems": problems,
         "by_model": per_model,
         "input_tokens": sum(m["input_tokens"] for m in per_model.values()),
-        "worst_case_usd": round(sum(m["worst_case_usd"] for m in priced), 6),
-        "expected_usd": round(sum(m["expected_usd"] for m in priced), 6),
+        "worst_case_usd": None
+        if nothing_priced
+        else round(sum(m["worst_case_usd"] for m in priced), 6),
+        "expected_usd": None
+        if nothing_priced
+        else round(sum(m["expected_usd"] for m in priced), 6),
         "unpriced_models": sorted(k for k, m in per_model.items() if not m["priced"]),
         "spent_usd_so_far": round(existing.cost_usd, 6) if existing else 0.0,
         "assumptions": {
@@ -107,10 +118,28 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
             "unpriced" if m["worst_case_usd"] is None else f"${m['worst_case_usd']:,.4f}",
         )
     console.print(table)
+    partly = " + unpriced" if est["unpriced_models"] else ""
     console.print(
-        f"expected ${est['expected_usd']:,.4f} · worst case ${est['worst_case_usd']:,.4f} · "
+        f"expected {_usd(est['expected_usd'])}{partly} · "
+        f"worst case {_usd(est['worst_case_usd'])}{partly} · "
         f"spent so far on this output ${est['spent_usd_so_far']:,.4f}"
     )
     console.print(f"[dim]expected assumes {est['assumptions']['expected_output_tokens']}[/]")
     if est["unpriced_models"]:
-        console.print(f"[yellow]unpriced: {', '.join(est['unpriced_models'])}[/]")
+        console.print(
+            f"[yellow]unpriced: {', '.join(est['unpriced_models'])} (no known price; "
+            'add one under \\[prices."PROVIDER:MODEL"] in llmbatch.toml)[/]'
+        )
+
+
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def render_problems(est: dict[str, Any], stream: Any) -> None:
+    """Why lines are invalid (the first few), as ``PATH:LINE: message``, for stderr."""
+    for problem in est["problems"]:
+        stream.write(f"{problem}\n")
+    more = est["jobs"]["invalid_lines"] - len(est["problems"])
+    if more > 0:
+        stream.write(f"… and {more} more invalid line(s); `llmbatch validate` lists them all\n")

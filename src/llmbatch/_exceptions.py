@@ -6,6 +6,7 @@ LLMBatchError
 ├── InputError            one or more job lines are invalid; nothing was sent (exit 2)
 ├── ResumeConflict        the output file disagrees with the jobs file (exit 2)
 ├── OutputLocked          another run holds the output file (exit 2)
+├── OutputError           the output cannot be written (disk full, I/O error); resumable
 └── ProviderError         one attempt at one request failed; carries ``error_type``
     ├── RateLimited       429
     ├── Overloaded        529, ``overloaded_error``
@@ -71,6 +72,10 @@ class ResumeConflict(LLMBatchError):
 
 class OutputLocked(LLMBatchError):
     """Another llmbatch run is writing the same output file."""
+
+
+class OutputError(LLMBatchError):
+    """The output file cannot be written (disk full, quota, I/O error); what was written stays."""
 
 
 class ProviderError(LLMBatchError):

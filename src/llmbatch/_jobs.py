@@ -51,6 +51,7 @@ class Job:
     line: int
     request: Request
     metadata: Any = None
+    input: Any = None  # with --include-input: what the line asked, for the result line
 
 
 class LineError(ValueError):
@@ -64,6 +65,7 @@ class JobParser:
     template: Template | None = None
     providers: Collection[str] = BUILTIN_PROVIDERS
     has_default_model: bool = True
+    include_input: bool = False
 
     def parse(self, raw: bytes, lineno: int) -> Job:
         try:
@@ -86,6 +88,8 @@ class JobParser:
             )
         if job.request.model is None and not self.has_default_model:
             raise LineError('no model: give the line a "model", or pass --model')
+        if self.include_input:
+            job.input = job_input(obj)
         return job
 
     # -- shapes -------------------------------------------------------------
@@ -120,7 +124,8 @@ class JobParser:
         try:
             prompt = self.template.render(obj)
         except MissingField as exc:
-            raise LineError(f"template field {{{exc.field}}} is missing from this record") from None
+            what = "is null in" if exc.null else "is missing from"
+            raise LineError(f"template field {{{exc.field}}} {what} this record") from None
         request = Request(messages=[{"role": "user", "content": prompt}])
         return Job(_job_id(obj.get("id", obj.get("custom_id")), lineno), lineno, request, obj)
 
@@ -205,6 +210,18 @@ class JobParser:
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
             raise LineError('"fallback" must be a model spec or a list of them')
         return [m for m in (self._model(s) for s in specs) if m is not None]
+
+
+def job_input(obj: dict[str, Any]) -> dict[str, Any]:
+    """What a line asked, as result lines carry it (``--include-input``): one key says the shape."""
+    if "params" in obj and "custom_id" in obj:
+        return {"params": obj["params"]}
+    if "body" in obj and ("custom_id" in obj or "url" in obj):
+        return {"body": obj["body"]}
+    if "prompt" in obj or "messages" in obj:
+        shown = {k: obj[k] for k in ("prompt", "messages", "system") if obj.get(k) is not None}
+        return shown
+    return {"record": obj}
 
 
 def _json_kind(value: Any) -> str:
@@ -307,8 +324,13 @@ def _schema(value: Any) -> dict[str, Any] | None:
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, line) for every non-blank line, streaming."""
+    """Yield (1-based line number, line) for every non-blank line, streaming.
+
+    A UTF-8 byte order mark before the first line (spreadsheet exports) is dropped.
+    """
     for lineno, raw in enumerate(stream, 1):
+        if lineno == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
         if raw.strip():
             yield lineno, raw
 
@@ -399,9 +421,37 @@ def open_jobs(path: Path) -> BinaryIO:
         raise UsageError(f"cannot read jobs file (permission denied): {path}") from None
 
 
-def spool_stdin() -> Path:
-    """Copy standard input to a temporary file: validation and the run each read it once."""
+def spooled_jobs_source(jobs: str) -> BinaryIO | None:
+    """The stream to spool for JOBS when it can be read only once (``-``, a FIFO), else None.
+
+    A device that is not our standard input (``/dev/zero``) is refused: it never ends.
+    """
+    import stat
+
+    if jobs == "-":
+        return sys.stdin.buffer
+    try:
+        mode = os.stat(jobs).st_mode
+    except OSError:
+        return None  # missing: open_jobs says so
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return open(jobs, "rb")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        if os.path.samestat(os.stat(jobs), os.fstat(0)):
+            return sys.stdin.buffer
+        raise UsageError(f"jobs path {jobs} is a device, not a JSONL file")
+    return None
+
+
+def spool_stdin(source: BinaryIO | None = None) -> Path:
+    """Copy standard input (or ``source``) to a temporary file: the check pass and the run
+    each read it once."""
+    stream = source if source is not None else sys.stdin.buffer
     fd, name = tempfile.mkstemp(prefix="llmbatch-stdin-", suffix=".jsonl")
-    with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
     return Path(name)

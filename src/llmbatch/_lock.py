@@ -11,18 +11,30 @@ import fcntl
 import os
 from pathlib import Path
 
-from ._exceptions import OutputLocked
+from ._exceptions import OutputLocked, UsageError
+
+
+def lock_path(output: Path) -> Path:
+    """``<output>.lock`` beside the real file (an alias of the output meets the same lock)."""
+    resolved = Path(os.path.realpath(output))
+    return resolved.with_name(resolved.name + ".lock")
 
 
 class OutputLock:
     def __init__(self, output: Path) -> None:
         self.output = output
-        self.path = output.with_name(output.name + ".lock")
+        self.path = lock_path(output)
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot create the lock file {self.path} beside the output: {exc.strerror}. "
+                "Nothing was sent."
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,14 +22,7 @@ def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdi
     """--cache, --log-json, --otlp into ``cfg``, checked before anything is sent."""
     if merged.get("cache") is not None:
         cfg.cache_path = Path(merged["cache"]).expanduser()
-    log = merged.get("log_json")
-    if log is not None and log != "-":
-        p = Path(log).resolve()
-        if (not stdin and p == jobs.resolve()) or (
-            cfg.output is not None and p == cfg.output.resolve()
-        ):
-            raise UsageError(f"--log-json {log} is a file this run reads or writes")
-    cfg.log_json = log
+    cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
     otlp = merged.get("otlp")
     if otlp is not None and not str(otlp).startswith(("http://", "https://")):
         raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")

@@ -12,7 +12,9 @@ import orjson
 from ._config import RunConfig
 from ._exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from ._jobs import Job, JobParser, LineError, Request, validate_file
+from ._keys import check_base_url, check_key
 from ._models import ModelRef
+from ._paths import check_run_paths
 from ._pricing import PriceBook
 from ._results import ExistingOutput, fp_int, read_existing
 from ._schema import check_schema, schema_key
@@ -34,6 +36,7 @@ class Plan:
     total_valid: int = 0
     last_line: int = 0  # lines appended during the run wait for the next one
     todo: int = 0
+    held_back: int = 0  # valid jobs not yet done, past --limit: left for a later run
     skipped_done: int = 0
     invalid_lines: set[int] = field(default_factory=set)
     problems: list[LineProblem] = field(default_factory=list)
@@ -65,7 +68,6 @@ class Planner:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         template = None
-        template = None
         if config.template is not None:
             try:
                 template = Template(config.template)
@@ -75,6 +77,7 @@ class Planner:
             template=template,
             providers=tuple(config.providers),
             has_default_model=config.model is not None,
+            include_input=config.include_input,
         )
         self.prices = PriceBook(
             config.prices,
@@ -88,6 +91,7 @@ class Planner:
             ExistingOutput(config.output) if config.output else None
         )
         self._schemas_checked: set[bytes] = set()
+        self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
     # -- per-job resolution ---------------------------------------------------
 
@@ -136,8 +140,10 @@ class Planner:
             self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
         done = self.existing.done if self.existing else None
+        limit_line = 0
 
         def on_job(job: Job) -> str | None:
+            nonlocal limit_line
             try:
                 prepared = self.prepare(job)
             except LineError as exc:
@@ -156,19 +162,32 @@ class Planner:
                         if len(plan.conflicts) < 5:
                             plan.conflicts.append(f"{job.id} (line {job.line})")
                     return None
+            if cfg.limit is not None and plan.todo >= cfg.limit:
+                plan.held_back += 1  # checked like every line, but not run this time
+                return None
             plan.todo += 1
+            limit_line = job.line
             return None
 
         summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
         plan.problems = summary.problems
         plan.invalid_lines = summary.invalid_lines
         plan.last_line = summary.last_line
+        if cfg.limit is not None and plan.held_back:
+            # The producer stops after the line of the Nth job to run.
+            plan.last_line = limit_line
         plan.total_valid = summary.valid
+        self.last_plan = plan
         return plan
 
-    def check(self, plan: Plan) -> None:
-        """Refuse before anything is sent: bad lines, changed jobs, missing keys, unpriced caps."""
+    def check(self, plan: Plan, *, require_keys: bool = True) -> None:
+        """Refuse before anything is sent: bad lines, changed jobs, missing keys, unpriced caps.
+
+        ``require_keys=False`` (``--dry-run``) still refuses a key that cannot be sent.
+        """
         cfg = self.config
+        # Again here for configs built by hand (library use); the CLI checked more paths.
+        check_run_paths(cfg)
         if plan.problems and not cfg.skip_invalid:
             raise InputError(plan.problems)
         if plan.conflict_count:
@@ -181,13 +200,18 @@ class Planner:
             )
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
+            if settings.kind != "sim":
+                check_base_url(settings.resolved_base_url(), f"provider {ref.provider}")
             env = settings.key_env()
             if env is not None:
                 if not os.environ.get(env):
-                    raise UsageError(
-                        f"{env} is not set: jobs use {ref}. Export it, or run offline "
-                        f"with --model sim:{ref.model}. Nothing was sent."
-                    )
+                    if require_keys:
+                        raise UsageError(
+                            f"{env} is not set: jobs use {ref}. Export it, or run offline "
+                            f"with --model sim:{ref.model}. Nothing was sent."
+                        )
+                else:
+                    check_key(env, needed_by=f"jobs that use {ref}")
             if cfg.max_cost is not None and self.prices.price(ref) is None:
                 raise UsageError(
                     f"--max-cost needs a price for {ref}, and none is known. Add one to "

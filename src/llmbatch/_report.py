@@ -60,7 +60,8 @@ class RunReport:
     def exit_code(self) -> int:
         if self.stopped_by == "budget":
             return 3
-        return 1 if (self.failed or self.failed_earlier or self.stopped_by == "auth") else 0
+        stopped_badly = self.stopped_by in ("auth", "output_error")
+        return 1 if (self.failed or self.failed_earlier or stopped_badly) else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,7 +206,8 @@ def report_from_results(path: Path) -> RunReport:
     from ._history import read_history
 
     history = read_history(path)
-    wall = sum(h.get("wall_s") or 0.0 for h in history) or None
+    walls = [h.get("wall_s") for h in history]
+    wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
     return build_report(stats, wall_s=wall, output=str(path), notes=notes)
 
 
@@ -227,6 +229,7 @@ def _ms(value: float) -> str:
 
 
 def render_report(report: RunReport, console: Console) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     title = "llmbatch report"
@@ -296,17 +299,19 @@ def render_report(report: RunReport, console: Console) -> None:
             f" (+{len(report.invalid_lines) - 20} more)" if len(report.invalid_lines) > 20 else ""
         )
         summary.add_row("skipped invalid lines", shown + more)
+    # Paths and notes are text, not markup: "[prices.x]" or "a[1].jsonl" must show as written.
     if report.output:
-        summary.add_row("results", report.output)
+        summary.add_row("results", escape(report.output))
     for note in report.notes:
-        summary.add_row("note", note)
+        summary.add_row("note", escape(note))
     console.print(summary)
     if report.latency_bins:
         console.print(latency_histogram(report.latency_bins))
 
     if report.by_model:
         table = Table(title="by model", title_justify="left")
-        table.add_column("model")
+        # Long model names wrap (at - : / boundaries) instead of losing their tails.
+        table.add_column("model", overflow="fold", min_width=12)
         table.add_column("jobs", justify="right")
         table.add_column("ok", justify="right")
         table.add_column("failed", justify="right")
@@ -335,7 +340,7 @@ def render_report(report: RunReport, console: Console) -> None:
     }
     if limited:
         table = Table(title="rate limits in force", title_justify="left")
-        table.add_column("model")
+        table.add_column("model", overflow="fold", min_width=12)
         table.add_column("requests/min", justify="right")
         table.add_column("tokens/min", justify="right")
         table.add_column("source")

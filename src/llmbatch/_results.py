@@ -8,6 +8,7 @@ take the last line for an id.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ._exceptions import UsageError
+from ._exceptions import OutputError, UsageError
 from ._usage import Usage
 
 
@@ -46,6 +47,7 @@ class JobResult:
     attempt_errors: dict[str, int] = field(default_factory=dict)
     repairs: int = 0
     fallbacks: int = 0
+    input: Any = None  # with --include-input: the job's prompt/messages or record
     cache: dict[str, Any] | None = None  # answered from the response cache: {"hit", "saved_usd"}
 
     def to_json(self) -> bytes:
@@ -72,33 +74,72 @@ class JobResult:
             line["repairs"] = self.repairs
         if self.fallbacks:
             line["fallbacks"] = self.fallbacks
+        if self.input is not None:
+            line["input"] = self.input
         if self.cache:
             line["cache"] = self.cache
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_line(cls, d: dict[str, Any]) -> JobResult:
+        """A result line read back; fields of the wrong type (hand-edited) count as absent."""
+        error = d.get("error")
+        if error is not None and not isinstance(error, dict):
+            error = {"type": "other", "message": str(error), "status": None}
+        attempt_errors = d.get("attempt_errors")
         return cls(
             id=str(d.get("id")),
             status=str(d.get("status")),
-            output=d.get("output"),
+            output=_str_or_none(d.get("output")),
             parsed=d.get("parsed"),
-            provider=d.get("provider"),
-            model=d.get("model"),
-            usage=Usage.from_dict(d.get("usage")),
-            cost_usd=d.get("cost_usd"),
-            latency_ms=d.get("latency_ms"),
-            ttft_ms=d.get("ttft_ms"),
-            attempts=int(d.get("attempts") or 0),
-            error=d.get("error"),
+            provider=_str_or_none(d.get("provider")),
+            model=_str_or_none(d.get("model")),
+            usage=usage_of(d.get("usage")),
+            cost_usd=_num_or_none(d.get("cost_usd")),
+            latency_ms=_num_or_none(d.get("latency_ms")),
+            ttft_ms=_num_or_none(d.get("ttft_ms")),
+            attempts=_count(d.get("attempts")),
+            error=error,
             metadata=d.get("metadata"),
-            stop_reason=d.get("stop_reason"),
-            fingerprint=d.get("fingerprint"),
-            attempt_errors=dict(d.get("attempt_errors") or {}),
-            repairs=int(d.get("repairs") or 0),
-            fallbacks=int(d.get("fallbacks") or 0),
+            stop_reason=_str_or_none(d.get("stop_reason")),
+            fingerprint=_str_or_none(d.get("fingerprint")),
+            attempt_errors={
+                str(k): _count(v)
+                for k, v in (attempt_errors.items() if isinstance(attempt_errors, dict) else ())
+            },
+            repairs=_count(d.get("repairs")),
+            fallbacks=_count(d.get("fallbacks")),
+            input=d.get("input"),
             cache=d.get("cache") if isinstance(d.get("cache"), dict) else None,
         )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _num_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if value >= 0 else None
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return 0
+    return int(value)
+
+
+def usage_of(value: Any) -> Usage:
+    """Usage from a result line's ``usage``, counting non-numbers as 0."""
+    if not isinstance(value, dict):
+        return Usage()
+    return Usage(
+        _count(value.get("input_tokens")),
+        _count(value.get("output_tokens")),
+        _count(value.get("cache_read_tokens")),
+        _count(value.get("cache_write_tokens")),
+    )
 
 
 def _ms(value: float | None) -> float | None:
@@ -151,9 +192,9 @@ class DoneSet:
         return len(self._keys)
 
 
-def fp_int(fingerprint: str | None) -> int:
-    if not fingerprint:
-        return 0
+def fp_int(fingerprint: Any) -> int:
+    if not fingerprint or not isinstance(fingerprint, str):
+        return 0  # none, or not one we wrote (a hand-edited line): no conflict check
     try:
         return int(fingerprint[:15], 16)  # 60 bits: fits int64
     except ValueError:
@@ -179,9 +220,27 @@ class ExistingOutput:
     torn_bytes: int = 0
 
 
+def open_results(path: Path) -> BinaryIO:
+    """A results file opened to read back, or UsageError saying why it cannot be."""
+    from ._paths import file_kind
+
+    kind = file_kind(path)
+    if kind == "directory":
+        raise UsageError(f"{path} is a directory, not a results file")
+    if kind == "special":
+        # A device or pipe is no results file; reading /dev/zero or /dev/full never ends.
+        raise UsageError(f"{path} is not a regular file (a device, pipe or socket)")
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise UsageError(f"results file not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def iter_result_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None, int]]:
     """Yield (line number, byte offset, parsed line or None if torn/bad, length)."""
-    with path.open("rb") as f:
+    with open_results(path) as f:
         offset = 0
         for lineno, raw in enumerate(f, 1):
             parsed: dict[str, Any] | None = None
@@ -216,23 +275,24 @@ def read_existing(path: Path, *, retry_failed: bool) -> ExistingOutput:
             bad = (lineno, offset, length)
             continue
         state.lines += 1
-        cost = obj.get("cost_usd")
-        if isinstance(cost, int | float):
+        cost = _num_or_none(obj.get("cost_usd"))
+        if cost is not None:
             state.cost_usd += cost
-        state.tokens += Usage.from_dict(obj.get("usage")).total
+        state.tokens += usage_of(obj.get("usage")).total
         job_id = str(obj["id"])
+        error = obj.get("error")
         if obj["status"] == "ok":
             failed_ids.pop(job_id, None)
             budget_cut.discard(job_id)
-            state.done.add(job_id, obj.get("fingerprint"))
+            state.done.add(job_id, _str_or_none(obj.get("fingerprint")))
             state.ok += 1
-        elif (obj.get("error") or {}).get("type") == "budget":
+        elif isinstance(error, dict) and error.get("type") == "budget":
             # Cut off by a budget cap mid-job: it runs again, whatever --retry-failed says.
             failed_ids.pop(job_id, None)
             budget_cut.add(job_id)
         else:
             budget_cut.discard(job_id)
-            failed_ids[job_id] = obj.get("fingerprint")
+            failed_ids[job_id] = _str_or_none(obj.get("fingerprint"))
     if bad is not None:
         state.torn_at, state.torn_bytes = bad[1], bad[2]
     state.failed = len(failed_ids)
@@ -254,16 +314,29 @@ def cut_torn_tail(state: ExistingOutput) -> None:
 
 
 def backup_output(path: Path) -> Path | None:
-    """Move an existing output aside (``--fresh``); return where it went."""
+    """Move an existing output aside (``--fresh``), its run history with it; return where."""
+    from ._history import history_path
+
+    history = history_path(path)
     if not path.exists():
+        if history.exists():  # a history without results: start the new one clean
+            history.rename(_free_name(history, ".bak"))
         return None
+    target = _free_name(path, ".bak")
+    path.rename(target)
+    if history.exists():
+        history.rename(history_path(target))
+    return target
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``<path>.<time><suffix>``, numbered when taken."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.{stamp}.bak")
+    target = path.with_name(f"{path.name}.{stamp}{suffix}")
     n = 1
     while target.exists():
         n += 1
-        target = path.with_name(f"{path.name}.{stamp}-{n}.bak")
-    path.rename(target)
+        target = path.with_name(f"{path.name}.{stamp}-{n}{suffix}")
     return target
 
 
@@ -287,29 +360,59 @@ class ResultWriter:
         if path is None:
             self._fd = sys.stdout.fileno()
         else:
-            if path.parent and not path.parent.exists():
+            try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self._stream = path.open("ab")
+                self._stream = path.open("ab")
+            except OSError as exc:  # before the first request: a usage error, exit 2
+                raise UsageError(
+                    f"cannot write {path}: {exc.strerror or exc}. Nothing was sent."
+                ) from None
             self._fd = self._stream.fileno()
         self.lines = 0
 
     def write(self, lines: list[bytes]) -> None:
+        """Append whole lines. Raises BrokenPipeError (stdout closed) or OutputError."""
         data = b"".join(lines)
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.path is not None:
+                now = time.monotonic()
+                if now - self._last_sync >= self._fsync_interval:
+                    os.fsync(self._fd)
+                    self._last_sync = now
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            # A line cut short by a full disk is a torn last line: the next run cuts it.
+            raise output_error(exc, self.path) from None
         self.lines += len(lines)
-        if self.path is not None:
-            now = time.monotonic()
-            if now - self._last_sync >= self._fsync_interval:
-                os.fsync(self._fd)
-                self._last_sync = now
 
     def close(self) -> None:
         if self._stream is not None:
             try:
                 os.fsync(self._fd)
+            except OSError as exc:
+                raise output_error(exc, self.path) from None
             finally:
                 self._stream.close()
                 self._stream = None
+
+
+def output_error(exc: OSError, path: Path | None) -> OutputError:
+    """Our own error for a failed write, saying which file and why, in words."""
+    where = str(path) if path is not None else "standard output"
+    if exc.errno == errno.ENOSPC:
+        what = f"no space left on {where}"
+    elif exc.errno == errno.EDQUOT:
+        what = f"disk quota exceeded on {where}"
+    elif exc.errno == errno.EFBIG:
+        what = f"{where} has reached the largest file size allowed (ulimit -f)"
+    else:
+        what = f"cannot write {where}: {exc.strerror or exc}"
+    return OutputError(
+        f"{what}; stopped. What was written is kept: fix that and run the same "
+        "command again to resume"
+    )

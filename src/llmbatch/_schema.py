@@ -26,6 +26,81 @@ def check_schema(schema: Any, where: str) -> None:
     except jsonschema.SchemaError as exc:
         path = "/".join(str(p) for p in exc.path) or "(root)"
         raise UsageError(f"{where}: not a valid JSON Schema at {path}: {exc.message}") from None
+    check_refs(schema, where)
+
+
+# Keywords whose values are data, not schemas: a "$ref" inside them is not a reference.
+_DATA_KEYWORDS = frozenset({"const", "enum", "examples", "default"})
+# Keywords whose values map names to schemas: every value is a schema, whatever its name.
+_SCHEMA_MAPS = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
+def _registry(schema: dict[str, Any]) -> Any:
+    """A registry holding only ``schema`` (and what it embeds): nothing is ever fetched."""
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    resource = Resource.from_contents(schema, default_specification=DRAFT202012)
+    return Registry().with_resource("", resource).crawl()
+
+
+def check_refs(schema: dict[str, Any], where: str) -> None:
+    """Resolve every ``$ref`` now (no network): one to nowhere would fail after paying."""
+    from referencing.exceptions import Unresolvable
+
+    registry = _registry(schema)
+    for location, base, ref in _refs(schema, "", ()):
+        try:
+            _follow(registry.resolver(base_uri=base), ref, where)
+        except Unresolvable:
+            at = "/".join(location) or "(root)"
+            remote = not ref.startswith("#")
+            why = (
+                "references to other documents are not fetched; copy the schema in under $defs"
+                if remote
+                else "the pointer leads nowhere in this schema"
+            )
+            raise UsageError(f"{where}: $ref {ref!r} at {at} cannot be resolved: {why}") from None
+
+
+def _follow(resolver: Any, ref: str, where: str) -> None:
+    """Resolve ``ref`` and the chain of bare ``$ref``s it leads to; a loop never validates."""
+    seen: set[int] = set()
+    while True:
+        resolved = resolver.lookup(ref)
+        target = resolved.contents
+        if not isinstance(target, dict) or not isinstance(target.get("$ref"), str):
+            return
+        if id(target) in seen:
+            raise UsageError(f"{where}: $ref {ref!r} leads to a loop of references")
+        seen.add(id(target))
+        resolver, ref = resolved.resolver, target["$ref"]
+
+
+def _refs(node: Any, base: str, location: tuple[str, ...]) -> Any:
+    """Each (location, base URI, $ref) in a schema, following ``$id`` for the base."""
+    from urllib.parse import urljoin
+
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _refs(item, base, (*location, str(i)))
+        return
+    if not isinstance(node, dict):
+        return
+    if isinstance(node.get("$id"), str):
+        base = urljoin(base, node["$id"]).partition("#")[0]
+    if isinstance(node.get("$ref"), str):
+        yield location, base, node["$ref"]
+    for key, value in node.items():
+        if key in _DATA_KEYWORDS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            for name, sub in value.items():
+                yield from _refs(sub, base, (*location, key, str(name)))
+        else:
+            yield from _refs(value, base, (*location, key))
 
 
 @lru_cache(maxsize=64)
@@ -34,7 +109,8 @@ def _validator_for(schema_json: bytes) -> Any:
 
     schema = orjson.loads(schema_json)
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    # Our own registry: jsonschema's default would fetch a remote $ref over the network.
+    return cls(schema, format_checker=cls.FORMAT_CHECKER, registry=_registry(schema))
 
 
 def schema_key(schema: dict[str, Any]) -> bytes:
@@ -97,8 +173,13 @@ def validate_answer(text: str, schema: dict[str, Any]) -> tuple[Any, str | None]
         value = extract_json(text)
     except ValueError as exc:
         return None, str(exc)
+    from referencing.exceptions import Unresolvable
+
     validator = _validator_for(schema_key(schema))
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+    try:
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
+    except (Unresolvable, RecursionError) as exc:  # the check pass refuses these already
+        return value, f"the schema cannot be used: {type(exc).__name__}"
     if not errors:
         return value, None
     shown = []

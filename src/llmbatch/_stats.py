@@ -190,7 +190,7 @@ class RunStats:
         self.cache_write_tokens += u.cache_write_tokens
         self.repairs += r.repairs
         if r.repairs and r.status == "ok":
-            self.repaired_jobs += 1
+            self.repaired_jobs += 1  # repaired = made valid by a re-ask; not "re-asked in vain"
         self.fallbacks += r.fallbacks
         if r.cache and r.cache.get("hit"):
             self.cache_hits += 1

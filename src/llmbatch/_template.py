@@ -15,11 +15,12 @@ class TemplateError(ValueError):
 
 
 class MissingField(KeyError):
-    """The record has no value for a field the template names."""
+    """The record has no value for a field the template names (``null`` when ``null``)."""
 
-    def __init__(self, field: str) -> None:
+    def __init__(self, field: str, null: bool = False) -> None:
         super().__init__(field)
         self.field = field
+        self.null = null
 
 
 class Template:
@@ -70,7 +71,8 @@ class Template:
             if isinstance(value, str):
                 out.append(value)
             elif value is None:
-                raise MissingField(".".join(part))
+                # Not rendered as "null" or "": a prompt with a hole is not worth paying for.
+                raise MissingField(".".join(part), null=True)
             else:
                 out.append(orjson.dumps(value).decode())
         return "".join(out)

@@ -51,6 +51,21 @@ def _main(
     ] = False,
 ) -> None:
     """Run JSONL files of LLM requests fast, safely and cheaply."""
+    _tolerant_streams()
+
+
+def _tolerant_streams() -> None:
+    """Print what the terminal's encoding cannot show as ``?`` instead of crashing.
+
+    ``PYTHONIOENCODING=ascii`` or a C locale cannot encode "·" or "≥"; a message
+    with a replaced character beats an internal error. Result lines are bytes
+    and unaffected.
+    """
+    import io
+
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="replace")
 
 
 T = TypeVar("T")
@@ -139,13 +154,14 @@ def _guard(fn: Callable[[], T]) -> T:
 def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> Iterator[RunConfig]:
     """Flags over llmbatch.toml, for JOBS (``-`` is spooled to a temporary file, removed after)."""
     from ._config import build_run_config, load_config
+    from ._jobs import spool_stdin, spooled_jobs_source
 
     file_config = load_config(config_path)
-    stdin = jobs == "-"
-    if stdin:
-        from ._jobs import spool_stdin
-
-        path, display = spool_stdin(), "<stdin>"
+    # A pipe (`-`, `<(cmd)`, /dev/stdin) can be read once: it is spooled, and read twice.
+    source = spooled_jobs_source(jobs)
+    stdin = source is not None
+    if source is not None:
+        path, display = spool_stdin(source), "<stdin>" if jobs == "-" else jobs
     else:
         path, display = Path(jobs), jobs
     try:
@@ -234,6 +250,21 @@ def run(
         str | None,
         typer.Option("--batch-deadline", help="auto: cancel open batches after this (e.g. 2h)."),
     ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="Run only the first N jobs not yet done (try a few first)."),
+    ] = None,
+    include_input: Annotated[
+        bool | None,
+        typer.Option("--include-input", help="Result lines carry the job's prompt or record."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the request bodies that would be sent (keys redacted); send nothing.",
+        ),
+    ] = False,
     cache: Annotated[
         str | None,
         typer.Option(
@@ -280,6 +311,9 @@ def run(
         "skip_invalid": skip_invalid or None,
         "quiet": quiet or None,
         "provider": provider,
+        "limit": limit,
+        "include_input": include_input or None,
+        "dry_run": dry_run or None,
         "cache": cache,
         "no_cache": no_cache or None,
         "log_json": log_json,
@@ -303,6 +337,10 @@ def _run(
     from ._progress import make_progress
 
     with _configured(jobs, flags, config_path) as cfg:
+        if cfg.dry_run:
+            from ._dryrun import print_dry_run
+
+            return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
         if mode != "online" or batch_deadline is not None:
             from ._cli_batch import run_mode
 
@@ -313,16 +351,29 @@ def _run(
         engine = Engine(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
     if cfg.report is not None:
-        cfg.report.parent.mkdir(parents=True, exist_ok=True)
-        cfg.report.write_bytes(report.to_json())
+        try:
+            cfg.report.parent.mkdir(parents=True, exist_ok=True)
+            cfg.report.write_bytes(report.to_json())
+        except OSError as exc:
+            _err(f"could not write the report to {cfg.report}: {exc.strerror or exc}")
     if engine.fatal and cfg.quiet:
         _err(engine.fatal)  # otherwise the report shows it
     if not cfg.quiet:
         console = _console(stderr=True)
         console.print()
         report.render(console)
-    elif report.failed and not engine.fatal:
-        _err(f"{report.failed} job(s) failed; see error fields in {report.output or 'the output'}")
+    elif not engine.fatal and (report.failed or report.failed_earlier):
+        where = report.output or "the output"
+        if report.failed:
+            _err(f"{report.failed} job(s) failed; see error fields in {where}")
+        if report.failed_earlier:
+            _err(
+                f"{report.failed_earlier} job(s) failed in an earlier run on {where} and were "
+                "not retried (exit 1); --retry-failed runs them again"
+            )
+    last_plan = engine.planner.last_plan
+    if last_plan is not None and last_plan.held_back:
+        _err(f"--limit {cfg.limit}: {last_plan.held_back} job(s) left for a later run")
     if report.stopped_by == "output_closed":
         _err("the output pipe was closed; stopped (jobs left unsent)")
     if report.stopped_by == "budget":
@@ -403,10 +454,15 @@ def estimate(
             "template_file": template_file,
             "max_tokens": max_tokens,
             "provider": provider,
-            "output": output if output is not None else ("-" if jobs == "-" else None),
+            # Jobs from a pipe have no results file beside them to count as done.
+            "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }
         with _configured(jobs, flags, config) as cfg:
             est = estimate_jobs(cfg)
+        if not as_json:
+            from ._estimate import render_problems
+
+            render_problems(est, sys.stderr)
         if as_json:
             import orjson
 
@@ -416,6 +472,12 @@ def estimate(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+def _is_pipe(jobs: str) -> bool:
+    from ._paths import file_kind
+
+    return jobs == "-" or file_kind(Path(jobs)) == "special"
 
 
 @app.command("report")
@@ -468,18 +530,23 @@ def _render_history(history: list[dict[str, Any]]) -> None:
     table = Table(title="runs on this output", title_justify="left")
     for col in ("started", "wall", "done", "ok", "failed", "not run", "cost", "stopped by", "exit"):
         table.add_column(col)
+
+    def num(value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok and 0 <= value < 1e12 else 0.0
+
     for h in history:
-        started = datetime.datetime.fromtimestamp(float(h.get("started", 0))).strftime(
+        started = datetime.datetime.fromtimestamp(num(h.get("started"))).strftime(
             "%Y-%m-%d %H:%M:%S"
         )
         table.add_row(
             started,
-            f"{h.get('wall_s', 0):.1f} s",
+            f"{num(h.get('wall_s')):.1f} s",
             str(h.get("jobs_done", "")),
             str(h.get("ok", "")),
             str(h.get("failed", "")),
             str(h.get("not_run", "")),
-            f"${h.get('cost_usd', 0):.6f}",
+            f"${num(h.get('cost_usd')):.6f}",
             str(h.get("stopped_by") or ""),
             str(h.get("exit_code", "")),
         )
@@ -501,12 +568,21 @@ def models(
         from ._pricing import known_models
 
         file_config = load_config(config)
-        rows = [
-            (p, m, price) for p, m, price in known_models() if provider is None or p == provider
-        ]
+        every = known_models()
+        rows = [(p, m, price) for p, m, price in every if provider is None or p == provider]
         for spec, price in file_config.prices.items():
             p, _, m = spec.partition(":")
-            rows.append((p, m, price))
+            if provider is None or p == provider:
+                rows.append((p, m, price))
+        if provider is not None and not rows:
+            from ._exceptions import UsageError
+
+            known = sorted(
+                {p for p, _, _ in every} | {s.partition(":")[0] for s in file_config.prices}
+            )
+            raise UsageError(
+                f"--provider {provider!r}: no such provider (known: {', '.join(known)})"
+            )
         if as_json:
             import orjson
 

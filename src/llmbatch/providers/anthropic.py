@@ -97,10 +97,11 @@ class AnthropicProvider(HttpProvider):
             "content-type": "application/json",
             "accept": "text/event-stream",
             "anthropic-version": ANTHROPIC_VERSION,
-            "authorization": f"Bearer {self.api_key}",
             "user-agent": "llmbatch/0.1",
             **dict(settings.headers),
         }
+        if self.api_key:  # a keyless custom provider sends no credential at all
+            self.headers["authorization"] = f"Bearer {self.api_key}"
 
         self.structured = StructuredModes(ANTHROPIC_MODES, settings.structured_output, self.notes)
 
