@@ -91,6 +91,16 @@ class RunConfig:
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     limits: dict[str, ModelLimits] = field(default_factory=dict)
+    # Rolling budgets, shared limits, shards (SPEC §10).
+    budget_per_hour: float | None = None
+    budget_per_day: float | None = None
+    tokens_per_hour: int | None = None
+    tokens_per_day: int | None = None
+    budget_scope: str = "default"
+    ledger: Path | None = None  # None: default_ledger_path()
+    wait_for_budget: bool = False
+    shared: str | None = None  # redis://HOST:PORT/DB
+    shard: tuple[int, int] | None = None  # (index, count), index from 0
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -139,8 +149,16 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "retry_failed": (bool,),
     "skip_invalid": (bool,),
     "quiet": (bool,),
+    "budget_per_hour": (int, float),
+    "budget_per_day": (int, float),
+    "tokens_per_hour": (int,),
+    "tokens_per_day": (int,),
+    "budget_scope": (str,),
+    "ledger": (str,),
+    "wait_for_budget": (bool,),
+    "shard": (str,),
 }
-_TABLE_KEYS = ("providers", "prices", "limits")
+_TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {
     "type",
     "base_url",
@@ -204,6 +222,11 @@ def load_config(explicit: Path | None) -> FileConfig:
     cfg.providers = _load_providers(path, data.get("providers", {}))
     cfg.prices = _load_prices(path, data.get("prices", {}))
     cfg.limits = _load_limits(path, data.get("limits", {}))
+    shared = _table(path, "shared", data.get("shared", {}))
+    if set(shared) - {"url"} or not isinstance(shared.get("url", ""), str):
+        raise ConfigError(f'{path}: [shared] takes one key: url = "redis://HOST:PORT/DB"')
+    if "url" in shared:
+        cfg.flags["shared"] = shared["url"]
     return cfg
 
 
@@ -395,9 +418,35 @@ def build_run_config(
     cfg.system = merged.get("system")
     if merged.get("report") is not None:
         cfg.report = Path(merged["report"])
-    for key in ("fresh", "retry_failed", "skip_invalid", "quiet"):
+    for key in ("fresh", "retry_failed", "skip_invalid", "quiet", "wait_for_budget"):
         setattr(cfg, key, bool(merged.get(key, False)))
+    _shared_settings(cfg, merged, positive)
     return cfg
+
+
+def _shared_settings(cfg: RunConfig, merged: dict[str, Any], positive: Any) -> None:
+    """Rolling budgets, --shared and --shard (SPEC §10)."""
+    from ._shard import parse_shard, shard_output
+
+    cfg.budget_per_hour = positive("budget_per_hour", float)
+    cfg.budget_per_day = positive("budget_per_day", float)
+    cfg.tokens_per_hour = positive("tokens_per_hour")
+    cfg.tokens_per_day = positive("tokens_per_day")
+    scope = merged.get("budget_scope") or "default"
+    if not isinstance(scope, str) or not scope.strip():
+        raise UsageError("--budget-scope must be a non-empty name")
+    cfg.budget_scope = scope
+    if merged.get("ledger"):
+        cfg.ledger = Path(merged["ledger"]).expanduser()
+    url = merged.get("shared")
+    if url:
+        if not str(url).startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"--shared takes redis://HOST:PORT/DB, got {url!r}")
+        cfg.shared = str(url)
+    if merged.get("shard"):
+        cfg.shard = parse_shard(str(merged["shard"]), os.environ)
+        if cfg.output is not None:
+            cfg.output = shard_output(cfg.output, cfg.shard)
 
 
 def _stem(path: Path) -> str:

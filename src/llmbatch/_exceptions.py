@@ -6,6 +6,7 @@ LLMBatchError
 ├── InputError            one or more job lines are invalid; nothing was sent (exit 2)
 ├── ResumeConflict        the output file disagrees with the jobs file (exit 2)
 ├── OutputLocked          another run holds the output file (exit 2)
+├── SharedStoreError      a shared ledger or limiter store failed; budgets fail closed (exit 5)
 └── ProviderError         one attempt at one request failed; carries ``error_type``
     ├── RateLimited       429
     ├── Overloaded        529, ``overloaded_error``
@@ -71,6 +72,10 @@ class ResumeConflict(LLMBatchError):
 
 class OutputLocked(LLMBatchError):
     """Another llmbatch run is writing the same output file."""
+
+
+class SharedStoreError(LLMBatchError):
+    """The budget ledger or shared store (SQLite, Redis) cannot be read or written."""
 
 
 class ProviderError(LLMBatchError):

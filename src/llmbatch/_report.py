@@ -50,11 +50,17 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     # Jobs an earlier run recorded as failed and this one did not retry.
     failed_earlier: int = 0
+    # stopped_by "budget_window": when enough of the rolling window frees (RFC 3339).
+    resets_at: str | None = None
 
     @property
     def exit_code(self) -> int:
         if self.stopped_by == "budget":
             return 3
+        if self.stopped_by == "budget_window":
+            return 4
+        if self.stopped_by == "shared_store":
+            return 5
         return 1 if (self.failed or self.failed_earlier or self.stopped_by == "auth") else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +90,7 @@ class RunReport:
             "wall_s": self.wall_s,
             "jobs_per_s": self.jobs_per_s,
             "stopped_by": self.stopped_by,
+            "resets_at": self.resets_at,
             "unpriced_models": self.unpriced_models,
             "invalid_lines": self.invalid_lines,
             "repairs": self.repairs,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from . import _cli_budget as o
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -67,6 +69,7 @@ TemplateOpt = Annotated[
 TemplateFileOpt = Annotated[
     str | None, typer.Option("--template-file", help="Read the --template text from a file.")
 ]
+
 ProviderOpt = Annotated[
     str | None,
     typer.Option(
@@ -97,6 +100,7 @@ def _guard(fn: Callable[[], T]) -> T:
         LLMBatchError,
         OutputLocked,
         ResumeConflict,
+        SharedStoreError,
         UsageError,
     )
 
@@ -110,6 +114,9 @@ def _guard(fn: Callable[[], T]) -> T:
     except (UsageError, ResumeConflict, OutputLocked) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+    except SharedStoreError as exc:
+        _err(f"{exc} (budgets fail closed; nothing more was sent, resumable)")
+        raise typer.Exit(5) from None
     except LLMBatchError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
@@ -217,6 +224,15 @@ def run(
         bool | None, typer.Option("--quiet", help="No progress, no report table.")
     ] = None,
     provider: ProviderOpt = None,
+    budget_per_hour: o.BudgetPerHour = None,
+    budget_per_day: o.BudgetPerDay = None,
+    tokens_per_hour: o.TokensPerHour = None,
+    tokens_per_day: o.TokensPerDay = None,
+    budget_scope: o.BudgetScope = None,
+    ledger: o.Ledger = None,
+    wait_for_budget: o.WaitForBudget = None,
+    shared: o.Shared = None,
+    shard: o.Shard = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
@@ -244,6 +260,15 @@ def run(
         "skip_invalid": skip_invalid or None,
         "quiet": quiet or None,
         "provider": provider,
+        "budget_per_hour": budget_per_hour,
+        "budget_per_day": budget_per_day,
+        "tokens_per_hour": tokens_per_hour,
+        "tokens_per_day": tokens_per_day,
+        "budget_scope": budget_scope,
+        "ledger": ledger,
+        "wait_for_budget": wait_for_budget or None,
+        "shared": shared,
+        "shard": shard,
     }
     code = _guard(lambda: _run(jobs, flags, config))
     raise typer.Exit(code)
@@ -273,6 +298,8 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         _err("the output pipe was closed; stopped (jobs left unsent)")
     if report.stopped_by == "budget":
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
+    if report.stopped_by == "budget_window":
+        _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
     return exit_code_for(report, engine.stop_signal)
 
 
@@ -464,6 +491,10 @@ def models(
         return 0
 
     raise typer.Exit(_guard(go))
+
+
+app.add_typer(o.budget_app, name="budget")
+app.command("merge")(o.merge)
 
 
 def main() -> NoReturn:
