@@ -114,7 +114,6 @@ def _status_rows(
     scope: str | None, ledger: Path | None, shared: str | None
 ) -> list[dict[str, object]]:
     if shared:
-
         raise UsageError("--shared: not available yet")
     else:
         from ._ledger_sqlite import ledger_status
@@ -145,7 +144,6 @@ def reset(
 
     def go() -> int:
         if shared:
-
             raise UsageError("--shared: not available yet")
         else:
             from ._ledger_sqlite import reset_scope

@@ -240,6 +240,8 @@ class Engine:
                         continue
                     if done is not None and done.fingerprint(job.id) is not None:
                         continue
+                    if not self.planner.owns(job):
+                        continue  # another --shard's job
                     try:
                         await send.send(job)
                     except anyio.BrokenResourceError:

@@ -16,6 +16,7 @@ from ._models import ModelRef
 from ._pricing import PriceBook
 from ._results import ExistingOutput, fp_int, read_existing
 from ._schema import check_schema, schema_key
+from ._shard import add_sibling_done, shard_of
 from ._template import Template, TemplateError
 
 
@@ -91,6 +92,11 @@ class Planner:
 
     # -- per-job resolution ---------------------------------------------------
 
+    def owns(self, job: Job) -> bool:
+        """Whether this run's shard (``--shard I/N``) holds the job; always without one."""
+        shard = self.config.shard
+        return shard is None or shard_of(job.id, shard[1]) == shard[0]
+
     def prepare(self, job: Job) -> PreparedJob:
         cfg = self.config
         r = job.request
@@ -134,6 +140,8 @@ class Planner:
         cfg = self.config
         if cfg.output is not None and not cfg.fresh:
             self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
+            if cfg.shard is not None:
+                add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
         done = self.existing.done if self.existing else None
 
@@ -146,6 +154,8 @@ class Planner:
                 problem = self._check_job_schema(job.request.schema)
                 if problem:
                     return problem
+            if not self.owns(job):
+                return None
             plan.models.update(prepared.chain)
             if done is not None:
                 stored = done.fingerprint(job.id)
