@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
@@ -27,12 +27,14 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._breaker import Breaker
-from ._budget import Hold, RunBudget
+from ._budget import BudgetLedger, Hold, Refusal, RunBudget
+from ._clock import SYSTEM_CLOCK
 from ._config import RunConfig
 from ._exceptions import (
     LLMBatchError,
     ProviderError,
     ProviderTimeout,
+    SharedStoreError,
 )
 from ._history import append_history
 from ._jobs import Job, LineError, Request, estimate_input_tokens, iter_lines, open_jobs
@@ -52,6 +54,7 @@ from ._results import (
 from ._schema import validate_answer
 from ._stats import RunStats
 from ._usage import Usage
+from ._windows import open_ledgers, rfc3339
 from .providers._base import Answer, Provider
 
 ProviderFactory = Callable[[str, RunConfig], Provider]
@@ -99,6 +102,9 @@ class Engine:
         self._waits: set[anyio.CancelScope] = set()
         self._signals = 0
         self._todo = 0
+        self.ledgers: list[BudgetLedger] = []  # rolling windows (SQLite or Redis)
+        self.resets_at: float | None = None
+        self._told_waiting = False
 
     # -- the run ------------------------------------------------------------------
 
@@ -137,6 +143,7 @@ class Engine:
         for ref in plan.models:
             self.gates[ref] = ModelGate(cfg.limits_for(ref))
             self.breakers[ref] = Breaker()
+        self.ledgers = await open_ledgers(cfg, SYSTEM_CLOCK)
         writer = ResultWriter(cfg.output)
         self._todo = plan.todo
         self.progress.start(plan.todo)
@@ -155,6 +162,11 @@ class Engine:
             for provider in self.providers.values():
                 with anyio.CancelScope(shield=True):
                     await provider.aclose()
+            for ledger in self.ledgers:
+                try:
+                    await ledger.aclose()
+                except SharedStoreError as exc:
+                    self.notes.append(str(exc))
         wall = time.monotonic() - started
         not_run = max(0, plan.todo - self.stats.done)
         for provider in self.providers.values():
@@ -175,6 +187,7 @@ class Engine:
             notes=self.notes,
             failed_earlier=0 if (existing is None or cfg.retry_failed) else existing.failed,
         )
+        report = replace(report, resets_at=rfc3339(self.resets_at))
         if cfg.output is not None:
             append_history(
                 cfg.output,
@@ -404,8 +417,12 @@ class Engine:
                     return None  # mid-retry at a signal: not written, runs again on resume
                 res = self._reservation(ref, request)
                 hold = self.budget.reserve_now(res.cost, res.budget_tokens)
-                if not isinstance(hold, Hold):
-                    self.stop("budget")
+                windows = await self._reserve_windows(hold, res)
+                if not isinstance(hold, Hold) or windows is None:
+                    if isinstance(hold, Hold):
+                        self.budget.settle_now(hold, 0.0, 0)
+                    else:
+                        self.stop("budget")
                     if attempts == 0:
                         return None
                     return result(
@@ -422,6 +439,7 @@ class Engine:
                     await gate.acquire(res.input_tokens, res.output_tokens)
                 if waiting.cancelled_caught:
                     self.budget.settle_now(hold, 0.0, 0)
+                    await self._settle_windows(windows, 0.0, 0)
                     gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     continue  # stopped while waiting for a slot: the checks above decide
                 tries += 1
@@ -444,6 +462,7 @@ class Engine:
                         spent_cost = c or 0.0
                         cost = None if (c is None or cost is None) else cost + c
                     self.budget.settle_now(hold, spent_cost, _tokens(spent))
+                    await self._settle_windows(windows, spent_cost, _tokens(spent))
                     gate.settle(res.input_tokens, res.output_tokens, 0, 0)
                     attempt_errors[err.error_type] += 1
                     last_error = err.to_dict()
@@ -480,6 +499,7 @@ class Engine:
                 c = self.prices.cost(ref, answer.usage)
                 cost = None if (c is None or cost is None) else cost + c
                 self.budget.settle_now(hold, c or 0.0, answer.usage.total)
+                await self._settle_windows(windows, c or 0.0, answer.usage.total)
                 gate.settle(
                     res.input_tokens,
                     res.output_tokens,
@@ -511,6 +531,63 @@ class Engine:
                 }
                 return result("failed", ref, error=error, **common)
         return result("failed", last_ref, output=last_text, error=last_error)
+
+    async def _reserve_windows(
+        self, hold: Hold | Refusal, res: Reservation
+    ) -> list[tuple[BudgetLedger, Hold]] | None:
+        """Hold ``res`` in every rolling window (waiting while holds in flight may free
+        room, or with --wait-for-budget until the window frees); None: stopped."""
+        holds: list[tuple[BudgetLedger, Hold]] = []
+        if not isinstance(hold, Hold):
+            return holds
+        for ledger in self.ledgers:
+            while True:
+                try:
+                    got = await ledger.reserve(res.cost, res.budget_tokens)
+                except SharedStoreError as exc:
+                    self.fatal = f"{exc}; budgets fail closed: no new requests"
+                    self.stop("shared_store")
+                    break
+                if isinstance(got, Hold):
+                    holds.append((ledger, got))
+                    break
+                if not await self._wait_for_window(got):
+                    break
+            if len(holds) < self.ledgers.index(ledger) + 1:
+                await self._settle_windows(holds, 0.0, 0)
+                return None
+        return holds
+
+    async def _wait_for_window(self, refusal: Refusal) -> bool:
+        """Wait after a refusal when that can help; False (and stop) when it cannot."""
+        delay: float | None = None
+        if refusal.may_fit_later:
+            delay = 0.1 + random.uniform(0, 0.1)
+        elif self.config.wait_for_budget and refusal.resets_at is not None:
+            delay = min(60.0, max(0.5, refusal.resets_at - time.time()))
+            if not self._told_waiting:
+                self._told_waiting = True
+                sys.stderr.write(f"llmbatch: {refusal.message}; waiting (--wait-for-budget)\n")
+        if delay is None or self._stopping:
+            if refusal.reason == "budget_window":
+                self.resets_at = refusal.resets_at
+                if self.stopped_by is None:
+                    self.notes.append(refusal.message)
+            self.stop(refusal.reason)
+            return False
+        with self._interruptible():
+            await anyio.sleep(delay)
+        return not self._stopping
+
+    async def _settle_windows(
+        self, holds: list[tuple[BudgetLedger, Hold]] | None, cost: float, tokens: int
+    ) -> None:
+        for ledger, hold in holds or ():
+            try:
+                await ledger.settle(hold, cost, tokens)
+            except SharedStoreError as exc:
+                self.fatal = f"{exc}; budgets fail closed: no new requests"
+                self.stop("shared_store")
 
     def _backoff(self, tries: int, retry_after: float | None) -> float:
         """Exponential with full jitter, capped; the server's retry-after wins."""
