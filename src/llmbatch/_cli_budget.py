@@ -10,8 +10,6 @@ from typing import Annotated
 
 import typer
 
-from ._exceptions import UsageError
-
 # `run` options of SPEC §10 (cli.py uses them as `o.BudgetPerHour` …).
 BudgetPerHour = Annotated[
     float | None, typer.Option("--budget-per-hour", help="USD per rolling hour, shared by runs.")
@@ -114,7 +112,11 @@ def _status_rows(
     scope: str | None, ledger: Path | None, shared: str | None
 ) -> list[dict[str, object]]:
     if shared:
-        raise UsageError("--shared: not available yet")
+        import anyio
+
+        from ._redis import redis_status
+
+        uses = anyio.run(redis_status, shared, scope)
     else:
         from ._ledger_sqlite import ledger_status
         from ._windows import default_ledger_path
@@ -144,7 +146,11 @@ def reset(
 
     def go() -> int:
         if shared:
-            raise UsageError("--shared: not available yet")
+            import anyio
+
+            from ._redis import redis_reset
+
+            anyio.run(redis_reset, shared, scope)
         else:
             from ._ledger_sqlite import reset_scope
             from ._windows import default_ledger_path

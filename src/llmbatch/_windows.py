@@ -70,9 +70,11 @@ async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
     if not windows:
         return []
     if config.shared:
-        from ._exceptions import UsageError
+        from ._redis import RedisLedger, connect
 
-        raise UsageError("--shared: not available yet")
+        client = await connect(config.shared)
+        hold_s = config.timeout + lease_seconds()
+        return [RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s)]
     from ._ledger_sqlite import SqliteLedger
 
     ledger = SqliteLedger(
