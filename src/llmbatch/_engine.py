@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -57,6 +57,9 @@ from ._usage import Usage
 from ._windows import open_ledgers, rfc3339
 from .providers._base import Answer, Provider
 
+if TYPE_CHECKING:
+    from ._redis_limit import RedisLimiter
+
 ProviderFactory = Callable[[str, RunConfig], Provider]
 
 AUTH_FAILURES_TO_STOP = 3
@@ -90,7 +93,7 @@ class Engine:
         self.existing: ExistingOutput | None = None  # the output as it was, once planned
         self.budget = RunBudget(config.max_cost, config.max_total_tokens)
         self.providers: dict[str, Provider] = {}
-        self.gates: dict[ModelRef, ModelGate] = {}
+        self.gates: dict[ModelRef, ModelGate | RedisLimiter] = {}
         self.breakers: dict[ModelRef, Breaker] = {}
         self.stopped_by: str | None = None
         self.stop_signal: int | None = None
@@ -140,10 +143,20 @@ class Engine:
             self.budget.spent_cost = existing.cost_usd
             self.budget.spent_tokens = existing.tokens
         cost_before = existing.cost_usd if existing else 0.0
-        for ref in plan.models:
-            self.gates[ref] = ModelGate(cfg.limits_for(ref))
-            self.breakers[ref] = Breaker()
         self.ledgers = await open_ledgers(cfg, SYSTEM_CLOCK)
+        shared = None
+        if cfg.shared:
+            from ._redis import connect as redis_connect
+            from ._redis_limit import RedisLimiter, limiter_prefix
+
+            shared = await redis_connect(cfg.shared)
+        for ref in plan.models:
+            gate = ModelGate(cfg.limits_for(ref))
+            self.gates[ref] = gate
+            if shared is not None:
+                prefix = limiter_prefix(cfg.providers[ref.provider], ref.model)
+                self.gates[ref] = RedisLimiter(gate, cfg.limits_for(ref), shared, prefix)
+            self.breakers[ref] = Breaker()
         writer = ResultWriter(cfg.output)
         self._todo = plan.todo
         self.progress.start(plan.todo)
@@ -162,6 +175,9 @@ class Engine:
             for provider in self.providers.values():
                 with anyio.CancelScope(shield=True):
                     await provider.aclose()
+            if shared is not None:
+                with anyio.CancelScope(shield=True):
+                    await shared.aclose()
             for ledger in self.ledgers:
                 try:
                     await ledger.aclose()
