@@ -8,7 +8,7 @@ spend: room it held may have been spent on requests we never heard back from.
 
 Each process leases room in chunks (one ``BEGIN IMMEDIATE`` transaction) and
 hands out holds from it locally, so runs do not queue on the file for every
-request. A chunk is a sixteenth of the room left (at most 16 attempts' worth,
+request. A chunk is a 32nd of the room left (at most 16 attempts' worth,
 at least the attempt asking), so chunks shrink as the window fills and a
 process never sits on room another could use. Settled spend is booked, and
 unused room given back, at most every ``flush_s`` seconds, at a refusal and at
@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS leases (
     expires REAL NOT NULL, pid INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_scope ON leases (scope);
 """
-CHUNK_SHARE = 16  # a chunk is at most this fraction of the room left …
+CHUNK_SHARE = 32  # a chunk is at most this fraction of the room left …
 CHUNK_ATTEMPTS = 16  # … and at most this many times the attempt asking
 KEEP_DAYS = 2.0  # spend older than this serves no window
 

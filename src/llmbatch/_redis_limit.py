@@ -16,6 +16,7 @@ import os
 import time
 import uuid
 
+import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
@@ -34,34 +35,41 @@ if pause_s > 0 then
     redis.call('SET', KEYS[3], tostring(now + pause_s), 'PX', math.ceil(pause_s * 1000) + 1000)
   end
 end
-local start = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
 local learned = tonumber(ARGV[6])
 if learned > 0 then redis.call('SET', KEYS[4], tostring(learned), 'EX', 3600) end
+redis.call('ZADD', KEYS[5], now, ARGV[7])
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 30)
+redis.call('EXPIRE', KEYS[5], 60)
+local procs = redis.call('ZCARD', KEYS[5])
 local interval, rate = tonumber(ARGV[1]), 0
 if interval <= 0 then
   rate = tonumber(redis.call('GET', KEYS[4]) or '0')
   if rate > 0 then interval = 1 / rate end
 end
-local send_at = start
-if interval > 0 then
-  local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), start)
-  send_at = tat
-  redis.call('SET', KEYS[1], tostring(tat + interval), 'PX',
-             math.ceil((tat + interval - now) * 1000) + 60000)
-end
-local tok_rate = tonumber(ARGV[2])
+if ARGV[8] == '0' then return {'0', procs, tostring(rate)} end  -- publish only
+-- A slot is taken only when it is due: sends are booked at the server's "now", so a
+-- process that wakes late sends later instead of crowding the next slot.
+local send_at = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if interval > 0 then send_at = math.max(send_at, tat) end
+local tok_rate, ttat = tonumber(ARGV[2]), 0
 if tok_rate > 0 then
-  local ttat = tonumber(redis.call('GET', KEYS[2]) or '0')
-  ttat = math.max(ttat + tonumber(ARGV[4]) / tok_rate, now - 1.0)
-  local tsend = math.max(start, ttat - 1.0)
-  ttat = math.max(ttat, start) + math.min(tonumber(ARGV[3]), tok_rate) / tok_rate
-  redis.call('SET', KEYS[2], tostring(ttat), 'PX', math.ceil((ttat - now) * 1000) + 60000)
-  send_at = math.max(send_at, tsend)
+  ttat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + tonumber(ARGV[4]) / tok_rate,
+                  now - 1.0)
+  send_at = math.max(send_at, ttat - 1.0)
 end
-redis.call('ZADD', KEYS[5], now, ARGV[7])
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 30)
-redis.call('EXPIRE', KEYS[5], 60)
-return {tostring(send_at - now), redis.call('ZCARD', KEYS[5]), tostring(rate)}
+if send_at > now then return {tostring(send_at - now), procs, tostring(rate)} end
+if interval > 0 then
+  -- A slot taken late keeps up to one step of credit (GCRA tolerance): wake-up lag
+  -- does not lower the pace, and at most two sends come back to back.
+  redis.call('SET', KEYS[1], tostring(math.max(tat, now - interval) + interval), 'PX',
+             math.ceil(interval * 1000) + 60000)
+end
+if tok_rate > 0 then
+  ttat = math.max(ttat, now) + math.min(tonumber(ARGV[3]), tok_rate) / tok_rate
+  redis.call('SET', KEYS[2], tostring(ttat), 'PX', math.ceil((ttat - now) * 1000) + 60000)
+end
+return {'0', procs, tostring(rate)}
 """
 
 
@@ -76,6 +84,10 @@ def namespace(settings: ProviderSettings) -> str:
 class RedisLimiter:
     """``RateLimiter`` shared through Redis, composed over a local ``ModelGate``."""
 
+    # Under a given limit, a little more than a lone gate: several processes' wake-up
+    # jitter adds up at the provider.
+    SHARED_MARGIN = 0.96
+
     def __init__(
         self,
         gate: ModelGate,
@@ -89,7 +101,7 @@ class RedisLimiter:
         self.clock = clock
         self._keys = [f"{prefix}:{k}" for k in ("req", "tok", "pause", "rate", "procs")]
         self._script = client.register_script(_PACE)
-        self._interval = 0.0 if not limits.rpm else 60.0 / (limits.rpm * gate.GIVEN_MARGIN)
+        self._interval = 0.0 if not limits.rpm else 60.0 / (limits.rpm * self.SHARED_MARGIN)
         self._tok_rate = 0.0 if not limits.tpm else limits.tpm / 60.0
         self._me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._debt = 0.0  # tokens booked after responses, sent with the next slot
@@ -97,39 +109,52 @@ class RedisLimiter:
         self._publish_rate = 0.0
         self.processes = 1  # processes seen pacing this model in the last 30 s
         self.down: str | None = None
+        self._lock = anyio.Lock()
 
     @property
     def stats(self) -> GateStats:
         return self.gate.stats
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
-        if self.down is None:
-            pause = max(0.0, self._pause_until - time.monotonic())
-            args: list[str | int] = [
-                repr(self._interval),
-                repr(self._tok_rate),
-                input_tokens + output_tokens,
-                repr(self._debt),
-                repr(pause),
-                repr(self._publish_rate),
-                self._me,
-            ]
-            try:
-                wait_s, procs, rate = await self._script(keys=self._keys, args=args)
-            except (RedisError, OSError) as exc:
-                self._fall_back(str(exc))
-            else:
-                self._debt = 0.0
-                self._pause_until = 0.0
-                self._publish_rate = 0.0
-                self.processes = max(1, int(procs))
-                if float(rate) > 0 and self.gate.adaptive:
-                    self.gate.requests.rate = float(rate)  # what the others learned
-                if float(wait_s) > 0:
-                    await self.clock.sleep(float(wait_s))
-        # The local gate books the send (learning needs it) and holds this process's own
-        # share; below the shared pace it does not wait.
+        # The local gate books the send (its learning needs it) and holds this process's
+        # own limits; the shared slot comes last, right before the send.
+        if self.down is None and (self._pause_until or self._publish_rate):
+            await self._try_slot(0, take=False)  # others must hear of a pause at once
         await self.gate.acquire(input_tokens, output_tokens)
+        async with self._lock:  # one poller per process: no herd at each slot
+            while self.down is None:
+                wait = await self._try_slot(input_tokens + output_tokens)
+                if wait <= 0:
+                    return
+                await self.clock.sleep(wait)
+
+    async def _try_slot(self, tokens: int, take: bool = True) -> float:
+        """Take the shared slot if it is due (0.0), else how long until it is."""
+        pause = max(0.0, self._pause_until - time.monotonic())
+        args: list[str | int] = [
+            repr(self._interval),
+            repr(self._tok_rate),
+            tokens,
+            repr(self._debt),
+            repr(pause),
+            repr(self._publish_rate),
+            self._me,
+            "1" if take else "0",
+        ]
+        try:
+            wait_s, procs, rate = await self._script(keys=self._keys, args=args)
+        except (RedisError, OSError) as exc:
+            self._fall_back(str(exc))
+            return 0.0
+        self._pause_until = 0.0
+        self._publish_rate = 0.0
+        self.processes = max(1, int(procs))
+        if float(rate) > 0 and self.gate.adaptive:
+            self.gate.requests.rate = float(rate)  # what the others learned
+        wait = float(wait_s)
+        if wait <= 0 and take:
+            self._debt = 0.0
+        return wait
 
     def _fall_back(self, why: str) -> None:
         """Redis is gone: pace locally at our share of the limits (1/processes seen)."""
