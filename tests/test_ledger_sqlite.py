@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
 from llmbatch._budget import Hold, Refusal
+from llmbatch._config import FileConfig, build_run_config, load_config
+from llmbatch._engine import run_jobs_async
+from llmbatch._exceptions import ConfigError, UsageError
 from llmbatch._ledger_sqlite import SqliteLedger, ledger_status, reset_scope
+from llmbatch._report import RunReport
 from llmbatch._windows import DAY, HOUR, Window
-from tests.conftest import run_cli
+from tests.conftest import prompts, run_cli, write_jsonl
 
 pytestmark = pytest.mark.anyio
 
@@ -183,7 +188,7 @@ def test_budget_status_and_reset_commands(tmp_path: Path) -> None:
     path = tmp_path / "state" / "ledger.sqlite"
 
     async def spend() -> None:
-        led = SqliteLedger(path, "nightly", [PER_HOUR], StepClock(__import__("time").time()))
+        led = SqliteLedger(path, "nightly", [PER_HOUR], StepClock(time.time()))
         await led.open()
         hold = await led.reserve(0.01, 100)
         assert isinstance(hold, Hold)
@@ -241,7 +246,74 @@ def test_many_processes_on_one_ledger(tmp_path: Path) -> None:
     for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()
         assert b"locked" not in err
-    [hour, _] = ledger_status(path, "load", __import__("time").time())
+    [hour, _] = ledger_status(path, "load", time.time())
     assert hour.spent_cost == pytest.approx(8 * 2000 * 0.005)
     assert hour.spent_tokens == 8 * 2000 * 5
     assert hour.live_leases == 0
+
+
+def run_engine(tmp_path: Path, **flags: object) -> RunReport:
+    jobs = tmp_path / "jobs.jsonl"
+    if not jobs.exists():
+        write_jsonl(jobs, prompts(200))
+    merged = {"model": "sim:claude-haiku-4-5", "quiet": True, "max_tokens": 50, **flags}
+    merged.setdefault("ledger", str(tmp_path / "ledger.sqlite"))
+    cfg = build_run_config(jobs, merged, FileConfig())
+    return anyio.run(lambda: run_jobs_async(cfg, handle_signals=False))
+
+
+def test_engine_stops_when_the_window_is_full(tmp_path: Path) -> None:
+    report = run_engine(tmp_path, budget_per_hour=0.01)
+    assert report.stopped_by == "budget_window" and report.exit_code == 4
+    assert 0.0095 <= report.cost_usd <= 0.01
+    assert report.resets_at is not None and report.to_dict()["resets_at"] == report.resets_at
+    assert report.not_run > 0
+    # The next run (cron, an hour too early) sends nothing and says when to come back.
+    again = run_engine(tmp_path, budget_per_hour=0.01)
+    assert again.exit_code == 4 and again.cost_usd == 0 and again.ok == 0
+    assert again.not_run == report.not_run
+    assert any("--budget-per-hour 0.01" in n for n in again.notes)
+    # Another scope has its own window.
+    other = run_engine(tmp_path, budget_per_hour=0.01, budget_scope="other")
+    assert other.cost_usd > 0
+
+
+def test_engine_waits_for_the_window(tmp_path: Path) -> None:
+    """--wait-for-budget: spend booked 3,599 s ago ages out in a second; the run goes on."""
+    path = tmp_path / "ledger.sqlite"
+
+    async def old_spend() -> None:
+        led = SqliteLedger(path, "default", [PER_HOUR], StepClock(time.time() - HOUR + 1.0))
+        await led.open()
+        hold = await led.reserve(0.05, 0)
+        assert isinstance(hold, Hold)
+        await led.settle(hold, 0.05, 0)
+        await led.aclose()
+
+    anyio.run(old_spend)
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    report = run_engine(tmp_path, budget_per_hour=0.05, wait_for_budget=True)
+    assert report.exit_code == 0 and report.ok == 5
+
+
+def test_config_file_keys(tmp_path: Path) -> None:
+    (tmp_path / "llmbatch.toml").write_text(
+        'budget_per_hour = 0.5\ntokens_per_day = 100000\nbudget_scope = "nightly"\n'
+        'ledger = "l.sqlite"\nwait_for_budget = true\nshard = "1/3"\n'
+        '[shared]\nurl = "redis://127.0.0.1:1/0"\n'
+    )
+    cfg = build_run_config(tmp_path / "jobs.jsonl", {}, load_config(tmp_path / "llmbatch.toml"))
+    assert (cfg.budget_per_hour, cfg.tokens_per_day, cfg.budget_scope) == (0.5, 100000, "nightly")
+    assert cfg.wait_for_budget and cfg.shared == "redis://127.0.0.1:1/0"
+    assert cfg.shard == (1, 3) and cfg.output is not None
+    assert cfg.output.name == "jobs.shard-1-of-3.results.jsonl"
+    flags = {"budget_scope": "x", "shared": "redis://h:2/1"}
+    cfg = build_run_config(tmp_path / "jobs.jsonl", flags, load_config(tmp_path / "llmbatch.toml"))
+    assert (cfg.budget_scope, cfg.shared) == ("x", "redis://h:2/1")
+    (tmp_path / "bad.toml").write_text('[shared]\nhost = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[shared\]"):
+        load_config(tmp_path / "bad.toml")
+    with pytest.raises(UsageError, match="--shared"):
+        build_run_config(tmp_path / "jobs.jsonl", {"shared": "http://x"}, FileConfig())
+    with pytest.raises(UsageError, match="--budget-per-hour"):
+        build_run_config(tmp_path / "jobs.jsonl", {"budget_per_hour": -1}, FileConfig())

@@ -103,6 +103,8 @@ class SqliteLedger:
         self._unflushed = {"cost": 0.0, "tokens": 0.0}
         self._last_flush = 0.0
         self._seen: dict[Window, _Sums] = {}
+        self._syncing = False
+        self._deferred: list[tuple[Hold, float, int]] = []
         self.transactions = 0
 
     async def open(self) -> None:
@@ -122,7 +124,7 @@ class SqliteLedger:
 
     async def reserve(self, cost: float, tokens: int) -> Hold | Refusal:
         need = {"cost": cost, "tokens": float(tokens)}
-        if not self._fits_locally(need):
+        if self._syncing or not self._fits_locally(need):
             async with self._lock:
                 if not self._fits_locally(need):
                     refusal = await self._run(need)
@@ -133,13 +135,19 @@ class SqliteLedger:
         return Hold(cost, tokens, self._id)
 
     async def settle(self, hold: Hold, cost: float, tokens: int) -> None:
+        if self._syncing:
+            self._deferred.append((hold, cost, tokens))  # the worker thread reads the state
+            return
+        self._settle_now(hold, cost, tokens)
+        if self.clock.monotonic() - self._last_flush >= self.flush_s and not self._lock.locked():
+            async with self._lock:
+                await self._run(None)
+
+    def _settle_now(self, hold: Hold, cost: float, tokens: int) -> None:
         self._held["cost"] -= hold.cost
         self._held["tokens"] -= hold.tokens
         self._unflushed["cost"] += cost
         self._unflushed["tokens"] += tokens
-        if self.clock.monotonic() - self._last_flush >= self.flush_s and not self._lock.locked():
-            async with self._lock:
-                await self._run(None)
 
     def statistics(self) -> BudgetStatistics:
         cost = next((w for w in self.windows if w.kind == "cost"), None)
@@ -172,10 +180,18 @@ class SqliteLedger:
     async def _run(self, need: dict[str, float] | None, closing: bool = False) -> Refusal | None:
         if self._db is None:
             raise SharedStoreError(f"budget ledger {self.path} is closed")
+        # While the worker thread reads and rewrites the local state, holds wait for the
+        # lock and settles are deferred: nothing may change under the transaction.
+        self._syncing = True
         try:
             return await anyio.to_thread.run_sync(self._sync, need, closing)
         except sqlite3.Error as exc:
             raise SharedStoreError(f"budget ledger {self.path}: {exc}") from None
+        finally:
+            self._syncing = False
+            deferred, self._deferred = self._deferred, []
+            for args in deferred:
+                self._settle_now(*args)
 
     def _sync(self, need: dict[str, float] | None, closing: bool = False) -> Refusal | None:
         """One transaction: book settled spend, then grow (``need``) or trim this lease."""
