@@ -317,3 +317,9 @@ def test_config_file_keys(tmp_path: Path) -> None:
         build_run_config(tmp_path / "jobs.jsonl", {"shared": "http://x"}, FileConfig())
     with pytest.raises(UsageError, match="--budget-per-hour"):
         build_run_config(tmp_path / "jobs.jsonl", {"budget_per_hour": -1}, FileConfig())
+
+
+def test_a_cost_window_needs_a_price(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    with pytest.raises(UsageError, match="--budget-per-day needs a price"):
+        run_engine(tmp_path, model="sim:no-such-model-xyz", budget_per_day=1.0)

@@ -139,7 +139,7 @@ def test_four_runs_share_one_hourly_budget(tmp_path: Path, fake: FakeAPI) -> Non
 def test_hourly_budget_holds_when_a_run_is_killed(tmp_path: Path, fake: FakeAPI) -> None:
     fake.latency_s = 0.02
     ledger = str(tmp_path / "ledger.sqlite")
-    env = {"LLMBATCH_LEASE_S": "1"}  # the dead run's lease runs out quickly
+    env = {"LLMBATCH_LEASE_S": "2"}  # the dead run's lease runs out quickly
     procs = start_runs(tmp_path, fake, 4, 150, *BUDGET_ARGS, "--ledger", ledger, env=env)
     wait_until(lambda: fake.count() >= 60)
     procs[0].send_signal(signal.SIGKILL)

@@ -189,6 +189,12 @@ class Planner:
                 "Nothing was sent. Use a new --output, or --fresh to start over "
                 "(the old output is kept as a backup)."
             )
+        caps = (
+            ("--max-cost", cfg.max_cost),
+            ("--budget-per-hour", cfg.budget_per_hour),
+            ("--budget-per-day", cfg.budget_per_day),
+        )
+        cost_caps = [flag for flag, value in caps if value is not None]
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
             env = settings.key_env()
@@ -198,9 +204,9 @@ class Planner:
                         f"{env} is not set: jobs use {ref}. Export it, or run offline "
                         f"with --model sim:{ref.model}. Nothing was sent."
                     )
-            if cfg.max_cost is not None and self.prices.price(ref) is None:
+            if cost_caps and self.prices.price(ref) is None:
                 raise UsageError(
-                    f"--max-cost needs a price for {ref}, and none is known. Add one to "
+                    f"{cost_caps[0]} needs a price for {ref}, and none is known. Add one to "
                     f'llmbatch.toml:\n  [prices."{ref}"]\n  input = 0.5   # USD per million '
                     "tokens\n  output = 1.5\nNothing was sent."
                 )
