@@ -96,7 +96,7 @@ def test_three_runs_share_one_rpm(tmp_path: Path, redis_server: RedisServer) -> 
     api = FakeAPI(window_limit=60, window_s=3.0).start()  # 1,200 a minute
     try:
         procs = start_runs(
-            tmp_path, api, 3, 40, "--rpm", "1200", "--shared", redis_server.url, env={}
+            tmp_path, api, 3, 50, "--rpm", "1200", "--shared", redis_server.url, env={}
         )
         assert wait_all(procs) == [0, 0, 0]
         outcomes = api.outcomes()
@@ -108,10 +108,10 @@ def test_three_runs_share_one_rpm(tmp_path: Path, redis_server: RedisServer) -> 
     alone = FakeAPI(window_limit=60, window_s=3.0).start()
     try:
         (tmp_path / "alone").mkdir()
-        procs = start_runs(tmp_path / "alone", alone, 3, 25, "--rpm", "1200", env={})
+        procs = start_runs(tmp_path / "alone", alone, 3, 40, "--rpm", "1200", env={})
         wait_all(procs)
-        # Each paces itself at the key's limit: together three times too fast, caught
-        # only by 429s and the rate-limit headers' "none remaining" pauses.
+        # Each paces itself at the key's limit: together three times too fast (120 sends
+        # in ~2 s where 60 per 3 s pass), caught only by 429s and "none remaining" pauses.
         assert alone.outcomes()["429"] > 0.01 * alone.count()
     finally:
         alone.stop()

@@ -86,7 +86,7 @@ class RedisLimiter:
 
     # Under a given limit, a little more than a lone gate: several processes' wake-up
     # jitter adds up at the provider.
-    SHARED_MARGIN = 0.96
+    SHARED_MARGIN = 0.95
 
     def __init__(
         self,
