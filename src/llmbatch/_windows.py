@@ -73,7 +73,9 @@ async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
         from ._redis import RedisLedger, connect
 
         client = await connect(config.shared)
-        hold_s = config.timeout + lease_seconds()
+        # A hold past its deadline counts as spent at its worst case (safe, if wasteful
+        # for a request slower than that), so a dead run blocks the others no longer.
+        hold_s = lease_seconds()
         return [RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s)]
     from ._ledger_sqlite import SqliteLedger
 
