@@ -13,7 +13,7 @@ from llmbatch._config import ModelLimits, ProviderSettings
 from llmbatch._exceptions import SharedStoreError
 from llmbatch._ratelimit import ModelGate
 from llmbatch._redis import RedisLedger, connect
-from llmbatch._redis_limit import RedisLimiter, limiter_prefix, namespace
+from llmbatch._redis_limit import RedisLimiter, SharedBreaker, limiter_prefix, namespace
 from llmbatch._windows import HOUR, Window
 from tests.conftest import CANARY_OPENAI, run_cli
 from tests.redis_server import RedisServer
@@ -170,3 +170,22 @@ def test_budget_status_and_reset_on_redis(redis_server: RedisServer) -> None:
     assert run_cli("budget", "reset", "--scope", "team", "--shared", redis_server.url).code == 0
     res = run_cli("budget", "status", "--json", "--shared", redis_server.url)
     assert json.loads(res.stdout) == []
+
+
+async def test_a_breaker_trip_reaches_every_process(redis_server: RedisServer) -> None:
+    client = await connect(redis_server.url)
+    prefix = limiter_prefix(ProviderSettings("openai", "openai"), "gpt-z")
+    limits = ModelLimits()
+    breakers = [SharedBreaker(), SharedBreaker()]
+    a, b = (
+        RedisLimiter(ModelGate(limits), limits, client, prefix, NoSleep(), breaker=br)
+        for br in breakers
+    )
+    await b.acquire(1, 1)
+    for _ in range(breakers[0].threshold):
+        breakers[0].record_failure()  # the model keeps failing for a
+    assert breakers[0].is_open and not breakers[1].is_open
+    await a.acquire(1, 1)  # a tells the others …
+    await b.acquire(1, 1)  # … and b skips the model too
+    assert not breakers[1].allow() and breakers[1].trips == 1
+    await client.aclose()

@@ -147,16 +147,19 @@ class Engine:
         shared = None
         if cfg.shared:
             from ._redis import connect as redis_connect
-            from ._redis_limit import RedisLimiter, limiter_prefix
+            from ._redis_limit import RedisLimiter, SharedBreaker, limiter_prefix
 
             shared = await redis_connect(cfg.shared)
         for ref in plan.models:
             gate = ModelGate(cfg.limits_for(ref))
             self.gates[ref] = gate
+            self.breakers[ref] = Breaker()
             if shared is not None:
                 prefix = limiter_prefix(cfg.providers[ref.provider], ref.model)
-                self.gates[ref] = RedisLimiter(gate, cfg.limits_for(ref), shared, prefix)
-            self.breakers[ref] = Breaker()
+                breaker = self.breakers[ref] = SharedBreaker()
+                self.gates[ref] = RedisLimiter(
+                    gate, cfg.limits_for(ref), shared, prefix, breaker=breaker
+                )
         writer = ResultWriter(cfg.output)
         self._todo = plan.todo
         self.progress.start(plan.todo)

@@ -20,6 +20,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ._breaker import Breaker
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import ModelLimits, ProviderSettings
 from ._headers import RateLimitHint
@@ -41,12 +42,20 @@ redis.call('ZADD', KEYS[5], now, ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 30)
 redis.call('EXPIRE', KEYS[5], 60)
 local procs = redis.call('ZCARD', KEYS[5])
+-- The breaker: a trip opens it for everyone (ARGV[9] > 0 seconds), a good probe closes it.
+local trip = tonumber(ARGV[9])
+if trip > 0 then
+  redis.call('SET', KEYS[6], tostring(now + trip), 'PX', math.ceil(trip * 1000))
+elseif trip < 0 then
+  redis.call('DEL', KEYS[6])
+end
+local open_s = tostring(math.max(0, tonumber(redis.call('GET', KEYS[6]) or '0') - now))
 local interval, rate = tonumber(ARGV[1]), 0
 if interval <= 0 then
   rate = tonumber(redis.call('GET', KEYS[4]) or '0')
   if rate > 0 then interval = 1 / rate end
 end
-if ARGV[8] == '0' then return {'0', procs, tostring(rate)} end  -- publish only
+if ARGV[8] == '0' then return {'0', procs, tostring(rate), open_s} end  -- publish only
 -- A slot is taken only when it is due: sends are booked at the server's "now", so a
 -- process that wakes late sends later instead of crowding the next slot.
 local send_at = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
@@ -58,7 +67,7 @@ if tok_rate > 0 then
                   now - 1.0)
   send_at = math.max(send_at, ttat - 1.0)
 end
-if send_at > now then return {tostring(send_at - now), procs, tostring(rate)} end
+if send_at > now then return {tostring(send_at - now), procs, tostring(rate), open_s} end
 if interval > 0 then
   -- A slot taken late keeps up to one step of credit (GCRA tolerance): wake-up lag
   -- does not lower the pace, and at most two sends come back to back.
@@ -69,7 +78,7 @@ if tok_rate > 0 then
   ttat = math.max(ttat, now) + math.min(tonumber(ARGV[3]), tok_rate) / tok_rate
   redis.call('SET', KEYS[2], tostring(ttat), 'PX', math.ceil((ttat - now) * 1000) + 60000)
 end
-return {'0', procs, tostring(rate)}
+return {'0', procs, tostring(rate), open_s}
 """
 
 
@@ -95,11 +104,15 @@ class RedisLimiter:
         client: aioredis.Redis,
         prefix: str,
         clock: Clock = SYSTEM_CLOCK,
+        breaker: SharedBreaker | None = None,
     ) -> None:
         self.gate = gate
         self.client = client
         self.clock = clock
-        self._keys = [f"{prefix}:{k}" for k in ("req", "tok", "pause", "rate", "procs")]
+        names = ("req", "tok", "pause", "rate", "procs", "breaker")
+        self._keys = [f"{prefix}:{k}" for k in names]
+        self.breaker = breaker
+        self._breaker_was_open = False
         self._script = client.register_script(_PACE)
         self._interval = 0.0 if not limits.rpm else 60.0 / (limits.rpm * self.SHARED_MARGIN)
         self._tok_rate = 0.0 if not limits.tpm else limits.tpm / 60.0
@@ -140,15 +153,19 @@ class RedisLimiter:
             repr(self._publish_rate),
             self._me,
             "1" if take else "0",
+            repr(self._breaker_news()),
         ]
         try:
-            wait_s, procs, rate = await self._script(keys=self._keys, args=args)
+            wait_s, procs, rate, open_s = await self._script(keys=self._keys, args=args)
         except (RedisError, OSError) as exc:
             self._fall_back(str(exc))
             return 0.0
         self._pause_until = 0.0
         self._publish_rate = 0.0
         self.processes = max(1, int(procs))
+        if self.breaker is not None and float(open_s) > 0:
+            self.breaker.open_for(float(open_s))  # another process saw the model failing
+            self._breaker_was_open = True
         if float(rate) > 0 and self.gate.adaptive:
             self.gate.requests.rate = float(rate)  # what the others learned
         wait = float(wait_s)
@@ -191,11 +208,30 @@ class RedisLimiter:
         self.gate.on_rate_limited(retry_after, hint)
         self._learned(*before)
 
+    def _breaker_news(self) -> float:
+        """What to tell the others of the breaker: seconds it opened for, -1 closed, 0 none."""
+        b = self.breaker
+        if b is None or b.is_open == self._breaker_was_open:
+            return 0.0
+        self._breaker_was_open = b.is_open
+        return b.cooldown if b.is_open else -1.0
+
     def describe(self) -> dict[str, object]:
         out = self.gate.describe()
         out["shared"] = "redis" if self.down is None else f"local 1/{self.processes} (redis down)"
         out["processes"] = self.processes
         return out
+
+
+class SharedBreaker(Breaker):
+    """A ``Breaker`` that a ``RedisLimiter`` opens when another process's breaker trips."""
+
+    __slots__ = ()
+
+    def open_for(self, seconds: float) -> None:
+        if not self.is_open:
+            self._opened_at = time.monotonic() - max(0.0, self.cooldown - seconds)
+            self.trips += 1
 
 
 def limiter_prefix(settings: ProviderSettings, model: str) -> str:
