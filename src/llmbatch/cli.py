@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from . import _cli_budget as o
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -118,6 +120,7 @@ def _guard(fn: Callable[[], T]) -> T:
         LLMBatchError,
         OutputLocked,
         ResumeConflict,
+        SharedStoreError,
         UsageError,
     )
 
@@ -131,6 +134,9 @@ def _guard(fn: Callable[[], T]) -> T:
     except (UsageError, ResumeConflict, OutputLocked) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+    except SharedStoreError as exc:
+        _err(f"{exc} (budgets fail closed; nothing more was sent, resumable)")
+        raise typer.Exit(5) from None
     except LLMBatchError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
@@ -263,6 +269,15 @@ def run(
             help="Print the request bodies that would be sent (keys redacted); send nothing.",
         ),
     ] = False,
+    budget_per_hour: o.BudgetPerHour = None,
+    budget_per_day: o.BudgetPerDay = None,
+    tokens_per_hour: o.TokensPerHour = None,
+    tokens_per_day: o.TokensPerDay = None,
+    budget_scope: o.BudgetScope = None,
+    ledger: o.Ledger = None,
+    wait_for_budget: o.WaitForBudget = None,
+    shared: o.Shared = None,
+    shard: o.Shard = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
@@ -294,6 +309,15 @@ def run(
         "limit": limit,
         "include_input": include_input or None,
         "dry_run": dry_run or None,
+        "budget_per_hour": budget_per_hour,
+        "budget_per_day": budget_per_day,
+        "tokens_per_hour": tokens_per_hour,
+        "tokens_per_day": tokens_per_day,
+        "budget_scope": budget_scope,
+        "ledger": ledger,
+        "wait_for_budget": wait_for_budget or None,
+        "shared": shared,
+        "shard": shard,
     }
     code = _guard(lambda: _run(jobs, flags, config, mode, batch_deadline))
     raise typer.Exit(code)
@@ -355,6 +379,8 @@ def _run(
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
     if cfg.html is not None:
         _write_run_html(cfg, cfg.html, report, engine)
+    if report.stopped_by == "budget_window":
+        _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
     return exit_code_for(report, engine.stop_signal)
 
 
@@ -599,6 +625,8 @@ def models(
 from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
 
 app.add_typer(batch_app, name="batch")
+app.add_typer(o.budget_app, name="budget")
+app.command("merge")(o.merge)
 
 
 def main() -> NoReturn:
