@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit browser bench clean
+.PHONY: demo test lint typecheck unit parts bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,18 +31,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) browser
+unit: $(STAMP) parts
 	$(BIN)/pytest -q
 
-# The HTML report is tested in a real headless Chromium (Debian's chromium package).
-# Missing, it is installed; if that fails, CI stops here, elsewhere those tests skip.
+# Real parts some tests need: Debian's chromium (the HTML report is loaded in it) and
+# redis-server (--shared). Missing ones are installed; if that fails, a clear message,
+# and CI (CI set) stops here while elsewhere those tests skip.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing chromium for the HTML report tests"; \
-		$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; } || { \
-		echo "could not install chromium (apt-get install chromium): the HTML report" \
-			"tests need it" >&2; test -z "$$CI"; }
+parts:
+	@for pkg in chromium redis-server; do \
+		command -v $$pkg >/dev/null 2>&1 && continue; \
+		echo "installing $$pkg (apt-get install $$pkg): some tests need it"; \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$pkg; } >/dev/null 2>&1 || { \
+			echo "could not install $$pkg: run 'sudo apt-get install $$pkg'; its tests" \
+				"skip here and fail in CI" >&2; test -z "$$CI" || exit 1; }; \
+	done
 
 test: lint typecheck unit
 

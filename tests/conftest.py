@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from tests.fakeapi import FakeAPI
+from tests.redis_server import redis_server  # noqa: F401  (the --shared tests use it)
 
 CANARY_ANTHROPIC = "sk-ant-canary-DO-NOT-LEAK-0123456789abcdef"
 CANARY_OPENAI = "sk-canary-DO-NOT-LEAK-9876543210fedcba"

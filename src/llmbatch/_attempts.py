@@ -128,6 +128,7 @@ class JobRunner:
     backoff: Callable[[int, float | None], float]
     cache: ResponseCache | None = None
     fatal: str | None = None
+    resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
     _auth_failures: int = 0
     _answered: set[str] = field(default_factory=set)  # providers that answered once
@@ -357,6 +358,8 @@ class JobRunner:
             self.fatal = self.fatal or message
             now = self.clock.time()
             self.bus.emit(BudgetStopped(now, refusal.reason, message, refusal.resets_at))
+        if refusal.reason == "budget_window" and self.resets_at is None:
+            self.resets_at = refusal.resets_at
         self.stopper.stop(refusal.reason)
         if tally.attempts == 0:
             return NOT_WRITTEN

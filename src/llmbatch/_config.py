@@ -108,6 +108,16 @@ class RunConfig:
     providers: dict[str, ProviderSettings] = field(default_factory=dict)
     prices: dict[str, Price] = field(default_factory=dict)
     limits: dict[str, ModelLimits] = field(default_factory=dict)
+    # Rolling budgets, shared limits, shards (SPEC §10).
+    budget_per_hour: float | None = None
+    budget_per_day: float | None = None
+    tokens_per_hour: int | None = None
+    tokens_per_day: int | None = None
+    budget_scope: str = "default"
+    ledger: Path | None = None  # None: default_ledger_path()
+    wait_for_budget: bool = False
+    shared: str | None = None  # redis://HOST:PORT/DB
+    shard: tuple[int, int] | None = None  # (index, count), index from 0
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -159,13 +169,21 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "quiet": (bool,),
     "include_input": (bool,),
     "limit": (int,),
+    "budget_per_hour": (int, float),
+    "budget_per_day": (int, float),
+    "tokens_per_hour": (int,),
+    "tokens_per_day": (int,),
+    "budget_scope": (str,),
+    "ledger": (str,),
+    "wait_for_budget": (bool,),
+    "shard": (str,),
     "cache": (str,),
     "no_cache": (bool,),
     "log_json": (str,),
     "log_prompts": (bool,),
     "otlp": (str,),
 }
-_TABLE_KEYS = ("providers", "prices", "limits")
+_TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {
     "type",
     "base_url",
@@ -231,6 +249,11 @@ def load_config(explicit: Path | None) -> FileConfig:
     cfg.providers = _load_providers(path, data.get("providers", {}))
     cfg.prices = _load_prices(path, data.get("prices", {}))
     cfg.limits = _load_limits(path, data.get("limits", {}))
+    shared = _table(path, "shared", data.get("shared", {}))
+    if set(shared) - {"url"} or not isinstance(shared.get("url", ""), str):
+        raise ConfigError(f'{path}: [shared] takes one key: url = "redis://HOST:PORT/DB"')
+    if "url" in shared:
+        cfg.flags["shared"] = shared["url"]
     return cfg
 
 
@@ -414,19 +437,12 @@ def build_run_config(
         cfg.report = resolve_report(path_of("report"))
     if merged.get("html") is not None:
         cfg.html = resolve_report(path_of("html"))
-    for key in (
-        "fresh",
-        "retry_failed",
-        "skip_invalid",
-        "quiet",
-        "include_input",
-        "dry_run",
-        "no_cache",
-        "log_prompts",
-    ):
+    keys = ("fresh", "retry_failed", "skip_invalid", "quiet", "include_input", "dry_run")
+    for key in (*keys, "wait_for_budget", "no_cache", "log_prompts"):
         setattr(cfg, key, bool(merged.get(key, False)))
     if merged.get("limit") is not None:
         cfg.limit = _number(merged, "limit", int)
+    _shared_settings(cfg, merged)
     from ._observe import observability_flags
 
     observability_flags(cfg, merged, jobs, stdin)
@@ -476,6 +492,31 @@ def _apply_numbers(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
         if isinstance(temp, bool) or not isinstance(temp, int | float) or not 0 <= temp < math.inf:
             raise UsageError("--temperature must be a finite number ≥ 0")
         cfg.temperature = float(temp)
+
+
+def _shared_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """Rolling budgets, --shared and --shard (SPEC §10)."""
+    from ._shard import parse_shard, shard_output
+
+    cfg.budget_per_hour = _number(merged, "budget_per_hour", float)
+    cfg.budget_per_day = _number(merged, "budget_per_day", float)
+    cfg.tokens_per_hour = _number(merged, "tokens_per_hour", int)
+    cfg.tokens_per_day = _number(merged, "tokens_per_day", int)
+    scope = merged.get("budget_scope") or "default"
+    if not isinstance(scope, str) or not scope.strip():
+        raise UsageError("--budget-scope must be a non-empty name")
+    cfg.budget_scope = scope
+    if merged.get("ledger"):
+        cfg.ledger = Path(merged["ledger"]).expanduser()
+    url = merged.get("shared")
+    if url:
+        if not str(url).startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"--shared takes redis://HOST:PORT/DB, got {url!r}")
+        cfg.shared = str(url)
+    if merged.get("shard"):
+        cfg.shard = parse_shard(str(merged["shard"]), os.environ)
+        if cfg.output is not None:
+            cfg.output = shard_output(cfg.output, cfg.shard)
 
 
 def _stem(path: Path) -> str:

@@ -7,6 +7,7 @@ waiting while attempts in flight may still free enough, and always settles.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import anyio
 
 from ._budget import BudgetLedger, Hold, Refusal
 from ._clock import Clock
+from ._exceptions import SharedStoreError
 
 
 class Stopper:
@@ -67,6 +69,8 @@ class Budgets:
     stopper: Stopper
     wait_for_window: bool = False
     in_flight: int = 0
+    told_waiting: bool = False
+    store_error: str | None = None  # the shared store failed: the run's fatal message
     _settled: anyio.Event | None = None  # made on the event loop, when first awaited
 
     async def reserve(self, cost: float, tokens: int) -> Held | Refusal | None:
@@ -75,20 +79,23 @@ class Budgets:
         Returns the hold, the refusal that ends the run, or None if a stop came first.
         """
         while True:
-            answer = await self._try(cost, tokens)
+            try:
+                answer = await self._try(cost, tokens)
+            except SharedStoreError as exc:
+                self._store_failed(exc)
+                return None
             if isinstance(answer, Held):
                 self.in_flight += 1
                 return answer
-            if answer.may_fit_later and self.in_flight > 0:
-                if self._settled is None:
-                    self._settled = anyio.Event()
-                settled = self._settled
-                with self.stopper.interruptible() as wait:
-                    await settled.wait()
-                if wait.cancelled_caught:
+            if answer.may_fit_later:
+                # Holds in flight (ours, or other runs' on a shared ledger) may free room.
+                if not await self._wait_for_room():
                     return None
                 continue
             if answer.reason == "budget_window" and self.wait_for_window and answer.resets_at:
+                if not self.told_waiting:
+                    self.told_waiting = True
+                    sys.stderr.write(f"llmbatch: {answer.message}; waiting (--wait-for-budget)\n")
                 delay = max(0.05, answer.resets_at - self.clock.time())
                 with self.stopper.interruptible() as wait:
                     await self.clock.sleep(min(delay, 60.0))
@@ -96,6 +103,21 @@ class Budgets:
                     return None
                 continue
             return answer
+
+    async def _wait_for_room(self) -> bool:
+        """Until one of our holds settles (or, for other runs' holds, a short while)."""
+        if self._settled is None:
+            self._settled = anyio.Event()
+        settled = self._settled
+        with self.stopper.interruptible() as wait:
+            with anyio.move_on_after(0.2 if self.in_flight == 0 else 2.0):
+                await settled.wait()
+        return not wait.cancelled_caught
+
+    def _store_failed(self, exc: SharedStoreError) -> None:
+        if self.store_error is None:
+            self.store_error = f"{exc}; budgets fail closed: no new requests"
+        self.stopper.stop("shared_store")
 
     async def _try(self, cost: float, tokens: int) -> Held | Refusal:
         held: list[tuple[BudgetLedger, Hold]] = []
@@ -113,7 +135,10 @@ class Budgets:
         cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
         with anyio.CancelScope(shield=True):
             for ledger, hold in held.holds:
-                await ledger.settle(hold, cost, tokens)
+                try:
+                    await ledger.settle(hold, cost, tokens)
+                except SharedStoreError as exc:
+                    self._store_failed(exc)
         self.in_flight -= 1
         if self._settled is not None:
             self._settled.set()

@@ -18,7 +18,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from dataclasses import replace
+from typing import Any, Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -31,7 +32,7 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
 from ._events import EventBus, EventSink, JobEnded, RunEnded, RunStarted
-from ._exceptions import LLMBatchError, OutputError
+from ._exceptions import LLMBatchError, OutputError, SharedStoreError
 from ._history import append_history
 from ._jobs import LineError, iter_lines, open_jobs
 from ._lock import OutputLock
@@ -45,6 +46,7 @@ from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cu
 from ._retry import Backoff
 from ._stats import RunStats
 from ._timeline import TimelineRecorder
+from ._windows import open_ledgers, rfc3339
 from .providers._base import Provider
 
 ProviderFactory = Callable[[str, RunConfig], Provider]
@@ -129,7 +131,9 @@ class Engine:
         self.bus = EventBus([self.stats, self.timeline, *sinks])
         self.stopper = Stopper()
         self.run_budget = RunBudget(config.max_cost, config.max_total_tokens)
-        self.budgets = Budgets([self.run_budget, *ledgers], clock, self.stopper)
+        self.budgets = Budgets(
+            [self.run_budget, *ledgers], clock, self.stopper, config.wait_for_budget
+        )
         self.providers: dict[str, Provider] = {}
         self.gates: dict[ModelRef, RateLimiter] = {}
         self.breakers: dict[ModelRef, Breaker] = {}
@@ -147,13 +151,14 @@ class Engine:
         )
         self.executor = StreamingExecutor(self.runner, 1, self.stopper)
         self.notes: list[str] = []
+        self._shared: Any = None  # a Redis client with --shared
         self.stop_signal: int | None = None
         self._signals = 0
         self._todo = 0
 
     @property
     def fatal(self) -> str | None:
-        return self.runner.fatal
+        return self.budgets.store_error or self.runner.fatal
 
     @property
     def stopped_by(self) -> str | None:
@@ -197,12 +202,8 @@ class Engine:
         if existing is not None:
             self.run_budget.spent_cost = existing.cost_usd
             self.run_budget.spent_tokens = existing.tokens
-        for ref in plan.models:
-            name = str(ref)
-            emit = self.bus.emit
-            gate = ModelGate(cfg.limits_for(ref), clock=self.clock, name=name, on_change=emit)
-            self.gates[ref] = gate
-            self.breakers[ref] = Breaker(clock=self.clock, name=name, on_change=emit)
+        self.budgets.ledgers.extend(await open_ledgers(cfg, self.clock))
+        await self._open_limits(plan)
         self.executor.workers = max(1, min(cfg.concurrency, plan.todo))
         self.bus.emit(
             RunStarted(
@@ -253,11 +254,39 @@ class Engine:
                 "interrupted run; that job runs again"
             )
 
+    async def _open_limits(self, plan: Plan) -> None:
+        """A gate and a breaker per model: in-process, or shared in Redis (--shared)."""
+        cfg = self.config
+        if cfg.shared:
+            from ._redis import connect as redis_connect
+
+            self._shared = await redis_connect(cfg.shared)
+        for ref in plan.models:
+            name = str(ref)
+            emit = self.bus.emit
+            gate = ModelGate(cfg.limits_for(ref), clock=self.clock, name=name, on_change=emit)
+            self.gates[ref] = gate
+            self.breakers[ref] = Breaker(clock=self.clock, name=name, on_change=emit)
+            if self._shared is not None:
+                from ._redis_limit import RedisLimiter, SharedBreaker, limiter_prefix
+
+                prefix = limiter_prefix(cfg.providers[ref.provider], ref.model)
+                breaker = self.breakers[ref] = SharedBreaker()
+                self.gates[ref] = RedisLimiter(
+                    gate, cfg.limits_for(ref), self._shared, prefix, breaker=breaker
+                )
+
     async def _close(self) -> None:
         for provider in self.providers.values():
             with anyio.CancelScope(shield=True):
                 await provider.aclose()
-        await self.budgets.aclose()
+        if self._shared is not None:
+            with anyio.CancelScope(shield=True):
+                await self._shared.aclose()
+        try:
+            await self.budgets.aclose()
+        except SharedStoreError as exc:
+            self.notes.append(str(exc))
         if self.runner.cache is not None:
             self.runner.cache.close()
 
@@ -279,7 +308,7 @@ class Engine:
             for ref, gate in self.gates.items()
             if gate.describe().get("sent")
         }
-        return build_report(
+        report = build_report(
             self.stats,
             skipped_done=plan.skipped_done,
             not_run=max(0, plan.todo - self.stats.done),
@@ -292,6 +321,7 @@ class Engine:
             notes=notes,
             failed_earlier=0 if (existing is None or cfg.retry_failed) else existing.failed,
         )
+        return replace(report, resets_at=rfc3339(self.runner.resets_at))
 
     def _history(self, report: RunReport, started_wall: float, code: int) -> dict[str, object]:
         series = self.timeline.timeline().series
@@ -348,6 +378,8 @@ class Engine:
                         continue
                     if done is not None and done.fingerprint(job.id) is not None:
                         continue
+                    if not self.planner.owns(job):
+                        continue  # another shard's
                     try:
                         await send.send(self.planner.prepare(job))
                     except anyio.BrokenResourceError:

@@ -7,6 +7,7 @@ LLMBatchError
 ├── ResumeConflict        the output file disagrees with the jobs file (exit 2)
 ├── OutputLocked          another run holds the output file (exit 2)
 ├── OutputError           the output cannot be written (disk full, I/O error); resumable
+├── SharedStoreError      a shared ledger or limiter store failed; budgets fail closed (exit 5)
 └── ProviderError         one attempt at one request failed; carries ``error_type``
     ├── RateLimited       429
     ├── Overloaded        529, ``overloaded_error``
@@ -76,6 +77,10 @@ class OutputLocked(LLMBatchError):
 
 class OutputError(LLMBatchError):
     """The output file cannot be written (disk full, quota, I/O error); what was written stays."""
+
+
+class SharedStoreError(LLMBatchError):
+    """The budget ledger or shared store (SQLite, Redis) cannot be read or written."""
 
 
 class ProviderError(LLMBatchError):

@@ -18,6 +18,7 @@ from ._paths import check_run_paths
 from ._pricing import PriceBook
 from ._results import ExistingOutput, fp_int, read_existing
 from ._schema import check_schema, schema_key
+from ._shard import add_sibling_done, shard_of
 from ._template import Template, TemplateError
 
 
@@ -95,6 +96,11 @@ class Planner:
 
     # -- per-job resolution ---------------------------------------------------
 
+    def owns(self, job: Job) -> bool:
+        """Whether this run's shard (``--shard I/N``) holds the job; always without one."""
+        shard = self.config.shard
+        return shard is None or shard_of(job.id, shard[1]) == shard[0]
+
     def prepare(self, job: Job) -> PreparedJob:
         cfg = self.config
         r = job.request
@@ -138,6 +144,8 @@ class Planner:
         cfg = self.config
         if cfg.output is not None and not cfg.fresh:
             self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
+            if cfg.shard is not None:
+                add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
         done = self.existing.done if self.existing else None
         limit_line = 0
@@ -152,6 +160,8 @@ class Planner:
                 problem = self._check_job_schema(job.request.schema)
                 if problem:
                     return problem
+            if not self.owns(job):
+                return None
             plan.models.update(prepared.chain)
             if done is not None:
                 stored = done.fingerprint(job.id)
@@ -198,6 +208,12 @@ class Planner:
                 "Nothing was sent. Use a new --output, or --fresh to start over "
                 "(the old output is kept as a backup)."
             )
+        caps = (
+            ("--max-cost", cfg.max_cost),
+            ("--budget-per-hour", cfg.budget_per_hour),
+            ("--budget-per-day", cfg.budget_per_day),
+        )
+        cost_caps = [flag for flag, value in caps if value is not None]
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
             if settings.kind != "sim":
@@ -212,9 +228,9 @@ class Planner:
                         )
                 else:
                     check_key(env, needed_by=f"jobs that use {ref}")
-            if cfg.max_cost is not None and self.prices.price(ref) is None:
+            if cost_caps and self.prices.price(ref) is None:
                 raise UsageError(
-                    f"--max-cost needs a price for {ref}, and none is known. Add one to "
+                    f"{cost_caps[0]} needs a price for {ref}, and none is known. Add one to "
                     f'llmbatch.toml:\n  [prices."{ref}"]\n  input = 0.5   # USD per million '
                     "tokens\n  output = 1.5\nNothing was sent."
                 )

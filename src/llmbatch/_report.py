@@ -53,6 +53,8 @@ class RunReport:
     failed_earlier: int = 0
     # A coarse latency histogram for the terminal (not part of the JSON report).
     latency_bins: tuple[Bin, ...] = ()
+    # stopped_by "budget_window": when enough of the rolling window frees (RFC 3339).
+    resets_at: str | None = None
     cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
     cache_saved_usd: float = 0.0
 
@@ -60,6 +62,10 @@ class RunReport:
     def exit_code(self) -> int:
         if self.stopped_by == "budget":
             return 3
+        if self.stopped_by == "budget_window":
+            return 4
+        if self.stopped_by == "shared_store":
+            return 5
         stopped_badly = self.stopped_by in ("auth", "output_error")
         return 1 if (self.failed or self.failed_earlier or stopped_badly) else 0
 
@@ -90,6 +96,7 @@ class RunReport:
             "wall_s": self.wall_s,
             "jobs_per_s": self.jobs_per_s,
             "stopped_by": self.stopped_by,
+            "resets_at": self.resets_at,
             "unpriced_models": self.unpriced_models,
             "invalid_lines": self.invalid_lines,
             "repairs": self.repairs,

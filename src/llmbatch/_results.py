@@ -169,8 +169,9 @@ class DoneSet:
         self._pending_fps.append(fp_int(fingerprint))
 
     def freeze(self) -> None:
-        keys = self._pending_keys
-        fps = self._pending_fps
+        # Merges with what an earlier freeze kept: sibling shard files add to one's own.
+        keys = self._keys + self._pending_keys
+        fps = self._fps + self._pending_fps
         order = sorted(range(len(keys)), key=keys.__getitem__)
         self._keys = array("q", (keys[i] for i in order))
         self._fps = array("q", (fps[i] for i in order))

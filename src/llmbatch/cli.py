@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
+from . import _cli_budget as o
 from ._cli_cache import cache_app
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def _guard(fn: Callable[[], T]) -> T:
         LLMBatchError,
         OutputLocked,
         ResumeConflict,
+        SharedStoreError,
         UsageError,
     )
 
@@ -133,6 +135,9 @@ def _guard(fn: Callable[[], T]) -> T:
     except (UsageError, ResumeConflict, OutputLocked) as exc:
         _err(str(exc))
         raise typer.Exit(2) from None
+    except SharedStoreError as exc:
+        _err(f"{exc} (budgets fail closed; nothing more was sent, resumable)")
+        raise typer.Exit(5) from None
     except LLMBatchError as exc:
         _err(str(exc))
         raise typer.Exit(1) from None
@@ -265,6 +270,15 @@ def run(
             help="Print the request bodies that would be sent (keys redacted); send nothing.",
         ),
     ] = False,
+    budget_per_hour: o.BudgetPerHour = None,
+    budget_per_day: o.BudgetPerDay = None,
+    tokens_per_hour: o.TokensPerHour = None,
+    tokens_per_day: o.TokensPerDay = None,
+    budget_scope: o.BudgetScope = None,
+    ledger: o.Ledger = None,
+    wait_for_budget: o.WaitForBudget = None,
+    shared: o.Shared = None,
+    shard: o.Shard = None,
     cache: Annotated[
         str | None,
         typer.Option(
@@ -314,6 +328,15 @@ def run(
         "limit": limit,
         "include_input": include_input or None,
         "dry_run": dry_run or None,
+        "budget_per_hour": budget_per_hour,
+        "budget_per_day": budget_per_day,
+        "tokens_per_hour": tokens_per_hour,
+        "tokens_per_day": tokens_per_day,
+        "budget_scope": budget_scope,
+        "ledger": ledger,
+        "wait_for_budget": wait_for_budget or None,
+        "shared": shared,
+        "shard": shard,
         "cache": cache,
         "no_cache": no_cache or None,
         "log_json": log_json,
@@ -380,6 +403,8 @@ def _run(
         _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
     if cfg.html is not None:
         _write_run_html(cfg, cfg.html, report, engine)
+    if report.stopped_by == "budget_window":
+        _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
     return exit_code_for(report, engine.stop_signal)
 
 
@@ -624,6 +649,8 @@ def models(
 from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
 
 app.add_typer(batch_app, name="batch")
+app.add_typer(o.budget_app, name="budget")
+app.command("merge")(o.merge)
 app.add_typer(cache_app)
 
 
