@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 # The main job on samples/, offline: live progress, results, the report.
 # A few simulated transient faults and schema misses show retries and repairs at work.
 demo: $(STAMP)
-	@mkdir -p demo-out
+	@rm -rf demo-out && mkdir -p demo-out
 	LLMBATCH_SIM_FAIL_RATE=0.03 LLMBATCH_SIM_INVALID_RATE=0.2 $(BIN)/llmbatch run samples/jobs.jsonl --model sim:claude-haiku-4-5 \
 		--output demo-out/jobs.results.jsonl --report demo-out/report.json \
-		--html demo-out/report.html --max-cost 1.00 --fresh
+		--html demo-out/report.html --cache demo-out/cache.sqlite --max-cost 1.00
 	@echo
 	@echo "results: demo-out/jobs.results.jsonl   report: demo-out/report.json, demo-out/report.html"
 	@echo "a structured result (the sentiment jobs carry a JSON Schema):"

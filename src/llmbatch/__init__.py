@@ -25,6 +25,7 @@ _EXCEPTIONS = (
     "LLMBatchError",
     "NotFound",
     "OtherProviderError",
+    "OutputError",
     "OutputLocked",
     "Overloaded",
     "ProviderError",
@@ -32,6 +33,7 @@ _EXCEPTIONS = (
     "RateLimited",
     "ResumeConflict",
     "ServerError",
+    "SharedStoreError",
     "UsageError",
 )
 _WHERE: dict[str, str] = {
@@ -56,6 +58,7 @@ __all__ = [
     "ModelRef",
     "NotFound",
     "OtherProviderError",
+    "OutputError",
     "OutputLocked",
     "Overloaded",
     "ProviderError",
@@ -65,6 +68,7 @@ __all__ = [
     "RunConfig",
     "RunReport",
     "ServerError",
+    "SharedStoreError",
     "Usage",
     "UsageError",
     "__version__",
@@ -86,6 +90,7 @@ if TYPE_CHECKING:
         LLMBatchError,
         NotFound,
         OtherProviderError,
+        OutputError,
         OutputLocked,
         Overloaded,
         ProviderError,
@@ -93,6 +98,7 @@ if TYPE_CHECKING:
         RateLimited,
         ResumeConflict,
         ServerError,
+        SharedStoreError,
         UsageError,
     )
     from ._models import ModelRef, parse_model_spec
