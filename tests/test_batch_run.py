@@ -133,4 +133,5 @@ def test_fresh_moves_output_and_state_aside(fb: FakeBatch, tmp_path: Path) -> No
     assert rep.batch.jobs == 6 and sum(fb.sent_ids().values()) == 12
     assert cfg.output is not None and len(read_jsonl(cfg.output)) == 6
     backups = sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name)
-    assert len(backups) == 2 and backups[1] == backups[0] + ".batches"
+    # The output, its batch state and its run history move aside together.
+    assert backups == [backups[0], backups[0] + ".batches", backups[0] + ".runs.jsonl"]
