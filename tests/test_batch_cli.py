@@ -63,6 +63,11 @@ def test_submit_status_fetch_exit_codes(fb: FakeBatch, tmp_path: Path) -> None:
     assert again.code == 0 and orjson.loads(again.stdout)["jobs"]["ok"] == 0
     lines = read_jsonl(Path(out))
     assert sorted(x["id"] for x in lines) == sorted(f"job-{i}" for i in range(30))
+    # The report over the results file has the batch block: half the online price.
+    report = orjson.loads(run_cli("report", out, "--json").stdout)
+    batch = report["batch"]
+    assert batch["jobs"] == 30 and batch["cost_usd"] == pytest.approx(report["cost_usd"])
+    assert batch["online_cost_usd"] == pytest.approx(2 * batch["cost_usd"], rel=0.01)
     for text in (sub.output, status.output, fetched.output, again.output):
         assert CANARY_OPENAI not in text and CANARY_ANTHROPIC not in text
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ._batch import BatchContext, ClientFactory, batch_context, lookup, recover
 from ._batch_price import price_from_json
 from ._batch_state import UNCOUNTED, Chunk
@@ -257,9 +255,8 @@ _KNOWN = {"rate_limited", "overloaded", "server_error", "timeout", "connection"}
 
 def with_batch(result: JobResult, batch_id: str, cid: str) -> bytes:
     """A result line as ``run`` writes it, plus where the answer came from."""
-    line = result.to_json()
-    extra = orjson.dumps({"id": batch_id, "custom_id": cid})
-    return line[:-2] + b',"batch":' + extra + b"}\n"
+    result.batch = {"id": batch_id, "custom_id": cid}
+    return result.to_json()
 
 
 async def fetch(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,8 @@ class RunReport:
     resets_at: str | None = None
     cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
     cache_saved_usd: float = 0.0
+    # Jobs answered by provider batches (SPEC §9): {"jobs", "cost_usd", "online_cost_usd"}.
+    batch: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -105,6 +107,7 @@ class RunReport:
             "output": self.output,
             "notes": self.notes,
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
+            **({"batch": self.batch} if self.batch is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -195,6 +198,7 @@ def report_from_results(path: Path) -> RunReport:
         raise UsageError(f"results file not found: {path}")
     stats = RunStats()
     failed_lines: dict[str, JobResult] = {}
+    batched = False
     torn = 0
     for lineno, _offset, obj, length in iter_result_lines(path):
         if obj is None:
@@ -202,6 +206,7 @@ def report_from_results(path: Path) -> RunReport:
                 torn += 1
             continue
         r = JobResult.from_line(obj)
+        batched = batched or r.batch is not None
         previous = failed_lines.pop(r.id, None)
         if previous is not None:
             stats.remove(previous)
@@ -215,7 +220,12 @@ def report_from_results(path: Path) -> RunReport:
     history = read_history(path)
     walls = [h.get("wall_s") for h in history]
     wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
-    return build_report(stats, wall_s=wall, output=str(path), notes=notes)
+    report = build_report(stats, wall_s=wall, output=str(path), notes=notes)
+    if batched:
+        from ._batch_run import batch_part_from_results
+
+        report = replace(report, batch=batch_part_from_results(path).to_dict())
+    return report
 
 
 # -- rendering ------------------------------------------------------------------------

@@ -49,6 +49,7 @@ class JobResult:
     fallbacks: int = 0
     input: Any = None  # with --include-input: the job's prompt/messages or record
     cache: dict[str, Any] | None = None  # answered from the response cache: {"hit", "saved_usd"}
+    batch: dict[str, str] | None = None  # answered by a provider batch: {"id", "custom_id"}
 
     def to_json(self) -> bytes:
         line: dict[str, Any] = {
@@ -78,6 +79,8 @@ class JobResult:
             line["input"] = self.input
         if self.cache:
             line["cache"] = self.cache
+        if self.batch:
+            line["batch"] = self.batch
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
@@ -111,6 +114,7 @@ class JobResult:
             fallbacks=_count(d.get("fallbacks")),
             input=d.get("input"),
             cache=d.get("cache") if isinstance(d.get("cache"), dict) else None,
+            batch=d.get("batch") if isinstance(d.get("batch"), dict) else None,
         )
 
 
