@@ -31,8 +31,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers: most of the suite waits on subprocesses, sockets and the fake API.
 unit: $(STAMP) parts
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 # Real parts some tests need: Debian's chromium (the HTML report is loaded in it) and
 # redis-server (--shared). Missing ones are installed; if that fails, a clear message,
