@@ -97,3 +97,12 @@ def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> I
     finally:
         if stdin:
             path.unlink(missing_ok=True)
+
+
+def _flags(params: dict[str, Any], skip: set[str]) -> dict[str, Any]:
+    """A command's options as config flags: an unset switch (False) is None, so the file decides."""
+    return {
+        name: (value or None) if isinstance(value, bool) else value
+        for name, value in params.items()
+        if name not in skip
+    }

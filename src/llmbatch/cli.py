@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 
 from . import _cli_budget as b
 from . import _cli_options as o
 from ._cli_cache import cache_app
-from ._cli_common import _configured, _console, _err, _guard
+from ._cli_common import _configured, _console, _err, _flags, _guard
 
 __all__ = ["_configured", "_console", "_err", "_guard", "app", "main"]
 
@@ -112,7 +112,7 @@ def run(
     config: o.ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
-    flags = _run_flags(locals())
+    flags = _flags(locals(), skip={"jobs", "config", "mode", "batch_deadline"})
 
     def go() -> int:
         from ._cli_run import _run
@@ -120,16 +120,6 @@ def run(
         return _run(jobs, flags, config, mode, batch_deadline)
 
     raise typer.Exit(_guard(go))
-
-
-def _run_flags(params: dict[str, Any]) -> dict[str, Any]:
-    """``run``'s options as config flags: an unset switch (False) is None, so the file decides."""
-    skip = {"jobs", "config", "mode", "batch_deadline"}
-    return {
-        name: (value or None) if isinstance(value, bool) else value
-        for name, value in params.items()
-        if name not in skip
-    }
 
 
 @app.command()
