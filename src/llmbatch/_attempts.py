@@ -7,7 +7,6 @@ the model it went to, whether or not its job ends up written.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from ._pricing import PriceBook
 from ._ratelimit import RateLimiter
 from ._results import JobResult
 from ._schema import validate_answer
+from ._tally import NOT_WRITTEN, NotWritten, Reservation, Sent, Tally, repair_request
 from ._usage import Usage
 from .providers._base import Answer, Provider
 from .providers._errors import redact, translate_errors
@@ -38,78 +38,6 @@ AUTH_FAILURES_TO_STOP = 3
 
 # Stops after which a job cut mid-retry is left unwritten (it runs again on resume).
 _HARD_STOPS = frozenset({"signal", "auth", "output_closed", "shared_store"})
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What one attempt holds before it is sent."""
-
-    cost: float  # worst case: input as UTF-8 bytes (never short) + max_tokens
-    budget_tokens: int
-    input_tokens: int  # what the providers' limiters count: an estimate + max_tokens
-    output_tokens: int
-
-
-@dataclass(slots=True)
-class Tally:
-    """What one job has spent and seen so far, over all its attempts and models."""
-
-    pj: PreparedJob
-    usage: Usage = field(default_factory=Usage)
-    cost: float | None = 0.0
-    attempts: int = 0
-    repairs: int = 0
-    fallbacks: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    last_error: dict[str, Any] | None = None
-    last_text: str | None = None
-
-    def add_spend(self, usage: Usage, cost: float | None) -> None:
-        self.usage.add(usage)
-        self.cost = None if (cost is None or self.cost is None) else self.cost + cost
-
-    def result(self, status: str, ref: ModelRef, **kw: Any) -> JobResult:
-        job = self.pj.job
-        return JobResult(
-            id=job.id,
-            status=status,
-            output=kw.get("output", self.last_text if status == "failed" else None),
-            parsed=kw.get("parsed"),
-            provider=ref.provider,
-            model=ref.model,
-            usage=self.usage,
-            cost_usd=self.cost,
-            latency_ms=kw.get("latency_ms"),
-            ttft_ms=kw.get("ttft_ms"),
-            attempts=self.attempts,
-            error=kw.get("error", self.last_error if status == "failed" else None),
-            metadata=job.metadata,
-            input=job.input,
-            stop_reason=kw.get("stop_reason"),
-            fingerprint=self.pj.fingerprint,
-            attempt_errors=dict(self.errors),
-            repairs=self.repairs,
-            fallbacks=self.fallbacks,
-        )
-
-
-class _NotWritten:
-    """The job ends without a result line: it runs again on the next run."""
-
-
-NOT_WRITTEN = _NotWritten()
-
-
-@dataclass(slots=True)
-class Sent:
-    """One request that went out, and what came of it."""
-
-    outcome: Answer | ProviderError
-    started: float  # wall clock
-    usage: Usage | None
-    cost: float | None
-    repair: bool
-    request: Request | None = None  # kept only for --log-prompts
 
 
 @dataclass(slots=True)
@@ -147,7 +75,7 @@ class JobRunner:
                 tally.fallbacks += 1
             last_ref = ref
             outcome = await self._on_model(tally, ref, has_next)
-            if isinstance(outcome, _NotWritten):
+            if isinstance(outcome, NotWritten):
                 return None
             if outcome is not None:
                 return outcome
@@ -155,7 +83,7 @@ class JobRunner:
 
     async def _on_model(
         self, tally: Tally, ref: ModelRef, has_next: bool
-    ) -> JobResult | _NotWritten | None:
+    ) -> JobResult | NotWritten | None:
         """Attempts on one model; None: give up on it (the fallback, if any, is next)."""
         cfg = self.config
         request = tally.pj.request
@@ -312,7 +240,7 @@ class JobRunner:
 
     def _judge(
         self, err: ProviderError, tally: Tally, ref: ModelRef, tries: int, has_next: bool
-    ) -> JobResult | _NotWritten | float | None:
+    ) -> JobResult | NotWritten | float | None:
         """After a failed attempt: the job's end, a delay before retrying, or None to give
         up on this model."""
         tally.errors[err.error_type] += 1
@@ -336,7 +264,7 @@ class JobRunner:
 
     def _auth_failed(
         self, err: ProviderError, tally: Tally, ref: ModelRef
-    ) -> JobResult | _NotWritten:
+    ) -> JobResult | NotWritten:
         self._auth_failures += 1
         if self._auth_failures >= AUTH_FAILURES_TO_STOP and not self.stopper.stopping:
             self.fatal = (
@@ -350,7 +278,7 @@ class JobRunner:
         self.auth_withheld += 1
         return NOT_WRITTEN
 
-    def _refused(self, refusal: Refusal, tally: Tally, ref: ModelRef) -> JobResult | _NotWritten:
+    def _refused(self, refusal: Refusal, tally: Tally, ref: ModelRef) -> JobResult | NotWritten:
         if not self.stopper.stopping:
             message = refusal.message
             if self.budgets.in_flight == 0 and tally.attempts == 0:
@@ -411,28 +339,3 @@ def _prompt(request: Request | None) -> Any:
 def _usage_of(err: object) -> Usage | None:
     spent = getattr(err, "usage", None)
     return spent if isinstance(spent, Usage) else None
-
-
-REPAIR_INSTRUCTION = (
-    "Your previous answer is not valid against the required JSON Schema: {problem}. "
-    "Answer again with only the corrected JSON value, no prose and no code fences."
-)
-
-
-def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
-    """The same question with the invalid answer and the validation error as a follow-up turn."""
-    turns = [
-        {"role": "assistant", "content": bad_answer or "(empty answer)"},
-        {"role": "user", "content": REPAIR_INSTRUCTION.format(problem=problem)},
-    ]
-    return Request(
-        messages=request.messages + turns,
-        system=request.system,
-        model=request.model,
-        max_tokens=request.max_tokens,
-        temperature=request.temperature,
-        schema=request.schema,
-        wire_format=request.wire_format,
-        body=request.body,
-        appended=(request.appended or []) + turns,
-    )

@@ -32,8 +32,8 @@ from ._report import RunReport
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ._engine import ProviderFactory
     from ._progress import ProgressSink
+    from ._provider_factory import ProviderFactory
 
 MODES = ("online", "batch", "auto")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -11,12 +11,16 @@ import datetime
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ._cli_common import _flags
+from ._cli_options import ConfigOpt, JobsArg, JsonOpt
+
 if TYPE_CHECKING:
     from ._batch import BatchRow
+    from ._batch_submit import SubmitReport
     from ._config import RunConfig
 
 batch_app = typer.Typer(
@@ -29,10 +33,6 @@ batch_app = typer.Typer(
 )
 
 OutputArg = Annotated[str, typer.Argument(metavar="OUTPUT", help="The results JSONL file.")]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Config file [default: ./llmbatch.toml if present].")
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")]
 
 
 def output_config(output: str, config_path: Path | None) -> RunConfig:
@@ -82,7 +82,7 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
 
 @batch_app.command()
 def submit(
-    jobs: Annotated[str, typer.Argument(metavar="JOBS", help="JSONL job file, or - for stdin.")],
+    jobs: JobsArg,
     output: Annotated[
         str | None,
         typer.Option("-o", "--output", help="Results JSONL [default: JOBS.results.jsonl]."),
@@ -117,54 +117,46 @@ def submit(
     config: ConfigOpt = None,
 ) -> None:
     """Check the jobs as `run` does, then submit those not done to the Batch APIs."""
-    flags: dict[str, Any] = {
-        "output": output,
-        "model": model,
-        "provider": provider,
-        "template": template,
-        "template_file": template_file,
-        "system": system,
-        "max_tokens": max_tokens,
-        "temperature": temperature,
-        "schema": schema,
-        "max_cost": max_cost,
-        "max_total_tokens": max_total_tokens,
-        "skip_invalid": skip_invalid or None,
-    }
+    flags = _flags(locals(), skip={"jobs", "batch_size", "as_json", "config"})
 
     def go() -> int:
         import anyio
 
         from ._batch_submit import submit as do_submit
-        from .cli import _configured, _err
+        from .cli import _configured
 
         with _configured(jobs, flags, config) as cfg:
             rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
-        if as_json:
-            import orjson
-
-            sys.stdout.write(
-                orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
-            )
-        for b in rep.batches:
-            sys.stderr.write(f"llmbatch: {b.provider}:{b.model}: batch {b.id}, {b.jobs} jobs\n")
-        sys.stderr.write(
-            f"llmbatch: submitted {rep.jobs} jobs in {len(rep.batches)} batches "
-            f"(worst case held ${rep.reserved_cost:.4f}); {rep.skipped_done} already done, "
-            f"{rep.skipped_open} already in open batches\n"
-        )
-        for note in rep.notes:
-            _err(note)
-        if rep.stopped_by == "budget":
-            _err(
-                f"the budget cap left {rep.not_submitted} jobs unsubmitted; "
-                "fetch, then submit again with a higher cap"
-            )
+        _say_submitted(rep, as_json)
         return rep.exit_code
 
     from .cli import _guard
 
     raise typer.Exit(_guard(go))
+
+
+def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
+    """The submit report as JSON (with --json), and one line per batch and in sum on stderr."""
+    from .cli import _err
+
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    for b in rep.batches:
+        sys.stderr.write(f"llmbatch: {b.provider}:{b.model}: batch {b.id}, {b.jobs} jobs\n")
+    sys.stderr.write(
+        f"llmbatch: submitted {rep.jobs} jobs in {len(rep.batches)} batches "
+        f"(worst case held ${rep.reserved_cost:.4f}); {rep.skipped_done} already done, "
+        f"{rep.skipped_open} already in open batches\n"
+    )
+    for note in rep.notes:
+        _err(note)
+    if rep.stopped_by == "budget":
+        _err(
+            f"the budget cap left {rep.not_submitted} jobs unsubmitted; "
+            "fetch, then submit again with a higher cap"
+        )
 
 
 @batch_app.command()

@@ -10,38 +10,6 @@ from typing import Annotated
 
 import typer
 
-# `run` options of SPEC §10 (cli.py uses them as `o.BudgetPerHour` …).
-BudgetPerHour = Annotated[
-    float | None, typer.Option("--budget-per-hour", help="USD per rolling hour, shared by runs.")
-]
-BudgetPerDay = Annotated[
-    float | None, typer.Option("--budget-per-day", help="USD per rolling day, shared by runs.")
-]
-TokensPerHour = Annotated[
-    int | None, typer.Option("--tokens-per-hour", help="Tokens per rolling hour, shared.")
-]
-TokensPerDay = Annotated[
-    int | None, typer.Option("--tokens-per-day", help="Tokens per rolling day, shared.")
-]
-BudgetScope = Annotated[
-    str | None, typer.Option("--budget-scope", help="Runs sharing a budget [default: default].")
-]
-Ledger = Annotated[
-    str | None,
-    typer.Option(
-        "--ledger", help="Budget ledger [default: ~/.local/state/llmbatch/ledger.sqlite]."
-    ),
-]
-WaitForBudget = Annotated[
-    bool | None, typer.Option("--wait-for-budget", help="Wait for a full window to free.")
-]
-Shared = Annotated[
-    str | None, typer.Option("--shared", help="Share limits and budgets: redis://HOST:PORT/DB.")
-]
-Shard = Annotated[
-    str | None, typer.Option("--shard", help="Run shard I/N of the jobs (I from 0), or auto.")
-]
-
 budget_app = typer.Typer(
     name="budget",
     help="Rolling budgets shared by runs: what is spent and held per window.",

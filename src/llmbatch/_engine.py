@@ -5,7 +5,7 @@
                         JobRunner (_attempts): budget → limits → send →     JobEnded
                         retry / repair / fallback; AttemptEnded per request  ─▶ EventBus
 
-The executor decides how planned jobs become results (``StreamingExecutor``: a
+The executor (``_executor``) decides how planned jobs become results (``StreamingExecutor``: a
 pool of workers, each running one job's attempts at a time). Statistics, the
 report, progress and every other watcher read the same events. Memory stays
 flat: the jobs file is streamed twice (check, then run) and only a done-set of
@@ -17,9 +17,9 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -33,13 +33,15 @@ from ._config import RunConfig
 from ._context import Budgets, Stopper
 from ._events import EventBus, EventSink, JobEnded, RunEnded, RunStarted
 from ._exceptions import LLMBatchError, OutputError, SharedStoreError
-from ._history import append_history
-from ._jobs import LineError, iter_lines, open_jobs
+from ._executor import Executor as Executor  # re-exported: the seam's home was here
+from ._executor import StreamingExecutor, feed_jobs
+from ._history import append_history, history_record
 from ._lock import OutputLock
 from ._models import ModelRef
 from ._observe import build_sinks, close_sinks
 from ._plan import Plan, Planner, PreparedJob
 from ._progress import NoProgress, ProgressSink
+from ._provider_factory import ProviderFactory, default_provider_factory
 from ._ratelimit import ModelGate, RateLimiter
 from ._report import RunReport, build_report
 from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cut_torn_tail
@@ -48,64 +50,6 @@ from ._stats import RunStats
 from ._timeline import TimelineRecorder
 from ._windows import open_ledgers, rfc3339
 from .providers._base import Provider
-
-ProviderFactory = Callable[[str, RunConfig], Provider]
-
-
-class Executor(Protocol):
-    """How planned jobs become results: a streaming pool today, provider batches next."""
-
-    async def execute(
-        self,
-        jobs: MemoryObjectReceiveStream[PreparedJob],
-        results: MemoryObjectSendStream[JobResult],
-    ) -> None: ...
-
-
-class StreamingExecutor:
-    """A pool of workers; each runs one job's attempts at a time, streaming every answer."""
-
-    def __init__(self, runner: JobRunner, workers: int, stopper: Stopper) -> None:
-        self.runner = runner
-        self.workers = workers
-        self.stopper = stopper
-        self._scope: anyio.CancelScope | None = None
-        self._cancelled = False
-
-    def cancel(self) -> None:
-        """A hard stop: cancel the requests in flight."""
-        self._cancelled = True
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def execute(
-        self,
-        jobs: MemoryObjectReceiveStream[PreparedJob],
-        results: MemoryObjectSendStream[JobResult],
-    ) -> None:
-        async with jobs, results:
-            with anyio.CancelScope() as self._scope:
-                if self._cancelled:
-                    self._scope.cancel()
-                async with anyio.create_task_group() as tg:
-                    for _ in range(self.workers):
-                        tg.start_soon(self._worker, jobs.clone(), results.clone())
-
-    async def _worker(
-        self,
-        jobs: MemoryObjectReceiveStream[PreparedJob],
-        results: MemoryObjectSendStream[JobResult],
-    ) -> None:
-        async with jobs, results:
-            async for pj in jobs:
-                if self.stopper.stopping:
-                    continue  # drain: not run, stays resumable
-                result = await self.runner.run(pj)
-                if result is not None:
-                    try:
-                        await results.send(result)
-                    except anyio.BrokenResourceError:
-                        return  # the writer is gone: the output was closed
 
 
 class Engine:
@@ -235,7 +179,17 @@ class Engine:
         report = self._report(plan, existing, self.clock.monotonic() - started)
         code = exit_code_for(report, self.stop_signal)
         if cfg.output is not None:
-            append_history(cfg.output, self._history(report, started_wall, code))
+            series = self.timeline.timeline().series
+            record = history_record(
+                report,
+                self.stats,
+                started_wall,
+                self.clock.time(),
+                self.stopper.stopped_by,
+                code,
+                series,
+            )
+            append_history(cfg.output, record)
         self.bus.emit(RunEnded(self.clock.time(), report, code))
         return report
 
@@ -323,24 +277,6 @@ class Engine:
         )
         return replace(report, resets_at=rfc3339(self.runner.resets_at))
 
-    def _history(self, report: RunReport, started_wall: float, code: int) -> dict[str, object]:
-        series = self.timeline.timeline().series
-        return {
-            "started": started_wall,
-            "ended": self.clock.time(),
-            "wall_s": report.wall_s,
-            "jobs_done": self.stats.done,
-            "ok": self.stats.ok,
-            "failed": self.stats.failed,
-            "not_run": report.not_run,
-            "attempts": self.stats.attempts,
-            "errors": dict(self.stats.errors),
-            "cost_usd": round(self.stats.cost_usd, 8),
-            "stopped_by": self.stopper.stopped_by,
-            "exit_code": code,
-            "timeline": series.to_dict() if series is not None else None,
-        }
-
     async def _run_pool(
         self, plan: Plan, writer: ResultWriter, existing: ExistingOutput | None
     ) -> None:
@@ -360,30 +296,7 @@ class Engine:
     async def _produce(
         self, send: MemoryObjectSendStream[PreparedJob], plan: Plan, existing: ExistingOutput | None
     ) -> None:
-        done = existing.done if existing else None
-        invalid = plan.invalid_lines
-        parser = self.planner.parser
-        async with send:
-            with open_jobs(self.config.jobs) as stream:
-                for lineno, raw in iter_lines(stream):
-                    if self.stopper.stopping or lineno > plan.last_line:
-                        return
-                    if lineno in invalid:
-                        continue
-                    try:
-                        job = parser.parse(raw, lineno)
-                    except LineError as exc:
-                        # The file was rewritten under us since the check: skip, say so.
-                        self.notes.append(f"{self.config.display_name}:{lineno}: {exc} (skipped)")
-                        continue
-                    if done is not None and done.fingerprint(job.id) is not None:
-                        continue
-                    if not self.planner.owns(job):
-                        continue  # another shard's
-                    try:
-                        await send.send(self.planner.prepare(job))
-                    except anyio.BrokenResourceError:
-                        return  # the workers are gone (output closed, hard stop)
+        await feed_jobs(send, plan, existing, self.planner, self.stopper, self.notes)
 
     async def _write(
         self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
@@ -444,21 +357,6 @@ def exit_code_for(report: RunReport, stop_signal: int | None) -> int:
     if report.stopped_by == "output_closed":
         return 128 + signal.SIGPIPE
     return report.exit_code
-
-
-def default_provider_factory(name: str, config: RunConfig) -> Provider:
-    settings = config.providers[name]
-    if settings.kind == "sim":
-        from .providers.sim import SimProvider
-
-        return SimProvider()
-    if settings.kind == "anthropic":
-        from .providers.anthropic import AnthropicProvider
-
-        return AnthropicProvider(settings, config)
-    from .providers.openai import OpenAIProvider
-
-    return OpenAIProvider(settings, config)
 
 
 async def run_jobs_async(

@@ -12,6 +12,9 @@ from ._usage import Usage
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ._plan import PreparedJob
+    from ._pricing import PriceBook
+
 # What "expected" assumes a job writes: the typical length of a short answer,
 # capped by the job's max_tokens.
 TYPICAL_OUTPUT_TOKENS = 250
@@ -41,38 +44,8 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             if existing is not None and pj.job.id in existing.done:
                 done += 1
                 continue
-            ref = pj.chain[0]
-            m = per_model.setdefault(
-                str(ref),
-                {
-                    "jobs": 0,
-                    "input_tokens": 0,
-                    "max_output_tokens": 0,
-                    "expected_output_tokens": 0,
-                    "worst_case_usd": 0.0,
-                    "expected_usd": 0.0,
-                    "priced": True,
-                },
-            )
-            in_tokens = estimate_input_tokens(pj.request)
-            out_max = pj.request.max_tokens or config.max_tokens
-            out_typ = min(out_max, TYPICAL_OUTPUT_TOKENS)
-            m["jobs"] += 1
-            m["input_tokens"] += in_tokens
-            m["max_output_tokens"] += out_max
-            m["expected_output_tokens"] += out_typ
-            price = planner.prices.price(ref)
-            if price is None:
-                m["priced"] = False
-            else:
-                m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
-                m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
-    for m in per_model.values():
-        if not m["priced"]:
-            m["worst_case_usd"] = m["expected_usd"] = None
-        else:
-            m["worst_case_usd"] = round(m["worst_case_usd"], 6)
-            m["expected_usd"] = round(m["expected_usd"], 6)
+            _count_job(per_model, pj, planner.prices, config.max_tokens)
+    _round_costs(per_model)
     priced = [m for m in per_model.values() if m["priced"]]
     # Nothing priced: no figure at all, rather than a $0 that reads as "free".
     nothing_priced = bool(per_model) and not priced
@@ -95,6 +68,48 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             "worst_case": "every job writes max_tokens",
         },
     }
+
+
+def _count_job(
+    per_model: dict[str, dict[str, Any]], pj: PreparedJob, prices: PriceBook, max_tokens: int
+) -> None:
+    """Add one job's tokens and costs (worst case, expected) to its first model's totals."""
+    ref = pj.chain[0]
+    m = per_model.setdefault(
+        str(ref),
+        {
+            "jobs": 0,
+            "input_tokens": 0,
+            "max_output_tokens": 0,
+            "expected_output_tokens": 0,
+            "worst_case_usd": 0.0,
+            "expected_usd": 0.0,
+            "priced": True,
+        },
+    )
+    in_tokens = estimate_input_tokens(pj.request)
+    out_max = pj.request.max_tokens or max_tokens
+    out_typ = min(out_max, TYPICAL_OUTPUT_TOKENS)
+    m["jobs"] += 1
+    m["input_tokens"] += in_tokens
+    m["max_output_tokens"] += out_max
+    m["expected_output_tokens"] += out_typ
+    price = prices.price(ref)
+    if price is None:
+        m["priced"] = False
+    else:
+        m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
+        m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
+
+
+def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
+    """Costs to 6 places; a model with any unpriced job has none (None)."""
+    for m in per_model.values():
+        if not m["priced"]:
+            m["worst_case_usd"] = m["expected_usd"] = None
+        else:
+            m["worst_case_usd"] = round(m["worst_case_usd"], 6)
+            m["expected_usd"] = round(m["expected_usd"], 6)
 
 
 def render_estimate(est: dict[str, Any], console: Console) -> None:

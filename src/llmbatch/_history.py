@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from ._report import RunReport
+    from ._stats import RunStats
+    from ._timeline import Series
 
 
 def history_path(output: Path) -> Path:
@@ -48,3 +53,30 @@ def read_history(output: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             runs.append(obj)
     return runs
+
+
+def history_record(
+    report: RunReport,
+    stats: RunStats,
+    started_wall: float,
+    ended: float,
+    stopped_by: str | None,
+    code: int,
+    series: Series | None,
+) -> dict[str, object]:
+    """One run's history line: what ran, what it cost, how it ended, and its timeline."""
+    return {
+        "started": started_wall,
+        "ended": ended,
+        "wall_s": report.wall_s,
+        "jobs_done": stats.done,
+        "ok": stats.ok,
+        "failed": stats.failed,
+        "not_run": report.not_run,
+        "attempts": stats.attempts,
+        "errors": dict(stats.errors),
+        "cost_usd": round(stats.cost_usd, 8),
+        "stopped_by": stopped_by,
+        "exit_code": code,
+        "timeline": series.to_dict() if series is not None else None,
+    }

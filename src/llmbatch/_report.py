@@ -14,7 +14,6 @@ from ._stats import Bin, RunStats
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.table import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +113,8 @@ class RunReport:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
     def render(self, console: Console) -> None:
+        from ._render import render_report
+
         render_report(self, console)
 
 
@@ -146,31 +147,13 @@ def build_report(
         cache_write_tokens=stats.cache_write_tokens,
         cost_usd=stats.cost_usd,
         cost_usd_cumulative=cost_before + stats.cost_usd,
-        latency_ms={
-            "p50": round(lat.percentile(50), 1),
-            "p90": round(lat.percentile(90), 1),
-            "p95": round(lat.percentile(95), 1),
-            "p99": round(lat.percentile(99), 1),
-            "max": round(lat.max, 1),
-            "mean": round(lat.mean, 1),
-        },
+        latency_ms=_latency_ms(stats),
         ttft_ms={"p50": round(ttft.percentile(50), 1), "p95": round(ttft.percentile(95), 1)},
         attempts=stats.attempts,
         retries=max(0, stats.attempts - done - stats.repairs),
         errors=dict(sorted(stats.errors.items(), key=lambda kv: -kv[1])),
         failures=dict(sorted(stats.failures.items(), key=lambda kv: -kv[1])),
-        by_model={
-            key: {
-                "jobs": m.jobs,
-                "ok": m.ok,
-                "failed": m.failed,
-                "cost_usd": round(m.cost_usd, 6) if m.priced else None,
-                "input_tokens": m.input_tokens,
-                "output_tokens": m.output_tokens,
-                "attempts": m.attempts,
-            }
-            for key, m in sorted(stats.by_model.items())
-        },
+        by_model=_by_model(stats),
         wall_s=None if wall_s is None else round(wall_s, 2),
         jobs_per_s=jobs_per_s,
         stopped_by=stopped_by,
@@ -190,6 +173,33 @@ def build_report(
         cache_hits=stats.cache_hits,
         cache_saved_usd=stats.cache_saved_usd,
     )
+
+
+def _latency_ms(stats: RunStats) -> dict[str, float]:
+    lat = stats.latency
+    return {
+        "p50": round(lat.percentile(50), 1),
+        "p90": round(lat.percentile(90), 1),
+        "p95": round(lat.percentile(95), 1),
+        "p99": round(lat.percentile(99), 1),
+        "max": round(lat.max, 1),
+        "mean": round(lat.mean, 1),
+    }
+
+
+def _by_model(stats: RunStats) -> dict[str, dict[str, Any]]:
+    return {
+        key: {
+            "jobs": m.jobs,
+            "ok": m.ok,
+            "failed": m.failed,
+            "cost_usd": round(m.cost_usd, 6) if m.priced else None,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "attempts": m.attempts,
+        }
+        for key, m in sorted(stats.by_model.items())
+    }
 
 
 def report_from_results(path: Path) -> RunReport:
@@ -226,186 +236,3 @@ def report_from_results(path: Path) -> RunReport:
 
         report = replace(report, batch=batch_part_from_results(path).to_dict())
     return report
-
-
-# -- rendering ------------------------------------------------------------------------
-
-
-def _usd(value: float | None) -> str:
-    if value is None:
-        return "unpriced"
-    if value == 0:
-        return "$0"
-    if value < 0.01:
-        return f"${value:.6f}"
-    return f"${value:,.4f}"
-
-
-def _ms(value: float) -> str:
-    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
-
-
-def render_report(report: RunReport, console: Console) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    title = "llmbatch report"
-    if report.stopped_by:
-        title += f" — stopped by {report.stopped_by}"
-
-    summary = Table(title=title, show_header=False, title_justify="left", box=None, pad_edge=False)
-    summary.add_column(style="bold")
-    summary.add_column()
-    jobs = (
-        f"{report.jobs_total} total · [green]{report.ok} ok[/] · "
-        + (f"[red]{report.failed} failed[/]" if report.failed else "0 failed")
-        + f" · {report.skipped_done} already done · {report.not_run} not run"
-    )
-    if report.failed_earlier:
-        jobs += f" · [red]{report.failed_earlier} failed earlier[/] (--retry-failed reruns them)"
-    summary.add_row("jobs", jobs)
-    summary.add_row(
-        "tokens",
-        f"{report.input_tokens:,} in · {report.output_tokens:,} out · "
-        f"{report.cache_read_tokens:,} cache read · {report.cache_write_tokens:,} cache write",
-    )
-    cost = _usd(report.cost_usd) + " this run"
-    if abs(report.cost_usd_cumulative - report.cost_usd) > 1e-12:
-        cost += f" · {_usd(report.cost_usd_cumulative)} over all runs on this output"
-    if report.unpriced_models:
-        cost += f" · [yellow]unpriced: {', '.join(report.unpriced_models)}[/]"
-    summary.add_row("cost", cost)
-    if report.cache_hits:
-        summary.add_row(
-            "cache",
-            f"{report.cache_hits} answered from the cache · {_usd(report.cache_saved_usd)} saved",
-        )
-    lat = report.latency_ms
-    summary.add_row(
-        "latency",
-        f"p50 {_ms(lat['p50'])} · p90 {_ms(lat['p90'])} · p95 {_ms(lat['p95'])} · "
-        f"p99 {_ms(lat['p99'])} · max {_ms(lat['max'])} · mean {_ms(lat['mean'])}",
-    )
-    summary.add_row(
-        "time to first token",
-        f"p50 {_ms(report.ttft_ms['p50'])} · p95 {_ms(report.ttft_ms['p95'])}",
-    )
-    attempts = f"{report.attempts} sent · {report.retries} retries"
-    if report.repairs.get("repairs_sent"):
-        attempts += f" · {report.repairs['repairs_sent']} schema repairs"
-    if report.fallbacks:
-        attempts += f" · {report.fallbacks} fallbacks taken"
-    summary.add_row("attempts", attempts)
-    if report.errors:
-        summary.add_row("errors", " · ".join(f"{k} {v}" for k, v in report.errors.items()))
-    if report.failures:
-        summary.add_row("failed jobs", " · ".join(f"{k} {v}" for k, v in report.failures.items()))
-    if report.repairs.get("jobs_repaired") or report.repairs.get("never_valid"):
-        summary.add_row(
-            "validation",
-            f"{report.repairs['jobs_repaired']} jobs repaired · "
-            f"{report.repairs['repairs_sent']} repairs sent · "
-            f"{report.repairs['never_valid']} never valid",
-        )
-    if report.wall_s is not None:
-        rate = f" · {report.jobs_per_s:,.1f} jobs/s" if report.jobs_per_s else ""
-        summary.add_row("wall time", f"{report.wall_s:,.1f} s{rate}")
-    if report.invalid_lines:
-        shown = ", ".join(str(n) for n in report.invalid_lines[:20])
-        more = (
-            f" (+{len(report.invalid_lines) - 20} more)" if len(report.invalid_lines) > 20 else ""
-        )
-        summary.add_row("skipped invalid lines", shown + more)
-    # Paths and notes are text, not markup: "[prices.x]" or "a[1].jsonl" must show as written.
-    if report.output:
-        summary.add_row("results", escape(report.output))
-    for note in report.notes:
-        summary.add_row("note", escape(note))
-    console.print(summary)
-    if report.latency_bins:
-        console.print(latency_histogram(report.latency_bins))
-
-    if report.by_model:
-        table = Table(title="by model", title_justify="left")
-        # Long model names wrap (at - : / boundaries) instead of losing their tails.
-        table.add_column("model", overflow="fold", min_width=12)
-        table.add_column("jobs", justify="right")
-        table.add_column("ok", justify="right")
-        table.add_column("failed", justify="right")
-        table.add_column("attempts", justify="right")
-        table.add_column("input tok", justify="right")
-        table.add_column("output tok", justify="right")
-        table.add_column("cost", justify="right")
-        for key, m in report.by_model.items():
-            table.add_row(
-                key,
-                str(m["jobs"]),
-                str(m["ok"]),
-                str(m["failed"]),
-                str(m["attempts"]),
-                f"{m['input_tokens']:,}",
-                f"{m['output_tokens']:,}",
-                _usd(m["cost_usd"]),
-            )
-        console.print(table)
-
-    # Only models where a limit was given, learned, or hit: the rest is noise here.
-    limited = {
-        key: lim
-        for key, lim in report.limits.items()
-        if lim.get("source") != "none needed" or lim.get("rate_limited") or lim.get("tpm")
-    }
-    if limited:
-        table = Table(title="rate limits in force", title_justify="left")
-        table.add_column("model", overflow="fold", min_width=12)
-        table.add_column("requests/min", justify="right")
-        table.add_column("tokens/min", justify="right")
-        table.add_column("source")
-        table.add_column("429s", justify="right")
-        table.add_column("backoff", justify="right")
-        for key, lim in limited.items():
-            table.add_row(
-                key,
-                _num(lim.get("rpm")),
-                _num(lim.get("tpm")),
-                str(lim.get("source", "")),
-                str(lim.get("rate_limited", 0)),
-                f"{lim.get('backoff_s', 0):.1f} s",
-            )
-        console.print(table)
-
-
-_EIGHTHS = " ▏▎▍▌▋▊▉"
-
-
-def _bar(fraction: float, width: int) -> str:
-    """A bar of unicode blocks, in eighths of a cell."""
-    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
-    full, part = divmod(eighths, 8)
-    return "█" * full + (_EIGHTHS[part] if part else "")
-
-
-def latency_histogram(bins: tuple[Bin, ...], width: int = 36) -> Table:
-    """A few rows of bars: how successful jobs' latencies spread."""
-    from rich.table import Table
-
-    table = Table(
-        title="latency of successful jobs", title_justify="left", show_header=False, box=None
-    )
-    table.add_column(justify="right", style="dim")
-    table.add_column()
-    table.add_column(justify="right")
-    top = max(b.count for b in bins) or 1
-    seconds = bins[-1].hi >= 10_000
-    div, unit = (1000.0, "s") if seconds else (1.0, "ms")
-    for b in bins:
-        lo, hi = f"{b.lo / div:,.4g}", f"{b.hi / div:,.4g}"
-        label = f"≥ {lo} {unit}" if b.open_ended else f"{lo}–{hi} {unit}"
-        table.add_row(label, f"[cyan]{_bar(b.count / top, width)}[/]", f"{b.count:,}")
-    return table
-
-
-def _num(value: Any) -> str:
-    if value is None:
-        return "—"
-    return f"{value:,.0f}"

@@ -229,21 +229,45 @@ def _sample(schema: Any, rng: random.Random, root: dict[str, Any], depth: int) -
     if "enum" in schema and schema["enum"]:
         return rng.choice(schema["enum"])
     if "allOf" in schema:
-        merged: dict[str, Any] = {}
-        for sub in schema["allOf"]:
-            sub = _resolve(sub, root)
-            for k, v in sub.items():
-                if k in ("properties",) and k in merged:
-                    merged[k] = {**merged[k], **v}
-                elif k == "required" and k in merged:
-                    merged[k] = list({*merged[k], *v})
-                else:
-                    merged[k] = v
-        rest = {k: v for k, v in schema.items() if k != "allOf"}
-        return _sample({**merged, **rest}, rng, root, depth)
+        return _sample(_merge_all_of(schema, root), rng, root, depth)
     for key in ("anyOf", "oneOf"):
         if key in schema and schema[key]:
             return _sample(schema[key][0], rng, root, depth)
+    typ = _type_of(schema)
+    if typ == "object":
+        return _sample_object(schema, rng, root, depth)
+    if typ == "array":
+        return _sample_array(schema, rng, root, depth)
+    if typ == "integer":
+        return _sample_integer(schema, rng)
+    if typ == "number":
+        lo_f, hi_f = _bounds(schema, integer=False)
+        return round(rng.uniform(lo_f, hi_f), 2) if hi_f - lo_f > 0.02 else lo_f
+    if typ == "boolean":
+        return rng.random() < 0.5
+    if typ == "null":
+        return None
+    return _sample_string(schema, rng)
+
+
+def _merge_all_of(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """One schema from an ``allOf``: properties and required joined, other keys the last."""
+    merged: dict[str, Any] = {}
+    for sub in schema["allOf"]:
+        sub = _resolve(sub, root)
+        for k, v in sub.items():
+            if k in ("properties",) and k in merged:
+                merged[k] = {**merged[k], **v}
+            elif k == "required" and k in merged:
+                merged[k] = list({*merged[k], *v})
+            else:
+                merged[k] = v
+    rest = {k: v for k, v in schema.items() if k != "allOf"}
+    return {**merged, **rest}
+
+
+def _type_of(schema: dict[str, Any]) -> Any:
+    """The one type to sample: the first non-null of a list, else guessed from the keys."""
     typ = schema.get("type")
     if isinstance(typ, list):
         non_null = [t for t in typ if t != "null"]
@@ -255,52 +279,55 @@ def _sample(schema: Any, rng: random.Random, root: dict[str, Any], depth: int) -
             typ = "array"
         else:
             typ = "string"
-    if typ == "object":
-        props: dict[str, Any] = schema.get("properties", {})
-        required = set(schema.get("required", []))
-        out: dict[str, Any] = {}
-        for name, sub in props.items():
-            if name in required or depth < 3:
-                out[name] = _sample(sub, rng, root, depth + 1)
-        for name in required - out.keys():
-            extra = schema.get("additionalProperties")
-            out[name] = _sample(extra if isinstance(extra, dict) else {}, rng, root, depth + 1)
-        return out
-    if typ == "array":
-        items = schema.get("items", {})
-        lo = int(schema.get("minItems", 1 if depth < 3 else 0))
-        hi = int(schema.get("maxItems", max(lo, 3)))
-        n = rng.randint(lo, max(lo, hi))
-        if isinstance(schema.get("prefixItems"), list):
-            prefix = [_sample(s, rng, root, depth + 1) for s in schema["prefixItems"]]
-            return prefix + [
-                _sample(items, rng, root, depth + 1) for _ in range(max(0, n - len(prefix)))
-            ]
-        values = [_sample(items, rng, root, depth + 1) for _ in range(n)]
-        if schema.get("uniqueItems"):
-            unique: list[Any] = []
-            for v in values:
-                if v not in unique:
-                    unique.append(v)
-            values = unique
-        return values
-    if typ == "integer":
-        lo_i, hi_i = _bounds(schema, integer=True)
-        value_i = rng.randint(int(lo_i), int(hi_i))
-        step = schema.get("multipleOf")
-        if isinstance(step, int) and step > 0:
-            value_i = (value_i // step) * step
-            if value_i < lo_i:
-                value_i += step
-        return value_i
-    if typ == "number":
-        lo_f, hi_f = _bounds(schema, integer=False)
-        return round(rng.uniform(lo_f, hi_f), 2) if hi_f - lo_f > 0.02 else lo_f
-    if typ == "boolean":
-        return rng.random() < 0.5
-    if typ == "null":
-        return None
-    return _sample_string(schema, rng)
+    return typ
+
+
+def _sample_object(
+    schema: dict[str, Any], rng: random.Random, root: dict[str, Any], depth: int
+) -> dict[str, Any]:
+    props: dict[str, Any] = schema.get("properties", {})
+    required = set(schema.get("required", []))
+    out: dict[str, Any] = {}
+    for name, sub in props.items():
+        if name in required or depth < 3:
+            out[name] = _sample(sub, rng, root, depth + 1)
+    for name in required - out.keys():
+        extra = schema.get("additionalProperties")
+        out[name] = _sample(extra if isinstance(extra, dict) else {}, rng, root, depth + 1)
+    return out
+
+
+def _sample_array(
+    schema: dict[str, Any], rng: random.Random, root: dict[str, Any], depth: int
+) -> list[Any]:
+    items = schema.get("items", {})
+    lo = int(schema.get("minItems", 1 if depth < 3 else 0))
+    hi = int(schema.get("maxItems", max(lo, 3)))
+    n = rng.randint(lo, max(lo, hi))
+    if isinstance(schema.get("prefixItems"), list):
+        prefix = [_sample(s, rng, root, depth + 1) for s in schema["prefixItems"]]
+        return prefix + [
+            _sample(items, rng, root, depth + 1) for _ in range(max(0, n - len(prefix)))
+        ]
+    values = [_sample(items, rng, root, depth + 1) for _ in range(n)]
+    if schema.get("uniqueItems"):
+        unique: list[Any] = []
+        for v in values:
+            if v not in unique:
+                unique.append(v)
+        values = unique
+    return values
+
+
+def _sample_integer(schema: dict[str, Any], rng: random.Random) -> int:
+    lo_i, hi_i = _bounds(schema, integer=True)
+    value_i = rng.randint(int(lo_i), int(hi_i))
+    step = schema.get("multipleOf")
+    if isinstance(step, int) and step > 0:
+        value_i = (value_i // step) * step
+        if value_i < lo_i:
+            value_i += step
+    return value_i
 
 
 def _bounds(schema: dict[str, Any], *, integer: bool) -> tuple[float, float]:
