@@ -1,6 +1,9 @@
 """The floor: a bare aiohttp loop: stream, parse SSE with orjson, write a line. Nothing more.
 
 usage: floor.py anthropic|openai BASE_URL N CONCURRENCY OUT
+
+Each response is read to its end (past ``[DONE]``) so its connection goes back to
+the pool; ``https://`` URLs trust ``SSL_CERT_FILE`` (aiohttp's default context).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ async def main() -> None:
                         if line.startswith(b"data:"):
                             data = line[5:].strip()
                             if data == b"[DONE]":
-                                break
+                                continue  # read on to the end: the connection is reused
                             obj = orjson.loads(data)
                             if kind == "anthropic":
                                 if obj.get("type") == "content_block_delta":
