@@ -52,8 +52,8 @@ def engine_checks(eng: dict[str, Any]) -> list[Check]:
     for n, row in eng.items():
         out.append(
             (
-                f"sim engine {int(n):,} jobs ≥ 0.5× I/O floor",
-                f"{row['vs_io_floor']}× ({row['jobs_per_s']:,.0f}/s)",
+                f"sim engine {int(n):,} jobs ≥ 0.5× I/O floor (per CPU-s)",
+                f"{row['vs_io_floor']}× ({row['jobs_per_cpu_s']:,.0f}/CPU-s)",
                 row["vs_io_floor"] >= 0.5,
             )
         )
