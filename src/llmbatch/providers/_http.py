@@ -24,6 +24,7 @@ from .._exceptions import (
     error_for_status,
 )
 from .._headers import RateLimitHint, hint_from_headers, parse_retry_after
+from ._sse import SSEEvent, SSEParser
 
 if TYPE_CHECKING:
     import aiohttp
@@ -41,14 +42,6 @@ def redact(text: str, key: str | None) -> str:
 
 
 WHOLE_ANSWER = "llmbatch.whole-answer"  # the event name given to a non-streamed JSON body
-
-
-class SSEEvent:
-    __slots__ = ("data", "event")
-
-    def __init__(self, event: str | None, data: bytes) -> None:
-        self.event = event
-        self.data = data
 
 
 class HttpProvider:
@@ -127,23 +120,12 @@ class HttpProvider:
                     # A server that ignored stream=true answered in one piece.
                     yield SSEEvent(WHOLE_ANSWER, await resp.read()), None, None
                     return
-                event: str | None = None
-                data_lines: list[bytes] = []
-                async for line in resp.content:
-                    line = line.rstrip(b"\r\n")
-                    if not line:
-                        if data_lines:
-                            yield SSEEvent(event, b"\n".join(data_lines)), None, None
-                        event = None
-                        data_lines = []
-                        continue
-                    if line.startswith(b"data:"):
-                        data_lines.append(line[5:].lstrip(b" "))
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode()
-                    # comments (":") and unknown fields are ignored, as the SSE spec says
-                if data_lines:
-                    yield SSEEvent(event, b"\n".join(data_lines)), None, None
+                parser = SSEParser()
+                async for chunk in resp.content.iter_any():
+                    for event in parser.feed(chunk):
+                        yield event, None, None
+                for event in parser.close():
+                    yield event, None, None
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
