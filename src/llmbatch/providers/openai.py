@@ -175,9 +175,11 @@ class OpenAIProvider(HttpProvider):
                 if event is None:
                     hint, request_id = h, rid
                     continue
+                if done:
+                    continue  # read on to the end, so the connection goes back to the pool
                 if event.data == b"[DONE]":
                     done = True
-                    break
+                    continue
                 chunk = loads(event.data)
                 if event.event == WHOLE_ANSWER:
                     # Non-streamed: choices[].message instead of choices[].delta.
