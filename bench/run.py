@@ -14,7 +14,8 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
   5. ratelimit: pacing against a fake enforcing a request window.
 Writes bench/results.json (bench/out/results-partial.json with --only). These are
 goals for the code, never timed tests in CI. BENCH_TLS_CLIENTS=llmbatch,floor
-limits the tls section to some clients (for profiling rounds).
+limits the tls section to some clients (for profiling rounds); BENCH_BASELINE_SRC=
+another checkout's src/ adds its llmbatch to the tls and engine sections (before/after).
 """
 
 from __future__ import annotations
@@ -106,30 +107,41 @@ def section_cpu(tmp: Path) -> dict[str, Any]:
     return out
 
 
+def engine_row(
+    n: int, jobs: Path, tmp: Path, floor_cpu_s: float, env: dict[str, str]
+) -> dict[str, Any]:
+    """One sim run of ``n`` jobs: speed and memory, against the I/O floor's CPU time."""
+    results = tmp / f"engine-{n}.results.jsonl"
+    m = child(
+        llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256"),
+        {"LLMBATCH_SIM_LATENCY_MS": "0", **env},
+    )
+    results.unlink()
+    # Both are one thread: jobs per CPU-second is jobs/s on a core of one's own,
+    # which a shared machine's wall clock is not.
+    return {
+        "jobs_per_s": round(n / m["wall_s"], 1),
+        "jobs_per_cpu_s": round(n / m["cpu_s"], 1),
+        "wall_s": round(m["wall_s"], 2),
+        "peak_rss_mib": round(m["rss_mib"], 1),
+        "io_floor_jobs_per_cpu_s": round(n / floor_cpu_s, 1),
+        "vs_io_floor": round(floor_cpu_s / m["cpu_s"], 3),
+    }
+
+
 def section_engine(tmp: Path) -> dict[str, Any]:
     sizes = [50_000, 200_000] + ([1_000_000] if FULL else [])
+    before = os.environ.get("BENCH_BASELINE_SRC")
     out: dict[str, Any] = {}
     for n in sizes:
         jobs = tmp / f"engine-{n}.jsonl"
         write_prompts(jobs, n)
-        results = tmp / f"engine-{n}.results.jsonl"
-        m = child(
-            llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256"),
-            {"LLMBATCH_SIM_LATENCY_MS": "0"},
-        )
         floor = child([PY, str(BENCH / "io_floor.py"), str(jobs), str(tmp / "io-floor.jsonl")])
-        # Both are one thread: jobs per CPU-second is jobs/s on a core of one's own,
-        # which a shared machine's wall clock is not.
-        out[str(n)] = {
-            "jobs_per_s": round(n / m["wall_s"], 1),
-            "jobs_per_cpu_s": round(n / m["cpu_s"], 1),
-            "wall_s": round(m["wall_s"], 2),
-            "peak_rss_mib": round(m["rss_mib"], 1),
-            "io_floor_jobs_per_cpu_s": round(n / floor["cpu_s"], 1),
-            "vs_io_floor": round(floor["cpu_s"] / m["cpu_s"], 3),
-        }
+        row = engine_row(n, jobs, tmp, floor["cpu_s"], {})
+        if before:
+            row["before"] = engine_row(n, jobs, tmp, floor["cpu_s"], {"PYTHONPATH": before})
+        out[str(n)] = row
         jobs.unlink()
-        results.unlink()
     return out
 
 
@@ -228,11 +240,13 @@ def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -
     if "engine" in results:
         print("\n| sim jobs | jobs/s | jobs/CPU-s | I/O floor jobs/CPU-s | wall s | peak RSS MiB |")
         print("|---:|---:|---:|---:|---:|---:|")
-        for n, r in results["engine"].items():
-            print(
-                f"| {int(n):,} | {r['jobs_per_s']:,.0f} | {r['jobs_per_cpu_s']:,.0f} | "
-                f"{r['io_floor_jobs_per_cpu_s']:,.0f} | {r['wall_s']} | {r['peak_rss_mib']} |"
-            )
+        for n, row in results["engine"].items():
+            for tag, r in (("before ", row.get("before")), ("", row)):
+                if r is not None:
+                    cells = [f"{tag}{int(n):,}", f"{r['jobs_per_s']:,.0f}"]
+                    cells += [f"{r['jobs_per_cpu_s']:,.0f}", f"{r['io_floor_jobs_per_cpu_s']:,.0f}"]
+                    cells += [str(r["wall_s"]), str(r["peak_rss_mib"])]
+                    print("| " + " | ".join(cells) + " |")
     print("\n| target | value | verdict |")
     print("|---|---:|---|")
     for t, v, p in checks:

@@ -125,20 +125,26 @@ def section_tls(tmp: Path, n: int, conc: int, log: Any = print) -> dict[str, Any
         "NO_PROXY": "*",
     }
     only = os.environ.get("BENCH_TLS_CLIENTS", "llmbatch,floor,sdk").split(",")
+    before = os.environ.get("BENCH_BASELINE_SRC")
     out: dict[str, Any] = {"requests": n, "concurrency": conc}
     try:
         for provider in MODELS:
             row: dict[str, Any] = {}
-            for name, cmd in commands(provider, fake, jobs, n, conc, tmp).items():
-                if name not in only:
+            cmds = commands(provider, fake, jobs, n, conc, tmp)
+            if before:
+                # The same run with another checkout's llmbatch: before/after side by side.
+                cmds = {"llmbatch_before": cmds["llmbatch"], **cmds}
+            for name, cmd in cmds.items():
+                if name.removesuffix("_before") not in only:
                     continue
-                row[name] = measure(fake, f"{name}/{provider}", cmd, env, n)
-                log(f"    {provider:9} {name:8} {row[name]}")
-            if {"llmbatch", "floor", "sdk"} <= row.keys():
-                lb = row["llmbatch"]["cpu_ms_per_req"]
-                row["cpu_vs_floor"] = round(lb / row["floor"]["cpu_ms_per_req"], 2)
-                row["sdk_vs_llmbatch"] = round(row["sdk"]["cpu_ms_per_req"] / lb, 2)
-                row["req_per_s_per_core"] = round(1000 / lb, 1)
+                run_env = {**env, "PYTHONPATH": before} if name.endswith("_before") else env
+                row[name] = measure(fake, f"{name}/{provider}", cmd, run_env, n)
+                log(f"    {provider:9} {name:15} {row[name]}")
+            for name in ("llmbatch", "llmbatch_before"):
+                if {name, "floor", "sdk"} <= row.keys():
+                    lb = row[name]["cpu_ms_per_req"]
+                    row[name]["cpu_vs_floor"] = round(lb / row["floor"]["cpu_ms_per_req"], 2)
+                    row[name]["sdk_vs_llmbatch"] = round(row["sdk"]["cpu_ms_per_req"] / lb, 2)
             out[provider] = row
     finally:
         fake.stop()
