@@ -91,7 +91,8 @@ class Planner:
 
     # -- per-job resolution ---------------------------------------------------
 
-    def prepare(self, job: Job) -> PreparedJob:
+    def chain(self, job: Job) -> list[ModelRef]:
+        """The models a job tries, in order: its own (or --model), then the fallbacks."""
         cfg = self.config
         r = job.request
         model = r.model or cfg.model
@@ -106,6 +107,13 @@ class Planner:
                 ref = ModelRef(cfg.provider, ref.model)
             if ref not in chain:
                 chain.append(ref)
+        return chain
+
+    def prepare(self, job: Job) -> PreparedJob:
+        cfg = self.config
+        r = job.request
+        chain = self.chain(job)
+        model = chain[0]
         request = Request(
             messages=r.messages,
             system=r.system if r.system is not None else cfg.system,
@@ -139,19 +147,21 @@ class Planner:
 
         def on_job(job: Job) -> str | None:
             try:
-                prepared = self.prepare(job)
+                chain = self.chain(job)
             except LineError as exc:
                 return str(exc)
             if job.request.schema is not None:
                 problem = self._check_job_schema(job.request.schema)
                 if problem:
                     return problem
-            plan.models.update(prepared.chain)
+            plan.models.update(chain)
             if done is not None:
                 stored = done.fingerprint(job.id)
                 if stored is not None:
+                    # Only a job answered before needs its fingerprint here: a fresh
+                    # one gets it when it runs.
                     plan.skipped_done += 1
-                    if stored and stored != fp_int(prepared.fingerprint):
+                    if stored and stored != fp_int(self.prepare(job).fingerprint):
                         plan.conflict_count += 1
                         if len(plan.conflicts) < 5:
                             plan.conflicts.append(f"{job.id} (line {job.line})")
