@@ -21,6 +21,9 @@ def tls_checks(tls: dict[str, Any]) -> list[Check]:
                 ratio, sdk = lb["cpu_vs_floor"], lb["sdk_vs_llmbatch"]
                 out.append((f"{tag}: CPU/request ≤ 1.25× floor", f"{ratio}×", ratio <= 1.25))
                 out.append((f"{tag}: SDK loop ≥ 4× our CPU", f"{sdk}×", sdk >= 4.0))
+            if "cpu_vs_floor_chunks" in lb:
+                ratio = lb["cpu_vs_floor_chunks"]
+                out.append((f"{tag}: CPU/request vs chunk-reading floor (info)", f"{ratio}×", True))
             conns = lb["connections"]
             out.append((f"{tag}: connections ≤ concurrency ({conc})", str(conns), conns <= conc))
             per_core = round(1000 / lb["cpu_ms_per_req"])

@@ -76,6 +76,16 @@ def commands(
             str(conc),
             str(tmp / f"tls-floor-{provider}.jsonl"),
         ],
+        "floor_chunks": [
+            PY,
+            str(BENCH / "floor.py"),
+            provider,
+            fake.url,
+            str(n),
+            str(conc),
+            str(tmp / f"tls-floorc-{provider}.jsonl"),
+            "chunks",
+        ],
         "sdk": [
             PY,
             str(BENCH / "sdk_loop.py"),
@@ -124,7 +134,7 @@ def section_tls(tmp: Path, n: int, conc: int, log: Any = print) -> dict[str, Any
         "OPENAI_API_KEY": "k",
         "NO_PROXY": "*",
     }
-    only = os.environ.get("BENCH_TLS_CLIENTS", "llmbatch,floor,sdk").split(",")
+    only = os.environ.get("BENCH_TLS_CLIENTS", "llmbatch,floor,floor_chunks,sdk").split(",")
     before = os.environ.get("BENCH_BASELINE_SRC")
     out: dict[str, Any] = {"requests": n, "concurrency": conc}
     try:
@@ -145,6 +155,10 @@ def section_tls(tmp: Path, n: int, conc: int, log: Any = print) -> dict[str, Any
                     lb = row[name]["cpu_ms_per_req"]
                     row[name]["cpu_vs_floor"] = round(lb / row["floor"]["cpu_ms_per_req"], 2)
                     row[name]["sdk_vs_llmbatch"] = round(row["sdk"]["cpu_ms_per_req"] / lb, 2)
+                if {name, "floor_chunks"} <= row.keys():
+                    row[name]["cpu_vs_floor_chunks"] = round(
+                        lb / row["floor_chunks"]["cpu_ms_per_req"], 2
+                    )
             out[provider] = row
     finally:
         fake.stop()
