@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 PY = sys.executable
@@ -15,29 +15,41 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # for tests.fakeapi
 
 
+# Linux counts a process's peak RSS from the one it was forked from (the high-water
+# mark survives fork and exec), so a child of this big process would report at
+# least our size. A small launcher forks the command and reports its usage.
+LAUNCHER = """
+import os, sys, time
+started = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, u = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(sys.argv[1], "w") as f:
+    f.write(f"{wall} {u.ru_utime + u.ru_stime} {u.ru_maxrss}")
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def child(
     cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> dict[str, float]:
     """Run a command; return wall seconds, CPU seconds (user+sys, from wait4) and peak RSS (MiB)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=full_env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    # wait4 before reading stderr: its usage is the child's alone. A child that
-    # fills the stderr pipe would block here; ours write a few lines at most.
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} exited {proc.returncode}: {stderr[-2000:]}")
-    return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "rss_mib": usage.ru_maxrss / 1024,
-    }
+    with tempfile.NamedTemporaryFile("r", suffix=".usage") as usage_file:
+        proc = subprocess.run(
+            [PY, "-S", "-c", LAUNCHER, usage_file.name, *cmd],
+            env=full_env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+        wall_s, cpu_s, maxrss_kib = usage_file.read().split()
+    return {"wall_s": float(wall_s), "cpu_s": float(cpu_s), "rss_mib": int(maxrss_kib) / 1024}
 
 
 def write_prompts(path: Path, n: int) -> None:
