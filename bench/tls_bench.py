@@ -151,8 +151,10 @@ def section_tls(tmp: Path, n: int, conc: int, log: Any = print) -> dict[str, Any
                 row[name] = measure(fake, f"{name}/{provider}", cmd, run_env, n)
                 log(f"    {provider:9} {name:15} {row[name]}")
             for name in ("llmbatch", "llmbatch_before"):
-                if {name, "floor", "sdk"} <= row.keys():
-                    lb = row[name]["cpu_ms_per_req"]
+                if name not in row:
+                    continue
+                lb = row[name]["cpu_ms_per_req"]
+                if {"floor", "sdk"} <= row.keys():
                     row[name]["cpu_vs_floor"] = round(lb / row["floor"]["cpu_ms_per_req"], 2)
                     row[name]["sdk_vs_llmbatch"] = round(row["sdk"]["cpu_ms_per_req"] / lb, 2)
                 if {name, "floor_chunks"} <= row.keys():
