@@ -89,10 +89,7 @@ class ModelGate:
         self.given_rpm = limits.rpm
         self.given_tpm = limits.tpm
         self.requests = Pacer(None if limits.rpm is None else limits.rpm / 60.0 * self.GIVEN_MARGIN)
-        # fast_acquire: an uncontended acquire does not yield. A yielding acquire
-        # holds the lock across a whole event-loop turn, which caps sends at one a
-        # turn: on a busy loop (hundreds of streams) that is below a big key's limit.
-        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._send_lock = anyio.Lock()
         self.tokens = Pacer(None if limits.tpm is None else limits.tpm / 60.0, burst_s=1.0)
         self.input_tokens = Pacer(
             None if limits.input_tpm is None else limits.input_tpm / 60.0, burst_s=1.0
