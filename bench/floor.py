@@ -1,6 +1,12 @@
 """The floor: a bare aiohttp loop: stream, parse SSE with orjson, write a line. Nothing more.
 
-usage: floor.py anthropic|openai BASE_URL N CONCURRENCY OUT
+usage: floor.py anthropic|openai BASE_URL N CONCURRENCY OUT [chunks]
+
+It reads the stream a line at a time (``async for line in resp.content``), the
+obvious aiohttp loop; with ``chunks`` it reads whole chunks and splits them on
+blank lines, as llmbatch does. Each response is read to its end (past ``[DONE]``)
+so its connection goes back to the pool; ``https://`` URLs trust ``SSL_CERT_FILE``
+(aiohttp's default context).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ async def main() -> None:
         int(sys.argv[4]),
         sys.argv[5],
     )
+    chunks = sys.argv[6:7] == ["chunks"]
     if kind == "anthropic":
         url = base + "/v1/messages"
         headers = {
@@ -37,6 +44,19 @@ async def main() -> None:
     connector = aiohttp.TCPConnector(limit=conc + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
 
+        def take(data: bytes, parts: list[str]) -> None:
+            if data == b"[DONE]":
+                return  # read on to the end: the connection is reused
+            obj = orjson.loads(data)
+            if kind == "anthropic":
+                if obj.get("type") == "content_block_delta":
+                    parts.append(obj["delta"].get("text", ""))
+            else:
+                for c in obj.get("choices") or ():
+                    t = (c.get("delta") or {}).get("content")
+                    if t:
+                        parts.append(t)
+
         async def worker() -> None:
             while True:
                 try:
@@ -51,22 +71,20 @@ async def main() -> None:
                 }
                 if kind == "openai":
                     body["stream_options"] = {"include_usage": True}
-                parts = []
+                parts: list[str] = []
                 async with session.post(url, data=orjson.dumps(body), headers=headers) as resp:
-                    async for line in resp.content:
-                        if line.startswith(b"data:"):
-                            data = line[5:].strip()
-                            if data == b"[DONE]":
-                                break
-                            obj = orjson.loads(data)
-                            if kind == "anthropic":
-                                if obj.get("type") == "content_block_delta":
-                                    parts.append(obj["delta"].get("text", ""))
-                            else:
-                                for c in obj.get("choices") or ():
-                                    t = (c.get("delta") or {}).get("content")
-                                    if t:
-                                        parts.append(t)
+                    if chunks:
+                        rest = b""
+                        async for chunk in resp.content.iter_any():
+                            *events, rest = (rest + chunk).split(b"\n\n")
+                            for event in events:
+                                for line in event.split(b"\n"):
+                                    if line.startswith(b"data:"):
+                                        take(line[5:].strip(), parts)
+                    else:
+                        async for line in resp.content:
+                            if line.startswith(b"data:"):
+                                take(line[5:].strip(), parts)
                 f.write(orjson.dumps({"id": i, "output": "".join(parts)}) + b"\n")
 
         await asyncio.gather(*(worker() for _ in range(conc)))

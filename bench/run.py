@@ -1,13 +1,21 @@
-"""llmbatch's benchmark: `make bench` (or `python bench/run.py [--full]`).
+"""llmbatch's benchmark: `make bench` (or `python bench/run.py [--quick] [--full] [--only A,B]`).
 
 Measures, side by side on this machine, and prints PASS/FAIL against the targets:
-  1. client CPU per streamed request (user+sys of the client process, from wait4)
-     for llmbatch, a bare aiohttp loop (the floor) and the official SDKs, 2,000
-     requests at concurrency 64 against the loopback fake API;
-  2. engine throughput and peak RSS on the sim provider with no latency;
-  3. start-up time of `llmbatch --help` and a one-line run;
-  4. rate-limit efficiency against a fake enforcing a request window.
-Writes bench/results.json. These are goals for the code, never timed tests in CI.
+  1. tls: the realistic workload: HTTPS (bench/tls_fake.py, its own process),
+     300-token answers one token per event, 20,000 requests at concurrency 256
+     (2,000 with --quick), for llmbatch, a bare aiohttp floor and the official SDKs:
+     client CPU per request (user+sys of the client, from wait4), connections
+     opened (counted at the fake), the fake's own CPU;
+  2. cpu: the same three clients over plain HTTP with 20-token answers, 2,000
+     requests at concurrency 64 (tests/fakeapi.py);
+  3. engine: jobs/s and peak RSS on the sim provider with no latency, against the
+     I/O floor (bench/io_floor.py: read the jobs with orjson, write a result line each);
+  4. startup: `llmbatch --help` and a one-line run;
+  5. ratelimit: pacing against a fake enforcing a request window.
+Writes bench/results.json (bench/out/results-partial.json with --only). These are
+goals for the code, never timed tests in CI. BENCH_TLS_CLIENTS=llmbatch,floor
+limits the tls section to some clients (for profiling rounds); BENCH_BASELINE_SRC=
+another checkout's src/ adds its llmbatch to the tls and engine sections (before/after).
 """
 
 from __future__ import annotations
@@ -15,52 +23,31 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from checks import all_checks
+from common import BENCH, PY, child, write_prompts
+from tls_bench import section_tls
 
-from tests.fakeapi import FakeAPI  # noqa: E402
+from tests.fakeapi import FakeAPI  # importable: common puts the repo on sys.path
 
-PY = sys.executable
-BENCH = Path(__file__).resolve().parent
 FULL = "--full" in sys.argv
+QUICK = "--quick" in sys.argv
 N_REQ = 2000
 CONC = 64
+TLS_REQ = 2_000 if QUICK else 20_000
+TLS_CONC = 256
+SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit")
 
 
-def child(
-    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
-) -> dict[str, float]:
-    """Run a command; return wall seconds, CPU seconds (user+sys) and peak RSS (MiB)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    started = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd, env=full_env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0,):
-        raise RuntimeError(f"{cmd} exited {proc.returncode}: {stderr[-2000:]}")
-    return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "rss_mib": usage.ru_maxrss / 1024,
-    }
-
-
-def write_prompts(path: Path, n: int) -> None:
-    with path.open("wb") as f:
-        for i in range(n):
-            f.write(b'{"id": "j%d", "prompt": "Question %d: what is %d + %d?"}\n' % (i, i, i, i))
+def llmbatch_run(jobs: Path, model: str, out: Path, *extra: str) -> list[str]:
+    """The command line of a quiet, fresh ``llmbatch run``."""
+    return [PY, "-m", "llmbatch", "run", str(jobs), "-m", model, "--quiet", "-o", str(out),
+            "--fresh", *extra]  # fmt: skip
 
 
 def section_cpu(tmp: Path) -> dict[str, Any]:
@@ -80,38 +67,23 @@ def section_cpu(tmp: Path) -> dict[str, Any]:
     try:
         for provider, model in (("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini")):
             row: dict[str, Any] = {}
+            args = [fake.url, str(N_REQ), str(CONC)]
             runs = {
-                "llmbatch": [
-                    PY,
-                    "-m",
-                    "llmbatch",
-                    "run",
-                    str(jobs),
-                    "-m",
-                    f"{provider}:{model}",
-                    "-c",
-                    str(CONC),
-                    "--quiet",
-                    "-o",
-                    str(tmp / f"lb-{provider}.jsonl"),
-                    "--fresh",
-                ],
+                "llmbatch": llmbatch_run(
+                    jobs, f"{provider}:{model}", tmp / f"lb-{provider}.jsonl", "-c", str(CONC)
+                ),
                 "floor": [
                     PY,
                     str(BENCH / "floor.py"),
                     provider,
-                    fake.url,
-                    str(N_REQ),
-                    str(CONC),
+                    *args,
                     str(tmp / f"floor-{provider}.jsonl"),
                 ],
                 "sdk": [
                     PY,
                     str(BENCH / "sdk_loop.py"),
                     provider,
-                    fake.url,
-                    str(N_REQ),
-                    str(CONC),
+                    *args,
                     str(tmp / f"sdk-{provider}.jsonl"),
                 ],
             }
@@ -135,35 +107,40 @@ def section_cpu(tmp: Path) -> dict[str, Any]:
     return out
 
 
+def engine_row(
+    n: int, jobs: Path, tmp: Path, floor_cpu_s: float, env: dict[str, str]
+) -> dict[str, Any]:
+    """One sim run of ``n`` jobs: speed and memory, against the I/O floor's CPU time."""
+    results = tmp / f"engine-{n}.results.jsonl"
+    m = child(
+        llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256"),
+        {"LLMBATCH_SIM_LATENCY_MS": "0", **env},
+    )
+    results.unlink()
+    # Both are one thread: jobs per CPU-second is jobs/s on a core of one's own,
+    # which a shared machine's wall clock is not.
+    return {
+        "jobs_per_s": round(n / m["wall_s"], 1),
+        "jobs_per_cpu_s": round(n / m["cpu_s"], 1),
+        "wall_s": round(m["wall_s"], 2),
+        "peak_rss_mib": round(m["rss_mib"], 1),
+        "io_floor_jobs_per_cpu_s": round(n / floor_cpu_s, 1),
+        "vs_io_floor": round(floor_cpu_s / m["cpu_s"], 3),
+    }
+
+
 def section_engine(tmp: Path) -> dict[str, Any]:
     sizes = [50_000, 200_000] + ([1_000_000] if FULL else [])
+    before = os.environ.get("BENCH_BASELINE_SRC")
     out: dict[str, Any] = {}
     for n in sizes:
         jobs = tmp / f"engine-{n}.jsonl"
         write_prompts(jobs, n)
-        m = child(
-            [
-                PY,
-                "-m",
-                "llmbatch",
-                "run",
-                str(jobs),
-                "-m",
-                "sim:claude-haiku-4-5",
-                "-c",
-                "256",
-                "--quiet",
-                "-o",
-                str(tmp / f"engine-{n}.results.jsonl"),
-                "--fresh",
-            ],
-            {"LLMBATCH_SIM_LATENCY_MS": "0"},
-        )
-        out[str(n)] = {
-            "jobs_per_s": round(n / m["wall_s"], 1),
-            "wall_s": round(m["wall_s"], 2),
-            "peak_rss_mib": round(m["rss_mib"], 1),
-        }
+        floor = child([PY, str(BENCH / "io_floor.py"), str(jobs), str(tmp / "io-floor.jsonl")])
+        row = engine_row(n, jobs, tmp, floor["cpu_s"], {})
+        if before:
+            row["before"] = engine_row(n, jobs, tmp, floor["cpu_s"], {"PYTHONPATH": before})
+        out[str(n)] = row
         jobs.unlink()
     return out
 
@@ -179,19 +156,7 @@ def section_startup(tmp: Path) -> dict[str, Any]:
     return {
         "help_s": median([PY, "-m", "llmbatch", "--help"]),
         "run_one_s": median(
-            [
-                PY,
-                "-m",
-                "llmbatch",
-                "run",
-                str(one),
-                "-m",
-                "sim:claude-haiku-4-5",
-                "--quiet",
-                "-o",
-                str(tmp / "one.out.jsonl"),
-                "--fresh",
-            ],
+            llmbatch_run(one, "sim:claude-haiku-4-5", tmp / "one.out.jsonl"),
             {"LLMBATCH_SIM_LATENCY_MS": "0"},
         ),
     }
@@ -207,25 +172,10 @@ def section_ratelimit(tmp: Path) -> dict[str, Any]:
         fake.start()
         try:
             env = {"OPENAI_BASE_URL": fake.url + "/v1", "OPENAI_API_KEY": "k", "NO_PROXY": "*"}
-            child(
-                [
-                    PY,
-                    "-m",
-                    "llmbatch",
-                    "run",
-                    str(jobs),
-                    "-m",
-                    "openai:gpt-4o-mini",
-                    "-c",
-                    "32",
-                    "--quiet",
-                    "-o",
-                    str(tmp / f"rl-{label}.jsonl"),
-                    "--fresh",
-                    *extra,
-                ],
-                env,
+            cmd = llmbatch_run(
+                jobs, "openai:gpt-4o-mini", tmp / f"rl-{label}.jsonl", "-c", "32", *extra
             )
+            child(cmd, env)
             ok = sorted(r.at for r in fake.records if r.outcome == "ok")
             pace = (len(ok) - 1) / (ok[-1] - ok[0])
             out[label] = {
@@ -238,111 +188,96 @@ def section_ratelimit(tmp: Path) -> dict[str, Any]:
     return out
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
+def chosen_sections() -> tuple[str, ...]:
+    for i, arg in enumerate(sys.argv):
+        if arg == "--only":
+            wanted = tuple(sys.argv[i + 1].split(","))
+            unknown = set(wanted) - set(SECTIONS)
+            if unknown:
+                sys.exit(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+            return wanted
+    return SECTIONS
+
+
+def run_sections(sections: tuple[str, ...], tmp: Path) -> dict[str, Any]:
+    labels = {
+        "tls": f"TLS, 300-token streams ({TLS_REQ:,} requests, concurrency {TLS_CONC})",
+        "cpu": f"CPU per request, plain HTTP ({N_REQ:,} requests, concurrency {CONC})",
+        "engine": "engine throughput and memory (sim, no latency) against the I/O floor",
+        "startup": "start-up",
+        "ratelimit": "rate-limit efficiency",
+    }
+    results: dict[str, Any] = {}
+    for i, name in enumerate(sections, 1):
+        print(f"{i}/{len(sections)} {labels[name]} …", flush=True)
+        started = time.perf_counter()
+        if name == "tls":
+            results[name] = section_tls(tmp, TLS_REQ, TLS_CONC)
+        else:
+            results[name] = globals()[f"section_{name}"](tmp)
+        print(f"    {time.perf_counter() - started:.0f} s", flush=True)
+    return results
+
+
+def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -> None:
+    if "tls" in results:
+        print("\n| TLS | client | CPU ms/req | req/s | cores | conns | fake CPU ms/req |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        for provider in ("anthropic", "openai"):
+            for name, r in results["tls"].get(provider, {}).items():
+                if isinstance(r, dict):
+                    print(
+                        f"| {provider} | {name} | {r['cpu_ms_per_req']} | {r['req_per_s']} | "
+                        f"{r['cores']} | {r['connections']} | {r['fake_cpu_ms_per_req']} |"
+                    )
+    if "cpu" in results:
+        print("\n| plain HTTP | client | CPU ms/request | wall s |")
+        print("|---|---|---:|---:|")
+        for provider, row in results["cpu"].items():
+            for name in ("llmbatch", "floor", "sdk"):
+                r = row[name]
+                print(f"| {provider} | {name} | {r['cpu_ms_per_req']} | {r['wall_s']} |")
+    if "engine" in results:
+        print("\n| sim jobs | jobs/s | jobs/CPU-s | I/O floor jobs/CPU-s | wall s | peak RSS MiB |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for n, row in results["engine"].items():
+            for tag, r in (("before ", row.get("before")), ("", row)):
+                if r is not None:
+                    cells = [f"{tag}{int(n):,}", f"{r['jobs_per_s']:,.0f}"]
+                    cells += [f"{r['jobs_per_cpu_s']:,.0f}", f"{r['io_floor_jobs_per_cpu_s']:,.0f}"]
+                    cells += [str(r["wall_s"]), str(r["peak_rss_mib"])]
+                    print("| " + " | ".join(cells) + " |")
+    print("\n| target | value | verdict |")
+    print("|---|---:|---|")
+    for t, v, p in checks:
+        verdict = "info" if t.endswith("(info)") else ("PASS" if p else "FAIL")
+        print(f"| {t} | {v} | {verdict} |")
 
 
 def main() -> None:
+    sections = chosen_sections()
+    started = time.perf_counter()
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "quick": QUICK,
     }
     with tempfile.TemporaryDirectory(prefix="llmbatch-bench-") as d:
-        tmp = Path(d)
-        print("1/4 CPU per streamed request (2,000 requests, concurrency 64) …", flush=True)
-        results["cpu"] = section_cpu(tmp)
-        print("2/4 engine throughput and memory (sim, no latency) …", flush=True)
-        results["engine"] = section_engine(tmp)
-        print("3/4 start-up …", flush=True)
-        results["startup"] = section_startup(tmp)
-        print("4/4 rate-limit efficiency …", flush=True)
-        results["ratelimit"] = section_ratelimit(tmp)
-
-    checks: list[tuple[str, str, bool]] = []
-    for provider, row in results["cpu"].items():
-        checks.append(
-            (
-                f"{provider}: CPU/request ≤ 2× floor",
-                f"{row['cpu_vs_floor']}×",
-                row["cpu_vs_floor"] <= 2.0,
-            )
-        )
-        checks.append(
-            (
-                f"{provider}: SDK loop ≥ 2.5× our CPU",
-                f"{row['sdk_vs_llmbatch']}×",
-                row["sdk_vs_llmbatch"] >= 2.5,
-            )
-        )
-        checks.append(
-            (
-                f"{provider}: wall ≤ 1.3× floor",
-                f"{row['wall_vs_floor']}×",
-                row["wall_vs_floor"] <= 1.3,
-            )
-        )
-    eng = results["engine"]
-    for n, row in eng.items():
-        checks.append(
-            (
-                f"sim engine {int(n):,} jobs ≥ 8,000 jobs/s",
-                f"{row['jobs_per_s']:,.0f}/s",
-                row["jobs_per_s"] >= 8000,
-            )
-        )
-    checks.append(
-        (
-            "peak RSS at 200k ≤ 150 MiB",
-            f"{eng['200000']['peak_rss_mib']} MiB",
-            eng["200000"]["peak_rss_mib"] <= 150,
-        )
-    )
-    growth = eng["200000"]["peak_rss_mib"] / eng["50000"]["peak_rss_mib"] - 1
-    results["engine_rss_growth_50k_to_200k"] = round(growth, 3)
-    checks.append(("RSS growth 50k → 200k ≤ 30%", f"{growth:.0%}", growth <= 0.30))
-    st = results["startup"]
-    checks.append(("`llmbatch --help` ≤ 0.35 s", f"{st['help_s']} s", st["help_s"] <= 0.35))
-    checks.append(("one-line sim run (info)", f"{st['run_one_s']} s", True))
-    rl = results["ratelimit"]
-    checks.append(
-        (
-            "--rpm: pace ≥ 95% of allowed",
-            f"{rl['with_rpm']['pace_ratio']:.0%}",
-            rl["with_rpm"]["pace_ratio"] >= 0.95,
-        )
-    )
-    checks.append(
-        (
-            "--rpm: ≤ 1% rejected",
-            f"{rl['with_rpm']['rejected_ratio']:.1%}",
-            rl["with_rpm"]["rejected_ratio"] <= 0.01,
-        )
-    )
-    checks.append(("no --rpm: pace (info)", f"{rl['without_rpm']['pace_ratio']:.0%}", True))
-    checks.append(("no --rpm: rejected (info)", f"{rl['without_rpm']['rejected_ratio']:.1%}", True))
+        results.update(run_sections(sections, Path(d)))
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    checks = all_checks(results)
     results["checks"] = [{"target": t, "value": v, "pass": p} for t, v, p in checks]
-
-    print()
-    print("| provider | client | CPU ms/request | wall s |")
-    print("|---|---|---:|---:|")
-    for provider, row in results["cpu"].items():
-        for name in ("llmbatch", "floor", "sdk"):
-            print(
-                f"| {provider} | {name} | {row[name]['cpu_ms_per_req']} | {row[name]['wall_s']} |"
-            )
-    print()
-    print("| sim jobs | jobs/s | wall s | peak RSS MiB |")
-    print("|---:|---:|---:|---:|")
-    for n, row in eng.items():
-        print(
-            f"| {int(n):,} | {row['jobs_per_s']:,.0f} | {row['wall_s']} | {row['peak_rss_mib']} |"
-        )
-    print()
-    print("| target | value | verdict |")
-    print("|---|---:|---|")
-    for t, v, p in checks:
-        print(f"| {t} | {v} | {verdict(p)} |")
-    (BENCH / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwritten: {BENCH / 'results.json'}")
+    print_tables(results, checks)
+    if sections == SECTIONS:
+        path = BENCH / "results.json"
+    else:
+        path = BENCH / "out" / "results-partial.json"
+        path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten: {path}  ({results['duration_s']:.0f} s in all)")
 
 
 if __name__ == "__main__":

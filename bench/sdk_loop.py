@@ -1,6 +1,9 @@
 """The official SDK, plainly: AsyncAnthropic / AsyncOpenAI, max_retries=0, streaming.
 
 usage: sdk_loop.py anthropic|openai BASE_URL N CONCURRENCY OUT
+
+Default clients, as a user would write it: ``https://`` URLs trust ``SSL_CERT_FILE``
+(the SDKs' httpx reads it), connection limits are the SDKs' own.
 """
 
 from __future__ import annotations

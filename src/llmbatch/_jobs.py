@@ -281,16 +281,24 @@ def estimate_input_tokens(request: Request, *, conservative: bool = False) -> in
     ``conservative`` counts UTF-8 bytes instead: no tokenizer makes more tokens
     than bytes, so a budget reserved from it is never short.
     """
-    parts = [request.system, *(m.get("content") for m in request.messages)]
-    overhead = 4 * len(request.messages) + 8
+    # Runs a few times per attempt: a plain loop, no intermediate lists.
+    messages = request.messages
+    overhead = 4 * len(messages) + 8
     if conservative:
-        return sum(_byte_len(p) for p in parts) + overhead
-    return max(1, math.ceil(sum(len(text_of(p)) for p in parts) / 4) + overhead)
+        size = _byte_len(request.system)
+        for m in messages:
+            size += _byte_len(m.get("content"))
+        return size + overhead
+    chars = len(text_of(request.system))
+    for m in messages:
+        chars += len(text_of(m.get("content")))
+    return max(1, math.ceil(chars / 4) + overhead)
 
 
 def _byte_len(content: Any) -> int:
     if isinstance(content, str):
-        return len(content.encode())
+        # ASCII text is one byte a character: no need to encode it to count.
+        return len(content) if content.isascii() else len(content.encode())
     if isinstance(content, list):
         return len(orjson.dumps(content))
     return 0
