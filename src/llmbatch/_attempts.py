@@ -193,7 +193,7 @@ class JobRunner:
         if held is None or isinstance(held, Refusal):
             return held
         gate = self.gates[ref]
-        async with self.budgets.holding(held):
+        try:
             with self.stopper.interruptible() as waiting:
                 await gate.acquire(res.input_tokens, res.output_tokens)
             if waiting.cancelled_caught:
@@ -212,6 +212,8 @@ class JobRunner:
             real = usage or Usage()
             held.spend(cost or 0.0, real.total)
             gate.settle(res.input_tokens, res.output_tokens, real.input_tokens, real.output_tokens)
+        finally:
+            await self.budgets.settle(held)  # however the attempt ends
         if isinstance(outcome, Answer):
             self._auth_failures = 0
             self._answered.add(ref.provider)

@@ -8,13 +8,13 @@ waiting while attempts in flight may still free enough, and always settles.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
 
-from ._budget import BudgetLedger, Hold, Refusal
+from ._budget import BudgetLedger, Hold, Refusal, RunBudget
 from ._clock import Clock
 from ._exceptions import SharedStoreError
 
@@ -122,7 +122,11 @@ class Budgets:
     async def _try(self, cost: float, tokens: int) -> Held | Refusal:
         held: list[tuple[BudgetLedger, Hold]] = []
         for ledger in self.ledgers:
-            answer = await ledger.reserve(cost, tokens)
+            # The run's own cap never awaits: skip a coroutine per attempt on the hot path.
+            if isinstance(ledger, RunBudget):
+                answer = ledger.reserve_now(cost, tokens)
+            else:
+                answer = await ledger.reserve(cost, tokens)
             if isinstance(answer, Refusal):
                 for other, hold in held:
                     await other.settle(hold, 0.0, 0)
@@ -135,6 +139,9 @@ class Budgets:
         cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
         with anyio.CancelScope(shield=True):
             for ledger, hold in held.holds:
+                if isinstance(ledger, RunBudget):
+                    ledger.settle_now(hold, cost, tokens)
+                    continue
                 try:
                     await ledger.settle(hold, cost, tokens)
                 except SharedStoreError as exc:
@@ -143,14 +150,6 @@ class Budgets:
         if self._settled is not None:
             self._settled.set()
             self._settled = None
-
-    @asynccontextmanager
-    async def holding(self, held: Held) -> AsyncIterator[Held]:
-        """Settle ``held`` however the attempt ends."""
-        try:
-            yield held
-        finally:
-            await self.settle(held)
 
     async def aclose(self) -> None:
         for ledger in self.ledgers:
