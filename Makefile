@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint typecheck unit parts bench clean
 
+# uv installs the same packages from PyPI about three times faster than pip;
+# where it cannot be had, pip does the job.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	{ $(BIN)/python -m pip install --quiet uv && \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'; } || \
+	  $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # The main job on samples/, offline: live progress, results, the report.
