@@ -11,6 +11,7 @@ from llmbatch._breaker import Breaker
 from llmbatch._config import ModelLimits
 from llmbatch._events import BreakerChanged, LimitChanged
 from llmbatch._headers import RateLimitHint, hint_from_headers
+from llmbatch._learned import RateLearner
 from llmbatch._ratelimit import ModelGate, Pacer
 from llmbatch._retry import RETRY_AFTER_JITTER_S, Backoff
 from llmbatch.testing import FakeClock
@@ -171,10 +172,11 @@ def test_a_429_with_quota_left_slows_nobody() -> None:
     assert gate.describe()["rate_limited"] == 10
 
 
-async def test_pace_429s_without_headers_cut_once_per_window_and_pause() -> None:
+async def test_a_streak_of_429s_holds_until_the_quota_frees_then_measures_it() -> None:
     clock = FakeClock()
     events: list[LimitChanged] = []
     gate = ModelGate(ModelLimits(), clock=clock, name="x:m", on_change=events.append)
+    first_ok = clock.monotonic() + 0.01
     async with clock.autojump():
         for _ in range(40):
             await gate.acquire(1, 1)
@@ -185,8 +187,21 @@ async def test_pace_429s_without_headers_cut_once_per_window_and_pause() -> None
         gate.on_rate_limited(2.0, None)
     cuts = [e for e in events if e.reason == "rate_limited"]
     assert len(cuts) == 1 and cuts[0].rpm_before is None
-    assert cuts[0].rpm_after is not None and cuts[0].rpm_after > 0
-    assert gate.requests.paused_until == pytest.approx(clock.monotonic() + 2.0)
+    # 40 got through: paced at 95% of 40 per horizon until the hold ends...
+    limit = 40 / RateLearner.HORIZON
+    assert cuts[0].rpm_after == pytest.approx(RateLearner.MARGIN * limit * 60)
+    # ...and nothing is sent until a horizon after the oldest of them (past the retry-after).
+    assert gate.requests.paused_until == pytest.approx(first_ok + RateLearner.HORIZON)
+    assert gate.requests.paused_until > clock.monotonic() + 2.0
+    clock.advance(1.0)
+    gate.on_success(None)  # an answer still in flight when the quota ran out: it counts
+    gate.on_rate_limited(2.0, None)  # sent before the hold: no evidence, no second cut
+    clock.advance(RateLearner.HORIZON)
+    async with clock.autojump():
+        await gate.acquire(1, 1)
+    assert events[-1].reason == "limit measured"
+    assert events[-1].rpm_after == pytest.approx(RateLearner.MARGIN * 41 / RateLearner.HORIZON * 60)
+    assert len([e for e in events if e.reason == "rate_limited"]) == 1
     assert gate.describe()["source"] == "learned"
 
 

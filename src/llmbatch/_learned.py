@@ -6,15 +6,19 @@ busy provider, a proxy) kept cutting it. Here:
 
 * Only *pace* 429s count: a 429 whose rate-limit headers say quota remains is
   noise (``ModelGate`` tells us so; its own request waits its retry-after).
-* A cut needs evidence: quota headers at zero, or at least ``MIN_EVIDENCE`` pace
-  429s in the last ``HORIZON`` making up significantly (two standard errors)
-  more than the tolerated share of at least ``MIN_SAMPLE`` outcomes, or half of
-  fewer. At most one cut per ``WINDOW`` and none while the last is being judged.
-  A cut keeps ``BETA`` of the pace, or goes straight to the achieved success rate
-  when ``STRONG`` shares are refused; never below the success rate achieved at
-  the present pace (a genuine limit lets exactly its rate through, so the floor
-  lands on it), never below ``MIN_RATE``.
-* Each cut is an experiment. A genuine limit lets a fixed number through, so
+* **A full quota is measured, not guessed.** Quota headers at zero, a streak of
+  pace 429s in a row (``STREAK_P``: too long for the tolerated noise to explain),
+  or a ``STRONG`` share of them say a quota is spent. Then nothing is sent until
+  it has surely freed: a ``HORIZON`` after the oldest success still within one
+  (or the retry-after, if later). Every success that arrived from the oldest
+  one until then is what one quota let through, so the limit is that count over
+  that span (at least a ``HORIZON``), and the rate becomes ``MARGIN`` of it. 429s
+  of requests sent before the hold ended are no evidence against the new rate.
+* Otherwise a cut needs a share of pace 429s significantly (two standard errors)
+  above the tolerated one among at least ``MIN_SAMPLE`` outcomes since the last
+  hold, at least ``MIN_EVIDENCE`` of them. At most one cut per ``WINDOW``. Such a
+  cut keeps ``BETA`` of the pace, never less than the success rate achieved at it.
+* Each such cut is an experiment. A genuine limit lets a fixed number through, so
   sending less lowers the 429 share; random 429s keep their share whatever we
   send. ``JUDGE_SAMPLE`` outcomes after a cut are compared with both predictions;
   if they look like noise the cut is undone and about twice that share is
@@ -42,6 +46,7 @@ class RateChange:
     before: float | None
     after: float | None
     reason: str
+    hold_until: float | None = None  # send nothing before this: the quota is spent
 
 
 @dataclass(slots=True)
@@ -52,6 +57,15 @@ class _Trial:
     ratio: float  # pace-429 share of outcomes when we cut
     sent_rate: float  # sends per second when we cut
     counts: list[int]  # since ``at``: ok, pace 429s, noise 429s, sends
+
+
+@dataclass(slots=True)
+class _Measure:
+    """A spent quota being measured: the successes one quota let through, until it frees."""
+
+    first_ok: float  # the oldest success within a horizon when the quota ran out
+    until: float  # nothing is sent before this
+    ok: int  # successes from ``first_ok`` on, so far
 
 
 @dataclass(slots=True)
@@ -76,6 +90,9 @@ class RateLearner:
     BETA = 0.7  # a cut keeps this share of the pace, at least
     MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
     PROBE_QUIET = 30.0  # seconds without pace 429s beyond the noise before probing higher
+    STREAK_P = 1e-4  # pace 429s in a row this unlikely as tolerated noise mean a spent quota
+    MIN_OK = 5  # successes within the horizon before a spent quota is measured by them
+    MARGIN = 0.95  # a measured limit is paced at this share of it
 
     def __init__(self) -> None:
         self.rate: float | None = None  # None: open, only concurrency bounds it
@@ -94,6 +111,9 @@ class RateLearner:
         self._trial: _Trial | None = None
         self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
         self._hot_rate: float | None = None  # the pace that last drew pace 429s
+        self._streak = 0  # pace 429s since the last success
+        self._hold_until = -math.inf  # 429s before this were sent before the last hold
+        self._measure: _Measure | None = None
 
     # -- what happened ----------------------------------------------------------------
 
@@ -116,28 +136,27 @@ class RateLearner:
     def pace_429(self, now: float, exhausted: bool = False) -> RateChange | None:
         """A 429 that our pace may have caused; returns the cut, if one is due."""
         change = self._outcome(now, PACE)
-        if now - self._last_cut < self.WINDOW:
-            return change
-        ok, pace, noise = self._counts(now, self.HORIZON)
+        if now < self._hold_until:
+            return change  # sent before the last hold ended: no evidence against its rate
+        ok, pace, noise = self._counts(now, min(self.HORIZON, now - self._hold_until))
         n = ok + pace + noise
         ratio = pace / max(1, n)
-        sampled = n >= self.MIN_SAMPLE
         strong = n >= 2 * self.MIN_SAMPLE and ratio >= max(self.STRONG, 2 * self.tolerated)
-        if self._trial is not None and not (exhausted or strong):
+        if exhausted or strong or self._streak >= self._streak_needed():
+            return self._spent(now) or change
+        if self._streak >= self.MIN_EVIDENCE:
+            return change  # a streak is building: let its length decide
+        if now - self._last_cut < self.WINDOW or self._trial is not None:
             return change  # one experiment at a time
-        if exhausted or strong:
-            cut = self._cut(now, ratio if sampled else 0.0, trial=False)
-        elif pace < self.MIN_EVIDENCE or ratio <= self._significant(n):
+        if pace < self.MIN_EVIDENCE or ratio <= self._significant(n):
             return change
-        elif sampled:
-            cut = self._cut(now, ratio, trial=True)
-        elif ratio >= 0.5:
-            # A few outcomes, most of them 429s (the start of a run): cut by BETA only,
-            # and do not judge the cut by so few.
-            cut = self._cut(now, 0.0, trial=False, sampled=False)
-        else:
-            return change
-        return cut or change
+        if n >= self.MIN_SAMPLE:
+            return self._cut(now, ratio, trial=True) or change
+        if ratio >= 0.5:
+            # A few outcomes, most of them 429s: cut by BETA only, and do not judge
+            # the cut by so few.
+            return self._cut(now, 0.0, trial=False, sampled=False) or change
+        return change
 
     def stated(self, ceiling: float) -> RateChange | None:
         """Headers stated a limit (per second): the rate never goes above it."""
@@ -147,12 +166,49 @@ class RateLearner:
         return None
 
     def paused(self, now: float, until: float) -> None:
-        """The model sends nothing until ``until``: that time does not count as pace."""
+        """The model sends nothing until ``until``: 429s before then are no evidence."""
         self._pause = (now, until)
+        self._hold_until = max(self._hold_until, until)
+        self._streak = 0
         if self._trial is not None:
             self._trial.at = max(self._trial.at, until)
+        if self._measure is not None:
+            self._measure.until = max(self._measure.until, until)
 
     # -- deciding ---------------------------------------------------------------------
+
+    def _spent(self, now: float) -> RateChange | None:
+        """A quota is spent: hold until it has surely freed, then measure what it let through."""
+        oks = [t for t, kind in self._outcomes if kind == OK and now - t <= self.HORIZON]
+        self._streak = 0
+        if len(oks) < self.MIN_OK:
+            # Refused before much got through (a burst of someone else's 429s, a quota
+            # spent elsewhere): nothing to measure, so cut by BETA and recover fast.
+            if now - self._last_cut < self.WINDOW:
+                return None
+            return self._cut(now, 0.0, trial=False, sampled=False)
+        until = oks[0] + self.HORIZON
+        self._measure = _Measure(oks[0], until, len(oks))
+        self._hold_until = max(self._hold_until, until)
+        self._last_cut = now
+        self._trial = None
+        self.cuts += 1
+        self._clean_rate = None
+        # Until it is measured, pace at what got through so far, spread over the horizon.
+        change = self._set(self._capped(self.MARGIN * len(oks) / self.HORIZON), "rate_limited")
+        if change is None:
+            change = RateChange(self.rate, self.rate, "rate_limited")
+        return RateChange(change.before, change.after, change.reason, hold_until=until)
+
+    def _measured(self, m: _Measure) -> RateChange | None:
+        """The hold is over: the limit is what one quota let through, over its span."""
+        self._measure = None
+        limit = m.ok / max(self.HORIZON, m.until - m.first_ok)
+        self._hot_rate = limit
+        return self._set(self._capped(max(self.MIN_RATE, self.MARGIN * limit)), "limit measured")
+
+    def _capped(self, rate: float) -> float:
+        return rate if self.ceiling is None else min(rate, self.ceiling)
 
     def _cut(
         self, now: float, ratio: float, trial: bool, sampled: bool = True
@@ -263,12 +319,22 @@ class RateLearner:
         assert self._window is not None
         if kind == OK:
             self._window.ok += 1
+            self._streak = 0
+            if self._measure is not None and now < self._measure.until:
+                self._measure.ok += 1
         elif kind == PACE:
             self._window.pace += 1
+            if now >= self._hold_until:
+                self._streak += 1
         else:
             self._window.noise += 1
         self._count(now, kind)
         return change
+
+    def _streak_needed(self) -> int:
+        """Pace 429s in a row that tolerated noise would give less than ``STREAK_P`` of the time."""
+        p = max(self.tolerated, self.THRESHOLD)
+        return max(self.MIN_EVIDENCE + 2, math.ceil(math.log(self.STREAK_P) / math.log(p)))
 
     def _significant(self, n: int) -> float:
         """The pace-429 share above which ``n`` outcomes say more than tolerated noise."""
@@ -282,6 +348,8 @@ class RateLearner:
     def _tick(self, now: float) -> RateChange | None:
         """Close every window that has ended; forget what is older than the horizon."""
         change = None
+        if self._measure is not None and now >= self._measure.until:
+            change = self._measured(self._measure)
         if self._window is None:
             self._window = _Window(now)
         while now >= self._window.start + self.WINDOW:

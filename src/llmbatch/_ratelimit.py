@@ -199,10 +199,13 @@ class ModelGate:
                 self.requests.pause(min(retry_after, PAUSE_CAP_S))
             return
         change = self.learner.pace_429(now, exhausted=left is False)
-        if change is not None and change.reason == "rate_limited" and retry_after:
-            # Our pace overran the provider's window: everyone waits for it to drain.
-            self.requests.pause(min(retry_after, PAUSE_CAP_S))
-            self.learner.paused(now, self.requests.paused_until)
+        if change is not None and change.reason == "rate_limited":
+            # Our pace overran the provider's window: everyone waits for it to drain, as
+            # long as the retry-after says or, for a spent quota, until it has surely freed.
+            until = max(now + (retry_after or 0.0), change.hold_until or now)
+            if until > now:
+                self.requests.pause(min(until - now, PAUSE_CAP_S))
+                self.learner.paused(now, self.requests.paused_until)
         self._learned(change)
 
     def _learned(self, change: RateChange | None) -> None:
