@@ -176,29 +176,32 @@ async def test_a_streak_of_429s_holds_until_the_quota_frees_then_measures_it() -
     clock = FakeClock()
     events: list[LimitChanged] = []
     gate = ModelGate(ModelLimits(), clock=clock, name="x:m", on_change=events.append)
-    first_ok = clock.monotonic() + 0.01
+    first_send = clock.monotonic()
     async with clock.autojump():
         for _ in range(40):
             await gate.acquire(1, 1)
             clock.advance(0.01)
+            gate.settle(1, 1, 1, 1)
             gate.on_success(None)
     assert _rate(gate) is None  # open until something says otherwise
+    async with clock.autojump():
+        for _ in range(11):  # in flight as the quota runs out
+            await gate.acquire(1, 1)
     for _ in range(10):
+        gate.settle(1, 1, 0, 0)
         gate.on_rate_limited(2.0, None)
     cuts = [e for e in events if e.reason == "rate_limited"]
-    assert len(cuts) == 1 and cuts[0].rpm_before is None
-    # 40 got through: paced at 95% of 40 per horizon until the hold ends...
-    limit = 40 / RateLearner.HORIZON
-    assert cuts[0].rpm_after == pytest.approx(RateLearner.MARGIN * limit * 60)
-    # ...and nothing is sent until a horizon after the oldest of them (past the retry-after).
-    assert gate.requests.paused_until == pytest.approx(first_ok + RateLearner.HORIZON)
+    assert len(cuts) == 1 and cuts[0].rpm_before is None  # one run of 429s: one cut
+    # Nothing is sent until a horizon after the oldest request (past the retry-after)...
+    assert gate.requests.paused_until == pytest.approx(first_send + RateLearner.HORIZON)
     assert gate.requests.paused_until > clock.monotonic() + 2.0
     clock.advance(1.0)
-    gate.on_success(None)  # an answer still in flight when the quota ran out: it counts
-    gate.on_rate_limited(2.0, None)  # sent before the hold: no evidence, no second cut
+    gate.settle(1, 1, 1, 1)
+    gate.on_success(None)  # the last one in flight got through: it counts
     clock.advance(RateLearner.HORIZON)
     async with clock.autojump():
         await gate.acquire(1, 1)
+    # ...then the limit is what got through over the horizon, paced at 95% of it.
     assert events[-1].reason == "limit measured"
     assert events[-1].rpm_after == pytest.approx(RateLearner.MARGIN * 41 / RateLearner.HORIZON * 60)
     assert len([e for e in events if e.reason == "rate_limited"]) == 1
@@ -248,13 +251,15 @@ def test_given_rpm_pauses_only_on_repeated_429s() -> None:
 # -- simulations: a provider and the attempt loop, in virtual time ------------------------
 
 
-def _run(limits: ModelLimits, jobs: int, concurrency: int = 32, **server: object) -> Sim:
+def _run(
+    limits: ModelLimits, jobs: int, concurrency: int = 32, jitter: float = 0.0, **server: object
+) -> Sim:
     async def go() -> Sim:
         clock = FakeClock()
         events: list[LimitChanged] = []
         gate = ModelGate(limits, clock=clock, name="sim:m", on_change=events.append)
         srv = SimServer(clock, **server)  # type: ignore[arg-type]
-        result = await simulate(gate, srv, jobs=jobs, concurrency=concurrency)
+        result = await simulate(gate, srv, jobs=jobs, concurrency=concurrency, jitter=jitter)
         return Sim(result, events, gate)
 
     return anyio.run(go)
@@ -325,6 +330,33 @@ def test_a_sliding_window_with_a_fixed_retry_after_is_learned_without_collapse()
     assert r.rejected_share <= 0.03, r.outcomes
     late = [e.rpm_after for e in sim.events if e.ts - FakeClock().time() > 60.0]
     assert late and min(x or 0.0 for x in late) >= 0.8 * 600  # it never sank far below
+
+
+_RETRY = {
+    "retry-after 1": {"limit_retry_after": 1.0},  # as tests/fakeapi.py says by default
+    "retry-after until free": {},  # the real wait, as providers and llmock say
+    "no retry-after": {"no_retry_after": True},
+}
+
+
+@pytest.mark.parametrize("retry", list(_RETRY))
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+@pytest.mark.parametrize("jitter", [0.0, 0.15])
+def test_a_genuine_limit_in_windows_is_measured_after_the_first_burst(
+    kind: str, retry: str, jitter: float
+) -> None:
+    # The live case: 600/min in 5 s windows of 50, no headers, no --rpm, -c 32. The first
+    # burst spends the quota; with jitter, answers and 429s interleave as on a real loop.
+    sim = _run(
+        ModelLimits(), 600, jitter=jitter, limit=50, window_s=5.0, headers=False,
+        sliding=kind == "sliding", **_RETRY[retry],
+    )  # fmt: skip
+    r = sim.result
+    assert r.done == 600
+    assert r.pace() >= 0.8 * 10.0, [(e.rpm_after, e.reason) for e in sim.events]
+    assert r.rejected_share <= 0.03, r.outcomes
+    measured = [e for e in sim.events if e.reason == "limit measured"]
+    assert measured and all(0.8 * 600 <= (e.rpm_after or 0.0) <= 600 for e in measured)
 
 
 def test_a_genuine_limit_with_headers_is_held_under() -> None:

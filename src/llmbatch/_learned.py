@@ -7,7 +7,8 @@ busy provider, a proxy) kept cutting it. Here:
 * Only *pace* 429s count: a 429 whose rate-limit headers say quota remains is
   noise (``ModelGate`` tells us so; its own request waits its retry-after).
 * **A full quota is measured, not guessed.** Quota headers at zero, a streak of
-  pace 429s in a row (``STREAK_P``: too long for the tolerated noise to explain),
+  run of pace 429s among the last ``RECENT`` answers (``SPENT_P``: more than the
+  tolerated noise would give), or a ``STRONG`` share of them with most of the
   or a ``STRONG`` share of them say a quota is spent. Then nothing is sent until
   it has surely freed: a ``HORIZON`` after the oldest success still within one
   (or the retry-after, if later). Every success that arrived from the oldest
@@ -63,9 +64,10 @@ class _Trial:
 class _Measure:
     """A spent quota being measured: the successes one quota let through, until it frees."""
 
-    first_ok: float  # the oldest success within a horizon when the quota ran out
+    first: float  # the oldest request sent within a horizon when the quota ran out
     until: float  # nothing is sent before this
-    ok: int  # successes from ``first_ok`` on, so far
+    ok: int  # successes from ``first`` on, so far
+    rate_before: float | None  # the rate before the hold
 
 
 @dataclass(slots=True)
@@ -90,7 +92,8 @@ class RateLearner:
     BETA = 0.7  # a cut keeps this share of the pace, at least
     MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
     PROBE_QUIET = 30.0  # seconds without pace 429s beyond the noise before probing higher
-    STREAK_P = 1e-4  # pace 429s in a row this unlikely as tolerated noise mean a spent quota
+    RECENT = 12  # the last answers (successes and pace 429s) read for a run of 429s
+    SPENT_P = 1e-4  # a run of pace 429s this unlikely as tolerated noise: a spent quota
     MIN_OK = 5  # successes within the horizon before a spent quota is measured by them
     MARGIN = 0.95  # a measured limit is paced at this share of it
 
@@ -111,7 +114,7 @@ class RateLearner:
         self._trial: _Trial | None = None
         self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
         self._hot_rate: float | None = None  # the pace that last drew pace 429s
-        self._streak = 0  # pace 429s since the last success
+        self._recent: deque[int] = deque(maxlen=self.RECENT)  # the last answers' kinds
         self._hold_until = -math.inf  # 429s before this were sent before the last hold
         self._measure: _Measure | None = None
 
@@ -133,8 +136,14 @@ class RateLearner:
     def noise_429(self, now: float) -> RateChange | None:
         return self._outcome(now, NOISE)
 
-    def pace_429(self, now: float, exhausted: bool = False) -> RateChange | None:
-        """A 429 that our pace may have caused; returns the cut, if one is due."""
+    def pace_429(
+        self, now: float, exhausted: bool = False, in_flight: int = 0
+    ) -> RateChange | None:
+        """A 429 that our pace may have caused; returns the cut, if one is due.
+
+        ``in_flight``: requests sent and not yet answered (their successes may be
+        what spent the quota).
+        """
         change = self._outcome(now, PACE)
         if now < self._hold_until:
             return change  # sent before the last hold ended: no evidence against its rate
@@ -142,10 +151,10 @@ class RateLearner:
         n = ok + pace + noise
         ratio = pace / max(1, n)
         strong = n >= 2 * self.MIN_SAMPLE and ratio >= max(self.STRONG, 2 * self.tolerated)
-        if exhausted or strong or self._streak >= self._streak_needed():
-            return self._spent(now) or change
-        if self._streak >= self.MIN_EVIDENCE:
-            return change  # a streak is building: let its length decide
+        if exhausted or strong or self._recent.count(PACE) >= self._run_needed():
+            return self._spent(now, in_flight) or change
+        if self._recent.count(PACE) >= self.MIN_EVIDENCE:
+            return change  # a run of them is building: let it decide
         if now - self._last_cut < self.WINDOW or self._trial is not None:
             return change  # one experiment at a time
         if pace < self.MIN_EVIDENCE or ratio <= self._significant(n):
@@ -158,6 +167,24 @@ class RateLearner:
             return self._cut(now, 0.0, trial=False, sampled=False) or change
         return change
 
+    def answered(self, now: float, in_flight: int) -> RateChange | None:
+        """After an answer: if all sent before a hold are in and too few got through to
+        measure, the hold ends now (``hold_until``) and the rate is cut by BETA instead."""
+        m = self._measure
+        if m is None or in_flight > 0 or m.ok >= self.MIN_OK:
+            return None
+        return self._unmeasured(now, m)
+
+    def _unmeasured(self, now: float, m: _Measure) -> RateChange:
+        """Not a quota we spent (someone else's 429s, a quota spent elsewhere): stop
+        holding, and cut by BETA from where we were, to recover fast."""
+        self._measure = None
+        self._hold_until = min(self._hold_until, now)
+        held = self.rate
+        self.rate, self._last_cut = m.rate_before, -math.inf
+        self._cut(now, 0.0, trial=False, sampled=False)
+        return RateChange(held, self.rate, "rate_limited", hold_until=now)
+
     def stated(self, ceiling: float) -> RateChange | None:
         """Headers stated a limit (per second): the rate never goes above it."""
         self.ceiling = ceiling
@@ -169,7 +196,7 @@ class RateLearner:
         """The model sends nothing until ``until``: 429s before then are no evidence."""
         self._pause = (now, until)
         self._hold_until = max(self._hold_until, until)
-        self._streak = 0
+        self._recent.clear()
         if self._trial is not None:
             self._trial.at = max(self._trial.at, until)
         if self._measure is not None:
@@ -177,33 +204,41 @@ class RateLearner:
 
     # -- deciding ---------------------------------------------------------------------
 
-    def _spent(self, now: float) -> RateChange | None:
-        """A quota is spent: hold until it has surely freed, then measure what it let through."""
+    def _spent(self, now: float, in_flight: int) -> RateChange | None:
+        """A quota is spent: send nothing until it frees, then measure what it let through."""
         oks = [t for t, kind in self._outcomes if kind == OK and now - t <= self.HORIZON]
-        self._streak = 0
-        if len(oks) < self.MIN_OK:
+        sends = [t for t in self._sends if now - t <= self.HORIZON]
+        self._recent.clear()
+        if len(oks) + in_flight < self.MIN_OK or not sends:
             # Refused before much got through (a burst of someone else's 429s, a quota
             # spent elsewhere): nothing to measure, so cut by BETA and recover fast.
             if now - self._last_cut < self.WINDOW:
                 return None
             return self._cut(now, 0.0, trial=False, sampled=False)
-        until = oks[0] + self.HORIZON
-        self._measure = _Measure(oks[0], until, len(oks))
+        # The provider counted our oldest request within a horizon when it arrived; a
+        # horizon later its slot is free again, and those after it free as fast as
+        # they were sent, faster than we will send again.
+        first = sends[0]
+        until = first + self.HORIZON
+        self._measure = _Measure(first, until, len(oks), self.rate)
         self._hold_until = max(self._hold_until, until)
         self._last_cut = now
         self._trial = None
         self.cuts += 1
         self._clean_rate = None
-        # Until it is measured, pace at what got through so far, spread over the horizon.
-        change = self._set(self._capped(self.MARGIN * len(oks) / self.HORIZON), "rate_limited")
-        if change is None:
-            change = RateChange(self.rate, self.rate, "rate_limited")
-        return RateChange(change.before, change.after, change.reason, hold_until=until)
+        # Until it is measured, pace as if all in flight get through, over the horizon.
+        got = len(oks) + in_flight
+        guess = self._capped(max(self.MIN_RATE, self.MARGIN * got / self.HORIZON))
+        before = self.rate
+        self.rate = guess
+        return RateChange(before, guess, "rate_limited", hold_until=until)
 
     def _measured(self, m: _Measure) -> RateChange | None:
         """The hold is over: the limit is what one quota let through, over its span."""
+        if m.ok < self.MIN_OK:
+            return self._unmeasured(m.until, m)
         self._measure = None
-        limit = m.ok / max(self.HORIZON, m.until - m.first_ok)
+        limit = m.ok / max(self.HORIZON, m.until - m.first)
         self._hot_rate = limit
         return self._set(self._capped(max(self.MIN_RATE, self.MARGIN * limit)), "limit measured")
 
@@ -319,22 +354,27 @@ class RateLearner:
         assert self._window is not None
         if kind == OK:
             self._window.ok += 1
-            self._streak = 0
+            self._recent.append(OK)
             if self._measure is not None and now < self._measure.until:
                 self._measure.ok += 1
         elif kind == PACE:
             self._window.pace += 1
             if now >= self._hold_until:
-                self._streak += 1
+                self._recent.append(PACE)
         else:
             self._window.noise += 1
         self._count(now, kind)
         return change
 
-    def _streak_needed(self) -> int:
-        """Pace 429s in a row that tolerated noise would give less than ``STREAK_P`` of the time."""
-        p = max(self.tolerated, self.THRESHOLD)
-        return max(self.MIN_EVIDENCE + 2, math.ceil(math.log(self.STREAK_P) / math.log(p)))
+    def _run_needed(self) -> int:
+        """Pace 429s among ``RECENT`` answers that tolerated noise reaches under ``SPENT_P``."""
+        p, n = max(self.tolerated, self.THRESHOLD), self.RECENT
+        tail = 0.0
+        for k in range(n, 0, -1):
+            tail += math.comb(n, k) * p**k * (1.0 - p) ** (n - k)
+            if tail > self.SPENT_P:
+                return max(self.MIN_EVIDENCE + 2, k + 1)  # n + 1: no run is enough
+        return n + 1
 
     def _significant(self, n: int) -> float:
         """The pace-429 share above which ``n`` outcomes say more than tolerated noise."""
