@@ -36,6 +36,7 @@ class SimServer:
     sliding: bool = False  # a sliding window (tests/fakeapi.py) instead of fixed windows
     limit_retry_after: float | None = None  # on limit 429s; None: the real wait (as llmock)
     no_retry_after: bool = False  # limit 429s carry no retry-after at all
+    whole_seconds: bool = False  # the real wait rounded up to whole seconds (as providers)
     noise_429: float = 0.0  # share of random 429s that have nothing to do with pace
     noise_5xx: float = 0.0
     headers: bool = True  # send rate-limit headers
@@ -68,7 +69,9 @@ class SimServer:
             if wait is not None:
                 if self.no_retry_after:
                     return LIMITED, None
-                return LIMITED, wait if self.limit_retry_after is None else self.limit_retry_after
+                if self.limit_retry_after is not None:
+                    return LIMITED, self.limit_retry_after
+                return LIMITED, max(1, math.ceil(wait)) if self.whole_seconds else wait
         roll = self._rng.random()
         if roll < self.noise_429:
             return NOISE_429, self.noise_retry_after

@@ -332,9 +332,10 @@ def test_a_sliding_window_with_a_fixed_retry_after_is_learned_without_collapse()
     assert late and min(x or 0.0 for x in late) >= 0.8 * 600  # it never sank far below
 
 
-_RETRY = {
+_RETRY: dict[str, dict[str, object]] = {
     "retry-after 1": {"limit_retry_after": 1.0},  # as tests/fakeapi.py says by default
-    "retry-after until free": {},  # the real wait, as providers and llmock say
+    "retry-after until free": {},  # the real wait, as llmock says
+    "whole seconds until free": {"whole_seconds": True},  # rounded up, as providers say
     "no retry-after": {"no_retry_after": True},
 }
 
@@ -347,10 +348,8 @@ def test_a_genuine_limit_in_windows_is_measured_after_the_first_burst(
 ) -> None:
     # The live case: 600/min in 5 s windows of 50, no headers, no --rpm, -c 32. The first
     # burst spends the quota; with jitter, answers and 429s interleave as on a real loop.
-    sim = _run(
-        ModelLimits(), 600, jitter=jitter, limit=50, window_s=5.0, headers=False,
-        sliding=kind == "sliding", **_RETRY[retry],
-    )  # fmt: skip
+    server = {"limit": 50, "window_s": 5.0, "headers": False, "sliding": kind == "sliding"}
+    sim = _run(ModelLimits(), 600, 32, jitter, **server, **_RETRY[retry])
     r = sim.result
     assert r.done == 600
     assert r.pace() >= 0.8 * 10.0, [(e.rpm_after, e.reason) for e in sim.events]

@@ -66,6 +66,7 @@ class _Measure:
 
     first: float  # the oldest request sent within a horizon when the quota ran out
     until: float  # nothing is sent before this
+    span_end: float  # the quota surely freed by then (``until`` less retry-after rounding)
     ok: int  # successes from ``first`` on, so far
     rate_before: float | None  # the rate before the hold
 
@@ -200,7 +201,10 @@ class RateLearner:
         if self._trial is not None:
             self._trial.at = max(self._trial.at, until)
         if self._measure is not None:
+            # Providers round a retry-after up to whole seconds: the quota may free up to
+            # a second earlier, so measure over the shorter span (MARGIN covers the rest).
             self._measure.until = max(self._measure.until, until)
+            self._measure.span_end = max(self._measure.span_end, until - 1.0)
 
     # -- deciding ---------------------------------------------------------------------
 
@@ -220,7 +224,7 @@ class RateLearner:
         # they were sent, faster than we will send again.
         first = sends[0]
         until = first + self.HORIZON
-        self._measure = _Measure(first, until, len(oks), self.rate)
+        self._measure = _Measure(first, until, until, len(oks), self.rate)
         self._hold_until = max(self._hold_until, until)
         self._last_cut = now
         self._trial = None
@@ -238,7 +242,7 @@ class RateLearner:
         if m.ok < self.MIN_OK:
             return self._unmeasured(m.until, m)
         self._measure = None
-        limit = m.ok / max(self.HORIZON, m.until - m.first)
+        limit = m.ok / max(self.HORIZON, m.span_end - m.first)
         self._hot_rate = limit
         return self._set(self._capped(max(self.MIN_RATE, self.MARGIN * limit)), "limit measured")
 
