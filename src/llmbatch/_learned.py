@@ -6,15 +6,20 @@ busy provider, a proxy) kept cutting it. Here:
 
 * Only *pace* 429s count: a 429 whose rate-limit headers say quota remains is
   noise (``ModelGate`` tells us so; its own request waits its retry-after).
-* **A full quota is measured, not guessed.** Quota headers at zero, a streak of
-  run of pace 429s among the last ``RECENT`` answers (``SPENT_P``: more than the
-  tolerated noise would give), or a ``STRONG`` share of them with most of the
-  or a ``STRONG`` share of them say a quota is spent. Then nothing is sent until
-  it has surely freed: a ``HORIZON`` after the oldest success still within one
-  (or the retry-after, if later). Every success that arrived from the oldest
-  one until then is what one quota let through, so the limit is that count over
-  that span (at least a ``HORIZON``), and the rate becomes ``MARGIN`` of it. 429s
-  of requests sent before the hold ended are no evidence against the new rate.
+* **A spent quota is measured, not guessed.** Quota headers at zero, a run of
+  pace 429s among the last ``RECENT`` answers longer than tolerated noise gives
+  but once in ``1 / SPENT_P`` (6 of 12 at 5%), or a ``STRONG`` share of them,
+  say a quota is spent. Then nothing is sent until it frees: a ``HORIZON`` after
+  the oldest request sent within one (the provider counted it on arrival; those
+  after it free as fast as they were sent), or the retry-after if later. The
+  successes that arrive from that oldest send until then are what one quota let
+  through, so the limit is that count over that span (at least a ``HORIZON``;
+  a retry-after less its whole-second rounding), and the rate becomes
+  ``MARGIN`` of it. 429s of requests sent before the hold ended are no evidence
+  against the new rate. If every request sent before the hold is answered and
+  fewer than ``MIN_OK`` got through, the 429s were not a quota we spent (someone
+  else's, or a burst of random ones): the hold ends at once, the rate is cut by
+  ``BETA`` and recovers fast.
 * Otherwise a cut needs a share of pace 429s significantly (two standard errors)
   above the tolerated one among at least ``MIN_SAMPLE`` outcomes since the last
   hold, at least ``MIN_EVIDENCE`` of them. At most one cut per ``WINDOW``. Such a
@@ -37,7 +42,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-OK, PACE, NOISE = 0, 1, 2
+from ._outcomes import NOISE, OK, PACE, Outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +94,7 @@ class RateLearner:
     MIN_EVIDENCE = 3  # pace 429s within the horizon before a cut (unless quota is at zero)
     MIN_SAMPLE = 10  # outcomes within the horizon before their share is read as a ratio
     JUDGE_SAMPLE = 40  # outcomes after a cut before it is judged (or a minute)
-    STRONG = 0.3  # a share of 429s no noise explains: cut to the achieved rate at once
+    STRONG = 0.3  # a share of pace 429s no noise explains: a spent quota
     BETA = 0.7  # a cut keeps this share of the pace, at least
     MIN_RATE = 0.05  # requests per second: never learn our way down to a halt
     PROBE_QUIET = 30.0  # seconds without pace 429s beyond the noise before probing higher
@@ -103,15 +108,11 @@ class RateLearner:
         self.ceiling: float | None = None  # stated by rate-limit headers
         self.tolerated = self.THRESHOLD
         self.cuts = 0
-        self._sends: deque[float] = deque()
-        self._outcomes: deque[tuple[float, int]] = deque()
-        self._totals = [0, 0, 0]  # of ``_outcomes`` by kind: the horizon's counts, kept running
-        self._first_send: float | None = None
+        self._log = Outcomes(max(self.HORIZON, self.WINDOW))
         self._last_cut = -math.inf
         self._last_probe = -math.inf
         self._last_excess = -math.inf  # the end of the last window with more pace 429s than noise
         self._window: _Window | None = None
-        self._pause = (0.0, 0.0)  # the last time the model was paused: from, until
         self._trial: _Trial | None = None
         self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
         self._hot_rate: float | None = None  # the pace that last drew pace 429s
@@ -123,9 +124,7 @@ class RateLearner:
 
     def sent(self, now: float) -> RateChange | None:
         change = self._tick(now)
-        self._sends.append(now)
-        if self._first_send is None:
-            self._first_send = now
+        self._log.sent(now)
         assert self._window is not None
         self._window.sends += 1
         self._count(now, 3)
@@ -148,7 +147,7 @@ class RateLearner:
         change = self._outcome(now, PACE)
         if now < self._hold_until:
             return change  # sent before the last hold ended: no evidence against its rate
-        ok, pace, noise = self._counts(now, min(self.HORIZON, now - self._hold_until))
+        ok, pace, noise = self._log.counts(now, min(self.HORIZON, now - self._hold_until))
         n = ok + pace + noise
         ratio = pace / max(1, n)
         strong = n >= 2 * self.MIN_SAMPLE and ratio >= max(self.STRONG, 2 * self.tolerated)
@@ -195,7 +194,7 @@ class RateLearner:
 
     def paused(self, now: float, until: float) -> None:
         """The model sends nothing until ``until``: 429s before then are no evidence."""
-        self._pause = (now, until)
+        self._log.pause = (now, until)
         self._hold_until = max(self._hold_until, until)
         self._recent.clear()
         if self._trial is not None:
@@ -210,8 +209,8 @@ class RateLearner:
 
     def _spent(self, now: float, in_flight: int) -> RateChange | None:
         """A quota is spent: send nothing until it frees, then measure what it let through."""
-        oks = [t for t, kind in self._outcomes if kind == OK and now - t <= self.HORIZON]
-        sends = [t for t in self._sends if now - t <= self.HORIZON]
+        oks = self._log.oks_within(now, self.HORIZON)
+        sends = self._log.sends_within(now, self.HORIZON)
         self._recent.clear()
         if len(oks) + in_flight < self.MIN_OK or not sends:
             # Refused before much got through (a burst of someone else's 429s, a quota
@@ -252,24 +251,11 @@ class RateLearner:
     def _cut(
         self, now: float, ratio: float, trial: bool, sampled: bool = True
     ) -> RateChange | None:
-        sent_rate = self._per_second(len(self._since(self._sends, now, self.WINDOW)), now)
+        sent_rate = self._log.send_rate(now, self.WINDOW)
         # The pace that drew them: what we really sent (a pause or thin demand can keep
         # it under the rate we allow), but never read as less than half that rate.
         current = sent_rate if self.rate is None else min(self.rate, max(sent_rate, self.rate / 2))
-        achieved, whole = self._achieved(now)
-        hot = current
-        if ratio >= self.STRONG:
-            # Many refused: the limit is what got through, so go there at once rather
-            # than by BETA a window at a time. Counted over a whole horizon, just above
-            # it is what draws 429s; over less it may be far too low (a quota spent in
-            # the first second), so then cut by 90% at most and keep probing as usual.
-            if whole:
-                new = max(self.MIN_RATE, achieved)
-                hot = min(current, 1.1 * new)
-            else:
-                new = max(self.MIN_RATE, achieved, 0.1 * current)
-        else:
-            new = max(self.MIN_RATE, self.BETA * current, achieved)
+        new = max(self.MIN_RATE, self.BETA * current, self._achieved(now))
         new = min(new, current)
         if self.ceiling is not None:
             new = min(new, self.ceiling)
@@ -279,7 +265,7 @@ class RateLearner:
         if trial:
             self._trial = _Trial(now, self.rate, self._hot_rate, ratio, sent_rate, [0, 0, 0, 0])
         if sampled:  # a handful of 429s says too little about which pace draws them
-            self._hot_rate = hot
+            self._hot_rate = current
         if self._clean_rate is not None and self._clean_rate >= current:
             self._clean_rate = None  # that rate is not clean any more
         return self._set(new, "rate_limited")
@@ -353,8 +339,7 @@ class RateLearner:
 
     def _outcome(self, now: float, kind: int) -> RateChange | None:
         change = self._tick(now)
-        self._outcomes.append((now, kind))
-        self._totals[kind] += 1
+        self._log.answered(now, kind)
         assert self._window is not None
         if kind == OK:
             self._window.ok += 1
@@ -403,51 +388,13 @@ class RateLearner:
                 start = now  # a long silence: the next window starts now
             self._window = _Window(start)
             change = self._close(closed) or change
-        horizon = now - max(self.HORIZON, self.WINDOW)
-        while self._sends and self._sends[0] < horizon:
-            self._sends.popleft()
-        while self._outcomes and self._outcomes[0][0] < horizon:
-            self._totals[self._outcomes.popleft()[1]] -= 1
+        self._log.forget(now)
         return change
 
-    def _counts(self, now: float, span: float) -> tuple[int, int, int]:
-        if span >= self.HORIZON:
-            return self._totals[OK], self._totals[PACE], self._totals[NOISE]
-        counts = [0, 0, 0]
-        for t, kind in reversed(self._outcomes):
-            if now - t > span:
-                break
-            counts[kind] += 1
-        return counts[OK], counts[PACE], counts[NOISE]
-
-    @staticmethod
-    def _since(times: deque[float], now: float, span: float) -> list[float]:
-        return [t for t in times if now - t <= span]
-
-    def _active(self, start: float, now: float) -> float:
-        """Seconds from ``start`` to ``now`` that the model was not paused."""
-        paused_from, paused_until = self._pause
-        overlap = max(0.0, min(now, paused_until) - max(start, paused_from))
-        return now - start - overlap
-
-    def _per_second(self, sends: int, now: float) -> float:
-        """Sends per second over the last window, not counting time paused or before the start."""
-        start = max(now - self.WINDOW, self._first_send if self._first_send is not None else now)
-        return sends / max(self._active(start, now), 0.25)
-
-    def _achieved(self, now: float) -> tuple[float, bool]:
-        """Successes per second at the present pace (since the last cut, within the
-        horizon), and whether they were counted over a whole horizon.
-
-        Time paused counts: a provider's window runs on while we wait for it. Under a
-        second says too little (a burst into an empty quota would read as a high
-        rate): then the count is spread over a window.
-        """
-        start = self._last_cut if self._last_cut > -math.inf else self._first_send
-        start = max(now - self.HORIZON, now if start is None else start)
-        ok = sum(1 for t, kind in self._outcomes if t >= start and kind == OK)
-        span = now - start
-        return ok / (span if span >= 1.0 else self.WINDOW), span >= self.HORIZON
+    def _achieved(self, now: float) -> float:
+        """Successes per second at the present pace: since the last cut, within the horizon."""
+        since = self._last_cut if self._last_cut > -math.inf else self._log.first_send
+        return self._log.ok_rate(now, now if since is None else since, self.WINDOW)
 
     def _set(self, rate: float | None, reason: str) -> RateChange | None:
         if rate == self.rate:
