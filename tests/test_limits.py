@@ -15,6 +15,7 @@ from llmbatch._learned import RateLearner
 from llmbatch._ratelimit import ModelGate, Pacer
 from llmbatch._retry import RETRY_AFTER_JITTER_S, Backoff
 from llmbatch.testing import FakeClock
+from tests.fakeapi import FakeAPI
 from tests.limits_sim import LIMITED, SimResult, SimServer, simulate
 
 # -- the fake clock ------------------------------------------------------------------------
@@ -383,6 +384,35 @@ def test_llmock_sixty_a_minute_without_headers_still_finishes() -> None:
     r = _run(ModelLimits(), 100, limit=60, window_s=60.0, bucket=True, headers=False).result
     assert r.done == 100
     assert r.elapsed <= 70.0  # the bucket lets 100 through in 41 s at best
+
+
+# -- the loopback fake's windows (what bench/limits_live.py runs against) -------------------
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_the_fake_enforces_windows_and_can_say_the_real_wait(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("tests.fakeapi.time.monotonic", lambda: now[0])
+    fake = FakeAPI(window_limit=2, window_s=5.0, window_kind=kind, window_retry="until_free")
+
+    def at(t: float) -> tuple[str, float | None]:
+        now[0] = t
+        return fake._plan_with_wait({})
+
+    assert at(100.0) == ("ok", None) and at(103.0) == ("ok", None)
+    assert at(104.0) == ("429", 1.0)  # both free a slot at 105
+    assert at(105.0) == ("ok", None)
+    # A fixed window starts afresh at 105; a sliding one still holds the send at 103.
+    fault, wait = at(105.0)
+    if kind == "fixed":
+        assert (fault, wait) == ("ok", None)
+    else:
+        assert (fault, wait) == ("429", 3.0)
+        assert fake._error("openai", 429, "limited", wait).headers["retry-after"] == "3"
+    fake.window_retry = "given"  # the default: whatever ``retry_after`` says
+    assert fake._error("openai", 429, "limited", 4.2).headers["retry-after"] == "0.05"
 
 
 # -- breakers ----------------------------------------------------------------------------------
