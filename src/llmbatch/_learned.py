@@ -169,21 +169,20 @@ class RateLearner:
 
     def answered(self, now: float, in_flight: int) -> RateChange | None:
         """After an answer: if all sent before a hold are in and too few got through to
-        measure, the hold ends now (``hold_until``) and the rate is cut by BETA instead."""
+        measure, the hold ends now (``hold_until``) and the rate is what it was."""
         m = self._measure
         if m is None or in_flight > 0 or m.ok >= self.MIN_OK:
             return None
         return self._unmeasured(now, m)
 
     def _unmeasured(self, now: float, m: _Measure) -> RateChange:
-        """Not a quota we spent (someone else's 429s, a quota spent elsewhere): stop
-        holding, and cut by BETA from where we were, to recover fast."""
+        """Not a quota we spent (a burst of someone else's 429s, a quota spent
+        elsewhere): stop holding and go back to the rate we had. If they go on, their
+        share decides as for any other 429s."""
         self._measure = None
         self._hold_until = min(self._hold_until, now)
-        held = self.rate
-        self.rate, self._last_cut = m.rate_before, -math.inf
-        self._cut(now, 0.0, trial=False, sampled=False)
-        return RateChange(held, self.rate, "rate_limited", hold_until=now)
+        held, self.rate = self.rate, m.rate_before
+        return RateChange(held, self.rate, "not a spent quota", hold_until=now)
 
     def stated(self, ceiling: float) -> RateChange | None:
         """Headers stated a limit (per second): the rate never goes above it."""
