@@ -18,8 +18,8 @@ busy provider, a proxy) kept cutting it. Here:
   ``MARGIN`` of it. 429s of requests sent before the hold ended are no evidence
   against the new rate. If every request sent before the hold is answered and
   fewer than ``MIN_OK`` got through, the 429s were not a quota we spent (someone
-  else's, or a burst of random ones): the hold ends at once, the rate is cut by
-  ``BETA`` and recovers fast.
+  else's, or a burst of random ones): the hold ends at once and the rate goes
+  back to what it was.
 * Otherwise a cut needs a share of pace 429s significantly (two standard errors)
   above the tolerated one among at least ``MIN_SAMPLE`` outcomes since the last
   hold, at least ``MIN_EVIDENCE`` of them. At most one cut per ``WINDOW``. Such a
