@@ -194,7 +194,8 @@ async def test_a_streak_of_429s_holds_until_the_quota_frees_then_measures_it() -
     cuts = [e for e in events if e.reason == "rate_limited"]
     assert len(cuts) == 1 and cuts[0].rpm_before is None  # one run of 429s: one cut
     # Nothing is sent until a horizon after the oldest request (past the retry-after)...
-    assert gate.requests.paused_until == pytest.approx(first_send + RateLearner.HORIZON)
+    hold = RateLearner.HORIZON + RateLearner.ARRIVAL_S
+    assert gate.requests.paused_until == pytest.approx(first_send + hold)
     assert gate.requests.paused_until > clock.monotonic() + 2.0
     clock.advance(1.0)
     gate.settle(1, 1, 1, 1)

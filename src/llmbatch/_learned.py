@@ -71,7 +71,7 @@ class _Measure:
 
     first: float  # the oldest request sent within a horizon when the quota ran out
     until: float  # nothing is sent before this
-    span_end: float  # the quota surely freed by then (``until`` less retry-after rounding)
+    span_end: float  # the quota surely freed by then (a retry-after less its rounding)
     ok: int  # successes from ``first`` on, so far
     rate_before: float | None  # the rate before the hold
 
@@ -102,6 +102,7 @@ class RateLearner:
     SPENT_P = 1e-4  # a run of pace 429s this unlikely as tolerated noise: a spent quota
     MIN_OK = 5  # successes within the horizon before a spent quota is measured by them
     MARGIN = 0.95  # a measured limit is paced at this share of it
+    ARRIVAL_S = 0.2  # a request reaches the provider up to this long after we send it
 
     def __init__(self) -> None:
         self.rate: float | None = None  # None: open, only concurrency bounds it
@@ -221,8 +222,8 @@ class RateLearner:
         # horizon later its slot is free again, and those after it free as fast as
         # they were sent, faster than we will send again.
         first = sends[0]
-        until = first + self.HORIZON
-        self._measure = _Measure(first, until, until, len(oks), self.rate)
+        until = first + self.HORIZON + self.ARRIVAL_S
+        self._measure = _Measure(first, until, first + self.HORIZON, len(oks), self.rate)
         self._hold_until = max(self._hold_until, until)
         self._last_cut = now
         self._trial = None
