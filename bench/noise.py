@@ -2,6 +2,9 @@
 
     python bench/noise.py [--only NAME] [--limit-s 200]
 
+(``--only server_600_per_min`` runs the sliding window; ``_fixed``, ``_until_free``
+and ``_fixed_until_free`` are its variants.)
+
 Each scenario runs the engine in-process (``run_jobs_async``) against
 ``tests/fakeapi.FakeAPI`` and prints one line: wall time, jobs ok, requests the
 fake saw, its 429s, the learned rate, budget use. Run it on two checkouts to
@@ -124,11 +127,16 @@ def main() -> None:
             f.add_rule(f"Question {i}:", "429")
         f.retry_after = 1.0
 
-    def window(limit: int, seconds: float) -> Callable[[FakeAPI], None]:
+    def window(
+        limit: int, seconds: float, kind: str = "sliding", retry: str = "none"
+    ) -> Callable[[FakeAPI], None]:
         def setup(f: FakeAPI) -> None:
             f.window_limit = limit
             f.window_s = seconds
-            f.retry_after = None
+            f.window_kind = kind
+            f.retry_after = None  # "none": its 429s say nothing
+            if retry == "until_free":
+                f.window_retry = "until_free"  # the real wait, in whole seconds
             f.rate_limit_headers = False
 
         return setup
@@ -145,6 +153,9 @@ def main() -> None:
         ("clean_200ms", 300, chaos({}, 0.2), c32),
         ("burst_30_429s", 200, burst, c32),
         ("server_600_per_min", 200, window(50, 5.0), c32),
+        ("server_600_per_min_fixed", 200, window(50, 5.0, "fixed"), c32),
+        ("server_600_per_min_until_free", 200, window(50, 5.0, retry="until_free"), c32),
+        ("server_600_per_min_fixed_until_free", 200, window(50, 5.0, "fixed", "until_free"), c32),
         ("rpm_1200_given", 200, window(10, 0.5), {**c32, "rpm": 1200}),
         ("budget_c32", 300, long_reply, {**c32, **capped}),
         ("budget_c64", 300, long_reply, {"concurrency": 64, **capped}),
@@ -157,7 +168,7 @@ def main() -> None:
         if args.only and args.only != name:
             continue
         row = scenario()
-        if name == "server_600_per_min":
+        if name.startswith("server_600_per_min"):
             _pace(row, 600)
         if name == "rpm_1200_given":
             _pace(row, 1200)

@@ -8,7 +8,10 @@ what it saw.
 
 Faults are chosen per request by ``FakeAPI.plan(kind, body)``: scripted per job
 (a rule matching text in the request, with one fault per attempt), random chaos
-at given rates, or a request-rate window enforced like a provider. Server traits
+at given rates, or a request-rate window enforced like a provider (``window_kind``:
+"sliding", any ``window_s`` seconds, or "fixed", windows that start every
+``window_s`` seconds; ``window_retry``: its 429s carry ``retry_after``, or
+"until_free", the real wait for a free slot, as providers and llmock say). Server traits
 are attributes: ``rejects_response_format`` / ``rejects_output_config`` make it
 refuse structured-output fields as some compatible servers do; ``raw_streams``
 sends given bytes verbatim as the next answers (for fuzzing the adapters).
@@ -18,6 +21,7 @@ It counts the TCP connections it accepts (``connections_opened``).
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 import time
@@ -79,6 +83,8 @@ class FakeAPI:
     retry_after_ms: float | None = None
     window_limit: int | None = None  # requests allowed per window
     window_s: float = 1.0
+    window_kind: str = "sliding"  # "sliding" | "fixed" (windows from the first request)
+    window_retry: str = "given"  # window 429s' retry-after: "given" (retry_after) | "until_free"
     rate_limit_headers: bool = True
     cache_read_tokens: int = 0
     expected_key: str | None = None  # any other key → 401 (echoing the key, masked badly)
@@ -101,6 +107,7 @@ class FakeAPI:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._window: list[float] = []
+        self._window_start: float | None = None  # a fixed window's start
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -194,25 +201,44 @@ class FakeAPI:
     # -- deciding ---------------------------------------------------------------------
 
     def _plan(self, body: dict[str, Any]) -> str:
+        return self._plan_with_wait(body)[0]
+
+    def _plan_with_wait(self, body: dict[str, Any]) -> tuple[str, float | None]:
+        """The fault for this request and, for a window 429, the seconds until a slot frees."""
         text = orjson.dumps(body.get("messages", [])).decode()
         with self._lock:
             if body.get("model") in self.model_faults:
-                return self.model_faults[body["model"]]
+                return self.model_faults[body["model"]], None
             for rule in self.rules:
                 if rule.match in text:
                     i = rule.seen
                     rule.seen += 1
-                    return rule.faults[i] if i < len(rule.faults) else OK
+                    return (rule.faults[i] if i < len(rule.faults) else OK), None
             if self.window_limit is not None:
-                now = time.monotonic()
-                self._window = [t for t in self._window if now - t < self.window_s]
-                if len(self._window) >= self.window_limit:
-                    return "429"
-                self._window.append(now)
+                wait = self._take_slot(time.monotonic(), self.window_limit)
+                if wait is not None:
+                    return "429", wait
             for kind, p in self.chaos.items():
                 if self._rng.random() < p:
-                    return kind
-        return OK
+                    return kind, None
+        return OK, None
+
+    def _take_slot(self, now: float, limit: int) -> float | None:
+        """Count one request in the window; if it is full, the seconds until it frees."""
+        if self.window_kind == "fixed":
+            if self._window_start is None or now >= self._window_start + self.window_s:
+                start = now if self._window_start is None else self._window_start
+                periods = (now - start) // self.window_s
+                self._window_start = start + periods * self.window_s
+                self._window = []
+            if len(self._window) >= limit:
+                return self._window_start + self.window_s - now
+        else:
+            self._window = [t for t in self._window if now - t < self.window_s]
+            if len(self._window) >= limit:
+                return self._window[0] + self.window_s - now
+        self._window.append(now)
+        return None
 
     def _answer_text(self, body: dict[str, Any]) -> str:
         with self._lock:
@@ -284,7 +310,7 @@ class FakeAPI:
             if raw is not None:
                 record.outcome = "raw"
                 return await self._raw(request, raw)
-            fault = self._plan(body)
+            fault, wait = self._plan_with_wait(body)
             record.outcome = fault
             if fault == RESET:
                 assert request.transport is not None
@@ -293,7 +319,7 @@ class FakeAPI:
             if fault == HANG:
                 await asyncio.sleep(3600)
             if fault.isdigit():
-                return self._error(kind, int(fault), f"simulated {fault}")
+                return self._error(kind, int(fault), f"simulated {fault}", wait)
             try:
                 return await self._stream(request, kind, body, record, fault)
             except ConnectionResetError:
@@ -335,9 +361,14 @@ class FakeAPI:
         await resp.write_eof()
         return resp
 
-    def _error(self, kind: str, status: int, message: str) -> web.Response:
+    def _error(
+        self, kind: str, status: int, message: str, wait: float | None = None
+    ) -> web.Response:
+        """An error answer; ``wait``: a window 429's real seconds until a slot frees."""
         headers = self._ratelimit_headers(kind)
-        if status in (429, 529):
+        if wait is not None and self.window_retry == "until_free":
+            headers["retry-after"] = f"{max(1, math.ceil(wait))}"  # whole seconds, as sent
+        elif status in (429, 529):
             if self.retry_after is not None:
                 headers["retry-after"] = f"{self.retry_after:g}"
             if self.retry_after_ms is not None:

@@ -35,6 +35,8 @@ class SimServer:
     bucket: bool = False  # a token bucket refilled continuously (llmock) instead of fixed windows
     sliding: bool = False  # a sliding window (tests/fakeapi.py) instead of fixed windows
     limit_retry_after: float | None = None  # on limit 429s; None: the real wait (as llmock)
+    no_retry_after: bool = False  # limit 429s carry no retry-after at all
+    whole_seconds: bool = False  # the real wait rounded up to whole seconds (as providers)
     noise_429: float = 0.0  # share of random 429s that have nothing to do with pace
     noise_5xx: float = 0.0
     headers: bool = True  # send rate-limit headers
@@ -65,7 +67,11 @@ class SimServer:
         if self.limit is not None:
             wait = self._take(now)
             if wait is not None:
-                return LIMITED, wait if self.limit_retry_after is None else self.limit_retry_after
+                if self.no_retry_after:
+                    return LIMITED, None
+                if self.limit_retry_after is not None:
+                    return LIMITED, self.limit_retry_after
+                return LIMITED, max(1, math.ceil(wait)) if self.whole_seconds else wait
         roll = self._rng.random()
         if roll < self.noise_429:
             return NOISE_429, self.noise_retry_after
@@ -145,12 +151,18 @@ async def simulate(
     concurrency: int,
     latency: float = 0.2,
     error_latency: float = 0.05,
+    jitter: float = 0.0,
     backoff: Callable[[int, float | None], float] | None = None,
     max_attempts: int = 20,
     until: float = 3600.0,
 ) -> SimResult:
-    """Run ``jobs`` through ``gate`` against ``server`` with ``concurrency`` workers."""
+    """Run ``jobs`` through ``gate`` against ``server`` with ``concurrency`` workers.
+
+    ``jitter``: up to this many seconds more on every answer and every send, drawn
+    from a seeded generator, so that answers and 429s interleave as on a real loop.
+    """
     clock = server.clock
+    rng = random.Random(13)
     start = clock.monotonic()
     delay = backoff or Backoff(cap=60.0, rng=random.Random(11)).delay
     todo = iter(range(jobs))
@@ -162,14 +174,17 @@ async def simulate(
     async def one_job() -> bool:
         for tries in range(1, max_attempts + 1):
             await gate.acquire(10, 10)
+            if jitter:
+                await clock.sleep(rng.uniform(0, jitter))
             sends.append(clock.monotonic() - start)
             outcome, hint, retry_after = server.handle()
             order.append(outcome == OK)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-            await clock.sleep(latency if outcome == OK else error_latency)
+            lag = latency if outcome == OK else error_latency
+            await clock.sleep(lag + (rng.uniform(0, jitter) if jitter else 0.0))
             if outcome == OK:
+                gate.settle(10, 10, 10, 10)  # first, as the engine does
                 gate.on_success(hint)
-                gate.settle(10, 10, 10, 10)
                 return True
             gate.settle(10, 10, 0, 0)
             if outcome in (LIMITED, NOISE_429):

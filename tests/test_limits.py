@@ -11,9 +11,11 @@ from llmbatch._breaker import Breaker
 from llmbatch._config import ModelLimits
 from llmbatch._events import BreakerChanged, LimitChanged
 from llmbatch._headers import RateLimitHint, hint_from_headers
+from llmbatch._learned import RateLearner
 from llmbatch._ratelimit import ModelGate, Pacer
 from llmbatch._retry import RETRY_AFTER_JITTER_S, Backoff
 from llmbatch.testing import FakeClock
+from tests.fakeapi import FakeAPI
 from tests.limits_sim import LIMITED, SimResult, SimServer, simulate
 
 # -- the fake clock ------------------------------------------------------------------------
@@ -171,22 +173,40 @@ def test_a_429_with_quota_left_slows_nobody() -> None:
     assert gate.describe()["rate_limited"] == 10
 
 
-async def test_pace_429s_without_headers_cut_once_per_window_and_pause() -> None:
+async def test_a_streak_of_429s_holds_until_the_quota_frees_then_measures_it() -> None:
     clock = FakeClock()
     events: list[LimitChanged] = []
     gate = ModelGate(ModelLimits(), clock=clock, name="x:m", on_change=events.append)
+    first_send = clock.monotonic()
     async with clock.autojump():
         for _ in range(40):
             await gate.acquire(1, 1)
             clock.advance(0.01)
+            gate.settle(1, 1, 1, 1)
             gate.on_success(None)
     assert _rate(gate) is None  # open until something says otherwise
+    async with clock.autojump():
+        for _ in range(11):  # in flight as the quota runs out
+            await gate.acquire(1, 1)
     for _ in range(10):
+        gate.settle(1, 1, 0, 0)
         gate.on_rate_limited(2.0, None)
     cuts = [e for e in events if e.reason == "rate_limited"]
-    assert len(cuts) == 1 and cuts[0].rpm_before is None
-    assert cuts[0].rpm_after is not None and cuts[0].rpm_after > 0
-    assert gate.requests.paused_until == pytest.approx(clock.monotonic() + 2.0)
+    assert len(cuts) == 1 and cuts[0].rpm_before is None  # one run of 429s: one cut
+    # Nothing is sent until a horizon after the oldest request (past the retry-after)...
+    hold = RateLearner.HORIZON + RateLearner.ARRIVAL_S
+    assert gate.requests.paused_until == pytest.approx(first_send + hold)
+    assert gate.requests.paused_until > clock.monotonic() + 2.0
+    clock.advance(1.0)
+    gate.settle(1, 1, 1, 1)
+    gate.on_success(None)  # the last one in flight got through: it counts
+    clock.advance(RateLearner.HORIZON)
+    async with clock.autojump():
+        await gate.acquire(1, 1)
+    # ...then the limit is what got through over the horizon, paced at 95% of it.
+    assert events[-1].reason == "limit measured"
+    assert events[-1].rpm_after == pytest.approx(RateLearner.MARGIN * 41 / RateLearner.HORIZON * 60)
+    assert len([e for e in events if e.reason == "rate_limited"]) == 1
     assert gate.describe()["source"] == "learned"
 
 
@@ -233,13 +253,15 @@ def test_given_rpm_pauses_only_on_repeated_429s() -> None:
 # -- simulations: a provider and the attempt loop, in virtual time ------------------------
 
 
-def _run(limits: ModelLimits, jobs: int, concurrency: int = 32, **server: object) -> Sim:
+def _run(
+    limits: ModelLimits, jobs: int, concurrency: int = 32, jitter: float = 0.0, **server: object
+) -> Sim:
     async def go() -> Sim:
         clock = FakeClock()
         events: list[LimitChanged] = []
         gate = ModelGate(limits, clock=clock, name="sim:m", on_change=events.append)
         srv = SimServer(clock, **server)  # type: ignore[arg-type]
-        result = await simulate(gate, srv, jobs=jobs, concurrency=concurrency)
+        result = await simulate(gate, srv, jobs=jobs, concurrency=concurrency, jitter=jitter)
         return Sim(result, events, gate)
 
     return anyio.run(go)
@@ -285,7 +307,9 @@ def test_a_burst_of_429s_at_the_start_does_lasting_harm_to_nothing() -> None:
     r = sim.result
     clean = _run(ModelLimits(), 3000, headers=False).result
     assert r.done == 3000
-    assert sim.events[0].reason == "rate_limited"  # it did take the burst for a limit
+    assert sim.events[0].reason == "rate_limited"  # it did take the burst for a spent quota
+    # but as the answers came in, almost nothing had got through: not a quota we spent
+    assert sim.events[1].reason == "not a spent quota" and sim.events[1].rpm_after is None
     assert r.elapsed <= clean.elapsed + 5.0  # and got over it within seconds
     assert r.pace(10.0, 15.0) >= 0.9 * clean.pace()
 
@@ -310,6 +334,32 @@ def test_a_sliding_window_with_a_fixed_retry_after_is_learned_without_collapse()
     assert r.rejected_share <= 0.03, r.outcomes
     late = [e.rpm_after for e in sim.events if e.ts - FakeClock().time() > 60.0]
     assert late and min(x or 0.0 for x in late) >= 0.8 * 600  # it never sank far below
+
+
+_RETRY: dict[str, dict[str, object]] = {
+    "retry-after 1": {"limit_retry_after": 1.0},  # as tests/fakeapi.py says by default
+    "retry-after until free": {},  # the real wait, as llmock says
+    "whole seconds until free": {"whole_seconds": True},  # rounded up, as providers say
+    "no retry-after": {"no_retry_after": True},
+}
+
+
+@pytest.mark.parametrize("retry", list(_RETRY))
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+@pytest.mark.parametrize("jitter", [0.0, 0.15])
+def test_a_genuine_limit_in_windows_is_measured_after_the_first_burst(
+    kind: str, retry: str, jitter: float
+) -> None:
+    # The live case: 600/min in 5 s windows of 50, no headers, no --rpm, -c 32. The first
+    # burst spends the quota; with jitter, answers and 429s interleave as on a real loop.
+    server = {"limit": 50, "window_s": 5.0, "headers": False, "sliding": kind == "sliding"}
+    sim = _run(ModelLimits(), 600, 32, jitter, **server, **_RETRY[retry])
+    r = sim.result
+    assert r.done == 600
+    assert r.pace() >= 0.8 * 10.0, [(e.rpm_after, e.reason) for e in sim.events]
+    assert r.rejected_share <= 0.03, r.outcomes
+    measured = [e for e in sim.events if e.reason == "limit measured"]
+    assert measured and all(0.8 * 600 <= (e.rpm_after or 0.0) <= 600 for e in measured)
 
 
 def test_a_genuine_limit_with_headers_is_held_under() -> None:
@@ -337,6 +387,35 @@ def test_llmock_sixty_a_minute_without_headers_still_finishes() -> None:
     r = _run(ModelLimits(), 100, limit=60, window_s=60.0, bucket=True, headers=False).result
     assert r.done == 100
     assert r.elapsed <= 70.0  # the bucket lets 100 through in 41 s at best
+
+
+# -- the loopback fake's windows (what bench/limits_live.py runs against) -------------------
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_the_fake_enforces_windows_and_can_say_the_real_wait(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [100.0]
+    monkeypatch.setattr("tests.fakeapi.time.monotonic", lambda: now[0])
+    fake = FakeAPI(window_limit=2, window_s=5.0, window_kind=kind, window_retry="until_free")
+
+    def at(t: float) -> tuple[str, float | None]:
+        now[0] = t
+        return fake._plan_with_wait({})
+
+    assert at(100.0) == ("ok", None) and at(103.0) == ("ok", None)
+    assert at(104.0) == ("429", 1.0)  # both free a slot at 105
+    assert at(105.0) == ("ok", None)
+    # A fixed window starts afresh at 105; a sliding one still holds the send at 103.
+    fault, wait = at(105.0)
+    if kind == "fixed":
+        assert (fault, wait) == ("ok", None)
+    else:
+        assert (fault, wait) == ("429", 3.0)
+        assert fake._error("openai", 429, "limited", wait).headers["retry-after"] == "3"
+    fake.window_retry = "given"  # the default: whatever ``retry_after`` says
+    assert fake._error("openai", 429, "limited", 4.2).headers["retry-after"] == "0.05"
 
 
 # -- breakers ----------------------------------------------------------------------------------

@@ -67,6 +67,13 @@ class Pacer:
         if self.rate:
             self._tat = max(self._clock.monotonic() - self.burst_s, self._tat + delta / self.rate)
 
+    def set_rate(self, rate: float | None) -> None:
+        """Change the rate; a slot booked at a slower one moves up to the new step."""
+        if rate and self.rate and rate > self.rate:
+            start = max(self._clock.monotonic(), self.paused_until)
+            self._tat = min(self._tat, start + 1.0 / rate)
+        self.rate = rate
+
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock.monotonic() + seconds)
 
@@ -132,6 +139,7 @@ class ModelGate:
         self.learner = RateLearner()
         self.learned_tpm: float | None = None
         self._recent_429s: list[float] = []
+        self._settled = 0  # attempts answered (or given up): sent minus this are in flight
 
     def _token_pacer(self, per_minute: float | None) -> Pacer:
         return Pacer(None if per_minute is None else per_minute / 60.0, 1.0, clock=self._clock)
@@ -168,7 +176,8 @@ class ModelGate:
             self._learned(self.learner.sent(now))
 
     def settle(self, reserved_in: int, reserved_out: int, real_in: int, real_out: int) -> None:
-        """Correct token reservations with what the provider counted."""
+        """Correct token reservations with what the provider counted (once per attempt)."""
+        self._settled += 1
         self.tokens.correct((real_in + real_out) - (reserved_in + reserved_out))
         self.input_tokens.correct(real_in - reserved_in)
         self.output_tokens.correct(real_out - reserved_out)
@@ -178,6 +187,7 @@ class ModelGate:
             self._apply_hint(hint)
         if self.adaptive:
             self._learned(self.learner.succeeded(self._clock.monotonic()))
+            self._answered()
 
     def on_rate_limited(self, retry_after: float | None, hint: RateLimitHint | None) -> None:
         self.stats.rate_limited += 1
@@ -198,17 +208,31 @@ class ModelGate:
             if retry_after and len(self._recent_429s) >= 2:
                 self.requests.pause(min(retry_after, PAUSE_CAP_S))
             return
-        change = self.learner.pace_429(now, exhausted=left is False)
-        if change is not None and change.reason == "rate_limited" and retry_after:
-            # Our pace overran the provider's window: everyone waits for it to drain.
-            self.requests.pause(min(retry_after, PAUSE_CAP_S))
-            self.learner.paused(now, self.requests.paused_until)
+        in_flight = max(0, self.stats.sent - self._settled)
+        change = self.learner.pace_429(now, exhausted=left is False, in_flight=in_flight)
+        if change is not None and change.reason == "rate_limited":
+            # Our pace overran the provider's window: everyone waits for it to drain, as
+            # long as the retry-after says or, for a spent quota, until it has surely freed.
+            until = max(now + (retry_after or 0.0), change.hold_until or now)
+            if until > now:
+                self.requests.pause(min(until - now, PAUSE_CAP_S))
+                self.learner.paused(now, self.requests.paused_until)
+        self._learned(change)
+        self._answered()
+
+    def _answered(self) -> None:
+        """A hold whose requests are all answered without enough successes measured
+        nothing: it ends now."""
+        in_flight = max(0, self.stats.sent - self._settled)
+        change = self.learner.answered(self._clock.monotonic(), in_flight)
+        if change is not None:
+            self.requests.paused_until = min(self.requests.paused_until, self._clock.monotonic())
         self._learned(change)
 
     def _learned(self, change: RateChange | None) -> None:
         if change is None:
             return
-        self.requests.rate = change.after
+        self.requests.set_rate(change.after)
         if self._on_change is not None:
             self._on_change(
                 LimitChanged(
