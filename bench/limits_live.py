@@ -79,6 +79,7 @@ async def _one(settings: dict[str, Any], jobs: int, rpm: float | None, burst: in
                 {"id": f"j{i}", "prompt": f"Question {i}: what is {i} + {i}?"} for i in range(jobs)
             ]
             path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+            os.environ["XDG_CACHE_HOME"] = tmp  # an empty response cache: every job is sent
             cfg = RunConfig(
                 jobs=path, output=Path(tmp) / "out.jsonl", model=ModelRef("openai", "gpt-4o-mini"),
                 concurrency=32, rpm=rpm, quiet=True, max_attempts=20,

@@ -63,6 +63,7 @@ def run(
         NO_PROXY="*",
     )
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["XDG_CACHE_HOME"] = tmp  # an empty response cache: every job is sent
         config = RunConfig(
             jobs=_jobs(Path(tmp) / "jobs.jsonl", n),
             output=Path(tmp) / "out.jsonl",
