@@ -461,3 +461,19 @@ def test_a_failed_probe_doubles_the_cooldown_up_to_the_cap() -> None:
     assert b.allow()
     b.record_success()
     assert b.cooldown == 15.0 and [e.state for e in events] == ["open", "closed"]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "sliding"])
+def test_a_short_window_with_a_precise_retry_after_is_measured_over_that_window(
+    kind: str,
+) -> None:
+    # 1,200/min enforced in half-second windows, no headers, no --rpm; the 429s say
+    # when the quota frees ("retry-after" the real wait, under a second). Measured over
+    # a whole horizon instead, the limit would come out ten times too low (2/s). The
+    # measurement adds the arrival margin to the window, so it lands near two thirds.
+    server = {"limit": 10, "window_s": 0.5, "headers": False, "sliding": kind == "sliding"}
+    sim = _run(ModelLimits(), 600, 32, 0.0, **server)
+    r = sim.result
+    assert r.done == 600
+    assert r.pace() >= 0.6 * 20.0, [(e.rpm_after, e.reason) for e in sim.events]
+    assert r.rejected_share <= 0.05, r.outcomes

@@ -74,6 +74,7 @@ class _Measure:
     span_end: float  # the quota surely freed by then (a retry-after less its rounding)
     ok: int  # successes from ``first`` on, so far
     rate_before: float | None  # the rate before the hold
+    precise: bool = False  # a sub-second retry-after said when the quota frees
 
 
 @dataclass(slots=True)
@@ -199,11 +200,18 @@ class RateLearner:
         self._recent.clear()
         if self._trial is not None:
             self._trial.at = max(self._trial.at, until)
-        if self._measure is not None:
+        m = self._measure
+        if m is not None and until - now < 1.0:
+            # A sub-second retry-after is precise (nobody rounds up to it): the quota
+            # frees then, so the window is shorter than a horizon; measure over it.
+            m.until = m.span_end = until + self.ARRIVAL_S
+            m.precise = True
+            self._hold_until = m.until
+        elif m is not None:
             # Providers round a retry-after up to whole seconds: the quota may free up to
             # a second earlier, so measure over the shorter span (MARGIN covers the rest).
-            self._measure.until = max(self._measure.until, until)
-            self._measure.span_end = max(self._measure.span_end, until - 1.0)
+            m.until = max(m.until, until)
+            m.span_end = max(m.span_end, until - 1.0)
 
     # -- deciding ---------------------------------------------------------------------
 
@@ -241,7 +249,8 @@ class RateLearner:
         if m.ok < self.MIN_OK:
             return self._unmeasured(m.until, m)
         self._measure = None
-        limit = m.ok / max(self.HORIZON, m.span_end - m.first)
+        span = m.span_end - m.first
+        limit = m.ok / (max(span, self.ARRIVAL_S) if m.precise else max(self.HORIZON, span))
         self._hot_rate = limit
         return self._set(self._capped(max(self.MIN_RATE, self.MARGIN * limit)), "limit measured")
 

@@ -214,6 +214,8 @@ class ModelGate:
             # Our pace overran the provider's window: everyone waits for it to drain, as
             # long as the retry-after says or, for a spent quota, until it has surely freed.
             until = max(now + (retry_after or 0.0), change.hold_until or now)
+            if retry_after is not None and 0 < retry_after < 1.0:
+                until = now + retry_after  # sub-second: precise, the quota frees then
             if until > now:
                 self.requests.pause(min(until - now, PAUSE_CAP_S))
                 self.learner.paused(now, self.requests.paused_until)
