@@ -1,4 +1,4 @@
-"""What the attempts of one run share: the stop switch, the budgets, the event bus.
+"""What the attempts of one run share: the stop switch and the budgets.
 
 ``Stopper`` ends waits (backoff, rate-limit slots, budget room) at a stop while
 requests in flight go on. ``Budgets`` holds room in every ledger for one attempt,

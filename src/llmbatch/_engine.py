@@ -257,11 +257,8 @@ class Engine:
             notes.extend(f"{provider.name}: {note}" for note in sorted(provider.notes))
         if self.fatal:
             notes.insert(0, self.fatal)
-        limits = {
-            str(ref): gate.describe()
-            for ref, gate in self.gates.items()
-            if gate.describe().get("sent")
-        }
+        described = {str(ref): gate.describe() for ref, gate in self.gates.items()}
+        limits = {name: d for name, d in described.items() if d.get("sent")}
         report = build_report(
             self.stats,
             skipped_done=plan.skipped_done,
