@@ -164,7 +164,7 @@ async def simulate(
     clock = server.clock
     rng = random.Random(13)
     start = clock.monotonic()
-    delay = backoff or Backoff(cap=60.0, rng=random.Random(11)).delay
+    delay = backoff or Backoff(cap=60.0, base=0.5, rng=random.Random(11)).delay
     todo = iter(range(jobs))
     done = 0
     sends: list[float] = []

@@ -125,7 +125,7 @@ async def test_given_rpm_paces_acquisitions_on_the_clock() -> None:
 
 
 def test_equal_jitter_gaps_grow_with_each_failure() -> None:
-    backoff = Backoff(cap=60.0, rng=random.Random(3))
+    backoff = Backoff(cap=60.0, base=0.5, rng=random.Random(3))
     for tries in range(1, 9):
         ceiling = min(60.0, 0.5 * 2 ** (tries - 1))
         gaps = [backoff.delay(tries) for _ in range(200)]

@@ -107,7 +107,7 @@ def test_retry_after_ms_wins(fake: FakeAPI, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("headers", [True, False])
 def test_without_rpm_it_learns_the_limit(headers: bool, fake: FakeAPI, tmp_path: Path) -> None:
-    fake.window_limit = 10
+    fake.window_limit = 20
     fake.window_s = 0.5
     fake.retry_after = 0.5
     fake.rate_limit_headers = headers
@@ -181,8 +181,8 @@ def test_per_job_fallback(fake: FakeAPI, tmp_path: Path) -> None:
 def test_a_signal_stops_cleanly_and_a_rerun_completes(
     signum: int, code: int, fake: FakeAPI, tmp_path: Path
 ) -> None:
-    fake.latency_s = 0.8
-    fake.ttft_s = 0.2
+    fake.latency_s = 0.5
+    fake.ttft_s = 0.1
     write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
     args = ["run", "jobs.jsonl", "-m", HAIKU, "-c", "4", "--report", "rep.json"]
     proc = start_cli(*args, env=fake_env(fake))
@@ -200,6 +200,7 @@ def test_a_signal_stops_cleanly_and_a_rerun_completes(
     report = orjson.loads((tmp_path / "rep.json").read_bytes())
     assert report["stopped_by"] == "signal"
     assert report["jobs"]["not_run"] == 60 - len(results)
+    fake.latency_s = fake.ttft_s = 0.01
     r = run_cli("run", "jobs.jsonl", "-m", HAIKU, "-c", "16", "--quiet", env=fake_env(fake))
     assert r.code == 0, r.output
     ids = [x["id"] for x in read_jsonl(out)]

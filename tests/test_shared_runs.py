@@ -92,26 +92,26 @@ def peak_pace(api: FakeAPI, window_s: float = 3.0) -> float:
 
 @pytest.mark.slow
 def test_three_runs_share_one_rpm(tmp_path: Path, redis_server: RedisServer) -> None:
-    """--rpm 1200 on three runs: shared, they keep under the key's limit and near it."""
-    api = FakeAPI(window_limit=60, window_s=3.0).start()  # 1,200 a minute
+    """--rpm 3000 on three runs: shared, they keep under the key's limit and near it."""
+    api = FakeAPI(window_limit=100, window_s=2.0).start()  # 3,000 a minute
     try:
         procs = start_runs(
-            tmp_path, api, 3, 50, "--rpm", "1200", "--shared", redis_server.url, env={}
+            tmp_path, api, 3, 50, "--rpm", "3000", "--shared", redis_server.url, env={}
         )
         assert wait_all(procs) == [0, 0, 0]
         outcomes = api.outcomes()
         assert outcomes["429"] <= 0.01 * api.count()
-        assert peak_pace(api) >= 0.9 * 20.0
+        assert peak_pace(api, window_s=2.0) >= 0.9 * 50.0
     finally:
         api.stop()
 
-    alone = FakeAPI(window_limit=60, window_s=3.0).start()
+    alone = FakeAPI(window_limit=100, window_s=2.0).start()
     try:
         (tmp_path / "alone").mkdir()
-        procs = start_runs(tmp_path / "alone", alone, 3, 40, "--rpm", "1200", env={})
+        procs = start_runs(tmp_path / "alone", alone, 3, 50, "--rpm", "3000", env={})
         wait_all(procs)
-        # Each paces itself at the key's limit: together three times too fast (120 sends
-        # in ~2 s where 60 per 3 s pass), caught only by 429s and "none remaining" pauses.
+        # Each paces itself at the key's limit: together three times too fast (150 sends
+        # in ~1 s where 100 per 2 s pass), caught only by 429s and "none remaining" pauses.
         assert alone.outcomes()["429"] > 0.01 * alone.count()
     finally:
         alone.stop()

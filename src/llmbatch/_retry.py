@@ -14,6 +14,9 @@ import random
 from dataclasses import dataclass, field
 
 RETRY_AFTER_JITTER_S = 0.25
+# The first step's ceiling, doubled per failure. Read when a delay is drawn, so the
+# test suite (whose fakes fail on purpose hundreds of times) can shorten it.
+BASE_S = 0.5
 
 
 @dataclass(slots=True)
@@ -21,13 +24,14 @@ class Backoff:
     """The retry-delay policy: ``delay(tries, retry_after)`` in seconds."""
 
     cap: float = 60.0  # RunConfig.backoff_cap
-    base: float = 0.5  # the first step's ceiling, doubled per failure
+    base: float | None = None  # the first step's ceiling; None: BASE_S
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, tries: int, retry_after: float | None = None) -> float:
         """The wait after the ``tries``-th failed attempt (from 1) of a job."""
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, self.cap) + self.rng.uniform(0, RETRY_AFTER_JITTER_S)
-        ceiling = min(self.cap, self.base * 2.0 ** (max(tries, 1) - 1))
+        base = BASE_S if self.base is None else self.base
+        ceiling = min(self.cap, base * 2.0 ** (max(tries, 1) - 1))
         half = ceiling / 2.0
         return half + self.rng.uniform(0, half)
