@@ -323,7 +323,7 @@ def test_a_crlf_key_file_exits_2_from_the_cli(fake: FakeAPI, tmp_path: Path) -> 
 
 
 def test_jobs_from_a_pipe_are_read_twice_safely(tmp_path: Path) -> None:
-    from llmbatch._jobs import spooled_jobs_source
+    from llmbatch._jobfile import spooled_jobs_source
 
     data = b"".join(orjson.dumps(row) + b"\n" for row in prompts(3))
     r = run_cli("run", "/dev/stdin", "-m", SIM, "-o", "out.jsonl", "--quiet", input=data)

@@ -15,7 +15,8 @@ from llmbatch._config import FileConfig, build_run_config
 from llmbatch._estimate import estimate_jobs, render_estimate, render_problems
 from llmbatch._exceptions import UsageError
 from llmbatch._history import append_history, history_path, read_history
-from llmbatch._jobs import JobParser, LineError, validate_file
+from llmbatch._jobfile import validate_file
+from llmbatch._jobs import JobParser, LineError
 from llmbatch._report import build_report, report_from_results
 from llmbatch._results import JobResult, backup_output
 from llmbatch._stats import RunStats

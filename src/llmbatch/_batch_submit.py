@@ -32,7 +32,8 @@ from ._budget import Hold, RunBudget
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import ProviderSettings, RunConfig
 from ._exceptions import ProviderError
-from ._jobs import LineError, Request, estimate_input_tokens, iter_lines, open_jobs
+from ._jobfile import iter_lines, open_jobs
+from ._jobs import LineError, Request, estimate_input_tokens
 from ._models import ModelRef
 from ._plan import Plan, Planner, PreparedJob
 from ._pricing import Price

@@ -82,7 +82,7 @@ def _guard(fn: Callable[[], T]) -> T:
 def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> Iterator[RunConfig]:
     """Flags over llmbatch.toml, for JOBS (``-`` is spooled to a temporary file, removed after)."""
     from ._config import build_run_config, load_config
-    from ._jobs import spool_stdin, spooled_jobs_source
+    from ._jobfile import spool_stdin, spooled_jobs_source
 
     file_config = load_config(config_path)
     # A pipe (`-`, `<(cmd)`, /dev/stdin) can be read once: it is spooled, and read twice.

@@ -14,7 +14,8 @@ from typing import IO, Any
 import orjson
 
 from ._config import ProviderSettings, RunConfig
-from ._jobs import LineError, iter_lines, open_jobs
+from ._jobfile import iter_lines, open_jobs
+from ._jobs import LineError
 from ._plan import Plan, Planner, PreparedJob
 
 # Header names whose values are credentials, whatever the provider calls them.

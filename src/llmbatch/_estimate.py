@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._config import RunConfig
-from ._jobs import LineError, estimate_input_tokens, iter_lines, open_jobs
+from ._jobfile import iter_lines, open_jobs
+from ._jobs import LineError, estimate_input_tokens
 from ._results import read_existing
 from ._usage import Usage
 

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._jobs import LineError, iter_lines, open_jobs
+from ._jobfile import iter_lines, open_jobs
+from ._jobs import LineError
 
 if TYPE_CHECKING:
     from ._attempts import JobRunner

@@ -11,7 +11,8 @@ import orjson
 
 from ._config import RunConfig
 from ._exceptions import InputError, LineProblem, ResumeConflict, UsageError
-from ._jobs import Job, JobParser, LineError, Request, validate_file
+from ._jobfile import validate_file
+from ._jobs import Job, JobParser, LineError, Request
 from ._keys import check_base_url, check_key
 from ._models import ModelRef
 from ._paths import check_run_paths
