@@ -18,7 +18,8 @@ from llmbatch._history import append_history, history_path, read_history
 from llmbatch._jobfile import validate_file
 from llmbatch._jobs import JobParser, LineError
 from llmbatch._report import build_report, report_from_results
-from llmbatch._results import JobResult, backup_output
+from llmbatch._results import JobResult
+from llmbatch._resume import backup_output
 from llmbatch._stats import RunStats
 from llmbatch._template import Template
 from llmbatch._usage import Usage

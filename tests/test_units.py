@@ -19,7 +19,8 @@ from llmbatch._exceptions import ConfigError, error_for_status
 from llmbatch._headers import hint_from_headers, parse_go_duration, parse_reset, parse_retry_after
 from llmbatch._models import ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._report import build_report
-from llmbatch._results import DoneSet, JobResult, fp_int, read_existing
+from llmbatch._results import JobResult
+from llmbatch._resume import DoneSet, fp_int, read_existing
 from llmbatch._schema import extract_json, sample_instance, validate_answer
 from llmbatch._stats import Histogram, RunStats
 from llmbatch._template import MissingField, Template, TemplateError

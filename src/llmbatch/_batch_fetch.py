@@ -20,7 +20,8 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._models import ModelRef
 from ._pricing import PriceBook
-from ._results import JobResult, ResultWriter, cut_torn_tail, read_existing
+from ._results import JobResult, ResultWriter
+from ._resume import cut_torn_tail, read_existing
 from ._schema import validate_answer
 from ._usage import Usage
 

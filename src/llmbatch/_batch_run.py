@@ -176,7 +176,7 @@ async def run_with_batches(
 
 def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
     """``--fresh``: move the output and its batch state aside first, as ``run`` does."""
-    from ._results import backup_output
+    from ._resume import backup_output
 
     assert config.output is not None
     state = BatchState.load(config.output)
@@ -207,7 +207,7 @@ def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) ->
     """The report's ``batch`` block from a results file: lines that carry ``"batch"``."""
     from ._models import ModelRef
     from ._pricing import PriceBook
-    from ._results import iter_result_lines
+    from ._resume import iter_result_lines
     from ._usage import Usage
 
     book = PriceBook(prices or {})

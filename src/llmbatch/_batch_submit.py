@@ -37,7 +37,7 @@ from ._jobs import LineError, Request, estimate_input_tokens
 from ._models import ModelRef
 from ._plan import Plan, Planner, PreparedJob
 from ._pricing import Price
-from ._results import cut_torn_tail
+from ._resume import cut_torn_tail
 from ._usage import Usage
 from .providers.anthropic import build_anthropic_body
 from .providers.openai import build_openai_body

@@ -44,7 +44,8 @@ from ._progress import NoProgress, ProgressSink
 from ._provider_factory import ProviderFactory, default_provider_factory
 from ._ratelimit import ModelGate, RateLimiter
 from ._report import RunReport, build_report
-from ._results import ExistingOutput, JobResult, ResultWriter, backup_output, cut_torn_tail
+from ._results import JobResult, ResultWriter
+from ._resume import ExistingOutput, backup_output, cut_torn_tail
 from ._retry import Backoff
 from ._stats import RunStats
 from ._timeline import TimelineRecorder

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import RunConfig
 from ._jobfile import iter_lines, open_jobs
 from ._jobs import LineError, estimate_input_tokens
-from ._results import read_existing
+from ._resume import read_existing
 from ._usage import Usage
 
 if TYPE_CHECKING:

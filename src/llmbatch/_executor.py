@@ -14,7 +14,8 @@ if TYPE_CHECKING:
     from ._attempts import JobRunner
     from ._context import Stopper
     from ._plan import Plan, Planner, PreparedJob
-    from ._results import ExistingOutput, JobResult
+    from ._results import JobResult
+    from ._resume import ExistingOutput
 
 
 class Executor(Protocol):

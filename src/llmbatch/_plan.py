@@ -17,7 +17,7 @@ from ._keys import check_base_url, check_key
 from ._models import ModelRef
 from ._paths import check_run_paths
 from ._pricing import PriceBook
-from ._results import ExistingOutput, fp_int, read_existing
+from ._resume import ExistingOutput, fp_int, read_existing
 from ._schema import check_schema, schema_key
 from ._shard import add_sibling_done, shard_of
 from ._template import Template, TemplateError

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._exceptions import UsageError
-from ._results import JobResult, iter_result_lines
+from ._results import JobResult
+from ._resume import iter_result_lines
 from ._stats import Bin, RunStats
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._exceptions import UsageError
-from ._results import ExistingOutput, iter_result_lines
+from ._resume import ExistingOutput, iter_result_lines
 
 _SPEC = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 _SHARD_PART = re.compile(r"\.shard-\d+-of-\d+$")

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ._events import AttemptEnded, AttemptStarted, Event, JobEnded, RunEnded, RunStarted
-from ._results import JobResult, iter_result_lines
+from ._results import JobResult
+from ._resume import iter_result_lines
 from ._stats import Bin, Histogram
 
 MAX_BUCKETS = 64
