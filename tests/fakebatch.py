@@ -61,6 +61,8 @@ class FakeBatch:
     truncate_downloads: int = 0
     expire_after: float | None = None
     create_delay_s: float = 0.0  # real seconds a create waits, once made, before it answers
+    reply: str | None = None  # every batch answer's text (the online endpoints keep their own)
+    bill_errors: bool = False  # errored requests are billed (OpenAI: usage in the error body)
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
     files: dict[str, FakeFile] = field(default_factory=dict)
     created: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, requests)
@@ -170,7 +172,7 @@ class FakeBatch:
         if fault.isdigit() and fault != "200":
             it.outcome = fault
             return
-        text = self.api._answer_text(it.body)
+        text = self.reply if self.reply is not None else self.api._answer_text(it.body)
         words = self.api.chunks(text)
         cap = it.body.get("max_tokens") or it.body.get("max_completion_tokens") or 4096
         stop = "end_turn"

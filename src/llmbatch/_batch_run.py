@@ -145,7 +145,13 @@ async def run_with_batches(
     tell = say or _stderr
     if config.fresh and config.output is not None:
         config = _start_fresh(config, tell)
-    sub = await submit(config, batch_size=batch_size, clock=clock, client_factory=client_factory)
+    sub = await submit(
+        config,
+        batch_size=batch_size,
+        clock=clock,
+        client_factory=client_factory,
+        leave_online=True,
+    )
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
     totals = _Totals()
     started = clock.monotonic()

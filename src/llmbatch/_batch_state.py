@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ import orjson
 
 STATE_FILE = "batches.jsonl"
 OPEN_STATES = ("intent", "open")
-# Why a job came back unanswered; all but "canceled" count as a round against --max-attempts.
-UNCOUNTED = ("canceled",)
+# Why a job came back unanswered; all but these count as a round against --max-attempts
+# ("fallback": its model failed for good, the next model of its chain is a new start).
+UNCOUNTED = ("canceled", "fallback")
 
 
 @dataclass(slots=True)
@@ -61,7 +63,12 @@ class BatchState:
         self.path = self.dir / STATE_FILE
         self.uid = ""
         self.chunks: dict[str, Chunk] = {}
-        self.rounds: Counter[str] = Counter()  # job id → rounds that came back unanswered
+        self.rounds: Counter[str] = Counter()  # job id → unanswered rounds on its model
+        self.total_rounds: Counter[str] = Counter()  # … on all its models
+        self.positions: dict[str, int] = {}  # job id → where in its model chain it goes on
+        self.repairs: dict[str, dict[str, Any]] = {}  # job id → a paid answer to repair online
+        self.billed_cost = 0.0  # billed by requests that came back without an answer
+        self.billed_tokens = 0
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -107,6 +114,12 @@ class BatchState:
         if ev == "init":
             self.uid = self.uid or str(e.get("uid"))
             return
+        if ev == "repair":
+            self.repairs[str(e["id"])] = e
+            return
+        if ev == "repaired":
+            self.repairs.pop(str(e.get("id")), None)
+            return
         if ev == "intent":
             self.chunks[e["local"]] = Chunk(
                 local=e["local"],
@@ -135,6 +148,13 @@ class BatchState:
             for job_id, why in (e.get("returned") or {}).items():
                 if why not in UNCOUNTED:
                     self.rounds[job_id] += 1
+                    self.total_rounds[job_id] += 1
+            for job_id, position in (e.get("advanced") or {}).items():
+                self.positions[job_id] = int(position)
+                self.rounds[job_id] = 0  # a new model: its own rounds
+            for cost, tokens in (e.get("billed") or {}).values():
+                self.billed_cost += float(cost or 0.0)
+                self.billed_tokens += int(tokens or 0)
         elif ev == "abandoned":
             chunk.state = "abandoned"
             chunk.reason = e.get("reason")
@@ -178,3 +198,22 @@ class BatchState:
         """What open chunks hold against the budget (their worst case)."""
         chunks = self.open_chunks()
         return sum(c.reserve_cost for c in chunks), sum(c.reserve_tokens for c in chunks)
+
+    # -- what is paid but in no result line ---------------------------------------------
+
+    def pending_repairs(self, is_done: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+        """Paid batch answers that missed the schema, whose job has no result line yet."""
+        return {k: v for k, v in self.repairs.items() if not is_done(k)}
+
+    def spent(self, is_done: Callable[[str], bool]) -> tuple[float, int]:
+        """Cost and tokens billed but in no result line: the budget counts them too."""
+        cost, tokens = self.billed_cost, self.billed_tokens
+        for e in self.pending_repairs(is_done).values():
+            cost += float(e.get("cost") or 0.0)
+            u = e.get("usage") or {}
+            tokens += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
+        return cost, tokens
+
+    def held_job_ids(self, is_done: Callable[[str], bool]) -> set[str]:
+        """Jobs never to be submitted again meanwhile: in an open batch, or awaiting repair."""
+        return self.open_job_ids() | set(self.pending_repairs(is_done))

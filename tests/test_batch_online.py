@@ -1,0 +1,127 @@
+"""What the online part takes over from the batches: schema repairs, billed misses, fallbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from llmbatch._batch_fetch import FetchReport, fetch
+from llmbatch._batch_state import BatchState
+from llmbatch._batch_submit import SubmitReport, submit
+from llmbatch._config import RunConfig
+from llmbatch._engine import run_jobs_async
+from llmbatch._progress import NoProgress
+from llmbatch._report import RunReport
+from llmbatch._tally import REPAIR_INSTRUCTION
+from tests.batchutil import VirtualClock, config, jobs_file, running_fake
+from tests.conftest import read_jsonl
+from tests.fakebatch import FakeBatch
+from tests.test_batch_run import run_mode
+
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+REPAIR_MARK = REPAIR_INSTRUCTION.split(":")[0]
+
+
+@pytest.fixture
+def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
+    with running_fake(monkeypatch) as batch:
+        yield batch
+
+
+def do_submit(cfg: RunConfig, clock: VirtualClock) -> SubmitReport:
+    return anyio.run(lambda: submit(cfg, clock=clock))
+
+
+def do_fetch(cfg: RunConfig, clock: VirtualClock, **kw: Any) -> FetchReport:
+    return anyio.run(lambda: fetch(cfg, clock=clock, **kw))
+
+
+def run_online(cfg: RunConfig) -> RunReport:
+    return anyio.run(lambda: run_jobs_async(cfg, progress=NoProgress(), handle_signals=False))
+
+
+def repair_requests(fb: FakeBatch) -> list[dict[str, Any]]:
+    """The online requests that carried a repair turn."""
+    return [r.body for r in fb.api.records if REPAIR_MARK in str(r.body.get("messages"))]
+
+
+def test_schema_misses_are_repaired_online_in_one_run(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 6), schema=SCHEMA)
+    fb.reply = "Sure! The answer is four."  # every batch answer misses the schema
+    fb.api.reply = '{"n": 4}'  # the repair turn online gets it right
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.exit_code == 0 and rep.batch.jobs == 6
+    assert cfg.output is not None
+    lines = read_jsonl(cfg.output)
+    assert len(lines) == 6 and all(x["status"] == "ok" for x in lines)
+    assert all(x["parsed"] == {"n": 4} and x["repairs"] == 1 for x in lines)
+    assert all(x["attempts"] == 2 and x["batch"]["id"] for x in lines)
+    # Only the repair turns went online: the bad batch answer and the problem in each.
+    sent = repair_requests(fb)
+    assert len(fb.api.records) == len(sent) == 6
+    assert all("Sure! The answer is four." in str(b["messages"]) for b in sent)
+    assert set(fb.sent_ids().values()) == {1}
+    # Each line's cost is its batch answer plus its repair: batch part + online part.
+    total = sum(x["cost_usd"] for x in lines)
+    assert rep.batch.cost_usd > 0 and rep.run.cost_usd > 0
+    assert total == pytest.approx(rep.batch.cost_usd + rep.run.cost_usd, abs=6e-8)
+    assert not BatchState.load(cfg.output).pending_repairs(lambda _i: False)
+
+
+def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 4), schema=SCHEMA)
+    fb.reply = "not json"
+    do_submit(cfg, clock)
+    fb.advance(700)
+    first = do_fetch(cfg, clock)
+    assert (first.ok, first.repair_pending, first.exit_code) == (0, 4, 1)
+    assert cfg.output is not None and not read_jsonl(cfg.output)  # no line written yet
+    # The process dies here. Whatever runs next keeps the paid answers.
+    assert do_submit(cfg, clock).jobs == 0  # not submitted again
+    again = do_fetch(cfg, clock)
+    assert (again.closed, again.repair_pending) == (0, 4)
+    state = BatchState.load(cfg.output)
+    assert state.spent(lambda _i: False)[0] == pytest.approx(first.cost_usd)
+    fb.api.reply = '{"n": 2}'
+    report = run_online(cfg)
+    assert report.exit_code == 0 and report.ok == 4
+    assert len(repair_requests(fb)) == len(fb.api.records) == 4
+    lines = read_jsonl(cfg.output)
+    assert sorted(x["id"] for x in lines) == [f"job-{i}" for i in range(4)]
+    assert all(x["parsed"] == {"n": 2} and "batch" in x for x in lines)
+    assert run_online(cfg).ok == 0 and len(fb.api.records) == 4  # nothing asked twice
+    assert set(fb.sent_ids().values()) == {1}
+    assert BatchState.load(cfg.output).spent(lambda _i: False) == (0.0, 0)
+
+
+def test_repairs_count_against_repair_attempts(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 2), schema=SCHEMA, repair_attempts=2)
+    fb.reply = "prose"
+    fb.api.reply = "still prose"
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.exit_code == 1
+    assert cfg.output is not None
+    lines = read_jsonl(cfg.output)
+    assert all(x["error"]["type"] == "schema_invalid" and x["repairs"] == 2 for x in lines)
+    assert len(repair_requests(fb)) == 4  # the batch answer counted as the first try
+
+
+def test_no_repairs_allowed_writes_the_batch_answer_failed(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 2), schema=SCHEMA, repair_attempts=0)
+    fb.reply = "prose"
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.exit_code == 1 and not fb.api.records
+    assert cfg.output is not None
+    lines = read_jsonl(cfg.output)
+    assert all(x["error"]["type"] == "schema_invalid" and x["output"] == "prose" for x in lines)
+    assert all(x["cost_usd"] > 0 and "batch" in x for x in lines)
