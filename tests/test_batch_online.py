@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from llmbatch._batch_fetch import FetchReport, fetch
+from llmbatch._batch_run import batch_part_from_results
 from llmbatch._batch_state import BatchState
 from llmbatch._batch_submit import SubmitReport, submit
 from llmbatch._config import RunConfig
@@ -17,9 +18,10 @@ from llmbatch._engine import run_jobs_async
 from llmbatch._progress import NoProgress
 from llmbatch._report import RunReport
 from llmbatch._tally import REPAIR_INSTRUCTION
-from tests.batchutil import VirtualClock, config, jobs_file, running_fake
+from tests.batchutil import OA, VirtualClock, config, jobs_file, running_fake
 from tests.conftest import read_jsonl
 from tests.fakebatch import FakeBatch
+from tests.test_batch import batch_cost
 from tests.test_batch_run import run_mode
 
 SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
@@ -125,3 +127,36 @@ def test_no_repairs_allowed_writes_the_batch_answer_failed(fb: FakeBatch, tmp_pa
     lines = read_jsonl(cfg.output)
     assert all(x["error"]["type"] == "schema_invalid" and x["output"] == "prose" for x in lines)
     assert all(x["cost_usd"] > 0 and "batch" in x for x in lines)
+
+
+def test_billed_unanswered_requests_count_against_max_cost(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    cap = 0.003
+    cfg = config(jobs_file(tmp_path, 40, models=(OA, OA)), max_cost=cap)
+    fb.bill_errors = True  # each request runs to its token cap, fails (500), and is billed
+    fb.api.add_rule("Question", *["500"] * 1000)
+    first = do_submit(cfg, clock)
+    assert 0 < first.jobs < 40 and first.exit_code == 3
+    fb.advance(700)
+    fetched = do_fetch(cfg, clock)
+    assert fetched.returned == first.jobs and fetched.ok == 0
+    bill = batch_cost(OA, "openai", fb.billed()[OA], clock.time())
+    assert fetched.cost_usd == pytest.approx(bill, rel=1e-6) and bill > cap / 2
+    assert any("billed without an answer" in n for n in fetched.notes)
+    # The spend is in no result line, yet the budget counts it: no room for another round.
+    again = do_submit(cfg, clock)
+    assert again.exit_code == 3 and again.jobs < first.jobs
+    fb.advance(700)
+    do_fetch(cfg, clock)
+    total = batch_cost(OA, "openai", fb.billed()[OA], clock.time())
+    assert total <= cap
+    assert cfg.output is not None
+    state = BatchState.load(cfg.output)
+    assert state.spent(lambda _i: False)[0] == pytest.approx(total, rel=1e-6)
+    part = batch_part_from_results(cfg.output)  # the report's batch block counts it too
+    assert part.jobs == 0 and part.cost_usd == pytest.approx(total, rel=1e-6)
+    assert part.online_cost_usd == pytest.approx(2 * total, rel=1e-3)
+    # The online part counts it too.
+    report = run_online(cfg)
+    assert report.stopped_by == "budget" and report.ok == 0
+    assert report.cost_usd_cumulative + total <= cap

@@ -49,7 +49,7 @@ class Closing:
     repairs: list[dict[str, Any]] = field(default_factory=list)
     returned: dict[str, str] = field(default_factory=dict)  # job id → why
     advanced: dict[str, int] = field(default_factory=dict)  # job id → next chain position
-    billed: dict[str, list[float]] = field(default_factory=dict)  # job id → [cost, tokens]
+    billed: dict[str, list[float]] = field(default_factory=dict)  # id → [cost, tokens, online]
 
 
 def model_level(err: ProviderError) -> bool:
@@ -97,10 +97,11 @@ class BatchCloser:
         """A request billed without an answer: its cost is spent all the same."""
         price = price_from_json(chunk.price)
         cost = 0.0 if price is None else price.cost(usage)
-        out.billed[job_id] = [cost, usage.total]
-        self.totals.cost_usd += cost
         online = self.online.cost(ModelRef(chunk.provider, chunk.model), usage)
-        self.totals.online_cost_usd += cost if online is None else online
+        online = cost if online is None else online
+        out.billed[job_id] = [cost, usage.total, online]
+        self.totals.cost_usd += cost
+        self.totals.online_cost_usd += online
         self.totals.billed_unanswered += 1
 
     def answer(

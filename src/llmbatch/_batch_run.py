@@ -217,7 +217,9 @@ def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) ->
     from ._usage import Usage
 
     book = PriceBook(prices or {})
-    jobs, cost, online = 0, 0.0, 0.0
+    state = BatchState.load(path)
+    # Billed by requests that came back without an answer: in no line, paid all the same.
+    jobs, cost, online = 0, state.billed_cost, state.billed_online
     for _, _, line, _ in iter_result_lines(path):
         if line is None or "batch" not in line:
             continue

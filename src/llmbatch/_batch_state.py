@@ -69,6 +69,7 @@ class BatchState:
         self.repairs: dict[str, dict[str, Any]] = {}  # job id → a paid answer to repair online
         self.billed_cost = 0.0  # billed by requests that came back without an answer
         self.billed_tokens = 0
+        self.billed_online = 0.0  # … and what the same requests would have cost online
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -152,9 +153,10 @@ class BatchState:
             for job_id, position in (e.get("advanced") or {}).items():
                 self.positions[job_id] = int(position)
                 self.rounds[job_id] = 0  # a new model: its own rounds
-            for cost, tokens in (e.get("billed") or {}).values():
+            for cost, tokens, *online in (e.get("billed") or {}).values():
                 self.billed_cost += float(cost or 0.0)
                 self.billed_tokens += int(tokens or 0)
+                self.billed_online += float(online[0] if online else cost or 0.0)
         elif ev == "abandoned":
             chunk.state = "abandoned"
             chunk.reason = e.get("reason")
