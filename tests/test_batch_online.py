@@ -18,8 +18,8 @@ from llmbatch._engine import run_jobs_async
 from llmbatch._progress import NoProgress
 from llmbatch._report import RunReport
 from llmbatch._tally import REPAIR_INSTRUCTION
-from tests.batchutil import OA, VirtualClock, config, jobs_file, running_fake
-from tests.conftest import read_jsonl
+from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
+from tests.conftest import read_jsonl, write_jsonl
 from tests.fakebatch import FakeBatch
 from tests.test_batch import batch_cost
 from tests.test_batch_run import run_mode
@@ -160,3 +160,74 @@ def test_billed_unanswered_requests_count_against_max_cost(fb: FakeBatch, tmp_pa
     report = run_online(cfg)
     assert report.stopped_by == "budget" and report.ok == 0
     assert report.cost_usd_cumulative + total <= cap
+
+
+def chain_jobs(tmp_path: Path, chains: list[tuple[str, list[str]]]) -> Path:
+    rows = [
+        {"id": f"job-{i}", "prompt": f"Question {i}: what is {i} + {i}?", "model": m, "fallback": f}
+        for i, (m, f) in enumerate(chains)
+    ]
+    return write_jsonl(tmp_path / "jobs.jsonl", rows)
+
+
+def test_a_model_that_fails_for_good_hands_the_job_to_its_fallback(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    clock = VirtualClock(fb)
+    fb.api.model_faults["gpt-gone"] = "404"  # the model does not exist (any more)
+    chains = [("openai:gpt-gone", [f"anthropic:{AN}"]), ("openai:gpt-gone", [])]
+    chains += [(f"sim:{OA}", [f"openai:{OA}"])]  # sim has no Batch API: its next model does
+    cfg = config(chain_jobs(tmp_path, chains))
+    first = do_submit(cfg, clock)
+    assert sorted((k, n) for k, _, n in fb.created) == [("openai", 1), ("openai", 2)]
+    assert first.jobs == 3
+    fb.advance(700)
+    rep = do_fetch(cfg, clock)
+    # job-0 goes on to its fallback; job-1 has none: a failed line; job-2 is answered.
+    assert (rep.ok, rep.failed, rep.returned, rep.exit_code) == (1, 1, 0, 1)
+    assert any("next model" in n for n in rep.notes)
+    again = do_submit(cfg, clock)
+    assert again.jobs == 1 and fb.created[-1][0] == "anthropic"
+    fb.advance(700)
+    assert do_fetch(cfg, clock).ok == 1
+    assert cfg.output is not None
+    lines = {x["id"]: x for x in read_jsonl(cfg.output)}
+    assert (lines["job-0"]["model"], lines["job-0"]["fallbacks"]) == (AN, 1)
+    assert lines["job-0"]["attempts"] == 2  # its round on the failed model counts
+    assert lines["job-1"]["error"]["type"] == "not_found"
+    assert (lines["job-2"]["model"], lines["job-2"]["fallbacks"]) == (OA, 1)
+    assert not fb.api.records  # all of it by batch
+
+
+def test_rounds_run_out_on_one_model_then_the_next(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    fb.api.model_faults[OA] = "500"  # the first model keeps failing (transiently)
+    cfg = config(chain_jobs(tmp_path, [(f"openai:{OA}", [f"anthropic:{AN}"])]), max_attempts=2)
+    for _ in range(2):
+        do_submit(cfg, clock)
+        fb.advance(700)
+        do_fetch(cfg, clock)
+    do_submit(cfg, clock)
+    fb.advance(700)
+    assert do_fetch(cfg, clock).ok == 1
+    assert [k for k, _, _ in fb.created] == ["openai", "openai", "anthropic"]
+    assert cfg.output is not None
+    (line,) = read_jsonl(cfg.output)
+    assert (line["model"], line["fallbacks"], line["attempts"]) == (AN, 1, 3)
+
+
+def test_leftovers_online_honour_the_chain(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    fb.api.model_faults["gpt-gone"] = "404"
+    chains = [("openai:gpt-gone", [f"anthropic:{AN}"]), (f"sim:{OA}", [])]
+    cfg = config(chain_jobs(tmp_path, chains))
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.exit_code == 0
+    # job-0 went on online at its fallback, never again to the model that failed;
+    # job-1 has no model with a Batch API: it ran online (sim) from the start.
+    assert [r.body["model"] for r in fb.api.records] == [AN]
+    assert sum(fb.sent_ids().values()) == 1
+    assert cfg.output is not None
+    lines = {x["id"]: x for x in read_jsonl(cfg.output)}
+    assert (lines["job-0"]["model"], lines["job-0"]["fallbacks"]) == (AN, 1)
+    assert lines["job-1"]["provider"] == "sim" and lines["job-1"]["status"] == "ok"

@@ -149,6 +149,7 @@ class BatchState:
             for job_id, why in (e.get("returned") or {}).items():
                 if why not in UNCOUNTED:
                     self.rounds[job_id] += 1
+                if why != "canceled":  # the user's choice, not a try
                     self.total_rounds[job_id] += 1
             for job_id, position in (e.get("advanced") or {}).items():
                 self.positions[job_id] = int(position)
