@@ -262,15 +262,16 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     raise typer.Exit(_guard(go))
 
 
-def run_mode(cfg: RunConfig, mode: str, batch_deadline: str | None) -> int:
+def run_mode(cfg: RunConfig) -> int:
     """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
     import anyio
 
-    from ._batch_run import parse_duration, run_with_batches
+    from ._batch_run import run_with_batches
     from ._progress import make_progress
     from .cli import _console, _err
 
-    deadline = parse_duration(batch_deadline) if batch_deadline is not None else None
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out
 
     def say(message: str) -> None:
         if not cfg.quiet:
