@@ -102,6 +102,13 @@ def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
     assert run_online(cfg).ok == 0 and len(fb.api.records) == 4  # nothing asked twice
     assert set(fb.sent_ids().values()) == {1}
     assert BatchState.load(cfg.output).spent(lambda _i: False) == (0.0, 0)
+    # Killed after the lines were written, before the repairs were marked done: the
+    # lines decide, nothing is repaired or counted twice.
+    log = cfg.output.with_name("out.jsonl.batches") / "batches.jsonl"
+    log.write_bytes(b"".join(x for x in log.read_bytes().splitlines(True) if b"repaired" not in x))
+    written = {x["id"] for x in read_jsonl(cfg.output)}
+    assert BatchState.load(cfg.output).spent(written.__contains__) == (0.0, 0)
+    assert run_online(cfg).ok == 0 and len(fb.api.records) == 4
 
 
 def test_repairs_count_against_repair_attempts(fb: FakeBatch, tmp_path: Path) -> None:

@@ -220,6 +220,10 @@ def fetch(
             f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
             f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
         )
+        if rep.repair_pending:
+            sys.stderr.write(
+                f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
+            )
         if rep.batch_jobs:
             saved = rep.online_cost_usd - rep.cost_usd
             sys.stderr.write(
