@@ -17,6 +17,7 @@ from llmbatch._config import RunConfig
 from llmbatch._engine import run_jobs_async
 from llmbatch._progress import NoProgress
 from llmbatch._report import RunReport
+from llmbatch._results import read_existing
 from llmbatch._tally import REPAIR_INSTRUCTION
 from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
 from tests.conftest import read_jsonl, write_jsonl
@@ -72,7 +73,7 @@ def test_schema_misses_are_repaired_online_in_one_run(fb: FakeBatch, tmp_path: P
     total = sum(x["cost_usd"] for x in lines)
     assert rep.batch.cost_usd > 0 and rep.run.cost_usd > 0
     assert total == pytest.approx(rep.batch.cost_usd + rep.run.cost_usd, abs=6e-8)
-    assert not BatchState.load(cfg.output).pending_repairs(lambda _i: False)
+    assert not BatchState.load(cfg.output).pending_repairs(lambda _i: None)
 
 
 def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
@@ -91,7 +92,7 @@ def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
     again = do_fetch(cfg, clock)
     assert (again.closed, again.repair_pending) == (0, 4)
     state = BatchState.load(cfg.output)
-    assert state.spent(lambda _i: False)[0] == pytest.approx(first.cost_usd)
+    assert state.spent(lambda _i: None)[0] == pytest.approx(first.cost_usd)
     fb.api.reply = '{"n": 2}'
     report = run_online(cfg)
     assert report.exit_code == 0 and report.ok == 4
@@ -101,13 +102,13 @@ def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
     assert all(x["parsed"] == {"n": 2} and "batch" in x for x in lines)
     assert run_online(cfg).ok == 0 and len(fb.api.records) == 4  # nothing asked twice
     assert set(fb.sent_ids().values()) == {1}
-    assert BatchState.load(cfg.output).spent(lambda _i: False) == (0.0, 0)
+    assert BatchState.load(cfg.output).spent(lambda _i: None) == (0.0, 0)
     # Killed after the lines were written, before the repairs were marked done: the
     # lines decide, nothing is repaired or counted twice.
     log = cfg.output.with_name("out.jsonl.batches") / "batches.jsonl"
     log.write_bytes(b"".join(x for x in log.read_bytes().splitlines(True) if b"repaired" not in x))
-    written = {x["id"] for x in read_jsonl(cfg.output)}
-    assert BatchState.load(cfg.output).spent(written.__contains__) == (0.0, 0)
+    lines_fp = read_existing(cfg.output, retry_failed=False).done.fingerprint
+    assert BatchState.load(cfg.output).spent(lines_fp) == (0.0, 0)
     assert run_online(cfg).ok == 0 and len(fb.api.records) == 4
 
 
@@ -159,7 +160,7 @@ def test_billed_unanswered_requests_count_against_max_cost(fb: FakeBatch, tmp_pa
     assert total <= cap
     assert cfg.output is not None
     state = BatchState.load(cfg.output)
-    assert state.spent(lambda _i: False)[0] == pytest.approx(total, rel=1e-6)
+    assert state.spent(lambda _i: None)[0] == pytest.approx(total, rel=1e-6)
     part = batch_part_from_results(cfg.output)  # the report's batch block counts it too
     assert part.jobs == 0 and part.cost_usd == pytest.approx(total, rel=1e-6)
     assert part.online_cost_usd == pytest.approx(2 * total, rel=1e-3)
@@ -238,3 +239,23 @@ def test_leftovers_online_honour_the_chain(fb: FakeBatch, tmp_path: Path) -> Non
     lines = {x["id"]: x for x in read_jsonl(cfg.output)}
     assert (lines["job-0"]["model"], lines["job-0"]["fallbacks"]) == (AN, 1)
     assert lines["job-1"]["provider"] == "sim" and lines["job-1"]["status"] == "ok"
+
+
+def test_a_job_changed_before_its_repair_runs_anew_its_answer_stays_counted(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 2, models=(OA, OA)), schema=SCHEMA)
+    fb.reply = "not json"
+    do_submit(cfg, clock)
+    fb.advance(700)
+    paid = do_fetch(cfg, clock).cost_usd
+    cfg.system = "Answer in JSON."  # the jobs now ask something else
+    fb.api.reply = '{"n": 1}'
+    assert run_online(cfg).ok == 2
+    assert not repair_requests(fb)  # asked anew, not repaired
+    assert cfg.output is not None
+    lines = read_jsonl(cfg.output)
+    assert all("batch" not in x and "repairs" not in x for x in lines)
+    lines_fp = read_existing(cfg.output, retry_failed=False).done.fingerprint
+    assert BatchState.load(cfg.output).spent(lines_fp)[0] == pytest.approx(paid)

@@ -83,8 +83,9 @@ class _Fetcher:
         self.totals = self.closer.totals
         self.closed = 0
 
-    def is_written(self, job_id: str) -> bool:
-        return job_id in self.closer.written or self.done.fingerprint(job_id) is not None
+    def line_fp(self, job_id: str) -> int | None:
+        """The fingerprint of the job's line (0 for one written now), None: no line."""
+        return 0 if job_id in self.closer.written else self.done.fingerprint(job_id)
 
     def is_done(self, job_id: str) -> bool:
         return (
@@ -191,14 +192,14 @@ async def fetch(
             online_cost_usd=t.online_cost_usd,
             batch_jobs=t.batch_jobs,
             notes=ctx.notes,
-            repair_pending=len(ctx.state.pending_repairs(f.is_written)),
+            repair_pending=len(ctx.state.pending_repairs(f.line_fp)),
         )
 
 
 def _say(ctx: BatchContext, f: _Fetcher) -> None:
     """Notes on what waits for the online part of the work."""
     t = f.totals
-    pending = len(ctx.state.pending_repairs(f.is_written))
+    pending = len(ctx.state.pending_repairs(f.line_fp))
     if pending:
         ctx.notes.append(
             f"{pending} batch answer(s) missed the schema; they are kept (billed once) and "

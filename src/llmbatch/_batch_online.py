@@ -13,12 +13,11 @@ without an answer, answers awaiting repair) counts against ``--max-cost``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._batch_state import BatchState
+from ._batch_state import BatchState, LineFingerprint
 from ._events import Event, JobEnded
 from ._models import ModelRef
 from ._results import JobResult
@@ -93,29 +92,33 @@ def seed_from_repair(e: dict[str, Any]) -> BatchSeed:
     )
 
 
-def load_seeds(state: BatchState, is_done: Callable[[str], bool]) -> dict[str, BatchSeed]:
+def load_seeds(state: BatchState, line_fp: LineFingerprint) -> dict[str, BatchSeed]:
     """Seeds for every job not yet written that the batches moved on or answered badly."""
     seeds = {
         job_id: BatchSeed(fingerprint=None, position=pos)
         for job_id, pos in state.positions.items()
-        if pos and not is_done(job_id)
+        if pos and line_fp(job_id) is None
     }
-    for job_id, e in state.pending_repairs(is_done).items():
+    for job_id, e in state.pending_repairs(line_fp).items():
         seeds[job_id] = seed_from_repair(e)
     return seeds
 
 
 class RepairRecorder:
-    """Marks a repaired job in the batch state once its line is written (JobEnded)."""
+    """Marks a repaired job in the batch state once its line, holding the batch answer's
+    cost, is written (JobEnded). A job that changed since runs anew, and stays unmarked."""
 
     def __init__(self, state: BatchState, seeds: dict[str, BatchSeed]) -> None:
         self.state = state
-        self.ids = {k for k, s in seeds.items() if s.repairs}
+        self.origins = {k: s.batch for k, s in seeds.items() if s.repairs}
 
     def emit(self, event: Event) -> None:
-        if isinstance(event, JobEnded) and event.result.id in self.ids:
-            self.ids.discard(event.result.id)
-            self.state.append({"ev": "repaired", "id": event.result.id})
+        if not isinstance(event, JobEnded):
+            return
+        r = event.result
+        if r.id in self.origins and r.batch is not None and r.batch == self.origins[r.id]:
+            del self.origins[r.id]
+            self.state.append({"ev": "repaired", "id": r.id})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +131,13 @@ class BatchCarry:
     recorder: RepairRecorder | None
 
 
-def batch_carry(output: Path | None, is_done: Callable[[str], bool]) -> BatchCarry | None:
+def batch_carry(output: Path | None, line_fp: LineFingerprint) -> BatchCarry | None:
     """The output's batch state as the online run needs it; None when it has none."""
     if output is None or not BatchState(output).exists:
         return None
     state = BatchState.load(output, writable=True)  # the run holds the output lock
-    seeds = load_seeds(state, is_done)
-    cost, tokens = state.spent(is_done)
+    seeds = load_seeds(state, line_fp)
+    cost, tokens = state.spent(line_fp)
     recorder = RepairRecorder(state, seeds) if any(s.repairs for s in seeds.values()) else None
     return BatchCarry(seeds, cost, tokens, recorder)
 
@@ -149,7 +152,7 @@ def take_over_batches(
     """The engine's hook: seed the runner, count the batch spend, record repairs done."""
     if config.fresh or existing is None:
         return
-    carry = batch_carry(config.output, lambda i: existing.done.fingerprint(i) is not None)
+    carry = batch_carry(config.output, existing.done.fingerprint)
     if carry is None:
         return
     runner.seeds = carry.seeds

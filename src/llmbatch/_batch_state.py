@@ -21,6 +21,11 @@ from typing import Any
 
 import orjson
 
+from ._results import fp_int
+
+# A job's result line, looked up: its stored fingerprint (0: none), None when it has no line.
+LineFingerprint = Callable[[str], int | None]
+
 STATE_FILE = "batches.jsonl"
 OPEN_STATES = ("intent", "open")
 # Why a job came back unanswered; all but these count as a round against --max-attempts
@@ -204,19 +209,27 @@ class BatchState:
 
     # -- what is paid but in no result line ---------------------------------------------
 
-    def pending_repairs(self, is_done: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+    def pending_repairs(self, line_fp: LineFingerprint) -> dict[str, dict[str, Any]]:
         """Paid batch answers that missed the schema, whose job has no result line yet."""
-        return {k: v for k, v in self.repairs.items() if not is_done(k)}
+        return {k: v for k, v in self.repairs.items() if line_fp(k) is None}
 
-    def spent(self, is_done: Callable[[str], bool]) -> tuple[float, int]:
-        """Cost and tokens billed but in no result line: the budget counts them too."""
+    def spent(self, line_fp: LineFingerprint) -> tuple[float, int]:
+        """Cost and tokens billed but in no result line: the budget counts them too.
+
+        An answer kept for repair counts until its job's line holds it: marked
+        repaired, or a line of the same job (fingerprint) there. A job changed
+        since leaves its paid answer counted (never low).
+        """
         cost, tokens = self.billed_cost, self.billed_tokens
-        for e in self.pending_repairs(is_done).values():
+        for job_id, e in self.repairs.items():
+            fp = line_fp(job_id)
+            if fp is not None and fp == fp_int(e.get("fp")):
+                continue
             cost += float(e.get("cost") or 0.0)
             u = e.get("usage") or {}
             tokens += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
         return cost, tokens
 
-    def held_job_ids(self, is_done: Callable[[str], bool]) -> set[str]:
+    def held_job_ids(self, line_fp: LineFingerprint) -> set[str]:
         """Jobs never to be submitted again meanwhile: in an open batch, or awaiting repair."""
-        return self.open_job_ids() | set(self.pending_repairs(is_done))
+        return self.open_job_ids() | set(self.pending_repairs(line_fp))

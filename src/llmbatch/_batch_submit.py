@@ -167,7 +167,7 @@ class _Submitter:
         """Stream the jobs file again; spool every job not done and not in an open batch,
         ready to send, to one file per (provider, model): memory stays flat."""
         cfg = self.ctx.config
-        in_open = self.ctx.state.held_job_ids(self.is_done)
+        in_open = self.ctx.state.held_job_ids(self.line_fp)
         files: dict[ModelRef, BinaryIO] = {}
         used: dict[ModelRef, set[str]] = {}
         try:
@@ -203,9 +203,12 @@ class _Submitter:
                 f.close()
         return {ref: Path(f.name) for ref, f in files.items()}
 
-    def is_done(self, job_id: str) -> bool:
+    def line_fp(self, job_id: str) -> int | None:
         existing = self.planner.existing
-        return existing is not None and existing.done.fingerprint(job_id) is not None
+        return None if existing is None else existing.done.fingerprint(job_id)
+
+    def is_done(self, job_id: str) -> bool:
+        return self.line_fp(job_id) is not None
 
     def position(self, pj: PreparedJob) -> int | None:
         """Where in its chain the job's batch goes: past models that failed for good,
@@ -354,7 +357,7 @@ async def _send(
     budget = RunBudget(config.max_cost, config.max_total_tokens)
     if existing is not None:
         budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
-    spent_cost, spent_tokens = ctx.state.spent(sub.is_done)  # billed, in no result line
+    spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
     budget.spent_cost += spent_cost
     budget.spent_tokens += spent_tokens
     budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
