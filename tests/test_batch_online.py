@@ -259,3 +259,20 @@ def test_a_job_changed_before_its_repair_runs_anew_its_answer_stays_counted(
     assert all("batch" not in x and "repairs" not in x for x in lines)
     lines_fp = read_existing(cfg.output, retry_failed=False).done.fingerprint
     assert BatchState.load(cfg.output).spent(lines_fp)[0] == pytest.approx(paid)
+
+
+def test_a_fallback_without_batch_api_is_left_for_run(fb: FakeBatch, tmp_path: Path) -> None:
+    clock = VirtualClock(fb)
+    fb.api.model_faults["gpt-gone"] = "404"
+    cfg = config(chain_jobs(tmp_path, [("openai:gpt-gone", [f"sim:{OA}"]), (OA, [])]))
+    do_submit(cfg, clock)
+    fb.advance(700)
+    assert do_fetch(cfg, clock).ok == 1
+    later = do_submit(cfg, clock)  # not refused: the other jobs may go on by batch
+    assert later.jobs == 0 and later.left_online == 1
+    assert any("run online" in n for n in later.notes)
+    report = run_online(cfg)
+    assert report.ok == 1 and not fb.api.records  # sim answered, gpt-gone not asked again
+    assert cfg.output is not None
+    lines = {x["id"]: x for x in read_jsonl(cfg.output)}
+    assert (lines["job-0"]["provider"], lines["job-0"]["fallbacks"]) == ("sim", 1)

@@ -217,7 +217,7 @@ class _Submitter:
         for i in range(start, len(pj.chain)):
             if self.ctx.config.providers[pj.chain[i].provider].kind in BATCH_KINDS:
                 return i
-        if self.leave_online:
+        if self.leave_online or start > 0:  # (one its batches moved on: not the file's fault)
             self.left_online += 1
             return None
         self.ctx.client(pj.chain[start].provider)  # no Batch API: refused before any call
@@ -334,7 +334,8 @@ async def submit(
         ctx.notes.extend(sorted(sub.wire_notes))
         if sub.left_online:
             ctx.notes.append(
-                f"{sub.left_online} job(s) have no model with a Batch API left; they run online"
+                f"{sub.left_online} job(s) have no model with a Batch API left; they run "
+                "online (`llmbatch run`, or the online part of `run --mode`)"
             )
         return SubmitReport(
             batches=sub.batches,
