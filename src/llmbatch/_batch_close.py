@@ -48,7 +48,7 @@ class Closing:
     lines: list[bytes] = field(default_factory=list)
     repairs: list[dict[str, Any]] = field(default_factory=list)
     returned: dict[str, str] = field(default_factory=dict)  # job id → why
-    advanced: dict[str, int] = field(default_factory=dict)  # job id → next chain position
+    advanced: dict[str, list[Any]] = field(default_factory=dict)  # id → [next position, fp]
     billed: dict[str, list[float]] = field(default_factory=dict)  # id → [cost, tokens, online]
 
 
@@ -61,6 +61,11 @@ def model_level(err: ProviderError) -> bool:
 
 def has_next(row: dict[str, Any]) -> bool:
     return int(row.get("pos") or 0) + 1 < int(row.get("n") or 1)
+
+
+def next_model(row: dict[str, Any]) -> list[Any]:
+    """Where the job goes on in its chain, and which job that is (its fingerprint)."""
+    return [int(row.get("pos") or 0) + 1, row.get("fp")]
 
 
 class BatchCloser:
@@ -88,7 +93,7 @@ class BatchCloser:
             if err.retryable:
                 out.returned[job_id] = err.error_type
             else:
-                out.advanced[job_id] = int(row.get("pos") or 0) + 1
+                out.advanced[job_id] = next_model(row)
                 out.returned[job_id] = "fallback"
             return
         self.answer(out, chunk, info, row, item)
@@ -196,7 +201,7 @@ class BatchCloser:
                 continue
             row = by_id[job_id]
             if has_next(row):
-                out.advanced[job_id] = int(row.get("pos") or 0) + 1
+                out.advanced[job_id] = next_model(row)
                 out.returned[job_id] = "fallback"
                 continue
             del out.returned[job_id]

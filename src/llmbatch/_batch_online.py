@@ -95,7 +95,7 @@ def seed_from_repair(e: dict[str, Any]) -> BatchSeed:
 def load_seeds(state: BatchState, line_fp: LineFingerprint) -> dict[str, BatchSeed]:
     """Seeds for every job not yet written that the batches moved on or answered badly."""
     seeds = {
-        job_id: BatchSeed(fingerprint=None, position=pos)
+        job_id: BatchSeed(fingerprint=state.position_fps.get(job_id), position=pos)
         for job_id, pos in state.positions.items()
         if pos and line_fp(job_id) is None
     }

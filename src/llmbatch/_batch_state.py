@@ -71,6 +71,7 @@ class BatchState:
         self.rounds: Counter[str] = Counter()  # job id → unanswered rounds on its model
         self.total_rounds: Counter[str] = Counter()  # … on all its models
         self.positions: dict[str, int] = {}  # job id → where in its model chain it goes on
+        self.position_fps: dict[str, str | None] = {}  # … for the job with this fingerprint
         self.repairs: dict[str, dict[str, Any]] = {}  # job id → a paid answer to repair online
         self.billed_cost = 0.0  # billed by requests that came back without an answer
         self.billed_tokens = 0
@@ -156,8 +157,9 @@ class BatchState:
                     self.rounds[job_id] += 1
                 if why != "canceled":  # the user's choice, not a try
                     self.total_rounds[job_id] += 1
-            for job_id, position in (e.get("advanced") or {}).items():
+            for job_id, (position, fp) in (e.get("advanced") or {}).items():
                 self.positions[job_id] = int(position)
+                self.position_fps[job_id] = fp
                 self.rounds[job_id] = 0  # a new model: its own rounds
             for cost, tokens, *online in (e.get("billed") or {}).values():
                 self.billed_cost += float(cost or 0.0)

@@ -213,7 +213,10 @@ class _Submitter:
     def position(self, pj: PreparedJob) -> int | None:
         """Where in its chain the job's batch goes: past models that failed for good,
         at the first with a Batch API. None: it is left for the online part."""
-        start = min(self.ctx.state.positions.get(pj.job.id, 0), len(pj.chain) - 1)
+        state = self.ctx.state
+        start = 0
+        if state.position_fps.get(pj.job.id) == pj.fingerprint:  # not if the job changed
+            start = min(state.positions.get(pj.job.id, 0), len(pj.chain) - 1)
         for i in range(start, len(pj.chain)):
             if self.ctx.config.providers[pj.chain[i].provider].kind in BATCH_KINDS:
                 return i
