@@ -61,6 +61,8 @@ class FakeBatch:
     truncate_downloads: int = 0
     expire_after: float | None = None
     create_delay_s: float = 0.0  # real seconds a create waits, once made, before it answers
+    reply: str | None = None  # every batch answer's text (the online endpoints keep their own)
+    bill_errors: bool = False  # errored requests are billed (OpenAI: usage in the error body)
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
     files: dict[str, FakeFile] = field(default_factory=dict)
     created: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, requests)
@@ -81,12 +83,12 @@ class FakeBatch:
             self.offset += seconds
 
     def billed(self) -> dict[str, tuple[int, int]]:
-        """model → (input, output) tokens of every request answered inside a batch."""
+        """model → (input, output) tokens of every request billed inside a batch."""
         out: dict[str, tuple[int, int]] = {}
         with self._lock:
             for b in self.batches.values():
                 for it in b.items:
-                    if it.outcome == "ok" and it.answer is not None:
+                    if it.answer is not None:  # answers, and errors billed
                         i, o = out.get(str(it.body.get("model")), (0, 0))
                         u = it.answer["usage"]
                         out[str(it.body.get("model"))] = (i + u[0], o + u[1])
@@ -152,7 +154,7 @@ class FakeBatch:
             due = min(due, b.stall_at)
         for it in b.items[:due]:
             if it.outcome is None:
-                self._answer(it)
+                self._answer(it, b.kind)
         if b.cancel_at is not None:
             # What finished before the cancel is kept; the rest is canceled.
             self._finish(b, "cancelled" if b.kind == "openai" else "ended", "canceled")
@@ -165,12 +167,16 @@ class FakeBatch:
         elif now >= b.expires_at:
             self._finish(b, "expired" if b.kind == "openai" else "ended", "expired")
 
-    def _answer(self, it: Item) -> None:
+    def _answer(self, it: Item, kind: str) -> None:
         fault = self.api._plan(it.body)
         if fault.isdigit() and fault != "200":
             it.outcome = fault
+            if self.bill_errors and kind == "openai":
+                # It ran to its token cap, then failed: billed in full, no answer.
+                cap = int(it.body.get("max_tokens") or it.body.get("max_completion_tokens") or 0)
+                it.answer = {"usage": (self.api.input_tokens_of(it.body), cap)}
             return
-        text = self.api._answer_text(it.body)
+        text = self.reply if self.reply is not None else self.api._answer_text(it.body)
         words = self.api.chunks(text)
         cap = it.body.get("max_tokens") or it.body.get("max_completion_tokens") or 4096
         stop = "end_turn"

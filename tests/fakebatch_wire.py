@@ -92,11 +92,11 @@ def oa_line(it: Item, req_id: str, now: float) -> bytes:
         status = int(it.outcome or 500)
         etype = "invalid_request_error" if status < 500 else "server_error"
         err = {"message": f"simulated {status}", "type": etype, "param": None, "code": None}
-        line["response"] = {
-            "status_code": status,
-            "request_id": "req_fake",
-            "body": {"error": err},
-        }
+        failed: dict[str, Any] = {"error": err}
+        if it.answer is not None:  # billed though it failed
+            i, o = it.answer["usage"]
+            failed["usage"] = {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}
+        line["response"] = {"status_code": status, "request_id": "req_fake", "body": failed}
         line["error"] = None
     return orjson.dumps(line) + b"\n"
 

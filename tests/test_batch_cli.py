@@ -131,3 +131,30 @@ def test_run_mode_auto_from_the_shell(fb: FakeBatch, tmp_path: Path) -> None:
         "cost_usd": 0.0,
         "online_cost_usd": 0.0,
     }
+
+
+def test_mode_and_deadline_from_llmbatch_toml_flags_win(fb: FakeBatch, tmp_path: Path) -> None:
+    env = fake_env(fb.api)
+    path = jobs(tmp_path, 4, ("gpt-4o-mini", "claude-haiku-4-5"))
+    out = tmp_path / "out.jsonl"
+    toml = tmp_path / "llmbatch.toml"
+    toml.write_text('mode = "auto"\nbatch_deadline = "1s"\n')
+    res = run_cli("run", str(path), "-o", str(out), "--config", str(toml), env=env)
+    assert res.code == 0, res.output
+    assert "batch deadline reached" in res.stderr and len(fb.created) == 2
+    assert len(read_jsonl(out)) == 4
+    # A flag wins over the file: online, and nothing is submitted.
+    res = run_cli(
+        "run", str(path), "-o", str(tmp_path / "b.jsonl"), "--config", str(toml),
+        "--mode", "online", env=env,
+    )  # fmt: skip
+    assert res.code == 0 and len(fb.created) == 2
+    bad = run_cli("run", str(path), "--mode", "online", "--batch-deadline", "5s", env=env)
+    assert bad.code == 2 and "--batch-deadline goes with --mode auto" in bad.stderr
+    toml.write_text('mode = "sideways"\n')
+    res = run_cli("run", str(path), "-o", str(out), "--config", str(toml), env=env)
+    assert res.code == 2 and "--mode 'sideways'" in res.stderr
+    toml.write_text('batch_dedline = "1h"\n')
+    res = run_cli("run", str(path), "-o", str(out), "--config", str(toml), env=env)
+    assert res.code == 2 and "unknown key 'batch_dedline'" in res.stderr
+    assert "batch_deadline" in res.stderr  # among the keys it knows

@@ -135,3 +135,22 @@ def test_fresh_moves_output_and_state_aside(fb: FakeBatch, tmp_path: Path) -> No
     backups = sorted(p.name for p in tmp_path.iterdir() if ".bak" in p.name)
     # The output, its batch state and its run history move aside together.
     assert backups == [backups[0], backups[0] + ".batches", backups[0] + ".runs.jsonl"]
+
+
+def test_mode_and_deadline_as_config_keys(tmp_path: Path) -> None:
+    from llmbatch._config import build_run_config, load_config
+
+    toml = tmp_path / "llmbatch.toml"
+    toml.write_text('mode = "auto"\nbatch_deadline = "1h30m"\n')
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("")
+    cfg = build_run_config(jobs, {}, load_config(toml))
+    assert (cfg.mode, cfg.batch_deadline) == ("auto", 5400)
+    flagged = build_run_config(jobs, {"mode": "batch", "batch_deadline": "10m"}, load_config(toml))
+    assert (flagged.mode, flagged.batch_deadline) == ("batch", 600)
+    toml.write_text("batch_deadline = 90\n")
+    cfg = build_run_config(jobs, {}, load_config(toml))
+    assert (cfg.mode, cfg.batch_deadline) == ("online", 90.0)
+    toml.write_text('batch_deadline = "soon"\n')
+    with pytest.raises(UsageError, match="duration"):
+        build_run_config(jobs, {}, load_config(toml))

@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from ._batch_online import BatchSeed
 from ._breaker import Breaker
 from ._budget import Refusal
 from ._cache import CachedAnswer, ResponseCache, cache_key_for, hit_result
@@ -58,23 +59,44 @@ class JobRunner:
     fatal: str | None = None
     resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
+    seeds: dict[str, BatchSeed] = field(default_factory=dict)  # jobs the batches left
     _auth_failures: int = 0
     _answered: set[str] = field(default_factory=set)  # providers that answered once
 
     async def run(self, pj: PreparedJob) -> JobResult | None:
-        hit = self._from_cache(pj)
-        if hit is not None:
-            return hit  # before any budget or rate-limit slot: a hit costs nothing
+        seed = self.seeds.pop(pj.job.id, None) if self.seeds else None
+        if seed is not None and seed.fingerprint not in (None, pj.fingerprint):
+            seed = None  # the job changed since its batch: it starts anew
+        if seed is None or not seed.repairs:
+            hit = self._from_cache(pj)
+            if hit is not None:
+                return hit  # before any budget or rate-limit slot: a hit costs nothing
         tally = Tally(pj)
-        last_ref = pj.chain[0]
-        for position, ref in enumerate(pj.chain):
-            has_next = position + 1 < len(pj.chain)
+        chain, first = pj.chain, None
+        if seed is not None:
+            chain, begun = seed.begin(tally, self.config.repair_attempts)
+            if isinstance(begun, JobResult):
+                begun.batch = seed.batch
+                return begun
+            first = begun
+        result = await self._on_chain(tally, chain, first)
+        if seed is not None and result is not None and seed.repairs:
+            result.batch = seed.batch  # part of the answer came from the batch
+        return result
+
+    async def _on_chain(
+        self, tally: Tally, chain: list[ModelRef], first: Request | None
+    ) -> JobResult | None:
+        """The models in turn; ``first`` (a repair turn) opens on the first of them."""
+        last_ref = chain[0]
+        for position, ref in enumerate(chain):
+            has_next = position + 1 < len(chain)
             if has_next and not self.breakers[ref].allow():
                 continue  # the model is failing for everyone: go straight to the fallback
             if position > 0:
                 tally.fallbacks += 1
             last_ref = ref
-            outcome = await self._on_model(tally, ref, has_next)
+            outcome = await self._on_model(tally, ref, has_next, first if position == 0 else None)
             if isinstance(outcome, NotWritten):
                 return None
             if outcome is not None:
@@ -82,13 +104,13 @@ class JobRunner:
         return tally.result("failed", last_ref)
 
     async def _on_model(
-        self, tally: Tally, ref: ModelRef, has_next: bool
+        self, tally: Tally, ref: ModelRef, has_next: bool, first: Request | None = None
     ) -> JobResult | NotWritten | None:
         """Attempts on one model; None: give up on it (the fallback, if any, is next)."""
         cfg = self.config
-        request = tally.pj.request
+        request = first or tally.pj.request
         tries = 0
-        repairs_left = cfg.repair_attempts
+        repairs_left = cfg.repair_attempts - (first is not None)
         while tries < cfg.max_attempts:
             if self.stopper.stopping and (
                 tally.attempts == 0 or self.stopper.stopped_by in _HARD_STOPS

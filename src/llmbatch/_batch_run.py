@@ -145,7 +145,13 @@ async def run_with_batches(
     tell = say or _stderr
     if config.fresh and config.output is not None:
         config = _start_fresh(config, tell)
-    sub = await submit(config, batch_size=batch_size, clock=clock, client_factory=client_factory)
+    sub = await submit(
+        config,
+        batch_size=batch_size,
+        clock=clock,
+        client_factory=client_factory,
+        leave_online=True,
+    )
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
     totals = _Totals()
     started = clock.monotonic()
@@ -211,7 +217,9 @@ def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) ->
     from ._usage import Usage
 
     book = PriceBook(prices or {})
-    jobs, cost, online = 0, 0.0, 0.0
+    state = BatchState.load(path)
+    # Billed by requests that came back without an answer: in no line, paid all the same.
+    jobs, cost, online = 0, state.billed_cost, state.billed_online
     for _, _, line, _ in iter_result_lines(path):
         if line is None or "batch" not in line:
             continue

@@ -14,16 +14,23 @@ from __future__ import annotations
 import os
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ._resume import fp_int
+
+# A job's result line, looked up: its stored fingerprint (0: none), None when it has no line.
+LineFingerprint = Callable[[str], int | None]
+
 STATE_FILE = "batches.jsonl"
 OPEN_STATES = ("intent", "open")
-# Why a job came back unanswered; all but "canceled" count as a round against --max-attempts.
-UNCOUNTED = ("canceled",)
+# Why a job came back unanswered; all but these count as a round against --max-attempts
+# ("fallback": its model failed for good, the next model of its chain is a new start).
+UNCOUNTED = ("canceled", "fallback")
 
 
 @dataclass(slots=True)
@@ -61,7 +68,14 @@ class BatchState:
         self.path = self.dir / STATE_FILE
         self.uid = ""
         self.chunks: dict[str, Chunk] = {}
-        self.rounds: Counter[str] = Counter()  # job id → rounds that came back unanswered
+        self.rounds: Counter[str] = Counter()  # job id → unanswered rounds on its model
+        self.total_rounds: Counter[str] = Counter()  # … on all its models
+        self.positions: dict[str, int] = {}  # job id → where in its model chain it goes on
+        self.position_fps: dict[str, str | None] = {}  # … for the job with this fingerprint
+        self.repairs: dict[str, dict[str, Any]] = {}  # job id → a paid answer to repair online
+        self.billed_cost = 0.0  # billed by requests that came back without an answer
+        self.billed_tokens = 0
+        self.billed_online = 0.0  # … and what the same requests would have cost online
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -107,6 +121,12 @@ class BatchState:
         if ev == "init":
             self.uid = self.uid or str(e.get("uid"))
             return
+        if ev == "repair":
+            self.repairs[str(e["id"])] = e
+            return
+        if ev == "repaired":
+            self.repairs.pop(str(e.get("id")), None)
+            return
         if ev == "intent":
             self.chunks[e["local"]] = Chunk(
                 local=e["local"],
@@ -135,6 +155,16 @@ class BatchState:
             for job_id, why in (e.get("returned") or {}).items():
                 if why not in UNCOUNTED:
                     self.rounds[job_id] += 1
+                if why != "canceled":  # the user's choice, not a try
+                    self.total_rounds[job_id] += 1
+            for job_id, (position, fp) in (e.get("advanced") or {}).items():
+                self.positions[job_id] = int(position)
+                self.position_fps[job_id] = fp
+                self.rounds[job_id] = 0  # a new model: its own rounds
+            for cost, tokens, *online in (e.get("billed") or {}).values():
+                self.billed_cost += float(cost or 0.0)
+                self.billed_tokens += int(tokens or 0)
+                self.billed_online += float(online[0] if online else cost or 0.0)
         elif ev == "abandoned":
             chunk.state = "abandoned"
             chunk.reason = e.get("reason")
@@ -178,3 +208,30 @@ class BatchState:
         """What open chunks hold against the budget (their worst case)."""
         chunks = self.open_chunks()
         return sum(c.reserve_cost for c in chunks), sum(c.reserve_tokens for c in chunks)
+
+    # -- what is paid but in no result line ---------------------------------------------
+
+    def pending_repairs(self, line_fp: LineFingerprint) -> dict[str, dict[str, Any]]:
+        """Paid batch answers that missed the schema, whose job has no result line yet."""
+        return {k: v for k, v in self.repairs.items() if line_fp(k) is None}
+
+    def spent(self, line_fp: LineFingerprint) -> tuple[float, int]:
+        """Cost and tokens billed but in no result line: the budget counts them too.
+
+        An answer kept for repair counts until its job's line holds it: marked
+        repaired, or a line of the same job (fingerprint) there. A job changed
+        since leaves its paid answer counted (never low).
+        """
+        cost, tokens = self.billed_cost, self.billed_tokens
+        for job_id, e in self.repairs.items():
+            fp = line_fp(job_id)
+            if fp is not None and fp == fp_int(e.get("fp")):
+                continue
+            cost += float(e.get("cost") or 0.0)
+            u = e.get("usage") or {}
+            tokens += int(u.get("input_tokens") or 0) + int(u.get("output_tokens") or 0)
+        return cost, tokens
+
+    def held_job_ids(self, line_fp: LineFingerprint) -> set[str]:
+        """Jobs never to be submitted again meanwhile: in an open batch, or awaiting repair."""
+        return self.open_job_ids() | set(self.pending_repairs(line_fp))

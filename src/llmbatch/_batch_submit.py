@@ -44,6 +44,7 @@ from .providers.openai import build_openai_body
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
+BATCH_KINDS = ("openai", "anthropic")  # provider kinds with a Batch API
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class SubmitReport:
     stopped_by: str | None
     reserved_cost: float
     notes: list[str] = field(default_factory=list)
+    left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
 
     @property
     def exit_code(self) -> int:
@@ -90,6 +92,7 @@ class SubmitReport:
             "not_submitted": self.not_submitted,
             "stopped_by": self.stopped_by,
             "reserved_cost_usd": round(self.reserved_cost, 6),
+            "left_online": self.left_online,
             "notes": self.notes,
         }
 
@@ -140,7 +143,12 @@ def custom_id(job_id: str, used: set[str]) -> str:
 
 class _Submitter:
     def __init__(
-        self, ctx: BatchContext, planner: Planner, plan: Plan, batch_size: int | None
+        self,
+        ctx: BatchContext,
+        planner: Planner,
+        plan: Plan,
+        batch_size: int | None,
+        leave_online: bool = False,
     ) -> None:
         self.ctx = ctx
         self.planner = planner
@@ -153,14 +161,14 @@ class _Submitter:
         self.stopped_by: str | None = None
         self.batches: list[SubmittedBatch] = []
         self.jobs = 0
+        self.leave_online = leave_online
+        self.left_online = 0
 
     def collect(self, spool: Path) -> dict[ModelRef, Path]:
         """Stream the jobs file again; spool every job not done and not in an open batch,
         ready to send, to one file per (provider, model): memory stays flat."""
         cfg = self.ctx.config
-        existing = self.planner.existing
-        done = existing.done if existing is not None else None
-        in_open = self.ctx.state.open_job_ids()
+        in_open = self.ctx.state.held_job_ids(self.line_fp)
         files: dict[ModelRef, BinaryIO] = {}
         used: dict[ModelRef, set[str]] = {}
         try:
@@ -174,24 +182,50 @@ class _Submitter:
                         job = self.planner.parser.parse(raw, lineno)
                     except LineError:
                         continue
-                    if done is not None and done.fingerprint(job.id) is not None:
+                    if self.is_done(job.id):
                         continue
                     if job.id in in_open:
                         self.skipped_open += 1
                         continue
                     pj = self.planner.prepare(job)
-                    ref = pj.chain[0]
+                    position = self.position(pj)
+                    if position is None:
+                        continue  # no model of its chain left has a Batch API: online
+                    ref = pj.chain[position]
                     out = files.get(ref)
                     if out is None:
-                        self.ctx.client(ref.provider)  # no Batch API: refused before any call
                         out = files[ref] = (spool / f"{len(files)}.spool").open("wb")
                     item = self.pending(ref, pj, used.setdefault(ref, set()))
+                    item.row["pos"], item.row["n"] = position, len(pj.chain)
                     out.write(orjson.dumps([item.row, item.cost, item.tokens, item.line.decode()]))
                     out.write(b"\n")
         finally:
             for f in files.values():
                 f.close()
         return {ref: Path(f.name) for ref, f in files.items()}
+
+    def line_fp(self, job_id: str) -> int | None:
+        existing = self.planner.existing
+        return None if existing is None else existing.done.fingerprint(job_id)
+
+    def is_done(self, job_id: str) -> bool:
+        return self.line_fp(job_id) is not None
+
+    def position(self, pj: PreparedJob) -> int | None:
+        """Where in its chain the job's batch goes: past models that failed for good,
+        at the first with a Batch API. None: it is left for the online part."""
+        state = self.ctx.state
+        start = 0
+        if state.position_fps.get(pj.job.id) == pj.fingerprint:  # not if the job changed
+            start = min(state.positions.get(pj.job.id, 0), len(pj.chain) - 1)
+        for i in range(start, len(pj.chain)):
+            if self.ctx.config.providers[pj.chain[i].provider].kind in BATCH_KINDS:
+                return i
+        if self.leave_online or start > 0:  # (one its batches moved on: not the file's fault)
+            self.left_online += 1
+            return None
+        self.ctx.client(pj.chain[start].provider)  # no Batch API: refused before any call
+        raise AssertionError("unreachable")
 
     def price(self, ref: ModelRef) -> Price | None:
         if ref not in self.prices:
@@ -286,6 +320,7 @@ async def submit(
     batch_size: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
     client_factory: ClientFactory | None = None,
+    leave_online: bool = False,
 ) -> SubmitReport:
     """Check every job as ``run`` does (nothing sent on a problem), then submit the rest."""
     planner = Planner(config)
@@ -296,16 +331,22 @@ async def submit(
         if existing is not None and existing.torn_at is not None:
             cut_torn_tail(existing)
         await recover(ctx)
-        sub = _Submitter(ctx, planner, plan, batch_size)
+        sub = _Submitter(ctx, planner, plan, batch_size, leave_online)
         ctx.state.dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
             await _send(ctx, sub, config, sub.collect(Path(spool)))
         ctx.notes.extend(sorted(sub.wire_notes))
+        if sub.left_online:
+            ctx.notes.append(
+                f"{sub.left_online} job(s) have no model with a Batch API left; they run "
+                "online (`llmbatch run`, or the online part of `run --mode`)"
+            )
         return SubmitReport(
             batches=sub.batches,
             jobs=sub.jobs,
             skipped_done=plan.skipped_done,
             skipped_open=sub.skipped_open,
+            left_online=sub.left_online,
             not_submitted=sub.not_submitted,
             stopped_by=sub.stopped_by,
             reserved_cost=ctx.state.reserved()[0],
@@ -321,6 +362,9 @@ async def _send(
     budget = RunBudget(config.max_cost, config.max_total_tokens)
     if existing is not None:
         budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
+    spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
+    budget.spent_cost += spent_cost
+    budget.spent_tokens += spent_tokens
     budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
     for ref in sorted(spools, key=str):
         client = ctx.client(ref.provider)

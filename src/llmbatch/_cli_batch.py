@@ -220,6 +220,10 @@ def fetch(
             f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
             f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
         )
+        if rep.repair_pending:
+            sys.stderr.write(
+                f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
+            )
         if rep.batch_jobs:
             saved = rep.online_cost_usd - rep.cost_usd
             sys.stderr.write(
@@ -262,15 +266,16 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     raise typer.Exit(_guard(go))
 
 
-def run_mode(cfg: RunConfig, mode: str, batch_deadline: str | None) -> int:
+def run_mode(cfg: RunConfig) -> int:
     """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
     import anyio
 
-    from ._batch_run import parse_duration, run_with_batches
+    from ._batch_run import run_with_batches
     from ._progress import make_progress
     from .cli import _console, _err
 
-    deadline = parse_duration(batch_deadline) if batch_deadline is not None else None
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out
 
     def say(message: str) -> None:
         if not cfg.quiet:

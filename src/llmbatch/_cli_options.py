@@ -97,8 +97,11 @@ SkipInvalidOpt = Annotated[
 ]
 QuietOpt = Annotated[bool | None, typer.Option("--quiet", help="No progress, no report table.")]
 ModeOpt = Annotated[
-    str,
-    typer.Option("--mode", help="online | batch (Batch APIs, then the rest online) | auto."),
+    str | None,
+    typer.Option(
+        "--mode",
+        help="online | batch (Batch APIs, then the rest online) | auto [default: online].",
+    ),
 ]
 BatchDeadlineOpt = Annotated[
     str | None,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._cli_common import _configured, _console, _err
+from ._exceptions import UsageError
 
 if TYPE_CHECKING:
     from ._config import RunConfig
@@ -14,13 +15,7 @@ if TYPE_CHECKING:
     from ._report import RunReport
 
 
-def _run(
-    jobs: str,
-    flags: dict[str, Any],
-    config_path: Path | None,
-    mode: str = "online",
-    batch_deadline: str | None = None,
-) -> int:
+def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     import anyio
 
     from ._engine import Engine, exit_code_for
@@ -31,10 +26,12 @@ def _run(
             from ._dryrun import print_dry_run
 
             return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
-        if mode != "online" or batch_deadline is not None:
+        if cfg.mode == "online" and flags.get("batch_deadline") is not None:
+            raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
+        if cfg.mode != "online":
             from ._cli_batch import run_mode
 
-            return run_mode(cfg, mode, batch_deadline)
+            return run_mode(cfg)
         from ._batch_run import refuse_if_batches_open
 
         refuse_if_batches_open(cfg.output)

@@ -80,6 +80,9 @@ class RunConfig:
     wait_for_budget: bool = False
     shared: str | None = None  # redis://HOST:PORT/DB
     shard: tuple[int, int] | None = None  # (index, count), index from 0
+    # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
+    mode: str = "online"
+    batch_deadline: float | None = None
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -133,6 +136,7 @@ def build_run_config(
     if merged.get("limit") is not None:
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
+    _batch_settings(cfg, merged)
     from ._observe import observability_flags
 
     observability_flags(cfg, merged, jobs, stdin)
@@ -272,6 +276,21 @@ def _shared_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
         cfg.shard = parse_shard(str(merged["shard"]), os.environ)
         if cfg.output is not None:
             cfg.output = shard_output(cfg.output, cfg.shard)
+
+
+def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """--mode and --batch-deadline (a duration such as 2h, or seconds)."""
+    from ._batch_run import MODES, parse_duration
+
+    mode = merged.get("mode") or "online"
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    cfg.mode = mode
+    deadline = merged.get("batch_deadline")
+    if isinstance(deadline, str):
+        cfg.batch_deadline = parse_duration(deadline)
+    elif deadline is not None:
+        cfg.batch_deadline = _number(merged, "batch_deadline", float)
 
 
 def _stem(path: Path) -> str:

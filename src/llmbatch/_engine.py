@@ -25,6 +25,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._attempts import JobRunner
+from ._batch_online import take_over_batches
 from ._breaker import Breaker
 from ._budget import BudgetLedger, RunBudget
 from ._cache import open_cache
@@ -147,6 +148,7 @@ class Engine:
         if existing is not None:
             self.run_budget.spent_cost = existing.cost_usd
             self.run_budget.spent_tokens = existing.tokens
+        take_over_batches(self.config, existing, self.runner, self.run_budget, self.bus)
         self.budgets.ledgers.extend(await open_ledgers(cfg, self.clock))
         await self._open_limits(plan)
         self.executor.workers = max(1, min(cfg.concurrency, plan.todo))

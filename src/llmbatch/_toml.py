@@ -105,6 +105,8 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "log_json": (str,),
     "log_prompts": (bool,),
     "otlp": (str,),
+    "mode": (str,),
+    "batch_deadline": (str, int, float),
 }
 _TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {

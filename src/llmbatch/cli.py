@@ -90,7 +90,7 @@ def run(
     skip_invalid: o.SkipInvalidOpt = None,
     quiet: o.QuietOpt = None,
     provider: o.ProviderOpt = None,
-    mode: o.ModeOpt = "online",
+    mode: o.ModeOpt = None,
     batch_deadline: o.BatchDeadlineOpt = None,
     limit: o.LimitOpt = None,
     include_input: o.IncludeInputOpt = None,
@@ -112,12 +112,12 @@ def run(
     config: o.ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
-    flags = _flags(locals(), skip={"jobs", "config", "mode", "batch_deadline"})
+    flags = _flags(locals(), skip={"jobs", "config"})
 
     def go() -> int:
         from ._cli_run import _run
 
-        return _run(jobs, flags, config, mode, batch_deadline)
+        return _run(jobs, flags, config)
 
     raise typer.Exit(_guard(go))
 

@@ -129,10 +129,14 @@ def _item(d: dict[str, Any], redact: Any) -> ItemResult:
     if isinstance(resp, dict) and resp.get("status_code") == 200:
         return _answer(cid, resp.get("body") or {})
     if isinstance(resp, dict):
-        message, body_type, _ = parse_error_body(orjson.dumps(resp.get("body")))
+        body = resp.get("body")
+        message, body_type, _ = parse_error_body(orjson.dumps(body))
         status = int(resp.get("status_code") or 500)
         err = error_for_status(status, redact(message or f"HTTP {status}"), body_type=body_type)
-        return ItemResult(cid, "error", error=err)
+        # A request can fail after it ran: what it was billed comes with the error.
+        billed = body.get("usage") if isinstance(body, dict) else None
+        usage = _usage(billed) if isinstance(billed, dict) else None
+        return ItemResult(cid, "error", usage=usage, error=err)
     err_obj = d.get("error") or {}
     code = str(err_obj.get("code") or "")
     if code in _NOT_RUN:
@@ -146,10 +150,13 @@ def _item(d: dict[str, Any], redact: Any) -> ItemResult:
     return ItemResult(cid, "error", error=error)
 
 
-def _answer(cid: str, body: dict[str, Any]) -> ItemResult:
-    u = body.get("usage") or {}
+def _usage(u: dict[str, Any]) -> Usage:
     cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), cached, 0)
+    return Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0), cached, 0)
+
+
+def _answer(cid: str, body: dict[str, Any]) -> ItemResult:
+    usage = _usage(body.get("usage") or {})
     choice: dict[str, Any] = next(
         (c for c in body.get("choices") or () if c.get("index", 0) == 0), {}
     )
