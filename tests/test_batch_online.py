@@ -84,12 +84,12 @@ def test_killed_between_fetch_and_repair_nothing_lost_nothing_paid_twice(
     fb.reply = "not json"
     do_submit(cfg, clock)
     fb.advance(700)
-    first = do_fetch(cfg, clock)
+    first = do_fetch(cfg, clock, repair=False)  # as if killed before its repair step
     assert (first.ok, first.repair_pending, first.exit_code) == (0, 4, 1)
     assert cfg.output is not None and not read_jsonl(cfg.output)  # no line written yet
     # The process dies here. Whatever runs next keeps the paid answers.
     assert do_submit(cfg, clock).jobs == 0  # not submitted again
-    again = do_fetch(cfg, clock)
+    again = do_fetch(cfg, clock, repair=False)
     assert (again.closed, again.repair_pending) == (0, 4)
     state = BatchState.load(cfg.output)
     assert state.spent(lambda _i: None)[0] == pytest.approx(first.cost_usd)
@@ -249,7 +249,7 @@ def test_a_job_changed_before_its_repair_runs_anew_its_answer_stays_counted(
     fb.reply = "not json"
     do_submit(cfg, clock)
     fb.advance(700)
-    paid = do_fetch(cfg, clock).cost_usd
+    paid = do_fetch(cfg, clock, repair=False).cost_usd
     cfg.system = "Answer in JSON."  # the jobs now ask something else
     fb.api.reply = '{"n": 1}'
     assert run_online(cfg).ok == 2

@@ -113,7 +113,7 @@ class JobRunner:
         repairs_left = cfg.repair_attempts - (first is not None)
         while tries < cfg.max_attempts:
             if self.stopper.stopping and (
-                tally.attempts == 0 or self.stopper.stopped_by in _HARD_STOPS
+                tally.attempts == tally.carried or self.stopper.stopped_by in _HARD_STOPS
             ):
                 return NOT_WRITTEN
             sent = await self._attempt(tally, ref, request, request is not tally.pj.request)
@@ -305,7 +305,7 @@ class JobRunner:
     def _refused(self, refusal: Refusal, tally: Tally, ref: ModelRef) -> JobResult | NotWritten:
         if not self.stopper.stopping:
             message = refusal.message
-            if self.budgets.in_flight == 0 and tally.attempts == 0:
+            if self.budgets.in_flight == 0 and tally.attempts == tally.carried:
                 message += f"; job {tally.pj.job.id!r} alone needs more than the room left"
             self.fatal = self.fatal or message
             now = self.clock.time()
@@ -313,7 +313,7 @@ class JobRunner:
         if refusal.reason == "budget_window" and self.resets_at is None:
             self.resets_at = refusal.resets_at
         self.stopper.stop(refusal.reason)
-        if tally.attempts == 0:
+        if tally.attempts == tally.carried:  # nothing sent by this run: it stays resumable
             return NOT_WRITTEN
         error = {
             "type": "budget",

@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+import anyio
+
 from ._batch_state import BatchState, Chunk
 from ._batch_types import BatchClient, BatchInfo
 from ._clock import SYSTEM_CLOCK, Clock
@@ -104,7 +106,8 @@ async def batch_context(
         try:
             yield ctx
         finally:
-            await ctx.aclose()
+            with anyio.CancelScope(shield=True):  # closed even when the command is cancelled
+                await ctx.aclose()
     finally:
         if lock is not None:
             lock.release()

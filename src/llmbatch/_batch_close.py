@@ -162,6 +162,8 @@ class BatchCloser:
             "usage": (item.usage or Usage()).to_dict(),
             "cost": cost,
             "rounds": self.state.total_rounds[row["id"]] + 1,
+            "meta": row.get("meta"),
+            **{k: row[k] for k in ("req", "chain") if k in row},  # fetch repairs from these
         }
 
     def result(

@@ -6,8 +6,9 @@ marked closed only after its lines are written. Expired, canceled and
 transiently failed requests go back to pending (``--max-attempts`` caps the
 rounds; then the next model of the job's chain, or a failed line); permanent
 errors get failed lines. Answers that miss the job's schema are kept in the
-batch state, unwritten, and repaired online by the next ``run`` on the output
-(``run --mode batch|auto`` does it at once): see ``_batch_online``.
+batch state, unwritten, then repaired online by fetch itself (``_batch_repair``),
+or, where it cannot rebuild the request, by the next ``run`` on the output
+(``_batch_online``; ``run --mode batch|auto`` leaves them to its online part).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import Any
 
 from ._batch import BatchContext, ClientFactory, batch_context, lookup, recover
 from ._batch_close import BatchCloser, Closing, missing_reason
+from ._batch_repair import RepairReport, repair_pending
 from ._batch_state import Chunk
 from ._batch_types import BatchInfo, ItemResult
 from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._pricing import PriceBook
+from ._provider_factory import ProviderFactory
 from ._results import ResultWriter
 from ._resume import cut_torn_tail, read_existing
 
@@ -40,12 +43,17 @@ class FetchReport:
     batch_jobs: int
     notes: list[str] = field(default_factory=list)
     repair_pending: int = 0  # answers that missed the schema, awaiting the online repair
+    repaired: int = 0  # lines the online repair step wrote (counted in ok / failed)
+    repair_cost_usd: float = 0.0  # what its online attempts cost
+    stopped_by: str | None = None  # the repair step's stop: "budget", "budget_window", ...
 
     @property
     def exit_code(self) -> int:
-        if self.still_open:
+        if self.stopped_by == "budget":
+            return 3
+        if self.still_open or self.stopped_by == "budget_window":
             return 4
-        return 1 if self.failed or self.repair_pending else 0
+        return 1 if self.failed or self.repair_pending or self.stopped_by else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,7 +62,10 @@ class FetchReport:
                 "failed": self.failed,
                 "returned_to_pending": self.returned,
                 "repair_pending": self.repair_pending,
+                "repaired_online": self.repaired,
             },
+            "repair_cost_usd": round(self.repair_cost_usd, 6),
+            "stopped_by": self.stopped_by,
             "batches": {"fetched": self.closed, "still_open": self.still_open},
             "batch": {
                 "jobs": self.batch_jobs,
@@ -169,8 +180,11 @@ async def fetch(
     max_attempts: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
     client_factory: ClientFactory | None = None,
+    repair: bool = True,
+    provider_factory: ProviderFactory | None = None,
 ) -> FetchReport:
-    """Fetch every ended batch; with ``wait``, poll until none is open."""
+    """Fetch every ended batch (with ``wait``, poll until none is open), then make the
+    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run)."""
     async with batch_context(config, clock=clock, factory=client_factory) as ctx:
         await recover(ctx)
         f = _Fetcher(ctx, max_attempts or config.max_attempts)
@@ -181,11 +195,15 @@ async def fetch(
             if not still or not wait:
                 break
             await clock.sleep(poll)
+        fixed = RepairReport()
+        if repair and ctx.state.pending_repairs(f.line_fp):
+            fixed = await repair_pending(ctx, f.line_fp, f.closer.online, provider_factory)
+            ctx.notes.extend(fixed.notes)
         _say(ctx, f)
         t = f.totals
         return FetchReport(
-            ok=t.ok,
-            failed=t.failed,
+            ok=t.ok + fixed.ok,
+            failed=t.failed + fixed.failed,
             returned=t.returned,
             still_open=still,
             closed=f.closed,
@@ -194,6 +212,9 @@ async def fetch(
             batch_jobs=t.batch_jobs,
             notes=ctx.notes,
             repair_pending=len(ctx.state.pending_repairs(f.line_fp)),
+            repaired=fixed.ok + fixed.failed,
+            repair_cost_usd=fixed.cost_usd,
+            stopped_by=fixed.stopped_by,
         )
 
 

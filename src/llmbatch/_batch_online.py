@@ -70,7 +70,7 @@ class BatchSeed:
         if self.text is None:
             return chain, None
         tally.add_spend(self.usage or Usage(), self.cost)
-        tally.attempts = self.rounds
+        tally.attempts = tally.carried = self.rounds
         tally.last_text = self.text
         if repair_attempts <= 0:
             error = schema_error(self.problem)

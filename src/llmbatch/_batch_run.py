@@ -157,7 +157,8 @@ async def run_with_batches(
     started = clock.monotonic()
     canceled = 0
     while True:
-        rep = await fetch(config, clock=clock, client_factory=client_factory)
+        # Schema repairs are left to the online part below: its report counts them.
+        rep = await fetch(config, clock=clock, client_factory=client_factory, repair=False)
         totals.add(rep)
         if not rep.still_open:
             break
@@ -166,7 +167,12 @@ async def run_with_batches(
             canceled = await _cancel_all(config, clock, client_factory)
             tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
             rep = await fetch(
-                config, wait=True, poll=min(poll, 30.0), clock=clock, client_factory=client_factory
+                config,
+                wait=True,
+                poll=min(poll, 30.0),
+                clock=clock,
+                client_factory=client_factory,
+                repair=False,
             )
             totals.add(rep)
             break

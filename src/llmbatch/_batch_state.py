@@ -76,6 +76,7 @@ class BatchState:
         self.billed_cost = 0.0  # billed by requests that came back without an answer
         self.billed_tokens = 0
         self.billed_online = 0.0  # … and what the same requests would have cost online
+        self.caps: dict[str, Any] | None = None  # the last submit's --max-cost / --max-total-tokens
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -126,6 +127,9 @@ class BatchState:
             return
         if ev == "repaired":
             self.repairs.pop(str(e.get("id")), None)
+            return
+        if ev == "caps":
+            self.caps = {k: e.get(k) for k in ("max_cost", "max_total_tokens")}
             return
         if ev == "intent":
             self.chunks[e["local"]] = Chunk(

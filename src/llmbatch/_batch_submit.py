@@ -27,6 +27,7 @@ from ._batch import (
     recover_chunk,
 )
 from ._batch_price import batch_price, price_to_json
+from ._batch_repair import stored_request
 from ._batch_types import BatchClient
 from ._budget import Hold, RunBudget
 from ._clock import SYSTEM_CLOCK, Clock
@@ -249,6 +250,7 @@ class _Submitter:
         row = {"cid": cid, "id": pj.job.id, "fp": pj.fingerprint, "meta": pj.job.metadata}
         if pj.request.schema is not None:
             row["schema"] = pj.request.schema
+            row.update(stored_request(pj))  # for the repair turn, should the answer miss it
         line = self.ctx.client(ref.provider).encode(cid, body)
         return _Pending(row, line, cost, worst_in + out)
 
@@ -331,6 +333,9 @@ async def submit(
         if existing is not None and existing.torn_at is not None:
             cut_torn_tail(existing)
         await recover(ctx)
+        caps = {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens}
+        if (ctx.state.caps or {"max_cost": None, "max_total_tokens": None}) != caps:
+            ctx.state.append({"ev": "caps", **caps})  # fetch's repairs keep to them
         sub = _Submitter(ctx, planner, plan, batch_size, leave_online)
         ctx.state.dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:

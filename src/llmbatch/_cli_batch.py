@@ -2,7 +2,7 @@
 
 Thin, as the rest of the CLI: parse options, build a RunConfig, call ``_batch*``,
 render, exit. Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent),
-3 budget left jobs unsubmitted, 4 still in progress (run again later).
+3 budget left jobs unsubmitted (or repairs unmade), 4 still in progress (run again later).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ._cli_options import ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
     from ._batch import BatchRow
+    from ._batch_fetch import FetchReport
     from ._batch_submit import SubmitReport
     from ._config import RunConfig
 
@@ -35,11 +36,12 @@ batch_app = typer.Typer(
 OutputArg = Annotated[str, typer.Argument(metavar="OUTPUT", help="The results JSONL file.")]
 
 
-def output_config(output: str, config_path: Path | None) -> RunConfig:
+def output_config(output: str, config_path: Path | None, **flags: object) -> RunConfig:
     """A RunConfig for commands that take only OUTPUT (providers and prices from the config)."""
     from ._config import build_run_config, load_config
 
-    return build_run_config(Path(os.devnull), {"output": output}, load_config(config_path))
+    merged = {"output": output, **flags}
+    return build_run_config(Path(os.devnull), merged, load_config(config_path))
 
 
 def _stamp(ts: float | None) -> str:
@@ -197,18 +199,27 @@ def fetch(
         int | None,
         typer.Option("--max-attempts", min=1, help="Batch rounds per job [default: 6]."),
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", help="Cap for the online repairs [default: submit's]."),
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None,
+        typer.Option("--max-total-tokens", help="Token cap, likewise [default: submit's]."),
+    ] = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Append one result line per job of every ended batch. Exit 4 while any is open."""
+    """Append one result line per job of every ended batch; repair schema misses online.
+    Exit 0 all ok, 1 some failed, 3 budget, 4 while any batch is open."""
 
     def go() -> int:
         import anyio
 
         from ._batch_fetch import fetch as do_fetch
-        from .cli import _err
 
-        cfg = output_config(output, config)
+        caps = {"max_cost": max_cost, "max_total_tokens": max_total_tokens}
+        cfg = output_config(output, config, **caps)
         rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
         if as_json:
             import orjson
@@ -216,27 +227,39 @@ def fetch(
             sys.stdout.write(
                 orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
-        sys.stderr.write(
-            f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
-            f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
-        )
-        if rep.repair_pending:
-            sys.stderr.write(
-                f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
-            )
-        if rep.batch_jobs:
-            saved = rep.online_cost_usd - rep.cost_usd
-            sys.stderr.write(
-                f"llmbatch: batch cost ${rep.cost_usd:.6f} for {rep.batch_jobs} jobs "
-                f"(online: ${rep.online_cost_usd:.6f}; saved ${saved:.6f})\n"
-            )
-        for note in rep.notes:
-            _err(note)
+        _say_fetched(rep)
         return rep.exit_code
 
     from .cli import _guard
 
     raise typer.Exit(_guard(go))
+
+
+def _say_fetched(rep: FetchReport) -> None:
+    """What fetch did, on stderr: batches, repairs, savings, notes."""
+    from .cli import _err
+
+    sys.stderr.write(
+        f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
+        f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
+    )
+    if rep.repaired:
+        sys.stderr.write(
+            f"llmbatch: repaired {rep.repaired} schema misses online "
+            f"(${rep.repair_cost_usd:.6f}; counted in ok/failed above)\n"
+        )
+    if rep.repair_pending:
+        sys.stderr.write(
+            f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
+        )
+    if rep.batch_jobs:
+        saved = rep.online_cost_usd - rep.cost_usd
+        sys.stderr.write(
+            f"llmbatch: batch cost ${rep.cost_usd:.6f} for {rep.batch_jobs} jobs "
+            f"(online: ${rep.online_cost_usd:.6f}; saved ${saved:.6f})\n"
+        )
+    for note in rep.notes:
+        _err(note)
 
 
 @batch_app.command()

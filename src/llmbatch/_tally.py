@@ -36,6 +36,7 @@ class Tally:
     usage: Usage = field(default_factory=Usage)
     cost: float | None = 0.0
     attempts: int = 0
+    carried: int = 0  # attempts made before this run (a batch's rounds), in ``attempts``
     repairs: int = 0
     fallbacks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
