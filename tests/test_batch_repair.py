@@ -264,3 +264,14 @@ def test_cli_fetch_repairs_and_exits_0(tmp_path: Path) -> None:
             assert CANARY_OPENAI not in text and CANARY_ANTHROPIC not in text
     finally:
         api.stop()
+
+
+def test_a_repair_refused_authentication_stays_pending(fb: FakeBatch, tmp_path: Path) -> None:
+    cfg, clock = submitted(fb, tmp_path, 2, models=(OA, OA))
+    fb.api.add_rule(REPAIR_MARK, "401", "401")  # the repair turns only
+    rep = do_fetch(cfg, clock)
+    assert (rep.repaired, rep.repair_pending, rep.exit_code) == (0, 2, 1)
+    assert any("authentication" in n for n in rep.notes)
+    assert cfg.output is not None and not read_jsonl(cfg.output)
+    fb.api.reply = '{"n": 2}'
+    assert do_fetch(cfg, clock).exit_code == 0 and len(read_jsonl(cfg.output)) == 2

@@ -142,6 +142,12 @@ async def repair_pending(
     await run.run(jobs, line_fp)
     if run.runner.fatal:
         notes.insert(0, run.runner.fatal)
+    elif run.runner.auth_withheld:
+        notes.insert(
+            0,
+            f"{run.runner.auth_withheld} repair(s) were refused authentication "
+            "before any answer came back; they stay pending — check the API key",
+        )
     return RepairReport(
         ok=run.ok,
         failed=run.failed,
