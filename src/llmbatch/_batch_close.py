@@ -163,7 +163,9 @@ class BatchCloser:
             "cost": cost,
             "rounds": self.state.total_rounds[row["id"]] + 1,
             "meta": row.get("meta"),
-            **{k: row[k] for k in ("req", "chain") if k in row},  # fetch repairs from these
+            **{
+                k: row[k] for k in ("req", "chain", "schema") if k in row
+            },  # fetch repairs from these
         }
 
     def result(

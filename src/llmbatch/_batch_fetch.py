@@ -152,8 +152,7 @@ class _Fetcher:
         finally:
             writer.close()
         state = self.ctx.state
-        for repair in out.repairs:
-            state.append(repair)
+        state.append_many(out.repairs)
         self.totals.returned += sum(1 for r in out.returned.values() if r != "fallback")
         self.totals.fallbacks += len(out.advanced)
         counts = {"total": info.total, "succeeded": info.succeeded, "failed": info.failed}

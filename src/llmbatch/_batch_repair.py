@@ -24,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._attempts import JobRunner
-from ._batch_online import BatchSeed, RepairRecorder, seed_from_repair
+from ._batch_online import BatchSeed, seed_from_repair
 from ._breaker import Breaker
 from ._budget import RunBudget
 from ._context import Budgets, Stopper
@@ -58,8 +58,7 @@ def stored_request(pj: PreparedJob) -> dict[str, Any]:
         "model": None if r.model is None else [r.model.provider, r.model.model],
         "max_tokens": r.max_tokens,
         "temperature": r.temperature,
-        "schema": r.schema,
-        "wire_format": r.wire_format,
+        "wire_format": r.wire_format,  # (the schema is in the row already: not twice)
         "body": r.body,
     }
     return {"req": req, "chain": [[m.provider, m.model] for m in pj.chain]}
@@ -78,7 +77,7 @@ def rebuild(e: dict[str, Any], config: RunConfig, book: PriceBook) -> PreparedJo
         model=None if model is None else ModelRef(str(model[0]), str(model[1])),
         max_tokens=req.get("max_tokens"),
         temperature=req.get("temperature"),
-        schema=req.get("schema"),
+        schema=e.get("schema"),
         wire_format=req.get("wire_format"),
         body=req.get("body"),
     )
@@ -188,6 +187,8 @@ class _RepairRun:
         )
         self.ok = self.failed = 0
         self.cost = 0.0
+        self.seeds: dict[str, BatchSeed] = {}
+        self.marks: list[dict[str, Any]] = []
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:
@@ -215,7 +216,7 @@ class _RepairRun:
             pj.job.id: seed_from_repair(self.ctx.state.repairs[pj.job.id]) for pj in jobs
         }
         self.runner.seeds = seeds
-        self.bus.add(RepairRecorder(self.ctx.state, seeds))
+        self.seeds = dict(seeds)  # the runner pops its own as it starts each job
         for ref in {ref for pj in jobs for ref in pj.chain}:
             self.gates[ref] = ModelGate(cfg.limits_for(ref), clock=self.ctx.clock, name=str(ref))
             self.breakers[ref] = Breaker(clock=self.ctx.clock, name=str(ref))
@@ -236,7 +237,8 @@ class _RepairRun:
                 raise own[0] from None
             raise
         finally:
-            writer.close()
+            writer.close()  # synced: now the marks may say so
+            self.ctx.state.append_many(self.marks)
             with anyio.CancelScope(shield=True):
                 for p in self.providers.values():
                     await p.aclose()
@@ -245,15 +247,30 @@ class _RepairRun:
     async def _write(
         self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
     ) -> None:
-        """Each line once, then the event that marks its repair done (``RepairRecorder``)."""
+        """The lines, each once, then the events that mark their repairs done."""
         async with recv:
-            async for result in recv:
-                writer.write([result.to_json()])
-                if result.status == "ok":
-                    self.ok += 1
-                else:
-                    self.failed += 1
-                self.bus.emit(JobEnded(self.ctx.clock.time(), result))
+            async for first in recv:
+                batch = [first]
+                while len(batch) < 1024:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                writer.write([r.to_json() for r in batch])
+                self.mark_repaired(batch)
+                now = self.ctx.clock.time()
+                for r in batch:
+                    self.ok += r.status == "ok"
+                    self.failed += r.status != "ok"
+                    self.bus.emit(JobEnded(now, r))
+
+    def mark_repaired(self, results: list[JobResult]) -> None:
+        """Repairs whose line (holding the batch answer's cost) is written: marked done at
+        the end, once the output is synced. Until then, and if killed first, the lines decide."""
+        for r in results:
+            seed = self.seeds.get(r.id)
+            if seed is not None and r.batch is not None and r.batch == seed.batch:
+                self.marks.append({"ev": "repaired", "id": r.id})
 
 
 async def _feed(send: MemoryObjectSendStream[PreparedJob], jobs: list[PreparedJob]) -> None:

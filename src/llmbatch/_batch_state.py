@@ -108,14 +108,22 @@ class BatchState:
 
     def append(self, event: dict[str, Any]) -> None:
         """Record one event durably, then apply it."""
+        self.append_many([event])
+
+    def append_many(self, events: list[dict[str, Any]]) -> None:
+        """Record events durably with one write and one fsync, then apply them."""
+        if not events:
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
+        data = b"".join(orjson.dumps(e, option=orjson.OPT_APPEND_NEWLINE) for e in events)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE))
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._apply(event)
+        for event in events:
+            self._apply(event)
 
     def _apply(self, e: dict[str, Any]) -> None:
         ev = e.get("ev")
