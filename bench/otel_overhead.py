@@ -10,22 +10,28 @@ child, from wait4; the exporter's thread is in it). Two settings:
   from tests/fakeapi.py over loopback HTTP, the fake in a process of its own.
 
 The receiver runs in this process and keeps the bodies undecoded until the runs
-are over, so neither it nor the fake is counted or competes for the CPU while a
-run is measured. Variants run interleaved (plain, --otlp, --log-json, plain, …)
-so drift on a shared machine hits them alike; the overhead is the median of the
-paired differences (each --otlp run against the plain run next to it), with their
-spread. Target: < 10% more CPU with ``--otlp``. A benchmark, not a test.
+are over (so it is neither counted nor busy while a run is measured); the fake's
+own CPU is not counted either. A third, low-noise figure: the exporter's own work
+(events in, protobuf bytes out, nothing sent) timed in this process for the same
+number of jobs. Variants run interleaved, each round in a rotated order, so drift
+on a shared machine hits them alike; the overhead is the median of the paired
+differences (each --otlp run against the plain run of its round), with their
+spread: on a loaded 2-core machine a single run's CPU varies by ±10%.
+Target: < 10% more CPU with ``--otlp``. A benchmark, not a test.
 
-Options: ``--jobs N`` (default 4000), ``--repeat R`` (default 5),
-``--latency-ms MS`` (the sim's mean latency, default 50), ``--only sim|fake``.
+Options: ``--jobs N`` (default 4000), ``--repeat R`` (default 7),
+``--latency-ms MS`` (the sim's mean latency, default 50), ``--only sim|fake``,
+``--src DIR`` (run another checkout's ``src/``, e.g. the code before a change).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from common import PY, ROOT, child, write_prompts
@@ -59,8 +65,11 @@ def measure(
     jobs = work / "jobs.jsonl"
     child(command(jobs, model, work / "out.jsonl", []), env)  # warm the file cache
     cpu: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeat):
-        for name, extra in variants.items():
+    names = list(variants)
+    for i in range(repeat):
+        # Each round in another order: no variant always runs first, or after the same one.
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            extra = variants[name]
             cpu[name].append(child(command(jobs, model, work / "out.jsonl", extra), env)["cpu_s"])
     return cpu
 
@@ -70,7 +79,8 @@ def report(title: str, cpu: dict[str, list[float]], jobs: int) -> float:
     plain = cpu["plain"]
     print(title)
     print(f"  {'plain':11} cpu {statistics.median(plain):6.2f} s "
-          f"({statistics.median(plain) / jobs * 1000:.3f} ms/job)")  # fmt: skip
+          f"({statistics.median(plain) / jobs * 1000:.3f} ms/job)  "
+          f"runs from {min(plain):.2f} to {max(plain):.2f} s")  # fmt: skip
     overhead = 0.0
     for name, runs in cpu.items():
         if name == "plain":
@@ -87,6 +97,28 @@ def report(title: str, cpu: dict[str, list[float]], jobs: int) -> float:
     return overhead
 
 
+def direct_cost(jobs: int) -> float:
+    """CPU seconds the exporter spends on ``jobs`` one-attempt jobs' events (none sent)."""
+    from llmbatch._events import AttemptStarted, Event, JobEnded, RunStarted
+    from llmbatch._otel import OtelExporter
+    from tests.events_data import T0, attempt, result
+    from tests.otlp_reference import Keep
+
+    events: list[Event] = [RunStarted(T0, jobs, 0, ("sim:claude-haiku-4-5",), CONC, None, "j")]
+    for i in range(jobs):
+        job, t = f"j{i}", T0 + i / 100
+        events.append(AttemptStarted(t, job, "sim", "claude-haiku-4-5", 1))
+        tokens = {"input_tokens": 10 + i % 50, "output_tokens": 100 + i % 300}
+        events.append(attempt(job, 1, t, t + 0.05, provider="sim", prompt=None, **tokens))
+        events.append(JobEnded(t + 0.05, result(job, attempts=1)))
+    exporter = OtelExporter("http://127.0.0.1:1", sender=Keep(), interval_s=3600)
+    started = time.process_time()
+    for e in events:
+        exporter.emit(e)
+    exporter.close()  # encodes what is queued, on its thread (process_time counts it)
+    return time.process_time() - started
+
+
 def fake_env(port: int) -> dict[str, str]:
     url = f"http://127.0.0.1:{port}"
     return {
@@ -101,11 +133,21 @@ def fake_env(port: int) -> dict[str, str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=4000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--latency-ms", type=float, default=50.0)
     ap.add_argument("--only", choices=("sim", "fake"))
+    ap.add_argument("--src", type=Path)
     args = ap.parse_args()
     verdicts: list[tuple[str, float]] = []
+    if args.src is not None:
+        os.environ["PYTHONPATH"] = str(args.src.resolve())  # the children's llmbatch
+        print(f"llmbatch from {args.src}")
+    else:
+        direct = statistics.median(direct_cost(args.jobs) for _ in range(5))
+        print(
+            f"exporter's own work for {args.jobs} jobs ({2 * args.jobs + 1} spans encoded, none "
+            f"sent): {direct * 1000:.0f} ms ({direct / args.jobs * 1e6:.1f} µs/job), median of 5"
+        )
     with tempfile.TemporaryDirectory() as tmp, OTLPReceiver(decode=False) as receiver:
         work = Path(tmp)
         write_prompts(work / "jobs.jsonl", args.jobs)

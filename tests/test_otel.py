@@ -271,3 +271,26 @@ def test_headers_and_resource_from_the_environment() -> None:
     env["OTEL_SERVICE_NAME"] = "svc"
     assert resource_attributes("9", env)["service.name"] == "svc"
     assert resource_attributes("9", {})["service.name"] == "llmbatch"
+
+
+def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured as the official exporter (requests) honours it."""
+    with OTLPReceiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        sender = HttpSender("http://collector.invalid:4318/v1/traces", timeout_s=5, environ={})
+        assert sender.send(b"") is False  # the "proxy" knows no such path: 404
+        sender.close()
+    assert proxy.received.paths == ["http://collector.invalid:4318/v1/traces"]
+
+
+def test_spans_beyond_the_queue_are_counted_and_reported() -> None:
+    warnings: list[str] = []
+    exporter = OtelExporter(
+        "http://127.0.0.1:1", sender=Keep(), max_queued=3, interval_s=3600, warn=warnings.append
+    )
+    for e in sample_run():
+        exporter.emit(e)
+    assert exporter.closed and exporter.spans == 3 and exporter.dropped == 7 - 3
+    assert len(warnings) == 1 and "4 spans (queue full)" in warnings[0]
