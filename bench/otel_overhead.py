@@ -60,27 +60,33 @@ def command(jobs: Path, model: str, out: Path, extra: list[str]) -> list[str]:
 
 def measure(
     work: Path, model: str, env: dict[str, str], variants: dict[str, list[str]], repeat: int
-) -> dict[str, list[float]]:
-    """CPU seconds of each variant's runs, interleaved."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """CPU seconds and wall seconds of each variant's runs, interleaved."""
     jobs = work / "jobs.jsonl"
     child(command(jobs, model, work / "out.jsonl", []), env)  # warm the file cache
     cpu: dict[str, list[float]] = {name: [] for name in variants}
+    wall: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
     for i in range(repeat):
         # Each round in another order: no variant always runs first, or after the same one.
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            extra = variants[name]
-            cpu[name].append(child(command(jobs, model, work / "out.jsonl", extra), env)["cpu_s"])
-    return cpu
+            m = child(command(jobs, model, work / "out.jsonl", variants[name]), env)
+            cpu[name].append(m["cpu_s"])
+            wall[name].append(m["wall_s"])
+    return cpu, wall
 
 
-def report(title: str, cpu: dict[str, list[float]], jobs: int) -> float:
+def report(
+    title: str, measured: tuple[dict[str, list[float]], dict[str, list[float]]], jobs: int
+) -> float:
     """Print one setting's figures; the --otlp overhead (median of paired differences)."""
+    cpu, wall = measured
     plain = cpu["plain"]
     print(title)
     print(f"  {'plain':11} cpu {statistics.median(plain):6.2f} s "
           f"({statistics.median(plain) / jobs * 1000:.3f} ms/job)  "
-          f"runs from {min(plain):.2f} to {max(plain):.2f} s")  # fmt: skip
+          f"runs from {min(plain):.2f} to {max(plain):.2f} s, "
+          f"wall {statistics.median(wall['plain']):.2f} s")  # fmt: skip
     overhead = 0.0
     for name, runs in cpu.items():
         if name == "plain":
@@ -90,7 +96,8 @@ def report(title: str, cpu: dict[str, list[float]], jobs: int) -> float:
         print(
             f"  {name:11} cpu {statistics.median(runs):6.2f} s "
             f"({statistics.median(runs) / jobs * 1000:.3f} ms/job)  "
-            f"{extra:+.1%} (paired runs from {paired[0]:+.1%} to {paired[-1]:+.1%})"
+            f"{extra:+.1%} (paired runs from {paired[0]:+.1%} to {paired[-1]:+.1%}), "
+            f"wall {statistics.median(wall[name]):.2f} s"
         )
         if name == "--otlp":
             overhead = extra
@@ -159,9 +166,9 @@ def main() -> int:
         head = f"{args.jobs} jobs, concurrency {CONC}, median of {args.repeat}"
         if args.only in (None, "sim"):
             env = {"LLMBATCH_SIM_LATENCY_MS": str(args.latency_ms)}
-            cpu = measure(work, "sim:claude-haiku-4-5", env, variants, args.repeat)
+            runs = measure(work, "sim:claude-haiku-4-5", env, variants, args.repeat)
             title = f"sim provider, latency {args.latency_ms:g} ms: {head}"
-            verdicts.append(("sim", report(title, cpu, args.jobs)))
+            verdicts.append(("sim", report(title, runs, args.jobs)))
         if args.only in (None, "fake"):
             fake = subprocess.Popen(
                 [PY, "-c", FAKE, str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -170,16 +177,16 @@ def main() -> int:
             try:
                 env = fake_env(int(fake.stdout.readline()))
                 for model in ("anthropic:claude-haiku-4-5", "openai:gpt-4o-mini"):
-                    cpu = measure(work, model, env, variants, args.repeat)
+                    runs = measure(work, model, env, variants, args.repeat)
                     title = f"{model} streamed from tests/fakeapi.py: {head}"
-                    verdicts.append((model, report(title, cpu, args.jobs)))
+                    verdicts.append((model, report(title, runs, args.jobs)))
             finally:
                 fake.stdin.close()
                 fake.wait(30)
         receiver.decode_raw()
         spans = len(receiver.received.spans)
-        runs = args.repeat * len(verdicts)
-    print(f"spans received: {spans} over {runs} --otlp runs ({spans / max(runs, 1):.0f} a run)")
+        n = args.repeat * len(verdicts)
+    print(f"spans received: {spans} over {n} --otlp runs ({spans / max(n, 1):.0f} a run)")
     for name, overhead in verdicts:
         verdict = "PASS" if overhead < TARGET else "FAIL"
         print(f"{verdict} {name}: --otlp costs {overhead:+.1%} client CPU (target < {TARGET:.0%})")
