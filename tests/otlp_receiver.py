@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -47,6 +48,8 @@ class Received:
     requests: int = 0
     raw: list[bytes] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)  # lower-case names
+    statuses: list[int] = field(default_factory=list)  # the next answers' statuses (then 200)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, body: bytes) -> None:
@@ -87,20 +90,35 @@ class Received:
 class OTLPReceiver:
     """``with OTLPReceiver() as r:`` — ``r.url`` takes spans; ``r.received`` has them."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: bool = True) -> None:
         received = self.received = Received()
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a collector does
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
+                elif self.headers.get("content-encoding") == "deflate":
+                    body = zlib.decompress(body)
                 received.paths.append(self.path)
-                if self.path != "/v1/traces":
-                    self.send_response(404)
+                received.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if received.statuses:
+                    self.send_response(received.statuses.pop(0))
+                    self.send_header("retry-after", "0")
+                    self.send_header("content-length", "0")
                     self.end_headers()
                     return
-                received.add(body)
+                if self.path != "/v1/traces":
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                if decode:
+                    received.add(body)
+                else:  # a benchmark's: keep the bytes, decode after the measured run
+                    received.raw.append(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
@@ -114,6 +132,12 @@ class OTLPReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def decode_raw(self) -> None:
+        """Decode what was kept undecoded (``decode=False``)."""
+        raw, self.received.raw = self.received.raw, []
+        for body in raw:
+            self.received.add(body)
 
     def __enter__(self) -> OTLPReceiver:
         self._thread.start()

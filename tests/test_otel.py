@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import (
     encode_spans as official_encode_spans,
 )
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from llmbatch._config import FileConfig, RunConfig, build_run_config
 from llmbatch._events import AttemptEnded, EventBus
 from llmbatch._observe import build_sinks, close_sinks
-from llmbatch._otel import OtelExporter, traces_url
-from llmbatch._otlp_encode import encode_spans
+from llmbatch._otel import OtelExporter, resource_attributes, traces_url
+from llmbatch._otlp_encode import SpanRecord
+from llmbatch._otlp_http import HttpSender, parse_headers
 from tests.conftest import CANARY_ANTHROPIC
-from tests.events_data import T0, sample_run
+from tests.events_data import T0, attempt, sample_run
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
+from tests.otlp_reference import Keep, Recording, readable_spans
 
 SPAN_KIND_CLIENT = 3
 STATUS_ERROR = 2
@@ -185,28 +185,28 @@ def test_build_sinks_makes_an_exporter(tmp_path: Path) -> None:
         assert build_sinks(RunConfig(jobs=Path("jobs.jsonl"))) == []
 
 
-class Keep(SpanExporter):
-    def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.spans.extend(spans)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
 def test_our_encoding_parses_to_what_the_official_encoder_writes() -> None:
+    """Our bytes, parsed by the official protobufs, equal the official encoder's output
+    for the same spans built as SDK ReadableSpans: every field, attribute and order."""
     kept = Keep()
-    exporter = OtelExporter("http://127.0.0.1:1", span_exporter=kept, secrets=[CANARY_ANTHROPIC])
-    for e in sample_run():
+    exporter = Recording("http://127.0.0.1:1", sender=kept, secrets=[CANARY_ANTHROPIC])
+    odd_attempts = [
+        attempt("x", 1, T0, T0 + 1, cost_usd=0, ttft_ms=None, repair=True, request_id="req_é"),
+        attempt("x", 9, T0 + 1, T0 + 2, input_tokens=70_000, output_tokens=2**40),
+        attempt("x", 3, T0 + 2, T0 + 3, finish_reason=None, cost_usd=None, ttft_ms=12),
+        attempt("x", 4, T0 + 3, T0 + 4, outcome="server_error", http_status=529, message=None),
+    ]
+    events = sample_run()
+    for e in [*events[:-1], *odd_attempts, events[-1]]:
         exporter.emit(e)
-    odd = ReadableSpan(
-        name="odd",
-        context=kept.spans[0].context,
-        resource=kept.spans[0].resource,
-        attributes={
+    odd = SpanRecord(
+        "odd",
+        2,  # SERVER
+        b"\x01" * 8,
+        b"",
+        1,
+        2,
+        {
             "s": "x",
             "yes": True,
             "no": False,
@@ -218,12 +218,79 @@ def test_our_encoding_parses_to_what_the_official_encoder_writes() -> None:
             "b": b"\x00\x01",
             "empty": "",
         },
-        kind=SpanKind.SERVER,
-        start_time=1,
-        end_time=2,
-        instrumentation_scope=kept.spans[0].instrumentation_scope,
+        [("ev", 5, {"k": "v"})],
+        error="",
     )
-    spans = [*kept.spans, odd]
-    assert len(spans) == 8
-    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
-    assert ours == official_encode_spans(spans)
+    items = [*exporter.items, odd]
+    assert len(kept.bodies) == 1 and len(items) == 7 + 4 + 1 + 1  # job x: not finished
+    ours = ExportTraceServiceRequest.FromString(exporter.encode(items))
+    assert ours == official_encode_spans(readable_spans(exporter, items))
+
+
+def test_requests_match_the_official_exporters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same spans through the official OTLP/HTTP exporter and through ours reach the
+    collector as the same request: path, content type, env headers, gzip, decoded body."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-team=ab%20c,Other-Key=1")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    with OTLPReceiver() as receiver:
+        url = traces_url(receiver.url)
+        exporter = Recording(url, secrets=[CANARY_ANTHROPIC])
+        for e in sample_run():
+            exporter.emit(e)
+        official = OTLPSpanExporter(endpoint=url)
+        assert official.export(readable_spans(exporter, exporter.items)) is SpanExportResult.SUCCESS
+        official.shutdown()  # type: ignore[no-untyped-call]
+        ours_raw, theirs_raw = receiver.received.raw
+        ours_h, theirs_h = receiver.received.headers
+    assert receiver.received.paths == ["/v1/traces", "/v1/traces"]
+    for name in ("content-type", "content-encoding", "x-team", "other-key"):
+        assert ours_h[name] == theirs_h[name], name
+    assert ours_h["x-team"] == "ab c" and ours_h["content-encoding"] == "gzip"
+    assert ExportTraceServiceRequest.FromString(ours_raw) == ExportTraceServiceRequest.FromString(
+        theirs_raw
+    )
+
+
+def test_the_sender_retries_what_may_pass_and_gives_up_on_the_rest() -> None:
+    with OTLPReceiver() as receiver:
+        sender = HttpSender(traces_url(receiver.url), timeout_s=5, environ={})
+        receiver.received.statuses = [503, 429]
+        assert sender.send(b"") is True  # an empty request is a valid one
+        assert len(receiver.received.paths) == 3
+        receiver.received.statuses = [400]
+        assert sender.send(b"") is False
+        assert sender.last_error == "HTTP 400" and len(receiver.received.paths) == 4
+        sender.close()
+
+
+def test_headers_and_resource_from_the_environment() -> None:
+    assert parse_headers("a=1, B=x%3Dy ,bad,=z") == {"a": "1", "b": "x=y"}
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=mine,deployment.environment=prod%201"}
+    attrs = resource_attributes("9", env)
+    assert attrs["service.name"] == "mine" and attrs["deployment.environment"] == "prod 1"
+    env["OTEL_SERVICE_NAME"] = "svc"
+    assert resource_attributes("9", env)["service.name"] == "svc"
+    assert resource_attributes("9", {})["service.name"] == "llmbatch"
+
+
+def test_a_proxy_from_the_environment_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is honoured as the official exporter (requests) honours it."""
+    with OTLPReceiver() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        sender = HttpSender("http://collector.invalid:4318/v1/traces", timeout_s=5, environ={})
+        assert sender.send(b"") is False  # the "proxy" knows no such path: 404
+        sender.close()
+    assert proxy.received.paths == ["http://collector.invalid:4318/v1/traces"]
+
+
+def test_spans_beyond_the_queue_are_counted_and_reported() -> None:
+    warnings: list[str] = []
+    exporter = OtelExporter(
+        "http://127.0.0.1:1", sender=Keep(), max_queued=3, interval_s=3600, warn=warnings.append
+    )
+    for e in sample_run():
+        exporter.emit(e)
+    assert exporter.closed and exporter.spans == 3 and exporter.dropped == 7 - 3
+    assert len(warnings) == 1 and "4 spans (queue full)" in warnings[0]

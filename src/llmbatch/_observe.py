@@ -43,7 +43,7 @@ def run_secrets(config: RunConfig) -> list[str]:
 def build_sinks(config: RunConfig) -> list[EventSink]:
     """The sinks ``--log-json`` and ``--otlp`` ask for (none by default).
 
-    :raises UsageError: the log file cannot be opened, or ``--otlp`` without the extra.
+    :raises UsageError: the log file cannot be opened.
     """
     sinks: list[EventSink] = []
     secrets = run_secrets(config)
@@ -57,12 +57,8 @@ def build_sinks(config: RunConfig) -> list[EventSink]:
         except OSError as exc:
             raise UsageError(f"--log-json {config.log_json}: {exc.strerror}") from None
     if config.otlp is not None:
-        try:
-            from ._otel import OtelExporter
-        except ImportError:
-            raise UsageError(
-                "--otlp needs the OpenTelemetry SDK: pip install 'llmbatch[otel]'"
-            ) from None
+        from ._otel import OtelExporter
+
         sinks.append(OtelExporter(config.otlp, secrets=secrets))
     return sinks
 

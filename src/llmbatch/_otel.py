@@ -1,36 +1,31 @@
-"""``--otlp URL``: the run as OpenTelemetry spans over OTLP/HTTP (extra ``llmbatch[otel]``).
+"""``--otlp URL``: the run as OpenTelemetry spans over OTLP/HTTP.
 
 One trace per run: a ``llmbatch run`` span, a ``llmbatch job`` span per job under
 it, and a ``chat MODEL`` span per attempt under its job, with the GenAI semantic
 conventions' attributes (``gen_ai.*``, ``error.type``) and ``llmbatch.cost_usd``.
 Prompts and answers are never put in spans.
 
-Every span's times and attributes come from the events, so spans are built as the
-SDK's finished ``ReadableSpan`` records and handed straight to its
-``BatchSpanProcessor`` — the tracer's live-span machinery (context, sampler,
-attribute checks, locks) would only add CPU. The processor exports from its own
-thread, over the official OTLP/HTTP exporter, so a slow or absent collector never
-holds the run up; at the end of the run what is queued is flushed, for a bounded
-time. Attributes are kept to what a GenAI dashboard reads: encoding each one costs.
+Every span's times and attributes come from the events, so no live span is ever
+needed: an ended attempt or job is appended, as its event or a plain record, to a
+queue that a background thread encodes (``_otlp_encode``) and POSTs
+(``_otlp_http``) once a second or every ``batch_spans`` spans. Neither the SDK nor
+``requests`` nor protobuf is imported: together they cost a run more CPU than all
+its spans (README, "OpenTelemetry"); the official packages are the reference the
+tests hold these bytes and requests to. A slow or absent collector never holds the
+run up; at the end what is queued is flushed, for a bounded time.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import sys
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
-
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event as SpanEvent
-from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from ._events import (
     AttemptEnded,
@@ -45,8 +40,28 @@ from ._events import (
     RunStarted,
 )
 from ._jsonlog import REDACTED
+from ._otlp_encode import (
+    KIND_INTERNAL,
+    JobSpan,
+    SpanRecord,
+    encode_attempt,
+    encode_job,
+    encode_record,
+    encode_request,
+    resource_and_scope,
+)
 
 TRACES_PATH = "/v1/traces"
+
+
+class Sender(Protocol):
+    """Takes one encoded ExportTraceServiceRequest; says whether the collector took it."""
+
+    last_error: str | None
+
+    def send(self, body: bytes) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 def traces_url(endpoint: str) -> str:
@@ -64,114 +79,64 @@ def _warn_stderr(message: str) -> None:
     sys.stderr.write(f"llmbatch: warning: {message}\n")
 
 
-class _CountingExporter(SpanExporter):
-    """Passes batches on, counting failures so the run can say so once at the end."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-        self.batches = 0
-        self.failed = 0
-        self.spans = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        self.batches += 1
-        try:
-            result = self.inner.export(spans)
-        except Exception:  # the SDK logs it too; a lost batch must not end the exporter
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.spans += len(spans)
-        else:
-            self.failed += 1
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
+def _span_id() -> bytes:
+    while True:  # all zeroes is OTLP's "no span"
+        span_id = random.randbytes(8)
+        if span_id != b"\0\0\0\0\0\0\0\0":
+            return span_id
 
 
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_UNSET = Status(StatusCode.UNSET)
-
-
-class _Resource(Resource):
-    """A Resource whose hash is computed once: the encoder hashes it for every span."""
-
-    def __init__(self, base: Resource) -> None:
-        super().__init__(dict(base.attributes), base.schema_url)
-        self._hash = super().__hash__()
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        return super().__eq__(other)
+def resource_attributes(version: str, environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """The process's resource, as the SDK builds it from OTEL_RESOURCE_ATTRIBUTES and
+    OTEL_SERVICE_NAME; ``service.name`` defaults to ``llmbatch``."""
+    env = os.environ if environ is None else environ
+    attrs: dict[str, Any] = {
+        "telemetry.sdk.language": "python",
+        "telemetry.sdk.name": "llmbatch",
+        "telemetry.sdk.version": version,
+    }
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            attrs[key.strip()] = unquote(value.strip())
+    attrs["service.name"] = env.get("OTEL_SERVICE_NAME") or attrs.get("service.name") or "llmbatch"
+    attrs["service.version"] = version
+    return attrs
 
 
 @dataclass(slots=True)
 class _Open:
-    """A span begun but not ended: what it will be built from."""
+    """The run's span, begun but not ended: what it will be built from."""
 
-    context: SpanContext
+    span_id: bytes
     start_ns: int
     attributes: dict[str, Any]
-    events: list[SpanEvent] = field(default_factory=list)
-
-
-def _attempt_attributes(e: AttemptEnded) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.system": e.provider,
-        "gen_ai.provider.name": e.provider,
-        "gen_ai.request.model": e.model,
-        "gen_ai.usage.input_tokens": e.input_tokens,
-        "gen_ai.usage.output_tokens": e.output_tokens,
-        "llmbatch.attempt": e.n,
-    }
-    if e.outcome == "ok":
-        attrs["gen_ai.response.model"] = e.model
-    else:
-        attrs["error.type"] = e.outcome
-        if e.http_status is not None:
-            attrs["http.response.status_code"] = e.http_status
-        if e.retry_after_s is not None:
-            attrs["llmbatch.retry_after_s"] = e.retry_after_s
-        if e.backoff_s is not None:
-            attrs["llmbatch.backoff_s"] = e.backoff_s
-    if e.finish_reason is not None:
-        attrs["gen_ai.response.finish_reasons"] = (e.finish_reason,)
-    if e.cost_usd is not None:
-        attrs["llmbatch.cost_usd"] = e.cost_usd
-    if e.ttft_ms is not None:
-        attrs["llmbatch.ttft_ms"] = e.ttft_ms
-    if e.request_id is not None:
-        attrs["llmbatch.request_id"] = e.request_id
-    if e.repair:
-        attrs["llmbatch.repair"] = True
-    return attrs
+    events: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
 
 
 def _run_event(
     e: LimitChanged | BreakerChanged | BudgetStopped, redact: Callable[[str], str]
-) -> SpanEvent:
+) -> tuple[str, int, dict[str, Any]]:
     if isinstance(e, LimitChanged):
         attrs: dict[str, Any] = {"llmbatch.model": e.model, "llmbatch.reason": e.reason}
         if e.rpm_before is not None:
             attrs["llmbatch.rpm_before"] = e.rpm_before
         if e.rpm_after is not None:
             attrs["llmbatch.rpm_after"] = e.rpm_after
-        return SpanEvent("limit_change", attrs, _ns(e.ts))
+        return "limit_change", _ns(e.ts), attrs
     if isinstance(e, BreakerChanged):
         attrs = {
             "llmbatch.model": e.model,
             "llmbatch.state": e.state,
             "llmbatch.consecutive_failures": e.consecutive_failures,
         }
-        return SpanEvent("breaker", attrs, _ns(e.ts))
+        return "breaker", _ns(e.ts), attrs
     attrs = {"llmbatch.reason": e.reason, "llmbatch.message": redact(e.message)}
-    return SpanEvent("budget_stop", attrs, _ns(e.ts))
+    return "budget_stop", _ns(e.ts), attrs
+
+
+# What the queue holds: an attempt (event, span id, parent id), a job's span, the run's.
+_Item = tuple[AttemptEnded, bytes, bytes] | JobSpan | SpanRecord
 
 
 class OtelExporter:
@@ -181,61 +146,67 @@ class OtelExporter:
         self,
         endpoint: str,
         *,
-        span_exporter: SpanExporter | None = None,
+        sender: Sender | None = None,
         secrets: Iterable[str] = (),
         close_timeout_s: float = 10.0,
         export_timeout_s: float = 5.0,
         warn: Callable[[str], None] = _warn_stderr,
+        interval_s: float = 1.0,
+        batch_spans: int = 2048,
+        max_queued: int = 1 << 16,
     ) -> None:
         from . import __version__
 
         self.endpoint = traces_url(endpoint)
+        if sender is None:
+            from ._otlp_http import HttpSender
+
+            sender = HttpSender(self.endpoint, export_timeout_s)
+        self._sender = sender
         self._secrets = [s for s in secrets if s and len(s) >= 8]
         self._close_timeout = close_timeout_s
         self._warn = warn
-        if span_exporter is None:
-            from ._otlp_encode import fast_otlp_exporter
-
-            span_exporter = fast_otlp_exporter(self.endpoint, export_timeout_s)
-        self._exporter = _CountingExporter(span_exporter)
-        attributes: dict[str, Any] = {"service.version": __version__}
-        if not os.environ.get("OTEL_SERVICE_NAME"):
-            attributes["service.name"] = "llmbatch"
-        self._resource = _Resource(Resource.create(attributes))
-        self._scope = InstrumentationScope("llmbatch", __version__)
-        self._ids = RandomIdGenerator()
-        self._span_id = self._ids.generate_span_id
-        # A large queue: a burst of fast answers must not drop spans; export is batched.
-        self._processor = BatchSpanProcessor(
-            self._exporter,
-            max_queue_size=1 << 15,
-            max_export_batch_size=1024,
-            schedule_delay_millis=1000,
+        self._resource, self._scope = resource_and_scope(
+            resource_attributes(__version__), "llmbatch", __version__
         )
-        self._trace_id = self._ids.generate_trace_id()
+        self.trace_id = random.randbytes(15) + b"\x01"  # never all zeroes
+        self._trace_field = b"\x0a\x10" + self.trace_id
         self._run: _Open | None = None
-        self._jobs: dict[str, _Open] = {}
+        self._jobs: dict[str, JobSpan] = {}
+        self._run_id = b""  # the run span's id, the jobs' parent
+        # deque.append and popleft are atomic: the event loop appends, the thread pops.
+        self._queue: deque[_Item] = deque()
+        self._batch = batch_spans
+        self._max_queued = max_queued
+        self._interval = interval_s
+        self._wake = threading.Event()
+        self._closing = False
         self.closed = False
+        self.batches = self.failed = self.spans = self.dropped = 0
+        self._thread = threading.Thread(target=self._export_loop, name="llmbatch-otlp")
+        self._thread.daemon = True  # a dead collector must never keep the process alive
+        self._thread.start()
 
-    # -- events -------------------------------------------------------------------
+    # -- events (on the event loop: cheap) -----------------------------------------
 
     def emit(self, event: Event) -> None:
         if self.closed:
             return
         if isinstance(event, AttemptEnded):
-            self._attempt(event)
+            job = self._jobs.get(event.job_id) or self._job(event.job_id, event.started_ts)
+            self._put((event, _span_id(), job.span_id))
         elif isinstance(event, AttemptStarted):
-            self._job(event.job_id, event.ts)
+            if event.job_id not in self._jobs:
+                self._job(event.job_id, event.ts)
         elif isinstance(event, JobEnded):
             self._job_ended(event)
         elif isinstance(event, CacheHit):
-            attrs = self._job(event.job_id, event.ts).attributes
-            attrs["llmbatch.cache.hit"] = True
-            if event.saved_usd is not None:
-                attrs["llmbatch.cache.saved_usd"] = event.saved_usd
+            job = self._job(event.job_id, event.ts)
+            job.cache_hit, job.saved_usd = True, event.saved_usd
         elif isinstance(event, RunStarted):
+            self._run_id = _span_id()
             self._run = _Open(
-                self._context(),
+                self._run_id,
                 _ns(event.ts),
                 {
                     "llmbatch.jobs.total": event.total,
@@ -250,80 +221,37 @@ class OtelExporter:
         elif isinstance(event, RunEnded):
             self._run_ended(event)
 
-    def _context(self) -> SpanContext:
-        return SpanContext(self._trace_id, self._span_id(), False, _SAMPLED)
+    def _put(self, item: _Item) -> None:
+        queue = self._queue
+        if len(queue) >= self._max_queued:  # the collector cannot keep up: drop, count, say so
+            self.dropped += 1
+            return
+        queue.append(item)
+        if len(queue) >= self._batch and not self._wake.is_set():
+            self._wake.set()
 
-    def _finish(
-        self,
-        name: str,
-        span: _Open,
-        end_ns: int,
-        parent: _Open | None,
-        status: Status | None = None,
-    ) -> None:
-        self._processor.on_end(
-            ReadableSpan(
-                name,
-                span.context,
-                None if parent is None else parent.context,
-                self._resource,
-                span.attributes,
-                span.events,
-                status=status or _UNSET,
-                start_time=span.start_ns,
-                end_time=end_ns,
-                instrumentation_scope=self._scope,
-            )
-        )
-
-    def _job(self, job_id: str, ts: float) -> _Open:
+    def _job(self, job_id: str, ts: float) -> JobSpan:
         job = self._jobs.get(job_id)
         if job is None:
-            job = self._jobs[job_id] = _Open(self._context(), _ns(ts), {"llmbatch.job.id": job_id})
+            job = self._jobs[job_id] = JobSpan(job_id, _span_id(), self._run_id, _ns(ts))
         return job
-
-    def _attempt(self, e: AttemptEnded) -> None:
-        """An attempt's span is whole when it ends: built at once (the hot path)."""
-        job = self._job(e.job_id, e.started_ts)
-        status = _UNSET
-        if e.outcome != "ok":
-            status = Status(StatusCode.ERROR, self._redact(e.message or e.outcome))
-        self._processor.on_end(
-            ReadableSpan(
-                "chat " + e.model,
-                SpanContext(self._trace_id, self._span_id(), False, _SAMPLED),
-                job.context,
-                self._resource,
-                _attempt_attributes(e),
-                kind=SpanKind.CLIENT,
-                status=status,
-                start_time=int(e.started_ts * 1e9),
-                end_time=int(e.ts * 1e9),
-                instrumentation_scope=self._scope,
-            )
-        )
 
     def _job_ended(self, e: JobEnded) -> None:
         r = e.result
-        job = self._job(r.id, e.ts)  # a job that ended before any attempt gets one too
-        del self._jobs[r.id]
-        attrs = job.attributes
-        attrs["llmbatch.job.status"] = r.status
-        attrs["llmbatch.attempts"] = r.attempts
-        if r.cost_usd is not None:
-            attrs["llmbatch.cost_usd"] = r.cost_usd
-        status = None
+        job = self._jobs.pop(r.id, None) or JobSpan(r.id, _span_id(), self._run_id, _ns(e.ts))
+        job.end_ns = _ns(e.ts)
+        job.status = r.status
+        job.attempts = r.attempts
+        job.cost_usd = r.cost_usd
         if r.status != "ok":
-            kind = str((r.error or {}).get("type") or "other")
-            attrs["error.type"] = kind
-            status = Status(StatusCode.ERROR, kind)
-        self._finish("llmbatch job", job, _ns(e.ts), self._run, status)
+            job.error_type = str((r.error or {}).get("type") or "other")
+        self._put(job)
 
     def _run_ended(self, e: RunEnded) -> None:
         end = _ns(e.ts)
         for job in self._jobs.values():  # stopped mid-job: resumable, never written
-            job.attributes["llmbatch.job.status"] = "not_finished"
-            self._finish("llmbatch job", job, end, self._run)
+            job.end_ns = end
+            self._put(job)
         self._jobs.clear()
         if self._run is not None:
             rep = e.report
@@ -340,10 +268,21 @@ class OtelExporter:
             )
             if rep.stopped_by:
                 self._run.attributes["llmbatch.stopped_by"] = rep.stopped_by
-            status = None
-            if e.exit_code != 0:
-                status = Status(StatusCode.ERROR, f"exit code {e.exit_code}")
-            self._finish("llmbatch run", self._run, end, None, status)
+            run = self._run
+            error = f"exit code {e.exit_code}" if e.exit_code != 0 else None
+            self._put(
+                SpanRecord(
+                    "llmbatch run",
+                    KIND_INTERNAL,
+                    run.span_id,
+                    b"",
+                    run.start_ns,
+                    end,
+                    run.attributes,
+                    run.events,
+                    error,
+                )
+            )
             self._run = None
         self.close()
 
@@ -352,25 +291,60 @@ class OtelExporter:
             text = text.replace(secret, REDACTED)
         return text
 
-    # -- the end ------------------------------------------------------------------
+    # -- export (on its own thread) -------------------------------------------------
+
+    def _export_loop(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            closing = self._closing  # read before draining: what was queued by then goes out
+            self._drain()
+            if closing:
+                self._sender.close()
+                return
+
+    def _drain(self) -> None:
+        queue, pop = self._queue, self._queue.popleft
+        while queue:
+            items = [pop() for _ in range(min(len(queue), self._batch))]
+            body = self.encode(items)
+            self.batches += 1
+            if self._sender.send(body):
+                self.spans += len(items)
+            else:
+                self.failed += 1
+
+    def encode(self, items: list[_Item]) -> bytes:
+        """One ExportTraceServiceRequest holding these queued spans."""
+        trace, redact = self._trace_field, self._redact
+        spans = [
+            encode_attempt(trace, item[0], item[1], item[2], redact)
+            if isinstance(item, tuple)
+            else encode_job(trace, item)
+            if isinstance(item, JobSpan)
+            else encode_record(self.trace_id, item, redact)
+            for item in items
+        ]
+        return encode_request(self._resource, self._scope, spans)
+
+    # -- the end ----------------------------------------------------------------------
 
     def close(self) -> None:
         """Export what is queued, for ``close_timeout_s`` at most; say once if spans were lost."""
         if self.closed:
             return
         self.closed = True
-        # The SDK's shutdown can wait on a dead collector for long: bound it from outside.
-        done = threading.Thread(target=self._processor.shutdown, name="llmbatch-otel-close")
-        done.daemon = True
-        done.start()
-        done.join(self._close_timeout)
-        if done.is_alive():
+        self._closing = True
+        self._wake.set()
+        self._thread.join(self._close_timeout)
+        if self._thread.is_alive():
             self._warn(
                 f"--otlp: the collector at {self.endpoint} did not take the last spans within "
                 f"{self._close_timeout:g} s; they are lost"
             )
-        elif self._exporter.failed:
-            self._warn(
-                f"--otlp: {self._exporter.failed} of {self._exporter.batches} span batches "
-                f"could not be exported to {self.endpoint}"
-            )
+        elif self.failed or self.dropped:
+            why = f" ({self._sender.last_error})" if self._sender.last_error else ""
+            lost = f"{self.failed} of {self.batches} span batches" if self.failed else ""
+            if self.dropped:
+                lost += f"{' and ' if lost else ''}{self.dropped} spans (queue full)"
+            self._warn(f"--otlp: {lost} could not be exported to {self.endpoint}{why}")
