@@ -68,6 +68,10 @@ def test_submit_status_fetch_exit_codes(fb: FakeBatch, tmp_path: Path) -> None:
     batch = report["batch"]
     assert batch["jobs"] == 30 and batch["cost_usd"] == pytest.approx(report["cost_usd"])
     assert batch["online_cost_usd"] == pytest.approx(2 * batch["cost_usd"], rel=0.01)
+    # And as printed: the savings line; batch answers carry no latency, so none is shown.
+    shown = run_cli("report", out, env={"COLUMNS": "160"}).output
+    assert "batch" in shown and "jobs for $" in shown and "saved $" in shown, shown
+    assert "no answer timed" in shown and "p50 0.0 ms" not in shown
     for text in (sub.output, status.output, fetched.output, again.output):
         assert CANARY_OPENAI not in text and CANARY_ANTHROPIC not in text
 
@@ -130,6 +134,7 @@ def test_run_mode_auto_from_the_shell(fb: FakeBatch, tmp_path: Path) -> None:
         "jobs": 0,
         "cost_usd": 0.0,
         "online_cost_usd": 0.0,
+        "saved_usd": 0.0,
     }
 
 

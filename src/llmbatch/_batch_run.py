@@ -79,6 +79,7 @@ class BatchPart:
             "jobs": self.jobs,
             "cost_usd": round(self.cost_usd, 6),
             "online_cost_usd": round(self.online_cost_usd, 6),
+            "saved_usd": round(self.online_cost_usd - self.cost_usd, 6),
         }
 
 
@@ -102,7 +103,7 @@ class ModeReport:
     def render(self, console: Console) -> None:
         self.run.render(console)
         b = self.batch
-        if b.jobs:
+        if b.jobs and self.run.batch is None:  # else the run's own report has the line
             console.print(
                 f"batch: {b.jobs} jobs for ${b.cost_usd:.6f} "
                 f"(online ${b.online_cost_usd:.6f}; saved ${b.online_cost_usd - b.cost_usd:.6f})"

@@ -88,17 +88,20 @@ def _spend_rows(report: RunReport) -> Rows:
 def _timing_rows(report: RunReport) -> Rows:
     """Latency, time to first token, attempts, errors and failures."""
     lat = report.latency_ms
-    rows = [
-        (
-            "latency",
-            f"p50 {_ms(lat['p50'])} · p90 {_ms(lat['p90'])} · p95 {_ms(lat['p95'])} · "
-            f"p99 {_ms(lat['p99'])} · max {_ms(lat['max'])} · mean {_ms(lat['mean'])}",
-        ),
-        (
-            "time to first token",
-            f"p50 {_ms(report.ttft_ms['p50'])} · p95 {_ms(report.ttft_ms['p95'])}",
-        ),
-    ]
+    if report.latency_bins:
+        rows = [
+            (
+                "latency",
+                f"p50 {_ms(lat['p50'])} · p90 {_ms(lat['p90'])} · p95 {_ms(lat['p95'])} · "
+                f"p99 {_ms(lat['p99'])} · max {_ms(lat['max'])} · mean {_ms(lat['mean'])}",
+            ),
+            (
+                "time to first token",
+                f"p50 {_ms(report.ttft_ms['p50'])} · p95 {_ms(report.ttft_ms['p95'])}",
+            ),
+        ]
+    else:  # no answer was timed: none ok yet, or batch answers (they carry no latency)
+        rows = [("latency", "— (no answer timed)")]
     attempts = f"{report.attempts} sent · {report.retries} retries"
     if report.repairs.get("repairs_sent"):
         attempts += f" · {report.repairs['repairs_sent']} schema repairs"
@@ -124,6 +127,16 @@ def _outcome_rows(report: RunReport) -> Rows:
                 f"{report.repairs['jobs_repaired']} jobs repaired · "
                 f"{report.repairs['repairs_sent']} repairs sent · "
                 f"{report.repairs['never_valid']} never valid",
+            )
+        )
+    if report.batch and report.batch.get("jobs"):
+        b = report.batch
+        saved = b.get("saved_usd", b["online_cost_usd"] - b["cost_usd"])
+        rows.append(
+            (
+                "batch",
+                f"{b['jobs']} jobs for {_usd(b['cost_usd'])} (online "
+                f"{_usd(b['online_cost_usd'])}; saved {_usd(saved)})",
             )
         )
     if report.wall_s is not None:
