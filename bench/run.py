@@ -189,6 +189,15 @@ def section_ratelimit(tmp: Path) -> dict[str, Any]:
 
 
 def chosen_sections() -> tuple[str, ...]:
+    if {"-h", "--help"} & set(sys.argv):
+        sys.stdout.write(__doc__ or "")
+        sys.exit(0)
+    known = {"--quick", "--full", "--only"}
+    for i, arg in enumerate(sys.argv[1:], 1):
+        if arg.startswith("-") and arg not in known:
+            sys.exit(f"unknown option {arg}; see python bench/run.py --help")
+        if arg == "--only" and i + 1 >= len(sys.argv):
+            sys.exit("--only takes a list of sections: " + ", ".join(SECTIONS))
     for i, arg in enumerate(sys.argv):
         if arg == "--only":
             wanted = tuple(sys.argv[i + 1].split(","))
