@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._batch_state import BatchState, LineFingerprint
-from ._events import Event, JobEnded
+from ._events import Event, JobEnded, RunEnded
 from ._models import ModelRef
 from ._results import JobResult
 from ._tally import Tally, repair_request
@@ -105,20 +105,27 @@ def load_seeds(state: BatchState, line_fp: LineFingerprint) -> dict[str, BatchSe
 
 
 class RepairRecorder:
-    """Marks a repaired job in the batch state once its line, holding the batch answer's
-    cost, is written (JobEnded). A job that changed since runs anew, and stays unmarked."""
+    """Marks repaired jobs in the batch state at the end of the run, once their lines
+    (holding the batch answers' cost) are synced: a mark never outlives its line on a
+    power cut. Killed before that, the lines themselves still tell (same fingerprint).
+    A job that changed since runs anew, and stays unmarked."""
 
     def __init__(self, state: BatchState, seeds: dict[str, BatchSeed]) -> None:
         self.state = state
         self.origins = {k: s.batch for k, s in seeds.items() if s.repairs}
+        self.done: list[str] = []
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, RunEnded):  # emitted after the writer's last fsync
+            self.state.append_many([{"ev": "repaired", "id": i} for i in self.done])
+            self.done = []
+            return
         if not isinstance(event, JobEnded):
             return
         r = event.result
         if r.id in self.origins and r.batch is not None and r.batch == self.origins[r.id]:
             del self.origins[r.id]
-            self.state.append({"ev": "repaired", "id": r.id})
+            self.done.append(r.id)
 
 
 @dataclass(frozen=True, slots=True)
