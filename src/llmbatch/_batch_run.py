@@ -154,15 +154,31 @@ async def run_with_batches(
         leave_online=True,
     )
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
+    totals, canceled = await _wait_for_batches(config, deadline, poll, clock, client_factory, tell)
+    report = await run_jobs_async(
+        config, progress=progress, provider_factory=provider_factory, handle_signals=handle_signals
+    )
+    part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
+    return ModeReport(report, part)
+
+
+async def _wait_for_batches(
+    config: RunConfig,
+    deadline: float | None,
+    poll: float,
+    clock: Clock,
+    client_factory: ClientFactory | None,
+    tell: Any,
+) -> tuple[_Totals, int]:
+    """Fetch until every batch has ended, or cancel at the deadline and fetch what ended."""
     totals = _Totals()
     started = clock.monotonic()
-    canceled = 0
     while True:
-        # Schema repairs are left to the online part below: its report counts them.
+        # Schema repairs are left to the online part: its report counts them.
         rep = await fetch(config, clock=clock, client_factory=client_factory, repair=False)
         totals.add(rep)
         if not rep.still_open:
-            break
+            return totals, 0
         waited = clock.monotonic() - started
         if deadline is not None and waited >= deadline:
             canceled = await _cancel_all(config, clock, client_factory)
@@ -176,15 +192,10 @@ async def run_with_batches(
                 repair=False,
             )
             totals.add(rep)
-            break
+            return totals, canceled
         tell(f"{rep.still_open} batch(es) in progress; {totals.jobs} jobs answered so far")
         step = poll if deadline is None else max(0.0, min(poll, deadline - waited))
         await clock.sleep(step)
-    report = await run_jobs_async(
-        config, progress=progress, provider_factory=provider_factory, handle_signals=handle_signals
-    )
-    part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
-    return ModeReport(report, part)
 
 
 def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
