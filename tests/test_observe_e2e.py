@@ -133,7 +133,9 @@ async def test_the_event_log_of_a_chaos_run_matches_the_server(
     env.retry_after = 0.02
     write_jsonl(tmp_path / "jobs.jsonl", prompts(120))
     log = tmp_path / "events.jsonl"
-    report = await run(tmp_path, log_json=str(log), concurrency=16)
+    # One request in six fails: with the default 6 tries, now and then a job drew six
+    # faults in a row and the run (rightly) wrote it failed. The log is the point here.
+    report = await run(tmp_path, log_json=str(log), concurrency=16, max_attempts=12)
     assert report.ok == 120
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert lines[0]["event"] == "run_start" and lines[-1]["event"] == "run_end"
