@@ -180,7 +180,7 @@ async def test_spans_reach_a_collector_one_per_request(env: FakeAPI, tmp_path: P
     env.retry_after = 0.02
     write_jsonl(tmp_path / "jobs.jsonl", prompts(40))
     with OTLPReceiver() as receiver:
-        report = await run(tmp_path, otlp=receiver.url, model=MINI)
+        report = await run(tmp_path, otlp=receiver.url, model=MINI, max_attempts=12)
         spans = list(receiver.received.spans)
         raw = b"".join(receiver.received.raw)
     assert report.ok == 40
