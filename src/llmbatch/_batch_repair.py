@@ -29,8 +29,8 @@ from ._breaker import Breaker
 from ._budget import RunBudget
 from ._context import Budgets, Stopper
 from ._events import AttemptEnded, Event, EventBus, JobEnded
-from ._exceptions import LLMBatchError
-from ._executor import StreamingExecutor
+from ._exceptions import sole_own_error
+from ._executor import StreamingExecutor, drained
 from ._jobs import Job, Request
 from ._models import ModelRef
 from ._plan import PreparedJob, fingerprint
@@ -232,9 +232,9 @@ class _RepairRun:
                 tg.start_soon(self._write, res_recv, writer)
                 tg.start_soon(executor.execute, job_recv, res_send)
         except BaseExceptionGroup as group:
-            own = [e for e in group.exceptions if isinstance(e, LLMBatchError)]
-            if own and len(own) == len(group.exceptions):
-                raise own[0] from None
+            own = sole_own_error(group)
+            if own is not None:
+                raise own from None
             raise
         finally:
             writer.close()  # synced: now the marks may say so
@@ -248,21 +248,14 @@ class _RepairRun:
         self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
     ) -> None:
         """The lines, each once, then the events that mark their repairs done."""
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while len(batch) < 1024:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                writer.write([r.to_json() for r in batch])
-                self.mark_repaired(batch)
-                now = self.ctx.clock.time()
-                for r in batch:
-                    self.ok += r.status == "ok"
-                    self.failed += r.status != "ok"
-                    self.bus.emit(JobEnded(now, r))
+        async for batch in drained(recv):
+            writer.write([r.to_json() for r in batch])
+            self.mark_repaired(batch)
+            now = self.ctx.clock.time()
+            for r in batch:
+                self.ok += r.status == "ok"
+                self.failed += r.status != "ok"
+                self.bus.emit(JobEnded(now, r))
 
     def mark_repaired(self, results: list[JobResult]) -> None:
         """Repairs whose line (holding the batch answer's cost) is written: marked done at

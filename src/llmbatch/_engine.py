@@ -33,9 +33,9 @@ from ._clock import SYSTEM_CLOCK, Clock
 from ._config import RunConfig
 from ._context import Budgets, Stopper
 from ._events import EventBus, EventSink, JobEnded, RunEnded, RunStarted
-from ._exceptions import LLMBatchError, OutputError, SharedStoreError
+from ._exceptions import OutputError, SharedStoreError, sole_own_error
 from ._executor import Executor as Executor  # re-exported: the seam's home was here
-from ._executor import StreamingExecutor, feed_jobs
+from ._executor import StreamingExecutor, drained, feed_jobs
 from ._history import append_history, history_record
 from ._lock import OutputLock
 from ._models import ModelRef
@@ -170,9 +170,9 @@ class Engine:
             await self._run_pool(plan, writer, existing)
         except BaseExceptionGroup as group:
             # Our own errors surface as themselves, not wrapped by the task group.
-            own = [e for e in group.exceptions if isinstance(e, LLMBatchError)]
-            if own and len(own) == len(group.exceptions):
-                raise own[0] from None
+            own = sole_own_error(group)
+            if own is not None:
+                raise own from None
             raise
         finally:
             writer.close()
@@ -301,29 +301,22 @@ class Engine:
     async def _write(
         self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
     ) -> None:
-        async with recv:
-            async for first in recv:
-                batch = [first]
-                while len(batch) < 1024:
-                    try:
-                        batch.append(recv.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                try:
-                    writer.write([r.to_json() for r in batch])
-                except BrokenPipeError:
-                    # `-o - | head`: nobody reads any more. Stop at once, as SIGPIPE would.
-                    self.stopper.stop("output_closed")
-                    self.executor.cancel()
-                    return
-                except OutputError as exc:  # disk full: stop; what was written resumes
-                    self.runner.fatal = str(exc)
-                    self.stopper.stop("output_error")
-                    self.executor.cancel()
-                    return
-                now = self.clock.time()
-                for r in batch:
-                    self.bus.emit(JobEnded(now, r))
+        async for batch in drained(recv):
+            try:
+                writer.write([r.to_json() for r in batch])
+            except BrokenPipeError:
+                # `-o - | head`: nobody reads any more. Stop at once, as SIGPIPE would.
+                self.stopper.stop("output_closed")
+                self.executor.cancel()
+                return
+            except OutputError as exc:  # disk full: stop; what was written resumes
+                self.runner.fatal = str(exc)
+                self.stopper.stop("output_error")
+                self.executor.cancel()
+                return
+            now = self.clock.time()
+            for r in batch:
+                self.bus.emit(JobEnded(now, r))
 
     async def _tick(self) -> None:
         while True:

@@ -35,6 +35,13 @@ class LLMBatchError(Exception):
     """Root of every error llmbatch raises on purpose."""
 
 
+def sole_own_error(group: BaseExceptionGroup[BaseException]) -> LLMBatchError | None:
+    """The first of a task group's errors when all of them are ours (to surface as
+    themselves, not wrapped), else None."""
+    own = [e for e in group.exceptions if isinstance(e, LLMBatchError)]
+    return own[0] if own and len(own) == len(group.exceptions) else None
+
+
 class UsageError(LLMBatchError):
     """The command line, config or environment is wrong; nothing was sent."""
 

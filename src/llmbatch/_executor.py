@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from ._plan import Plan, Planner, PreparedJob
     from ._results import JobResult
     from ._resume import ExistingOutput
+
+T = TypeVar("T")
 
 
 class Executor(Protocol):
@@ -108,3 +111,17 @@ async def feed_jobs(
                     await send.send(planner.prepare(job))
                 except anyio.BrokenResourceError:
                     return  # the workers are gone (output closed, hard stop)
+
+
+async def drained(recv: MemoryObjectReceiveStream[T], most: int = 1024) -> AsyncIterator[list[T]]:
+    """What the pool has finished, in batches: each one waited for, plus whatever else is
+    ready at that moment (up to ``most``), so the writer makes one write() of them."""
+    async with recv:
+        async for first in recv:
+            batch = [first]
+            while len(batch) < most:
+                try:
+                    batch.append(recv.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            yield batch
