@@ -11,12 +11,15 @@ import anyio.lowlevel
 import pytest
 
 from llmbatch._config import RunConfig
+from llmbatch._tally import REPAIR_INSTRUCTION
 from tests.conftest import fake_env, write_jsonl
 from tests.fakeapi import FakeAPI
 from tests.fakebatch import FakeBatch
 
 OA = "gpt-4o-mini"
 AN = "claude-haiku-4-5"
+SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+REPAIR_MARK = REPAIR_INSTRUCTION.split(":")[0]  # what a schema repair turn says
 
 
 @contextmanager
@@ -31,6 +34,11 @@ def running_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
         yield batch
     finally:
         api.stop()
+
+
+def repair_requests(fb: FakeBatch) -> list[dict[str, Any]]:
+    """The online requests that were schema repair turns."""
+    return [r.body for r in fb.api.records if REPAIR_MARK in str(r.body.get("messages"))]
 
 
 class VirtualClock:

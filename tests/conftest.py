@@ -16,6 +16,7 @@ import pytest
 
 import llmbatch._retry
 from tests.fakeapi import FakeAPI
+from tests.fakebatch import FakeBatch
 from tests.redis_server import redis_server  # noqa: F401  (the --shared tests use it)
 
 CANARY_ANTHROPIC = "sk-ant-canary-DO-NOT-LEAK-0123456789abcdef"
@@ -170,3 +171,13 @@ def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
+    """The fake API with its Batch endpoints (tests/fakebatch.py), both providers'
+    base URLs and keys pointed at it."""
+    from tests.batchutil import running_fake  # it imports this module
+
+    with running_fake(monkeypatch) as batch:
+        yield batch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,9 @@ from llmbatch._exceptions import InputError, UsageError
 from llmbatch._models import ModelRef
 from llmbatch._pricing import PriceBook
 from llmbatch._usage import Usage
-from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
+from tests.batchutil import AN, OA, VirtualClock, config, jobs_file
 from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI, read_jsonl, write_jsonl
 from tests.fakebatch import FakeBatch
-
-
-@pytest.fixture
-def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
-    with running_fake(monkeypatch) as batch:
-        yield batch
 
 
 def do_submit(cfg: RunConfig, clock: VirtualClock, batch_size: int | None = None) -> SubmitReport:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,19 @@ from llmbatch._engine import run_jobs_async
 from llmbatch._progress import NoProgress
 from llmbatch._report import RunReport
 from llmbatch._resume import read_existing
-from llmbatch._tally import REPAIR_INSTRUCTION
-from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
+from tests.batchutil import (
+    AN,
+    OA,
+    SCHEMA,
+    VirtualClock,
+    config,
+    jobs_file,
+    repair_requests,
+)
 from tests.conftest import read_jsonl, write_jsonl
 from tests.fakebatch import FakeBatch
 from tests.test_batch import batch_cost
 from tests.test_batch_run import run_mode
-
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-REPAIR_MARK = REPAIR_INSTRUCTION.split(":")[0]
-
-
-@pytest.fixture
-def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
-    with running_fake(monkeypatch) as batch:
-        yield batch
 
 
 def do_submit(cfg: RunConfig, clock: VirtualClock) -> SubmitReport:
@@ -45,11 +42,6 @@ def do_fetch(cfg: RunConfig, clock: VirtualClock, **kw: Any) -> FetchReport:
 
 def run_online(cfg: RunConfig) -> RunReport:
     return anyio.run(lambda: run_jobs_async(cfg, progress=NoProgress(), handle_signals=False))
-
-
-def repair_requests(fb: FakeBatch) -> list[dict[str, Any]]:
-    """The online requests that carried a repair turn."""
-    return [r.body for r in fb.api.records if REPAIR_MARK in str(r.body.get("messages"))]
 
 
 def test_schema_misses_are_repaired_online_in_one_run(fb: FakeBatch, tmp_path: Path) -> None:

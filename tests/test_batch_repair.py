@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,17 @@ from llmbatch._progress import NoProgress
 from llmbatch._provider_factory import ProviderFactory, default_provider_factory
 from llmbatch._report import RunReport
 from llmbatch._resume import read_existing
-from llmbatch._tally import REPAIR_INSTRUCTION
 from llmbatch.providers._base import Answer, Provider
-from tests.batchutil import AN, OA, VirtualClock, config, jobs_file, running_fake
+from tests.batchutil import (
+    AN,
+    OA,
+    REPAIR_MARK,
+    SCHEMA,
+    VirtualClock,
+    config,
+    jobs_file,
+    repair_requests,
+)
 from tests.conftest import (
     CANARY_ANTHROPIC,
     CANARY_OPENAI,
@@ -35,15 +42,6 @@ from tests.conftest import (
     write_jsonl,
 )
 from tests.fakebatch import FakeBatch
-
-SCHEMA = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-REPAIR_MARK = REPAIR_INSTRUCTION.split(":")[0]
-
-
-@pytest.fixture
-def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
-    with running_fake(monkeypatch) as batch:
-        yield batch
 
 
 def do_fetch(cfg: RunConfig, clock: VirtualClock, **kw: Any) -> FetchReport:
@@ -60,10 +58,6 @@ def submitted(
     anyio.run(lambda: submit(cfg, clock=clock))
     fb.advance(700)
     return cfg, clock
-
-
-def repair_requests(fb: FakeBatch) -> list[dict[str, Any]]:
-    return [r.body for r in fb.api.records if REPAIR_MARK in str(r.body.get("messages"))]
 
 
 def run_online(cfg: RunConfig) -> RunReport:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,15 +14,9 @@ from llmbatch._batch_submit import submit
 from llmbatch._config import RunConfig
 from llmbatch._exceptions import UsageError
 from llmbatch._progress import NoProgress
-from tests.batchutil import VirtualClock, config, jobs_file, running_fake
+from tests.batchutil import VirtualClock, config, jobs_file
 from tests.conftest import read_jsonl
 from tests.fakebatch import FakeBatch
-
-
-@pytest.fixture
-def fb(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBatch]:
-    with running_fake(monkeypatch) as batch:
-        yield batch
 
 
 def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None) -> ModeReport:
