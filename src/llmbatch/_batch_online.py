@@ -115,10 +115,14 @@ class RepairRecorder:
         self.origins = {k: s.batch for k, s in seeds.items() if s.repairs}
         self.done: list[str] = []
 
+    def flush(self) -> None:
+        """Write the marks; call it only once the output is synced."""
+        self.state.append_many([{"ev": "repaired", "id": i} for i in self.done])
+        self.done = []
+
     def emit(self, event: Event) -> None:
         if isinstance(event, RunEnded):  # emitted after the writer's last fsync
-            self.state.append_many([{"ev": "repaired", "id": i} for i in self.done])
-            self.done = []
+            self.flush()
             return
         if not isinstance(event, JobEnded):
             return

@@ -24,7 +24,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._attempts import JobRunner
-from ._batch_online import BatchSeed, seed_from_repair
+from ._batch_online import BatchSeed, RepairRecorder, seed_from_repair
 from ._breaker import Breaker
 from ._budget import RunBudget
 from ._context import Budgets, Stopper
@@ -187,8 +187,6 @@ class _RepairRun:
         )
         self.ok = self.failed = 0
         self.cost = 0.0
-        self.seeds: dict[str, BatchSeed] = {}
-        self.marks: list[dict[str, Any]] = []
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:
@@ -216,7 +214,9 @@ class _RepairRun:
             pj.job.id: seed_from_repair(self.ctx.state.repairs[pj.job.id]) for pj in jobs
         }
         self.runner.seeds = seeds
-        self.seeds = dict(seeds)  # the runner pops its own as it starts each job
+        # Marks the repairs whose lines are written, once the output is synced (below).
+        recorder = RepairRecorder(self.ctx.state, seeds)
+        self.bus.add(recorder)
         for ref in {ref for pj in jobs for ref in pj.chain}:
             self.gates[ref] = ModelGate(cfg.limits_for(ref), clock=self.ctx.clock, name=str(ref))
             self.breakers[ref] = Breaker(clock=self.ctx.clock, name=str(ref))
@@ -238,7 +238,7 @@ class _RepairRun:
             raise
         finally:
             writer.close()  # synced: now the marks may say so
-            self.ctx.state.append_many(self.marks)
+            recorder.flush()
             with anyio.CancelScope(shield=True):
                 for p in self.providers.values():
                     await p.aclose()
@@ -250,20 +250,11 @@ class _RepairRun:
         """The lines, each once, then the events that mark their repairs done."""
         async for batch in drained(recv):
             writer.write([r.to_json() for r in batch])
-            self.mark_repaired(batch)
             now = self.ctx.clock.time()
             for r in batch:
                 self.ok += r.status == "ok"
                 self.failed += r.status != "ok"
                 self.bus.emit(JobEnded(now, r))
-
-    def mark_repaired(self, results: list[JobResult]) -> None:
-        """Repairs whose line (holding the batch answer's cost) is written: marked done at
-        the end, once the output is synced. Until then, and if killed first, the lines decide."""
-        for r in results:
-            seed = self.seeds.get(r.id)
-            if seed is not None and r.batch is not None and r.batch == seed.batch:
-                self.marks.append({"ev": "repaired", "id": r.id})
 
 
 async def _feed(send: MemoryObjectSendStream[PreparedJob], jobs: list[PreparedJob]) -> None:
