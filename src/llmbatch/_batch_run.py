@@ -103,7 +103,7 @@ class ModeReport:
     def render(self, console: Console) -> None:
         self.run.render(console)
         b = self.batch
-        if b.jobs and self.run.batch is None:  # else the run's own report has the line
+        if b.jobs:
             console.print(
                 f"batch: {b.jobs} jobs for ${b.cost_usd:.6f} "
                 f"(online ${b.online_cost_usd:.6f}; saved ${b.online_cost_usd - b.cost_usd:.6f})"
