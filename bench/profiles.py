@@ -57,14 +57,7 @@ def main() -> None:
         write_prompts(jobs, n_tls)
         (tmp / "cert").mkdir()
         fake = TLSFake(tmp / "cert")
-        env = {
-            "SSL_CERT_FILE": str(fake.cert),
-            "ANTHROPIC_BASE_URL": fake.url,
-            "OPENAI_BASE_URL": fake.url + "/v1",
-            "ANTHROPIC_API_KEY": "k",
-            "OPENAI_API_KEY": "k",
-            "NO_PROXY": "*",
-        }
+        env = fake.client_env()
         try:
             for provider, model in MODELS.items():
                 args = ["run", str(jobs), "-m", f"{provider}:{model}", "-c", "256", "--quiet",

@@ -41,6 +41,17 @@ class TLSFake:
         out: dict[str, Any] = orjson.loads(self.proc.stdout.readline())
         return out
 
+    def client_env(self) -> dict[str, str]:
+        """What a client's environment needs to reach this fake and trust its certificate."""
+        return {
+            "SSL_CERT_FILE": str(self.cert),
+            "ANTHROPIC_BASE_URL": self.url,
+            "OPENAI_BASE_URL": self.url + "/v1",
+            "ANTHROPIC_API_KEY": "k",
+            "OPENAI_API_KEY": "k",
+            "NO_PROXY": "*",
+        }
+
     def stop(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
@@ -126,14 +137,7 @@ def section_tls(tmp: Path, n: int, conc: int, log: Any = print) -> dict[str, Any
     cert_dir = tmp / "tls-cert"
     cert_dir.mkdir(exist_ok=True)
     fake = TLSFake(cert_dir)
-    env = {
-        "SSL_CERT_FILE": str(fake.cert),
-        "ANTHROPIC_BASE_URL": fake.url,
-        "OPENAI_BASE_URL": fake.url + "/v1",
-        "ANTHROPIC_API_KEY": "k",
-        "OPENAI_API_KEY": "k",
-        "NO_PROXY": "*",
-    }
+    env = fake.client_env()
     only = os.environ.get("BENCH_TLS_CLIENTS", "llmbatch,floor,floor_chunks,sdk").split(",")
     before = os.environ.get("BENCH_BASELINE_SRC")
     out: dict[str, Any] = {"requests": n, "concurrency": conc}
