@@ -27,16 +27,16 @@ SRC = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-")
 sys.path.insert(0, str(SRC))
 sys.path.insert(1, str(ROOT))
 
-from llmbatch._config import RunConfig  # noqa: E402
-from llmbatch._engine import Engine, run_jobs_async  # noqa: E402
-from llmbatch._events import LimitChanged  # noqa: E402
-from llmbatch._models import ModelRef  # noqa: E402
+from llmbatch._config.settings import RunConfig  # noqa: E402
+from llmbatch._core.events import LimitChanged  # noqa: E402
+from llmbatch._core.models import ModelRef  # noqa: E402
+from llmbatch._engine.engine import Engine, run_jobs_async  # noqa: E402
 from tests.fakeapi import FakeAPI  # noqa: E402
 
 GIVE_UP_S = 150.0
 
 if "--new-backoff" in sys.argv:
-    from llmbatch._retry import Backoff
+    from llmbatch._core.retry import Backoff
 
     def _backoff(self: Any, tries: int, retry_after: float | None) -> float:
         return Backoff(cap=self.config.backoff_cap).delay(tries, retry_after)

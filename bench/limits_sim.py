@@ -23,9 +23,9 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmbatch._config import ModelLimits  # noqa: E402
-from llmbatch._ratelimit import ModelGate  # noqa: E402
-from llmbatch._retry import Backoff  # noqa: E402
+from llmbatch._config.settings import ModelLimits  # noqa: E402
+from llmbatch._core.retry import Backoff  # noqa: E402
+from llmbatch._limits.ratelimit import ModelGate  # noqa: E402
 from llmbatch.testing import FakeClock  # noqa: E402
 from tests.limits_sim import SimResult, SimServer, simulate  # noqa: E402
 

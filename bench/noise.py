@@ -28,8 +28,8 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmbatch import ModelRef, RunConfig, run_jobs_async
-from llmbatch._pricing import PriceBook
-from llmbatch._usage import Usage
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.usage import Usage
 from tests.fakeapi import FakeAPI
 
 HAIKU = ModelRef("anthropic", "claude-haiku-4-5")

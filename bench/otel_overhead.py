@@ -106,8 +106,8 @@ def report(
 
 def direct_cost(jobs: int) -> float:
     """CPU seconds the exporter spends on ``jobs`` one-attempt jobs' events (none sent)."""
-    from llmbatch._events import AttemptStarted, Event, JobEnded, RunStarted
-    from llmbatch._otel import OtelExporter
+    from llmbatch._core.events import AttemptStarted, Event, JobEnded, RunStarted
+    from llmbatch._observe.otel import OtelExporter
     from tests.events_data import T0, attempt, result
     from tests.otlp_reference import Keep
 

@@ -10,8 +10,8 @@ from typing import Any
 import anyio.lowlevel
 import pytest
 
-from llmbatch._config import RunConfig
-from llmbatch._tally import REPAIR_INSTRUCTION
+from llmbatch._config.settings import RunConfig
+from llmbatch._engine.tally import REPAIR_INSTRUCTION
 from tests.conftest import fake_env, write_jsonl
 from tests.fakeapi import FakeAPI
 from tests.fakebatch import FakeBatch

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-import llmbatch._retry
+import llmbatch._core.retry
 from tests.fakeapi import FakeAPI
 from tests.fakebatch import FakeBatch
 from tests.redis_server import redis_server  # noqa: F401  (the --shared tests use it)
@@ -42,7 +42,7 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Retries without a retry-after wait 0.25-0.5 s, then 0.5-1 s, ...: the fakes fail on
     # purpose hundreds of times, so in this process the first step is 20 ms (the policy's
     # own tests give Backoff its real base).
-    monkeypatch.setattr(llmbatch._retry, "BASE_S", 0.02)
+    monkeypatch.setattr(llmbatch._core.retry, "BASE_S", 0.02)
     monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".xdg" / "cache"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / ".xdg" / "state"))

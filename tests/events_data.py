@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmbatch._events import (
+from llmbatch._core.events import (
     AttemptEnded,
     AttemptStarted,
     BreakerChanged,
@@ -16,10 +16,10 @@ from llmbatch._events import (
     RunEnded,
     RunStarted,
 )
-from llmbatch._report import build_report
-from llmbatch._results import JobResult
-from llmbatch._stats import RunStats
-from llmbatch._usage import Usage
+from llmbatch._core.results import JobResult
+from llmbatch._core.usage import Usage
+from llmbatch._observe.stats import RunStats
+from llmbatch._report.report import build_report
 from tests.conftest import CANARY_ANTHROPIC
 
 T0 = 1_764_338_587.042  # 2025-11-28T14:03:07.042Z

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from llmbatch._headers import RateLimitHint
-from llmbatch._ratelimit import RateLimiter
-from llmbatch._retry import Backoff
+from llmbatch._core.headers import RateLimitHint
+from llmbatch._core.retry import Backoff
+from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.testing import FakeClock
 
 OK, LIMITED, NOISE_429, SERVER_ERROR = "ok", "429", "noise_429", "500"

@@ -8,9 +8,9 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from llmbatch import __version__
-from llmbatch._events import AttemptEnded
-from llmbatch._otel import OtelExporter, resource_attributes
-from llmbatch._otlp_encode import (
+from llmbatch._core.events import AttemptEnded
+from llmbatch._observe.otel import OtelExporter, resource_attributes
+from llmbatch._observe.otlp_encode import (
     JOB_NAME,
     KIND_CLIENT,
     KIND_INTERNAL,

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import anyio
 
 from llmbatch import RateLimited, RunConfig, ServerError
-from llmbatch._exceptions import AuthError
-from llmbatch._jobs import Request
-from llmbatch._usage import Usage
+from llmbatch._core.exceptions import AuthError
+from llmbatch._core.jobs import Request
+from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer, Provider
 
 STEPS = ("ok", "429", "500", "401", "foreign")

@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from llmbatch._events import (
+from llmbatch._core.events import (
     AttemptEnded,
     AttemptStarted,
     Event,
@@ -14,11 +14,11 @@ from llmbatch._events import (
     RunEnded,
     RunStarted,
 )
-from llmbatch._report import RunReport, build_report
-from llmbatch._results import JobResult
-from llmbatch._stats import RunStats
-from llmbatch._timeline import Timeline, TimelineRecorder
-from llmbatch._usage import Usage
+from llmbatch._core.results import JobResult
+from llmbatch._core.usage import Usage
+from llmbatch._observe.stats import RunStats
+from llmbatch._observe.timeline import Timeline, TimelineRecorder
+from llmbatch._report.report import RunReport, build_report
 
 T0 = 1_700_000_000.0
 MODELS = (("anthropic", "claude-haiku-4-5"), ("openai", "gpt-4o-mini"))

@@ -20,16 +20,16 @@ import orjson
 import pytest
 
 from llmbatch import RunConfig
-from llmbatch._config import ProviderSettings
-from llmbatch._exceptions import (
+from llmbatch._config.settings import ProviderSettings
+from llmbatch._core.exceptions import (
     ConnectionFailed,
     OtherProviderError,
     ProviderError,
     ProviderTimeout,
     RateLimited,
 )
-from llmbatch._jobs import Request
-from llmbatch._usage import Usage
+from llmbatch._core.jobs import Request
+from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import translate_errors
 from llmbatch.providers._http import HttpProvider, SSEDecoder, SSEEvent

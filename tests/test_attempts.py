@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from llmbatch import ModelRef, RunConfig
-from llmbatch._engine import Engine
-from llmbatch._events import AttemptEnded, BudgetStopped, ListSink
-from llmbatch._models import ModelRef as Ref
-from llmbatch._pricing import PriceBook
-from llmbatch._usage import Usage
+from llmbatch._core.events import AttemptEnded, BudgetStopped, ListSink
+from llmbatch._core.models import ModelRef as Ref
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.usage import Usage
+from llmbatch._engine.engine import Engine
 from tests.conftest import fake_env, prompts, read_jsonl, write_jsonl
 from tests.fakeapi import FakeAPI
 from tests.scripted import ScriptedProvider, factory

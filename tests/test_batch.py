@@ -11,16 +11,16 @@ import anyio.lowlevel
 import orjson
 import pytest
 
-from llmbatch._batch import batch_cancel, batch_context, batch_status
-from llmbatch._batch_fetch import FetchReport, fetch
-from llmbatch._batch_price import batch_price
-from llmbatch._batch_state import BatchState
-from llmbatch._batch_submit import SubmitReport, submit
-from llmbatch._config import RunConfig
-from llmbatch._exceptions import InputError, UsageError
-from llmbatch._models import ModelRef
-from llmbatch._pricing import PriceBook
-from llmbatch._usage import Usage
+from llmbatch._batch.context import batch_cancel, batch_context, batch_status
+from llmbatch._batch.fetch import FetchReport, fetch
+from llmbatch._batch.submit import SubmitReport, submit
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.batch_price import batch_price
+from llmbatch._core.exceptions import InputError, UsageError
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.usage import Usage
+from llmbatch._io.batch_state import BatchState
 from tests.batchutil import AN, OA, VirtualClock, config, jobs_file
 from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI, read_jsonl, write_jsonl
 from tests.fakebatch import FakeBatch

@@ -11,18 +11,18 @@ import anyio
 import orjson
 import pytest
 
-from llmbatch._batch_fetch import FetchReport, fetch
-from llmbatch._batch_state import BatchState
-from llmbatch._batch_submit import submit
-from llmbatch._config import RunConfig
-from llmbatch._engine import run_jobs_async
-from llmbatch._exceptions import ResumeConflict
-from llmbatch._jobs import Request
-from llmbatch._progress import NoProgress
-from llmbatch._provider_factory import ProviderFactory, default_provider_factory
-from llmbatch._report import RunReport
-from llmbatch._resume import read_existing
+from llmbatch._batch.fetch import FetchReport, fetch
+from llmbatch._batch.submit import submit
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.exceptions import ResumeConflict
+from llmbatch._core.jobs import Request
+from llmbatch._engine.engine import run_jobs_async
+from llmbatch._io.batch_state import BatchState
+from llmbatch._io.resume import read_existing
+from llmbatch._observe.progress import NoProgress
+from llmbatch._report.report import RunReport
 from llmbatch.providers._base import Answer, Provider
+from llmbatch.providers.factory import ProviderFactory, default_provider_factory
 from tests.batchutil import (
     AN,
     OA,

@@ -9,11 +9,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmbatch._batch_run import ModeReport, parse_duration, run_with_batches
-from llmbatch._batch_submit import submit
-from llmbatch._config import RunConfig
-from llmbatch._exceptions import UsageError
-from llmbatch._progress import NoProgress
+from llmbatch._batch.run import ModeReport, parse_duration, run_with_batches
+from llmbatch._batch.submit import submit
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.exceptions import UsageError
+from llmbatch._observe.progress import NoProgress
 from tests.batchutil import VirtualClock, config, jobs_file
 from tests.conftest import read_jsonl
 from tests.fakebatch import FakeBatch
@@ -84,7 +84,7 @@ def test_batch_mode_waits_then_runs_expired_leftovers_online(fb: FakeBatch, tmp_
 
 
 def test_online_run_refuses_while_a_batch_is_open(fb: FakeBatch, tmp_path: Path) -> None:
-    from llmbatch._batch_run import refuse_if_batches_open
+    from llmbatch._batch.run import refuse_if_batches_open
 
     clock = VirtualClock(fb)
     cfg = config(jobs_file(tmp_path, 4))
@@ -105,7 +105,7 @@ def test_durations() -> None:
 
 
 def test_batch_block_from_a_results_file(fb: FakeBatch, tmp_path: Path) -> None:
-    from llmbatch._batch_run import batch_part_from_results
+    from llmbatch._batch.run import batch_part_from_results
 
     clock = VirtualClock(fb)
     cfg = config(jobs_file(tmp_path, 30))
@@ -131,7 +131,7 @@ def test_fresh_moves_output_and_state_aside(fb: FakeBatch, tmp_path: Path) -> No
 
 
 def test_mode_and_deadline_as_config_keys(tmp_path: Path) -> None:
-    from llmbatch._config import build_run_config, load_config
+    from llmbatch._config.settings import build_run_config, load_config
 
     toml = tmp_path / "llmbatch.toml"
     toml.write_text('mode = "auto"\nbatch_deadline = "1h30m"\n')

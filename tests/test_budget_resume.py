@@ -9,9 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from llmbatch._models import ModelRef
-from llmbatch._pricing import PriceBook
-from llmbatch._usage import Usage
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.usage import Usage
 from tests.conftest import (
     fake_env,
     prompts,

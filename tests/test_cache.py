@@ -13,7 +13,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch._cache import (
+from llmbatch._cache.store import (
     CachedAnswer,
     ResponseCache,
     cache_key,
@@ -23,15 +23,15 @@ from llmbatch._cache import (
     hit_result,
     open_cache,
 )
-from llmbatch._cli_cache import parse_duration
-from llmbatch._config import FileConfig, RunConfig, build_run_config
-from llmbatch._exceptions import UsageError
-from llmbatch._jobs import Request
-from llmbatch._models import ModelRef
-from llmbatch._report import build_report
-from llmbatch._results import JobResult
-from llmbatch._stats import RunStats
-from llmbatch._usage import Usage
+from llmbatch._cli.cache import parse_duration
+from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
+from llmbatch._core.exceptions import UsageError
+from llmbatch._core.jobs import Request
+from llmbatch._core.models import ModelRef
+from llmbatch._core.results import JobResult
+from llmbatch._core.usage import Usage
+from llmbatch._observe.stats import RunStats
+from llmbatch._report.report import build_report
 from llmbatch.cli import app
 
 
@@ -286,8 +286,8 @@ def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     script = (
-        "import sys; from pathlib import Path; from llmbatch._cache import ResponseCache, "
-        "CachedAnswer; from llmbatch._usage import Usage\n"
+        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache, "
+        "CachedAnswer; from llmbatch._core.usage import Usage\n"
         "c = ResponseCache(Path(sys.argv[1]))\n"
         "for i in range(100): c.store(f'p-{i}', CachedAnswer('t', None, Usage(), 0.0, None, "
         "'m', 'sim'))\n"

@@ -13,12 +13,12 @@ import orjson
 import pytest
 
 from llmbatch import ModelRef, RunConfig, run_jobs
-from llmbatch._config import FileConfig, build_run_config, load_config
-from llmbatch._exceptions import ConfigError, OutputLocked, UsageError
-from llmbatch._history import history_path, read_history
-from llmbatch._lock import OutputLock
-from llmbatch._plan import Planner
-from llmbatch._schema import check_schema
+from llmbatch._config.settings import FileConfig, build_run_config, load_config
+from llmbatch._core.exceptions import ConfigError, OutputLocked, UsageError
+from llmbatch._core.schema import check_schema
+from llmbatch._engine.plan import Planner
+from llmbatch._io.history import history_path, read_history
+from llmbatch._io.lock import OutputLock
 from tests.conftest import (
     CANARY_OPENAI,
     fake_env,
@@ -246,7 +246,7 @@ class _FullDisk:
 def test_disk_full_stops_cleanly_records_the_run_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import llmbatch._results as results
+    import llmbatch._core.results as results
 
     cfg = sim_config(tmp_path, 40, concurrency=1)
     monkeypatch.setattr(results, "os", _FullDisk(room=1000))
@@ -323,7 +323,7 @@ def test_a_crlf_key_file_exits_2_from_the_cli(fake: FakeAPI, tmp_path: Path) -> 
 
 
 def test_jobs_from_a_pipe_are_read_twice_safely(tmp_path: Path) -> None:
-    from llmbatch._jobfile import spooled_jobs_source
+    from llmbatch._io.jobfile import spooled_jobs_source
 
     data = b"".join(orjson.dumps(row) + b"\n" for row in prompts(3))
     r = run_cli("run", "/dev/stdin", "-m", SIM, "-o", "out.jsonl", "--quiet", input=data)

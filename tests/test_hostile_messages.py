@@ -11,18 +11,18 @@ import pytest
 from rich.console import Console
 
 from llmbatch import ModelRef, RunConfig, run_jobs
-from llmbatch._config import FileConfig, build_run_config
-from llmbatch._estimate import estimate_jobs, render_estimate, render_problems
-from llmbatch._exceptions import UsageError
-from llmbatch._history import append_history, history_path, read_history
-from llmbatch._jobfile import validate_file
-from llmbatch._jobs import JobParser, LineError
-from llmbatch._report import build_report, report_from_results
-from llmbatch._results import JobResult
-from llmbatch._resume import backup_output
-from llmbatch._stats import RunStats
-from llmbatch._template import Template
-from llmbatch._usage import Usage
+from llmbatch._config.settings import FileConfig, build_run_config
+from llmbatch._core.exceptions import UsageError
+from llmbatch._core.jobs import JobParser, LineError
+from llmbatch._core.results import JobResult
+from llmbatch._core.template import Template
+from llmbatch._core.usage import Usage
+from llmbatch._engine.estimate import estimate_jobs, render_estimate, render_problems
+from llmbatch._io.history import append_history, history_path, read_history
+from llmbatch._io.jobfile import validate_file
+from llmbatch._io.resume import backup_output
+from llmbatch._observe.stats import RunStats
+from llmbatch._report.report import build_report, report_from_results
 from tests.conftest import prompts, run_cli, run_cli_process, write_jsonl
 
 SIM = "sim:claude-haiku-4-5"
@@ -169,7 +169,7 @@ def test_a_utf8_bom_before_the_first_line_is_accepted(tmp_path: Path) -> None:
     assert summary.valid == 2 and not summary.problems
     (tmp_path / "s.json").write_bytes(b'\xef\xbb\xbf{"type": "object"}')
     (tmp_path / "llmbatch.toml").write_bytes(b'\xef\xbb\xbfmodel = "sim:m"\n')
-    from llmbatch._config import load_config
+    from llmbatch._config.settings import load_config
 
     cfg = build_run_config(path, {"schema": "s.json"}, load_config(None))
     assert cfg.schema == {"type": "object"} and cfg.model == ModelRef("sim", "m")

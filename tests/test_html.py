@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from llmbatch._config import build_run_config, load_config
-from llmbatch._html import _JS, render_html, write_html_report
-from llmbatch._report import build_report
-from llmbatch._stats import RunStats
-from llmbatch._timeline import (
+from llmbatch._config.settings import build_run_config, load_config
+from llmbatch._observe.stats import RunStats
+from llmbatch._observe.timeline import (
     FAILED_N,
     MAX_BUCKETS,
     TOP_N,
     TimelineRecorder,
     timeline_from_results,
 )
+from llmbatch._report.html import _JS, render_html, write_html_report
+from llmbatch._report.report import build_report
 from tests.conftest import prompts, run_cli, write_jsonl
 from tests.synthetic import HOSTILE_FAILED_ID, HOSTILE_MESSAGE, HOSTILE_SLOW_ID, record
 

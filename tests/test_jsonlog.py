@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from llmbatch._config import FileConfig, RunConfig, build_run_config
-from llmbatch._events import AttemptEnded, Event, EventBus
-from llmbatch._exceptions import UsageError
-from llmbatch._jsonlog import JsonEventLog, rfc3339_ms
-from llmbatch._observe import build_sinks, close_sinks, run_secrets
+from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
+from llmbatch._core.events import AttemptEnded, Event, EventBus
+from llmbatch._core.exceptions import UsageError
+from llmbatch._observe.jsonlog import JsonEventLog, rfc3339_ms
+from llmbatch._observe.sinks import build_sinks, close_sinks, run_secrets
 from tests.conftest import CANARY_ANTHROPIC, CANARY_OPENAI
 from tests.events_data import T0, sample_run
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from llmbatch._budget import Hold, Refusal
-from llmbatch._config import FileConfig, build_run_config, load_config
-from llmbatch._engine import run_jobs_async
-from llmbatch._exceptions import ConfigError, UsageError
-from llmbatch._ledger_sqlite import SqliteLedger, ledger_status, reset_scope
-from llmbatch._report import RunReport
-from llmbatch._windows import DAY, HOUR, Window
+from llmbatch._budget.ledger import Hold, Refusal
+from llmbatch._budget.sqlite import SqliteLedger, ledger_status, reset_scope
+from llmbatch._budget.windows import DAY, HOUR, Window
+from llmbatch._config.settings import FileConfig, build_run_config, load_config
+from llmbatch._core.exceptions import ConfigError, UsageError
+from llmbatch._engine.engine import run_jobs_async
+from llmbatch._report.report import RunReport
 from tests.conftest import prompts, run_cli, write_jsonl
 
 pytestmark = pytest.mark.anyio
@@ -217,10 +217,10 @@ def test_many_processes_on_one_ledger(tmp_path: Path) -> None:
     script = (
         "import anyio, sys\n"
         "from pathlib import Path\n"
-        "from llmbatch._budget import Hold\n"
-        "from llmbatch._clock import SYSTEM_CLOCK\n"
-        "from llmbatch._ledger_sqlite import SqliteLedger\n"
-        "from llmbatch._windows import Window\n"
+        "from llmbatch._budget.ledger import Hold\n"
+        "from llmbatch._core.clock import SYSTEM_CLOCK\n"
+        "from llmbatch._budget.sqlite import SqliteLedger\n"
+        "from llmbatch._budget.windows import Window\n"
         "async def main():\n"
         "    led = SqliteLedger(Path(sys.argv[1]), 'load', "
         "[Window('cost', 3600, 1000.0, 'x')], SYSTEM_CLOCK)\n"

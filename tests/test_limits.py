@@ -7,13 +7,13 @@ import random
 import anyio
 import pytest
 
-from llmbatch._breaker import Breaker
-from llmbatch._config import ModelLimits
-from llmbatch._events import BreakerChanged, LimitChanged
-from llmbatch._headers import RateLimitHint, hint_from_headers
-from llmbatch._learned import RateLearner
-from llmbatch._ratelimit import ModelGate, Pacer
-from llmbatch._retry import RETRY_AFTER_JITTER_S, Backoff
+from llmbatch._config.settings import ModelLimits
+from llmbatch._core.events import BreakerChanged, LimitChanged
+from llmbatch._core.headers import RateLimitHint, hint_from_headers
+from llmbatch._core.retry import RETRY_AFTER_JITTER_S, Backoff
+from llmbatch._limits.breaker import Breaker
+from llmbatch._limits.learned import RateLearner
+from llmbatch._limits.ratelimit import ModelGate, Pacer
 from llmbatch.testing import FakeClock
 from tests.fakeapi import FakeAPI
 from tests.limits_sim import LIMITED, SimResult, SimServer, simulate

@@ -13,12 +13,12 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from llmbatch._config import FileConfig, RunConfig, build_run_config
-from llmbatch._events import AttemptEnded, EventBus
-from llmbatch._observe import build_sinks, close_sinks
-from llmbatch._otel import OtelExporter, resource_attributes, traces_url
-from llmbatch._otlp_encode import SpanRecord
-from llmbatch._otlp_http import HttpSender, parse_headers
+from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
+from llmbatch._core.events import AttemptEnded, EventBus
+from llmbatch._observe.otel import OtelExporter, resource_attributes, traces_url
+from llmbatch._observe.otlp_encode import SpanRecord
+from llmbatch._observe.otlp_http import HttpSender, parse_headers
+from llmbatch._observe.sinks import build_sinks, close_sinks
 from tests.conftest import CANARY_ANTHROPIC
 from tests.events_data import T0, attempt, sample_run
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan

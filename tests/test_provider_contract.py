@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from llmbatch import ModelRef, RunConfig, run_jobs_async
-from llmbatch._config import ProviderSettings
-from llmbatch._exceptions import BadRequest, ConnectionFailed, ServerError
-from llmbatch._jobs import Request
+from llmbatch._config.settings import ProviderSettings
+from llmbatch._core.exceptions import BadRequest, ConnectionFailed, ServerError
+from llmbatch._core.jobs import Request
 from llmbatch.providers._http import HttpProvider
 from llmbatch.providers.anthropic import AnthropicProvider
 from llmbatch.providers.openai import OpenAIProvider

@@ -8,14 +8,14 @@ import time
 import anyio
 import pytest
 
-from llmbatch._budget import Hold, Refusal
-from llmbatch._config import ModelLimits, ProviderSettings
-from llmbatch._exceptions import SharedStoreError
-from llmbatch._headers import RateLimitHint
-from llmbatch._ratelimit import ModelGate
-from llmbatch._redis import RedisLedger, connect
-from llmbatch._redis_limit import RedisLimiter, SharedBreaker, limiter_prefix, namespace
-from llmbatch._windows import HOUR, Window
+from llmbatch._budget.ledger import Hold, Refusal
+from llmbatch._budget.redis import RedisLedger, connect
+from llmbatch._budget.windows import HOUR, Window
+from llmbatch._config.settings import ModelLimits, ProviderSettings
+from llmbatch._core.exceptions import SharedStoreError
+from llmbatch._core.headers import RateLimitHint
+from llmbatch._limits.ratelimit import ModelGate
+from llmbatch._limits.redis_limit import RedisLimiter, SharedBreaker, limiter_prefix, namespace
 from tests.conftest import CANARY_OPENAI, run_cli
 from tests.redis_server import RedisServer
 

@@ -13,11 +13,11 @@ from typing import Any
 import anyio
 import pytest
 
-from llmbatch._config import FileConfig, build_run_config
-from llmbatch._engine import run_jobs_async
-from llmbatch._exceptions import UsageError
-from llmbatch._report import RunReport
-from llmbatch._shard import parse_shard, shard_of, shard_output, sibling_outputs
+from llmbatch._config.settings import FileConfig, build_run_config
+from llmbatch._core.exceptions import UsageError
+from llmbatch._engine.engine import run_jobs_async
+from llmbatch._io.shard import parse_shard, shard_of, shard_output, sibling_outputs
+from llmbatch._report.report import RunReport
 from tests.conftest import prompts, read_jsonl, run_cli, start_cli, wait_until, write_jsonl
 
 
@@ -66,7 +66,7 @@ def test_output_names_and_siblings(tmp_path: Path) -> None:
 def test_shards_are_stable_across_hash_seeds() -> None:
     ids = [f"job-{i}" for i in range(300)]
     code = (
-        "import sys\nfrom llmbatch._shard import shard_of\n"
+        "import sys\nfrom llmbatch._io.shard import shard_of\n"
         "print(','.join(str(shard_of(f'job-{i}', 7)) for i in range(300)))"
     )
     seen = set()

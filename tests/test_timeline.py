@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from llmbatch._events import AttemptEnded, AttemptStarted, JobEnded, RunEnded, RunStarted
-from llmbatch._history import append_history
-from llmbatch._report import build_report, report_from_results
-from llmbatch._results import JobResult
-from llmbatch._stats import Histogram, RunStats
-from llmbatch._timeline import (
+from llmbatch._core.events import AttemptEnded, AttemptStarted, JobEnded, RunEnded, RunStarted
+from llmbatch._core.results import JobResult
+from llmbatch._core.usage import Usage
+from llmbatch._io.history import append_history
+from llmbatch._observe.stats import Histogram, RunStats
+from llmbatch._observe.timeline import (
     FAILED_N,
     MAX_BUCKETS,
     TOP_N,
@@ -22,7 +22,7 @@ from llmbatch._timeline import (
     TimelineRecorder,
     timeline_from_results,
 )
-from llmbatch._usage import Usage
+from llmbatch._report.report import build_report, report_from_results
 from tests.synthetic import HOSTILE_FAILED_ID, HOSTILE_SLOW_ID, T0, record
 
 

@@ -14,24 +14,30 @@ import pytest
 from rich.console import Console
 
 import llmbatch
-from llmbatch._config import load_config
-from llmbatch._exceptions import ConfigError, error_for_status
-from llmbatch._headers import hint_from_headers, parse_go_duration, parse_reset, parse_retry_after
-from llmbatch._models import ModelRef, ModelSpecError, parse_model_spec
-from llmbatch._report import build_report
-from llmbatch._results import JobResult
-from llmbatch._resume import DoneSet, fp_int, read_existing
-from llmbatch._schema import extract_json, sample_instance, validate_answer
-from llmbatch._stats import Histogram, RunStats
-from llmbatch._template import MissingField, Template, TemplateError
-from llmbatch._usage import Usage
+from llmbatch._config.settings import load_config
+from llmbatch._core.exceptions import ConfigError, error_for_status
+from llmbatch._core.headers import (
+    hint_from_headers,
+    parse_go_duration,
+    parse_reset,
+    parse_retry_after,
+)
+from llmbatch._core.models import ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._core.results import JobResult
+from llmbatch._core.schema import extract_json, sample_instance, validate_answer
+from llmbatch._core.template import MissingField, Template, TemplateError
+from llmbatch._core.usage import Usage
+from llmbatch._io.resume import DoneSet, fp_int, read_existing
+from llmbatch._observe.stats import Histogram, RunStats
+from llmbatch._report.report import build_report
 from llmbatch.providers._http import redact
 
 
 def test_all_matches_the_real_exports() -> None:
     import importlib
 
-    from llmbatch import _WHERE, _exceptions
+    from llmbatch import _WHERE
+    from llmbatch._core import exceptions as _exceptions
 
     # Every class of the exception tree is public: a new one must be exported.
     tree = {
@@ -45,7 +51,7 @@ def test_all_matches_the_real_exports() -> None:
     for name in llmbatch.__all__:
         if name == "__version__":
             continue
-        module = importlib.import_module("llmbatch" + _WHERE[name])
+        module = importlib.import_module(_WHERE[name])
         obj = getattr(llmbatch, name)
         assert obj is getattr(module, name)
         assert obj.__module__ == module.__name__, name

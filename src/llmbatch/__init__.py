@@ -37,14 +37,14 @@ _EXCEPTIONS = (
     "UsageError",
 )
 _WHERE: dict[str, str] = {
-    "RunConfig": "._config",
-    "run_jobs": "._engine",
-    "run_jobs_async": "._engine",
-    "ModelRef": "._models",
-    "parse_model_spec": "._models",
-    "RunReport": "._report",
-    "Usage": "._usage",
-    **{name: "._exceptions" for name in _EXCEPTIONS},
+    "RunConfig": "llmbatch._config.settings",
+    "run_jobs": "llmbatch._engine.engine",
+    "run_jobs_async": "llmbatch._engine.engine",
+    "ModelRef": "llmbatch._core.models",
+    "parse_model_spec": "llmbatch._core.models",
+    "RunReport": "llmbatch._report.report",
+    "Usage": "llmbatch._core.usage",
+    **{name: "llmbatch._core.exceptions" for name in _EXCEPTIONS},
 }
 
 __all__ = [
@@ -78,9 +78,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._config import RunConfig
-    from ._engine import run_jobs, run_jobs_async
-    from ._exceptions import (
+    from llmbatch._config.settings import RunConfig
+    from llmbatch._core.exceptions import (
         AuthError,
         BadRequest,
         ConfigError,
@@ -101,9 +100,10 @@ if TYPE_CHECKING:
         SharedStoreError,
         UsageError,
     )
-    from ._models import ModelRef, parse_model_spec
-    from ._report import RunReport
-    from ._usage import Usage
+    from llmbatch._core.models import ModelRef, parse_model_spec
+    from llmbatch._core.usage import Usage
+    from llmbatch._engine.engine import run_jobs, run_jobs_async
+    from llmbatch._report.report import RunReport
 
 
 def __getattr__(name: str) -> Any:

@@ -11,10 +11,10 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from . import _cli_budget as b
-from . import _cli_options as o
-from ._cli_cache import cache_app
-from ._cli_common import _configured, _console, _err, _flags, _guard
+from llmbatch._cli import budget as b
+from llmbatch._cli import options as o
+from llmbatch._cli.cache import cache_app
+from llmbatch._cli.common import _configured, _console, _err, _flags, _guard
 
 __all__ = ["_configured", "_console", "_err", "_guard", "app", "main"]
 
@@ -30,7 +30,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from llmbatch import __version__
 
         sys.stdout.write(f"llmbatch {__version__}\n")
         raise typer.Exit(0)
@@ -115,7 +115,7 @@ def run(
     flags = _flags(locals(), skip={"jobs", "config"})
 
     def go() -> int:
-        from ._cli_run import _run
+        from llmbatch._cli.run import _run
 
         return _run(jobs, flags, config)
 
@@ -134,7 +134,7 @@ def validate(
     """Check every line, print problems as PATH:LINE: message. Sends nothing."""
 
     def go() -> int:
-        from ._plan import Planner
+        from llmbatch._engine.plan import Planner
 
         flags = {
             "model": model,
@@ -174,7 +174,7 @@ def estimate(
     """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
 
     def go() -> int:
-        from ._estimate import estimate_jobs, render_estimate
+        from llmbatch._engine.estimate import estimate_jobs, render_estimate
 
         flags = {
             "model": model,
@@ -188,7 +188,7 @@ def estimate(
         with _configured(jobs, flags, config) as cfg:
             est = estimate_jobs(cfg)
         if not as_json:
-            from ._estimate import render_problems
+            from llmbatch._engine.estimate import render_problems
 
             render_problems(est, sys.stderr)
         if as_json:
@@ -203,7 +203,7 @@ def estimate(
 
 
 def _is_pipe(jobs: str) -> bool:
-    from ._paths import file_kind
+    from llmbatch._io.paths import file_kind
 
     return jobs == "-" or file_kind(Path(jobs)) == "special"
 
@@ -219,8 +219,8 @@ def report_cmd(
     """Re-render the cost/latency report from a results file."""
 
     def go() -> int:
-        from ._cli_show import _render_history, _write_results_html
-        from ._report import report_from_results
+        from llmbatch._cli.show import _render_history, _write_results_html
+        from llmbatch._report.report import report_from_results
 
         rep = report_from_results(Path(results))
         if html is not None:
@@ -230,7 +230,7 @@ def report_cmd(
             sys.stdout.flush()
         else:
             rep.render(_console())
-            from ._history import read_history
+            from llmbatch._io.history import read_history
 
             history = read_history(Path(results))
             if history:
@@ -251,7 +251,7 @@ def models(
     """List known models with their prices (USD per million tokens)."""
 
     def go() -> int:
-        from ._cli_show import model_rows, print_models_json, print_models_table
+        from llmbatch._cli.show import model_rows, print_models_json, print_models_table
 
         rows = model_rows(provider, config)
         if as_json:
@@ -263,7 +263,7 @@ def models(
     raise typer.Exit(_guard(go))
 
 
-from ._cli_batch import batch_app  # noqa: E402  (the batch commands register after app exists)
+from llmbatch._cli.batch import batch_app  # noqa: E402  (the batch commands register after app exists)
 
 app.add_typer(batch_app, name="batch")
 app.add_typer(b.budget_app, name="budget")

@@ -5,6 +5,6 @@ provider runs each attempt inside it, and a caller may wrap ``provider.send``
 (with its own timeout) in it too.
 """
 
-from ._errors import translate_errors
+from llmbatch.providers._errors import translate_errors
 
 __all__ = ["translate_errors"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from .._headers import RateLimitHint
-from .._jobs import Request
-from .._usage import Usage
+from llmbatch._core.headers import RateLimitHint
+from llmbatch._core.jobs import Request
+from llmbatch._core.usage import Usage
 
 
 @dataclass(slots=True)

@@ -12,8 +12,13 @@ from typing import Any
 
 import orjson
 
-from .._exceptions import ConnectionFailed, OtherProviderError, ProviderError, ProviderTimeout
-from ._http import HttpProvider
+from llmbatch._core.exceptions import (
+    ConnectionFailed,
+    OtherProviderError,
+    ProviderError,
+    ProviderTimeout,
+)
+from llmbatch.providers._http import HttpProvider
 
 
 class BatchHttp(HttpProvider):

@@ -19,13 +19,13 @@ from typing import Any
 
 import orjson
 
-from .._exceptions import (
+from llmbatch._core.exceptions import (
     ConnectionFailed,
     OtherProviderError,
     ProviderError,
     ProviderTimeout,
 )
-from .._usage import Usage
+from llmbatch._core.usage import Usage
 
 __all__ = [
     "Attempt",

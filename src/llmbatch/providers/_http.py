@@ -16,21 +16,21 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import orjson
 
-from .._exceptions import (
+from llmbatch._core.exceptions import (
     ProviderError,
     RateLimited,
     UsageError,
     error_for_status,
 )
-from .._headers import RateLimitHint, hint_from_headers, parse_retry_after
-from .._jobs import Request
-from ._base import Answer
-from ._errors import Attempt, redact, translate_errors, unexpected_shape
+from llmbatch._core.headers import RateLimitHint, hint_from_headers, parse_retry_after
+from llmbatch._core.jobs import Request
+from llmbatch.providers._base import Answer
+from llmbatch.providers._errors import Attempt, redact, translate_errors, unexpected_shape
 
 if TYPE_CHECKING:
     import aiohttp
 
-    from .._config import ProviderSettings, RunConfig
+    from llmbatch._config.settings import ProviderSettings, RunConfig
 
 __all__ = ["HttpProvider", "SSEDecoder", "SSEEvent", "redact"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .._exceptions import ProviderError
+from llmbatch._core.exceptions import ProviderError
 
 OPENAI_MODES = ("json_schema", "json_object", "prompt")
 ANTHROPIC_MODES = ("output_config", "prompt")

@@ -14,17 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._exceptions import ConnectionFailed, ContentFiltered, ProviderError, error_for_status
-from .._headers import RateLimitHint
-from .._jobs import Request
-from .._usage import Usage
-from ._base import Answer
-from ._errors import Attempt, redact, text_field, token_count, unexpected_shape
-from ._http import HttpProvider, SSEEvent, now_ms
-from ._structured import ANTHROPIC_MODES, StructuredModes, schema_instruction
+from llmbatch._core.exceptions import (
+    ConnectionFailed,
+    ContentFiltered,
+    ProviderError,
+    error_for_status,
+)
+from llmbatch._core.headers import RateLimitHint
+from llmbatch._core.jobs import Request
+from llmbatch._core.usage import Usage
+from llmbatch.providers._base import Answer
+from llmbatch.providers._errors import Attempt, redact, text_field, token_count, unexpected_shape
+from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms
+from llmbatch.providers._structured import ANTHROPIC_MODES, StructuredModes, schema_instruction
 
 if TYPE_CHECKING:
-    from .._config import ProviderSettings, RunConfig
+    from llmbatch._config.settings import ProviderSettings, RunConfig
 
 ANTHROPIC_VERSION = "2026-10-21"  # anthropic 2.14's ANTHROPIC_API_VERSION
 

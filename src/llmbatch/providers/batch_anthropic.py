@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._batch_types import BatchInfo, ItemResult
-from .._exceptions import ContentFiltered
-from ._batch_http import BatchHttp, jsonl_lines, timestamp
-from .anthropic import ANTHROPIC_VERSION, _stream_error, _usage
+from llmbatch._core.batch_types import BatchInfo, ItemResult
+from llmbatch._core.exceptions import ContentFiltered
+from llmbatch.providers._batch_http import BatchHttp, jsonl_lines, timestamp
+from llmbatch.providers.anthropic import ANTHROPIC_VERSION, _stream_error, _usage
 
 if TYPE_CHECKING:
-    from .._config import ProviderSettings, RunConfig
+    from llmbatch._config.settings import ProviderSettings, RunConfig
 
 # Clocks differ; a batch created this long before our record of the intent is not ours.
 _SKEW_S = 600

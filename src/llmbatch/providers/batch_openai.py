@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .._batch_types import BatchInfo, ItemResult
-from .._exceptions import (
+from llmbatch._core.batch_types import BatchInfo, ItemResult
+from llmbatch._core.exceptions import (
     ContentFiltered,
     OtherProviderError,
     ProviderError,
     ServerError,
     error_for_status,
 )
-from .._usage import Usage
-from ._batch_http import BatchHttp, jsonl_lines, timestamp
-from ._http import parse_error_body
+from llmbatch._core.usage import Usage
+from llmbatch.providers._batch_http import BatchHttp, jsonl_lines, timestamp
+from llmbatch.providers._http import parse_error_body
 
 if TYPE_CHECKING:
-    from .._config import ProviderSettings, RunConfig
+    from llmbatch._config.settings import ProviderSettings, RunConfig
 
 META_KEY = "llmbatch_chunk"
 ENDPOINT = "/v1/chat/completions"

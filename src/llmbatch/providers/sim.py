@@ -21,12 +21,12 @@ import time
 import anyio
 import orjson
 
-from .._exceptions import Overloaded, RateLimited, ServerError, UsageError
-from .._jobs import Request, estimate_input_tokens
-from .._schema import sample_instance
-from .._usage import Usage
-from ._base import Answer
-from ._errors import translate_errors
+from llmbatch._core.exceptions import Overloaded, RateLimited, ServerError, UsageError
+from llmbatch._core.jobs import Request, estimate_input_tokens
+from llmbatch._core.schema import sample_instance
+from llmbatch._core.usage import Usage
+from llmbatch.providers._base import Answer
+from llmbatch.providers._errors import translate_errors
 
 _VOCAB = (
     "the of and to in is that for it as with was on be by this are at from or an which "

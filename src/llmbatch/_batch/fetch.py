@@ -1,0 +1,239 @@
+"""``batch fetch``: download ended batches and append one result line per job, as ``run``
+writes them, plus ``"batch": {"id", "custom_id"}``.
+
+Idempotent: a job that already has a line is never written again, and a chunk is
+marked closed only after its lines are written. Expired, canceled and
+transiently failed requests go back to pending (``--max-attempts`` caps the
+rounds; then the next model of the job's chain, or a failed line); permanent
+errors get failed lines. Answers that miss the job's schema are kept in the
+batch state, unwritten, then repaired online by fetch itself (``_batch_repair``),
+or, where it cannot rebuild the request, by the next ``run`` on the output
+(``_batch_online``; ``run --mode batch|auto`` leaves them to its online part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbatch._batch.close import BatchCloser, Closing, missing_reason
+from llmbatch._batch.context import BatchContext, ClientFactory, batch_context, lookup, recover
+from llmbatch._batch.repair import RepairReport, repair_pending
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.batch_types import BatchInfo, ItemResult
+from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.results import ResultWriter
+from llmbatch._io.batch_state import Chunk
+from llmbatch._io.resume import cut_torn_tail, read_existing
+from llmbatch.providers.factory import ProviderFactory
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReport:
+    """What ``batch fetch`` wrote, and what the same work would have cost online."""
+
+    ok: int
+    failed: int
+    returned: int  # back to pending: the next submit or run picks them up
+    still_open: int  # batches still in progress
+    closed: int  # batches fetched this time
+    cost_usd: float  # everything the fetched batches billed, unanswered requests included
+    online_cost_usd: float
+    batch_jobs: int
+    notes: list[str] = field(default_factory=list)
+    repair_pending: int = 0  # answers that missed the schema, awaiting the online repair
+    repaired: int = 0  # lines the online repair step wrote (counted in ok / failed)
+    repair_cost_usd: float = 0.0  # what its online attempts cost
+    stopped_by: str | None = None  # the repair step's stop: "budget", "budget_window", ...
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by == "budget":
+            return 3
+        if self.still_open or self.stopped_by == "budget_window":
+            return 4
+        return 1 if self.failed or self.repair_pending or self.stopped_by else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": {
+                "ok": self.ok,
+                "failed": self.failed,
+                "returned_to_pending": self.returned,
+                "repair_pending": self.repair_pending,
+                "repaired_online": self.repaired,
+            },
+            "repair_cost_usd": round(self.repair_cost_usd, 6),
+            "stopped_by": self.stopped_by,
+            "batches": {"fetched": self.closed, "still_open": self.still_open},
+            "batch": {
+                "jobs": self.batch_jobs,
+                "cost_usd": round(self.cost_usd, 6),
+                "online_cost_usd": round(self.online_cost_usd, 6),
+            },
+            "notes": self.notes,
+        }
+
+
+class _Fetcher:
+    def __init__(self, ctx: BatchContext, max_attempts: int) -> None:
+        cfg = ctx.config
+        assert cfg.output is not None
+        self.ctx = ctx
+        existing = read_existing(cfg.output, retry_failed=False)
+        if existing.torn_at is not None:
+            cut_torn_tail(existing)
+        self.done = existing.done
+        self.output = cfg.output
+        urls = {
+            n: s.base_url
+            for n, s in cfg.providers.items()
+            if s.base_url and n not in ("anthropic", "openai", "sim")
+        }
+        self.closer = BatchCloser(ctx.state, PriceBook(cfg.prices, urls), max_attempts)
+        self.totals = self.closer.totals
+        self.closed = 0
+
+    def line_fp(self, job_id: str) -> int | None:
+        """The fingerprint of the job's line (0 for one written now), None: no line."""
+        return 0 if job_id in self.closer.written else self.done.fingerprint(job_id)
+
+    def is_done(self, job_id: str) -> bool:
+        return (
+            job_id in self.closer.written
+            or job_id in self.ctx.state.repairs
+            or self.done.fingerprint(job_id) is not None
+        )
+
+    async def poll(self) -> int:
+        """Fetch every ended batch; return how many are still open."""
+        still = 0
+        for chunk in self.ctx.state.open_chunks():
+            if chunk.batch_id is None:
+                continue
+            client = self.ctx.client(chunk.provider)
+            info = await lookup(self.ctx, chunk)
+            if info is None or not info.results_ready:
+                still += 1
+                continue
+            items = [] if info.batch_error else await self.ctx.call(client.results, info)
+            self.close(chunk, info, items)
+        return still
+
+    def close(self, chunk: Chunk, info: BatchInfo, items: list[ItemResult]) -> None:
+        listed = self.ctx.state.read_jobs(chunk.local)
+        rows = {r["cid"]: r for r in listed}
+        by_id = {r["id"]: r for r in listed}
+        out = Closing()
+        for item in items:
+            row = rows.pop(item.custom_id, None)
+            if row is not None and not self.is_done(row["id"]):
+                self.closer.item(out, chunk, info, row, item)
+        why = missing_reason(info)
+        for row in rows.values():  # in no results file: a failed batch, or lost
+            if not self.is_done(row["id"]):
+                out.returned[row["id"]] = why
+        if info.batch_error:
+            self.ctx.notes.append(
+                f"batch {info.id} failed ({info.batch_error}); its jobs go back to pending"
+            )
+        self.closer.settle_rounds(out, chunk, info, by_id)
+        self.record(chunk, info, out)
+
+    def record(self, chunk: Chunk, info: BatchInfo, out: Closing) -> None:
+        """Lines, then repairs, then ``closed``: each reaches the disk before the next.
+
+        A power cut must not leave a closed chunk whose answers were never kept.
+        """
+        writer = ResultWriter(self.output)
+        try:
+            writer.write(out.lines)
+        finally:
+            writer.close()
+        state = self.ctx.state
+        state.append_many(out.repairs)
+        self.totals.returned += sum(1 for r in out.returned.values() if r != "fallback")
+        self.totals.fallbacks += len(out.advanced)
+        counts = {"total": info.total, "succeeded": info.succeeded, "failed": info.failed}
+        event: dict[str, Any] = {
+            "ev": "closed",
+            "local": chunk.local,
+            "status": info.status,
+            "counts": counts,
+            "returned": out.returned,
+        }
+        if out.advanced:
+            event["advanced"] = out.advanced
+        if out.billed:
+            event["billed"] = out.billed
+        state.append(event)
+        self.closed += 1
+
+
+async def fetch(
+    config: RunConfig,
+    *,
+    wait: bool = False,
+    poll: float = 60.0,
+    max_attempts: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    client_factory: ClientFactory | None = None,
+    repair: bool = True,
+    provider_factory: ProviderFactory | None = None,
+) -> FetchReport:
+    """Fetch every ended batch (with ``wait``, poll until none is open), then make the
+    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run)."""
+    async with batch_context(config, clock=clock, factory=client_factory) as ctx:
+        await recover(ctx)
+        f = _Fetcher(ctx, max_attempts or config.max_attempts)
+        if not ctx.state.chunks:
+            ctx.notes.append(f"no batches recorded for {config.output}")
+        while True:
+            still = await f.poll()
+            if not still or not wait:
+                break
+            await clock.sleep(poll)
+        fixed = RepairReport()
+        if repair and ctx.state.pending_repairs(f.line_fp):
+            fixed = await repair_pending(ctx, f.line_fp, f.closer.online, provider_factory)
+            ctx.notes.extend(fixed.notes)
+        _say(ctx, f)
+        t = f.totals
+        return FetchReport(
+            ok=t.ok + fixed.ok,
+            failed=t.failed + fixed.failed,
+            returned=t.returned,
+            still_open=still,
+            closed=f.closed,
+            cost_usd=t.cost_usd,
+            online_cost_usd=t.online_cost_usd,
+            batch_jobs=t.batch_jobs,
+            notes=ctx.notes,
+            repair_pending=len(ctx.state.pending_repairs(f.line_fp)),
+            repaired=fixed.ok + fixed.failed,
+            repair_cost_usd=fixed.cost_usd,
+            stopped_by=fixed.stopped_by,
+        )
+
+
+def _say(ctx: BatchContext, f: _Fetcher) -> None:
+    """Notes on what waits for the online part of the work."""
+    t = f.totals
+    pending = len(ctx.state.pending_repairs(f.line_fp))
+    if pending:
+        ctx.notes.append(
+            f"{pending} batch answer(s) missed the schema; they are kept (billed once) and "
+            f"repaired online by `llmbatch run JOBS -o {f.output}` (`run --mode batch|auto` "
+            "does it at once); nothing else is asked again"
+        )
+    if t.billed_unanswered:
+        ctx.notes.append(
+            f"{t.billed_unanswered} request(s) were billed without an answer; their cost "
+            "counts against --max-cost, and the jobs go back to pending"
+        )
+    if t.fallbacks:
+        ctx.notes.append(
+            f"{t.fallbacks} job(s) go on to the next model of their chain "
+            "(the next submit, or the online part of a run)"
+        )

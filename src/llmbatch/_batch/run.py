@@ -1,0 +1,250 @@
+"""``run --mode batch|auto``: the Batch APIs for the bulk, the online engine for the rest.
+
+- ``batch``: submit, wait (polling) until every batch has ended, fetch, then
+  finish what is left (expired, canceled, transiently failed) online.
+- ``auto``: the same, but at ``--batch-deadline`` the open batches are canceled,
+  what finished is fetched, and the rest runs online.
+
+Wraps ``run_jobs_async``: the online part is the ordinary run, resumed on the
+same output, so it skips every job the batches answered. It starts only once
+no batch of this output is open: a job is never sent online while its batch is.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from llmbatch._batch.context import ClientFactory, batch_cancel, batch_context
+from llmbatch._batch.fetch import FetchReport, fetch
+from llmbatch._batch.submit import submit
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.exceptions import UsageError
+from llmbatch._io.batch_state import BatchState
+from llmbatch._report.report import RunReport
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from llmbatch._observe.progress import ProgressSink
+    from llmbatch.providers.factory import ProviderFactory
+
+MODES = ("online", "batch", "auto")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` → seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise UsageError(f"--batch-deadline {text!r}: write a duration such as 90s, 30m, 2h, 1h30m")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+def refuse_if_batches_open(output: Path | None) -> None:
+    """``run --mode online`` must not send jobs that sit in an open batch of this output."""
+    if output is None:
+        return
+    state = BatchState.load(output)
+    open_chunks = state.open_chunks()
+    if open_chunks:
+        raise UsageError(
+            f"{len(open_chunks)} batch(es) of {output} are still open; their jobs must not "
+            f"also go online. Run `llmbatch batch fetch {output}` (or `batch cancel`) first, "
+            "or `run --mode auto`. Nothing was sent."
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPart:
+    """What the batch phase of a run did: jobs answered by batch and their cost."""
+
+    jobs: int
+    cost_usd: float
+    online_cost_usd: float
+    canceled_at_deadline: int
+    stopped_by_budget: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs,
+            "cost_usd": round(self.cost_usd, 6),
+            "online_cost_usd": round(self.online_cost_usd, 6),
+            "saved_usd": round(self.online_cost_usd - self.cost_usd, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModeReport:
+    """The run report of the online part, plus the batch part (SPEC §9)."""
+
+    run: RunReport
+    batch: BatchPart
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.batch.stopped_by_budget and self.run.exit_code == 0 else self.run.exit_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.run.to_dict(), "batch": self.batch.to_dict()}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+    def render(self, console: Console) -> None:
+        self.run.render(console)
+        b = self.batch
+        if b.jobs:
+            console.print(
+                f"batch: {b.jobs} jobs for ${b.cost_usd:.6f} "
+                f"(online ${b.online_cost_usd:.6f}; saved ${b.online_cost_usd - b.cost_usd:.6f})"
+            )
+
+
+class _Totals:
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.cost = 0.0
+        self.online = 0.0
+
+    def add(self, rep: FetchReport) -> None:
+        self.jobs += rep.batch_jobs
+        self.cost += rep.cost_usd
+        self.online += rep.online_cost_usd
+
+
+async def run_with_batches(
+    config: RunConfig,
+    *,
+    mode: str,
+    deadline: float | None = None,
+    poll: float = 60.0,
+    batch_size: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    client_factory: ClientFactory | None = None,
+    progress: ProgressSink | None = None,
+    provider_factory: ProviderFactory | None = None,
+    handle_signals: bool = True,
+    say: Any = None,
+) -> ModeReport:
+    """Batch the bulk, wait (until the deadline in ``auto``), then run the rest online."""
+    from llmbatch._engine.engine import run_jobs_async
+
+    if mode not in ("batch", "auto"):
+        raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    if mode == "auto" and deadline is None:
+        raise UsageError("--mode auto needs --batch-deadline (e.g. 2h)")
+    tell = say or _stderr
+    if config.fresh and config.output is not None:
+        config = _start_fresh(config, tell)
+    sub = await submit(
+        config,
+        batch_size=batch_size,
+        clock=clock,
+        client_factory=client_factory,
+        leave_online=True,
+    )
+    tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
+    totals, canceled = await _wait_for_batches(config, deadline, poll, clock, client_factory, tell)
+    report = await run_jobs_async(
+        config, progress=progress, provider_factory=provider_factory, handle_signals=handle_signals
+    )
+    part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
+    return ModeReport(report, part)
+
+
+async def _wait_for_batches(
+    config: RunConfig,
+    deadline: float | None,
+    poll: float,
+    clock: Clock,
+    client_factory: ClientFactory | None,
+    tell: Any,
+) -> tuple[_Totals, int]:
+    """Fetch until every batch has ended, or cancel at the deadline and fetch what ended."""
+    totals = _Totals()
+    started = clock.monotonic()
+    while True:
+        # Schema repairs are left to the online part: its report counts them.
+        rep = await fetch(config, clock=clock, client_factory=client_factory, repair=False)
+        totals.add(rep)
+        if not rep.still_open:
+            return totals, 0
+        waited = clock.monotonic() - started
+        if deadline is not None and waited >= deadline:
+            canceled = await _cancel_all(config, clock, client_factory)
+            tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
+            rep = await fetch(
+                config,
+                wait=True,
+                poll=min(poll, 30.0),
+                clock=clock,
+                client_factory=client_factory,
+                repair=False,
+            )
+            totals.add(rep)
+            return totals, canceled
+        tell(f"{rep.still_open} batch(es) in progress; {totals.jobs} jobs answered so far")
+        step = poll if deadline is None else max(0.0, min(poll, deadline - waited))
+        await clock.sleep(step)
+
+
+def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
+    """``--fresh``: move the output and its batch state aside first, as ``run`` does."""
+    from llmbatch._io.resume import backup_output
+
+    assert config.output is not None
+    state = BatchState.load(config.output)
+    if state.open_chunks():
+        raise UsageError(
+            f"--fresh: batches of {config.output} are still open; fetch or cancel them first. "
+            "Nothing was sent."
+        )
+    moved = backup_output(config.output)
+    if moved is not None:
+        tell(f"--fresh: the old output was moved to {moved}")
+        if state.dir.exists():
+            state.dir.rename(moved.with_name(moved.name + ".batches"))
+    return replace(config, fresh=False)
+
+
+async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
+    async with batch_context(config, clock=clock, factory=factory) as ctx:
+        return len(await batch_cancel(ctx))
+
+
+def _stderr(message: str) -> None:
+    sys.stderr.write(f"llmbatch: {message}\n")
+    sys.stderr.flush()
+
+
+def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) -> BatchPart:
+    """The report's ``batch`` block from a results file: lines that carry ``"batch"``."""
+    from llmbatch._core.models import ModelRef
+    from llmbatch._core.pricing import PriceBook
+    from llmbatch._core.usage import Usage
+    from llmbatch._io.resume import iter_result_lines
+
+    book = PriceBook(prices or {})
+    state = BatchState.load(path)
+    # Billed by requests that came back without an answer: in no line, paid all the same.
+    jobs, cost, online = 0, state.billed_cost, state.billed_online
+    for _, _, line, _ in iter_result_lines(path):
+        if line is None or "batch" not in line:
+            continue
+        jobs += 1
+        c = float(line.get("cost_usd") or 0.0)
+        cost += c
+        ref = ModelRef(str(line.get("provider")), str(line.get("model")))
+        o = book.cost(ref, Usage.from_dict(line.get("usage")))
+        online += c if o is None else o
+    return BatchPart(jobs, cost, online, 0, False)

@@ -1,0 +1,382 @@
+"""``batch submit``: the check pass of ``run``, then the jobs not yet done go to the
+providers' Batch APIs, split by (provider, model) into chunks under their limits.
+
+Each chunk holds its worst case against ``--max-cost`` / ``--max-total-tokens``
+(persisted with the chunk, released when it is fetched); when only part of the
+work fits, what fits is submitted and the report says ``stopped_by: budget``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from llmbatch._batch.context import (
+    BatchContext,
+    ClientFactory,
+    batch_context,
+    created_event,
+    recover,
+    recover_chunk,
+)
+from llmbatch._batch.repair import stored_request
+from llmbatch._budget.ledger import Hold, RunBudget
+from llmbatch._config.settings import ProviderSettings, RunConfig
+from llmbatch._core.batch_price import batch_price, price_to_json
+from llmbatch._core.batch_types import BatchClient
+from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.exceptions import ProviderError
+from llmbatch._core.jobs import LineError, Request, estimate_input_tokens
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import Price
+from llmbatch._core.usage import Usage
+from llmbatch._engine.plan import Plan, Planner, PreparedJob
+from llmbatch._io.jobfile import iter_lines, open_jobs
+from llmbatch._io.resume import cut_torn_tail
+from llmbatch.providers.anthropic import build_anthropic_body
+from llmbatch.providers.openai import build_openai_body
+
+_CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
+BATCH_KINDS = ("openai", "anthropic")  # provider kinds with a Batch API
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One job ready to go: its line in the batch, and what fetch needs to write its result."""
+
+    row: dict[str, Any]  # cid, id, fp, meta, schema
+    line: bytes
+    cost: float
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBatch:
+    provider: str
+    model: str
+    id: str
+    jobs: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitReport:
+    """What ``batch submit`` did."""
+
+    batches: list[SubmittedBatch]
+    jobs: int
+    skipped_done: int
+    skipped_open: int
+    not_submitted: int  # left out by the budget
+    stopped_by: str | None
+    reserved_cost: float
+    notes: list[str] = field(default_factory=list)
+    left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.stopped_by == "budget" else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batches": [vars_of(b) for b in self.batches],
+            "jobs": self.jobs,
+            "skipped_done": self.skipped_done,
+            "skipped_open": self.skipped_open,
+            "not_submitted": self.not_submitted,
+            "stopped_by": self.stopped_by,
+            "reserved_cost_usd": round(self.reserved_cost, 6),
+            "left_online": self.left_online,
+            "notes": self.notes,
+        }
+
+
+def vars_of(b: SubmittedBatch) -> dict[str, Any]:
+    return {"provider": b.provider, "model": b.model, "id": b.id, "jobs": b.jobs}
+
+
+def request_body(
+    settings: ProviderSettings, model: str, request: Request, notes: set[str]
+) -> dict[str, Any]:
+    """Exactly what ``run`` would send, minus the streaming flags."""
+    if settings.kind == "anthropic":
+        body = build_anthropic_body(model, request, settings.structured_output, notes)
+    else:
+        field_name = settings.max_tokens_field or (
+            "max_completion_tokens"
+            if "api.openai.com" in settings.resolved_base_url()
+            else "max_tokens"
+        )
+        body = build_openai_body(
+            model,
+            request,
+            max_tokens_field=field_name,
+            structured=settings.structured_output,
+            notes=notes,
+        )
+    body.pop("stream", None)
+    body.pop("stream_options", None)
+    return body
+
+
+def custom_id(job_id: str, used: set[str]) -> str:
+    """The job id when the providers accept it; else a stable mapped one (never rejected)."""
+    cid = (
+        job_id
+        if _CUSTOM_ID.match(job_id)
+        else "m-" + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest()
+    )
+    n = 1
+    base = cid
+    while cid in used:
+        n += 1
+        cid = f"{base[:56]}-{n}"
+    used.add(cid)
+    return cid
+
+
+class _Submitter:
+    def __init__(
+        self,
+        ctx: BatchContext,
+        planner: Planner,
+        plan: Plan,
+        batch_size: int | None,
+        leave_online: bool = False,
+    ) -> None:
+        self.ctx = ctx
+        self.planner = planner
+        self.plan = plan
+        self.batch_size = batch_size
+        self.wire_notes: set[str] = set()
+        self.prices: dict[ModelRef, Price | None] = {}
+        self.skipped_open = 0
+        self.not_submitted = 0
+        self.stopped_by: str | None = None
+        self.batches: list[SubmittedBatch] = []
+        self.jobs = 0
+        self.leave_online = leave_online
+        self.left_online = 0
+
+    def collect(self, spool: Path) -> dict[ModelRef, Path]:
+        """Stream the jobs file again; spool every job not done and not in an open batch,
+        ready to send, to one file per (provider, model): memory stays flat."""
+        cfg = self.ctx.config
+        in_open = self.ctx.state.held_job_ids(self.line_fp)
+        files: dict[ModelRef, BinaryIO] = {}
+        used: dict[ModelRef, set[str]] = {}
+        try:
+            with open_jobs(cfg.jobs) as stream:
+                for lineno, raw in iter_lines(stream):
+                    if lineno > self.plan.last_line:
+                        break
+                    if lineno in self.plan.invalid_lines:
+                        continue
+                    try:
+                        job = self.planner.parser.parse(raw, lineno)
+                    except LineError:
+                        continue
+                    if self.is_done(job.id):
+                        continue
+                    if job.id in in_open:
+                        self.skipped_open += 1
+                        continue
+                    pj = self.planner.prepare(job)
+                    position = self.position(pj)
+                    if position is None:
+                        continue  # no model of its chain left has a Batch API: online
+                    ref = pj.chain[position]
+                    out = files.get(ref)
+                    if out is None:
+                        out = files[ref] = (spool / f"{len(files)}.spool").open("wb")
+                    item = self.pending(ref, pj, used.setdefault(ref, set()))
+                    item.row["pos"], item.row["n"] = position, len(pj.chain)
+                    out.write(orjson.dumps([item.row, item.cost, item.tokens, item.line.decode()]))
+                    out.write(b"\n")
+        finally:
+            for f in files.values():
+                f.close()
+        return {ref: Path(f.name) for ref, f in files.items()}
+
+    def line_fp(self, job_id: str) -> int | None:
+        existing = self.planner.existing
+        return None if existing is None else existing.done.fingerprint(job_id)
+
+    def is_done(self, job_id: str) -> bool:
+        return self.line_fp(job_id) is not None
+
+    def position(self, pj: PreparedJob) -> int | None:
+        """Where in its chain the job's batch goes: past models that failed for good,
+        at the first with a Batch API. None: it is left for the online part."""
+        state = self.ctx.state
+        start = 0
+        if state.position_fps.get(pj.job.id) == pj.fingerprint:  # not if the job changed
+            start = min(state.positions.get(pj.job.id, 0), len(pj.chain) - 1)
+        for i in range(start, len(pj.chain)):
+            if self.ctx.config.providers[pj.chain[i].provider].kind in BATCH_KINDS:
+                return i
+        if self.leave_online or start > 0:  # (one its batches moved on: not the file's fault)
+            self.left_online += 1
+            return None
+        self.ctx.client(pj.chain[start].provider)  # no Batch API: refused before any call
+        raise AssertionError("unreachable")
+
+    def price(self, ref: ModelRef) -> Price | None:
+        if ref not in self.prices:
+            price, note = batch_price(
+                self.planner.prices, self.ctx.config.prices, ref, self.ctx.clock.time()
+            )
+            self.prices[ref] = price
+            if note:
+                self.ctx.notes.append(note)
+        return self.prices[ref]
+
+    def pending(self, ref: ModelRef, pj: PreparedJob, used: set[str]) -> _Pending:
+        """One job as it goes into its batch, with its worst case at the batch price."""
+        settings = self.ctx.config.providers[ref.provider]
+        price = self.price(ref)
+        body = request_body(settings, ref.model, pj.request, self.wire_notes)
+        cid = custom_id(pj.job.id, used)
+        worst_in = estimate_input_tokens(pj.request, conservative=True)
+        out = pj.request.max_tokens or self.ctx.config.max_tokens
+        cost = 0.0 if price is None else price.cost(Usage(worst_in, out))
+        row = {"cid": cid, "id": pj.job.id, "fp": pj.fingerprint, "meta": pj.job.metadata}
+        if pj.request.schema is not None:
+            row["schema"] = pj.request.schema
+            row.update(stored_request(pj))  # for the repair turn, should the answer miss it
+        line = self.ctx.client(ref.provider).encode(cid, body)
+        return _Pending(row, line, cost, worst_in + out)
+
+    def chunks(self, spooled: Path, client: BatchClient) -> Iterator[list[_Pending]]:
+        """Read a spool back as chunks under the provider's limits and ``--batch-size``."""
+        limit = min(client.max_requests, self.batch_size or client.max_requests)
+        max_bytes = int(client.max_bytes * _BYTES_MARGIN)
+        chunk: list[_Pending] = []
+        size = 0
+        with spooled.open("rb") as f:
+            for raw in f:
+                row, cost, tokens, text = orjson.loads(raw)
+                item = _Pending(row, text.encode(), cost, tokens)
+                if chunk and (len(chunk) >= limit or size + len(item.line) + 1 > max_bytes):
+                    yield chunk
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item.line) + 1
+        if chunk:
+            yield chunk
+
+    def fit(self, budget: RunBudget, chunk: list[_Pending]) -> list[_Pending]:
+        """The head of ``chunk`` that the budget holds room for; the rest waits."""
+        for i, item in enumerate(chunk):
+            if not isinstance(budget.reserve_now(item.cost, item.tokens), Hold):
+                self.stopped_by = "budget"
+                self.not_submitted += len(chunk) - i
+                return chunk[:i]
+        return chunk
+
+    async def create(self, ref: ModelRef, client: BatchClient, chunk: list[_Pending]) -> None:
+        state = self.ctx.state
+        local = state.new_local()
+        state.write_jobs(local, [p.row for p in chunk])
+        state.append(
+            {
+                "ev": "intent",
+                "local": local,
+                "provider": ref.provider,
+                "model": ref.model,
+                "count": len(chunk),
+                "bytes": sum(len(p.line) for p in chunk),
+                "at": self.ctx.clock.time(),
+                "reserve_cost": sum(p.cost for p in chunk),
+                "reserve_tokens": sum(p.tokens for p in chunk),
+                "price": price_to_json(self.prices.get(ref)),
+            }
+        )
+        record = state.chunks[local]
+        try:
+            info = await self.ctx.call(
+                client.create, state.key(record), [p.line for p in chunk], idempotent=False
+            )
+        except ProviderError:
+            # It may exist anyway (a timeout after the provider took it): look before giving up.
+            if await recover_chunk(self.ctx, record) is None:
+                raise
+            info_id = record.batch_id or ""
+        else:
+            state.append(created_event(record, info))
+            info_id = info.id
+        self.batches.append(SubmittedBatch(ref.provider, ref.model, info_id, len(chunk)))
+        self.jobs += len(chunk)
+
+
+async def submit(
+    config: RunConfig,
+    *,
+    batch_size: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+    client_factory: ClientFactory | None = None,
+    leave_online: bool = False,
+) -> SubmitReport:
+    """Check every job as ``run`` does (nothing sent on a problem), then submit the rest."""
+    planner = Planner(config)
+    async with batch_context(config, clock=clock, factory=client_factory) as ctx:
+        plan = planner.plan()
+        planner.check(plan)
+        existing = planner.existing
+        if existing is not None and existing.torn_at is not None:
+            cut_torn_tail(existing)
+        await recover(ctx)
+        caps = {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens}
+        if (ctx.state.caps or {"max_cost": None, "max_total_tokens": None}) != caps:
+            ctx.state.append({"ev": "caps", **caps})  # fetch's repairs keep to them
+        sub = _Submitter(ctx, planner, plan, batch_size, leave_online)
+        ctx.state.dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
+            await _send(ctx, sub, config, sub.collect(Path(spool)))
+        ctx.notes.extend(sorted(sub.wire_notes))
+        if sub.left_online:
+            ctx.notes.append(
+                f"{sub.left_online} job(s) have no model with a Batch API left; they run "
+                "online (`llmbatch run`, or the online part of `run --mode`)"
+            )
+        return SubmitReport(
+            batches=sub.batches,
+            jobs=sub.jobs,
+            skipped_done=plan.skipped_done,
+            skipped_open=sub.skipped_open,
+            left_online=sub.left_online,
+            not_submitted=sub.not_submitted,
+            stopped_by=sub.stopped_by,
+            reserved_cost=ctx.state.reserved()[0],
+            notes=ctx.notes,
+        )
+
+
+async def _send(
+    ctx: BatchContext, sub: _Submitter, config: RunConfig, spools: dict[ModelRef, Path]
+) -> None:
+    """Create the chunks in order, each holding its worst case; stop where the budget ends."""
+    existing = sub.planner.existing
+    budget = RunBudget(config.max_cost, config.max_total_tokens)
+    if existing is not None:
+        budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
+    spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
+    budget.spent_cost += spent_cost
+    budget.spent_tokens += spent_tokens
+    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
+    for ref in sorted(spools, key=str):
+        client = ctx.client(ref.provider)
+        for chunk in sub.chunks(spools[ref], client):
+            if sub.stopped_by is not None:
+                sub.not_submitted += len(chunk)
+                continue
+            chunk = sub.fit(budget, chunk)
+            if chunk:
+                await sub.create(ref, client, chunk)

@@ -1,0 +1,362 @@
+"""The response cache: never pay twice for an answer already bought (SPEC §11).
+
+One SQLite file (WAL, a busy timeout) shared by every run on the machine. The key
+is a hash of what the provider sees — provider, base URL, model and the canonical
+request — so any change of model, messages, system, max_tokens, temperature or
+schema misses. Requests at temperature 0 share answers across job ids; sampled
+ones (temperature unset or above 0) are keyed per job id, so five ids asking the
+same question still get five samples, while a rerun of a job does not pay again.
+
+A cache is a convenience, never a reason for a run to fail: any SQLite error
+(a corrupt file, a lock held past the timeout, a full disk) turns it off for the
+rest of the run with one warning, and the run goes on without it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from llmbatch._cache.key import KEY_VERSION as KEY_VERSION
+from llmbatch._cache.key import cache_key as cache_key
+from llmbatch._cache.key import cache_key_for as cache_key_for
+from llmbatch._cache.key import canonical_request as canonical_request
+from llmbatch._cache.key import is_deterministic as is_deterministic
+from llmbatch._core.usage import Usage
+
+if TYPE_CHECKING:
+    from llmbatch._config.settings import RunConfig
+    from llmbatch._core.results import JobResult
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS answers (
+    key TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_used ON answers(used);
+"""
+
+
+def default_cache_path() -> Path:
+    """``$XDG_CACHE_HOME/llmbatch/cache.sqlite``, else ``~/.cache/llmbatch/cache.sqlite``."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    root = Path(base) if base.strip() else Path.home() / ".cache"
+    return root / "llmbatch" / "cache.sqlite"
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAnswer:
+    """A complete, valid answer as it was bought."""
+
+    text: str
+    parsed: Any
+    usage: Usage
+    cost_usd: float | None  # what it cost then: what a hit saves
+    stop_reason: str | None
+    model: str
+    provider: str
+    created: float = 0.0  # wall clock; set by the cache on store
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "text": self.text,
+                "parsed": self.parsed,
+                "usage": self.usage.to_dict(),
+                "cost_usd": self.cost_usd,
+                "stop_reason": self.stop_reason,
+                "model": self.model,
+                "provider": self.provider,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes, created: float) -> CachedAnswer:
+        d = orjson.loads(raw)
+        return cls(
+            text=d["text"],
+            parsed=d.get("parsed"),
+            usage=Usage.from_dict(d.get("usage")),
+            cost_usd=d.get("cost_usd"),
+            stop_reason=d.get("stop_reason"),
+            model=str(d.get("model")),
+            provider=str(d.get("provider")),
+            created=created,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    """This run's use of the cache, for the report."""
+
+    hits: int
+    saved_usd: float
+    stores: int
+    disabled: str | None  # why it was turned off mid-run, if it was
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hits": self.hits, "saved_usd": round(self.saved_usd, 6)}
+
+
+@dataclass(frozen=True, slots=True)
+class CacheContents:
+    """What the cache file holds, for ``llmbatch cache stats``."""
+
+    path: str
+    entries: int
+    bytes: int
+    hits: int  # over every run that used it
+    saved_usd: float
+    oldest: float | None
+    newest: float | None
+
+
+def _warn_stderr(message: str) -> None:
+    sys.stderr.write(f"llmbatch: warning: {message}\n")
+
+
+class ResponseCache:
+    """Answers by key in one SQLite file. Every method is safe to call once it is broken."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_s: float = 2.0,
+        warn: Callable[[str], None] = _warn_stderr,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.warning: str | None = None  # the one warning, once the cache is off
+        self._warn = warn
+        self._now = clock
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._hits = 0
+        self._saved = 0.0
+        self._stores = 0
+        self._used: dict[str, float] = {}  # keys hit this run → when (written back on close)
+        # Answers not yet written: one transaction per batch, not one per answer.
+        self._pending: dict[str, tuple[float, float | None, bytes]] = {}
+        self._last_write = clock()
+        with self._guard("open"):
+            self._db = self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = sqlite3.connect(
+            self.path,
+            timeout=self._busy_timeout_s,
+            isolation_level=None,  # autocommit: each store is its own short transaction
+            check_same_thread=False,
+        )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
+            # Keys are random: a big cache touches pages all over; keep more of them at hand.
+            db.execute("PRAGMA cache_size = -16384")  # KiB
+            db.executescript(_SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    @property
+    def usable(self) -> bool:
+        return self._db is not None
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Any SQLite failure turns the cache off, with one warning; the run goes on."""
+        try:
+            with self._lock:
+                yield
+        except (sqlite3.Error, OSError, orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self._disable(f"{what}: {type(exc).__name__}: {exc}")
+
+    def _disable(self, why: str) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+        if self.warning is None:
+            self.warning = (
+                f"the response cache {self.path} is unusable ({why}); running without it "
+                "(`llmbatch cache clear` starts a new one)"
+            )
+            self._warn(self.warning)
+
+    # -- the run's side ---------------------------------------------------------
+
+    def lookup(self, key: str) -> CachedAnswer | None:
+        """The answer stored under ``key``, or None (a miss, or the cache is off)."""
+        found: CachedAnswer | None = None
+        with self._guard("lookup"):
+            if self._db is None:
+                return None
+            pending = self._pending.get(key)
+            row = (
+                (pending[2], pending[0])
+                if pending is not None
+                else self._db.execute(
+                    "SELECT value, created FROM answers WHERE key = ?", (key,)
+                ).fetchone()
+            )
+            if row is not None:
+                found = CachedAnswer.from_json(row[0], row[1])
+                self._hits += 1
+                self._saved += found.cost_usd or 0.0
+                self._used[key] = self._now()
+        return found
+
+    def store(self, key: str, answer: CachedAnswer) -> None:
+        """Keep a complete, valid answer (the caller has validated it).
+
+        Written in batches (256 answers, or a second): a crash loses at most those.
+        """
+        if self._db is None:
+            return
+        now = self._now()
+        self._pending[key] = (now, answer.cost_usd, answer.to_json())
+        self._stores += 1
+        if len(self._pending) >= 256 or now - self._last_write >= 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the answers kept since the last write, in one transaction."""
+        with self._guard("store"):
+            self._last_write = self._now()
+            if self._db is None or not self._pending:
+                return
+            rows = [(k, t, t, cost, blob) for k, (t, cost, blob) in self._pending.items()]
+            self._pending.clear()
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                rows,
+            )
+            self._db.execute("COMMIT")
+
+    def statistics(self) -> CacheStatistics:
+        return CacheStatistics(self._hits, self._saved, self._stores, self.warning)
+
+    def close(self) -> None:
+        """Record this run's hits (for ``cache stats`` and ``prune``), then let go of the file."""
+        self.flush()
+        with self._guard("close"):
+            if self._db is None:
+                return
+            if self._used:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?",
+                    [(when, key) for key, when in self._used.items()],
+                )
+                self._db.execute("COMMIT")
+                self._used.clear()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    # -- the `llmbatch cache` commands ------------------------------------------
+
+    def contents(self) -> CacheContents | None:
+        """What the file holds; None when it cannot be read."""
+        result: CacheContents | None = None
+        self.flush()
+        with self._guard("stats"):
+            if self._db is None:
+                return None
+            n, hits, saved, oldest, newest = self._db.execute(
+                "SELECT count(*), coalesce(sum(hits), 0), "
+                "coalesce(sum(hits * coalesce(cost_usd, 0)), 0), min(created), max(created) "
+                "FROM answers"
+            ).fetchone()
+            size = sum(
+                p.stat().st_size
+                for p in (self.path, _sidecar(self.path, "-wal"), _sidecar(self.path, "-shm"))
+                if p.exists()
+            )
+            result = CacheContents(str(self.path), n, size, hits, saved, oldest, newest)
+        return result
+
+    def prune(self, older_than_s: float) -> int:
+        """Drop entries neither stored nor hit in the last ``older_than_s`` seconds."""
+        removed = 0
+        self.flush()
+        with self._guard("prune"):
+            if self._db is None:
+                return 0
+            cutoff = self._now() - older_than_s
+            removed = self._db.execute("DELETE FROM answers WHERE used < ?", (cutoff,)).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return removed
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def clear_cache(path: Path) -> int:
+    """Remove the cache file (and its WAL files), even a corrupt one; return bytes freed."""
+    freed = 0
+    for p in (path, _sidecar(path, "-wal"), _sidecar(path, "-shm")):
+        try:
+            freed += p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:
+            pass
+    return freed
+
+
+def hit_result(
+    answer: CachedAnswer, *, job_id: str, metadata: Any, fingerprint: str | None
+) -> JobResult:
+    """The result line of a job answered from the cache: nothing spent this run."""
+    from llmbatch._core.results import JobResult
+
+    return JobResult(
+        id=job_id,
+        status="ok",
+        output=answer.text,
+        parsed=answer.parsed,
+        provider=answer.provider,
+        model=answer.model,
+        usage=Usage(),
+        cost_usd=0.0,
+        latency_ms=None,
+        ttft_ms=None,
+        attempts=0,
+        error=None,
+        metadata=metadata,
+        stop_reason=answer.stop_reason,
+        fingerprint=fingerprint,
+        cache={"hit": True, "saved_usd": answer.cost_usd},
+    )
+
+
+def open_cache(config: RunConfig) -> ResponseCache | None:
+    """The run's cache, or None with ``--no-cache``."""
+    if config.no_cache:
+        return None
+    return ResponseCache(config.cache_path or default_cache_path())

@@ -1,0 +1,321 @@
+"""``llmbatch batch submit|status|fetch|cancel``: the provider Batch APIs from the shell.
+
+Thin, as the rest of the CLI: parse options, build a RunConfig, call ``_batch*``,
+render, exit. Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent),
+3 budget left jobs unsubmitted (or repairs unmade), 4 still in progress (run again later).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from llmbatch._cli.common import _flags
+from llmbatch._cli.options import ConfigOpt, JobsArg, JsonOpt
+
+if TYPE_CHECKING:
+    from llmbatch._batch.context import BatchRow
+    from llmbatch._batch.fetch import FetchReport
+    from llmbatch._batch.submit import SubmitReport
+    from llmbatch._config.settings import RunConfig
+
+batch_app = typer.Typer(
+    name="batch",
+    help="Provider Batch APIs: half the price, results within 24 hours.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+OutputArg = Annotated[str, typer.Argument(metavar="OUTPUT", help="The results JSONL file.")]
+
+
+def output_config(output: str, config_path: Path | None, **flags: object) -> RunConfig:
+    """A RunConfig for commands that take only OUTPUT (providers and prices from the config)."""
+    from llmbatch._config.settings import build_run_config, load_config
+
+    merged = {"output": output, **flags}
+    return build_run_config(Path(os.devnull), merged, load_config(config_path))
+
+
+def _stamp(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return datetime.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
+
+
+def render_rows(rows: list[BatchRow], as_json: bool) -> None:
+    from llmbatch.cli import _console
+
+    if as_json:
+        import orjson
+
+        data = [r.to_dict() for r in rows]
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="batches", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "created", "expires"):
+        right = col in ("ok", "failed", "total")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    for r in rows:
+        state = "fetched" if r.fetched else r.state  # the provider's word until then
+        table.add_row(
+            r.provider,
+            r.model,
+            r.id,
+            state,
+            str(r.succeeded),
+            str(r.failed),
+            str(r.total),
+            _stamp(r.created_at),
+            _stamp(r.expires_at),
+        )
+    _console().print(table)
+
+
+@batch_app.command()
+def submit(
+    jobs: JobsArg,
+    output: Annotated[
+        str | None,
+        typer.Option("-o", "--output", help="Results JSONL [default: JOBS.results.jsonl]."),
+    ] = None,
+    model: Annotated[str | None, typer.Option("-m", "--model", help="Default model.")] = None,
+    provider: Annotated[str | None, typer.Option("--provider", help="Send every job here.")] = None,
+    template: Annotated[str | None, typer.Option("--template", help="Prompt template.")] = None,
+    template_file: Annotated[
+        str | None, typer.Option("--template-file", help="Read the template from a file.")
+    ] = None,
+    system: Annotated[str | None, typer.Option("--system", help="Default system prompt.")] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Default max tokens.")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option("--temperature", help="Default temperature.")
+    ] = None,
+    schema: Annotated[str | None, typer.Option("--schema", help="JSON Schema file.")] = None,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", help="Budget cap in USD, over all runs on OUTPUT.")
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None, typer.Option("--max-total-tokens", help="Token cap over all runs on OUTPUT.")
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Submit the valid lines despite invalid ones.")
+    ] = False,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Requests per batch at most.")
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Check the jobs as `run` does, then submit those not done to the Batch APIs."""
+    flags = _flags(locals(), skip={"jobs", "batch_size", "as_json", "config"})
+
+    def go() -> int:
+        import anyio
+
+        from llmbatch._batch.submit import submit as do_submit
+        from llmbatch.cli import _configured
+
+        with _configured(jobs, flags, config) as cfg:
+            rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
+        _say_submitted(rep, as_json)
+        return rep.exit_code
+
+    from llmbatch.cli import _guard
+
+    raise typer.Exit(_guard(go))
+
+
+def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
+    """The submit report as JSON (with --json), and one line per batch and in sum on stderr."""
+    from llmbatch.cli import _err
+
+    if as_json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    for b in rep.batches:
+        sys.stderr.write(f"llmbatch: {b.provider}:{b.model}: batch {b.id}, {b.jobs} jobs\n")
+    sys.stderr.write(
+        f"llmbatch: submitted {rep.jobs} jobs in {len(rep.batches)} batches "
+        f"(worst case held ${rep.reserved_cost:.4f}); {rep.skipped_done} already done, "
+        f"{rep.skipped_open} already in open batches\n"
+    )
+    for note in rep.notes:
+        _err(note)
+    if rep.stopped_by == "budget":
+        _err(
+            f"the budget cap left {rep.not_submitted} jobs unsubmitted; "
+            "fetch, then submit again with a higher cap"
+        )
+
+
+@batch_app.command()
+def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """One row per batch. Exit 0 when none is in progress, 4 while any is."""
+
+    def go() -> int:
+        import anyio
+
+        from llmbatch._batch.context import batch_context, batch_status
+        from llmbatch.cli import _err
+
+        cfg = output_config(output, config)
+
+        async def main() -> list[BatchRow]:
+            async with batch_context(cfg, write=False) as ctx:
+                if not ctx.state.exists:
+                    _err(f"no batches recorded for {output}")
+                return await batch_status(ctx)
+
+        rows = anyio.run(main)
+        render_rows(rows, as_json)
+        return 4 if any(r.in_progress for r in rows) else 0
+
+    from llmbatch.cli import _guard
+
+    raise typer.Exit(_guard(go))
+
+
+@batch_app.command()
+def fetch(
+    output: OutputArg,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll until no batch is open.")] = False,
+    poll: Annotated[
+        float, typer.Option("--poll", min=0.0, help="Seconds between polls with --wait.")
+    ] = 60.0,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option("--max-attempts", min=1, help="Batch rounds per job [default: 6]."),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", help="Cap for the online repairs [default: submit's]."),
+    ] = None,
+    max_total_tokens: Annotated[
+        int | None,
+        typer.Option("--max-total-tokens", help="Token cap, likewise [default: submit's]."),
+    ] = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Append one result line per job of every ended batch; repair schema misses online.
+    Exit 0 all ok, 1 some failed, 3 budget, 4 while any batch is open."""
+
+    def go() -> int:
+        import anyio
+
+        from llmbatch._batch.fetch import fetch as do_fetch
+
+        caps = {"max_cost": max_cost, "max_total_tokens": max_total_tokens}
+        cfg = output_config(output, config, **caps)
+        rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
+        if as_json:
+            import orjson
+
+            sys.stdout.write(
+                orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+        _say_fetched(rep)
+        return rep.exit_code
+
+    from llmbatch.cli import _guard
+
+    raise typer.Exit(_guard(go))
+
+
+def _say_fetched(rep: FetchReport) -> None:
+    """What fetch did, on stderr: batches, repairs, savings, notes."""
+    from llmbatch.cli import _err
+
+    sys.stderr.write(
+        f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
+        f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
+    )
+    if rep.repaired:
+        sys.stderr.write(
+            f"llmbatch: repaired {rep.repaired} schema misses online "
+            f"(${rep.repair_cost_usd:.6f}; counted in ok/failed above)\n"
+        )
+    if rep.repair_pending:
+        sys.stderr.write(
+            f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
+        )
+    if rep.batch_jobs:
+        saved = rep.online_cost_usd - rep.cost_usd
+        sys.stderr.write(
+            f"llmbatch: batch cost ${rep.cost_usd:.6f} for {rep.batch_jobs} jobs "
+            f"(online: ${rep.online_cost_usd:.6f}; saved ${saved:.6f})\n"
+        )
+    for note in rep.notes:
+        _err(note)
+
+
+@batch_app.command()
+def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
+    """Cancel every open batch; a later fetch keeps what finished."""
+
+    def go() -> int:
+        import anyio
+
+        from llmbatch._batch.context import batch_cancel, batch_context
+
+        cfg = output_config(output, config)
+
+        async def main() -> list[BatchRow]:
+            async with batch_context(cfg) as ctx:
+                return await batch_cancel(ctx)
+
+        rows = anyio.run(main)
+        render_rows(rows, as_json)
+        sys.stderr.write(
+            f"llmbatch: asked to cancel {len(rows)} batches; fetch keeps what finished\n"
+        )
+        return 0
+
+    from llmbatch.cli import _guard
+
+    raise typer.Exit(_guard(go))
+
+
+def run_mode(cfg: RunConfig) -> int:
+    """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
+    import anyio
+
+    from llmbatch._batch.run import run_with_batches
+    from llmbatch._observe.progress import make_progress
+    from llmbatch.cli import _console, _err
+
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out
+
+    def say(message: str) -> None:
+        if not cfg.quiet:
+            _err(message)
+
+    rep = anyio.run(
+        lambda: run_with_batches(
+            cfg, mode=mode, deadline=deadline, progress=make_progress(cfg.quiet), say=say
+        )
+    )
+    if cfg.report is not None:
+        cfg.report.parent.mkdir(parents=True, exist_ok=True)
+        cfg.report.write_bytes(rep.to_json())
+    if not cfg.quiet:
+        console = _console(stderr=True)
+        console.print()
+        rep.render(console)
+    if rep.run.stopped_by == "signal":
+        return 130
+    return rep.exit_code

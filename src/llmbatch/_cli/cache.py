@@ -1,0 +1,118 @@
+"""``llmbatch cache stats|clear|prune``: look after the response cache (SPEC §11).
+
+Only typer at module level: cli.py imports this for every command.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cache_app = typer.Typer(
+    name="cache",
+    help="The response cache: stats, clear, prune.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+PathOpt = Annotated[
+    Path | None,
+    typer.Option("--cache", help="Cache file [default: $XDG_CACHE_HOME/llmbatch/cache.sqlite]."),
+]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds, in seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if m is None:
+        raise ValueError(f"not a duration: {text!r} (try 30d, 12h, 90m)")
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def _path(path: Path | None) -> Path:
+    from llmbatch._cache.store import default_cache_path
+
+    return path if path is not None else default_cache_path()
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+@cache_app.command("stats")
+def stats(
+    path: PathOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
+) -> None:
+    """How many answers the cache holds, its size, and what it has saved."""
+    from llmbatch._cache.store import CacheContents, ResponseCache
+
+    p = _path(path)
+    if not p.exists():
+        found: CacheContents | None = CacheContents(str(p), 0, 0, 0, 0.0, None, None)
+    else:
+        cache = ResponseCache(p)
+        found = cache.contents()
+        cache.close()
+    if found is None:
+        raise typer.Exit(1)  # the cache said why, once
+    if as_json:
+        import dataclasses
+
+        import orjson
+
+        _out(orjson.dumps(dataclasses.asdict(found), option=orjson.OPT_INDENT_2).decode())
+        return
+    _out(f"cache:    {found.path}")
+    _out(f"answers:  {found.entries:,}  ({found.bytes / 1e6:,.1f} MB)")
+    _out(f"hits:     {found.hits:,}  (${found.saved_usd:,.6f} saved)")
+    if found.oldest is not None and found.newest is not None:
+        from llmbatch._observe.jsonlog import rfc3339_ms
+
+        _out(f"stored:   {rfc3339_ms(found.oldest)} … {rfc3339_ms(found.newest)}")
+
+
+@cache_app.command("clear")
+def clear(path: PathOpt = None) -> None:
+    """Delete every cached answer (removes the file, even a corrupt one)."""
+    from llmbatch._cache.store import clear_cache
+
+    p = _path(path)
+    freed = clear_cache(p)
+    _out(f"cleared {p} ({freed / 1e6:,.1f} MB freed)")
+
+
+@cache_app.command("prune")
+def prune(
+    older_than: Annotated[
+        str,
+        typer.Option("--older-than", help="Drop answers unused for this long: 30d, 12h, 90m."),
+    ],
+    path: PathOpt = None,
+) -> None:
+    """Delete answers neither stored nor used within --older-than."""
+    from llmbatch._cache.store import ResponseCache
+
+    try:
+        seconds = parse_duration(older_than)
+    except ValueError as exc:
+        sys.stderr.write(f"llmbatch: --older-than: {exc}\n")
+        raise typer.Exit(2) from None
+    p = _path(path)
+    if not p.exists():
+        _out(f"no cache at {p}")
+        return
+    cache = ResponseCache(p)
+    removed = cache.prune(seconds)
+    usable = cache.usable
+    cache.close()
+    if not usable:
+        raise typer.Exit(1)
+    _out(f"pruned {removed:,} answers from {p}")

@@ -1,0 +1,91 @@
+"""``llmbatch run`` past option parsing: run the engine, then report and pick the exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmbatch._cli.common import _configured, _console, _err
+from llmbatch._core.exceptions import UsageError
+
+if TYPE_CHECKING:
+    from llmbatch._config.settings import RunConfig
+    from llmbatch._engine.engine import Engine
+    from llmbatch._report.report import RunReport
+
+
+def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+    import anyio
+
+    from llmbatch._engine.engine import Engine, exit_code_for
+    from llmbatch._observe.progress import make_progress
+
+    with _configured(jobs, flags, config_path) as cfg:
+        if cfg.dry_run:
+            from llmbatch._engine.dryrun import print_dry_run
+
+            return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
+        if cfg.mode == "online" and flags.get("batch_deadline") is not None:
+            raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
+        if cfg.mode != "online":
+            from llmbatch._cli.batch import run_mode
+
+            return run_mode(cfg)
+        from llmbatch._batch.run import refuse_if_batches_open
+
+        refuse_if_batches_open(cfg.output)
+        engine = Engine(cfg, progress=make_progress(cfg.quiet))
+        report = anyio.run(engine.run)
+    _write_json_report(cfg, report)
+    _tell_outcome(cfg, report, engine)
+    return exit_code_for(report, engine.stop_signal)
+
+
+def _write_json_report(cfg: RunConfig, report: RunReport) -> None:
+    """``--report``: a failed write is said, not fatal (the results are on disk)."""
+    if cfg.report is not None:
+        try:
+            cfg.report.parent.mkdir(parents=True, exist_ok=True)
+            cfg.report.write_bytes(report.to_json())
+        except OSError as exc:
+            _err(f"could not write the report to {cfg.report}: {exc.strerror or exc}")
+
+
+def _tell_outcome(cfg: RunConfig, report: RunReport, engine: Engine) -> None:
+    """The report table (or, with --quiet, one line per failure kind), then why it stopped."""
+    if engine.fatal and cfg.quiet:
+        _err(engine.fatal)  # otherwise the report shows it
+    if not cfg.quiet:
+        console = _console(stderr=True)
+        console.print()
+        report.render(console)
+    elif not engine.fatal and (report.failed or report.failed_earlier):
+        where = report.output or "the output"
+        if report.failed:
+            _err(f"{report.failed} job(s) failed; see error fields in {where}")
+        if report.failed_earlier:
+            _err(
+                f"{report.failed_earlier} job(s) failed in an earlier run on {where} and were "
+                "not retried (exit 1); --retry-failed runs them again"
+            )
+    last_plan = engine.planner.last_plan
+    if last_plan is not None and last_plan.held_back:
+        _err(f"--limit {cfg.limit}: {last_plan.held_back} job(s) left for a later run")
+    if report.stopped_by == "output_closed":
+        _err("the output pipe was closed; stopped (jobs left unsent)")
+    if report.stopped_by == "budget":
+        _err("stopped by the budget cap; jobs left unsent. Rerun with a higher cap to continue.")
+    if cfg.html is not None:
+        _write_run_html(cfg, cfg.html, report, engine)
+    if report.stopped_by == "budget_window":
+        _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
+
+
+def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: Engine) -> None:
+    """The run's HTML report, from its event stream."""
+    from llmbatch._report.html import write_html_report
+
+    write_html_report(path, report, engine.timeline.timeline())
+    if not cfg.quiet:
+        sys.stderr.write(f"llmbatch: HTML report written to {path}\n")

@@ -1,0 +1,323 @@
+"""Run settings: defaults < llmbatch.toml < flags, checked once, before anything is sent."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
+from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
+from llmbatch._config.toml import FileConfig as FileConfig
+from llmbatch._config.toml import ModelLimits as ModelLimits
+from llmbatch._config.toml import ProviderSettings as ProviderSettings
+from llmbatch._config.toml import find_config as find_config
+from llmbatch._config.toml import load_config as load_config
+from llmbatch._core.exceptions import UsageError
+from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._core.pricing import Price
+from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
+
+# More requests in flight than any provider account allows; far past it, the
+# pool itself (a task and a buffer slot per worker) is what would run out.
+MAX_CONCURRENCY = 10_000
+
+
+@dataclass(slots=True)
+class RunConfig:
+    """Everything one ``run`` needs. Build it with :func:`build_run_config` or by hand."""
+
+    jobs: Path
+    output: Path | None = None  # None: results go to stdout
+    jobs_display: str | None = None
+    model: ModelRef | None = None
+    fallback: list[ModelRef] = field(default_factory=list)
+    provider: str | None = None  # send every job to this provider (e.g. "sim")
+    concurrency: int = 16
+    rpm: float | None = None
+    tpm: float | None = None
+    max_attempts: int = 6
+    timeout: float = 300.0
+    idle_timeout: float = 120.0
+    backoff_cap: float = 60.0
+    max_cost: float | None = None
+    max_total_tokens: int | None = None
+    schema: dict[str, Any] | None = None
+    repair_attempts: int = 2
+    template: str | None = None
+    system: str | None = None
+    max_tokens: int = 1024
+    temperature: float | None = None
+    report: Path | None = None
+    html: Path | None = None  # the HTML report (--html)
+    fresh: bool = False
+    retry_failed: bool = False
+    skip_invalid: bool = False
+    quiet: bool = False
+    include_input: bool = False  # result lines carry the job's input
+    dry_run: bool = False  # print the request bodies; send nothing
+    limit: int | None = None  # run only the first N jobs not yet done
+    cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
+    no_cache: bool = False
+    log_json: str | None = None  # a path, or "-" for stderr
+    log_prompts: bool = False
+    otlp: str | None = None  # OTLP/HTTP endpoint
+    providers: dict[str, ProviderSettings] = field(default_factory=dict)
+    prices: dict[str, Price] = field(default_factory=dict)
+    limits: dict[str, ModelLimits] = field(default_factory=dict)
+    # Rolling budgets, shared limits, shards (SPEC §10).
+    budget_per_hour: float | None = None
+    budget_per_day: float | None = None
+    tokens_per_hour: int | None = None
+    tokens_per_day: int | None = None
+    budget_scope: str = "default"
+    ledger: Path | None = None  # None: default_ledger_path()
+    wait_for_budget: bool = False
+    shared: str | None = None  # redis://HOST:PORT/DB
+    shard: tuple[int, int] | None = None  # (index, count), index from 0
+    # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
+    mode: str = "online"
+    batch_deadline: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in BUILTIN_PROVIDERS:
+            self.providers.setdefault(name, ProviderSettings(name, name))
+
+    @property
+    def display_name(self) -> str:
+        return self.jobs_display or str(self.jobs)
+
+    def limits_for(self, ref: ModelRef) -> ModelLimits:
+        """Per-model limits from config, with --rpm / --tpm filling what they leave."""
+        own = self.limits.get(str(ref), ModelLimits())
+        return replace(
+            own,
+            rpm=own.rpm if own.rpm is not None else self.rpm,
+            tpm=own.tpm if own.tpm is not None else self.tpm,
+        )
+
+
+# -- flags + file → RunConfig ---------------------------------------------------
+
+
+def build_run_config(
+    jobs: Path,
+    flags: Mapping[str, Any],
+    file_config: FileConfig,
+    *,
+    jobs_display: str | None = None,
+    stdin: bool = False,
+) -> RunConfig:
+    """Merge flags (those not None) over the config file, check every value."""
+    merged: dict[str, Any] = dict(file_config.flags)
+    merged.update({k: v for k, v in flags.items() if v is not None and v != []})
+    base = file_config.path.parent if file_config.path else Path(".")
+
+    def path_of(key: str) -> Path:
+        return _relative(base, merged[key], flags.get(key) is not None)
+
+    cfg = RunConfig(jobs=jobs, jobs_display=jobs_display)
+    cfg.providers.update(file_config.providers)
+    cfg.prices = dict(file_config.prices)
+    cfg.limits = dict(file_config.limits)
+    _output(cfg, merged, stdin, path_of)
+    _models(cfg, merged, file_config.provider_names)
+    _apply_numbers(cfg, merged)
+    reads: dict[str, Path | None] = {"the jobs file": jobs, "the config file": file_config.path}
+    _read_files(cfg, merged, path_of, reads)
+    keys = ("fresh", "retry_failed", "skip_invalid", "quiet", "include_input", "dry_run")
+    for key in (*keys, "wait_for_budget", "no_cache", "log_prompts"):
+        setattr(cfg, key, bool(merged.get(key, False)))
+    if merged.get("limit") is not None:
+        cfg.limit = _number(merged, "limit", int)
+    _shared_settings(cfg, merged)
+    _batch_settings(cfg, merged)
+    from llmbatch._observe.sinks import observability_flags
+
+    observability_flags(cfg, merged, jobs, stdin)
+    check_run_paths(cfg, reads)
+    return cfg
+
+
+def _output(
+    cfg: RunConfig, merged: Mapping[str, Any], stdin: bool, path_of: Callable[[str], Path]
+) -> None:
+    """The results file: given, or JOBS.results.jsonl beside the jobs (none for a pipe)."""
+    out = merged.get("output")
+    if out is None and stdin:
+        raise UsageError("--output is required when the jobs come from standard input or a pipe")
+    if out is None:
+        jobs = cfg.jobs
+        cfg.output = resolve_output(str(jobs.with_name(_stem(jobs) + ".results.jsonl")))
+    else:
+        cfg.output = resolve_output(out if out == "-" else str(path_of("output")))
+
+
+def _models(cfg: RunConfig, merged: Mapping[str, Any], names: tuple[str, ...]) -> None:
+    """--model, --fallback and --provider, checked against the known providers."""
+
+    def model(spec: str, what: str) -> ModelRef:
+        try:
+            return parse_model_spec(spec, names)
+        except ModelSpecError as exc:
+            raise UsageError(f"{what}: {exc}") from None
+
+    if "model" in merged:
+        cfg.model = model(merged["model"], "--model")
+    fallback = merged.get("fallback") or []
+    if isinstance(fallback, str):
+        fallback = [fallback]
+    cfg.fallback = [model(s, "--fallback") for s in fallback]
+    provider = merged.get("provider")
+    if provider is not None:
+        if provider not in names:
+            raise UsageError(
+                f"--provider {provider!r} is not a known provider ({', '.join(names)})"
+            )
+        cfg.provider = provider
+
+
+def _read_files(
+    cfg: RunConfig,
+    merged: Mapping[str, Any],
+    path_of: Callable[[str], Path],
+    reads: dict[str, Path | None],
+) -> None:
+    """Template and schema (read now, noted in ``reads``), report and HTML paths, --system."""
+    if merged.get("template") is not None and merged.get("template_file") is not None:
+        raise UsageError("give --template or --template-file, not both")
+    if merged.get("template_file") is not None:
+        tpath = reads["--template-file"] = path_of("template_file")
+        try:
+            cfg.template = tpath.read_text(encoding="utf-8-sig").rstrip("\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read template file {tpath}: {exc.strerror}") from None
+    else:
+        cfg.template = merged.get("template")
+    if merged.get("schema") is not None:
+        spath = reads["--schema"] = path_of("schema")
+        cfg.schema = load_schema_file(spath)
+    cfg.system = merged.get("system")
+    if merged.get("report") is not None:
+        cfg.report = resolve_report(path_of("report"))
+    if merged.get("html") is not None:
+        cfg.html = resolve_report(path_of("html"))
+
+
+def _number(merged: Mapping[str, Any], key: str, kind: type, allow_zero: bool = False) -> Any:
+    """A finite number > 0 (≥ 0 with ``allow_zero``), or None when not given."""
+    flag = f"--{key.replace('_', '-')}"
+    value = merged.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{flag} must be a number")
+    if not math.isfinite(value):
+        raise UsageError(f"{flag} must be a finite number, got {value}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UsageError(f"{flag} must be > 0, got {value}")
+    if kind is int and value > _MAX_INT:
+        raise UsageError(f"{flag} {value} is out of range (at most {_MAX_INT})")
+    return kind(value)
+
+
+_MAX_INT = 2**53
+
+
+def _apply_numbers(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    for key in ("concurrency", "max_attempts", "max_tokens", "max_total_tokens"):
+        v = _number(merged, key, int)
+        if v is not None:
+            setattr(cfg, key, v)
+    if cfg.concurrency > MAX_CONCURRENCY:
+        raise UsageError(
+            f"--concurrency {cfg.concurrency} is more requests in flight than llmbatch "
+            f"allows (at most {MAX_CONCURRENCY:,}); no provider account takes that many"
+        )
+    for key in ("rpm", "tpm", "timeout", "idle_timeout", "backoff_cap", "max_cost"):
+        v = _number(merged, key, float)
+        if v is not None:
+            setattr(cfg, key, v)
+    v = _number(merged, "repair_attempts", int, allow_zero=True)
+    if v is not None:
+        cfg.repair_attempts = v
+    temp = merged.get("temperature")
+    if temp is not None:
+        if isinstance(temp, bool) or not isinstance(temp, int | float) or not 0 <= temp < math.inf:
+            raise UsageError("--temperature must be a finite number ≥ 0")
+        cfg.temperature = float(temp)
+
+
+def _shared_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """Rolling budgets, --shared and --shard (SPEC §10)."""
+    from llmbatch._io.shard import parse_shard, shard_output
+
+    cfg.budget_per_hour = _number(merged, "budget_per_hour", float)
+    cfg.budget_per_day = _number(merged, "budget_per_day", float)
+    cfg.tokens_per_hour = _number(merged, "tokens_per_hour", int)
+    cfg.tokens_per_day = _number(merged, "tokens_per_day", int)
+    scope = merged.get("budget_scope") or "default"
+    if not isinstance(scope, str) or not scope.strip():
+        raise UsageError("--budget-scope must be a non-empty name")
+    cfg.budget_scope = scope
+    if merged.get("ledger"):
+        cfg.ledger = Path(merged["ledger"]).expanduser()
+    url = merged.get("shared")
+    if url:
+        if not str(url).startswith(("redis://", "rediss://", "unix://")):
+            raise UsageError(f"--shared takes redis://HOST:PORT/DB, got {url!r}")
+        cfg.shared = str(url)
+    if merged.get("shard"):
+        cfg.shard = parse_shard(str(merged["shard"]), os.environ)
+        if cfg.output is not None:
+            cfg.output = shard_output(cfg.output, cfg.shard)
+
+
+def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """--mode and --batch-deadline (a duration such as 2h, or seconds)."""
+    from llmbatch._batch.run import MODES, parse_duration
+
+    mode = merged.get("mode") or "online"
+    if mode not in MODES:
+        raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    cfg.mode = mode
+    deadline = merged.get("batch_deadline")
+    if isinstance(deadline, str):
+        cfg.batch_deadline = parse_duration(deadline)
+    elif deadline is not None:
+        cfg.batch_deadline = _number(merged, "batch_deadline", float)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".jsonl", ".ndjson", ".json"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _relative(base: Path, value: str, from_flag: bool) -> Path:
+    """Paths in llmbatch.toml are relative to it; flags are relative to the shell."""
+    p = Path(value)
+    return p if from_flag or p.is_absolute() else base / p
+
+
+def load_schema_file(path: Path) -> dict[str, Any]:
+    from llmbatch._core.schema import check_schema
+
+    try:
+        data = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+    except FileNotFoundError:
+        raise UsageError(f"schema file not found: {path}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read schema file {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from None
+    check_schema(data, str(path))
+    assert isinstance(data, dict)
+    return data

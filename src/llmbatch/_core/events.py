@@ -1,0 +1,168 @@
+"""The run's event stream: one typed record for each thing that happens.
+
+The engine emits; everything that watches a run consumes the same events —
+the statistics behind the report, the progress display, the run history, the
+JSON event log (``--log-json``), OpenTelemetry spans (``--otlp``) and the HTML
+report's time series. Events are frozen; a sink must not block (it is called
+on the event loop) and must not raise (a failing sink is dropped with one
+warning, it never ends a run).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from llmbatch._core.results import JobResult
+    from llmbatch._report.report import RunReport
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    ts: float  # wall clock, seconds since the epoch
+    total: int  # jobs to run this time
+    skipped_done: int
+    models: tuple[str, ...]  # "provider:model", primaries and fallbacks
+    concurrency: int
+    output: str | None
+    jobs: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """A request is about to be sent (its rate-limit slot and budget are held)."""
+
+    ts: float
+    job_id: str
+    provider: str
+    model: str
+    n: int  # attempt number within the job, over all models, from 1
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    """One request that was sent, with its outcome: exactly one per request."""
+
+    ts: float  # when it ended
+    started_ts: float
+    job_id: str
+    provider: str
+    model: str
+    n: int
+    outcome: str  # "ok" or an error.type (SPEC §3); "ok" means an answer came back
+    http_status: int | None
+    latency_ms: float | None
+    ttft_ms: float | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None  # None: price unknown
+    retry_after_s: float | None
+    backoff_s: float | None  # the wait chosen before the next attempt, if any
+    message: str | None = None  # the error message (redacted), if any
+    finish_reason: str | None = None
+    repair: bool = False  # this attempt re-asked after a schema miss
+    request_id: str | None = None
+    # Only with --log-prompts: the messages sent (never a key).
+    prompt: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChanged:
+    ts: float
+    model: str  # "provider:model"
+    rpm_before: float | None
+    rpm_after: float | None
+    reason: str  # "rate_limited", "recovering", "headers", ...
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerChanged:
+    ts: float
+    model: str
+    state: str  # "open" | "closed"
+    consecutive_failures: int
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStopped:
+    ts: float
+    reason: str  # "budget" | "budget_window"
+    message: str
+    resets_at: float | None = None  # wall clock, for rolling windows
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    ts: float
+    job_id: str
+    provider: str
+    model: str
+    saved_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEnded:
+    ts: float
+    result: JobResult
+
+
+@dataclass(frozen=True, slots=True)
+class RunEnded:
+    ts: float
+    report: RunReport
+    exit_code: int
+
+
+Event = (
+    RunStarted
+    | AttemptStarted
+    | AttemptEnded
+    | LimitChanged
+    | BreakerChanged
+    | BudgetStopped
+    | CacheHit
+    | JobEnded
+    | RunEnded
+)
+
+
+class EventSink(Protocol):
+    """Anything that watches a run."""
+
+    def emit(self, event: Event) -> None: ...
+
+
+class ListSink:
+    """Keeps every event: for tests."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type[Any]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+@dataclass
+class EventBus:
+    """Fans each event out to every sink; a sink that raises is dropped, once, loudly."""
+
+    sinks: list[EventSink] = field(default_factory=list)
+
+    def add(self, sink: EventSink) -> None:
+        self.sinks.append(sink)
+
+    def emit(self, event: Event) -> None:
+        for sink in list(self.sinks):
+            try:
+                sink.emit(event)
+            except Exception as exc:  # a watcher must never end a run
+                self.sinks.remove(sink)
+                sys.stderr.write(
+                    f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
+                    f"{type(exc).__name__}: {exc}\n"
+                )

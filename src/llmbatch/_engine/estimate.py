@@ -1,0 +1,161 @@
+"""``llmbatch estimate``: jobs, tokens and cost before anything is sent."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.jobs import LineError, estimate_input_tokens
+from llmbatch._core.usage import Usage
+from llmbatch._io.jobfile import iter_lines, open_jobs
+from llmbatch._io.resume import read_existing
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from llmbatch._core.pricing import PriceBook
+    from llmbatch._engine.plan import PreparedJob
+
+# What "expected" assumes a job writes: the typical length of a short answer,
+# capped by the job's max_tokens.
+TYPICAL_OUTPUT_TOKENS = 250
+MAX_PROBLEMS_SHOWN = 20
+
+
+def estimate_jobs(config: RunConfig) -> dict[str, Any]:
+    from llmbatch._engine.plan import Planner
+
+    planner = Planner(config)
+    existing = None
+    if config.output is not None and config.output.exists():
+        existing = read_existing(config.output, retry_failed=config.retry_failed)
+    per_model: dict[str, dict[str, Any]] = {}
+    total = invalid = done = 0
+    problems: list[str] = []
+    with open_jobs(config.jobs) as stream:
+        for lineno, raw in iter_lines(stream):
+            try:
+                pj = planner.prepare(planner.parser.parse(raw, lineno))
+            except LineError as exc:
+                invalid += 1
+                if len(problems) < MAX_PROBLEMS_SHOWN:
+                    problems.append(f"{config.display_name}:{lineno}: {exc}")
+                continue
+            total += 1
+            if existing is not None and pj.job.id in existing.done:
+                done += 1
+                continue
+            _count_job(per_model, pj, planner.prices, config.max_tokens)
+    _round_costs(per_model)
+    priced = [m for m in per_model.values() if m["priced"]]
+    # Nothing priced: no figure at all, rather than a $0 that reads as "free".
+    nothing_priced = bool(per_model) and not priced
+    return {
+        "jobs": {"total": total, "done": done, "left": total - done, "invalid_lines": invalid},
+        "problems": problems,
+        "by_model": per_model,
+        "input_tokens": sum(m["input_tokens"] for m in per_model.values()),
+        "worst_case_usd": None
+        if nothing_priced
+        else round(sum(m["worst_case_usd"] for m in priced), 6),
+        "expected_usd": None
+        if nothing_priced
+        else round(sum(m["expected_usd"] for m in priced), 6),
+        "unpriced_models": sorted(k for k, m in per_model.items() if not m["priced"]),
+        "spent_usd_so_far": round(existing.cost_usd, 6) if existing else 0.0,
+        "assumptions": {
+            "input_tokens": "about 4 characters a token plus a few per message",
+            "expected_output_tokens": f"min(max_tokens, {TYPICAL_OUTPUT_TOKENS}) per job",
+            "worst_case": "every job writes max_tokens",
+        },
+    }
+
+
+def _count_job(
+    per_model: dict[str, dict[str, Any]], pj: PreparedJob, prices: PriceBook, max_tokens: int
+) -> None:
+    """Add one job's tokens and costs (worst case, expected) to its first model's totals."""
+    ref = pj.chain[0]
+    m = per_model.setdefault(
+        str(ref),
+        {
+            "jobs": 0,
+            "input_tokens": 0,
+            "max_output_tokens": 0,
+            "expected_output_tokens": 0,
+            "worst_case_usd": 0.0,
+            "expected_usd": 0.0,
+            "priced": True,
+        },
+    )
+    in_tokens = estimate_input_tokens(pj.request)
+    out_max = pj.request.max_tokens or max_tokens
+    out_typ = min(out_max, TYPICAL_OUTPUT_TOKENS)
+    m["jobs"] += 1
+    m["input_tokens"] += in_tokens
+    m["max_output_tokens"] += out_max
+    m["expected_output_tokens"] += out_typ
+    price = prices.price(ref)
+    if price is None:
+        m["priced"] = False
+    else:
+        m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
+        m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
+
+
+def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
+    """Costs to 6 places; a model with any unpriced job has none (None)."""
+    for m in per_model.values():
+        if not m["priced"]:
+            m["worst_case_usd"] = m["expected_usd"] = None
+        else:
+            m["worst_case_usd"] = round(m["worst_case_usd"], 6)
+            m["expected_usd"] = round(m["expected_usd"], 6)
+
+
+def render_estimate(est: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    jobs = est["jobs"]
+    console.print(
+        f"[bold]{jobs['total']}[/] jobs · {jobs['done']} already done · "
+        f"[bold]{jobs['left']}[/] left · {jobs['invalid_lines']} invalid lines"
+    )
+    table = Table(title="estimate for the jobs left (nothing sent)", title_justify="left")
+    for col in ("model", "jobs", "input tok", "expected out", "expected", "worst case"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for key, m in est["by_model"].items():
+        table.add_row(
+            key,
+            str(m["jobs"]),
+            f"{m['input_tokens']:,}",
+            f"{m['expected_output_tokens']:,}",
+            "unpriced" if m["expected_usd"] is None else f"${m['expected_usd']:,.4f}",
+            "unpriced" if m["worst_case_usd"] is None else f"${m['worst_case_usd']:,.4f}",
+        )
+    console.print(table)
+    partly = " + unpriced" if est["unpriced_models"] else ""
+    console.print(
+        f"expected {_usd(est['expected_usd'])}{partly} · "
+        f"worst case {_usd(est['worst_case_usd'])}{partly} · "
+        f"spent so far on this output ${est['spent_usd_so_far']:,.4f}"
+    )
+    console.print(f"[dim]expected assumes {est['assumptions']['expected_output_tokens']}[/]")
+    if est["unpriced_models"]:
+        console.print(
+            f"[yellow]unpriced: {', '.join(est['unpriced_models'])} (no known price; "
+            'add one under \\[prices."PROVIDER:MODEL"] in llmbatch.toml)[/]'
+        )
+
+
+def _usd(value: float | None) -> str:
+    return "unpriced" if value is None else f"${value:,.4f}"
+
+
+def render_problems(est: dict[str, Any], stream: Any) -> None:
+    """Why lines are invalid (the first few), as ``PATH:LINE: message``, for stderr."""
+    for problem in est["problems"]:
+        stream.write(f"{problem}\n")
+    more = est["jobs"]["invalid_lines"] - len(est["problems"])
+    if more > 0:
+        stream.write(f"… and {more} more invalid line(s); `llmbatch validate` lists them all\n")

@@ -1,0 +1,237 @@
+"""The check pass: every job resolved, checked and fingerprinted before anything is sent."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
+from llmbatch._core.jobs import Job, JobParser, LineError, Request
+from llmbatch._core.keys import check_base_url, check_key
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import PriceBook
+from llmbatch._core.schema import check_schema, schema_key
+from llmbatch._core.template import Template, TemplateError
+from llmbatch._io.jobfile import validate_file
+from llmbatch._io.paths import check_run_paths
+from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
+from llmbatch._io.shard import add_sibling_done, shard_of
+
+
+@dataclass(slots=True)
+class PreparedJob:
+    job: Job
+    request: Request  # defaults applied
+    chain: list[ModelRef]
+    fingerprint: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the check pass found: runnable count, models in use, problems."""
+
+    total_valid: int = 0
+    last_line: int = 0  # lines appended during the run wait for the next one
+    todo: int = 0
+    held_back: int = 0  # valid jobs not yet done, past --limit: left for a later run
+    skipped_done: int = 0
+    invalid_lines: set[int] = field(default_factory=set)
+    problems: list[LineProblem] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    conflict_count: int = 0
+    models: set[ModelRef] = field(default_factory=set)
+
+
+def fingerprint(ref: ModelRef, request: Request) -> str:
+    """A hash of everything that decides the answer: the model and the request as sent."""
+    data = orjson.dumps(
+        [
+            str(ref),
+            request.system,
+            request.messages,
+            request.max_tokens,
+            request.temperature,
+            request.schema,
+            request.body,
+        ],
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+class Planner:
+    """Resolves each job (defaults, model chain, fingerprint) and checks the whole file."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        template = None
+        if config.template is not None:
+            try:
+                template = Template(config.template)
+            except TemplateError as exc:
+                raise UsageError(f"--template: {exc}") from None
+        self.parser = JobParser(
+            template=template,
+            providers=tuple(config.providers),
+            has_default_model=config.model is not None,
+            include_input=config.include_input,
+        )
+        self.prices = PriceBook(
+            config.prices,
+            {
+                name: s.base_url
+                for name, s in config.providers.items()
+                if s.base_url and name not in ("anthropic", "openai", "sim")
+            },
+        )
+        self.existing: ExistingOutput | None = (
+            ExistingOutput(config.output) if config.output else None
+        )
+        self._schemas_checked: set[bytes] = set()
+        self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
+
+    # -- per-job resolution ---------------------------------------------------
+
+    def owns(self, job: Job) -> bool:
+        """Whether this run's shard (``--shard I/N``) holds the job; always without one."""
+        shard = self.config.shard
+        return shard is None or shard_of(job.id, shard[1]) == shard[0]
+
+    def prepare(self, job: Job) -> PreparedJob:
+        cfg = self.config
+        r = job.request
+        model = r.model or cfg.model
+        if model is None:  # the parser already refused this; keep mypy and readers sure
+            raise LineError("no model")
+        if cfg.provider is not None:
+            model = ModelRef(cfg.provider, model.model)
+        fallback = r.fallback if r.fallback is not None else cfg.fallback
+        chain = [model]
+        for ref in fallback:
+            if cfg.provider is not None:
+                ref = ModelRef(cfg.provider, ref.model)
+            if ref not in chain:
+                chain.append(ref)
+        request = Request(
+            messages=r.messages,
+            system=r.system if r.system is not None else cfg.system,
+            model=model,
+            max_tokens=r.max_tokens or cfg.max_tokens,
+            temperature=r.temperature if r.temperature is not None else cfg.temperature,
+            schema=r.schema if r.schema is not None else cfg.schema,
+            wire_format=r.wire_format,
+            body=r.body,
+        )
+        return PreparedJob(job, request, chain, fingerprint(model, request))
+
+    def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
+        key = schema_key(schema)
+        if key in self._schemas_checked:
+            return None
+        try:
+            check_schema(schema, "schema")
+        except UsageError as exc:
+            return str(exc)
+        self._schemas_checked.add(key)
+        return None
+
+    def plan(self) -> Plan:
+        """Read the output (for resume) and check every job line. Sends nothing."""
+        cfg = self.config
+        if cfg.output is not None and not cfg.fresh:
+            self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
+            if cfg.shard is not None:
+                add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
+        plan = Plan()
+        done = self.existing.done if self.existing else None
+        limit_line = 0
+
+        def on_job(job: Job) -> str | None:
+            nonlocal limit_line
+            try:
+                prepared = self.prepare(job)
+            except LineError as exc:
+                return str(exc)
+            if job.request.schema is not None:
+                problem = self._check_job_schema(job.request.schema)
+                if problem:
+                    return problem
+            if not self.owns(job):
+                return None
+            plan.models.update(prepared.chain)
+            if done is not None:
+                stored = done.fingerprint(job.id)
+                if stored is not None:
+                    plan.skipped_done += 1
+                    if stored and stored != fp_int(prepared.fingerprint):
+                        plan.conflict_count += 1
+                        if len(plan.conflicts) < 5:
+                            plan.conflicts.append(f"{job.id} (line {job.line})")
+                    return None
+            if cfg.limit is not None and plan.todo >= cfg.limit:
+                plan.held_back += 1  # checked like every line, but not run this time
+                return None
+            plan.todo += 1
+            limit_line = job.line
+            return None
+
+        summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
+        plan.problems = summary.problems
+        plan.invalid_lines = summary.invalid_lines
+        plan.last_line = summary.last_line
+        if cfg.limit is not None and plan.held_back:
+            # The producer stops after the line of the Nth job to run.
+            plan.last_line = limit_line
+        plan.total_valid = summary.valid
+        self.last_plan = plan
+        return plan
+
+    def check(self, plan: Plan, *, require_keys: bool = True) -> None:
+        """Refuse before anything is sent: bad lines, changed jobs, missing keys, unpriced caps.
+
+        ``require_keys=False`` (``--dry-run``) still refuses a key that cannot be sent.
+        """
+        cfg = self.config
+        # Again here for configs built by hand (library use); the CLI checked more paths.
+        check_run_paths(cfg)
+        if plan.problems and not cfg.skip_invalid:
+            raise InputError(plan.problems)
+        if plan.conflict_count:
+            raise ResumeConflict(
+                f"{plan.conflict_count} job(s) already answered in {cfg.output} now ask for "
+                f"something else (prompt, model or settings changed): "
+                f"{', '.join(plan.conflicts)}{' …' if plan.conflict_count > 5 else ''}. "
+                "Nothing was sent. Use a new --output, or --fresh to start over "
+                "(the old output is kept as a backup)."
+            )
+        caps = (
+            ("--max-cost", cfg.max_cost),
+            ("--budget-per-hour", cfg.budget_per_hour),
+            ("--budget-per-day", cfg.budget_per_day),
+        )
+        cost_caps = [flag for flag, value in caps if value is not None]
+        for ref in sorted(plan.models, key=str):
+            settings = cfg.providers[ref.provider]
+            if settings.kind != "sim":
+                check_base_url(settings.resolved_base_url(), f"provider {ref.provider}")
+            env = settings.key_env()
+            if env is not None:
+                if not os.environ.get(env):
+                    if require_keys:
+                        raise UsageError(
+                            f"{env} is not set: jobs use {ref}. Export it, or run offline "
+                            f"with --model sim:{ref.model}. Nothing was sent."
+                        )
+                else:
+                    check_key(env, needed_by=f"jobs that use {ref}")
+            if cost_caps and self.prices.price(ref) is None:
+                raise UsageError(
+                    f"{cost_caps[0]} needs a price for {ref}, and none is known. Add one to "
+                    f'llmbatch.toml:\n  [prices."{ref}"]\n  input = 0.5   # USD per million '
+                    "tokens\n  output = 1.5\nNothing was sent."
+                )

@@ -1,0 +1,116 @@
+"""What one job's attempts keep: the room each holds, what the job spent, each request sent.
+
+Also the schema repair turn: the same question, the invalid answer and what was wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmbatch._core.exceptions import ProviderError
+from llmbatch._core.jobs import Request
+from llmbatch._core.models import ModelRef
+from llmbatch._core.results import JobResult
+from llmbatch._core.usage import Usage
+from llmbatch._engine.plan import PreparedJob
+from llmbatch.providers._base import Answer
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What one attempt holds before it is sent."""
+
+    cost: float  # worst case: input as UTF-8 bytes (never short) + max_tokens
+    budget_tokens: int
+    input_tokens: int  # what the providers' limiters count: an estimate + max_tokens
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class Tally:
+    """What one job has spent and seen so far, over all its attempts and models."""
+
+    pj: PreparedJob
+    usage: Usage = field(default_factory=Usage)
+    cost: float | None = 0.0
+    attempts: int = 0
+    carried: int = 0  # attempts made before this run (a batch's rounds), in ``attempts``
+    repairs: int = 0
+    fallbacks: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: dict[str, Any] | None = None
+    last_text: str | None = None
+
+    def add_spend(self, usage: Usage, cost: float | None) -> None:
+        self.usage.add(usage)
+        self.cost = None if (cost is None or self.cost is None) else self.cost + cost
+
+    def result(self, status: str, ref: ModelRef, **kw: Any) -> JobResult:
+        job = self.pj.job
+        return JobResult(
+            id=job.id,
+            status=status,
+            output=kw.get("output", self.last_text if status == "failed" else None),
+            parsed=kw.get("parsed"),
+            provider=ref.provider,
+            model=ref.model,
+            usage=self.usage,
+            cost_usd=self.cost,
+            latency_ms=kw.get("latency_ms"),
+            ttft_ms=kw.get("ttft_ms"),
+            attempts=self.attempts,
+            error=kw.get("error", self.last_error if status == "failed" else None),
+            metadata=job.metadata,
+            input=job.input,
+            stop_reason=kw.get("stop_reason"),
+            fingerprint=self.pj.fingerprint,
+            attempt_errors=dict(self.errors),
+            repairs=self.repairs,
+            fallbacks=self.fallbacks,
+        )
+
+
+class NotWritten:
+    """The job ends without a result line: it runs again on the next run."""
+
+
+NOT_WRITTEN = NotWritten()
+
+
+@dataclass(slots=True)
+class Sent:
+    """One request that went out, and what came of it."""
+
+    outcome: Answer | ProviderError
+    started: float  # wall clock
+    usage: Usage | None
+    cost: float | None
+    repair: bool
+    request: Request | None = None  # kept only for --log-prompts
+
+
+REPAIR_INSTRUCTION = (
+    "Your previous answer is not valid against the required JSON Schema: {problem}. "
+    "Answer again with only the corrected JSON value, no prose and no code fences."
+)
+
+
+def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
+    """The same question with the invalid answer and the validation error as a follow-up turn."""
+    turns = [
+        {"role": "assistant", "content": bad_answer or "(empty answer)"},
+        {"role": "user", "content": REPAIR_INSTRUCTION.format(problem=problem)},
+    ]
+    return Request(
+        messages=request.messages + turns,
+        system=request.system,
+        model=request.model,
+        max_tokens=request.max_tokens,
+        temperature=request.temperature,
+        schema=request.schema,
+        wire_format=request.wire_format,
+        body=request.body,
+        appended=(request.appended or []) + turns,
+    )

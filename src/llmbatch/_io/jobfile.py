@@ -1,0 +1,151 @@
+"""Job files as files: streaming lines, opening and spooling, and the validation pass."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from llmbatch._core.exceptions import LineProblem, UsageError
+from llmbatch._core.jobs import Job, JobParser, LineError
+
+# -- reading ----------------------------------------------------------------
+
+
+def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Yield (1-based line number, line) for every non-blank line, streaming.
+
+    A UTF-8 byte order mark before the first line (spreadsheet exports) is dropped.
+    """
+    for lineno, raw in enumerate(stream, 1):
+        if lineno == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if raw.strip():
+            yield lineno, raw
+
+
+@dataclass(slots=True)
+class ValidationSummary:
+    """What the validation pass found. ``valid`` counts runnable jobs."""
+
+    path: str
+    lines: int = 0
+    last_line: int = 0
+    valid: int = 0
+    problems: list[LineProblem] = field(default_factory=list)
+
+    @property
+    def invalid_lines(self) -> set[int]:
+        return {p.line for p in self.problems}
+
+
+def validate_file(
+    path: Path,
+    parser: JobParser,
+    display: str | None = None,
+    on_job: Callable[[Job], str | None] | None = None,
+) -> ValidationSummary:
+    """Check every line; collect problems with line numbers. Memory: one small int per id.
+
+    ``on_job`` sees each valid job once and may return a further problem with it.
+    """
+    display = display or str(path)
+    summary = ValidationSummary(display)
+    seen: set[int] = set()
+    duplicate_ids: set[str] = set()
+    with open_jobs(path) as stream:
+        for lineno, raw in iter_lines(stream):
+            summary.lines += 1
+            summary.last_line = lineno
+            try:
+                job = parser.parse(raw, lineno)
+            except LineError as exc:
+                summary.problems.append(LineProblem(display, lineno, str(exc)))
+                continue
+            key = hash(job.id)
+            if key in seen:
+                duplicate_ids.add(job.id)
+                continue
+            seen.add(key)
+            problem = on_job(job) if on_job is not None else None
+            if problem is not None:
+                summary.problems.append(LineProblem(display, lineno, problem))
+            else:
+                summary.valid += 1
+    if duplicate_ids:
+        # Rare: a second, cheap pass finds where each repeated id first stood.
+        _report_duplicates(path, parser, display, duplicate_ids, summary)
+        summary.problems.sort(key=lambda p: p.line)
+    return summary
+
+
+def _report_duplicates(
+    path: Path, parser: JobParser, display: str, ids: set[str], summary: ValidationSummary
+) -> None:
+    """The first line with an id is the job; each later one is a problem naming it."""
+    first: dict[str, int] = {}
+    with open_jobs(path) as stream:
+        for lineno, raw in iter_lines(stream):
+            try:
+                job = parser.parse(raw, lineno)
+            except LineError:
+                continue
+            if job.id not in ids:
+                continue
+            if job.id in first:
+                message = f"duplicate id {job.id!r} (first on line {first[job.id]})"
+                summary.problems.append(LineProblem(display, lineno, message))
+            else:
+                first[job.id] = lineno
+
+
+def open_jobs(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise UsageError(f"jobs file not found: {path}") from None
+    except IsADirectoryError:
+        raise UsageError(f"jobs path is a directory, not a JSONL file: {path}") from None
+    except PermissionError:
+        raise UsageError(f"cannot read jobs file (permission denied): {path}") from None
+
+
+def spooled_jobs_source(jobs: str) -> BinaryIO | None:
+    """The stream to spool for JOBS when it can be read only once (``-``, a FIFO), else None.
+
+    A device that is not our standard input (``/dev/zero``) is refused: it never ends.
+    """
+    import stat
+
+    if jobs == "-":
+        return sys.stdin.buffer
+    try:
+        mode = os.stat(jobs).st_mode
+    except OSError:
+        return None  # missing: open_jobs says so
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return open(jobs, "rb")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        if os.path.samestat(os.stat(jobs), os.fstat(0)):
+            return sys.stdin.buffer
+        raise UsageError(f"jobs path {jobs} is a device, not a JSONL file")
+    return None
+
+
+def spool_stdin(source: BinaryIO | None = None) -> Path:
+    """Copy standard input (or ``source``) to a temporary file: the check pass and the run
+    each read it once."""
+    stream = source if source is not None else sys.stdin.buffer
+    fd, name = tempfile.mkstemp(prefix="llmbatch-stdin-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    return Path(name)

@@ -1,0 +1,229 @@
+"""Run statistics, gathered from result lines as they are written.
+
+Percentiles come from a log-bucketed histogram (about 1% resolution, a few
+hundred buckets whatever the run's length), so a million-job run keeps no list
+of latencies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from llmbatch._core.events import AttemptEnded, Event, JobEnded
+from llmbatch._core.results import JobResult
+
+_BUCKETS_PER_E = 100  # bucket width: 1% in value
+
+
+class Histogram:
+    """Counts of non-negative values in log buckets; exact count, sum and max."""
+
+    __slots__ = ("buckets", "count", "max", "total")
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        value = max(0.0, value)
+        self.buckets[int(math.log1p(value) * _BUCKETS_PER_E)] += 1
+        self.count += 1
+        self.total += value
+        if value > self.max:
+            self.max = value
+
+    def percentile(self, p: float) -> float:
+        if not self.count:
+            return 0.0
+        rank = max(1, math.ceil(self.count * p / 100))
+        seen = 0
+        for bucket in sorted(self.buckets):
+            seen += self.buckets[bucket]
+            if seen >= rank:
+                # The bucket's midpoint, never above the true maximum.
+                mid = math.expm1((bucket + 0.5) / _BUCKETS_PER_E)
+                return min(mid, self.max)
+        return self.max
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    def linear_bins(self, target: int = 30) -> tuple[Bin, ...]:
+        """About ``target`` equal bins with round edges, up to about p99; the rest in the last."""
+        if not self.count:
+            return ()
+        top = self.percentile(99)
+        low = self.percentile(0.5)
+        # No narrower than 0.1: result lines keep latencies to 0.1 ms.
+        step = nice_step(max((top - (0 if low < top / 4 else low)) / target, 0.1))
+        start = 0.0 if low < top / 4 else math.floor(low / step) * step
+        n = max(1, math.floor((top - start) / step) + 1)
+        overflow = self.max >= start + n * step
+        if overflow:
+            n += 1  # the last bin takes everything from its lower edge up
+        counts = [0] * n
+        for bucket, c in self.buckets.items():
+            value = min(math.expm1((bucket + 0.5) / _BUCKETS_PER_E), self.max)
+            counts[min(n - 1, max(0, int((value - start) / step)))] += c
+        return tuple(
+            Bin(start + i * step, start + (i + 1) * step, c, overflow and i == n - 1)
+            for i, c in enumerate(counts)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bin:
+    """One bar of a histogram: values in [lo, hi), or from lo up when ``open_ended``."""
+
+    lo: float
+    hi: float
+    count: int
+    open_ended: bool = False
+
+
+def nice_step(raw: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 times a power of ten at or above ``raw``."""
+    if raw <= 0:
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * power >= raw * (1 - 1e-9):
+            return m * power
+    return 10 * power
+
+
+@dataclass(slots=True)
+class ModelStats:
+    jobs: int = 0
+    ok: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    priced: bool = True
+    input_tokens: int = 0
+    output_tokens: int = 0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Everything the report needs, added to one result at a time."""
+
+    ok: int = 0
+    failed: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_jobs: int = 0
+    attempts: int = 0
+    repairs: int = 0
+    repaired_jobs: int = 0
+    fallbacks: int = 0
+    cache_hits: int = 0
+    cache_saved_usd: float = 0.0
+    latency: Histogram = field(default_factory=Histogram)
+    ttft: Histogram = field(default_factory=Histogram)
+    errors: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    by_model: dict[str, ModelStats] = field(default_factory=dict)
+    unpriced_models: set[str] = field(default_factory=set)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+    def emit(self, event: Event) -> None:
+        """The engine's event stream: attempts as they end, jobs as they are written."""
+        if isinstance(event, AttemptEnded):
+            self.add_attempt(event)
+        elif isinstance(event, JobEnded):
+            self.add(event.result, with_attempts=False)
+
+    def _model(self, provider: str | None, model: str | None) -> ModelStats:
+        key = f"{provider}:{model}" if provider else "(none)"
+        m = self.by_model.get(key)
+        if m is None:
+            m = self.by_model[key] = ModelStats()
+        return m
+
+    def add_attempt(self, e: AttemptEnded) -> None:
+        """One request sent: counted under the model it went to, written or not."""
+        self.attempts += 1
+        if e.outcome != "ok":
+            self.errors[e.outcome] += 1
+        m = self._model(e.provider, e.model)
+        m.attempts += 1
+        self._spend(m, f"{e.provider}:{e.model}", e.input_tokens, e.output_tokens, e.cost_usd)
+
+    def _spend(
+        self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None
+    ) -> None:
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        m.input_tokens += input_tokens
+        m.output_tokens += output_tokens
+        if cost is None:
+            if input_tokens or output_tokens:
+                m.priced = False
+                self.unpriced_models.add(key)
+        else:
+            self.cost_usd += cost
+            m.cost_usd += cost
+
+    def add(self, r: JobResult, *, with_attempts: bool = True) -> None:
+        """One result line; ``with_attempts``: also count its attempts and spend (when
+        reading a results file; a live run counts those from its attempt events)."""
+        if r.status == "ok":
+            self.ok += 1
+        else:
+            self.failed += 1
+            if r.error:
+                self.failures[str(r.error.get("type", "other"))] += 1
+        u = r.usage
+        self.cache_read_tokens += u.cache_read_tokens
+        self.cache_write_tokens += u.cache_write_tokens
+        self.repairs += r.repairs
+        if r.repairs and r.status == "ok":
+            self.repaired_jobs += 1  # repaired = made valid by a re-ask; not "re-asked in vain"
+        self.fallbacks += r.fallbacks
+        if r.cache and r.cache.get("hit"):
+            self.cache_hits += 1
+            self.cache_saved_usd += float(r.cache.get("saved_usd") or 0.0)
+        if r.latency_ms is not None and r.status == "ok":
+            self.latency.add(r.latency_ms)
+        if r.ttft_ms is not None and r.status == "ok":
+            self.ttft.add(r.ttft_ms)
+        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
+        m = self._model(r.provider, r.model)
+        m.jobs += 1
+        if r.status == "ok":
+            m.ok += 1
+        else:
+            m.failed += 1
+        if r.cost_usd is None and r.attempts and (u.input_tokens or u.output_tokens):
+            self.unpriced_jobs += 1
+        if with_attempts:
+            self.attempts += r.attempts
+            m.attempts += r.attempts
+            for kind, n in r.attempt_errors.items():
+                self.errors[kind] += n
+            self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
+
+    def remove(self, r: JobResult) -> None:
+        """Take back a superseded failed line (``report`` over a --retry-failed file)."""
+        self.failed -= 1
+        if r.error:
+            self.failures[str(r.error.get("type", "other"))] -= 1
+            if self.failures[str(r.error.get("type", "other"))] <= 0:
+                del self.failures[str(r.error.get("type", "other"))]
+        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
+        m = self.by_model.get(key)
+        if m is not None:
+            m.jobs -= 1
+            m.failed -= 1

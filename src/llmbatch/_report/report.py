@@ -1,0 +1,239 @@
+"""The run report: a frozen record of a run, and its two renderings (rich table, JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from llmbatch._core.exceptions import UsageError
+from llmbatch._core.results import JobResult
+from llmbatch._io.resume import iter_result_lines
+from llmbatch._observe.stats import Bin, RunStats
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a run did (SPEC §6). ``to_dict`` is the JSON report; ``render`` the table."""
+
+    jobs_total: int
+    ok: int
+    failed: int
+    skipped_done: int
+    not_run: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: float
+    cost_usd_cumulative: float
+    latency_ms: dict[str, float]
+    ttft_ms: dict[str, float]
+    attempts: int
+    retries: int
+    errors: dict[str, int]
+    failures: dict[str, int]
+    by_model: dict[str, dict[str, Any]]
+    wall_s: float | None
+    jobs_per_s: float | None
+    stopped_by: str | None
+    unpriced_models: list[str] = field(default_factory=list)
+    invalid_lines: list[int] = field(default_factory=list)
+    repairs: dict[str, int] = field(default_factory=dict)
+    fallbacks: int = 0
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output: str | None = None
+    notes: list[str] = field(default_factory=list)
+    # Jobs an earlier run recorded as failed and this one did not retry.
+    failed_earlier: int = 0
+    # A coarse latency histogram for the terminal (not part of the JSON report).
+    latency_bins: tuple[Bin, ...] = ()
+    # stopped_by "budget_window": when enough of the rolling window frees (RFC 3339).
+    resets_at: str | None = None
+    cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
+    cache_saved_usd: float = 0.0
+    # Jobs answered by provider batches (SPEC §9): {"jobs", "cost_usd", "online_cost_usd"}.
+    batch: dict[str, Any] | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.stopped_by == "budget":
+            return 3
+        if self.stopped_by == "budget_window":
+            return 4
+        if self.stopped_by == "shared_store":
+            return 5
+        stopped_badly = self.stopped_by in ("auth", "output_error")
+        return 1 if (self.failed or self.failed_earlier or stopped_badly) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": {
+                "total": self.jobs_total,
+                "ok": self.ok,
+                "failed": self.failed,
+                "skipped_done": self.skipped_done,
+                "not_run": self.not_run,
+                "failed_earlier": self.failed_earlier,
+            },
+            "tokens": {
+                "input": self.input_tokens,
+                "output": self.output_tokens,
+                "cache_read": self.cache_read_tokens,
+                "cache_write": self.cache_write_tokens,
+            },
+            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd_cumulative": round(self.cost_usd_cumulative, 6),
+            "latency_ms": self.latency_ms,
+            "ttft_ms": self.ttft_ms,
+            "attempts": {"total": self.attempts, "retries": self.retries},
+            "errors": self.errors,
+            "failures": self.failures,
+            "by_model": self.by_model,
+            "wall_s": self.wall_s,
+            "jobs_per_s": self.jobs_per_s,
+            "stopped_by": self.stopped_by,
+            "resets_at": self.resets_at,
+            "unpriced_models": self.unpriced_models,
+            "invalid_lines": self.invalid_lines,
+            "repairs": self.repairs,
+            "fallbacks": self.fallbacks,
+            "limits": self.limits,
+            "output": self.output,
+            "notes": self.notes,
+            "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
+            **({"batch": self.batch} if self.batch is not None else {}),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+    def render(self, console: Console) -> None:
+        from llmbatch._report.render import render_report
+
+        render_report(self, console)
+
+
+def build_report(
+    stats: RunStats,
+    *,
+    skipped_done: int = 0,
+    not_run: int = 0,
+    cost_before: float = 0.0,
+    wall_s: float | None = None,
+    stopped_by: str | None = None,
+    invalid_lines: list[int] | None = None,
+    limits: dict[str, dict[str, Any]] | None = None,
+    output: str | None = None,
+    notes: list[str] | None = None,
+    failed_earlier: int = 0,
+) -> RunReport:
+    lat, ttft = stats.latency, stats.ttft
+    done = stats.done
+    jobs_per_s = round(done / wall_s, 2) if wall_s else None
+    return RunReport(
+        jobs_total=done + skipped_done + not_run,
+        ok=stats.ok,
+        failed=stats.failed,
+        skipped_done=skipped_done,
+        not_run=not_run,
+        input_tokens=stats.input_tokens,
+        output_tokens=stats.output_tokens,
+        cache_read_tokens=stats.cache_read_tokens,
+        cache_write_tokens=stats.cache_write_tokens,
+        cost_usd=stats.cost_usd,
+        cost_usd_cumulative=cost_before + stats.cost_usd,
+        latency_ms=_latency_ms(stats),
+        ttft_ms={"p50": round(ttft.percentile(50), 1), "p95": round(ttft.percentile(95), 1)},
+        attempts=stats.attempts,
+        retries=max(0, stats.attempts - done - stats.repairs),
+        errors=dict(sorted(stats.errors.items(), key=lambda kv: -kv[1])),
+        failures=dict(sorted(stats.failures.items(), key=lambda kv: -kv[1])),
+        by_model=_by_model(stats),
+        wall_s=None if wall_s is None else round(wall_s, 2),
+        jobs_per_s=jobs_per_s,
+        stopped_by=stopped_by,
+        unpriced_models=sorted(stats.unpriced_models),
+        invalid_lines=list(invalid_lines or []),
+        repairs={
+            "jobs_repaired": stats.repaired_jobs,
+            "repairs_sent": stats.repairs,
+            "never_valid": stats.failures.get("schema_invalid", 0),
+        },
+        fallbacks=stats.fallbacks,
+        limits=dict(limits or {}),
+        output=output,
+        notes=list(notes or []),
+        failed_earlier=failed_earlier,
+        latency_bins=lat.linear_bins(8),
+        cache_hits=stats.cache_hits,
+        cache_saved_usd=stats.cache_saved_usd,
+    )
+
+
+def _latency_ms(stats: RunStats) -> dict[str, float]:
+    lat = stats.latency
+    return {
+        "p50": round(lat.percentile(50), 1),
+        "p90": round(lat.percentile(90), 1),
+        "p95": round(lat.percentile(95), 1),
+        "p99": round(lat.percentile(99), 1),
+        "max": round(lat.max, 1),
+        "mean": round(lat.mean, 1),
+    }
+
+
+def _by_model(stats: RunStats) -> dict[str, dict[str, Any]]:
+    return {
+        key: {
+            "jobs": m.jobs,
+            "ok": m.ok,
+            "failed": m.failed,
+            "cost_usd": round(m.cost_usd, 6) if m.priced else None,
+            "input_tokens": m.input_tokens,
+            "output_tokens": m.output_tokens,
+            "attempts": m.attempts,
+        }
+        for key, m in sorted(stats.by_model.items())
+    }
+
+
+def report_from_results(path: Path) -> RunReport:
+    """Rebuild the report from a results file alone (the last line of an id wins)."""
+    if not path.exists():
+        raise UsageError(f"results file not found: {path}")
+    stats = RunStats()
+    failed_lines: dict[str, JobResult] = {}
+    batched = False
+    torn = 0
+    for lineno, _offset, obj, length in iter_result_lines(path):
+        if obj is None:
+            if length > 1:
+                torn += 1
+            continue
+        r = JobResult.from_line(obj)
+        batched = batched or r.batch is not None
+        previous = failed_lines.pop(r.id, None)
+        if previous is not None:
+            stats.remove(previous)
+        stats.add(r)
+        if r.status != "ok":
+            failed_lines[r.id] = r
+        del lineno
+    notes = [f"{torn} unreadable line(s) skipped"] if torn else []
+    from llmbatch._io.history import read_history
+
+    history = read_history(path)
+    walls = [h.get("wall_s") for h in history]
+    wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
+    report = build_report(stats, wall_s=wall, output=str(path), notes=notes)
+    if batched:
+        from llmbatch._batch.run import batch_part_from_results
+
+        report = replace(report, batch=batch_part_from_results(path).to_dict())
+    return report
