@@ -29,6 +29,7 @@ from aiohttp import web
 
 from tests.fakeapi import HANG, NO_FINISH, OK, REFUSE, RESET, STALL, TRUNCATE, FakeAPI, Record
 
+VERSIONS = ("v1beta", "v1")  # we send v1beta; google-genai 3.x defaults to v1
 MALFORMED = "malformed"
 ERROR_EVENT = "error_event"
 STATUS_NAMES = {
@@ -132,6 +133,7 @@ class FakeGemini:
 
     api: FakeAPI
     thoughts_tokens: int = 0
+    retry_header: bool = True  # a 429 says Retry-After as well as RetryInfo.retryDelay
     rejects_json_schema: bool = False  # answer responseJsonSchema as an unknown field (400)
     key_in_query: list[str] = field(default_factory=list)  # any ?key= seen (must stay empty)
     batch: Any = None  # a FakeGeminiBatch (tests/fakegemini_batch.py) takes :batchGenerateContent
@@ -141,7 +143,8 @@ class FakeGemini:
         self.api.route_hooks.append(self.mount)
 
     def mount(self, app: web.Application) -> None:
-        app.router.add_post("/v1beta/models/{call}", self._model_call)
+        for version in VERSIONS:
+            app.router.add_post(f"/{version}/models/{{call}}", self._model_call)
 
     def answer_of(self, model: str, body: dict[str, Any]) -> tuple[str, int, int, str]:
         """(text, input tokens, output tokens, finishReason) the fake gives this request."""
@@ -167,7 +170,7 @@ class FakeGemini:
     def error(self, status: int, message: str, wait: float | None = None) -> web.Response:
         headers = {}
         delay = wait if wait is not None else self.api.retry_after
-        if status == 429 and delay is not None:
+        if status == 429 and delay is not None and self.retry_header:
             headers["retry-after"] = f"{max(delay, 0.0):g}"
         return web.json_response(
             error_body(status, message, delay), status=status, headers=headers, dumps=dumps

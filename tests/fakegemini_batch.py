@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakegemini import FakeGemini, dumps, error_body, response, usage_metadata
+from tests.fakegemini import VERSIONS, FakeGemini, dumps, error_body, response, usage_metadata
 
 BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch"
 RESPONSE_TYPE = (
@@ -101,12 +101,13 @@ class FakeGeminiBatch:
     def mount(self, app: web.Application) -> None:
         app._client_max_size = 512 * 1024 * 1024
         r = app.router
-        r.add_get("/v1beta/batches", self._list)
-        r.add_get("/v1beta/batches/{id}", self._get)
-        r.add_post("/v1beta/batches/{call}", self._cancel)
-        r.add_post("/upload/v1beta/files", self._upload)
-        r.add_get("/v1beta/files/{call}", self._download)
-        r.add_get("/download/v1beta/files/{call}", self._download)
+        for v in VERSIONS:
+            r.add_get(f"/{v}/batches", self._list)
+            r.add_get(f"/{v}/batches/{{id}}", self._get)
+            r.add_post(f"/{v}/batches/{{call}}", self._cancel)
+            r.add_post(f"/upload/{v}/files", self._upload)
+            r.add_get(f"/{v}/files/{{call}}", self._download)
+            r.add_get(f"/download/{v}/files/{{call}}", self._download)
 
     # -- the machine --------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class FakeGeminiBatch:
                 name = f"files/input{next(self._ids):06d}"
                 self.uploads[upload_id] = (name, size)
             del meta
-            url = f"{request.scheme}://{request.host}/upload/v1beta/files?upload_id={upload_id}&upload_protocol=resumable"
+            url = f"{request.scheme}://{request.host}{request.path}?upload_id={upload_id}"
             return web.Response(
                 headers={"x-goog-upload-url": url, "x-goog-upload-status": "active"}
             )
