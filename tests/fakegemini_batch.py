@@ -64,7 +64,7 @@ class FakeGeminiBatch:
     offset: float = 0.0
     process_s: float = 600.0
     create_delay_s: float = 0.0
-    download_delay_s: float = 0.0
+    download_delay_s: float = 0.0  # also a GET of an ended inline batch (its results)
     truncate_downloads: int = 0
     create_429: int = 0
     batches: dict[str, GBatch] = field(default_factory=dict)
@@ -253,7 +253,10 @@ class FakeGeminiBatch:
             if b is None:
                 return self.gemini.error(404, "Requested entity was not found.")
             self._advance(b)
-            return web.json_response(self.op(b), dumps=dumps)
+            payload = self.op(b)
+        if b.ended_at is not None and b.inline and self.download_delay_s:
+            await asyncio.sleep(self.download_delay_s)
+        return web.json_response(payload, dumps=dumps)
 
     async def _cancel(self, request: web.Request) -> web.Response:
         if (bad := self._gate(request, "cancel")) is not None:
