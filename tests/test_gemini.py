@@ -125,9 +125,7 @@ def test_a_429_waits_for_its_retry_delay_and_succeeds(
     assert x["attempt_errors"] == {"rate_limited": 1}
 
 
-@pytest.mark.parametrize(
-    ("fault", "kind"), [("400", "bad_request"), ("404", "not_found")]
-)
+@pytest.mark.parametrize(("fault", "kind"), [("400", "bad_request"), ("404", "not_found")])
 def test_permanent_errors_are_sent_once(
     gem: FakeGemini, tmp_path: Path, fault: str, kind: str
 ) -> None:

@@ -108,8 +108,10 @@ def test_sdk_reads_inline_batches(gb: FakeGeminiBatch) -> None:
     job = c.batches.create(
         model="gemini-2.5-flash",
         src=[
-            {"contents": [{"parts": [{"text": "Question one"}], "role": "user"}]},
-            {"contents": [{"parts": [{"text": "Question two"}], "role": "user"}]},
+            types.InlinedRequest(
+                contents=[types.Content(role="user", parts=[types.Part(text=f"Question {n}")])]
+            )
+            for n in ("one", "two")
         ],
         config={"display_name": "llmbatch-sdk"},
     )
