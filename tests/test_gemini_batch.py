@@ -217,3 +217,59 @@ def test_kill_during_fetch_then_fetch_again_writes_each_once(
     assert gb.billed() == spent
     assert cli(gb, "batch", "submit", str(path), "-o", out).code == 0
     assert len(gb.created) == 2  # every job is done: nothing to submit
+
+
+def test_batch_objects_as_the_api_and_the_sdk_name_them() -> None:
+    from llmbatch.providers.batch_gemini import INLINE, _info
+
+    op = {
+        "name": "batches/abc",
+        "metadata": {
+            "displayName": "llmbatch-x",
+            "state": "JOB_STATE_SUCCEEDED",
+            "createTime": "2026-12-07T04:00:00.123456789Z",
+            "batchStats": {"requestCount": "7", "successfulRequestCount": "5",
+                           "failedRequestCount": "2"},
+        },
+    }  # fmt: skip
+    info = _info(op)
+    assert (info.id, info.status, info.ended, info.total, info.succeeded, info.failed) == (
+        "batches/abc", "succeeded", True, 7, 5, 2,
+    )  # fmt: skip
+    assert info.created_at == pytest.approx(1796616000.123456)
+    assert not info.results_ready  # succeeded, its output not there yet: wait for it
+    running = _info({"name": "batches/b", "metadata": {"state": "BATCH_STATE_RUNNING"}})
+    assert (running.status, running.ended, running.total) == ("running", False, 0)
+    cancelled = _info({"name": "batches/c", "metadata": {"state": "BATCH_STATE_CANCELLED"}})
+    assert cancelled.ended and cancelled.output_ref == INLINE and cancelled.results_ready
+    failed = _info(
+        {
+            "name": "batches/d",
+            "metadata": {"state": "BATCH_STATE_FAILED"},
+            "error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "bad file"},
+        }
+    )
+    assert failed.batch_error == "INVALID_ARGUMENT: bad file" and failed.results_ready
+
+
+def test_a_bare_batch_object_and_a_flat_inline_list_are_read_too() -> None:
+    from llmbatch.providers.batch_gemini import INLINE, _info
+
+    info = _info(
+        {
+            "name": "batches/e",
+            "state": "BATCH_STATE_SUCCEEDED",
+            "batchStats": {"requestCount": "1", "successfulRequestCount": "1"},
+            "output": {"inlinedResponses": [{"metadata": {"key": "a"}, "response": {}}]},
+        }
+    )
+    assert info.ended and info.output_ref == INLINE and info.succeeded == 1
+
+
+def test_create_429s_wait_and_the_batch_is_made_once(gb: FakeGeminiBatch, tmp_path: Path) -> None:
+    gb.create_429 = 2
+    path = jobs(tmp_path, 3)
+    out = str(tmp_path / "out.jsonl")
+    res = cli(gb, "batch", "submit", str(path), "-o", out)
+    assert res.code == 0, res.output
+    assert gb.calls["create"] == 3 and len(gb.created) == 1

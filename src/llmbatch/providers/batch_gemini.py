@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 INLINE_MAX_BYTES = 20 * 1000 * 1000  # the documented cap of an inline batch request
 NAME_PREFIX = "llmbatch-"
+_STOPPED = {"FAILED", "CANCELLED", "EXPIRED"}
 _ENDED = {"SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"}
 _MAX_PAGES = 1000  # of 100 batches each, when looking for an interrupted create
 INLINE = "inline"  # output_ref of a batch whose answers come inside the batch object
@@ -142,9 +143,8 @@ class GeminiBatchClient(BatchHttp):
         for _ in range(_MAX_PAGES):
             params = {"pageSize": "100"} | ({"pageToken": token} if token else {})
             page = await self._json("GET", f"{self.root}/batches", params=params)
-            for op in page.get("operations") or ():
-                meta = op.get("metadata") or {} if isinstance(op, dict) else {}
-                if meta.get("displayName") == NAME_PREFIX + key:
+            for op in page.get("operations") or page.get("batches") or ():
+                if isinstance(op, dict) and _meta(op).get("displayName") == NAME_PREFIX + key:
                     found.append(_info(op))
             token = page.get("nextPageToken") or None
             if not token:
@@ -162,7 +162,9 @@ class GeminiBatchClient(BatchHttp):
         if info.output_ref == INLINE:
             op = await self._json("GET", self._url(info.id))
             out = _output(op)
-            rows = (out.get("inlinedResponses") or {}).get("inlinedResponses") or []
+            rows = out.get("inlinedResponses") or []
+            if isinstance(rows, dict):  # {"inlinedResponses": {"inlinedResponses": [...]}}
+                rows = rows.get("inlinedResponses") or []
             return [_item(str((r.get("metadata") or {}).get("key")), r, self._key) for r in rows]
         if not info.output_ref:
             return []
@@ -179,9 +181,14 @@ class GeminiBatchClient(BatchHttp):
         return f"{self.root}/{quote(name, safe='/')}"
 
 
+def _meta(op: dict[str, Any]) -> dict[str, Any]:
+    """The GenerateContentBatch: an Operation's ``metadata``, or the object itself."""
+    meta = op.get("metadata")
+    return meta if isinstance(meta, dict) and meta else op
+
+
 def _output(op: dict[str, Any]) -> dict[str, Any]:
-    meta = op.get("metadata") or {}
-    out = meta.get("output") or (op.get("response") or {}).get("output") or {}
+    out = _meta(op).get("output") or (op.get("response") or {}).get("output") or {}
     return out if isinstance(out, dict) else {}
 
 
@@ -214,14 +221,17 @@ def _time(value: Any) -> float | None:
 
 
 def _info(op: dict[str, Any]) -> BatchInfo:
-    meta = op.get("metadata") or {}
+    meta = _meta(op)
     stats = meta.get("batchStats") or {}
     state = _state(meta)
     out = _output(op)
     ref: str | None = None
     if out.get("responsesFile"):
         ref = str(out["responsesFile"])
-    elif "inlinedResponses" in out:
+    elif "inlinedResponses" in out or state in _STOPPED:
+        # A batch stopped early may have no output at all: what it holds is read (none
+        # then), and the rest goes back to pending. A SUCCEEDED one without its output
+        # is not ready yet: read early, its answers would look missing and be paid twice.
         ref = INLINE
     error = op.get("error")
     batch_error = None
