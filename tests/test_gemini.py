@@ -23,7 +23,8 @@ from llmbatch._core.exceptions import (
 )
 from llmbatch._core.jobs import Request
 from llmbatch._core.usage import Usage
-from llmbatch.providers.gemini import GeminiProvider, build_gemini_body, http_error, usage_of
+from llmbatch.providers.gemini import GeminiProvider, http_error, usage_of
+from llmbatch.providers.gemini_wire import build_gemini_body
 from tests.conftest import prompts, read_jsonl, run_cli, write_jsonl
 from tests.fakeapi import NO_FINISH, REFUSE, RESET, TRUNCATE, FakeAPI
 from tests.fakegemini import ERROR_EVENT, MALFORMED, FakeGemini

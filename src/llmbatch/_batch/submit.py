@@ -41,7 +41,7 @@ from llmbatch._engine.plan import Plan, Planner, PreparedJob
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import cut_torn_tail
 from llmbatch.providers.anthropic import build_anthropic_body
-from llmbatch.providers.gemini import build_gemini_body
+from llmbatch.providers.gemini_wire import build_gemini_body
 from llmbatch.providers.openai import build_openai_body
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -25,15 +25,14 @@ from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch.providers._batch_http import BatchHttp, jsonl_lines
 from llmbatch.providers.gemini import (
-    API_VERSION,
     GeminiStream,
     finish_verdict,
     gemini_headers,
     http_error,
-    model_url,
     rpc_error,
     stop_word,
 )
+from llmbatch.providers.gemini_wire import API_VERSION, model_url
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import ProviderSettings, RunConfig
