@@ -338,3 +338,17 @@ def test_the_body_maps_roles_images_and_thoughts_out(tmp_path: Path) -> None:
     cfg = RunConfig(jobs=tmp_path / "jobs.jsonl")
     provider = GeminiProvider(ProviderSettings("gemini", "gemini", api_key_env=""), cfg)
     assert "x-goog-api-key" not in provider.headers  # a keyless server gets no key header
+
+
+def test_a_provider_of_your_own_of_type_gemini(gem: FakeGemini, tmp_path: Path) -> None:
+    (tmp_path / "llmbatch.toml").write_text(
+        f'[providers.gw]\ntype = "gemini"\nbase_url = "{gem.api.url}"\napi_key_env = "GW_KEY"\n'
+    )
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    r = run_cli(
+        "run", "jobs.jsonl", "-m", "gw:gemini-2.5-flash", "-o", "out.jsonl", "--quiet",
+        env={"GW_KEY": CANARY_GEMINI, "GEMINI_API_KEY": "AIza-not-this-one-000000000"},
+    )  # fmt: skip
+    assert r.code == 0, r.output
+    assert all(x["status"] == "ok" for x in read_jsonl(tmp_path / "out.jsonl"))
+    assert {rec.headers["x-goog-api-key"] for rec in gem.api.records} == {CANARY_GEMINI}
