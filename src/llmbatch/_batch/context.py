@@ -39,6 +39,10 @@ def default_client_factory(name: str, config: RunConfig) -> BatchClient:
         from llmbatch.providers.batch_anthropic import AnthropicBatchClient
 
         return AnthropicBatchClient(settings, config)
+    if settings.kind == "gemini":
+        from llmbatch.providers.batch_gemini import GeminiBatchClient
+
+        return GeminiBatchClient(settings, config)
     raise UsageError(
         f"provider {name!r} has no Batch API; run these jobs with `llmbatch run`. Nothing was sent."
     )

@@ -42,11 +42,12 @@ from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import cut_torn_tail
 from llmbatch._run.session import RunSession
 from llmbatch.providers.anthropic import build_anthropic_body
+from llmbatch.providers.gemini_wire import build_gemini_body
 from llmbatch.providers.openai import build_openai_body
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
-BATCH_KINDS = ("openai", "anthropic")  # provider kinds with a Batch API
+BATCH_KINDS = ("openai", "anthropic", "gemini")  # provider kinds with a Batch API
 
 
 @dataclass(slots=True)
@@ -112,6 +113,8 @@ def request_body(
     """Exactly what ``run`` would send, minus the streaming flags."""
     if settings.kind == "anthropic":
         body = build_anthropic_body(model, request, settings.structured_output, notes)
+    elif settings.kind == "gemini":
+        return build_gemini_body(model, request, settings.structured_output, notes, with_model=True)
     else:
         field_name = settings.max_tokens_field or (
             "max_completion_tokens"
