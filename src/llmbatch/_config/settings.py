@@ -83,6 +83,7 @@ class RunConfig:
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
     mode: str = "online"
     batch_deadline: float | None = None
+    prompt_cache: str = "auto"  # "auto": mark and route shared prefixes; "off": leave them
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -137,6 +138,10 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
+    prompt_cache = merged.get("prompt_cache") or "auto"
+    if prompt_cache not in ("auto", "off"):
+        raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
+    cfg.prompt_cache = prompt_cache
     from llmbatch._observe.sinks import observability_flags
 
     observability_flags(cfg, merged, jobs, stdin)

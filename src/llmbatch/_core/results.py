@@ -140,6 +140,8 @@ def usage_of(value: Any) -> Usage:
         _count(value.get("output_tokens")),
         _count(value.get("cache_read_tokens")),
         _count(value.get("cache_write_tokens")),
+        _count(value.get("cache_write_1h_tokens")),
+        _count(value.get("reasoning_tokens")),
     )
 
 

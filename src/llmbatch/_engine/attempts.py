@@ -30,6 +30,7 @@ from llmbatch._core.schema import validate_answer
 from llmbatch._core.usage import Usage
 from llmbatch._engine.plan import PreparedJob
 from llmbatch._engine.tally import NOT_WRITTEN, NotWritten, Reservation, Sent, Tally, repair_request
+from llmbatch._engine.warmup import PrefixWarmup, warmup_key
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.providers._base import Answer, Provider
@@ -56,6 +57,7 @@ class JobRunner:
     stopper: Stopper
     backoff: Callable[[int, float | None], float]
     cache: ResponseCache | None = None
+    warmup: PrefixWarmup = field(default_factory=PrefixWarmup)
     fatal: str | None = None
     resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
@@ -226,7 +228,11 @@ class JobRunner:
             started = self.clock.time()
             job_id = tally.pj.job.id
             self.bus.emit(AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts))
-            outcome = await self._send(ref, request)
+            # Prompt caching: a prefix group's first request goes alone (_engine/warmup.py).
+            outcome = await self.warmup.send(
+                warmup_key(tally.pj.prefix, ref.provider, ref.model),
+                lambda: self._send(ref, request),
+            )
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
             cost = self.prices.cost(ref, usage) if usage is not None else 0.0
             if usage is not None:

@@ -40,6 +40,7 @@ from llmbatch._engine.attempts import JobRunner
 from llmbatch._engine.executor import Executor as Executor  # re-exported: the seam's home was here
 from llmbatch._engine.executor import StreamingExecutor, drained, feed_jobs
 from llmbatch._engine.plan import Plan, Planner, PreparedJob
+from llmbatch._engine.warmup import PrefixWarmup
 from llmbatch._io.history import append_history, history_record
 from llmbatch._io.lock import OutputLock
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail
@@ -94,6 +95,7 @@ class Engine:
             budgets=self.budgets,
             stopper=self.stopper,
             backoff=Backoff(cap=config.backoff_cap).delay,
+            warmup=PrefixWarmup(clock),
         )
         self.executor = StreamingExecutor(self.runner, 1, self.stopper)
         self.notes: list[str] = []

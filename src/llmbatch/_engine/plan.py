@@ -14,9 +14,11 @@ from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, U
 from llmbatch._core.jobs import Job, JobParser, LineError, Request
 from llmbatch._core.keys import check_base_url, check_key
 from llmbatch._core.models import ModelRef
+from llmbatch._core.prefix import PrefixInfo
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.schema import check_schema, schema_key
 from llmbatch._core.template import Template, TemplateError
+from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
@@ -29,6 +31,7 @@ class PreparedJob:
     request: Request  # defaults applied
     chain: list[ModelRef]
     fingerprint: str
+    prefix: PrefixInfo | None = None  # its prefix group (prompt caching); also request.cache
 
 
 @dataclass(slots=True)
@@ -93,6 +96,8 @@ class Planner:
             ExistingOutput(config.output) if config.output else None
         )
         self._schemas_checked: set[bytes] = set()
+        self.prefixes = PrefixGroups(config.concurrency, config.prompt_cache != "off")
+        self._template_head = template.static_head if template is not None else None
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
     # -- per-job resolution ---------------------------------------------------
@@ -127,7 +132,20 @@ class Planner:
             wire_format=r.wire_format,
             body=r.body,
         )
-        return PreparedJob(job, request, chain, fingerprint(model, request))
+        pj = PreparedJob(job, request, chain, fingerprint(model, request))
+        if self.last_plan is not None:  # the groups are counted: each job takes its own
+            settings = cfg.providers[model.provider]
+            routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
+            pj.prefix = request.cache = self.prefixes.choose(
+                self.prefix_candidates(pj), settings.kind, model.model, job.id, routed
+            )
+        return pj
+
+    def prefix_candidates(self, pj: PreparedJob) -> list[PrefixInfo]:
+        """The job's nested cacheable prefixes (``_engine/prefix.py``), shortest first."""
+        model = pj.chain[0]
+        kind = self.config.providers[model.provider].kind
+        return candidates(model, kind, pj.request, self._template_head)
 
     def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
         key = schema_key(schema)
@@ -148,6 +166,8 @@ class Planner:
             if cfg.shard is not None:
                 add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
+        self.last_plan = None
+        self.prefixes = PrefixGroups(cfg.concurrency, cfg.prompt_cache != "off")
         done = self.existing.done if self.existing else None
         limit_line = 0
 
@@ -178,6 +198,7 @@ class Planner:
                 return None
             plan.todo += 1
             limit_line = job.line
+            self.prefixes.count(self.prefix_candidates(prepared))
             return None
 
         summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
