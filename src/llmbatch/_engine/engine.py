@@ -73,7 +73,7 @@ class Engine:
         self._handle_signals = handle_signals
         self.clock = clock
         self.planner = Planner(config)
-        self.stats = RunStats()
+        self.stats = RunStats(prices=self.planner.prices)
         self.timeline = TimelineRecorder()  # charts for --html, and a series for the history
         self.bus = EventBus([self.stats, self.timeline, *sinks])
         self.stopper = Stopper()

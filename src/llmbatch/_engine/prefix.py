@@ -27,6 +27,7 @@ from llmbatch._core.prefix import (
     OPENAI_MIN_TOKENS,
     PrefixEnd,
     PrefixInfo,
+    Ttl,
     anthropic_min_tokens,
     openai_extended_retention,
 )
@@ -147,7 +148,7 @@ class PrefixGroups:
         """A rough length of the run: waves of ``concurrency`` requests, one latency each."""
         return math.ceil(self.todo / max(1, self.concurrency)) * EXPECTED_LATENCY_S
 
-    def ttl(self, group_size: int) -> str:
+    def ttl(self, group_size: int) -> Ttl:
         del group_size  # a group's requests spread over the whole run, in file order
         return "1h" if self.run_seconds() > ANTHROPIC_SHORT_TTL_S else "5m"
 

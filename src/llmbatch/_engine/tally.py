@@ -69,6 +69,7 @@ class Tally:
             attempt_errors=dict(self.errors),
             repairs=self.repairs,
             fallbacks=self.fallbacks,
+            prefix_group=self.pj.prefix.key if self.pj.prefix is not None else None,
         )
 
 
