@@ -96,7 +96,7 @@ class Planner:
             ExistingOutput(config.output) if config.output else None
         )
         self._schemas_checked: set[bytes] = set()
-        self.prefixes = PrefixGroups(config.concurrency, config.prompt_cache != "off")
+        self.prefixes = self._prefix_groups()
         self._template_head = template.static_head if template is not None else None
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
@@ -141,6 +141,10 @@ class Planner:
             )
         return pj
 
+    def _prefix_groups(self) -> PrefixGroups:
+        cfg = self.config
+        return PrefixGroups(cfg.concurrency, cfg.prompt_cache != "off", cfg.mode != "online")
+
     def prefix_candidates(self, pj: PreparedJob) -> list[PrefixInfo]:
         """The job's nested cacheable prefixes (``_engine/prefix.py``), shortest first."""
         model = pj.chain[0]
@@ -167,7 +171,7 @@ class Planner:
                 add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
         self.last_plan = None
-        self.prefixes = PrefixGroups(cfg.concurrency, cfg.prompt_cache != "off")
+        self.prefixes = self._prefix_groups()
         done = self.existing.done if self.existing else None
         limit_line = 0
 

@@ -101,6 +101,7 @@ class PrefixGroups:
 
     concurrency: int = 16
     enabled: bool = True
+    batch: bool = False  # --mode batch / auto: a batch may take hours (1 h entries)
     counts: dict[str, GroupCount] = field(default_factory=dict)
     todo: int = 0
     _chosen: Counter[str] = field(default_factory=Counter)
@@ -150,7 +151,8 @@ class PrefixGroups:
 
     def ttl(self, group_size: int) -> Ttl:
         del group_size  # a group's requests spread over the whole run, in file order
-        return "1h" if self.run_seconds() > ANTHROPIC_SHORT_TTL_S else "5m"
+        long_run = self.batch or self.run_seconds() > ANTHROPIC_SHORT_TTL_S
+        return "1h" if long_run else "5m"
 
     def key_shards(self, group_size: int) -> int:
         """Keys to spread a group over: its pace over 15 a minute, each key worth its miss."""
