@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import anyio.lowlevel
 import pytest
@@ -245,7 +247,7 @@ def test_the_jobs_own_breakpoints_are_never_moved_and_never_exceed_four() -> Non
         "messages": [{"role": "user", "content": [dict(marked) for _ in range(4)]}],
     }
     assert mark_prefix(full, _info()) is False and count_breakpoints(full) == 4
-    three = {
+    three: dict[str, Any] = {
         "system": [{"type": "text", "text": LONG}],
         "messages": [{"role": "user", "content": [dict(marked) for _ in range(3)]}],
     }
@@ -255,7 +257,7 @@ def test_the_jobs_own_breakpoints_are_never_moved_and_never_exceed_four() -> Non
 
 
 def test_a_passthrough_body_is_copied_before_it_is_marked() -> None:
-    params = {
+    params: dict[str, Any] = {
         "model": "m",
         "max_tokens": 5,
         "system": LONG,
@@ -267,7 +269,7 @@ def test_a_passthrough_body_is_copied_before_it_is_marked() -> None:
         wire_format="anthropic",
         body=params,
         cache=_info(),
-    )  # type: ignore[arg-type]
+    )
     body = build_anthropic_body("m", req)
     assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
     assert params["system"] == LONG
