@@ -308,3 +308,47 @@ def test_usage_is_one_shape_and_the_saving_is_net_of_the_write_premium() -> None
     assert price.cost(hour) == pytest.approx((100 * 3 + 2000 * 6 + 10 * 15) / 1e6)
     assert Usage.from_dict(hour.to_dict()) == hour
     assert "reasoning_tokens" not in hit.to_dict()  # extra fields only when there is one
+
+
+def test_the_report_shows_prefix_groups_in_json_terminal_and_html() -> None:
+    import io
+
+    from rich.console import Console
+
+    from llmbatch._core.pricing import PriceBook
+    from llmbatch._core.results import JobResult
+    from llmbatch._observe.stats import RunStats
+    from llmbatch._observe.timeline import TimelineRecorder
+    from llmbatch._report.html import render_html
+    from llmbatch._report.report import build_report
+
+    stats = RunStats(prices=PriceBook())
+    for i, usage in enumerate([Usage(2100, 5, 0, 2000), Usage(2100, 5, 2000, 0)]):
+        stats.add(
+            JobResult(
+                f"j{i}",
+                "ok",
+                "x",
+                None,
+                "anthropic",
+                "claude-sonnet-4-5",
+                usage,
+                0.01,
+                5.0,
+                1.0,
+                1,
+                None,
+                None,
+                prefix_group="abc",
+            )  # fmt: skip
+        )
+    report = build_report(stats)
+    pc = report.to_dict()["prompt_cache"]
+    (group,) = pc["groups"]
+    assert group["jobs"] == 2 and group["hit_rate"] == 0.5
+    assert group["write_premium_usd"] == pytest.approx(2000 * 0.75 / 1e6)
+    assert group["saved_usd"] == pytest.approx(2000 * 2.7 / 1e6 - 2000 * 0.75 / 1e6)
+    out = io.StringIO()
+    report.render(Console(file=out, width=140))
+    assert "shared prompt prefixes" in out.getvalue() and "50.0%" in out.getvalue()
+    assert "Shared prompt prefixes" in render_html(report, TimelineRecorder().timeline())
