@@ -114,4 +114,5 @@ def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
         wire_format=request.wire_format,
         body=request.body,
         appended=(request.appended or []) + turns,
+        cache=request.cache,  # the same prefix: a repair reads it from the provider's cache
     )
