@@ -51,7 +51,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
                 done += 1
                 continue
             _count_job(per_model, pj, planner.prices, config.max_tokens)
-            cands = planner.prefix_candidates(pj)
+            cands = planner.prefix_candidates(pj.chain[0], pj.request)
             if cands:
                 planner.prefixes.count(cands)
                 prefixed.append((pj.chain[0], cands))

@@ -47,10 +47,18 @@ def min_tokens_for(kind: str, model: str) -> int:
 
 
 def candidates(
-    ref: ModelRef, kind: str, request: Request, template_head: str | None = None
+    ref: ModelRef,
+    kind: str,
+    request: Request,
+    template_head: str | None = None,
+    system: Any = None,
 ) -> list[PrefixInfo]:
-    """The job's nested prefixes, shortest first (none: nothing could be cached)."""
+    """The job's nested prefixes, shortest first (none: nothing could be cached).
+
+    ``system``: the run's ``--system``, for a request that has none of its own.
+    """
     body = request.body or {}
+    system = request.system if request.system is not None else system
     tools = body.get("tools")
     h = hashlib.blake2b(str(ref).encode(), digest_size=8)
     chars = 0
@@ -65,12 +73,11 @@ def candidates(
         raw = orjson.dumps(tools, option=orjson.OPT_SORT_KEYS)
         h.update(b"T" + raw)
         chars += len(raw)
-    if request.system is not None:
-        system = request.system
+    if system is not None:
         h.update(b"S" + (system.encode() if isinstance(system, str) else orjson.dumps(system)))
         chars += _chars(system)
     if chars:
-        add("system" if request.system is not None else "tools")
+        add("system" if system is not None else "tools")
     messages = request.messages
     # System turns inside "messages" move when sent to Anthropic: no prefix through them.
     plain = all(m.get("role") in ("user", "assistant") for m in messages[:-1])
