@@ -118,6 +118,7 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "otlp": (str,),
     "mode": (str,),
     "batch_deadline": (str, int, float),
+    "prompt_cache": (str,),
 }
 _TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {

@@ -86,6 +86,7 @@ class RunSession:
             stopper=self.stopper,
             open_limits=self._open_limits,
         )
+        self.stats.prices = self.services.prices  # prompt-cache savings, per prefix group
         self.notes: list[str] = []
         self.fatal: str | None = None
         self.resets_at: float | None = None
