@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import read_jsonl, run_cli, write_jsonl
+from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, identify
+from tests.conftest import prompts, read_jsonl, run_cli, write_jsonl
+
+SIM = "sim:claude-haiku-4-5"
 
 BASE: dict[str, Any] = {"output": "x", "usage": {}, "cost_usd": 0.001, "attempts": 1}
 
@@ -105,3 +110,88 @@ def test_merge_keeps_an_ok_over_a_later_failed(tmp_path: Path) -> None:
     out2 = tmp_path / "out2.jsonl"
     assert run_cli("merge", str(out2), str(a), str(b), str(c)).code == 0
     assert [r["output"] for r in read_jsonl(out2)] == ["late"]
+
+
+# -- 3: the cache touches only caches ------------------------------------------------------------
+
+
+def make_ledger(tmp_path: Path) -> Path:
+    jobs = write_jsonl(tmp_path / "l.jsonl", prompts(2, "l"))
+    ledger = tmp_path / "ledger.sqlite"
+    res = run_cli(
+        "run", str(jobs), "-m", SIM, "--quiet", "--budget-per-day", "5", "--ledger", str(ledger)
+    )
+    assert res.code == 0, res.output
+    assert ledger.exists()
+    return ledger
+
+
+def tables(path: Path) -> set[str]:
+    db = sqlite3.connect(path)
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        db.close()
+
+
+def test_cache_clear_refuses_files_that_are_no_cache(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    results = write_jsonl(tmp_path / "jobs.results.jsonl", result_rows("r", 3))
+    ledger = make_ledger(tmp_path)
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("keep")
+    for path in (jobs, results, ledger, folder):
+        before = sorted(str(p) for p in tmp_path.rglob("*"))
+        content = path.read_bytes() if path.is_file() else b""
+        for command in (["clear"], ["stats"], ["prune", "--older-than", "0s"]):
+            res = run_cli("cache", *command, "--cache", str(path))
+            assert res.code == 2, (command, path, res.output)
+            assert str(path) in res.stderr and "not an llmbatch response cache" in res.stderr
+            assert "Traceback" not in res.output
+        assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+        if path.is_file():
+            assert path.read_bytes() == content
+    assert tables(ledger) == {"spend", "leases"}
+
+
+def test_run_refuses_a_cache_path_that_is_no_cache(tmp_path: Path) -> None:
+    ledger = make_ledger(tmp_path)
+    ledger_bytes = ledger.read_bytes()
+    other = write_jsonl(tmp_path / "other.results.jsonl", result_rows("r", 2))
+    folder = tmp_path / "cachedir"
+    folder.mkdir()
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    for bad in (ledger, other, folder):
+        res = run_cli("run", str(jobs), "-m", SIM, "--quiet", "--cache", str(bad))
+        assert res.code == 2, (bad, res.output)
+        assert str(bad) in res.stderr and "not an llmbatch response cache" in res.stderr
+        assert not (tmp_path / "jobs.results.jsonl").exists()
+    assert ledger.read_bytes() == ledger_bytes and tables(ledger) == {"spend", "leases"}
+    assert list(folder.iterdir()) == []
+
+
+def test_a_cache_made_before_the_mark_still_works_and_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    res = run_cli(
+        "run", str(write_jsonl(tmp_path / "a.jsonl", prompts(3))), "-m", SIM, "--quiet",
+        "--temperature", "0", "--cache", str(path),
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    db.execute("PRAGMA application_id = 0")  # as an older llmbatch left it
+    db.commit()
+    db.close()
+    assert identify(path)[0] is CacheFile.CACHE
+    res = run_cli("cache", "stats", "--cache", str(path), "--json")
+    assert res.code == 0 and json.loads(res.stdout)["entries"] == 3
+    res = run_cli(
+        "run", str(write_jsonl(tmp_path / "b.jsonl", prompts(3))), "-m", SIM, "--quiet",
+        "--temperature", "0", "--cache", str(path), "--report", str(tmp_path / "r.json"),
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["cache"]["hits"] == 3
+    assert path.read_bytes()[68:72] == APPLICATION_ID.to_bytes(4, "big")
+    res = run_cli("cache", "clear", "--cache", str(path))
+    assert res.code == 0 and not path.exists()

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, check_cache_file, identify
 from llmbatch._cache.key import KEY_VERSION as KEY_VERSION
 from llmbatch._cache.key import cache_key as cache_key
 from llmbatch._cache.key import cache_key_for as cache_key_for
@@ -159,6 +160,10 @@ class ResponseCache:
             self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        found, why = identify(self.path)
+        if found in (CacheFile.FOREIGN, CacheFile.BROKEN):
+            # Never write into a file that is not ours (a ledger, a jobs file).
+            raise sqlite3.DatabaseError(f"{self.path} is not an llmbatch cache: {why}")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(
             self.path,
@@ -168,6 +173,9 @@ class ResponseCache:
         )
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                # Marked before WAL, so a new file carries the mark in its header at once.
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
             # Keys are random: a big cache touches pages all over; keep more of them at hand.
@@ -359,4 +367,8 @@ def open_cache(config: RunConfig) -> ResponseCache | None:
     """The run's cache, or None with ``--no-cache``."""
     if config.no_cache:
         return None
-    return ResponseCache(config.cache_path or default_cache_path())
+    default = default_cache_path()
+    path = config.cache_path or default
+    # A file that is not a cache (a ledger, a jobs file, a directory) stops the run: exit 2.
+    check_cache_file(path, default=path == default, purpose="--cache")
+    return ResponseCache(path)

@@ -8,9 +8,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from llmbatch._cache.fileid import CacheFile
 
 cache_app = typer.Typer(
     name="cache",
@@ -42,6 +45,20 @@ def _path(path: Path | None) -> Path:
     return path if path is not None else default_cache_path()
 
 
+def _checked(path: Path | None, command: str) -> tuple[Path, CacheFile]:
+    """The cache path, and what it holds; a file that is no cache is exit 2, untouched."""
+    from llmbatch._cache.fileid import check_cache_file
+    from llmbatch._cache.store import default_cache_path
+    from llmbatch._core.exceptions import UsageError
+
+    p = _path(path)
+    try:
+        return p, check_cache_file(p, default=p == default_cache_path(), purpose=command)
+    except UsageError as exc:
+        sys.stderr.write(f"llmbatch: {exc}\n")
+        raise typer.Exit(2) from None
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -52,10 +69,11 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """How many answers the cache holds, its size, and what it has saved."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import CacheContents, ResponseCache
 
-    p = _path(path)
-    if not p.exists():
+    p, found_file = _checked(path, "cache stats")
+    if found_file in (CacheFile.ABSENT, CacheFile.EMPTY):
         found: CacheContents | None = CacheContents(str(p), 0, 0, 0, 0.0, None, None)
     else:
         cache = ResponseCache(p)
@@ -81,10 +99,14 @@ def stats(
 
 @cache_app.command("clear")
 def clear(path: PathOpt = None) -> None:
-    """Delete every cached answer (removes the file, even a corrupt one)."""
+    """Delete every cached answer (removes the cache file, even a corrupt one at the default path)."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import clear_cache
 
-    p = _path(path)
+    p, found = _checked(path, "cache clear")
+    if found is CacheFile.EMPTY and path is not None:
+        _out(f"nothing to clear: {p} is empty (left as it is)")
+        return
     freed = clear_cache(p)
     _out(f"cleared {p} ({freed / 1e6:,.1f} MB freed)")
 
@@ -98,6 +120,7 @@ def prune(
     path: PathOpt = None,
 ) -> None:
     """Delete answers neither stored nor used within --older-than."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import ResponseCache
 
     try:
@@ -105,8 +128,8 @@ def prune(
     except ValueError as exc:
         sys.stderr.write(f"llmbatch: --older-than: {exc}\n")
         raise typer.Exit(2) from None
-    p = _path(path)
-    if not p.exists():
+    p, found = _checked(path, "cache prune")
+    if found in (CacheFile.ABSENT, CacheFile.EMPTY):
         _out(f"no cache at {p}")
         return
     cache = ResponseCache(p)
