@@ -195,3 +195,56 @@ def test_a_cache_made_before_the_mark_still_works_and_gets_it(tmp_path: Path) ->
     assert path.read_bytes()[68:72] == APPLICATION_ID.to_bytes(4, "big")
     res = run_cli("cache", "clear", "--cache", str(path))
     assert res.code == 0 and not path.exists()
+
+
+# -- 7: an unusable ledger is a setup error (exit 2), not internal (70) or resumable (5) ---------
+
+
+def corrupt_pages(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\xff" * (len(data) - 4096)
+    path.write_bytes(bytes(data))
+
+
+def test_budget_commands_on_an_unusable_ledger_exit_2_saying_what_to_do(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(bytes(range(256)) * 20)
+    folder = tmp_path / "ledgerdir"
+    folder.mkdir()
+    cache = tmp_path / "cache.sqlite"
+    jobs = write_jsonl(tmp_path / "c.jsonl", prompts(2, "c"))
+    assert run_cli("run", str(jobs), "-m", SIM, "--quiet", "--cache", str(cache)).code == 0
+    paged = make_ledger(tmp_path)
+    corrupt_pages(paged)
+    for bad in (garbage, folder, cache, paged):
+        before = bad.read_bytes() if bad.is_file() else b""
+        for args in (["status"], ["status", "--json"], ["reset", "--scope", "default"]):
+            res = run_cli("budget", *args, "--ledger", str(bad))
+            assert res.code == 2, (bad, args, res.output)
+            assert "internal error" not in res.output and str(bad) in res.stderr
+            assert "cannot be used" in res.stderr and "--ledger" in res.stderr
+        if bad.is_file():
+            assert bad.read_bytes() == before
+    assert tables(cache) == {"answers"}
+
+
+def test_run_with_an_unusable_ledger_exits_2_before_anything(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"not a ledger at all\n" * 300)
+    folder = tmp_path / "ledgerdir"
+    folder.mkdir()
+    paged = make_ledger(tmp_path)
+    corrupt_pages(paged)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    out = tmp_path / "jobs.results.jsonl"
+    for bad in (garbage, folder, paged):
+        before = bad.read_bytes() if bad.is_file() else b""
+        res = run_cli(
+            "run", str(jobs), "-m", SIM, "--quiet", "--budget-per-day", "5", "--ledger", str(bad)
+        )
+        assert res.code == 2, (bad, res.output)
+        assert str(bad) in res.stderr and "resumable" not in res.stderr
+        assert not out.exists() or read_jsonl(out) == []
+        if bad.is_file():
+            assert bad.read_bytes() == before
+    assert list(folder.iterdir()) == []

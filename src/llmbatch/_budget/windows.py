@@ -61,6 +61,14 @@ def lease_seconds() -> float:
         return 60.0
 
 
+def check_ledger(config: RunConfig) -> None:
+    """Refuse (UsageError, exit 2) before anything when the run's SQLite ledger is unusable."""
+    if windows_from_config(config) and not config.shared:
+        from llmbatch._budget.ledgerfile import check_ledger_file
+
+        check_ledger_file(config.ledger or default_ledger_path())
+
+
 async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
     """The rolling-window ledgers of one run: Redis with ``--shared``, else SQLite; [] if none.
 

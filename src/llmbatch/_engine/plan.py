@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch._budget.windows import check_ledger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request
@@ -199,6 +200,7 @@ class Planner:
         cfg = self.config
         # Again here for configs built by hand (library use); the CLI checked more paths.
         check_run_paths(cfg)
+        check_ledger(cfg)
         if plan.problems and not cfg.skip_invalid:
             raise InputError(plan.problems)
         if plan.conflict_count:
