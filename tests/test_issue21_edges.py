@@ -248,3 +248,38 @@ def test_run_with_an_unusable_ledger_exits_2_before_anything(tmp_path: Path) -> 
         if bad.is_file():
             assert bad.read_bytes() == before
     assert list(folder.iterdir()) == []
+
+
+# -- 8: --otlp with credentials -----------------------------------------------------------------
+
+
+def test_otlp_url_with_credentials_is_refused_without_echoing_them(tmp_path: Path) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    for url in (
+        "http://user:s3cretPW@127.0.0.1:4318",
+        "https://:s3cretPW@127.0.0.1:4318/v1/traces",
+        "http://s3cretPW@127.0.0.1:4318",
+        "ftp://user:s3cretPW@127.0.0.1",
+    ):
+        res = run_cli("run", str(jobs), "-m", SIM, "--quiet", "--otlp", url)
+        assert res.code == 2, (url, res.output)
+        assert "--otlp" in res.stderr and "s3cretPW" not in res.output
+        assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+def test_otlp_export_warnings_never_print_userinfo() -> None:
+    from llmbatch._observe.otel import OtelExporter
+    from tests.test_otel import free_port, sample_run
+
+    warnings: list[str] = []
+    exporter = OtelExporter(
+        f"http://user:s3cretPW@127.0.0.1:{free_port()}",
+        export_timeout_s=0.2,
+        close_timeout_s=5,
+        warn=warnings.append,
+    )
+    for e in sample_run():
+        exporter.emit(e)
+    assert exporter.closed and len(warnings) == 1
+    assert "s3cretPW" not in warnings[0] and "user" not in warnings[0]
+    assert "127.0.0.1" in warnings[0]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.keys import check_otlp_url
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
@@ -24,8 +25,8 @@ def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdi
         cfg.cache_path = Path(merged["cache"]).expanduser()
     cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
     otlp = merged.get("otlp")
-    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
-        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    if otlp is not None:
+        check_otlp_url(str(otlp))
     cfg.otlp = otlp
 
 
