@@ -283,3 +283,39 @@ def test_otlp_export_warnings_never_print_userinfo() -> None:
     assert exporter.closed and len(warnings) == 1
     assert "s3cretPW" not in warnings[0] and "user" not in warnings[0]
     assert "127.0.0.1" in warnings[0]
+
+
+# -- 9: report over malformed lines -------------------------------------------------------------
+
+
+def test_report_names_a_malformed_cost_and_says_the_total_is_partial(tmp_path: Path) -> None:
+    rows = result_rows("r", 4)
+    rows[1]["cost_usd"] = "0.50"
+    rows[2]["usage"] = {"input_tokens": "many", "output_tokens": 3}
+    path = write_jsonl(tmp_path / "x.results.jsonl", rows)
+    res = run_cli("report", str(path), "--json")
+    assert res.code == 2, res.output
+    assert f"{path}:2:" in res.stderr and "cost_usd" in res.stderr
+    assert f"{path}:3:" in res.stderr and "input_tokens" in res.stderr
+    report = json.loads(res.stdout)
+    assert report["cost_usd"] == 0.003  # what could be read, said to be partial
+    assert report["malformed_lines"] == [2, 3]
+    assert any("partial" in n for n in report["notes"])
+    res = run_cli("report", str(path))
+    assert res.code == 2 and "partial" in res.output and f"{path}:2:" in res.stderr
+
+
+def test_report_names_unreadable_lines_but_not_a_torn_tail(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "y.results.jsonl", [*result_rows("r", 2), b"garbage", result_rows("z", 1)[0]]
+    )
+    with path.open("ab") as f:
+        f.write(b'{"id": "torn", "sta')  # a crash mid-write: expected, not a problem
+    res = run_cli("report", str(path), "--json")
+    assert res.code == 2 and f"{path}:3:" in res.stderr and f"{path}:5" not in res.stderr
+    clean = write_jsonl(tmp_path / "ok.results.jsonl", result_rows("r", 2))
+    with clean.open("ab") as f:
+        f.write(b'{"id": "torn", "sta')
+    res = run_cli("report", str(clean), "--json")
+    assert res.code == 0, res.output
+    assert json.loads(res.stdout)["malformed_lines"] == []

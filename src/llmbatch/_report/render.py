@@ -73,6 +73,8 @@ def _spend_rows(report: RunReport) -> Rows:
         cost += f" · {_usd(report.cost_usd_cumulative)} over all runs on this output"
     if report.unpriced_models:
         cost += f" · [yellow]unpriced: {', '.join(report.unpriced_models)}[/]"
+    if report.malformed_lines:
+        cost += f" · [yellow]partial: {len(report.malformed_lines)} line(s) not counted[/]"
     rows.append(("cost", cost))
     if report.cache_hits:
         rows.append(
