@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, identify
-from tests.conftest import prompts, read_jsonl, run_cli, write_jsonl
+from tests.conftest import fake_env, prompts, read_jsonl, run_cli, write_jsonl
+from tests.fakeapi import FakeAPI
 
 SIM = "sim:claude-haiku-4-5"
 
@@ -319,3 +320,60 @@ def test_report_names_unreadable_lines_but_not_a_torn_tail(tmp_path: Path) -> No
     res = run_cli("report", str(clean), "--json")
     assert res.code == 0, res.output
     assert json.loads(res.stdout)["malformed_lines"] == []
+
+
+# -- 12: only answers asked for deterministically are shared across ids --------------------------
+
+
+def same_prompt_jobs(n: int, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}{i}", "prompt": "Name a colour.", "temperature": 0} for i in range(n)
+    ]
+
+
+def test_temperature_zero_is_shared_only_where_the_temperature_is_sent(
+    tmp_path: Path, fake: FakeAPI
+) -> None:
+    cache = tmp_path / "c.sqlite"
+    env = fake_env(fake)
+    a = write_jsonl(tmp_path / "a.jsonl", same_prompt_jobs(3, "a"))
+    res = run_cli(
+        "run", str(a), "-m", "claude-haiku-4-5", "--quiet", "-c", "1", "--cache", str(cache),
+        env=env,
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    anthropic = [r for r in fake.records if r.kind == "anthropic"]
+    assert len(anthropic) == 3 and all("temperature" not in r.body for r in anthropic)
+    o = write_jsonl(tmp_path / "o.jsonl", same_prompt_jobs(3, "o"))
+    res = run_cli(
+        "run", str(o), "-m", "gpt-4o-mini", "--quiet", "-c", "1", "--cache", str(cache), env=env
+    )
+    assert res.code == 0, res.output
+    openai = [r for r in fake.records if r.kind == "openai"]
+    assert len(openai) == 1 and openai[0].body["temperature"] == 0
+    # a rerun of the Anthropic jobs still costs nothing: each id has its own answer
+    res = run_cli(
+        "run", str(a), "-m", "claude-haiku-4-5", "--quiet", "--fresh", "--cache", str(cache),
+        env=env,
+    )  # fmt: skip
+    assert res.code == 0 and len([r for r in fake.records if r.kind == "anthropic"]) == 3
+    stats = json.loads(run_cli("cache", "stats", "--cache", str(cache), "--json").stdout)
+    assert stats["entries"] == 4 and stats["shared"] == 1 and stats["per_job"] == 3
+    text = run_cli("cache", "stats", "--cache", str(cache)).stdout
+    assert "shared across job ids" in text and "temperature" in text
+
+
+def test_each_provider_says_truly_whether_it_sends_the_temperature() -> None:
+    from llmbatch._config.toml import ProviderSettings
+    from llmbatch._core.jobs import Request
+    from llmbatch.providers.anthropic import build_anthropic_body
+    from llmbatch.providers.openai import build_openai_body
+
+    request = Request(messages=[{"role": "user", "content": "hi"}], temperature=0.0)
+    bodies = {
+        "anthropic": build_anthropic_body("m", request),
+        "openai": build_openai_body("m", request),
+    }
+    for kind, body in bodies.items():
+        settings = ProviderSettings(name=kind, kind=kind)
+        assert settings.sends_temperature == ("temperature" in body), kind

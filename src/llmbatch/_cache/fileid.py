@@ -46,7 +46,7 @@ def identify(path: Path) -> tuple[CacheFile, str]:
         case Found.NOT_SQLITE | Found.BROKEN_SQLITE:
             return CacheFile.BROKEN, why
         case Found.SQLITE:
-            old = found.tables.keys() == {"answers"} and found.tables["answers"] == _ANSWERS_COLUMNS
+            old = found.tables.keys() == {"answers"} and _ANSWERS_COLUMNS <= found.tables["answers"]
             if found.application_id == APPLICATION_ID or old:
                 return CacheFile.CACHE, "an llmbatch cache"
             if not found.tables and found.application_id == 0:

@@ -90,6 +90,15 @@ def stats(
         return
     _out(f"cache:    {found.path}")
     _out(f"answers:  {found.entries:,}  ({found.bytes / 1e6:,.1f} MB)")
+    _out(
+        f"shared:   {found.shared:,} shared across job ids (temperature 0, sent to the provider)"
+    )
+    _out(
+        f"per job:  {found.per_job:,} for their own job id only (sampled, or the provider "
+        "takes no temperature: Anthropic)"
+    )
+    if found.unrecorded:
+        _out(f"          {found.unrecorded:,} stored by an older llmbatch (not recorded which)")
     _out(f"hits:     {found.hits:,}  (${found.saved_usd:,.6f} saved)")
     if found.oldest is not None and found.newest is not None:
         from llmbatch._observe.jsonlog import rfc3339_ms
