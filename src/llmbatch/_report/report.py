@@ -112,7 +112,11 @@ class RunReport:
             "notes": self.notes,
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
             **({"batch": self.batch} if self.batch is not None else {}),
-            **({"malformed_lines": self.malformed_lines} if self.malformed_lines is not None else {}),
+            **(
+                {"malformed_lines": self.malformed_lines}
+                if self.malformed_lines is not None
+                else {}
+            ),
         }
 
     def to_json(self) -> bytes:
