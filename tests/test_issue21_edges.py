@@ -10,6 +10,7 @@ from typing import Any
 from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, identify
 from tests.conftest import fake_env, prompts, read_jsonl, run_cli, write_jsonl
 from tests.fakeapi import FakeAPI
+from tests.fakebatch import FakeBatch
 
 SIM = "sim:claude-haiku-4-5"
 
@@ -377,3 +378,32 @@ def test_each_provider_says_truly_whether_it_sends_the_temperature() -> None:
     for kind, body in bodies.items():
         settings = ProviderSettings(name=kind, kind=kind)
         assert settings.sends_temperature == ("temperature" in body), kind
+
+
+# -- 14: batch status off a terminal never cuts ids or counts -----------------------------------
+
+
+def test_batch_status_off_a_terminal_prints_whole_ids_and_counts(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    serial = iter(range(1, 1000))
+    fb._new_id = lambda prefix: f"{prefix}01HkcTjaV5uDC8jWR4ZsDV8d{next(serial):04d}xyzzy"  # type: ignore[method-assign]
+    rows = [
+        {"id": f"job-{i}", "prompt": f"Q{i}?", "model": m}
+        for i, m in enumerate(["claude-haiku-4-5-20251001", "gpt-4o-mini-2024-07-18"] * 60)
+    ]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    out = str(tmp_path / "out.jsonl")
+    env = {"COLUMNS": "80"}
+    assert run_cli("batch", "submit", str(jobs), "-o", out, env=env).code == 0
+    fb.advance(3600)
+    assert run_cli("batch", "fetch", out, env=env).code == 0
+    res = run_cli("batch", "status", out, env=env)
+    assert res.code == 0, res.output
+    ids = [b for _, b, _ in fb.created]
+    assert len(ids) == 2
+    for batch_id in ids:
+        assert batch_id in res.stdout, res.stdout
+    assert "…" not in res.stdout
+    assert res.stdout.count(" 60 ") >= 2  # ok and total of each batch, whole
+    assert "claude-haiku-4-5-20251001" in res.stdout and "gpt-4o-mini-2024-07-18" in res.stdout

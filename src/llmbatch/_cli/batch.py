@@ -51,6 +51,7 @@ def _stamp(ts: float | None) -> str:
 
 
 def render_rows(rows: list[BatchRow], as_json: bool) -> None:
+    from llmbatch._report.render import print_whole
     from llmbatch.cli import _console
 
     if as_json:
@@ -79,7 +80,7 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
             _stamp(r.created_at),
             _stamp(r.expires_at),
         )
-    _console().print(table)
+    print_whole(_console(), table)
 
 
 @batch_app.command()

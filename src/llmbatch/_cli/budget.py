@@ -70,7 +70,9 @@ def status(
         if not rows:
             sys.stderr.write("llmbatch: no spend recorded\n")
         else:
-            _console().print(table)
+            from llmbatch._report.render import print_whole
+
+            print_whole(_console(), table)
         return 0
 
     raise typer.Exit(_guarded(go))
