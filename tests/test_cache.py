@@ -385,3 +385,5 @@ def test_cache_stats_on_a_corrupt_file_says_so_and_clear_mends_it(tmp_path: Path
     assert res.exit_code == 0 and not path.exists()
     res = runner.invoke(app, ["cache", "stats"])
     assert res.exit_code == 0
+    path.write_bytes(b"garbage" * 1000)
+    assert clear_cache(path) == 7000 and not path.exists()  # the library's own call

@@ -271,7 +271,8 @@ def test_otlp_url_with_credentials_is_refused_without_echoing_them(tmp_path: Pat
 
 def test_otlp_export_warnings_never_print_userinfo() -> None:
     from llmbatch._observe.otel import OtelExporter
-    from tests.test_otel import free_port, sample_run
+    from tests.events_data import sample_run
+    from tests.test_otel import free_port
 
     warnings: list[str] = []
     exporter = OtelExporter(
@@ -327,9 +328,7 @@ def test_report_names_unreadable_lines_but_not_a_torn_tail(tmp_path: Path) -> No
 
 
 def same_prompt_jobs(n: int, prefix: str) -> list[dict[str, Any]]:
-    return [
-        {"id": f"{prefix}{i}", "prompt": "Name a colour.", "temperature": 0} for i in range(n)
-    ]
+    return [{"id": f"{prefix}{i}", "prompt": "Name a colour.", "temperature": 0} for i in range(n)]
 
 
 def test_temperature_zero_is_shared_only_where_the_temperature_is_sent(

@@ -125,7 +125,7 @@ def line_problems(d: dict[str, Any]) -> list[str]:
     """
     problems = []
     if d.get("status") not in ("ok", "failed"):
-        problems.append(f"status is {_shown(d.get('status'))}, not \"ok\" or \"failed\"")
+        problems.append(f'status is {_shown(d.get("status"))}, not "ok" or "failed"')
     for name in ("cost_usd", "latency_ms", "ttft_ms"):
         value = d.get(name)
         if value is not None and num_or_none(value) is None:
@@ -133,8 +133,9 @@ def line_problems(d: dict[str, Any]) -> list[str]:
     usage = d.get("usage")
     if usage is not None and not isinstance(usage, dict):
         problems.append(f"usage is {_shown(usage)}, not an object")
-    for name in _TOKENS if isinstance(usage, dict) else ():
-        value = usage.get(name)
+    tokens: dict[str, Any] = usage if isinstance(usage, dict) else {}
+    for name in _TOKENS:
+        value = tokens.get(name)
         if value is not None and not _whole(value):
             problems.append(f"usage.{name} is {_shown(value)}, not a whole number (>= 0)")
     if d.get("attempts") is not None and not _whole(d.get("attempts")):

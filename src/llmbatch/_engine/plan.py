@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch._budget.windows import check_ledger
+from llmbatch._budget.open import check_ledger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request

@@ -40,7 +40,8 @@ class Probe:
         if self.found is Found.SQLITE:
             shown = ", ".join(sorted(self.tables)[:5]) or "none"
             return f"a SQLite database (tables: {shown})"
-        return self.found.value + (f" ({self.detail})" if self.detail else "")
+        what: str = self.found.value
+        return what + (f" ({self.detail})" if self.detail else "")
 
 
 def probe(path: Path, *, tables: bool = True) -> Probe:

@@ -263,7 +263,7 @@ def report_from_results(path: Path) -> RunReport:
         report, malformed_lines=lines, line_problems=[f"{path}:{n}: {p}" for n, p in bad]
     )
     if batched:
-        from llmbatch._batch.run import batch_part_from_results
+        from llmbatch._report.batch import batch_part_from_results
 
         report = replace(report, batch=batch_part_from_results(path).to_dict())
     return report
