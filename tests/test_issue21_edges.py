@@ -406,3 +406,34 @@ def test_batch_status_off_a_terminal_prints_whole_ids_and_counts(
     assert "…" not in res.stdout
     assert res.stdout.count(" 60 ") >= 2  # ok and total of each batch, whole
     assert "claude-haiku-4-5-20251001" in res.stdout and "gpt-4o-mini-2024-07-18" in res.stdout
+
+
+def test_a_binary_file_that_is_no_sqlite_is_read_as_a_broken_cache_never_written(
+    tmp_path: Path,
+) -> None:
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"\x00\xffcorrupted\x00" * 500)
+    before = broken.read_bytes()
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
+    res = run_cli("run", str(jobs), "-m", SIM, "--quiet", "--cache", str(broken))
+    assert res.code == 0 and res.stderr.count("warning") == 1, res.output
+    assert "running without it" in res.stderr
+    res = run_cli("cache", "stats", "--cache", str(broken))
+    assert res.code == 1 and "unusable" in res.stderr
+    res = run_cli("cache", "clear", "--cache", str(broken))  # it may be anyone's binary file
+    assert res.code == 2 and str(broken) in res.stderr and "delete it yourself" in res.stderr
+    assert broken.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if "broken" in p.name) == ["broken.sqlite"]
+
+
+def test_text_at_the_default_cache_path_is_a_broken_cache(tmp_path: Path) -> None:
+    from llmbatch._cache.store import default_cache_path
+
+    path = default_cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("garbage\n" * 100)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(2))
+    res = run_cli("run", str(jobs), "-m", SIM, "--quiet")
+    assert res.code == 0 and "running without it" in res.stderr, res.output
+    assert path.read_text() == "garbage\n" * 100
+    assert run_cli("cache", "clear").code == 0 and not path.exists()

@@ -27,6 +27,7 @@ class CacheFile(Enum):
     EMPTY = "empty"  # a 0-byte file or a SQLite file with no tables: nothing to lose
     CACHE = "cache"  # an llmbatch cache (maybe with corrupt pages past the header)
     BROKEN = "broken"  # not readable as SQLite and not marked as ours: a cache that broke, or not
+    TEXT = "text"  # a text file (jobs, results): someone's, unless at the default path
     FOREIGN = "foreign"  # certainly something else: a directory, a device, another database
 
 
@@ -43,8 +44,10 @@ def identify(path: Path) -> tuple[CacheFile, str]:
             return CacheFile.ABSENT, why
         case Found.EMPTY:
             return CacheFile.EMPTY, why
+        case Found.TEXT:
+            return CacheFile.TEXT, why
         case Found.NOT_SQLITE | Found.BROKEN_SQLITE:
-            return CacheFile.BROKEN, why
+            return CacheFile.BROKEN, why  # binary: a cache that broke, or not; never written
         case Found.SQLITE:
             old = found.tables.keys() == {"answers"} and _ANSWERS_COLUMNS <= found.tables["answers"]
             if found.application_id == APPLICATION_ID or old:
@@ -54,14 +57,21 @@ def identify(path: Path) -> tuple[CacheFile, str]:
     return CacheFile.FOREIGN, why
 
 
-def check_cache_file(path: Path, *, default: bool, purpose: str) -> CacheFile:
+def check_cache_file(
+    path: Path, *, purpose: str, deleting: bool = False, default: bool = False
+) -> CacheFile:
     """Refuse (UsageError) a path the cache must not touch; return what it is otherwise.
 
-    ``default``: the path is llmbatch's own default location, where a file that is
-    not SQLite can only be a cache that broke (it degrades, or ``clear`` mends it).
+    A binary file that is not SQLite may be a cache that broke: a run goes on without
+    the cache (one warning; the file is never written), ``stats`` says it is unusable.
+    ``deleting`` it (``cache clear``) is allowed only at llmbatch's own ``default`` path.
     """
     found, why = identify(path)
-    if found is CacheFile.FOREIGN or (found is CacheFile.BROKEN and not default):
+    if found is CacheFile.TEXT and default:
+        found = CacheFile.BROKEN  # nobody keeps their own text at llmbatch's cache path
+    if found in (CacheFile.FOREIGN, CacheFile.TEXT) or (
+        found is CacheFile.BROKEN and deleting and not default
+    ):
         broken = found is CacheFile.BROKEN
         raise UsageError(
             f"{purpose}: {path} is not an llmbatch response cache ({why}); "

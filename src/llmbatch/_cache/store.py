@@ -167,7 +167,7 @@ class ResponseCache:
 
     def _connect(self) -> sqlite3.Connection:
         found, why = identify(self.path)
-        if found in (CacheFile.FOREIGN, CacheFile.BROKEN):
+        if found in (CacheFile.FOREIGN, CacheFile.BROKEN, CacheFile.TEXT):
             # Never write into a file that is not ours (a ledger, a jobs file).
             raise sqlite3.DatabaseError(f"{self.path} is not an llmbatch cache: {why}")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -394,5 +394,5 @@ def open_cache(config: RunConfig) -> ResponseCache | None:
     default = default_cache_path()
     path = config.cache_path or default
     # A file that is not a cache (a ledger, a jobs file, a directory) stops the run: exit 2.
-    check_cache_file(path, default=path == default, purpose="--cache")
+    check_cache_file(path, purpose="--cache", default=path == default)
     return ResponseCache(path)

@@ -44,15 +44,16 @@ def _path(path: Path | None) -> Path:
     return path if path is not None else default_cache_path()
 
 
-def _checked(path: Path | None, command: str) -> tuple[Path, CacheFile]:
+def _checked(path: Path | None, command: str, deleting: bool = False) -> tuple[Path, CacheFile]:
     """The cache path, and what it holds; a file that is no cache is exit 2, untouched."""
     from llmbatch._cache.fileid import check_cache_file
     from llmbatch._cache.store import default_cache_path
     from llmbatch._core.exceptions import UsageError
 
     p = _path(path)
+    default = p == default_cache_path()
     try:
-        return p, check_cache_file(p, default=p == default_cache_path(), purpose=command)
+        return p, check_cache_file(p, purpose=command, deleting=deleting, default=default)
     except UsageError as exc:
         sys.stderr.write(f"llmbatch: {exc}\n")
         raise typer.Exit(2) from None
@@ -109,7 +110,7 @@ def clear(path: PathOpt = None) -> None:
     from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import clear_cache
 
-    p, found = _checked(path, "cache clear")
+    p, found = _checked(path, "cache clear", deleting=True)
     if found is CacheFile.EMPTY and path is not None:
         _out(f"nothing to clear: {p} is empty (left as it is)")
         return

@@ -22,6 +22,7 @@ class Found(Enum):
     SPECIAL = "not a regular file (a device, pipe or socket)"
     UNREADABLE = "unreadable"
     EMPTY = "empty"
+    TEXT = "a text file (a jobs or results file?), not a SQLite file"
     NOT_SQLITE = "not a SQLite file"
     BROKEN_SQLITE = "a SQLite file that cannot be read"
     SQLITE = "a SQLite database"
@@ -53,13 +54,13 @@ def probe(path: Path, *, tables: bool = True) -> Probe:
         )
     try:
         with path.open("rb") as f:
-            header = f.read(100)
+            header = f.read(4096)
     except OSError as exc:
         return Probe(Found.UNREADABLE, str(exc.strerror or exc))
     if not header:
         return Probe(Found.EMPTY)
     if not header.startswith(_HEADER):
-        return Probe(Found.NOT_SQLITE)
+        return Probe(Found.TEXT if _is_text(header) else Found.NOT_SQLITE)
     app_id = int.from_bytes(header[68:72], "big") if len(header) >= 72 else 0
     if not tables:
         return Probe(Found.SQLITE, application_id=app_id)
@@ -85,3 +86,14 @@ def probe(path: Path, *, tables: bool = True) -> Probe:
     except sqlite3.Error as exc:
         return Probe(Found.BROKEN_SQLITE, str(exc), app_id)
     return Probe(Found.SQLITE, application_id=app_id, tables=found)
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without NUL bytes: someone's text (JSONL, CSV), not a database gone bad."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start >= len(head) - 3  # only a character cut at the end of the sample
+    return True
