@@ -55,6 +55,7 @@ def _stamp(ts: float | None) -> str:
 
 def render_rows(rows: list[BatchRow], as_json: bool) -> None:
     from llmbatch._cli.common import _console
+    from llmbatch._report.render import print_whole
 
     if as_json:
         import orjson
@@ -82,7 +83,7 @@ def render_rows(rows: list[BatchRow], as_json: bool) -> None:
             _stamp(r.created_at),
             _stamp(r.expires_at),
         )
-    _console().print(table)
+    print_whole(_console(), table)
 
 
 @batch_app.command()

@@ -20,6 +20,7 @@ from llmbatch._config.toml import ProviderSettings as ProviderSettings
 from llmbatch._config.toml import find_config as find_config
 from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.keys import check_otlp_url
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
@@ -343,6 +344,6 @@ def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdi
         cfg.cache_path = Path(merged["cache"]).expanduser()
     cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
     otlp = merged.get("otlp")
-    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
-        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    if otlp is not None:
+        check_otlp_url(str(otlp))
     cfg.otlp = otlp

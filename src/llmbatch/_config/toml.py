@@ -45,6 +45,12 @@ class ProviderSettings:
             return (url or DEFAULT_GEMINI_URL).rstrip("/")
         return ""
 
+    @property
+    def sends_temperature(self) -> bool:
+        """Whether a request's temperature reaches the model (the adapters agree; a test holds
+        them to it): Anthropic's 2.x Messages API takes none, so it is not sent there."""
+        return self.kind != "anthropic"
+
     def key_env(self) -> str | None:
         """The variable holding the key; ``api_key_env = ""`` means the server needs none."""
         if self.api_key_env is not None:

@@ -22,7 +22,6 @@ import anyio
 
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
-from llmbatch._cache.key import is_deterministic
 from llmbatch._cache.store import CachedAnswer, ResponseCache, hit_result
 from llmbatch._core.clock import Clock
 from llmbatch._core.events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
@@ -89,7 +88,7 @@ class JobRunner:
             hit = self._from_cache(pj)
             if hit is not None:
                 return hit  # before any budget or rate-limit slot: a hit costs nothing
-            if self.cache is not None and is_deterministic(pj.request):
+            if self.cache is not None and getattr(self._key(pj, pj.chain[0]), "shared", False):
                 return await self._single_flight(pj, seed)
         return await self._run(pj, seed)
 

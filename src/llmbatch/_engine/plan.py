@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch._budget.open import check_ledger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
@@ -273,6 +274,7 @@ class Planner:
         cfg = self.config
         # Again here for configs built by hand (library use); the CLI checked more paths.
         check_run_paths(cfg)
+        check_ledger(cfg)
         if plan.problems and not cfg.skip_invalid:
             raise InputError(plan.problems)
         if plan.conflict_count:
