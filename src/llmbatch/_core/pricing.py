@@ -83,7 +83,9 @@ def _rate(value: Any, fallback: Rate | None = None) -> Rate | None:
 
 
 # Our provider names → genai-prices provider ids.
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai"}
+_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "bedrock": "aws"}
+# ...and back, where the names differ (``llmbatch models --provider bedrock``).
+_OUR_NAME = {"aws": "bedrock"}
 
 
 class PriceBook:
@@ -178,5 +180,5 @@ def known_models() -> list[tuple[str, str, Price]]:
                 prices = prices[-1].prices
             price = price_of(prices)
             if price is not None:
-                rows.append((provider.id, model.id, price))
+                rows.append((_OUR_NAME.get(provider.id, provider.id), model.id, price))
     return rows
