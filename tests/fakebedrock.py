@@ -120,6 +120,7 @@ class FakeBedrock:
     def __post_init__(self) -> None:
         self.api.route_hooks.append(self.mount)
         self.bad_signatures = 0
+        self.paths: list[str] = []  # each request's path as it arrived (percent-encoded)
 
     def mount(self, app: web.Application) -> None:
         app.router.add_post("/model/{model_id}/converse-stream", self._converse)
@@ -131,6 +132,7 @@ class FakeBedrock:
         raw = await request.read()
         body = dict(orjson.loads(raw))
         body["model"] = request.match_info["model_id"]
+        self.paths.append(request.raw_path)
         headers = {k.lower(): v for k, v in request.headers.items()}
         record = Record("bedrock", body, headers, OK, at=time.monotonic())
         with api._lock:
@@ -176,7 +178,8 @@ class FakeBedrock:
             if not self._signature_ok(request, headers, raw):
                 self.bad_signatures += 1
                 return error_response(
-                    403, "The request signature we calculated does not match.",
+                    403,
+                    "The request signature we calculated does not match.",
                     "InvalidSignatureException",
                 )
             return None
@@ -247,7 +250,8 @@ class FakeBedrock:
         for i, w in enumerate(words):
             if i and step:
                 await asyncio.sleep(step)
-            delta = event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": w}, "p": "ab"})
+            data = {"contentBlockIndex": 0, "delta": {"text": w}, "p": "ab"}
+            delta = event("contentBlockDelta", data)
             if fault in cut and i == len(words) // 2:
                 await self._write(resp, self._fault_bytes(fault, delta))
                 await resp.write_eof()

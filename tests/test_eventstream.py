@@ -15,18 +15,22 @@ import pytest
 from llmbatch._core.exceptions import ConnectionFailed
 from llmbatch.providers.eventstream import (
     BotocoreDecoder,
+    Frame,
     FrameDecoder,
     StreamDecoder,
     new_decoder,
 )
 from tests.fakebedrock import event, exception, frame
 
-DECODERS = {"ours": FrameDecoder, "botocore": BotocoreDecoder}
+DECODERS: dict[str, type[FrameDecoder] | type[BotocoreDecoder]] = {
+    "ours": FrameDecoder,
+    "botocore": BotocoreDecoder,
+}
 
 
 @pytest.fixture(params=list(DECODERS))
 def decoder(request: pytest.FixtureRequest) -> StreamDecoder:
-    return DECODERS[request.param]()  # type: ignore[no-any-return]
+    return DECODERS[request.param]()
 
 
 def stream_bytes() -> bytes:
@@ -41,12 +45,10 @@ def stream_bytes() -> bytes:
     )
 
 
-def kinds(frames: list[object]) -> list[tuple[str, bytes]]:
-    out = []
-    for f in frames:
-        headers = f.headers  # type: ignore[attr-defined]
-        out.append((headers.get(":event-type") or headers[":exception-type"], f.payload))  # type: ignore[attr-defined]
-    return out
+def kinds(frames: list[Frame]) -> list[tuple[str, bytes]]:
+    return [
+        (f.headers.get(":event-type") or f.headers[":exception-type"], f.payload) for f in frames
+    ]
 
 
 def test_whole_frames_in_one_chunk(decoder: StreamDecoder) -> None:

@@ -63,9 +63,7 @@ class ProviderSettings:
 
 def aws_region(settings: ProviderSettings) -> str | None:
     """The AWS region of a bedrock provider: its ``region``, else AWS_REGION, AWS_DEFAULT_REGION."""
-    return (
-        settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    )
+    return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
 
 
 def bedrock_base_url(settings: ProviderSettings) -> str:
@@ -251,8 +249,7 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
         kind = spec.get("type", name if name in BUILTIN_PROVIDERS else None)
         if kind not in BUILTIN_PROVIDERS:
             raise ConfigError(
-                f'{path}: [providers.{name}] needs type = "openai", "anthropic", "bedrock" '
-                'or "sim"'
+                f'{path}: [providers.{name}] needs type = "openai", "anthropic", "bedrock" or "sim"'
             )
         if name in BUILTIN_PROVIDERS and kind != name:
             raise ConfigError(f"{path}: [providers.{name}] cannot change the type of a built-in")

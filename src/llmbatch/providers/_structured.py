@@ -20,7 +20,9 @@ from llmbatch._core.exceptions import ProviderError
 OPENAI_MODES = ("json_schema", "json_object", "prompt")
 ANTHROPIC_MODES = ("output_config", "prompt")
 
-_NAMES_THE_FIELD = re.compile(r"response_format|json_schema|output_config|outputConfig", re.IGNORECASE)
+_NAMES_THE_FIELD = re.compile(
+    r"response_format|json_schema|output_config|outputConfig", re.IGNORECASE
+)
 
 _SAID = {
     "json_object": 'response_format {"type": "json_object"}, with the schema in a system message',

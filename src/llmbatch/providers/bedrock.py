@@ -133,7 +133,9 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
 def _image(url: str) -> dict[str, Any]:
     match = re.fullmatch(r"data:image/(png|jpeg|gif|webp);base64,(.*)", url, re.DOTALL)
     if match is None:
-        raise BadRequest("Bedrock Converse takes images as base64 data: URLs (png, jpeg, gif, webp)")
+        raise BadRequest(
+            "Bedrock Converse takes images as base64 data: URLs (png, jpeg, gif, webp)"
+        )
     base64.b64decode(match.group(2), validate=True)  # a bad one fails here, not at AWS
     return {"image": {"format": match.group(1), "source": {"bytes": match.group(2)}}}
 

@@ -223,4 +223,5 @@ def _usage(u: Any) -> Usage:
         raise unexpected_shape(f"usage that is {type(u).__name__}, not an object")
     read = token_count(u.get("cacheReadInputTokens"))
     write = token_count(u.get("cacheWriteInputTokens"))
-    return Usage(token_count(u.get("inputTokens")) + read + write, token_count(u.get("outputTokens")), read, write)
+    uncached = token_count(u.get("inputTokens"))
+    return Usage(uncached + read + write, token_count(u.get("outputTokens")), read, write)
