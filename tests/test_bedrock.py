@@ -357,7 +357,9 @@ def test_region_and_a_custom_provider_from_the_config_file(
         env={"AWS_BEARER_TOKEN_BEDROCK": TOKEN},
     )
     assert r.code == 0, r.output
-    assert all(x["provider"] == "bedrock-eu" for x in results(tmp_path).values())
+    out = results(tmp_path).values()
+    assert all(x["provider"] == "bedrock-eu" for x in out)
+    assert all(x["cost_usd"] is not None and x["cost_usd"] > 0 for x in out)  # AWS's price
     (tmp_path / "llmbatch.toml").write_text('[providers.x]\ntype = "bedrock"\nregion = "mars"\n')
     r = run_cli("run", "jobs.jsonl", "-m", "x:amazon.nova-lite-v1:0", env={})
     assert r.code == 2 and "region must be an AWS region name" in r.stderr

@@ -89,6 +89,7 @@ class Planner:
                 for name, s in config.providers.items()
                 if s.base_url and name not in ("anthropic", "openai", "sim")
             },
+            {name: s.kind for name, s in config.providers.items()},
         )
         self.existing: ExistingOutput | None = (
             ExistingOutput(config.output) if config.output else None
