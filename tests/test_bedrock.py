@@ -437,3 +437,32 @@ def test_an_unknown_model_runs_unpriced_and_the_report_says_so(
     assert all(x["cost_usd"] is None for x in results(tmp_path).values())
     report = orjson.loads((tmp_path / "rep.json").read_bytes())
     assert report["unpriced_models"] == ["bedrock:acme.unknown-model-v1:0"]
+
+
+def test_sigv4_without_a_region_is_exit_2(bedrock: FakeBedrock, tmp_path: Path) -> None:
+    environ = sigv4_env(bedrock)
+    del environ["AWS_REGION"]  # BEDROCK_BASE_URL gives the endpoint, but nothing to sign for
+    r = run(bedrock, environ=environ)
+    assert r.code == 2 and "needs a region" in r.stderr
+    assert bedrock.api.count() == 0
+
+
+def test_without_the_aws_extra_the_message_names_it(
+    bedrock: FakeBedrock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from llmbatch._config.settings import ProviderSettings
+    from llmbatch._core.exceptions import UsageError
+    from llmbatch.providers.factory import check_credentials
+
+    for name, value in sigv4_env(bedrock).items():
+        monkeypatch.setenv(name, value)
+    settings = ProviderSettings("bedrock", "bedrock")
+    check_credentials(settings)  # credentials, a region, botocore: fine
+    monkeypatch.setitem(sys.modules, "botocore.session", None)  # as if botocore were absent
+    with pytest.raises(UsageError) as info:
+        check_credentials(settings)
+    assert "AWS_BEARER_TOKEN_BEDROCK" in str(info.value) and "llmbatch[aws]" in str(info.value)
+    monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", TOKEN)
+    check_credentials(settings)  # a Bedrock API key needs no botocore
