@@ -177,9 +177,11 @@ class FakeBedrock:
         if self.credentials is not None:
             if not self._signature_ok(request, headers, raw):
                 self.bad_signatures += 1
+                token = headers.get("x-amz-security-token", "")
+                # echoes the session token it got, as a careless server might
                 return error_response(
                     403,
-                    "The request signature we calculated does not match.",
+                    f"The request signature we calculated does not match (token {token}).",
                     "InvalidSignatureException",
                 )
             return None

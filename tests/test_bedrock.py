@@ -304,7 +304,7 @@ def test_a_wrong_secret_is_an_auth_stop_that_never_leaks(
     report_text = (tmp_path / "rep.json").read_text()
     assert orjson.loads(report_text)["stopped_by"] == "auth"
     everything = r.output + report_text + (tmp_path / "jobs.results.jsonl").read_text()
-    assert "InvalidSignatureException" in everything
+    assert "InvalidSignatureException" in everything and "(token [redacted])" in everything
     assert SECRET not in everything and "session-token-canary" not in everything
 
 

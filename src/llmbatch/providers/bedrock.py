@@ -213,16 +213,15 @@ class BedrockProvider(HttpProvider):
             **dict(settings.headers),
         }
         self.signer: SigV4 | None = None
-        self._secrets: list[str] = []
         if self.api_key:
             self.headers["authorization"] = f"Bearer {self.api_key}"
         else:
             self.signer = sigv4_signer(settings)
-            self._secrets = self.signer.secrets()
         self.structured = StructuredModes(BEDROCK_MODES, settings.structured_output, self.notes)
 
     def _redact(self, text: str) -> str:
-        for secret in self._secrets:
+        # The current secrets: refreshable credentials (SSO, roles) change while a run lasts.
+        for secret in self.signer.secrets() if self.signer is not None else ():
             text = text.replace(secret, "[redacted]")
         return redact(text, self.api_key)
 
