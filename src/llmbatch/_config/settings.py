@@ -114,6 +114,7 @@ class RunConfig:
                 for name, s in self.providers.items()
                 if s.base_url and name not in ("anthropic", "openai", "sim")
             },
+            {name: s.kind for name, s in self.providers.items()},
         )
 
 

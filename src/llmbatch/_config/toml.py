@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from llmbatch._core.pricing import Price
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_GEMINI_URL = "https://generativelanguage.googleapis.com"  # no /v1beta, as in google-genai
+BEDROCK_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+BEDROCK_TOKEN_ENV = "AWS_BEARER_TOKEN_BEDROCK"  # a Bedrock API key, sent as a bearer token
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,17 +29,20 @@ class ProviderSettings:
     """Where and how to reach one provider. ``kind`` is its wire format."""
 
     name: str
-    kind: str  # "anthropic" | "openai" | "gemini" | "sim"
+    kind: str  # "anthropic" | "openai" | "gemini" | "bedrock" | "sim"
     base_url: str | None = None
     api_key_env: str | None = None
     # OpenAI-compatible servers differ: "max_tokens" (most) or "max_completion_tokens" (OpenAI).
     max_tokens_field: str | None = None
     structured_output: str = "native"  # "native" | "prompt"
     headers: tuple[tuple[str, str], ...] = ()
+    region: str | None = None  # bedrock: the AWS region (else AWS_REGION, AWS_DEFAULT_REGION)
 
     def resolved_base_url(self) -> str:
         if self.base_url:
             return self.base_url.rstrip("/")
+        if self.kind == "bedrock":
+            return bedrock_base_url(self)
         if self.kind == "anthropic":
             return (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/")
         if self.kind == "openai":
@@ -59,12 +66,37 @@ class ProviderSettings:
         # to OpenAI's endpoint, not to whatever base_url a [providers.NAME] gives.
         if self.name == "gemini":
             return gemini_key_env()
+        if self.kind == "bedrock":
+            # A Bedrock API key when one is set; otherwise SigV4 credentials sign each
+            # request (llmbatch[aws]), and there is no key to ask for.
+            return BEDROCK_TOKEN_ENV if os.environ.get(BEDROCK_TOKEN_ENV) else None
         return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.name)
 
 
 def gemini_key_env() -> str:
     """GOOGLE_API_KEY when set (google-genai's precedence), else GEMINI_API_KEY."""
     return "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
+
+
+def aws_region(settings: ProviderSettings) -> str | None:
+    """The AWS region of a bedrock provider: its ``region``, else AWS_REGION, AWS_DEFAULT_REGION."""
+    return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def bedrock_base_url(settings: ProviderSettings) -> str:
+    """``BEDROCK_BASE_URL``, else the region's bedrock-runtime endpoint."""
+    env = os.environ.get("BEDROCK_BASE_URL")
+    if env:
+        return env.rstrip("/")
+    region = aws_region(settings)
+    if not region:
+        raise ConfigError(
+            f"provider {settings.name} (Bedrock) needs a region: set AWS_REGION (or "
+            f'region = "us-east-1" in [providers.{settings.name}]). Nothing was sent.'
+        )
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"provider {settings.name}: {region!r} is not an AWS region name")
+    return BEDROCK_URL.format(region=region)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +166,7 @@ _PROVIDER_KEYS = {
     "max_tokens_field",
     "structured_output",
     "headers",
+    "region",
 }
 _PRICE_KEYS = {"input", "output", "cache_read", "cache_write"}
 _LIMIT_KEYS = {"rpm", "tpm", "input_tpm", "output_tpm"}
@@ -234,7 +267,9 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
         kind = spec.get("type", name if name in BUILTIN_PROVIDERS else None)
         if kind not in BUILTIN_PROVIDERS:
             raise ConfigError(
-                f'{path}: [providers.{name}] needs type = "openai", "anthropic" or "sim"'
+                f"{path}: [providers.{name}] needs type = "
+                + ", ".join(f'"{k}"' for k in BUILTIN_PROVIDERS[:-1])
+                + f' or "{BUILTIN_PROVIDERS[-1]}"'
             )
         if name in BUILTIN_PROVIDERS and kind != name:
             raise ConfigError(f"{path}: [providers.{name}] cannot change the type of a built-in")
@@ -275,8 +310,17 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
             max_tokens_field=mtf,
             structured_output=structured,
             headers=tuple(headers.items()),
+            region=_region(path, name, spec.get("region")),
         )
     return out
+
+
+def _region(path: Path, name: str, region: Any) -> str | None:
+    if region is not None and (not isinstance(region, str) or not _REGION.fullmatch(region)):
+        raise ConfigError(
+            f'{path}: [providers.{name}] region must be an AWS region name, like "us-east-1"'
+        )
+    return region
 
 
 def _load_prices(path: Path, table: Any) -> dict[str, Price]:

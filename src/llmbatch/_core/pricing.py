@@ -104,8 +104,15 @@ def _rate(value: Any, fallback: Rate | None = None) -> Rate | None:
 
 
 # Our provider names → genai-prices provider ids.
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
-_OUR_NAME = {"google": "gemini"}  # genai-prices ids we call otherwise (`llmbatch models gemini`)
+_GENAI_PROVIDER = {
+    "anthropic": "anthropic",
+    "openai": "openai",
+    "gemini": "google",
+    "bedrock": "aws",
+}
+# ...and back, where the names differ (``llmbatch models --provider gemini|bedrock``).
+_OUR_NAME = {"google": "gemini", "aws": "bedrock"}
+_PRICED_BY_KIND = ("bedrock",)
 
 
 class PriceBook:
@@ -115,9 +122,11 @@ class PriceBook:
         self,
         overrides: Mapping[str, Price] | None = None,
         provider_urls: Mapping[str, str] | None = None,
+        provider_kinds: Mapping[str, str] | None = None,
     ) -> None:
         self._overrides = dict(overrides or {})
         self._provider_urls = dict(provider_urls or {})
+        self._provider_kinds = dict(provider_kinds or {})  # a [providers.NAME]'s type
         self._cache: dict[ModelRef, Price | None] = {}
 
     def price(self, ref: ModelRef) -> Price | None:
@@ -141,6 +150,10 @@ class PriceBook:
             provider_id = _GENAI_PROVIDER.get(infer_provider(ref.model) or "")
             return lookup_genai_price(ref.model, provider_id=provider_id)
         provider_id = _GENAI_PROVIDER.get(ref.provider)
+        kind = self._provider_kinds.get(ref.provider)
+        if provider_id is None and kind in _PRICED_BY_KIND:
+            # Bedrock's model ids are its own: priced as AWS's whatever the name or URL.
+            return lookup_genai_price(ref.model, provider_id=_GENAI_PROVIDER[kind])
         url = self._provider_urls.get(ref.provider)
         if url is not None:
             return lookup_genai_price(ref.model, provider_api_url=url)

@@ -85,6 +85,13 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
 
         line["url"], line["body"] = preview(settings, ref.model, pj.request, notes)
         line["headers"] = _headers(settings, "x-goog-api-key")
+    elif settings.kind == "bedrock":
+        from llmbatch.providers.bedrock import build_bedrock_body, converse_url
+
+        line["url"] = converse_url(settings.resolved_base_url(), ref.model)
+        line["headers"] = _headers(settings)
+        line["headers"].setdefault("authorization", "AWS4-HMAC-SHA256 [SigV4, signed when sent]")
+        line["body"] = build_bedrock_body(pj.request, settings.structured_output, notes)
     else:  # sim answers locally: show the request in the OpenAI shape it reads
         from llmbatch.providers.openai import build_openai_body
 

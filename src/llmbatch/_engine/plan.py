@@ -25,6 +25,7 @@ from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
 from llmbatch._io.shard import add_sibling_done, shard_of
+from llmbatch.providers.factory import check_credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +306,8 @@ class Planner:
                         )
                 else:
                     check_key(env, needed_by=f"jobs that use {ref}")
+            if require_keys:
+                check_credentials(settings)  # what one key variable cannot say (Bedrock's SigV4)
             if cost_caps and self.prices.price(ref) is None:
                 raise UsageError(
                     f"{cost_caps[0]} needs a price for {ref}, and none is known. Add one to "

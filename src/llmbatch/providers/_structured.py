@@ -24,8 +24,8 @@ ANTHROPIC_MODES = ("output_config", "prompt")
 GEMINI_MODES = ("response_json_schema", "response_schema", "prompt")
 
 _NAMES_THE_FIELD = re.compile(
-    r"response_format|json_schema|output_config|response_?json_?schema|response_?schema"
-    r"|response_?mime_?type",
+    r"response_format|json_schema|output_config|outputConfig|response_?json_?schema"
+    r"|response_?schema|response_?mime_?type",
     re.IGNORECASE,
 )
 
