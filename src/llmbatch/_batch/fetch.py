@@ -19,10 +19,10 @@ from typing import Any
 from llmbatch._batch.close import BatchCloser, Closing, missing_reason
 from llmbatch._batch.context import BatchContext, ClientFactory, batch_context, lookup, recover
 from llmbatch._batch.repair import RepairReport, repair_pending
+from llmbatch._config.prices import price_book
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
-from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import ResultWriter
 from llmbatch._io.batch_state import Chunk
 from llmbatch._io.resume import cut_torn_tail, read_existing
@@ -86,12 +86,7 @@ class _Fetcher:
             cut_torn_tail(existing)
         self.done = existing.done
         self.output = cfg.output
-        urls = {
-            n: s.base_url
-            for n, s in cfg.providers.items()
-            if s.base_url and n not in ("anthropic", "openai", "sim")
-        }
-        self.closer = BatchCloser(ctx.state, PriceBook(cfg.prices, urls), max_attempts)
+        self.closer = BatchCloser(ctx.state, price_book(cfg, tiers=False), max_attempts)
         self.totals = self.closer.totals
         self.closed = 0
 

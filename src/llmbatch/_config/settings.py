@@ -83,6 +83,10 @@ class RunConfig:
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
     mode: str = "online"
     batch_deadline: float | None = None
+    # OpenAI-shaped providers (SPEC §15): endpoint shape and service tier for all of them;
+    # a [providers.NAME] api / service_tier wins for its own.
+    api: str | None = None  # "chat" | "responses"
+    service_tier: str | None = None  # "flex" | "auto" | "default" | "priority"
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -91,6 +95,17 @@ class RunConfig:
     @property
     def display_name(self) -> str:
         return self.jobs_display or str(self.jobs)
+
+    def api_for(self, provider: str) -> str:
+        """The endpoint shape an OpenAI-shaped provider speaks: "chat" or "responses"."""
+        return self.providers[provider].api or self.api or "chat"
+
+    def tier_for(self, provider: str) -> str | None:
+        """The service tier asked of ``provider`` (OpenAI-shaped ones only), or None."""
+        settings = self.providers[provider]
+        if settings.kind not in ("openai", "azure"):
+            return None
+        return settings.service_tier or self.service_tier
 
     def limits_for(self, ref: ModelRef) -> ModelLimits:
         """Per-model limits from config, with --rpm / --tpm filling what they leave."""
@@ -137,6 +152,7 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
+    _openai_settings(cfg, merged)
     from llmbatch._observe.sinks import observability_flags
 
     observability_flags(cfg, merged, jobs, stdin)
@@ -291,6 +307,27 @@ def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
         cfg.batch_deadline = parse_duration(deadline)
     elif deadline is not None:
         cfg.batch_deadline = _number(merged, "batch_deadline", float)
+
+
+def _openai_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """--api and --service-tier; flex gets a longer default --timeout (its answers queue)."""
+    from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
+
+    for key, allowed in (("api", API_SHAPES), ("service_tier", SERVICE_TIERS)):
+        value = merged.get(key)
+        if value is not None and value not in allowed:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {value!r}: one of {', '.join(allowed)}")
+        setattr(cfg, key, value)
+    flex = cfg.service_tier == "flex" or any(
+        s.service_tier == "flex" for s in cfg.providers.values()
+    )
+    if flex and merged.get("timeout") is None:
+        cfg.timeout = FLEX_TIMEOUT_S
+
+
+# Flex answers may wait in OpenAI's queue: its SDK docs suggest a 15-minute timeout.
+FLEX_TIMEOUT_S = 900.0
 
 
 def _stem(path: Path) -> str:

@@ -269,7 +269,7 @@ class JobRunner:
         up on this model."""
         tally.errors[err.error_type] += 1
         tally.last_error = err.to_dict()
-        if err.error_type == "rate_limited":
+        if err.error_type == "rate_limited" and err.teaches_limit:
             hint = err.limits if isinstance(err.limits, RateLimitHint) else None
             self.gates[ref].on_rate_limited(err.retry_after, hint)
         if err.error_type == "auth":

@@ -64,22 +64,13 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
         line["body"] = build_anthropic_body(
             ref.model, pj.request, settings.structured_output, notes
         )
-    elif settings.kind == "openai":
-        from llmbatch.providers.openai import build_openai_body
+    elif settings.kind in ("openai", "azure"):
+        from llmbatch.providers.openai import OpenAIWire
 
-        base = settings.resolved_base_url()
-        field = settings.max_tokens_field or (
-            "max_completion_tokens" if "api.openai.com" in base else "max_tokens"
-        )
-        line["url"] = base + "/chat/completions"
+        wire = OpenAIWire.of(settings, cfg)
+        line["url"] = wire.url(ref.model)
         line["headers"] = _headers(settings)
-        line["body"] = build_openai_body(
-            ref.model,
-            pj.request,
-            max_tokens_field=field,
-            structured=settings.structured_output,
-            notes=notes,
-        )
+        line["body"] = wire.body(ref.model, pj.request, settings.structured_output, notes)
     else:  # sim answers locally: show the request in the OpenAI shape it reads
         from llmbatch.providers.openai import build_openai_body
 
@@ -94,7 +85,9 @@ def _headers(settings: ProviderSettings) -> dict[str, str]:
     """The headers that carry a key or a setting, every credential redacted."""
     out: dict[str, str] = {}
     env = settings.key_env()
-    if env is not None:
+    if env is not None and settings.kind == "azure" and not env.endswith("_AD_TOKEN"):
+        out["api-key"] = f"[redacted: ${env}]"
+    elif env is not None:
         out["authorization"] = f"Bearer [redacted: ${env}]"
     for name, value in settings.headers:
         out[name] = f"[redacted: {len(value)} characters]" if _SECRET_HEADER.search(name) else value

@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 
+from llmbatch._config.prices import price_book
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request
 from llmbatch._core.keys import check_base_url, check_key
 from llmbatch._core.models import ModelRef
-from llmbatch._core.pricing import PriceBook
 from llmbatch._core.schema import check_schema, schema_key
 from llmbatch._core.template import Template, TemplateError
 from llmbatch._io.jobfile import validate_file
@@ -81,14 +81,7 @@ class Planner:
             has_default_model=config.model is not None,
             include_input=config.include_input,
         )
-        self.prices = PriceBook(
-            config.prices,
-            {
-                name: s.base_url
-                for name, s in config.providers.items()
-                if s.base_url and name not in ("anthropic", "openai", "sim")
-            },
-        )
+        self.prices = price_book(config)
         self.existing: ExistingOutput | None = (
             ExistingOutput(config.output) if config.output else None
         )
@@ -217,6 +210,12 @@ class Planner:
         cost_caps = [flag for flag, value in caps if value is not None]
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
+            if settings.kind == "azure" and not settings.resolved_base_url():
+                raise UsageError(
+                    f"AZURE_OPENAI_ENDPOINT is not set: jobs use {ref}. Export it "
+                    "(https://RESOURCE.openai.azure.com) or set base_url in "
+                    f"[providers.{ref.provider}]. Nothing was sent."
+                )
             if settings.kind != "sim":
                 check_base_url(settings.resolved_base_url(), f"provider {ref.provider}")
             env = settings.key_env()
