@@ -145,7 +145,7 @@ def responses_usage(u: Any) -> Usage:
         token_count(u.get("input_tokens")),
         token_count(u.get("output_tokens")),
         token_count(details.get("cached_tokens")),
-        0,
+        token_count(details.get("cache_write_tokens")),
     )
 
 
