@@ -63,6 +63,7 @@ class FakeBatch:
     create_delay_s: float = 0.0  # real seconds a create waits, once made, before it answers
     reply: str | None = None  # every batch answer's text (the online endpoints keep their own)
     bill_errors: bool = False  # errored requests are billed (OpenAI: usage in the error body)
+    download_delay_s: float = 0.0  # real seconds a results download waits (a fetch to kill)
     file_purpose: str = "batch"  # the purpose a batch's input file must have been uploaded with
     paths: Counter[str] = field(default_factory=Counter)  # OpenAI-shaped calls by path prefix
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
@@ -312,6 +313,8 @@ class FakeBatch:
         f = self.files.get(request.match_info["id"])
         if f is None:
             return self.api._error("openai", 404, "no such file")
+        if self.download_delay_s:
+            await asyncio.sleep(self.download_delay_s)
         if self.truncate_downloads > 0:
             with self._lock:
                 self.truncate_downloads -= 1

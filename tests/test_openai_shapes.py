@@ -44,9 +44,7 @@ class Shape:
 
     def run(self, fake: FakeAPI, tmp_path: Path, *more: str) -> tuple[int, str]:
         (tmp_path / "llmbatch.toml").write_text(self.toml)
-        r = run_cli(
-            "run", "jobs.jsonl", "-m", self.model, *self.args, *more, env=self.env(fake)
-        )
+        r = run_cli("run", "jobs.jsonl", "-m", self.model, *self.args, *more, env=self.env(fake))
         return r.code, r.output
 
 
@@ -231,9 +229,7 @@ def test_azure_content_filter_on_the_prompt_is_a_content_filter(
     assert isinstance(err, ContentFiltered) and not err.retryable
 
 
-def test_dry_run_shows_the_azure_url_and_the_responses_body(
-    fake: FakeAPI, tmp_path: Path
-) -> None:
+def test_dry_run_shows_the_azure_url_and_the_responses_body(fake: FakeAPI, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
     (tmp_path / "llmbatch.toml").write_text('[providers.azure]\nazure_path = "deployment"\n')
     env = {"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com", "AZURE_OPENAI_API_KEY": "k1"}
