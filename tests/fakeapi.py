@@ -329,6 +329,10 @@ class FakeAPI:
                 raise asyncio.CancelledError  # aiohttp drops the handler quietly
             if fault == HANG:
                 await asyncio.sleep(3600)
+            if fault == "429" and body.get("service_tier") == "flex" and wait is None:
+                # OpenAI's flex tier out of capacity: not the caller's pace.
+                message = "Resource Unavailable: flex capacity is exhausted; try again later"
+                return self._error(kind, 429, message)
             if fault.isdigit():
                 return self._error(kind, int(fault), f"simulated {fault}", wait)
             try:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from llmbatch._config.settings import RunConfig
+from llmbatch._core.batch_price import batch_price
 from llmbatch._core.jobs import LineError, estimate_input_tokens
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import Price
 from llmbatch._core.usage import Usage
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import read_existing
@@ -30,6 +34,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
     if config.output is not None and config.output.exists():
         existing = read_existing(config.output, retry_failed=config.retry_failed)
     per_model: dict[str, dict[str, Any]] = {}
+    other = OtherPrices(config)
     total = invalid = done = 0
     problems: list[str] = []
     with open_jobs(config.jobs) as stream:
@@ -45,7 +50,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             if existing is not None and pj.job.id in existing.done:
                 done += 1
                 continue
-            _count_job(per_model, pj, planner.prices, config.max_tokens)
+            _count_job(per_model, pj, planner.prices, config.max_tokens, other)
     _round_costs(per_model)
     priced = [m for m in per_model.values() if m["priced"]]
     # Nothing priced: no figure at all, rather than a $0 that reads as "free".
@@ -71,8 +76,41 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
     }
 
 
+class OtherPrices:
+    """What the jobs would cost in a provider Batch API and at OpenAI's flex tier."""
+
+    def __init__(self, config: RunConfig) -> None:
+        from llmbatch._config.prices import price_book
+
+        self.config = config
+        self.online = price_book(config, tiers=False)
+        flex = RunConfig(jobs=config.jobs, providers=config.providers, prices=config.prices)
+        flex.service_tier = "flex"
+        self.flex_book = price_book(flex)
+        self.at = time.time()
+        self._batch: dict[ModelRef, Price | None] = {}
+
+    def batch(self, ref: ModelRef) -> Price | None:
+        if ref not in self._batch:
+            price = None
+            if self.config.providers[ref.provider].has_batch_api():
+                found, note = batch_price(self.online, self.config.prices, ref, self.at)
+                price = found if note is None else None  # only a real batch price
+            self._batch[ref] = price
+        return self._batch[ref]
+
+    def flex(self, ref: ModelRef) -> Price | None:
+        if self.flex_book.tier(ref.provider) is None:
+            return None  # not an OpenAI-shaped provider: no flex tier
+        return self.flex_book.price(ref)
+
+
 def _count_job(
-    per_model: dict[str, dict[str, Any]], pj: PreparedJob, prices: PriceBook, max_tokens: int
+    per_model: dict[str, dict[str, Any]],
+    pj: PreparedJob,
+    prices: PriceBook,
+    max_tokens: int,
+    other: OtherPrices,
 ) -> None:
     """Add one job's tokens and costs (worst case, expected) to its first model's totals."""
     ref = pj.chain[0]
@@ -85,6 +123,8 @@ def _count_job(
             "expected_output_tokens": 0,
             "worst_case_usd": 0.0,
             "expected_usd": 0.0,
+            "expected_batch_usd": None,
+            "expected_flex_usd": None,
             "priced": True,
         },
     )
@@ -101,6 +141,12 @@ def _count_job(
     else:
         m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
         m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
+    for key, alt in (
+        ("expected_batch_usd", other.batch(ref)),
+        ("expected_flex_usd", other.flex(ref)),
+    ):
+        if alt is not None:
+            m[key] = (m[key] or 0.0) + alt.cost(Usage(in_tokens, out_typ))
 
 
 def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
@@ -111,6 +157,9 @@ def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
         else:
             m["worst_case_usd"] = round(m["worst_case_usd"], 6)
             m["expected_usd"] = round(m["expected_usd"], 6)
+        for key in ("expected_batch_usd", "expected_flex_usd"):
+            if m[key] is not None:
+                m[key] = round(m[key], 6)
 
 
 def render_estimate(est: dict[str, Any], console: Console) -> None:
@@ -122,7 +171,8 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
         f"[bold]{jobs['left']}[/] left · {jobs['invalid_lines']} invalid lines"
     )
     table = Table(title="estimate for the jobs left (nothing sent)", title_justify="left")
-    for col in ("model", "jobs", "input tok", "expected out", "expected", "worst case"):
+    cols = ("model", "jobs", "input tok", "expected out", "expected", "batch", "flex", "worst case")
+    for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for key, m in est["by_model"].items():
         table.add_row(
@@ -131,6 +181,8 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
             f"{m['input_tokens']:,}",
             f"{m['expected_output_tokens']:,}",
             "unpriced" if m["expected_usd"] is None else f"${m['expected_usd']:,.4f}",
+            "-" if m["expected_batch_usd"] is None else f"${m['expected_batch_usd']:,.4f}",
+            "-" if m["expected_flex_usd"] is None else f"${m['expected_flex_usd']:,.4f}",
             "unpriced" if m["worst_case_usd"] is None else f"${m['worst_case_usd']:,.4f}",
         )
     console.print(table)

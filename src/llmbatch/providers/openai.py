@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import orjson
 
+from llmbatch._config.prices import price_book
 from llmbatch._config.toml import AZURE_API_VERSION
 from llmbatch._core.exceptions import (
     ConnectionFailed,
@@ -29,6 +30,8 @@ from llmbatch._core.exceptions import (
 )
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens, text_of
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import TIERED
 from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import Attempt, redact, text_field, token_count, unexpected_shape
@@ -189,6 +192,8 @@ class OpenAIProvider(HttpProvider):
             **self.auth_headers(),
         }
         self.structured = StructuredModes(OPENAI_MODES, settings.structured_output, self.notes)
+        self._config = config
+        self._priced: set[str] = set()  # models whose tier price was looked at
 
     @property
     def url(self) -> str:
@@ -198,7 +203,18 @@ class OpenAIProvider(HttpProvider):
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def _note_tier_price(self, model: str) -> None:
+        """Say once per model when its tier (flex) is priced at a stand-in price."""
+        if model in self._priced or self.wire.service_tier not in TIERED:
+            return
+        self._priced.add(model)
+        book = price_book(self._config)
+        ref = ModelRef(self.name, model)
+        if book.price(ref) is not None and ref in book.notes:
+            self.notes.add(f"{model}: {book.notes[ref].partition(': ')[2]}")
+
     async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
+        self._note_tier_price(model)
         mode = self.structured.mode
         body = self.wire.body(model, request, mode, self.notes)
         ours = request.schema is not None and mode != "prompt"
