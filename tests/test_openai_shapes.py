@@ -217,14 +217,17 @@ def test_azure_without_endpoint_or_key_says_which_and_sends_nothing(
 
 
 def test_azure_content_filter_on_the_prompt_is_a_content_filter(
-    fake: FakeAPI, tmp_path: Path
+    fake: FakeAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from llmbatch._config.settings import RunConfig
     from llmbatch._core.exceptions import ContentFiltered
     from llmbatch.providers.azure import AzureProvider
 
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", fake.url)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", CANARY_OPENAI)
+    cfg = RunConfig(jobs=tmp_path / "jobs.jsonl")
+    provider = AzureProvider(cfg.providers["azure"], cfg)
     body = orjson.dumps({"error": {"code": "content_filter", "message": "filtered"}})
-    provider = AzureProvider.__new__(AzureProvider)
-    provider.api_key = None
     err = provider._http_error(400, body, {}, None, "req")
     assert isinstance(err, ContentFiltered) and not err.retryable
 
