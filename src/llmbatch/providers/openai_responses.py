@@ -31,7 +31,16 @@ from llmbatch.providers._http import SSEEvent, now_ms
 from llmbatch.providers._structured import fits_strict, schema_instruction, schema_name
 
 # Keys of a chat-completions body (a batch line's own) that mean the same in a Responses body.
-_SAME_KEYS = ("temperature", "top_p", "metadata", "user", "parallel_tool_calls", "store")
+_SAME_KEYS = (
+    "temperature",
+    "top_p",
+    "metadata",
+    "user",
+    "parallel_tool_calls",
+    "store",
+    "service_tier",
+    "reasoning",
+)
 
 
 def build_responses_body(
@@ -44,6 +53,8 @@ def build_responses_body(
     """The Responses API body for one attempt (streamed; ``store`` false unless asked)."""
     if request.wire_format == "openai" and request.body is not None:
         body = _from_chat_body(request.body, request, notes)
+        if request.appended:  # repair turns after a line's own body (else in messages)
+            body["input"] = list(body["input"]) + [_item(m) for m in request.appended]
     else:
         body = {"input": [_item(m) for m in request.messages]}
         if request.system is not None:
@@ -53,8 +64,6 @@ def build_responses_body(
             body["temperature"] = request.temperature
         body["max_output_tokens"] = request.max_tokens
     body["model"] = model
-    if request.appended:
-        body["input"] = list(body["input"]) + [_item(m) for m in request.appended]
     if request.schema is not None and "format" not in (body.get("text") or {}):
         _add_structured(body, request.schema, structured, notes)
     body.setdefault("store", False)
@@ -89,6 +98,8 @@ def _from_chat_body(
     body["max_output_tokens"] = cap
     if request.temperature is not None:
         body.setdefault("temperature", request.temperature)
+    if "reasoning_effort" in chat:  # chat's name for it
+        body["reasoning"] = {"effort": chat["reasoning_effort"]}
     fmt = chat.get("response_format")
     if isinstance(fmt, dict):
         if fmt.get("type") == "json_schema":
@@ -98,7 +109,7 @@ def _from_chat_body(
             body["text"] = {"format": fmt}
     dropped = sorted(
         set(chat)
-        - {*_SAME_KEYS, "messages", "model", "response_format"}
+        - {*_SAME_KEYS, "messages", "model", "response_format", "reasoning_effort"}
         - {"max_tokens", "max_completion_tokens", "stream", "stream_options"}
     )
     if dropped and notes is not None:
