@@ -75,18 +75,16 @@ def test_the_body_speaks_responses() -> None:
 
 
 def test_a_lines_chat_body_is_translated_and_what_has_no_place_is_said() -> None:
-    chat = {
-        "messages": [
-            {"role": "system", "content": "sys"},
-            {"role": "user", "content": "q"},
-        ],
+    messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": "q"}]
+    chat: dict[str, Any] = {
+        "messages": messages,
         "max_completion_tokens": 70,
         "reasoning_effort": "low",
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}},
         "store": True,
         "logit_bias": {"1": 2},
     }
-    req = Request(chat["messages"][1:], body=chat, wire_format="openai")
+    req = Request(messages[1:], body=chat, wire_format="openai")
     notes: set[str] = set()
     body = build_responses_body("gpt-5-mini", req, notes=notes)
     assert body["instructions"] == "sys" and body["input"] == [{"role": "user", "content": "q"}]
