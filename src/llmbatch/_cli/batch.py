@@ -51,7 +51,7 @@ def _stamp(ts: float | None) -> str:
 
 
 def render_rows(rows: list[BatchRow], as_json: bool) -> None:
-    from llmbatch.cli import _console
+    from llmbatch._cli.common import _console
 
     if as_json:
         import orjson
@@ -125,21 +125,21 @@ def submit(
         import anyio
 
         from llmbatch._batch.submit import submit as do_submit
-        from llmbatch.cli import _configured
+        from llmbatch._cli.common import _configured
 
         with _configured(jobs, flags, config) as cfg:
             rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
         _say_submitted(rep, as_json)
         return rep.exit_code
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
 
 def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
     """The submit report as JSON (with --json), and one line per batch and in sum on stderr."""
-    from llmbatch.cli import _err
+    from llmbatch._cli.common import _err
 
     if as_json:
         import orjson
@@ -169,7 +169,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
         import anyio
 
         from llmbatch._batch.context import batch_context, batch_status
-        from llmbatch.cli import _err
+        from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
 
@@ -183,7 +183,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
         render_rows(rows, as_json)
         return 4 if any(r.in_progress for r in rows) else 0
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
@@ -230,14 +230,14 @@ def fetch(
         _say_fetched(rep)
         return rep.exit_code
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
 
 def _say_fetched(rep: FetchReport) -> None:
     """What fetch did, on stderr: batches, repairs, savings, notes."""
-    from llmbatch.cli import _err
+    from llmbatch._cli.common import _err
 
     sys.stderr.write(
         f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
@@ -284,7 +284,7 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
         )
         return 0
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
@@ -294,8 +294,8 @@ def run_mode(cfg: RunConfig) -> int:
     import anyio
 
     from llmbatch._batch.run import run_with_batches
+    from llmbatch._cli.common import _console, _err
     from llmbatch._observe.progress import make_progress
-    from llmbatch.cli import _console, _err
 
     mode = cfg.mode
     deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from llmbatch._config.modes import MODES, Mode, parse_duration
+from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
 from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
 from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
 from llmbatch._config.toml import FileConfig as FileConfig
@@ -81,7 +83,7 @@ class RunConfig:
     shared: str | None = None  # redis://HOST:PORT/DB
     shard: tuple[int, int] | None = None  # (index, count), index from 0
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
-    mode: str = "online"
+    mode: Mode = Mode.ONLINE
     batch_deadline: float | None = None
     # OpenAI-shaped providers (SPEC §15): endpoint shape and service tier for all of them;
     # a [providers.NAME] api / service_tier wins for its own.
@@ -153,8 +155,6 @@ def build_run_config(
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
     _openai_settings(cfg, merged)
-    from llmbatch._observe.sinks import observability_flags
-
     observability_flags(cfg, merged, jobs, stdin)
     check_run_paths(cfg, reads)
     return cfg
@@ -296,12 +296,10 @@ def _shared_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
 
 def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
     """--mode and --batch-deadline (a duration such as 2h, or seconds)."""
-    from llmbatch._batch.run import MODES, parse_duration
-
     mode = merged.get("mode") or "online"
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
-    cfg.mode = mode
+    cfg.mode = Mode(mode)
     deadline = merged.get("batch_deadline")
     if isinstance(deadline, str):
         cfg.batch_deadline = parse_duration(deadline)
@@ -311,8 +309,6 @@ def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
 
 def _openai_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
     """--api and --service-tier; flex gets a longer default --timeout (its answers queue)."""
-    from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
-
     for key, allowed in (("api", API_SHAPES), ("service_tier", SERVICE_TIERS)):
         value = merged.get(key)
         if value is not None and value not in allowed:
@@ -358,3 +354,14 @@ def load_schema_file(path: Path) -> dict[str, Any]:
     check_schema(data, str(path))
     assert isinstance(data, dict)
     return data
+
+
+def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdin: bool) -> None:
+    """--cache, --log-json, --otlp into ``cfg``, checked before anything is sent."""
+    if merged.get("cache") is not None:
+        cfg.cache_path = Path(merged["cache"]).expanduser()
+    cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
+    otlp = merged.get("otlp")
+    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
+        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    cfg.otlp = otlp
