@@ -220,3 +220,13 @@ def test_azure_chunks_stay_under_its_limits(
     counts = [n for _, _, n in fb.created]
     assert len(sizes) > 1 and sum(counts) == 20
     assert max(sizes) <= 2000 if limit == "max_bytes" else max(counts) <= 4
+
+
+def test_batch_submit_takes_api_as_a_flag(fb: FakeBatch, tmp_path: Path) -> None:
+    shape = SHAPES[2]
+    path, out = setup(shape, fb, tmp_path, 3)
+    (tmp_path / "llmbatch.toml").unlink()
+    sub = run_cli("batch", "submit", str(path), "-o", out, "--api", "responses", env=shape.env(fb))
+    assert sub.code == 0, sub.output
+    (b,) = fb.batches.values()
+    assert b.endpoint == "/v1/responses" and all("input" in it.body for it in b.items)

@@ -216,3 +216,15 @@ def test_other_provider_error_is_what_a_garbled_event_becomes() -> None:
     stream = ResponsesStream()
     with pytest.raises(OtherProviderError):
         stream.feed(SSEEvent(None, b'{"type": "response.output_text.delta", "delta": 5}'))
+
+
+def test_a_stream_whose_text_comes_only_in_the_final_event_is_read() -> None:
+    stream = ResponsesStream()
+    final = done()
+    final["response"]["output"] = [
+        {"type": "message", "content": [{"type": "output_text", "text": "late"}]}
+    ]
+    for e in events(final):
+        stream.feed(e)
+    answer = stream.answer(Request([{"role": "user", "content": "x"}]), None, None)
+    assert answer.text == "late" and answer.ttft_ms is None

@@ -123,13 +123,19 @@ def test_a_429_with_retry_after_waits_and_succeeds(
     fake.retry_after = 0.2
     fake.add_rule("Question 0:", "429")
     write_jsonl(tmp_path / "jobs.jsonl", prompts(1))
-    code, out = shape.run(fake, tmp_path, "--quiet")
+    code, out = shape.run(fake, tmp_path, "--quiet", "--log-json", "events.jsonl")
     assert code == 0, out
     (x,) = read_jsonl(tmp_path / "jobs.results.jsonl")
     assert x["status"] == "ok" and x["attempts"] == 2
     assert x["attempt_errors"] == {"rate_limited": 1}
-    first, second = fake.records
-    assert second.at - first.at >= 0.2  # the retry-after was honoured
+    assert fake.outcomes() == {"429": 1, "ok": 1}
+    limited = [
+        e
+        for e in read_jsonl(tmp_path / "events.jsonl")
+        if e["event"] == "attempt" and e["outcome"] == "rate_limited"
+    ]
+    assert len(limited) == 1 and limited[0]["http_status"] == 429
+    assert limited[0]["retry_after_s"] == 0.2 and limited[0]["backoff_s"] >= 0.2  # it waited
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)

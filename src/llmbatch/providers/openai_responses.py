@@ -226,15 +226,21 @@ class ResponsesStream:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise unexpected_shape("a response that is not an object")
-        for item in data.get("output") or ():
+        self._final(data, streamed=False)
+
+    def _output(self, response: dict[str, Any]) -> None:
+        """The text and refusals of a whole Response's ``output`` items."""
+        for item in response.get("output") or ():
             for part in item.get("content") or () if isinstance(item, dict) else ():
                 if part.get("type") == "output_text":
                     self.parts.append(text_field(part.get("text")) or "")
                 elif part.get("type") == "refusal":
                     self.refusal.append(text_field(part.get("refusal")) or "")
-        self._final(data, streamed=False)
 
     def _final(self, response: dict[str, Any], *, streamed: bool) -> None:
+        if not self.parts and not self.refusal:
+            # Whole, or a stream whose text came only in the final event (some servers).
+            self._output(response)
         self.done = True
         if response.get("usage"):
             self.usage = responses_usage(response["usage"])
