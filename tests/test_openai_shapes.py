@@ -249,3 +249,20 @@ def test_dry_run_shows_the_azure_url_and_the_responses_body(fake: FakeAPI, tmp_p
     assert line["headers"]["api-key"].startswith("[redacted")
     assert line["body"]["input"][0]["content"].startswith("Question 0")
     assert "k1" not in r.output and fake.count() == 0
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_a_wrong_key_is_never_echoed(shape: Shape, fake: FakeAPI, tmp_path: Path) -> None:
+    fake.expected_key = "the-right-key"  # the fake's 401 quotes the key it was given
+    write_jsonl(tmp_path / "jobs.jsonl", prompts(4))
+    code, out = shape.run(fake, tmp_path, "--report", "rep.json", "--log-json", "ev.jsonl")
+    assert code == 1, out
+    results = read_jsonl(tmp_path / "jobs.results.jsonl")
+    assert all(x["status"] == "failed" and x["error"]["type"] == "auth" for x in results)
+    for text in (
+        out,
+        (tmp_path / "jobs.results.jsonl").read_text(),
+        (tmp_path / "rep.json").read_text(),
+        (tmp_path / "ev.jsonl").read_text(),
+    ):
+        assert CANARY_OPENAI not in text
