@@ -6,6 +6,12 @@ Together, Groq, OpenRouter, gateways).
 goes out as ``max_completion_tokens`` to api.openai.com (the o-series refuses
 ``max_tokens``) and as ``max_tokens`` elsewhere (what most compatible servers
 read); ``max_tokens_field`` in ``[providers.NAME]`` overrides.
+
+``OpenAIWire`` says where a provider of this wire format is asked and in which
+shape: Chat Completions or the Responses API (``--api``, built in
+``openai_responses``), OpenAI's URLs or Azure's (``azure``), with the
+``service_tier`` asked for. A flex tier's "resource unavailable" 429 is marked
+``teaches_limit = False``: retried, but the rate limiter does not learn from it.
 """
 
 from __future__ import annotations
