@@ -15,8 +15,8 @@ from llmbatch._core.exceptions import RateLimited
 from llmbatch._core.jobs import Request
 from llmbatch._core.pricing import PriceBook, tier_price
 from llmbatch._core.usage import Usage
-from llmbatch._engine.engine import Engine
 from llmbatch._limits.ratelimit import ModelGate
+from llmbatch._run.online import FileRun
 from llmbatch.providers._base import Answer, Provider
 from llmbatch.testing import FakeClock
 from tests._fakewire import error_payload
@@ -181,11 +181,11 @@ async def test_flex_429s_do_not_teach_the_learned_limit(
 
     sink = ListSink()
     clock = FakeClock()
-    engine = Engine(cfg, provider_factory=make, handle_signals=False, sinks=[sink], clock=clock)
+    session = FileRun(cfg, provider_factory=make, handle_signals=False, sinks=[sink], clock=clock)
     async with clock.autojump():
-        report = await engine.run()
+        report = await session.run()
     assert report.ok == 40 and report.errors == {"rate_limited": 30}
-    gate = engine.gates[ModelRef("openai", FLEX_MODEL)]
+    gate = session.services.gates[ModelRef("openai", FLEX_MODEL)]
     assert isinstance(gate, ModelGate)
     learned = [e for e in sink.events if isinstance(e, LimitChanged)]
     if flex:

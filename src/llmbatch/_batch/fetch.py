@@ -19,7 +19,6 @@ from typing import Any
 from llmbatch._batch.close import BatchCloser, Closing, missing_reason
 from llmbatch._batch.context import BatchContext, ClientFactory, batch_context, lookup, recover
 from llmbatch._batch.repair import RepairReport, repair_pending
-from llmbatch._config.prices import price_book
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -86,7 +85,7 @@ class _Fetcher:
             cut_torn_tail(existing)
         self.done = existing.done
         self.output = cfg.output
-        self.closer = BatchCloser(ctx.state, price_book(cfg, tiers=False), max_attempts)
+        self.closer = BatchCloser(ctx.state, cfg.price_book(tiers=False), max_attempts)
         self.totals = self.closer.totals
         self.closed = 0
 

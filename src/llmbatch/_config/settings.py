@@ -22,7 +22,7 @@ from llmbatch._config.toml import find_config as find_config
 from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
-from llmbatch._core.pricing import Price
+from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
 
 # More requests in flight than any provider account allows; far past it, the
@@ -116,6 +116,27 @@ class RunConfig:
             own,
             rpm=own.rpm if own.rpm is not None else self.rpm,
             tpm=own.tpm if own.tpm is not None else self.tpm,
+        )
+
+    def price_book(self, *, tiers: bool = True) -> PriceBook:
+        """Prices for this run: llmbatch.toml's, else genai-prices' (by base URL for
+        providers of our own naming; Azure ones as Azure, deployments by ``price_as``),
+        at each provider's service tier; ``tiers=False``: the standard online price."""
+        providers = self.providers
+        return PriceBook(
+            self.prices,
+            {
+                name: s.base_url
+                for name, s in providers.items()
+                if s.base_url and name not in BUILTIN_PROVIDERS and s.kind != "azure"
+            },
+            provider_ids={name: "azure" for name, s in providers.items() if s.kind == "azure"},
+            price_as={name: dict(s.price_as) for name, s in providers.items() if s.price_as},
+            tiers={
+                name: tier
+                for name in providers
+                if tiers and (tier := self.tier_for(name)) is not None
+            },
         )
 
 

@@ -80,13 +80,11 @@ class OtherPrices:
     """What the jobs would cost in a provider Batch API and at OpenAI's flex tier."""
 
     def __init__(self, config: RunConfig) -> None:
-        from llmbatch._config.prices import price_book
-
         self.config = config
-        self.online = price_book(config, tiers=False)
+        self.online = config.price_book(tiers=False)
         flex = RunConfig(jobs=config.jobs, providers=config.providers, prices=config.prices)
         flex.service_tier = "flex"
-        self.flex_book = price_book(flex)
+        self.flex_book = flex.price_book()
         self.at = time.time()
         self._batch: dict[ModelRef, Price | None] = {}
 

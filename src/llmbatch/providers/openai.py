@@ -25,7 +25,6 @@ from urllib.parse import quote
 
 import orjson
 
-from llmbatch._config.prices import price_book
 from llmbatch._config.toml import AZURE_API_VERSION
 from llmbatch._core.exceptions import (
     ConnectionFailed,
@@ -214,7 +213,7 @@ class OpenAIProvider(HttpProvider):
         if model in self._priced or self.wire.service_tier not in TIERED:
             return
         self._priced.add(model)
-        book = price_book(self._config)
+        book = self._config.price_book()
         ref = ModelRef(self.name, model)
         if book.price(ref) is not None and ref in book.notes:
             self.notes.add(f"{model}: {book.notes[ref].partition(': ')[2]}")
