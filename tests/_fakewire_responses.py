@@ -113,7 +113,7 @@ class ResponsesSSE:
         name = data["type"].encode()
         await self.resp.write(b"event: " + name + b"\ndata: " + orjson.dumps(data) + b"\n\n")
 
-    async def start(self, in_tokens: int, cached: int) -> None:
+    async def start(self, in_tokens: int, cached: int, written: tuple[int, int] = (0, 0)) -> None:
         self.in_tokens, self.cached = in_tokens, cached
         shell = response_obj(self.model, "in_progress", [], None)
         await self.event({"type": "response.created", "response": shell})

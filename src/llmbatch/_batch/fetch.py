@@ -22,9 +22,11 @@ from llmbatch._batch.repair import RepairReport, repair_pending
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.events import AttemptEnded, EventBus, JobEnded
 from llmbatch._core.results import ResultWriter
 from llmbatch._io.batch_state import Chunk
 from llmbatch._io.resume import cut_torn_tail, read_existing
+from llmbatch._run.session import RunSession
 from llmbatch.providers.factory import ProviderFactory
 
 
@@ -76,7 +78,7 @@ class FetchReport:
 
 
 class _Fetcher:
-    def __init__(self, ctx: BatchContext, max_attempts: int) -> None:
+    def __init__(self, ctx: BatchContext, max_attempts: int, bus: EventBus | None = None) -> None:
         cfg = ctx.config
         assert cfg.output is not None
         self.ctx = ctx
@@ -88,6 +90,7 @@ class _Fetcher:
         self.closer = BatchCloser(ctx.state, cfg.price_book(tiers=False), max_attempts)
         self.totals = self.closer.totals
         self.closed = 0
+        self.bus = bus  # the run's events: batch answers count as its jobs
 
     def line_fp(self, job_id: str) -> int | None:
         """The fingerprint of the job's line (0 for one written now), None: no line."""
@@ -99,6 +102,34 @@ class _Fetcher:
             or job_id in self.ctx.state.repairs
             or self.done.fingerprint(job_id) is not None
         )
+
+    def _emit(self, chunk: Chunk, out: Closing) -> None:
+        """The batch's requests as the run's attempts, then its lines as the run's jobs."""
+        assert self.bus is not None
+        now = self.ctx.clock.time()
+        emit = self.bus.emit
+        for job_id, usage, cost, outcome in out.spent:
+            emit(
+                AttemptEnded(
+                    ts=now,
+                    started_ts=chunk.at,
+                    job_id=job_id,
+                    provider=chunk.provider,
+                    model=chunk.model,
+                    n=self.ctx.state.total_rounds[job_id] or 1,
+                    outcome=outcome,
+                    http_status=200 if outcome == "ok" else None,
+                    latency_ms=None,
+                    ttft_ms=None,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=cost,
+                    retry_after_s=None,
+                    backoff_s=None,
+                )
+            )
+        for r in out.results:
+            emit(JobEnded(now, r))
 
     async def poll(self) -> int:
         """Fetch every ended batch; return how many are still open."""
@@ -142,9 +173,11 @@ class _Fetcher:
         """
         writer = ResultWriter(self.output)
         try:
-            writer.write(out.lines)
+            writer.write([r.to_json() for r in out.results])
         finally:
             writer.close()
+        if self.bus is not None:
+            self._emit(chunk, out)
         state = self.ctx.state
         state.append_many(out.repairs)
         self.totals.returned += sum(1 for r in out.returned.values() if r != "fallback")
@@ -175,19 +208,32 @@ async def fetch(
     client_factory: ClientFactory | None = None,
     repair: bool = True,
     provider_factory: ProviderFactory | None = None,
+    session: RunSession | None = None,
 ) -> FetchReport:
     """Fetch every ended batch (with ``wait``, poll until none is open), then make the
-    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run)."""
-    async with batch_context(config, clock=clock, factory=client_factory) as ctx:
+    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run).
+
+    ``session``: the run this fetch is part of (``run --mode batch|auto``): it holds
+    the output lock, and every line written counts as one of its jobs (report, events).
+    """
+    locked = session is not None
+    async with batch_context(config, clock=clock, factory=client_factory, locked=locked) as ctx:
         await recover(ctx)
-        f = _Fetcher(ctx, max_attempts or config.max_attempts)
+        bus = session.bus if session is not None else None
+        f = _Fetcher(ctx, max_attempts or config.max_attempts, bus)
         if not ctx.state.chunks:
             ctx.notes.append(f"no batches recorded for {config.output}")
         while True:
             still = await f.poll()
             if not still or not wait:
                 break
-            await clock.sleep(poll)
+            if session is None:
+                await clock.sleep(poll)
+                continue
+            with session.stopper.interruptible():
+                await clock.sleep(poll)
+            if session.stopper.stopping:
+                break
         fixed = RepairReport()
         if repair and ctx.state.pending_repairs(f.line_fp):
             fixed = await repair_pending(ctx, f.line_fp, f.closer.online, provider_factory)

@@ -89,6 +89,7 @@ class RunConfig:
     # a [providers.NAME] api / service_tier wins for its own.
     api: str | None = None  # "chat" | "responses"
     service_tier: str | None = None  # "flex" | "auto" | "default" | "priority"
+    prompt_cache: str = "auto"  # "auto": mark and route shared prefixes; "off": leave them
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -176,6 +177,10 @@ def build_run_config(
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
     _openai_settings(cfg, merged)
+    prompt_cache = merged.get("prompt_cache") or "auto"
+    if prompt_cache not in ("auto", "off"):
+        raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
+    cfg.prompt_cache = prompt_cache
     observability_flags(cfg, merged, jobs, stdin)
     check_run_paths(cfg, reads)
     return cfg

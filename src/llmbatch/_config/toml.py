@@ -17,6 +17,7 @@ from llmbatch._core.pricing import Price
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_GEMINI_URL = "https://generativelanguage.googleapis.com"  # no /v1beta, as in google-genai
 AZURE_API_VERSION = "2024-10-21"  # the legacy deployment path's default (GA, with Batch)
 API_SHAPES = ("chat", "responses")  # the OpenAI endpoint shapes (--api)
 SERVICE_TIERS = ("auto", "default", "flex", "priority")
@@ -27,7 +28,7 @@ class ProviderSettings:
     """Where and how to reach one provider. ``kind`` is its wire format."""
 
     name: str
-    kind: str  # "anthropic" | "openai" | "azure" | "sim"
+    kind: str  # "anthropic" | "openai" | "gemini" | "azure" | "sim"
     base_url: str | None = None
     api_key_env: str | None = None
     # OpenAI-compatible servers differ: "max_tokens" (most) or "max_completion_tokens" (OpenAI).
@@ -52,7 +53,7 @@ class ProviderSettings:
         """Whether ``batch submit`` and ``--mode batch`` can send this provider's jobs."""
         if self.kind == "openai":
             return self.name == "openai" or self.batch
-        return self.kind in ("anthropic", "azure")
+        return self.kind in ("anthropic", "azure", "gemini")
 
     def resolved_base_url(self) -> str:
         if self.kind == "azure":
@@ -63,6 +64,9 @@ class ProviderSettings:
             return (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/")
         if self.kind == "openai":
             return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/")
+        if self.kind == "gemini":
+            url = os.environ.get("GEMINI_BASE_URL") or os.environ.get("GOOGLE_GEMINI_BASE_URL")
+            return (url or DEFAULT_GEMINI_URL).rstrip("/")
         return ""
 
     def key_env(self) -> str | None:
@@ -78,6 +82,8 @@ class ProviderSettings:
             ):
                 return "AZURE_OPENAI_AD_TOKEN"
             return "AZURE_OPENAI_API_KEY"
+        if self.name == "gemini":
+            return gemini_key_env()
         return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.name)
 
     def priced_as(self, model: str) -> str | None:
@@ -94,6 +100,11 @@ def _azure_base_url(base_url: str | None, path: str) -> str:
     for tail in ("/openai/v1", "/openai"):
         endpoint = endpoint.removesuffix(tail)
     return endpoint + ("/openai/v1" if path == "v1" else "/openai")
+
+
+def gemini_key_env() -> str:
+    """GOOGLE_API_KEY when set (google-genai's precedence), else GEMINI_API_KEY."""
+    return "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +166,7 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "batch_deadline": (str, int, float),
     "api": (str,),
     "service_tier": (str,),
+    "prompt_cache": (str,),
 }
 _TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {
@@ -275,7 +287,9 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
         where = f"{path}: [providers.{name}]"
         kind = spec.get("type", spec.get("kind", name if name in BUILTIN_PROVIDERS else None))
         if kind not in BUILTIN_PROVIDERS:
-            raise ConfigError(f'{where} needs type = "openai", "anthropic", "azure" or "sim"')
+            raise ConfigError(
+                f'{where} needs type = "openai", "anthropic", "gemini", "azure" or "sim"'
+            )
         if name in BUILTIN_PROVIDERS and kind != name:
             raise ConfigError(f"{where} cannot change the type of a built-in")
         structured = spec.get("structured_output", "native")
