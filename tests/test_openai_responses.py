@@ -228,3 +228,12 @@ def test_a_stream_whose_text_comes_only_in_the_final_event_is_read() -> None:
         stream.feed(e)
     answer = stream.answer(Request([{"role": "user", "content": "x"}]), None, None)
     assert answer.text == "late" and answer.ttft_ms is None
+
+
+def test_the_prompt_cache_key_goes_as_for_chat() -> None:
+    from llmbatch._core.prefix import PrefixInfo
+
+    info = PrefixInfo("k", 2000, 1024, "system", mark=True, cache_key="grp-1", extended=True)
+    req = Request([{"role": "user", "content": "x"}], cache=info)
+    body = build_responses_body("gpt-5-mini", req)
+    assert body["prompt_cache_key"] == "grp-1" and body["prompt_cache_retention"] == "24h"

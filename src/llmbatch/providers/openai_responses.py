@@ -40,6 +40,8 @@ _SAME_KEYS = (
     "store",
     "service_tier",
     "reasoning",
+    "prompt_cache_key",
+    "prompt_cache_retention",
 )
 
 
@@ -66,6 +68,11 @@ def build_responses_body(
     body["model"] = model
     if request.schema is not None and "format" not in (body.get("text") or {}):
         _add_structured(body, request.schema, structured, notes)
+    cache = request.cache  # the prompt cache's routing key, as for chat completions
+    if cache is not None and cache.cache_key is not None and "prompt_cache_key" not in body:
+        body["prompt_cache_key"] = cache.cache_key
+        if cache.extended:
+            body.setdefault("prompt_cache_retention", "24h")
     body.setdefault("store", False)
     body["stream"] = True
     return body
