@@ -92,6 +92,8 @@ def run(
     provider: o.ProviderOpt = None,
     mode: o.ModeOpt = None,
     batch_deadline: o.BatchDeadlineOpt = None,
+    api: o.ApiOpt = None,
+    service_tier: o.ServiceTierOpt = None,
     limit: o.LimitOpt = None,
     include_input: o.IncludeInputOpt = None,
     dry_run: o.DryRunOpt = False,

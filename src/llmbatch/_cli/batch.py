@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llmbatch._cli.common import _flags
-from llmbatch._cli.options import ConfigOpt, JobsArg, JsonOpt
+from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
     from llmbatch._batch.context import BatchRow
@@ -119,6 +119,7 @@ def submit(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Requests per batch at most.")
     ] = None,
+    api: ApiOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:

@@ -95,6 +95,9 @@ class ProviderError(LLMBatchError):
 
     error_type = "other"
     retryable = False
+    # A 429 that says nothing of our pace (a flex "resource unavailable"): the engine
+    # waits and retries it, but the rate limiter does not learn from it.
+    teaches_limit = True
 
     def __init__(
         self,

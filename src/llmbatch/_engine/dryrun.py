@@ -64,22 +64,13 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
         line["body"] = build_anthropic_body(
             ref.model, pj.request, settings.structured_output, notes
         )
-    elif settings.kind == "openai":
-        from llmbatch.providers.openai import build_openai_body
+    elif settings.kind in ("openai", "azure"):
+        from llmbatch.providers.openai import OpenAIWire
 
-        base = settings.resolved_base_url()
-        field = settings.max_tokens_field or (
-            "max_completion_tokens" if "api.openai.com" in base else "max_tokens"
-        )
-        line["url"] = base + "/chat/completions"
+        wire = OpenAIWire.of(settings, cfg)
+        line["url"] = wire.url(ref.model)
         line["headers"] = _headers(settings)
-        line["body"] = build_openai_body(
-            ref.model,
-            pj.request,
-            max_tokens_field=field,
-            structured=settings.structured_output,
-            notes=notes,
-        )
+        line["body"] = wire.body(ref.model, pj.request, settings.structured_output, notes)
     elif settings.kind == "gemini":
         from llmbatch.providers.gemini import preview
 
@@ -107,6 +98,8 @@ def _headers(settings: ProviderSettings, key_header: str = "authorization") -> d
     out: dict[str, str] = {}
     env = settings.key_env()
     if env is not None:
+        if settings.kind == "azure" and not env.endswith("_AD_TOKEN"):
+            key_header = "api-key"
         bearer = "Bearer " if key_header == "authorization" else ""
         out[key_header] = f"{bearer}[redacted: ${env}]"
     for name, value in settings.headers:

@@ -294,6 +294,12 @@ class Planner:
         cost_caps = [flag for flag, value in caps if value is not None]
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
+            if settings.kind == "azure" and not settings.resolved_base_url():
+                raise UsageError(
+                    f"AZURE_OPENAI_ENDPOINT is not set: jobs use {ref}. Export it "
+                    "(https://RESOURCE.openai.azure.com) or set base_url in "
+                    f"[providers.{ref.provider}]. Nothing was sent."
+                )
             if settings.kind != "sim":
                 check_base_url(settings.resolved_base_url(), f"provider {ref.provider}")
             env = settings.key_env()
