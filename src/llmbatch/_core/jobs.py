@@ -323,3 +323,6 @@ def _schema(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise LineError('"schema" must be a JSON Schema object')
     return value
+
+
+ProviderRequest = Request  # its public name: what a custom Provider is sent (llmbatch.ProviderRequest)
