@@ -128,6 +128,7 @@ if TYPE_CHECKING:
     from llmbatch._api.requests import Request
     from llmbatch._api.results import Result
     from llmbatch._api.runner import Runner, run
+    from llmbatch._config.settings import RunConfig
     from llmbatch._core.events import (
         AttemptEnded,
         AttemptStarted,
@@ -141,9 +142,6 @@ if TYPE_CHECKING:
         RunEnded,
         RunStarted,
     )
-    from llmbatch._core.jobs import Request as ProviderRequest
-    from llmbatch.providers._base import Answer, Provider
-    from llmbatch._config.settings import RunConfig
     from llmbatch._core.exceptions import (
         AuthError,
         BadRequest,
@@ -165,10 +163,12 @@ if TYPE_CHECKING:
         SharedStoreError,
         UsageError,
     )
+    from llmbatch._core.jobs import Request as ProviderRequest
     from llmbatch._core.models import ModelRef, parse_model_spec
     from llmbatch._core.usage import Usage
     from llmbatch._report.report import RunReport
     from llmbatch._run.online import run_jobs, run_jobs_async
+    from llmbatch.providers._base import Answer, Provider
 
 
 def __getattr__(name: str) -> Any:

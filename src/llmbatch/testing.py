@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -42,7 +42,7 @@ from llmbatch.providers._base import Answer
 
 # One scripted step: an answer's text, an Answer, an HTTP status to fail with (429 →
 # RateLimited, 5xx → ServerError, 401 → AuthError, …), or an exception to raise.
-Step = Union[str, Answer, int, BaseException]
+Step = str | Answer | int | BaseException
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +126,7 @@ class MockProvider:
 
     async def aclose(self) -> None:
         self.closed = True
+
 
 __all__ = ["FakeClock", "MockProvider", "Sent"]
 

@@ -102,7 +102,7 @@ def parse_requests(requests: Iterable[RequestLike], parser: JobParser) -> Iterat
         error = InputError(problems)
         shown = "".join(f"\n  request {p.line}: {p.message}" for p in problems[:20])
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
-        n = len(problems)
-        error.args = (f"{n} invalid request{'s' if n != 1 else ''}; nothing was sent:{shown}{more}",)
+        n, s = len(problems), "s" if len(problems) != 1 else ""
+        error.args = (f"{n} invalid request{s}; nothing was sent:{shown}{more}",)
         raise error
     return iter(jobs)

@@ -30,7 +30,7 @@ from llmbatch._core.exceptions import UsageError
 from llmbatch._core.models import ModelRef
 from llmbatch._core.results import JobResult
 from llmbatch._engine.plan import Plan, Planner, PreparedJob
-from llmbatch._engine.sinks import CallbackSink, OutputSink
+from llmbatch._engine.sinks import CallbackSink, CollectSink, OutputSink
 from llmbatch._report.report import RunReport
 from llmbatch._run.session import RunSession
 from llmbatch.providers._base import Provider
@@ -118,9 +118,10 @@ class Runner:
 
     # -- opening and closing --------------------------------------------------------
 
-    async def __aenter__(self) -> Runner:
+    async def open(self) -> None:
+        """Open the runner's services (``async with`` does it; ``stream`` needs that form)."""
         if self._opened:
-            raise UsageError("a Runner is entered once")
+            raise UsageError("a Runner is opened once")
         self._opened = True
         session = self._session
         session.lock()  # the output's lock (with output=) and --log-json/--otlp sinks
@@ -128,11 +129,32 @@ class Runner:
             await session.open_services(cache=not self.config.no_cache)
             if self.config.output is not None:
                 self._output = OutputSink(self.config.output)
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
         except BaseException:
             await session.close_services()
             session.unlock()
+            raise
+
+    async def aclose(self) -> None:
+        """Close the services; the report is final from here on."""
+        if self._closed or not self._opened:
+            return
+        self._closed = True
+        session = self._session
+        try:
+            await session.close_services()
+        finally:
+            if self._output is not None:
+                self._output.close()
+            self._final = session.finish()
+            session.unlock()
+
+    async def __aenter__(self) -> Runner:
+        await self.open()
+        try:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+        except BaseException:
+            await self.aclose()
             raise
         return self
 
@@ -142,24 +164,14 @@ class Runner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        session = self._session
         try:
             if self._tg is not None:
                 if exc is not None:  # the caller's error goes on as itself
                     self._tg.cancel_scope.cancel()
-                    await self._tg.__aexit__(None, None, None)
-                else:
-                    await self._tg.__aexit__(None, None, None)
+                await self._tg.__aexit__(None, None, None)
         finally:
             self._tg = None
-            try:
-                await session.close_services()
-            finally:
-                if self._output is not None:
-                    self._output.close()
-                self._final = session.finish()
-                session.unlock()
-                self._closed = True
+            await self.aclose()
 
     def report(self) -> RunReport:
         """The frozen report of every call so far (final once the runner is closed)."""
@@ -231,11 +243,35 @@ class Runner:
         before — a budget, a signal — has none)."""
         prepared = self.prepare(requests)
         order = {pj.job.id: i for i, pj in enumerate(prepared)}
-        results: list[JobResult] = []
-        async for batch in self.stream_prepared(prepared):
-            results.extend(batch)
+        results = await self.run_prepared(prepared)
         results.sort(key=lambda r: order.get(r.id, 0))
         return [Result.of(r) for r in results]
+
+    async def run_prepared(self, jobs: Sequence[PreparedJob]) -> list[JobResult]:
+        """The results of prepared jobs, in completion order, run in the caller's task."""
+        if not self._opened or self._closed:
+            raise UsageError("use the Runner inside `async with llmbatch.Runner(...) as runner:`")
+        sink = CollectSink()
+        output = self._output
+        async with self._lock:
+            await self._session.run_engine(
+                jobs, sink if output is None else _Tee(sink, output), size=len(jobs)
+            )
+        return sink.results
+
+
+class _Tee:
+    """Results kept in memory and appended to ``output=``."""
+
+    def __init__(self, sink: CollectSink, output: OutputSink) -> None:
+        self.sink, self.output = sink, output
+
+    def write(self, results: Sequence[JobResult]) -> None:
+        self.output.write(results)
+        self.sink.write(results)
+
+    def close(self) -> None:
+        return None
 
 
 def run(

@@ -191,3 +191,16 @@ Shared = Annotated[
 Shard = Annotated[
     str | None, typer.Option("--shard", help="Run shard I/N of the jobs (I from 0), or auto.")
 ]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run on Ray: no ADDRESS starts a local Ray; auto joins the running cluster; "
+        "or ray://HOST:10001. Needs llmbatch[ray].",
+    ),
+]
+RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--ray-workers", min=1, help="Ray actors, one engine each (default: a CPU each)."),
+]

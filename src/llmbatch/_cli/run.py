@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from llmbatch._run.online import FileRun
 
 
-def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+def _run(
+    jobs: str,
+    flags: dict[str, Any],
+    config_path: Path | None,
+    *,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+) -> int:
     import anyio
 
     from llmbatch._observe.progress import make_progress
@@ -30,7 +37,12 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         if cfg.mode == "online" and flags.get("batch_deadline") is not None:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
-        if cfg.mode != "online":
+        if ray is not None:
+            from llmbatch._api.ray_run import RayRun
+
+            engine: FileRun = RayRun(cfg, address=ray, workers=ray_workers, progress=progress)
+            report = anyio.run(engine.run)
+        elif cfg.mode != "online":
             from llmbatch._cli.batch import run_mode
 
             report, engine = run_mode(cfg, progress)

@@ -325,4 +325,5 @@ def _schema(value: Any) -> dict[str, Any] | None:
     return value
 
 
-ProviderRequest = Request  # its public name: what a custom Provider is sent (llmbatch.ProviderRequest)
+# Its public name: what a custom Provider is sent (llmbatch.ProviderRequest).
+ProviderRequest = Request

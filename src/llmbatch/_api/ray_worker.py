@@ -1,0 +1,106 @@
+"""One Ray actor of ``run --ray``: one engine (a ``Runner``) over blocks of job lines.
+
+The driver sends raw job lines (already checked, and not yet done in the
+output); the worker parses and prepares them with the same ``Planner`` and runs
+them through its runner, whose limits, breakers, budgets and connections last
+as long as the actor. Blocks run one at a time (the driver keeps the next one
+queued), so the actor holds its share of ``-c`` exactly. Results go back as
+encoded result lines; only the driver writes the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llmbatch._api.runner import Runner
+from llmbatch._budget.ledger import BudgetLedger
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.jobs import LineError
+from llmbatch._engine.plan import Planner
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterBudget:
+    """``--max-cost``/``--max-total-tokens`` held for the whole cluster in Redis (``--shared``):
+    one ledger scope per run, a window longer than any run."""
+
+    scope: str
+    max_cost: float | None
+    max_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDone:
+    """What one block gave back."""
+
+    lines: list[bytes]  # result lines, as the output holds them
+    stopped_by: str | None  # the worker's StopReason value, once it stopped
+    fatal: str | None
+
+
+class EngineWorker:
+    """The body of a ``run --ray`` actor (``ray.remote`` wraps it in the driver)."""
+
+    def __init__(self, config: RunConfig, cluster_budget: ClusterBudget | None = None) -> None:
+        self.config = config
+        self.cluster_budget = cluster_budget
+        self.runner: Runner | None = None
+        self.planner = Planner(config)
+
+    async def open(self) -> int:
+        """Open the runner's services; returns the process id (for the driver's notes)."""
+        import os
+
+        ledgers = await self._cluster_ledgers()
+        self.runner = Runner(config=self.config, ledgers=ledgers)
+        await self.runner.open()
+        return os.getpid()
+
+    async def _cluster_ledgers(self) -> list[BudgetLedger]:
+        budget = self.cluster_budget
+        if budget is None or self.config.shared is None:
+            return []
+        from llmbatch._budget.redis import RedisLedger, connect
+        from llmbatch._budget.windows import Window, lease_seconds
+        from llmbatch._core.clock import SYSTEM_CLOCK
+
+        windows = []
+        forever = 100 * 365 * 86400.0
+        if budget.max_cost is not None:
+            windows.append(Window("cost", forever, budget.max_cost, "--max-cost"))
+        if budget.max_tokens is not None:
+            tokens = float(budget.max_tokens)
+            windows.append(Window("tokens", forever, tokens, "--max-total-tokens"))
+        client = await connect(self.config.shared)
+        return [RedisLedger(client, budget.scope, windows, SYSTEM_CLOCK, hold_s=lease_seconds())]
+
+    async def run_block(self, block: Sequence[tuple[int, bytes]]) -> BlockDone:
+        runner = self.runner
+        assert runner is not None, "open() first"
+        session = runner.session
+        if session.stopper.stopping:
+            return BlockDone([], _value(session.stopper.stopped_by), session.fatal)
+        parse, prepare = self.planner.parser.parse, self.planner.prepare
+        jobs = []
+        for lineno, raw in block:
+            try:
+                jobs.append(prepare(parse(raw, lineno)))
+            except LineError:
+                continue  # the driver checked it; a file rewritten since is its note
+        results = await runner.run_prepared(jobs)
+        lines = [r.to_json() for r in results]
+        return BlockDone(lines, _value(session.stopper.stopped_by), session.fatal)
+
+    async def close(self) -> dict[str, Any]:
+        """Close the runner; its notes for the driver's report."""
+        runner = self.runner
+        if runner is None:
+            return {"notes": []}
+        await runner.aclose()
+        return {"notes": list(runner.report().notes)}
+
+
+def _value(reason: Any) -> str | None:
+    return None if reason is None else str(getattr(reason, "value", reason))
