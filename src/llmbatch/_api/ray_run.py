@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import orjson
 
-from llmbatch._api.ray_worker import BlockDone, ClusterBudget, EngineWorker
+from llmbatch._api.ray_worker import BlockDone, ClusterBudget, EngineWorker, worker_env
 from llmbatch._config.settings import ModelLimits, RunConfig
 from llmbatch._core.events import JobEnded
 from llmbatch._core.exceptions import UsageError
@@ -111,7 +111,8 @@ class RayRun(FileRun):
             configs, budget = self._actor_configs(n)
             cpus = _cpus(ray)
             remote = ray.remote(num_cpus=min(1.0, cpus / n), max_restarts=0)(EngineWorker)
-            actors = [_Actor(remote.remote(cfg, budget)) for cfg in configs]
+            env = worker_env(self.config)
+            actors = [_Actor(remote.remote(cfg, budget, env)) for cfg in configs]
             await _gather([a.handle.open.remote() for a in actors])
             blocks = _blocks((line, raw, job.id) for line, raw, job in source.lines())
             await self._dispatch(actors, _Queue(blocks), sink)

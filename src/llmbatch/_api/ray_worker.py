@@ -43,7 +43,25 @@ class BlockDone:
 class EngineWorker:
     """The body of a ``run --ray`` actor (``ray.remote`` wraps it in the driver)."""
 
-    def __init__(self, config: RunConfig, cluster_budget: ClusterBudget | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        cluster_budget: ClusterBudget | None = None,
+        env: dict[str, str | None] | None = None,
+    ) -> None:
+        import os
+
+        if env is not None:  # the driver's keys and settings, not the ones Ray started with
+            for name in list(os.environ):
+                if name not in env and (
+                    name.startswith(_ENV_PREFIXES) or name.endswith("_API_KEY")
+                ):
+                    del os.environ[name]
+        for name, value in (env or {}).items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         self.config = config
         self.cluster_budget = cluster_budget
         self.runner: Runner | None = None
@@ -100,6 +118,46 @@ class EngineWorker:
             return {"notes": []}
         await runner.aclose()
         return {"notes": list(runner.report().notes)}
+
+
+# What the driver's environment says that a worker needs too: keys, endpoints, proxies,
+# llmbatch's own settings. Handed over as an actor argument (never a Ray runtime_env,
+# whose contents Ray shows in its dashboard and state API).
+_ENV_PREFIXES = (
+    "LLMBATCH_",
+    "ANTHROPIC_",
+    "OPENAI_",
+    "GEMINI_",
+    "GOOGLE_",
+    "AZURE_",
+    "AWS_",
+    "XDG_",
+)
+_ENV_NAMES = (
+    "NO_PROXY",
+    "no_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+)
+
+
+def worker_env(config: RunConfig) -> dict[str, str | None]:
+    """The variables a worker takes from the driver: set, or (None) unset there too."""
+    import os
+
+    names = set(_ENV_NAMES)
+    names.update(n for n in os.environ if n.startswith(_ENV_PREFIXES) or n.endswith("_API_KEY"))
+    for settings in config.providers.values():
+        env = settings.key_env()
+        if env:
+            names.add(env)
+    env_out: dict[str, str | None] = {n: os.environ.get(n) for n in names}
+    return env_out
 
 
 def _value(reason: Any) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch._core.exceptions import InputError, LineProblem, UsageError
+from llmbatch._core.exceptions import InputError, LineProblem
 from llmbatch._core.jobs import Job, JobParser, LineError
 
 
@@ -64,9 +64,8 @@ def as_line(request: RequestLike, index: int) -> dict[str, Any]:
     elif isinstance(request, Mapping):
         line = dict(request)
     else:
-        raise UsageError(
-            f"request {index}: expected an llmbatch.Request, a dict or a prompt string, "
-            f"got {type(request).__name__}"
+        raise LineError(
+            f"expected an llmbatch.Request, a dict or a prompt string, got {type(request).__name__}"
         )
     if "id" not in line and "custom_id" not in line:
         line["id"] = f"request-{index}"
@@ -85,6 +84,9 @@ def parse_requests(requests: Iterable[RequestLike], parser: JobParser) -> Iterat
     for index, request in enumerate(requests):
         try:
             raw = orjson.dumps(as_line(request, index))
+        except LineError as exc:
+            problems.append(LineProblem("request", index, str(exc)))
+            continue
         except TypeError as exc:
             problems.append(LineProblem("request", index, f"not JSON-serialisable ({exc})"))
             continue
