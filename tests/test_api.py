@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -20,14 +21,16 @@ def all_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def test_run_returns_results_in_memory_and_writes_nothing(tmp_path: Path) -> None:
+def test_run_returns_results_in_memory_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # clean_environ: cwd, XDG_CACHE_HOME and XDG_STATE_HOME are all under tmp_path.
     assert Path.cwd() == tmp_path and os.environ["XDG_STATE_HOME"].startswith(str(tmp_path))
     home = tmp_path / "home"
     home.mkdir()
-    os.environ["HOME"] = str(home)  # monkeypatched environ is restored after the test
+    monkeypatch.setenv("HOME", str(home))
     before = all_files(tmp_path)
-    requests = [
+    requests: list[Any] = [
         "What is 2 + 2?",
         {"id": "msg", "messages": [{"role": "user", "content": "hi"}], "metadata": {"k": 1}},
         llmbatch.Request(prompt="Rate this", id=7, max_tokens=50),

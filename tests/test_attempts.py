@@ -4,6 +4,7 @@ foreign errors contained, auth refusals not recorded."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,7 +182,7 @@ async def test_workers_follow_the_work_not_the_flag() -> None:
 
 
 async def run_mock(
-    mock: MockProvider, requests: list[dict[str, object]], **options: object
+    mock: MockProvider, requests: list[dict[str, object]], **options: Any
 ) -> list[llmbatch.Result]:
     async with llmbatch.Runner(provider=mock, **options) as runner:
         return await runner.run(requests)

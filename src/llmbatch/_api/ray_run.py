@@ -72,11 +72,28 @@ class _Queue:
 
     blocks: Iterator[Block]
     returned: deque[Block] = field(default_factory=deque)
+    in_flight: int = 0
+    changed: anyio.Event = field(default_factory=anyio.Event)
 
-    def take(self) -> Block | None:
-        if self.returned:
-            return self.returned.popleft()
-        return next(self.blocks, None)
+    async def take(self) -> Block | None:
+        """The next block; None once none is left and none in flight can come back."""
+        while True:
+            if self.returned:
+                block: Block | None = self.returned.popleft()
+            else:
+                block = next(self.blocks, None)
+            if block is not None:
+                self.in_flight += 1
+                return block
+            if not self.in_flight:
+                return None
+            await self.changed.wait()
+
+    def settled(self) -> None:
+        """A block came back (its unrun jobs, if any, are in ``returned`` by now)."""
+        self.in_flight -= 1
+        self.changed.set()
+        self.changed = anyio.Event()
 
 
 class RayRun(FileRun):
@@ -109,7 +126,7 @@ class RayRun(FileRun):
         try:
             n = self._worker_count(ray, plan.todo)
             configs, budget = self._actor_configs(n)
-            cpus = _cpus(ray)
+            cpus = cpus_of(ray)
             remote = ray.remote(num_cpus=min(1.0, cpus / n), max_restarts=0)(EngineWorker)
             env = worker_env(self.config)
             actors = [_Actor(remote.remote(cfg, budget, env)) for cfg in configs]
@@ -124,78 +141,27 @@ class RayRun(FileRun):
                 ray.shutdown()
 
     def _worker_count(self, ray: Any, todo: int) -> int:
-        n = self.want_workers or int(_cpus(ray))
+        n = self.want_workers or int(cpus_of(ray))
         return max(1, min(n, max(1, todo)))
 
     def _actor_configs(self, n: int) -> tuple[list[RunConfig], ClusterBudget | None]:
-        """Each actor's config: its share of -c, and of the limits and caps unless shared."""
-        cfg = self.config
-        spent = self.run_budget.spent_cost
-        left_cost = None if cfg.max_cost is None else max(0.0, cfg.max_cost - spent)
-        left_tokens = (
-            None
-            if cfg.max_total_tokens is None
-            else max(0, cfg.max_total_tokens - self.run_budget.spent_tokens)
-        )
-        base = replace(
-            cfg,
-            output=None,
-            no_cache=True,
-            report=None,
-            html=None,
-            log_json=None,
-            otlp=None,
-            quiet=True,
-            limits=dict(cfg.limits),
-            providers=dict(cfg.providers),
-        )
-        budget = None
-        if cfg.shared:
-            if left_cost is not None or left_tokens is not None:
-                budget = ClusterBudget(f"ray-run:{uuid.uuid4().hex}", left_cost, left_tokens)
-            base.max_cost = base.max_total_tokens = None
-        else:
-            base.max_cost = None if left_cost is None else left_cost / n
-            base.max_total_tokens = None if left_tokens is None else max(1, left_tokens // n)
-            base.rpm = None if cfg.rpm is None else cfg.rpm / n
-            base.tpm = None if cfg.tpm is None else cfg.tpm / n
-            base.limits = {k: _share(v, n) for k, v in cfg.limits.items()}
-            if n > 1:
-                self.split_note = (
-                    f"--ray without --shared: -c, --rpm/--tpm, [limits] and --max-cost/"
-                    f"--max-total-tokens are split evenly across {n} workers (each holds "
-                    "its share); --shared redis://… holds them for the cluster as a whole"
-                )
-                self.notes.append(self.split_note)
-        configs = []
-        for i in range(n):
-            share = cfg.concurrency // n + (1 if i < cfg.concurrency % n else 0)
-            configs.append(replace(base, concurrency=max(1, share)))
+        spent = (self.run_budget.spent_cost, self.run_budget.spent_tokens)
+        configs, budget, note = split_config(self.config, n, *spent)
+        if note:
+            self.split_note = note
+            self.notes.append(note)
         return configs, budget
 
     async def _dispatch(self, actors: list[_Actor], queue: _Queue, sink: OutputSink) -> None:
         async def feed(actor: _Actor) -> None:
             while not actor.stopped and not self.stopper.stopping:
-                block = queue.take()
+                block = await queue.take()
                 if block is None:
                     return
                 try:
-                    done: BlockDone = await actor.handle.run_block.remote(
-                        [(line, raw) for line, raw, _ in block]
-                    )
-                except Exception as exc:  # a lost actor: its block runs again next time
-                    actor.stopped = True
-                    self.notes.append(
-                        f"a Ray worker was lost ({type(exc).__name__}); "
-                        "its jobs in flight were not written (resumable)"
-                    )
-                    return
-                written = self._write(sink, done.lines)
-                if done.fatal and not self.fatal:
-                    self.fatal = done.fatal
-                if done.stopped_by is not None:
-                    actor.stopped = True
-                    self._worker_stopped(done, block, written, queue, actors)
+                    await self._run_block(actor, block, queue, sink, actors)
+                finally:
+                    queue.settled()
 
         async with anyio.create_task_group() as tg:
             if self.handles_signals:
@@ -205,6 +171,30 @@ class RayRun(FileRun):
                     for _ in range(_QUEUED):
                         feeders.start_soon(feed, actor)
             tg.cancel_scope.cancel()
+
+    async def _run_block(
+        self, actor: _Actor, block: Block, queue: _Queue, sink: OutputSink, actors: list[_Actor]
+    ) -> None:
+        try:
+            done: BlockDone = await actor.handle.run_block.remote(
+                [(line, raw) for line, raw, _ in block]
+            )
+        except Exception as exc:  # a lost actor: the others take its block
+            actor.stopped = True
+            queue.returned.append(block)
+            self.notes.append(
+                f"a Ray worker was lost ({type(exc).__name__}); its block went to the others "
+                "(answers it had not sent back are paid again)"
+            )
+            if all(a.stopped for a in actors):
+                self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
+            return
+        written = self._write(sink, done.lines)
+        if done.fatal and not self.fatal:
+            self.fatal = done.fatal
+        if done.stopped_by is not None:
+            actor.stopped = True
+            self._worker_stopped(done, block, written, queue, actors)
 
     def _worker_stopped(
         self,
@@ -254,7 +244,52 @@ class RayRun(FileRun):
                 ray.kill(actor.handle)
 
 
-def _cpus(ray: Any) -> float:
+def split_config(
+    cfg: RunConfig, n: int, spent_cost: float = 0.0, spent_tokens: int = 0
+) -> tuple[list[RunConfig], ClusterBudget | None, str | None]:
+    """Each of ``n`` workers' config: its share of -c, and of the limits and caps unless
+    ``--shared`` holds them for all (then the caps go to a Redis ledger: the budget)."""
+    left_cost = None if cfg.max_cost is None else max(0.0, cfg.max_cost - spent_cost)
+    left_tokens = (
+        None if cfg.max_total_tokens is None else max(0, cfg.max_total_tokens - spent_tokens)
+    )
+    base = replace(
+        cfg,
+        output=None,
+        no_cache=True,
+        report=None,
+        html=None,
+        log_json=None,
+        otlp=None,
+        quiet=True,
+        limits=dict(cfg.limits),
+        providers=dict(cfg.providers),
+    )
+    budget = note = None
+    if cfg.shared:
+        if left_cost is not None or left_tokens is not None:
+            budget = ClusterBudget(f"ray-run:{uuid.uuid4().hex}", left_cost, left_tokens)
+        base.max_cost = base.max_total_tokens = None
+    else:
+        base.max_cost = None if left_cost is None else left_cost / n
+        base.max_total_tokens = None if left_tokens is None else max(1, left_tokens // n)
+        base.rpm = None if cfg.rpm is None else cfg.rpm / n
+        base.tpm = None if cfg.tpm is None else cfg.tpm / n
+        base.limits = {k: _share(v, n) for k, v in cfg.limits.items()}
+        if n > 1:
+            note = (
+                f"--ray without --shared: -c, --rpm/--tpm, [limits] and --max-cost/"
+                f"--max-total-tokens are split evenly across {n} workers (each holds "
+                "its share); --shared redis://… holds them for the cluster as a whole"
+            )
+    configs = []
+    for i in range(n):
+        share = cfg.concurrency // n + (1 if i < cfg.concurrency % n else 0)
+        configs.append(replace(base, concurrency=max(1, share)))
+    return configs, budget, note
+
+
+def cpus_of(ray: Any) -> float:
     """The CPUs the cluster offers."""
     resources: dict[str, float] = ray.cluster_resources()
     return max(1.0, float(resources.get("CPU", 1.0)))

@@ -81,11 +81,13 @@ class EngineWorker:
         if budget is None or self.config.shared is None:
             return []
         from llmbatch._budget.redis import RedisLedger, connect
-        from llmbatch._budget.windows import Window, lease_seconds
+        from llmbatch._budget.windows import DAY, Window, lease_seconds
         from llmbatch._core.clock import SYSTEM_CLOCK
 
         windows = []
-        forever = 100 * 365 * 86400.0
+        # The ledger's longest window: a run's cap held exactly for its first 24 hours
+        # (past that, spend older than a day stops counting against it).
+        forever = DAY
         if budget.max_cost is not None:
             windows.append(Window("cost", forever, budget.max_cost, "--max-cost"))
         if budget.max_tokens is not None:
@@ -99,7 +101,7 @@ class EngineWorker:
         assert runner is not None, "open() first"
         session = runner.session
         if session.stopper.stopping:
-            return BlockDone([], _value(session.stopper.stopped_by), session.fatal)
+            return BlockDone([], self._stopped_by(), session.fatal)
         parse, prepare = self.planner.parser.parse, self.planner.prepare
         jobs = []
         for lineno, raw in block:
@@ -109,7 +111,18 @@ class EngineWorker:
                 continue  # the driver checked it; a file rewritten since is its note
         results = await runner.run_prepared(jobs)
         lines = [r.to_json() for r in results]
-        return BlockDone(lines, _value(session.stopper.stopped_by), session.fatal)
+        return BlockDone(lines, self._stopped_by(), session.fatal)
+
+    def _stopped_by(self) -> str | None:
+        """Why the worker stopped; the cluster's --max-cost ledger full is "budget"."""
+        assert self.runner is not None
+        reason = _value(self.runner.session.stopper.stopped_by)
+        if reason == "budget_window" and self.cluster_budget is not None:
+            from llmbatch._budget.windows import windows_from_config
+
+            if not windows_from_config(self.config):
+                return "budget"
+        return reason
 
     async def close(self) -> dict[str, Any]:
         """Close the runner; its notes for the driver's report."""
