@@ -11,7 +11,9 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
   3. engine: jobs/s and peak RSS on the sim provider with no latency, against the
      I/O floor (bench/io_floor.py: read the jobs with orjson, write a result line each);
   4. startup: `llmbatch --help` and a one-line run;
-  5. ratelimit: pacing against a fake enforcing a request window.
+  5. ratelimit: pacing against a fake enforcing a request window;
+  6. ray: 200,000 sim jobs (no latency) through `run --ray --ray-workers 2` (a local Ray
+     started by the run, its start and stop included) against one local process.
 Writes bench/results.json (bench/out/results-partial.json with --only). These are
 goals for the code, never timed tests in CI. BENCH_TLS_CLIENTS=llmbatch,floor
 limits the tls section to some clients (for profiling rounds); BENCH_BASELINE_SRC=
@@ -41,7 +43,7 @@ N_REQ = 2000
 CONC = 64
 TLS_REQ = 2_000 if QUICK else 20_000
 TLS_CONC = 256
-SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit")
+SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit", "ray")
 
 
 def llmbatch_run(jobs: Path, model: str, out: Path, *extra: str) -> list[str]:
@@ -188,6 +190,29 @@ def section_ratelimit(tmp: Path) -> dict[str, Any]:
     return out
 
 
+def section_ray(tmp: Path) -> dict[str, Any]:
+    n = 50_000 if QUICK else 200_000
+    jobs = tmp / "ray.jsonl"
+    write_prompts(jobs, n)
+    env = {"LLMBATCH_SIM_LATENCY_MS": "0"}
+    sim = "sim:claude-haiku-4-5"
+    out: dict[str, Any] = {"jobs": n}
+    runs = (("local", ["-c", "64"]), ("ray", ["-c", "64", "--ray", "--ray-workers", "2"]))
+    for label, extra in runs:
+        results = tmp / f"ray-{label}.results.jsonl"
+        m = child(llmbatch_run(jobs, sim, results, *extra), env)
+        lines = results.read_bytes().count(b"\n")
+        results.unlink()
+        out[label] = {
+            "wall_s": round(m["wall_s"], 2),
+            "jobs_per_s": round(n / m["wall_s"], 1),
+            "written": lines,
+        }
+    out["ray_vs_local"] = round(out["ray"]["jobs_per_s"] / out["local"]["jobs_per_s"], 3)
+    jobs.unlink()
+    return out
+
+
 def chosen_sections() -> tuple[str, ...]:
     if {"-h", "--help"} & set(sys.argv):
         sys.stdout.write(__doc__ or "")
@@ -215,6 +240,7 @@ def run_sections(sections: tuple[str, ...], tmp: Path) -> dict[str, Any]:
         "engine": "engine throughput and memory (sim, no latency) against the I/O floor",
         "startup": "start-up",
         "ratelimit": "rate-limit efficiency",
+        "ray": "run --ray --ray-workers 2 against one local process (sim, no latency)",
     }
     results: dict[str, Any] = {}
     for i, name in enumerate(sections, 1):

@@ -60,14 +60,14 @@ def test_ray_run_shares_the_pace_and_the_budget_in_redis(
     try:
         for name, value in fake_env(api).items():
             monkeypatch.setenv(name, value)
-        jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(90))
+        jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
         out = tmp_path / "out.jsonl"
         args = ["run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet", "--rpm", "600"]
         done = run_cli(
             *args, "-c", "8", "--ray", "--ray-workers", "2", "--shared", redis_server.url
         )
         assert done.code == 0, done.output
-        assert sorted(ids_of(out)) == sorted(f"job-{i}" for i in range(90))  # each once
+        assert sorted(ids_of(out)) == sorted(f"job-{i}" for i in range(60))  # each once
         assert api.outcomes().get("429", 0) <= 0.03 * api.count()
         assert peak_pace(api, window_s=3.0) >= 0.8 * 10.0  # ≥ 80 % of 600/min
     finally:
