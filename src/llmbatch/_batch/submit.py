@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from llmbatch._config.settings import ProviderSettings, RunConfig
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
-from llmbatch._core.exceptions import ProviderError
+from llmbatch._core.exceptions import NotConnected, ProviderError
 from llmbatch._core.jobs import LineError, Request, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price
@@ -44,6 +45,7 @@ from llmbatch.providers.anthropic import build_anthropic_body
 from llmbatch.providers.openai import build_openai_body
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NONCE_CHARS = 8  # hex: a submission's own mark, "_" + nonce at the end of every custom_id
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
 BATCH_KINDS = ("openai", "anthropic")  # provider kinds with a Batch API
 
@@ -126,20 +128,23 @@ def request_body(
     return body
 
 
-def custom_id(job_id: str, used: set[str]) -> str:
-    """The job id when the providers accept it; else a stable mapped one (never rejected)."""
+def custom_id(job_id: str, used: set[str], nonce: str = "") -> str:
+    """``JOBID_NONCE`` when the providers accept the job id; else a stable mapped one
+    (``m-…``, never rejected). The nonce is the submission's: a result line is written
+    only for a custom_id this submission sent, never for another output's batch."""
+    room = 64 - (len(nonce) + 1 if nonce else 0)
     cid = (
         job_id
-        if _CUSTOM_ID.match(job_id)
+        if _CUSTOM_ID.match(job_id) and len(job_id) <= room
         else "m-" + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest()
     )
     n = 1
     base = cid
     while cid in used:
         n += 1
-        cid = f"{base[:56]}-{n}"
+        cid = f"{base[: room - 8]}-{n}"
     used.add(cid)
-    return cid
+    return f"{cid}_{nonce}" if nonce else cid
 
 
 class _Submitter:
@@ -164,6 +169,7 @@ class _Submitter:
         self.jobs = 0
         self.leave_online = leave_online
         self.left_online = 0
+        self.nonce = secrets.token_hex(NONCE_CHARS // 2)
 
     def collect(self, spool: Path) -> dict[ModelRef, Path]:
         """Stream the jobs file again; spool every job not done and not in an open batch,
@@ -243,7 +249,7 @@ class _Submitter:
         settings = self.ctx.config.providers[ref.provider]
         price = self.price(ref)
         body = request_body(settings, ref.model, pj.request, self.wire_notes)
-        cid = custom_id(pj.job.id, used)
+        cid = custom_id(pj.job.id, used, self.nonce)
         worst_in = estimate_input_tokens(pj.request, conservative=True)
         out = pj.request.max_tokens or self.ctx.config.max_tokens
         cost = 0.0 if price is None else price.cost(Usage(worst_in, out))
@@ -297,6 +303,7 @@ class _Submitter:
                 "reserve_cost": sum(p.cost for p in chunk),
                 "reserve_tokens": sum(p.tokens for p in chunk),
                 "price": price_to_json(self.prices.get(ref)),
+                "nonce": self.nonce,
             }
         )
         record = state.chunks[local]
@@ -304,6 +311,10 @@ class _Submitter:
             info = await self.ctx.call(
                 client.create, state.key(record), [p.line for p in chunk], idempotent=False
             )
+        except NotConnected:
+            # No connection was made: nothing reached the provider, nothing to find again.
+            state.append({"ev": "abandoned", "local": local, "reason": "not sent: no connection"})
+            raise
         except ProviderError:
             # It may exist anyway (a timeout after the provider took it): look before giving up.
             if await recover_chunk(self.ctx, record) is None:

@@ -151,6 +151,11 @@ class ConnectionFailed(ProviderError, ConnectionError):
     retryable = True
 
 
+class NotConnected(ConnectionFailed):
+    """No connection was made (refused, no route, DNS, TLS handshake): nothing was sent,
+    so a create that fails this way made nothing at the provider."""
+
+
 class BadRequest(ProviderError):
     error_type = "bad_request"
 

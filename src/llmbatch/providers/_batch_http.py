@@ -14,6 +14,7 @@ import orjson
 
 from llmbatch._core.exceptions import (
     ConnectionFailed,
+    NotConnected,
     OtherProviderError,
     ProviderError,
     ProviderTimeout,
@@ -56,6 +57,10 @@ class BatchHttp(HttpProvider):
             raise ProviderTimeout(f"{method} {url}: timed out") from exc
         except aiohttp.ClientPayloadError as exc:
             raise ConnectionFailed(f"the download was cut off: {self._redact(str(exc))}") from exc
+        except aiohttp.ClientConnectorError as exc:  # before any byte of the request went out
+            raise NotConnected(
+                f"could not connect: {type(exc).__name__}: {self._redact(str(exc))}"
+            ) from exc
         except aiohttp.ClientConnectionError as exc:
             raise ConnectionFailed(
                 f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}"
