@@ -182,7 +182,9 @@ async def _is_ours(ctx: BatchContext, chunk: Chunk, info: BatchInfo) -> bool | N
     return bool(items) and all(i.custom_id in sent for i in items)
 
 
-async def lookup(ctx: BatchContext, chunk: Chunk, *, record: bool = True) -> BatchInfo | None:
+async def lookup(
+    ctx: BatchContext, chunk: Chunk, *, record: bool = True, clear: bool = True
+) -> BatchInfo | None:
     """The provider's view of an open chunk; None (and a note) when it does not know it.
 
     A not-found is recorded (``record``: writers only); confirmed by a later poll, the
@@ -194,7 +196,7 @@ async def lookup(ctx: BatchContext, chunk: Chunk, *, record: bool = True) -> Bat
     except NotFound:
         not_found(ctx, chunk, record=record)
         return None
-    if chunk.missing and record:
+    if chunk.missing and record and clear:  # (not ``clear``: its results are next)
         ctx.state.append({"ev": "seen", "local": chunk.local})
     return info
 

@@ -130,7 +130,9 @@ class _Fetcher:
             if chunk.batch_id is None:
                 continue
             client = self.ctx.client(chunk.provider)
-            info = await lookup(self.ctx, chunk)
+            info = await lookup(self.ctx, chunk, clear=False)
+            if info is not None and not info.results_ready and chunk.missing:
+                self.ctx.state.append({"ev": "seen", "local": chunk.local})
             if info is not None and info.results_ready:
                 try:
                     items = [] if info.batch_error else await self.ctx.call(client.results, info)
