@@ -164,7 +164,7 @@ def test_jobs_back_to_pending_show_in_fetch_status_and_exit_codes(
     fetched = run_cli("batch", "fetch", str(out), "--json", env=env)
     assert fetched.code == 6, fetched.output
     assert orjson.loads(fetched.stdout)["jobs"]["pending"] == 5
-    assert "5 job(s) came back from their batches unanswered" in fetched.stderr
+    assert "5 job(s) are pending" in fetched.stderr
     assert "batch submit" in fetched.stderr
     status = run_cli("batch", "status", str(out), env=env)
     assert status.code == 6 and "5 job(s)" in status.stderr, status.output

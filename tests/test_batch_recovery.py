@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from llmbatch._batch.context import batch_cancel, batch_context
@@ -240,3 +241,52 @@ def test_an_ended_candidate_is_proven_by_its_custom_ids(
     assert rep.ok == 8 and rep.refused == 0 and rep.exit_code == 0
     assert len(fb.created) == 2
     assert_own_answers(cfg.output, "Bravo")  # type: ignore[arg-type]
+
+
+def test_a_line_this_output_did_not_send_is_refused_loudly(
+    fb: FakeBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in fake_env(fb.api).items():
+        monkeypatch.setenv(k, v)
+    clock = VirtualClock(fb)
+    cfg = _b_config(tmp_path)
+    anyio.run(lambda: submit(cfg, clock=clock))
+    (_, bid, _) = fb.created[0]
+    fb.batches[bid].items[0].custom_id = "job-0_deadbeef"  # another submission's id
+    fb.advance(3600)
+    rep = anyio.run(lambda: fetch(cfg, clock=clock))
+    assert rep.refused == 1 and rep.ok == 7 and rep.pending == 1 and rep.exit_code == 6
+    assert any("job-0_deadbeef" in n and "nothing was written" in n for n in rep.notes)
+    assert cfg.output is not None
+    assert sorted(x["id"] for x in read_jsonl(cfg.output)) == [f"job-{i}" for i in range(1, 8)]
+
+
+def test_a_state_from_an_older_llmbatch_still_fetches(
+    fb: FakeBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """custom_ids without a nonce, an intent without one, the old OpenAI key: still read."""
+    for k, v in fake_env(fb.api).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr("llmbatch._batch.submit.secrets.token_hex", lambda _n: "")
+    clock = VirtualClock(fb)
+    a, _ = two_files(tmp_path, "gpt-4o-mini")
+    cfg = RunConfig(jobs=a, output=tmp_path / "old.jsonl")
+    anyio.run(lambda: submit(cfg, clock=clock))
+    (_, bid, _) = fb.created[0]
+    log = tmp_path / "old.jsonl.batches" / "batches.jsonl"
+    events = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    for e in events:  # as an older llmbatch wrote them
+        e.pop("nonce", None)
+        e.pop("verified", None)
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    assert "job-0_" not in str(fb.batches[bid].items)
+    monkeypatch.undo()
+    for k, v in fake_env(fb.api).items():
+        monkeypatch.setenv(k, v)
+    fb.advance(3600)
+    rep = anyio.run(lambda: fetch(cfg, clock=clock))
+    assert rep.ok == 8 and rep.refused == 0 and rep.exit_code == 0
+    assert cfg.output is not None
+    assert {x["batch"]["custom_id"] for x in read_jsonl(cfg.output)} == {
+        f"job-{i}" for i in range(8)
+    }

@@ -204,8 +204,8 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
 
 def pending_note(pending: int, output: str) -> str:
     return (
-        f"{pending} job(s) came back from their batches unanswered and are pending: submit "
-        f"them again (`llmbatch batch submit JOBS -o {output}`, or `llmbatch run JOBS -o "
+        f"{pending} job(s) are pending (their batch came back without their answer, was "
+        f"lost, or was never created): submit them again (`llmbatch batch submit JOBS -o {output}`, or `llmbatch run JOBS -o "
         f"{output} --mode batch`)"
     )
 

@@ -59,7 +59,7 @@ class BatchHttp(HttpProvider):
             raise ConnectionFailed(f"the download was cut off: {self._redact(str(exc))}") from exc
         except aiohttp.ClientConnectorError as exc:  # before any byte of the request went out
             raise NotConnected(
-                f"could not connect: {type(exc).__name__}: {self._redact(str(exc))}"
+                f"could not connect (nothing was sent): {type(exc).__name__}: {self._redact(str(exc))}"
             ) from exc
         except aiohttp.ClientConnectionError as exc:
             raise ConnectionFailed(
