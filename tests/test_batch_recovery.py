@@ -290,3 +290,32 @@ def test_a_state_from_an_older_llmbatch_still_fetches(
     assert {x["batch"]["custom_id"] for x in read_jsonl(cfg.output)} == {
         f"job-{i}" for i in range(8)
     }
+
+
+def test_an_unproven_batch_does_not_hold_the_auto_deadline(
+    fb: FakeBatch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run --mode auto` at its deadline: a batch adopted unverified is not canceled (it may
+    be another output's) but given up, with what it may cost; its jobs run online."""
+    from llmbatch._batch.run import run_with_batches
+    from llmbatch._observe.progress import NoProgress
+
+    for k, v in fake_env(fb.api).items():
+        monkeypatch.setenv(k, v)
+    clock = VirtualClock(fb)
+    cfg = _b_config(tmp_path)
+    fb.process_s = 4 * 3600
+    factory = _interrupting_factory(fb, make_foreign=True)
+    assert anyio.run(lambda: submit(cfg, clock=clock, client_factory=factory)).jobs == 8
+    said: list[str] = []
+    rep = anyio.run(
+        lambda: run_with_batches(
+            cfg, mode="auto", deadline=60, poll=600, clock=clock, progress=NoProgress(),
+            handle_signals=False, say=said.append,
+        )
+    )  # fmt: skip
+    assert rep.exit_code == 0 and clock.slept <= 60 + 1
+    assert fb.calls["msgbatch_cancel"] == 0
+    assert cfg.output is not None
+    lines = read_jsonl(cfg.output)
+    assert len(lines) == 8 and all("Bravo" in x["output"] and "batch" not in x for x in lines)

@@ -371,16 +371,21 @@ def pending_jobs(ctx: BatchContext) -> int:
     return len(ctx.state.pending_job_ids(done.fingerprint))
 
 
-async def batch_cancel(ctx: BatchContext) -> list[BatchRow]:
+async def batch_cancel(ctx: BatchContext, *, release_unproven: bool = False) -> list[BatchRow]:
     """Ask the provider to cancel every open batch; a later fetch keeps what finished.
 
     A batch adopted unverified (after an interrupted create) is left alone: it may be
-    someone else's. A batch the provider does not know is noted (lost when confirmed).
+    someone else's (``release_unproven``, at ``--batch-deadline``: given up as lost, its
+    jobs go on online). A batch the provider does not know is noted (lost when confirmed).
     """
     await recover(ctx)
     rows: list[BatchRow] = []
     for c in ctx.state.open_chunks():
         assert c.batch_id is not None
+        if not c.verified and release_unproven:
+            lose(ctx, c, "unproven at the batch deadline, not canceled; its jobs go online")
+            rows.append(replace(_recorded_row(c), state="lost"))
+            continue
         if not c.verified:
             rows.append(replace(_recorded_row(c), state="not canceled (unproven)"))
             ctx.notes.append(

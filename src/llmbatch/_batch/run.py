@@ -241,7 +241,7 @@ def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
 
 async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
     async with batch_context(config, clock=clock, factory=factory) as ctx:
-        return len(await batch_cancel(ctx))
+        return len(await batch_cancel(ctx, release_unproven=True))
 
 
 def _stderr(message: str) -> None:
