@@ -108,7 +108,7 @@ def test_durations() -> None:
 
 
 def test_batch_block_from_a_results_file(fb: FakeBatch, tmp_path: Path) -> None:
-    from llmbatch._batch.run import batch_part_from_results
+    from llmbatch._report.batch import batch_part_from_results
 
     clock = VirtualClock(fb)
     cfg = config(jobs_file(tmp_path, 30))

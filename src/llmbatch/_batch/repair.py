@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from llmbatch._batch.online import BatchSeed, RepairRecorder, seed_from_repair
 from llmbatch._budget.context import Budgets, Stopper
 from llmbatch._budget.ledger import RunBudget
-from llmbatch._budget.windows import open_ledgers
+from llmbatch._budget.open import open_ledgers
 from llmbatch._core.events import AttemptEnded, Event, EventBus, JobEnded
 from llmbatch._core.exceptions import sole_own_error
 from llmbatch._core.jobs import Job, Request
@@ -36,6 +35,7 @@ from llmbatch._core.retry import Backoff
 from llmbatch._engine.attempts import JobRunner
 from llmbatch._engine.executor import StreamingExecutor, drained
 from llmbatch._engine.plan import PreparedJob, fingerprint
+from llmbatch._engine.takeover import BatchSeed, RepairRecorder, seed_from_repair
 from llmbatch._io.resume import read_existing
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import ModelGate, RateLimiter

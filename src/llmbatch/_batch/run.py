@@ -12,7 +12,6 @@ no batch of this output is open: a job is never sent online while its batch is.
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,10 +22,13 @@ import orjson
 from llmbatch._batch.context import ClientFactory, batch_cancel, batch_context
 from llmbatch._batch.fetch import FetchReport, fetch
 from llmbatch._batch.submit import submit
+from llmbatch._config.modes import MODES
+from llmbatch._config.modes import parse_duration as parse_duration
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.exceptions import UsageError
 from llmbatch._io.batch_state import BatchState
+from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
 
 if TYPE_CHECKING:
@@ -34,20 +36,6 @@ if TYPE_CHECKING:
 
     from llmbatch._observe.progress import ProgressSink
     from llmbatch.providers.factory import ProviderFactory
-
-MODES = ("online", "batch", "auto")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` → seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UsageError(f"--batch-deadline {text!r}: write a duration such as 90s, 30m, 2h, 1h30m")
-    return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
 def refuse_if_batches_open(output: Path | None) -> None:
@@ -62,25 +50,6 @@ def refuse_if_batches_open(output: Path | None) -> None:
             f"also go online. Run `llmbatch batch fetch {output}` (or `batch cancel`) first, "
             "or `run --mode auto`. Nothing was sent."
         )
-
-
-@dataclass(frozen=True, slots=True)
-class BatchPart:
-    """What the batch phase of a run did: jobs answered by batch and their cost."""
-
-    jobs: int
-    cost_usd: float
-    online_cost_usd: float
-    canceled_at_deadline: int
-    stopped_by_budget: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "jobs": self.jobs,
-            "cost_usd": round(self.cost_usd, 6),
-            "online_cost_usd": round(self.online_cost_usd, 6),
-            "saved_usd": round(self.online_cost_usd - self.cost_usd, 6),
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,26 +216,3 @@ async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | 
 def _stderr(message: str) -> None:
     sys.stderr.write(f"llmbatch: {message}\n")
     sys.stderr.flush()
-
-
-def batch_part_from_results(path: Path, prices: dict[str, Any] | None = None) -> BatchPart:
-    """The report's ``batch`` block from a results file: lines that carry ``"batch"``."""
-    from llmbatch._core.models import ModelRef
-    from llmbatch._core.pricing import PriceBook
-    from llmbatch._core.usage import Usage
-    from llmbatch._io.resume import iter_result_lines
-
-    book = PriceBook(prices or {})
-    state = BatchState.load(path)
-    # Billed by requests that came back without an answer: in no line, paid all the same.
-    jobs, cost, online = 0, state.billed_cost, state.billed_online
-    for _, _, line, _ in iter_result_lines(path):
-        if line is None or "batch" not in line:
-            continue
-        jobs += 1
-        c = float(line.get("cost_usd") or 0.0)
-        cost += c
-        ref = ModelRef(str(line.get("provider")), str(line.get("model")))
-        o = book.cost(ref, Usage.from_dict(line.get("usage")))
-        online += c if o is None else o
-    return BatchPart(jobs, cost, online, 0, False)

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmbatch._budget.ledger import BudgetLedger, Refusal
-from llmbatch._core.clock import Clock
+from llmbatch._budget.ledger import Refusal
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
@@ -59,35 +58,6 @@ def lease_seconds() -> float:
         return max(0.5, float(os.environ.get("LLMBATCH_LEASE_S", "60")))
     except ValueError:
         return 60.0
-
-
-async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
-    """The rolling-window ledgers of one run: Redis with ``--shared``, else SQLite; [] if none.
-
-    :raises SharedStoreError: the ledger cannot be opened (budgets fail closed).
-    """
-    windows = windows_from_config(config)
-    if not windows:
-        return []
-    if config.shared:
-        from llmbatch._budget.redis import RedisLedger, connect
-
-        client = await connect(config.shared)
-        # A hold past its deadline counts as spent at its worst case (safe, if wasteful
-        # for a request slower than that), so a dead run blocks the others no longer.
-        hold_s = lease_seconds()
-        return [RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s)]
-    from llmbatch._budget.sqlite import SqliteLedger
-
-    ledger = SqliteLedger(
-        config.ledger or default_ledger_path(),
-        config.budget_scope,
-        windows,
-        clock,
-        lease_s=lease_seconds(),
-    )
-    await ledger.open()
-    return [ledger]
 
 
 def rfc3339(wall: float | None) -> str | None:

@@ -56,7 +56,7 @@ PENDING_EXIT = 6  # jobs handed back by their batches: `batch submit` them again
 
 def render_rows(rows: list[BatchRow], as_json: bool, pending: int | None = None) -> None:
     """The rows as a table (or JSON: a list; with ``pending``, {"batches", "pending_jobs"})."""
-    from llmbatch.cli import _console
+    from llmbatch._cli.common import _console
 
     if as_json:
         import orjson
@@ -132,21 +132,21 @@ def submit(
         import anyio
 
         from llmbatch._batch.submit import submit as do_submit
-        from llmbatch.cli import _configured
+        from llmbatch._cli.common import _configured
 
         with _configured(jobs, flags, config) as cfg:
             rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
         _say_submitted(rep, as_json)
         return rep.exit_code
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
 
 def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
     """The submit report as JSON (with --json), and one line per batch and in sum on stderr."""
-    from llmbatch.cli import _err
+    from llmbatch._cli.common import _err
 
     if as_json:
         import orjson
@@ -177,7 +177,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
         import anyio
 
         from llmbatch._batch.context import batch_context, batch_status, pending_jobs
-        from llmbatch.cli import _err
+        from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
 
@@ -197,7 +197,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
             return 4
         return PENDING_EXIT if pending else 0
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
@@ -252,14 +252,14 @@ def fetch(
         _say_fetched(rep, output)
         return rep.exit_code
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
 
 def _say_fetched(rep: FetchReport, output: str) -> None:
     """What fetch did, on stderr: batches, repairs, savings, notes."""
-    from llmbatch.cli import _err
+    from llmbatch._cli.common import _err
 
     sys.stderr.write(
         f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
@@ -308,7 +308,7 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
 
         rows, notes = anyio.run(main)
         render_rows(rows, as_json)
-        from llmbatch.cli import _err
+        from llmbatch._cli.common import _err
 
         asked = sum(
             1 for r in rows if r.state not in ("lost", "not found", "not canceled (unproven)")
@@ -318,7 +318,7 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
             _err(note)
         return 0
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
@@ -342,7 +342,7 @@ def forget(
 
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.context import forget as do_forget
-        from llmbatch.cli import _err
+        from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
 
@@ -355,7 +355,7 @@ def forget(
             _err(note)
         return 0
 
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
 
@@ -365,8 +365,8 @@ def run_mode(cfg: RunConfig) -> int:
     import anyio
 
     from llmbatch._batch.run import run_with_batches
+    from llmbatch._cli.common import _console, _err
     from llmbatch._observe.progress import make_progress
-    from llmbatch.cli import _console, _err
 
     mode = cfg.mode
     deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out

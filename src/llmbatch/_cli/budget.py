@@ -27,7 +27,7 @@ SharedOpt = Annotated[
 
 
 def _guarded(fn: Callable[[], int]) -> int:
-    from llmbatch.cli import _guard
+    from llmbatch._cli.common import _guard
 
     return _guard(fn)
 
@@ -52,7 +52,7 @@ def status(
             return 0
         from rich.table import Table
 
-        from llmbatch.cli import _console
+        from llmbatch._cli.common import _console
 
         table = Table(title="rolling budgets", title_justify="left")
         for col in ("scope", "window", "spent", "spent tokens", "held", "held tokens", "runs"):

@@ -5,7 +5,6 @@ Only typer at module level: cli.py imports this for every command.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,15 +24,15 @@ PathOpt = Annotated[
     typer.Option("--cache", help="Cache file [default: $XDG_CACHE_HOME/llmbatch/cache.sqlite]."),
 ]
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
 
 def parse_duration(text: str) -> float:
     """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` or plain seconds, in seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
-    if m is None:
+    from llmbatch._config.modes import duration_seconds
+
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise ValueError(f"not a duration: {text!r} (try 30d, 12h, 90m)")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    return seconds
 
 
 def _path(path: Path | None) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch._config.modes import MODES, Mode, parse_duration
 from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
 from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
 from llmbatch._config.toml import FileConfig as FileConfig
@@ -81,7 +82,7 @@ class RunConfig:
     shared: str | None = None  # redis://HOST:PORT/DB
     shard: tuple[int, int] | None = None  # (index, count), index from 0
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
-    mode: str = "online"
+    mode: Mode = Mode.ONLINE
     batch_deadline: float | None = None
 
     def __post_init__(self) -> None:
@@ -137,8 +138,6 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
-    from llmbatch._observe.sinks import observability_flags
-
     observability_flags(cfg, merged, jobs, stdin)
     check_run_paths(cfg, reads)
     return cfg
@@ -280,12 +279,10 @@ def _shared_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
 
 def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
     """--mode and --batch-deadline (a duration such as 2h, or seconds)."""
-    from llmbatch._batch.run import MODES, parse_duration
-
     mode = merged.get("mode") or "online"
     if mode not in MODES:
         raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
-    cfg.mode = mode
+    cfg.mode = Mode(mode)
     deadline = merged.get("batch_deadline")
     if isinstance(deadline, str):
         cfg.batch_deadline = parse_duration(deadline)
@@ -321,3 +318,14 @@ def load_schema_file(path: Path) -> dict[str, Any]:
     check_schema(data, str(path))
     assert isinstance(data, dict)
     return data
+
+
+def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdin: bool) -> None:
+    """--cache, --log-json, --otlp into ``cfg``, checked before anything is sent."""
+    if merged.get("cache") is not None:
+        cfg.cache_path = Path(merged["cache"]).expanduser()
+    cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
+    otlp = merged.get("otlp")
+    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
+        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    cfg.otlp = otlp

@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 
-from llmbatch._batch.online import BatchSeed
 from llmbatch._budget.context import Budgets, Stopper
 from llmbatch._budget.ledger import Refusal
 from llmbatch._cache.store import CachedAnswer, ResponseCache, cache_key_for, hit_result
@@ -29,6 +28,7 @@ from llmbatch._core.results import JobResult
 from llmbatch._core.schema import validate_answer
 from llmbatch._core.usage import Usage
 from llmbatch._engine.plan import PreparedJob
+from llmbatch._engine.takeover import BatchSeed
 from llmbatch._engine.tally import NOT_WRITTEN, NotWritten, Reservation, Sent, Tally, repair_request
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import RateLimiter

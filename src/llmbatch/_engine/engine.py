@@ -24,10 +24,10 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from llmbatch._batch.online import take_over_batches
 from llmbatch._budget.context import Budgets, Stopper
 from llmbatch._budget.ledger import BudgetLedger, RunBudget
-from llmbatch._budget.windows import open_ledgers, rfc3339
+from llmbatch._budget.open import open_ledgers
+from llmbatch._budget.windows import rfc3339
 from llmbatch._cache.store import open_cache
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -40,6 +40,7 @@ from llmbatch._engine.attempts import JobRunner
 from llmbatch._engine.executor import Executor as Executor  # re-exported: the seam's home was here
 from llmbatch._engine.executor import StreamingExecutor, drained, feed_jobs
 from llmbatch._engine.plan import Plan, Planner, PreparedJob
+from llmbatch._engine.takeover import take_over_batches
 from llmbatch._io.history import append_history, history_record
 from llmbatch._io.lock import OutputLock
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail

@@ -8,25 +8,13 @@ get the ``--log-json`` and ``--otlp`` sinks for its EventBus; ``close_sinks`` in
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llmbatch._core.exceptions import UsageError
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
     from llmbatch._core.events import EventSink
-
-
-def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdin: bool) -> None:
-    """--cache, --log-json, --otlp into ``cfg``, checked before anything is sent."""
-    if merged.get("cache") is not None:
-        cfg.cache_path = Path(merged["cache"]).expanduser()
-    cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
-    otlp = merged.get("otlp")
-    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
-        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
-    cfg.otlp = otlp
 
 
 def run_secrets(config: RunConfig) -> list[str]:

@@ -233,7 +233,7 @@ def report_from_results(path: Path) -> RunReport:
     wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
     report = build_report(stats, wall_s=wall, output=str(path), notes=notes)
     if batched:
-        from llmbatch._batch.run import batch_part_from_results
+        from llmbatch._report.batch import batch_part_from_results
 
         report = replace(report, batch=batch_part_from_results(path).to_dict())
     return report

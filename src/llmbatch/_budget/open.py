@@ -1,0 +1,40 @@
+"""The rolling-window ledgers a run opens: Redis with ``--shared``, else SQLite."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from llmbatch._budget.ledger import BudgetLedger
+from llmbatch._budget.sqlite import SqliteLedger
+from llmbatch._budget.windows import default_ledger_path, lease_seconds, windows_from_config
+from llmbatch._core.clock import Clock
+
+if TYPE_CHECKING:
+    from llmbatch._config.settings import RunConfig
+
+
+async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
+    """The rolling-window ledgers of one run: Redis with ``--shared``, else SQLite; [] if none.
+
+    :raises SharedStoreError: the ledger cannot be opened (budgets fail closed).
+    """
+    windows = windows_from_config(config)
+    if not windows:
+        return []
+    if config.shared:
+        from llmbatch._budget.redis import RedisLedger, connect  # the [redis] extra
+
+        client = await connect(config.shared)
+        # A hold past its deadline counts as spent at its worst case (safe, if wasteful
+        # for a request slower than that), so a dead run blocks the others no longer.
+        hold_s = lease_seconds()
+        return [RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s)]
+    ledger = SqliteLedger(
+        config.ledger or default_ledger_path(),
+        config.budget_scope,
+        windows,
+        clock,
+        lease_s=lease_seconds(),
+    )
+    await ledger.open()
+    return [ledger]
