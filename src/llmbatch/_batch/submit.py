@@ -33,7 +33,7 @@ from llmbatch._config.settings import ProviderSettings, RunConfig
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
-from llmbatch._core.exceptions import NotConnected, ProviderError
+from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.jobs import LineError, Request, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price
@@ -311,11 +311,12 @@ class _Submitter:
             info = await self.ctx.call(
                 client.create, state.key(record), [p.line for p in chunk], idempotent=False
             )
-        except NotConnected:
-            # No connection was made: nothing reached the provider, nothing to find again.
-            state.append({"ev": "abandoned", "local": local, "reason": "not sent: no connection"})
-            raise
-        except ProviderError:
+        except ProviderError as exc:
+            if exc.nothing_sent:  # no connection was made: nothing to find again
+                state.append(
+                    {"ev": "abandoned", "local": local, "reason": "not sent: no connection"}
+                )
+                raise
             # It may exist anyway (a timeout after the provider took it): look before giving up.
             if await recover_chunk(self.ctx, record) is None:
                 raise

@@ -205,8 +205,9 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
 def pending_note(pending: int, output: str) -> str:
     return (
         f"{pending} job(s) are pending (their batch came back without their answer, was "
-        f"lost, or was never created): submit them again (`llmbatch batch submit JOBS -o {output}`, or `llmbatch run JOBS -o "
-        f"{output} --mode batch`)"
+        "lost, or was never created): submit them again "
+        f"(`llmbatch batch submit JOBS -o {output}`, or "
+        f"`llmbatch run JOBS -o {output} --mode batch`)"
     )
 
 

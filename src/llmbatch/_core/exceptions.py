@@ -95,6 +95,9 @@ class ProviderError(LLMBatchError):
 
     error_type = "other"
     retryable = False
+    # True when no connection was made (refused, no route, DNS, TLS handshake): nothing
+    # was sent, so a create that failed this way made nothing at the provider.
+    nothing_sent = False
 
     def __init__(
         self,
@@ -149,11 +152,6 @@ class ProviderTimeout(ProviderError, TimeoutError):
 class ConnectionFailed(ProviderError, ConnectionError):
     error_type = "connection"
     retryable = True
-
-
-class NotConnected(ConnectionFailed):
-    """No connection was made (refused, no route, DNS, TLS handshake): nothing was sent,
-    so a create that fails this way made nothing at the provider."""
 
 
 class BadRequest(ProviderError):

@@ -14,7 +14,6 @@ import orjson
 
 from llmbatch._core.exceptions import (
     ConnectionFailed,
-    NotConnected,
     OtherProviderError,
     ProviderError,
     ProviderTimeout,
@@ -58,9 +57,12 @@ class BatchHttp(HttpProvider):
         except aiohttp.ClientPayloadError as exc:
             raise ConnectionFailed(f"the download was cut off: {self._redact(str(exc))}") from exc
         except aiohttp.ClientConnectorError as exc:  # before any byte of the request went out
-            raise NotConnected(
-                f"could not connect (nothing was sent): {type(exc).__name__}: {self._redact(str(exc))}"
-            ) from exc
+            err = ConnectionFailed(
+                "could not connect (nothing was sent): "
+                f"{type(exc).__name__}: {self._redact(str(exc))}"
+            )
+            err.nothing_sent = True
+            raise err from exc
         except aiohttp.ClientConnectionError as exc:
             raise ConnectionFailed(
                 f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}"
