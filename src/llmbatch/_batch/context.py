@@ -233,35 +233,6 @@ def lose(ctx: BatchContext, chunk: Chunk, reason: str) -> None:
     )
 
 
-async def forget(ctx: BatchContext, batch_id: str, *, force: bool = False) -> Chunk:
-    """``batch forget``: drop a batch the provider no longer knows; its jobs go back to pending."""
-    state = ctx.state
-    chunk = next(
-        (c for c in state.open_chunks() if batch_id in (c.batch_id, c.local)),
-        None,
-    )
-    if chunk is None:
-        ids = ", ".join(c.batch_id or c.local for c in state.open_chunks()) or "none"
-        raise UsageError(
-            f"no open batch {batch_id!r} recorded for {state.output} (open: {ids}). "
-            "Nothing was changed."
-        )
-    if not force and chunk.batch_id is not None:
-        try:
-            info = await ctx.call(ctx.client(chunk.provider).get, chunk.batch_id)
-        except NotFound:
-            info = None
-        if info is not None:
-            what = "fetch it" if info.ended else "cancel it (`batch cancel`), then fetch"
-            raise UsageError(
-                f"{chunk.provider} still knows batch {chunk.batch_id} ({info.status}): {what}; "
-                "forgetting it could pay for its jobs twice (--force forgets it anyway). "
-                "Nothing was changed."
-            )
-    lose(ctx, chunk, "forgotten by `batch forget`")
-    return chunk
-
-
 def created_event(
     chunk: Chunk, info: BatchInfo, adopted: bool = False, verified: bool = True
 ) -> dict[str, object]:

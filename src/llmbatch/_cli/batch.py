@@ -342,7 +342,7 @@ def forget(
         import anyio
 
         from llmbatch._batch.context import batch_context
-        from llmbatch._batch.context import forget as do_forget
+        from llmbatch._batch.forget import forget as do_forget
         from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
