@@ -319,3 +319,11 @@ def test_an_unproven_batch_does_not_hold_the_auto_deadline(
     assert cfg.output is not None
     lines = read_jsonl(cfg.output)
     assert len(lines) == 8 and all("Bravo" in x["output"] and "batch" not in x for x in lines)
+
+
+def test_made_after_compares_whole_second_stamps_at_their_precision() -> None:
+    from llmbatch._batch.context import _made_after
+
+    assert _made_after(100.5, 100.2) and not _made_after(100.1, 100.2)
+    assert _made_after(100.0, 100.7)  # a provider stamp in whole seconds
+    assert not _made_after(99.0, 100.7)

@@ -8,6 +8,7 @@ budgets of ``run``; none copies them.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -140,7 +141,7 @@ async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
             proven.append(info)
         elif ours is None:
             unknown.append(info)
-    after = [b for b in unknown if b.created_at >= chunk.at]  # created after the intent
+    after = [b for b in unknown if _made_after(b.created_at, chunk.at)]
     if len(proven) == 1 or (not proven and len(after) == 1 and chunk.nonce):
         info = (proven or after)[0]
         state.append(created_event(chunk, info, adopted=True, verified=bool(proven)))
@@ -167,6 +168,11 @@ async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
         )
     state.append({"ev": "abandoned", "local": chunk.local, "reason": reason})
     return None
+
+
+def _made_after(created_at: float, intent_at: float) -> bool:
+    """Created after the intent; a stamp in whole seconds is compared at that precision."""
+    return created_at >= (math.floor(intent_at) if created_at.is_integer() else intent_at)
 
 
 async def _is_ours(ctx: BatchContext, chunk: Chunk, info: BatchInfo) -> bool | None:
