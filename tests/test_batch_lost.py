@@ -205,3 +205,35 @@ def test_a_batch_too_large_for_the_token_limit_says_batch_size(
     assert cfg.output is not None
     lines = read_jsonl(cfg.output)
     assert all(x["status"] == "failed" for x in lines) and len(lines) == 6
+
+
+def test_the_cron_loop_ends_when_pending_jobs_cannot_go_by_batch(
+    fbc: FakeBatch, tmp_path: Path
+) -> None:
+    """Pending jobs that submit cannot send (gone from the jobs file, or no model with a
+    Batch API left): submit sends nothing and exits 1, naming them, so the loop ends."""
+    env = fake_env(fbc.api)
+    path = jobs(tmp_path, 4)
+    out = tmp_path / "out.jsonl"
+    fbc.expire_after = 0.0
+    assert run_cli("batch", "submit", str(path), "-o", str(out), env=env).code == 0
+    fbc.advance(25 * 3600)
+    assert run_cli("batch", "fetch", str(out), env=env).code == 6
+    fbc.expire_after = None
+    jobs(tmp_path, 2)  # job-2 and job-3 are gone from the jobs file
+    codes = []
+    for _ in range(10):
+        code = run_cli("batch", "fetch", str(out), env=env).code
+        codes.append(code)
+        if code == 4:
+            fbc.advance(3600)
+        elif code == 6:
+            sub = run_cli("batch", "submit", str(path), "-o", str(out), env=env)
+            if sub.code != 0:
+                codes.append(sub.code)
+                assert "2 job(s) came back from earlier batches" in sub.stderr, sub.output
+                break
+        else:
+            break
+    assert codes[-2:] == [6, 1], codes
+    assert sorted(x["id"] for x in read_jsonl(out)) == ["job-0", "job-1"]

@@ -81,10 +81,15 @@ class SubmitReport:
     reserved_cost: float
     notes: list[str] = field(default_factory=list)
     left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
+    stuck: int = 0  # jobs pending from earlier batches that this submit could not send
 
     @property
     def exit_code(self) -> int:
-        return 3 if self.stopped_by == "budget" else 0
+        """3 budget; 1 nothing sent while pending jobs remain that submit cannot send
+        (a cron loop "fetch, 6 → submit" must end); else 0."""
+        if self.stopped_by == "budget":
+            return 3
+        return 1 if self.stuck and not self.jobs else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +101,7 @@ class SubmitReport:
             "stopped_by": self.stopped_by,
             "reserved_cost_usd": round(self.reserved_cost, 6),
             "left_online": self.left_online,
+            "stuck_pending": self.stuck,
             "notes": self.notes,
         }
 
@@ -358,7 +364,15 @@ async def submit(
                 f"{sub.left_online} job(s) have no model with a Batch API left; they run "
                 "online (`llmbatch run`, or the online part of `run --mode`)"
             )
+        stuck = len(ctx.state.pending_job_ids(sub.line_fp))
+        if stuck and not sub.jobs and sub.stopped_by is None:
+            ctx.notes.append(
+                f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
+                "(no model of their chain with a Batch API, or no longer in the jobs file): "
+                f"run them online (`llmbatch run JOBS -o {config.output}`)"
+            )
         return SubmitReport(
+            stuck=stuck,
             batches=sub.batches,
             jobs=sub.jobs,
             skipped_done=plan.skipped_done,
