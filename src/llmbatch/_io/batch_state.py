@@ -86,6 +86,7 @@ class BatchState:
         self.billed_tokens = 0
         self.billed_online = 0.0  # … and what the same requests would have cost online
         self.caps: dict[str, Any] | None = None  # the last submit's --max-cost / --max-total-tokens
+        self.handed_back: set[str] = set()  # jobs a closed batch returned unanswered
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -184,6 +185,7 @@ class BatchState:
             chunk.state = "closed"
             chunk.status = e.get("status")
             chunk.counts = dict(e.get("counts") or {})
+            self.handed_back.update(e.get("returned") or ())
             for job_id, why in (e.get("returned") or {}).items():
                 if why not in UNCOUNTED:
                     self.rounds[job_id] += 1
@@ -243,9 +245,10 @@ class BatchState:
         whole, lost, never created, or on to their next model): sent once, now in no open
         batch, with no result line and no answer awaiting repair. Submit them again."""
         held = self.open_job_ids() | set(self.repairs)
-        ids = {
-            r["id"] for c in self.chunks.values() if not c.is_open for r in self.read_jobs(c.local)
-        }
+        ids = set(self.handed_back)  # a closed chunk's own record; the others' whole lists
+        for c in self.chunks.values():
+            if c.state in ("abandoned", "lost"):
+                ids.update(r["id"] for r in self.read_jobs(c.local))
         return {i for i in ids - held if line_fp(i) is None}
 
     def reserved(self) -> tuple[float, int]:
