@@ -30,7 +30,8 @@ sys.path.insert(1, str(ROOT))
 from llmbatch._config.settings import RunConfig  # noqa: E402
 from llmbatch._core.events import LimitChanged  # noqa: E402
 from llmbatch._core.models import ModelRef  # noqa: E402
-from llmbatch._engine.engine import Engine, run_jobs_async  # noqa: E402
+from llmbatch._run.online import FileRun as Engine  # noqa: E402
+from llmbatch._run.online import run_jobs_async  # noqa: E402
 from tests.fakeapi import FakeAPI  # noqa: E402
 
 GIVE_UP_S = 150.0

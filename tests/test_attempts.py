@@ -11,8 +11,9 @@ from llmbatch import ModelRef, RunConfig
 from llmbatch._core.events import AttemptEnded, BudgetStopped, ListSink
 from llmbatch._core.models import ModelRef as Ref
 from llmbatch._core.pricing import PriceBook
+from llmbatch._core.stops import StopReason
 from llmbatch._core.usage import Usage
-from llmbatch._engine.engine import Engine
+from llmbatch._run.online import FileRun as Engine
 from tests.conftest import fake_env, prompts, read_jsonl, write_jsonl
 from tests.fakeapi import FakeAPI
 from tests.scripted import ScriptedProvider, factory
@@ -125,7 +126,7 @@ async def test_attempts_of_jobs_cut_mid_retry_still_count(tmp_path: Path) -> Non
     class StopAfter:
         def emit(self, event: object) -> None:
             if isinstance(event, AttemptEnded) and event.n >= 3:
-                engine.stop("signal")
+                engine.stop(StopReason.SIGNAL)
 
     engine.bus.add(StopAfter())
     report = await engine.run()
@@ -174,4 +175,4 @@ async def test_workers_follow_the_work_not_the_flag(tmp_path: Path) -> None:
     engine = Engine(cfg, provider_factory=factory(ScriptedProvider()), handle_signals=False)
     report = await engine.run()
     assert report.ok == 2
-    assert engine.executor.workers == 2
+    assert engine.workers == 2

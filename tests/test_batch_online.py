@@ -11,12 +11,12 @@ import pytest
 from llmbatch._batch.fetch import FetchReport, fetch
 from llmbatch._batch.submit import SubmitReport, submit
 from llmbatch._config.settings import RunConfig
-from llmbatch._engine.engine import run_jobs_async
 from llmbatch._io.batch_state import BatchState
 from llmbatch._io.resume import read_existing
 from llmbatch._observe.progress import NoProgress
 from llmbatch._report.batch import batch_part_from_results
 from llmbatch._report.report import RunReport
+from llmbatch._run.online import run_jobs_async
 from tests.batchutil import (
     AN,
     OA,

@@ -16,11 +16,11 @@ from llmbatch._batch.submit import submit
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import ResumeConflict
 from llmbatch._core.jobs import Request
-from llmbatch._engine.engine import run_jobs_async
 from llmbatch._io.batch_state import BatchState
 from llmbatch._io.resume import read_existing
 from llmbatch._observe.progress import NoProgress
 from llmbatch._report.report import RunReport
+from llmbatch._run.online import run_jobs_async
 from llmbatch.providers._base import Answer, Provider
 from llmbatch.providers.factory import ProviderFactory, default_provider_factory
 from tests.batchutil import (

@@ -16,8 +16,8 @@ from llmbatch._budget.sqlite import SqliteLedger, ledger_status, reset_scope
 from llmbatch._budget.windows import DAY, HOUR, Window
 from llmbatch._config.settings import FileConfig, build_run_config, load_config
 from llmbatch._core.exceptions import ConfigError, UsageError
-from llmbatch._engine.engine import run_jobs_async
 from llmbatch._report.report import RunReport
+from llmbatch._run.online import run_jobs_async
 from tests.conftest import prompts, run_cli, write_jsonl
 
 pytestmark = pytest.mark.anyio

@@ -15,9 +15,9 @@ import pytest
 
 from llmbatch._config.settings import FileConfig, build_run_config
 from llmbatch._core.exceptions import UsageError
-from llmbatch._engine.engine import run_jobs_async
 from llmbatch._io.shard import parse_shard, shard_of, shard_output, sibling_outputs
 from llmbatch._report.report import RunReport
+from llmbatch._run.online import run_jobs_async
 from tests.conftest import prompts, read_jsonl, run_cli, start_cli, wait_until, write_jsonl
 
 

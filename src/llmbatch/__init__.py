@@ -38,8 +38,8 @@ _EXCEPTIONS = (
 )
 _WHERE: dict[str, str] = {
     "RunConfig": "llmbatch._config.settings",
-    "run_jobs": "llmbatch._engine.engine",
-    "run_jobs_async": "llmbatch._engine.engine",
+    "run_jobs": "llmbatch._run.online",
+    "run_jobs_async": "llmbatch._run.online",
     "ModelRef": "llmbatch._core.models",
     "parse_model_spec": "llmbatch._core.models",
     "RunReport": "llmbatch._report.report",
@@ -102,8 +102,8 @@ if TYPE_CHECKING:
     )
     from llmbatch._core.models import ModelRef, parse_model_spec
     from llmbatch._core.usage import Usage
-    from llmbatch._engine.engine import run_jobs, run_jobs_async
     from llmbatch._report.report import RunReport
+    from llmbatch._run.online import run_jobs, run_jobs_async
 
 
 def __getattr__(name: str) -> Any:

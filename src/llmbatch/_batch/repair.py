@@ -20,33 +20,21 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-
-from llmbatch._budget.context import Budgets, Stopper
-from llmbatch._budget.ledger import RunBudget
-from llmbatch._budget.open import open_ledgers
-from llmbatch._core.events import AttemptEnded, Event, EventBus, JobEnded
-from llmbatch._core.exceptions import sole_own_error
+from llmbatch._core.events import AttemptEnded, Event
 from llmbatch._core.jobs import Job, Request
 from llmbatch._core.models import ModelRef
-from llmbatch._core.results import JobResult, ResultWriter
-from llmbatch._core.retry import Backoff
-from llmbatch._engine.attempts import JobRunner
-from llmbatch._engine.executor import StreamingExecutor, drained
 from llmbatch._engine.plan import PreparedJob, fingerprint
-from llmbatch._engine.takeover import BatchSeed, RepairRecorder, seed_from_repair
+from llmbatch._engine.sinks import OutputSink
+from llmbatch._engine.takeover import RepairRecorder, seed_from_repair
 from llmbatch._io.resume import read_existing
-from llmbatch._limits.breaker import Breaker
-from llmbatch._limits.ratelimit import ModelGate, RateLimiter
-from llmbatch.providers.factory import ProviderFactory, default_provider_factory
+from llmbatch._run.session import RunSession
+from llmbatch.providers.factory import ProviderFactory
 
 if TYPE_CHECKING:
     from llmbatch._batch.context import BatchContext
     from llmbatch._config.settings import RunConfig
     from llmbatch._core.pricing import PriceBook
     from llmbatch._io.batch_state import BatchState, LineFingerprint
-    from llmbatch.providers._base import Provider
 
 
 def stored_request(pj: PreparedJob) -> dict[str, Any]:
@@ -137,130 +125,75 @@ async def repair_pending(
     notes = [f"{n} schema repair(s) cannot be made by fetch: {w}" for w, n in why.items()]
     if not jobs:
         return RepairReport(left=sum(why.values()), notes=notes)
-    run = _RepairRun(ctx, config, book, provider_factory or default_provider_factory)
-    await run.run(jobs, line_fp)
-    if run.runner.fatal:
-        notes.insert(0, run.runner.fatal)
-    elif run.runner.auth_withheld:
+    ok, failed, cost, session = await _run_repairs(ctx, config, jobs, line_fp, provider_factory)
+    if session.fatal:
+        notes.insert(0, session.fatal)
+    elif session.auth_withheld:
         notes.insert(
             0,
-            f"{run.runner.auth_withheld} repair(s) were refused authentication "
+            f"{session.auth_withheld} repair(s) were refused authentication "
             "before any answer came back; they stay pending — check the API key",
         )
     return RepairReport(
-        ok=run.ok,
-        failed=run.failed,
-        cost_usd=run.cost,
+        ok=ok,
+        failed=failed,
+        cost_usd=cost,
         left=len(ctx.state.pending_repairs(line_fp)),
-        stopped_by=run.stopper.stopped_by,
+        stopped_by=session.stopped_by,
         notes=notes,
     )
 
 
-class _RepairRun:
-    """The engine's wiring, cut down to a known list of repair jobs: runner, pool, writer."""
+class _RepairCost:
+    """The repair attempts' cost, as they end (the lines hold the batch cost too)."""
 
-    def __init__(
-        self, ctx: BatchContext, config: RunConfig, book: PriceBook, factory: ProviderFactory
-    ) -> None:
-        self.ctx = ctx
-        self.config = config
-        self.factory = factory
-        self.providers: dict[str, Provider] = {}
-        self.stopper = Stopper()
-        self.budget = RunBudget(config.max_cost, config.max_total_tokens)
-        self.budgets = Budgets([self.budget], ctx.clock, self.stopper, config.wait_for_budget)
-        self.bus = EventBus([self])
-        self.gates: dict[ModelRef, RateLimiter] = {}
-        self.breakers: dict[ModelRef, Breaker] = {}
-        self.runner = JobRunner(
-            config=config,
-            clock=ctx.clock,
-            bus=self.bus,
-            prices=book,
-            provider=self.provider,
-            gates=self.gates,
-            breakers=self.breakers,
-            budgets=self.budgets,
-            stopper=self.stopper,
-            backoff=Backoff(cap=config.backoff_cap).delay,
-        )
-        self.ok = self.failed = 0
+    def __init__(self) -> None:
         self.cost = 0.0
 
-    def provider(self, name: str) -> Provider:
-        if name not in self.providers:
-            self.providers[name] = self.factory(name, self.config)
-        return self.providers[name]
-
     def emit(self, event: Event) -> None:
-        """The repair attempts' cost, as they end (the lines hold the batch cost too)."""
         if isinstance(event, AttemptEnded):
             self.cost += event.cost_usd or 0.0
 
-    def hold_spent(self, line_fp: LineFingerprint) -> None:
-        """Everything this output has spent or holds counts against the caps, as in ``run``."""
-        assert self.config.output is not None
-        existing = read_existing(self.config.output, retry_failed=False)
-        paid_cost, paid_tokens = self.ctx.state.spent(line_fp)
-        self.budget.spent_cost = existing.cost_usd + paid_cost
-        self.budget.spent_tokens = existing.tokens + paid_tokens
-        self.budget.reserved_cost, self.budget.reserved_tokens = self.ctx.state.reserved()
 
-    async def run(self, jobs: list[PreparedJob], line_fp: LineFingerprint) -> None:
-        cfg = self.config
-        self.hold_spent(line_fp)
-        seeds: dict[str, BatchSeed] = {
-            pj.job.id: seed_from_repair(self.ctx.state.repairs[pj.job.id]) for pj in jobs
-        }
-        self.runner.seeds = seeds
-        # Marks the repairs whose lines are written, once the output is synced (below).
-        recorder = RepairRecorder(self.ctx.state, seeds)
-        self.bus.add(recorder)
-        for ref in {ref for pj in jobs for ref in pj.chain}:
-            self.gates[ref] = ModelGate(cfg.limits_for(ref), clock=self.ctx.clock, name=str(ref))
-            self.breakers[ref] = Breaker(clock=self.ctx.clock, name=str(ref))
-        workers = max(1, min(cfg.concurrency, len(jobs)))
-        executor = StreamingExecutor(self.runner, workers, self.stopper)
-        job_send, job_recv = anyio.create_memory_object_stream[PreparedJob](workers)
-        res_send, res_recv = anyio.create_memory_object_stream[JobResult](workers * 4)
-        writer = ResultWriter(cfg.output)
+async def _run_repairs(
+    ctx: BatchContext,
+    config: RunConfig,
+    jobs: list[PreparedJob],
+    line_fp: LineFingerprint,
+    factory: ProviderFactory | None,
+) -> tuple[int, int, float, RunSession]:
+    """The repairs through the one engine: the run's limits (shared with ``[shared] url``),
+    budgets held per attempt, the output written once per job; marks after the sync."""
+    session = RunSession(config, provider_factory=factory, handle_signals=False, clock=ctx.clock)
+    cost = _RepairCost()
+    session.bus.add(cost)
+    _hold_spent(session, ctx, line_fp)
+    seeds = {pj.job.id: seed_from_repair(ctx.state.repairs[pj.job.id]) for pj in jobs}
+    for pj in jobs:
+        pj.seed = seeds[pj.job.id]
+    # Marks the repairs whose lines are written, once the output is synced (below).
+    recorder = RepairRecorder(ctx.state, seeds)
+    session.bus.add(recorder)
+    try:
+        await session.open_services(cache=False)
+        session.services.limits_for({ref for pj in jobs for ref in pj.chain})
+        sink = OutputSink(config.output)
         try:
-            self.budgets.ledgers.extend(await open_ledgers(cfg, self.ctx.clock))
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_feed, job_send, jobs)
-                tg.start_soon(self._write, res_recv, writer)
-                tg.start_soon(executor.execute, job_recv, res_send)
-        except BaseExceptionGroup as group:
-            own = sole_own_error(group)
-            if own is not None:
-                raise own from None
-            raise
+            await session.run_engine(jobs, sink, size=len(jobs))
         finally:
-            writer.close()  # synced: now the marks may say so
+            sink.close()  # synced: now the marks may say so
             recorder.flush()
-            with anyio.CancelScope(shield=True):
-                for p in self.providers.values():
-                    await p.aclose()
-                await self.budgets.aclose()
-
-    async def _write(
-        self, recv: MemoryObjectReceiveStream[JobResult], writer: ResultWriter
-    ) -> None:
-        """The lines, each once, then the events that mark their repairs done."""
-        async for batch in drained(recv):
-            writer.write([r.to_json() for r in batch])
-            now = self.ctx.clock.time()
-            for r in batch:
-                self.ok += r.status == "ok"
-                self.failed += r.status != "ok"
-                self.bus.emit(JobEnded(now, r))
+    finally:
+        await session.close_services()
+    return session.stats.ok, session.stats.failed, cost.cost, session
 
 
-async def _feed(send: MemoryObjectSendStream[PreparedJob], jobs: list[PreparedJob]) -> None:
-    async with send:
-        for pj in jobs:
-            try:
-                await send.send(pj)
-            except anyio.BrokenResourceError:
-                return  # the pool is gone (a hard stop): the rest stays pending
+def _hold_spent(session: RunSession, ctx: BatchContext, line_fp: LineFingerprint) -> None:
+    """Everything this output has spent or holds counts against the caps, as in ``run``."""
+    assert session.config.output is not None
+    existing = read_existing(session.config.output, retry_failed=False)
+    paid_cost, paid_tokens = ctx.state.spent(line_fp)
+    budget = session.run_budget
+    budget.spent_cost = existing.cost_usd + paid_cost
+    budget.spent_tokens = existing.tokens + paid_tokens
+    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()

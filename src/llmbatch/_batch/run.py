@@ -106,7 +106,7 @@ async def run_with_batches(
     say: Any = None,
 ) -> ModeReport:
     """Batch the bulk, wait (until the deadline in ``auto``), then run the rest online."""
-    from llmbatch._engine.engine import run_jobs_async
+    from llmbatch._run.online import run_jobs_async
 
     if mode not in ("batch", "auto"):
         raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")

@@ -17,6 +17,7 @@ import anyio
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
 from llmbatch._core.clock import Clock
 from llmbatch._core.exceptions import SharedStoreError
+from llmbatch._core.stops import StopReason
 
 
 class Stopper:
@@ -24,10 +25,10 @@ class Stopper:
 
     def __init__(self) -> None:
         self.stopping = False
-        self.stopped_by: str | None = None
+        self.stopped_by: StopReason | None = None
         self._waits: set[anyio.CancelScope] = set()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.stopped_by is None:
             self.stopped_by = reason
         self.stopping = True
@@ -72,6 +73,51 @@ class Budgets:
     told_waiting: bool = False
     store_error: str | None = None  # the shared store failed: the run's fatal message
     _settled: anyio.Event | None = None  # made on the event loop, when first awaited
+    # Every ledger answers without awaiting (the run's own caps): the fast path holds.
+    _sync: bool | None = None
+
+    def _all_sync(self) -> bool:
+        if self._sync is None:
+            self._sync = all(isinstance(ledger, RunBudget) for ledger in self.ledgers)
+        return self._sync
+
+    def add(self, ledgers: list[BudgetLedger]) -> None:
+        self.ledgers.extend(ledgers)
+        self._sync = None
+
+    def reserve_now(self, cost: float, tokens: int) -> Held | None:
+        """Hold room without awaiting when every ledger is in-process and has room.
+
+        None: call :meth:`reserve` (a shared ledger, or no room now: it waits or refuses).
+        """
+        if not self._all_sync():
+            return None
+        holds: list[tuple[BudgetLedger, Hold]] = []
+        for ledger in self.ledgers:
+            answer = ledger.reserve_now(cost, tokens)  # type: ignore[attr-defined]
+            if isinstance(answer, Refusal):
+                for other, hold in holds:
+                    other.settle_now(hold, 0.0, 0)  # type: ignore[attr-defined]
+                return None
+            holds.append((ledger, answer))
+        self.in_flight += 1
+        return Held(holds, cost, tokens)
+
+    def settle_now(self, held: Held) -> bool:
+        """Settle without awaiting when every ledger is in-process; False: await :meth:`settle`."""
+        if not self._all_sync():
+            return False
+        cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
+        for ledger, hold in held.holds:
+            ledger.settle_now(hold, cost, tokens)  # type: ignore[attr-defined]
+        self._settled_one()
+        return True
+
+    def _settled_one(self) -> None:
+        self.in_flight -= 1
+        if self._settled is not None:
+            self._settled.set()
+            self._settled = None
 
     async def reserve(self, cost: float, tokens: int) -> Held | Refusal | None:
         """Hold room, waiting while attempts in flight may free enough.
@@ -117,7 +163,7 @@ class Budgets:
     def _store_failed(self, exc: SharedStoreError) -> None:
         if self.store_error is None:
             self.store_error = f"{exc}; budgets fail closed: no new requests"
-        self.stopper.stop("shared_store")
+        self.stopper.stop(StopReason.SHARED_STORE)
 
     async def _try(self, cost: float, tokens: int) -> Held | Refusal:
         held: list[tuple[BudgetLedger, Hold]] = []
@@ -146,10 +192,7 @@ class Budgets:
                     await ledger.settle(hold, cost, tokens)
                 except SharedStoreError as exc:
                     self._store_failed(exc)
-        self.in_flight -= 1
-        if self._settled is not None:
-            self._settled.set()
-            self._settled = None
+        self._settled_one()
 
     async def aclose(self) -> None:
         for ledger in self.ledgers:

@@ -19,7 +19,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,9 @@ def default_cache_path() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or ""
     root = Path(base) if base.strip() else Path.home() / ".cache"
     return root / "llmbatch" / "cache.sqlite"
+
+
+_PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,9 @@ class ResponseCache:
         self._used: dict[str, float] = {}  # keys hit this run → when (written back on close)
         # Answers not yet written: one transaction per batch, not one per answer.
         self._pending: dict[str, tuple[float, float | None, bytes]] = {}
+        # What prefetch() found (popped by lookup), and the keys it found absent.
+        self._prefetched: dict[str, tuple[bytes, float]] = {}
+        self._absent: set[str] = set()
         self._last_write = clock()
         with self._guard("open"):
             self._db = self._connect()
@@ -207,25 +213,54 @@ class ResponseCache:
 
     # -- the run's side ---------------------------------------------------------
 
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look many keys up in one query; :meth:`lookup` then answers them from memory.
+
+        The engine prefetches the keys of the next few hundred jobs: one SELECT for
+        them all instead of one per job.
+        """
+        db = self._db
+        wanted = [k for k in keys if k not in self._pending]
+        if not wanted or db is None:
+            return
+        with self._guard("lookup"):
+            for i in range(0, len(wanted), _PREFETCH_CHUNK):
+                part = wanted[i : i + _PREFETCH_CHUNK]
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
+                ).fetchall()
+                for key, value, created in rows:
+                    self._prefetched[key] = (value, created)
+                self._absent.update(part)
+                self._absent.difference_update(row[0] for row in rows)
+
     def lookup(self, key: str) -> CachedAnswer | None:
         """The answer stored under ``key``, or None (a miss, or the cache is off)."""
+        db = self._db
+        if db is None:
+            return None
+        pending = self._pending.get(key)
+        if pending is not None:
+            row: tuple[bytes, float] | None = (pending[2], pending[0])
+        elif key in self._absent:
+            self._absent.discard(key)
+            return None  # prefetched: not in the file
+        else:
+            row = self._prefetched.pop(key, None)
+            if row is None:
+                with self._guard("lookup"):
+                    row = db.execute(
+                        "SELECT value, created FROM answers WHERE key = ?", (key,)
+                    ).fetchone()
+        if row is None:
+            return None
         found: CachedAnswer | None = None
         with self._guard("lookup"):
-            if self._db is None:
-                return None
-            pending = self._pending.get(key)
-            row = (
-                (pending[2], pending[0])
-                if pending is not None
-                else self._db.execute(
-                    "SELECT value, created FROM answers WHERE key = ?", (key,)
-                ).fetchone()
-            )
-            if row is not None:
-                found = CachedAnswer.from_json(row[0], row[1])
-                self._hits += 1
-                self._saved += found.cost_usd or 0.0
-                self._used[key] = self._now()
+            found = CachedAnswer.from_json(row[0], row[1])
+            self._hits += 1
+            self._saved += found.cost_usd or 0.0
+            self._used[key] = self._now()
         return found
 
     def store(self, key: str, answer: CachedAnswer) -> None:

@@ -11,15 +11,16 @@ from llmbatch._core.exceptions import UsageError
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
-    from llmbatch._engine.engine import Engine
     from llmbatch._report.report import RunReport
+    from llmbatch._run.online import FileRun
 
 
 def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     import anyio
 
-    from llmbatch._engine.engine import Engine, exit_code_for
     from llmbatch._observe.progress import make_progress
+    from llmbatch._run.online import FileRun
+    from llmbatch._run.session import exit_code_for
 
     with _configured(jobs, flags, config_path) as cfg:
         if cfg.dry_run:
@@ -35,7 +36,7 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         from llmbatch._batch.run import refuse_if_batches_open
 
         refuse_if_batches_open(cfg.output)
-        engine = Engine(cfg, progress=make_progress(cfg.quiet))
+        engine = FileRun(cfg, progress=make_progress(cfg.quiet))
         report = anyio.run(engine.run)
     _write_json_report(cfg, report)
     _tell_outcome(cfg, report, engine)
@@ -52,7 +53,7 @@ def _write_json_report(cfg: RunConfig, report: RunReport) -> None:
             _err(f"could not write the report to {cfg.report}: {exc.strerror or exc}")
 
 
-def _tell_outcome(cfg: RunConfig, report: RunReport, engine: Engine) -> None:
+def _tell_outcome(cfg: RunConfig, report: RunReport, engine: FileRun) -> None:
     """The report table (or, with --quiet, one line per failure kind), then why it stopped."""
     if engine.fatal and cfg.quiet:
         _err(engine.fatal)  # otherwise the report shows it
@@ -82,7 +83,7 @@ def _tell_outcome(cfg: RunConfig, report: RunReport, engine: Engine) -> None:
         _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
 
 
-def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: Engine) -> None:
+def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: FileRun) -> None:
     """The run's HTML report, from its event stream."""
     from llmbatch._report.html import write_html_report
 

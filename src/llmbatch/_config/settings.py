@@ -21,7 +21,7 @@ from llmbatch._config.toml import find_config as find_config
 from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
-from llmbatch._core.pricing import Price
+from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
 
 # More requests in flight than any provider account allows; far past it, the
@@ -100,6 +100,18 @@ class RunConfig:
             own,
             rpm=own.rpm if own.rpm is not None else self.rpm,
             tpm=own.tpm if own.tpm is not None else self.tpm,
+        )
+
+    def price_book(self) -> PriceBook:
+        """Prices for this run: llmbatch.toml's, else genai-prices' (by base URL for
+        providers of our own naming)."""
+        return PriceBook(
+            self.prices,
+            {
+                name: s.base_url
+                for name, s in self.providers.items()
+                if s.base_url and name not in ("anthropic", "openai", "sim")
+            },
         )
 
 

@@ -137,6 +137,8 @@ class EventSink(Protocol):
 class ListSink:
     """Keeps every event: for tests."""
 
+    wants_started = True
+
     def __init__(self) -> None:
         self.events: list[Event] = []
 
@@ -152,9 +154,19 @@ class EventBus:
     """Fans each event out to every sink; a sink that raises is dropped, once, loudly."""
 
     sinks: list[EventSink] = field(default_factory=list)
+    # Whether any sink reads AttemptStarted (``wants_started = True`` on the sink class):
+    # the runner builds that event only then.
+    wants_started: bool = False
+
+    def __post_init__(self) -> None:
+        self._wanted()
+
+    def _wanted(self) -> None:
+        self.wants_started = any(getattr(s, "wants_started", False) for s in self.sinks)
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
+        self._wanted()
 
     def emit(self, event: Event) -> None:
         for sink in list(self.sinks):
@@ -162,6 +174,7 @@ class EventBus:
                 sink.emit(event)
             except Exception as exc:  # a watcher must never end a run
                 self.sinks.remove(sink)
+                self._wanted()
                 sys.stderr.write(
                     f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
                     f"{type(exc).__name__}: {exc}\n"

@@ -1,8 +1,15 @@
-"""One job's attempts: reserve, wait for a slot, send, then retry, repair or fall back.
+"""One job's attempts: reserve, take a slot, send, then retry, repair or fall back.
 
 ``JobRunner.run`` is the one place where budgets, rate limits, retries, schema
-repair and fallback meet. Every request sent is one ``AttemptEnded`` event, under
-the model it went to, whether or not its job ends up written.
+repair and fallback meet; what to do after each attempt is the synchronous
+``_engine.policy``. Every request sent is one ``AttemptEnded`` event, under the
+model it went to, whether or not its job ends up written.
+
+The common case awaits once per job — the provider's ``send``: budget and pace
+are taken synchronously when there is room (``Budgets.reserve_now``,
+``RateLimiter.acquire_now``), and only a real wait awaits. Built-in providers
+honour the deadline they are given, so no cancel scope or timer is set up per
+attempt; a provider that does not say so (``honours_deadline``) gets one.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ from typing import Any
 
 import anyio
 
-from llmbatch._budget.context import Budgets, Stopper
+from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
-from llmbatch._cache.store import CachedAnswer, ResponseCache, cache_key_for, hit_result
-from llmbatch._config.settings import RunConfig
+from llmbatch._cache.key import is_deterministic
+from llmbatch._cache.store import CachedAnswer, ResponseCache, hit_result
 from llmbatch._core.clock import Clock
 from llmbatch._core.events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
@@ -26,26 +33,34 @@ from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
 from llmbatch._core.schema import validate_answer
+from llmbatch._core.stops import HARD_STOPS, StopReason
 from llmbatch._core.usage import Usage
-from llmbatch._engine.plan import PreparedJob
-from llmbatch._engine.takeover import BatchSeed
-from llmbatch._engine.tally import NOT_WRITTEN, NotWritten, Reservation, Sent, Tally, repair_request
+from llmbatch._engine.plan import BatchSeed, PreparedJob
+from llmbatch._engine.policy import Repair, RetryPolicy, Step, after_schema_miss
+from llmbatch._engine.settings import EngineSettings
+from llmbatch._engine.tally import (
+    NOT_WRITTEN,
+    NotWritten,
+    Reservation,
+    Sent,
+    Tally,
+    begin_from_seed,
+    repair_request,
+    schema_error,
+)
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.providers._base import Answer, Provider
-from llmbatch.providers._errors import redact, translate_errors
+from llmbatch.providers._errors import redact, translate_exception
 
 AUTH_FAILURES_TO_STOP = 3
-
-# Stops after which a job cut mid-retry is left unwritten (it runs again on resume).
-_HARD_STOPS = frozenset({"signal", "auth", "output_closed", "shared_store"})
 
 
 @dataclass(slots=True)
 class JobRunner:
     """Runs prepared jobs to their results, sharing the run's limits, budgets and events."""
 
-    config: RunConfig
+    settings: EngineSettings
     clock: Clock
     bus: EventBus
     prices: PriceBook
@@ -54,27 +69,49 @@ class JobRunner:
     breakers: dict[ModelRef, Breaker]
     budgets: Budgets
     stopper: Stopper
-    backoff: Callable[[int, float | None], float]
+    policy: RetryPolicy
     cache: ResponseCache | None = None
+    cache_key: Callable[[ModelRef, Request, str], str] | None = None
     fatal: str | None = None
     resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
-    seeds: dict[str, BatchSeed] = field(default_factory=dict)  # jobs the batches left
     _auth_failures: int = 0
     _answered: set[str] = field(default_factory=set)  # providers that answered once
+    _flights: dict[str, anyio.Event] = field(default_factory=dict)  # shareable asks in flight
 
     async def run(self, pj: PreparedJob) -> JobResult | None:
-        seed = self.seeds.pop(pj.job.id, None) if self.seeds else None
+        seed = pj.seed
         if seed is not None and seed.fingerprint not in (None, pj.fingerprint):
             seed = None  # the job changed since its batch: it starts anew
         if seed is None or not seed.repairs:
             hit = self._from_cache(pj)
             if hit is not None:
                 return hit  # before any budget or rate-limit slot: a hit costs nothing
+            if self.cache is not None and is_deterministic(pj.request):
+                return await self._single_flight(pj, seed)
+        return await self._run(pj, seed)
+
+    async def _single_flight(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
+        """Identical shareable questions in flight together: the first asks, the others
+        wait for its answer and take it from the cache (if it failed, the next one asks)."""
+        key = self._key(pj, pj.chain[0])
+        while (flight := self._flights.get(key)) is not None:
+            await flight.wait()
+            hit = self._from_cache(pj)
+            if hit is not None:
+                return hit
+        flight = self._flights[key] = anyio.Event()
+        try:
+            return await self._run(pj, seed)
+        finally:
+            del self._flights[key]
+            flight.set()
+
+    async def _run(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
         tally = Tally(pj)
         chain, first = pj.chain, None
         if seed is not None:
-            chain, begun = seed.begin(tally, self.config.repair_attempts)
+            chain, begun = begin_from_seed(seed, tally, self.settings.repair_attempts)
             if isinstance(begun, JobResult):
                 begun.batch = seed.batch
                 return begun
@@ -89,31 +126,32 @@ class JobRunner:
     ) -> JobResult | None:
         """The models in turn; ``first`` (a repair turn) opens on the first of them."""
         last_ref = chain[0]
+        last = len(chain) - 1
         for position, ref in enumerate(chain):
-            has_next = position + 1 < len(chain)
+            has_next = position < last
             if has_next and not self.breakers[ref].allow():
                 continue  # the model is failing for everyone: go straight to the fallback
             if position > 0:
                 tally.fallbacks += 1
             last_ref = ref
             outcome = await self._on_model(tally, ref, has_next, first if position == 0 else None)
-            if isinstance(outcome, NotWritten):
+            if outcome is NOT_WRITTEN:
                 return None
             if outcome is not None:
-                return outcome
+                return outcome  # type: ignore[return-value]
         return tally.result("failed", last_ref)
 
     async def _on_model(
         self, tally: Tally, ref: ModelRef, has_next: bool, first: Request | None = None
     ) -> JobResult | NotWritten | None:
         """Attempts on one model; None: give up on it (the fallback, if any, is next)."""
-        cfg = self.config
         request = first or tally.pj.request
         tries = 0
-        repairs_left = cfg.repair_attempts - (first is not None)
-        while tries < cfg.max_attempts:
-            if self.stopper.stopping and (
-                tally.attempts == tally.carried or self.stopper.stopped_by in _HARD_STOPS
+        repairs_left = self.settings.repair_attempts - (first is not None)
+        stopper = self.stopper
+        while tries < self.policy.max_attempts:
+            if stopper.stopping and (
+                tally.attempts == tally.carried or stopper.stopped_by in HARD_STOPS
             ):
                 return NOT_WRITTEN
             sent = await self._attempt(tally, ref, request, request is not tally.pj.request)
@@ -122,52 +160,92 @@ class JobRunner:
             if isinstance(sent, Refusal):
                 return self._refused(sent, tally, ref)
             answer = sent.outcome
-            if isinstance(answer, ProviderError) and answer.retry_now:
-                self._emit_attempt(tally, ref, sent, 0.0)
-                tally.errors[answer.error_type] += 1
-                continue  # a setting of ours was refused and changed: send again at once
-            tries += 1
             if isinstance(answer, ProviderError):
-                verdict = self._judge(answer, tally, ref, tries, has_next)
-                delay = verdict if isinstance(verdict, float) else None
-                self._emit_attempt(tally, ref, sent, delay)
-                if delay is None:
-                    return verdict  # type: ignore[return-value]
-                with self.stopper.interruptible():
-                    await self.clock.sleep(delay)
-                continue
+                if answer.retry_now:
+                    self._emit_attempt(tally, ref, sent, 0.0)
+                    tally.errors[answer.error_type] += 1
+                    continue  # a setting of ours was refused and changed: send again at once
+                tries += 1
+                end = await self._after_error(answer, tally, ref, sent, tries, has_next)
+                if end is _RETRY:
+                    continue
+                return end  # type: ignore[return-value]
             self._emit_attempt(tally, ref, sent, None)
-            common = {
-                "output": answer.text,
-                "latency_ms": answer.latency_ms,
-                "ttft_ms": answer.ttft_ms,
-                "stop_reason": answer.stop_reason,
-            }
             if request.schema is None:
-                return self._to_cache(tally, ref, answer, None, common)
+                return self._to_cache(tally, ref, answer, None)
             parsed, problem = validate_answer(answer.text, request.schema)
             if problem is None:
-                return self._to_cache(tally, ref, answer, parsed, common)
-            if repairs_left > 0:
+                return self._to_cache(tally, ref, answer, parsed)
+            if after_schema_miss(repairs_left) is Repair.ASK_AGAIN:
                 repairs_left -= 1
                 tally.repairs += 1
                 request = repair_request(request, answer.text, problem)
                 tries = 0  # a repair is a new question, with its own retries
                 continue
-            error = {
-                "type": "schema_invalid",
-                "message": f"the answer does not match the schema: {problem}",
-                "status": None,
-            }
-            return tally.result("failed", ref, error=error, **common)
+            return tally.result("failed", ref, error=schema_error(problem), **_common(answer))
         return None
+
+    async def _after_error(
+        self,
+        err: ProviderError,
+        tally: Tally,
+        ref: ModelRef,
+        sent: Sent,
+        tries: int,
+        has_next: bool,
+    ) -> JobResult | NotWritten | None | object:
+        """Book a failed attempt, then carry out the policy's verdict (waiting if it says so)."""
+        tally.errors[err.error_type] += 1
+        tally.last_error = err.to_dict()
+        gate = self.gates[ref]
+        if err.error_type == "rate_limited" and getattr(err, "teaches_limit", True):
+            hint = err.limits if isinstance(err.limits, RateLimitHint) else None
+            gate.on_rate_limited(err.retry_after, hint)
+        breaker = self.breakers[ref]
+        if err.retryable and err.error_type != "auth":
+            breaker.record_failure()
+        verdict = self.policy.after_error(
+            err, tries, has_next=has_next, breaker_open=has_next and not breaker.allow()
+        )
+        step = verdict.step
+        delay = verdict.delay if step is Step.RETRY else None
+        self._emit_attempt(tally, ref, sent, delay)
+        if step is Step.AUTH:
+            return self._auth_failed(err, tally, ref)
+        if step is Step.FAIL:
+            return tally.result("failed", ref)
+        if step is Step.NEXT_MODEL:
+            return None
+        stats = getattr(gate, "stats", None)
+        if stats is not None:
+            stats.backoff_s += verdict.delay
+        with self.stopper.interruptible():
+            await self.clock.sleep(verdict.delay)
+        return _RETRY
+
+    def _key(self, pj: PreparedJob, ref: ModelRef) -> str:
+        """The cache key of the job's own question to ``ref``, computed once."""
+        keys = pj.cache_keys
+        if keys is None:
+            keys = pj.cache_keys = {}
+        key = keys.get(ref)
+        if key is None:
+            assert self.cache_key is not None
+            key = keys[ref] = self.cache_key(ref, pj.request, pj.job.id)
+        return key
+
+    def prefetch(self, jobs: list[PreparedJob]) -> None:
+        """Look the next jobs up in the cache at once (one query, not one a job)."""
+        if self.cache is not None and self.cache_key is not None:
+            self.cache.prefetch([self._key(pj, ref) for pj in jobs for ref in pj.chain])
 
     def _from_cache(self, pj: PreparedJob) -> JobResult | None:
         """The first model of the chain with a cached answer answers the job."""
-        if self.cache is None:
+        cache = self.cache
+        if cache is None or self.cache_key is None:
             return None
         for ref in pj.chain:
-            found = self.cache.lookup(cache_key_for(self.config, ref, pj.request, pj.job.id))
+            found = cache.lookup(self._key(pj, ref))
             if found is not None:
                 now = self.clock.time()
                 self.bus.emit(CacheHit(now, pj.job.id, ref.provider, ref.model, found.cost_usd))
@@ -176,12 +254,10 @@ class JobRunner:
                 )
         return None
 
-    def _to_cache(
-        self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any, common: dict[str, Any]
-    ) -> JobResult:
+    def _to_cache(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
         """A complete, valid answer: keep it under the job's own question, then the result."""
-        complete = answer.stop_reason not in ("max_tokens", "length")
-        if self.cache is not None and complete:
+        cache, key_of = self.cache, self.cache_key
+        if cache is not None and key_of is not None and answer.stop_reason not in _CUT:
             pj = tally.pj
             kept = CachedAnswer(
                 answer.text,
@@ -192,16 +268,29 @@ class JobRunner:
                 ref.model,
                 ref.provider,
             )
-            self.cache.store(cache_key_for(self.config, ref, pj.request, pj.job.id), kept)
-        return tally.result("ok", ref, parsed=parsed, **common)
+            cache.store(self._key(pj, ref), kept)
+        return tally.result("ok", ref, parsed=parsed, **_common(answer))
 
-    def reservation(self, ref: ModelRef, request: Request) -> Reservation:
+    def reservation(
+        self, ref: ModelRef, request: Request, tally: Tally | None = None
+    ) -> Reservation:
         """Worst case for the budget; the providers' own count for the rate limits."""
-        out_tokens = request.max_tokens or self.config.max_tokens
-        worst_in = estimate_input_tokens(request, conservative=True)
+        out_tokens = request.max_tokens or self.settings.max_tokens
+        if tally is not None and request is tally.pj.request:
+            worst_in, est_in = tally.pj.input_estimates()
+        else:
+            worst_in = estimate_input_tokens(request, conservative=True)
+            est_in = estimate_input_tokens(request)
         price = self.prices.price(ref)
         cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
-        return Reservation(cost, worst_in + out_tokens, estimate_input_tokens(request), out_tokens)
+        return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
+
+    async def _hold(self, res: Reservation) -> Held | Refusal | None:
+        held = self.budgets.reserve_now(res.cost, res.budget_tokens)
+        if held is not None:
+            return held
+        # A shared ledger, or no room yet: the path that may wait.
+        return await self.budgets.reserve(res.cost, res.budget_tokens)
 
     async def _attempt(
         self, tally: Tally, ref: ModelRef, request: Request, repair: bool
@@ -210,81 +299,69 @@ class JobRunner:
 
         None: a stop came while waiting, nothing was sent.
         """
-        res = self.reservation(ref, request)
-        held = await self.budgets.reserve(res.cost, res.budget_tokens)
+        res = self.reservation(ref, request, tally)
+        held = await self._hold(res)
         if held is None or isinstance(held, Refusal):
             return held
         gate = self.gates[ref]
+        outcome: Answer | ProviderError | None = None
         try:
-            with self.stopper.interruptible() as waiting:
-                await gate.acquire(res.input_tokens, res.output_tokens)
-            if waiting.cancelled_caught:
-                gate.settle(res.input_tokens, res.output_tokens, 0, 0)
-                held.spend(0.0, 0)
-                return None
+            if not gate.acquire_now(res.input_tokens, res.output_tokens):
+                with self.stopper.interruptible() as waiting:
+                    await gate.acquire(res.input_tokens, res.output_tokens)
+                if waiting.cancelled_caught:
+                    gate.settle(res.input_tokens, res.output_tokens, 0, 0)
+                    held.spend(0.0, 0)
+                    return None
             tally.attempts += 1
             started = self.clock.time()
-            job_id = tally.pj.job.id
-            self.bus.emit(AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts))
+            if self.bus.wants_started:
+                job_id = tally.pj.job.id
+                self.bus.emit(
+                    AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts)
+                )
             outcome = await self._send(ref, request)
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
             cost = self.prices.cost(ref, usage) if usage is not None else 0.0
             if usage is not None:
                 tally.add_spend(usage, cost)
-            real = usage or Usage()
-            held.spend(cost or 0.0, real.total)
+            real = usage or _NO_USAGE
+            held.spend(cost or 0.0, real.input_tokens + real.output_tokens)
             gate.settle(res.input_tokens, res.output_tokens, real.input_tokens, real.output_tokens)
         finally:
-            await self.budgets.settle(held)  # however the attempt ends
+            if not self.budgets.settle_now(held):  # however the attempt ends
+                await self.budgets.settle(held)
         if isinstance(outcome, Answer):
             self._auth_failures = 0
             self._answered.add(ref.provider)
             self.breakers[ref].record_success()
             gate.on_success(outcome.limits)
             tally.last_text = outcome.text
-        kept = request if self.config.log_prompts else None
+        kept = request if self.settings.log_prompts else None
         return Sent(outcome, started, usage, cost, repair, kept)
 
     async def _send(self, ref: ModelRef, request: Request) -> Answer | ProviderError:
         """Send once; every failure, foreign ones included, becomes a ProviderError."""
-        timeout = self.config.timeout
+        timeout = self.settings.timeout
+        provider = self.provider(ref.provider)
         try:
-            with translate_errors(
-                timeout_message=f"no complete answer within --timeout {timeout:g} s"
-            ):
-                with anyio.fail_after(timeout):
-                    return await self.provider(ref.provider).send(ref.model, request, timeout)
+            if getattr(provider, "honours_deadline", False):
+                return await provider.send(ref.model, request, timeout)
+            with anyio.fail_after(timeout):
+                return await provider.send(ref.model, request, timeout)
         except ProviderError as exc:
             return exc
-        except Exception as exc:  # a bug of ours: one job's attempt, never the whole run
+        except Exception as exc:
+            err = translate_exception(
+                exc, timeout_message=f"no complete answer within --timeout {timeout:g} s"
+            )
+            if err is not None:
+                return err
+            # A bug of ours: one job's attempt, never the whole run.
             message = redact(f"{type(exc).__name__}: {exc}", None)
-            err = OtherProviderError(f"internal error while sending: {message}")
-            err.retryable = True
-            return err
-
-    def _judge(
-        self, err: ProviderError, tally: Tally, ref: ModelRef, tries: int, has_next: bool
-    ) -> JobResult | NotWritten | float | None:
-        """After a failed attempt: the job's end, a delay before retrying, or None to give
-        up on this model."""
-        tally.errors[err.error_type] += 1
-        tally.last_error = err.to_dict()
-        if err.error_type == "rate_limited":
-            hint = err.limits if isinstance(err.limits, RateLimitHint) else None
-            self.gates[ref].on_rate_limited(err.retry_after, hint)
-        if err.error_type == "auth":
-            return self._auth_failed(err, tally, ref)
-        if not err.retryable:
-            return tally.result("failed", ref)
-        breaker = self.breakers[ref]
-        breaker.record_failure()
-        if tries >= self.config.max_attempts or (has_next and not breaker.allow()):
-            return None
-        delay = float(self.backoff(tries, err.retry_after))
-        stats = getattr(self.gates[ref], "stats", None)
-        if stats is not None:
-            stats.backoff_s += delay
-        return delay
+            other = OtherProviderError(f"internal error while sending: {message}")
+            other.retryable = True
+            return other
 
     def _auth_failed(
         self, err: ProviderError, tally: Tally, ref: ModelRef
@@ -296,7 +373,7 @@ class JobRunner:
                 f"{ref.provider}: {err.message} — check the API key and run the same command "
                 "again (jobs refused this way were not recorded, so they run then)"
             )
-            self.stopper.stop("auth")
+            self.stopper.stop(StopReason.AUTH)
         if ref.provider in self._answered:
             return tally.result("failed", ref)  # the key works: this job or model is refused
         self.auth_withheld += 1
@@ -310,9 +387,9 @@ class JobRunner:
             self.fatal = self.fatal or message
             now = self.clock.time()
             self.bus.emit(BudgetStopped(now, refusal.reason, message, refusal.resets_at))
-        if refusal.reason == "budget_window" and self.resets_at is None:
+        if refusal.reason == StopReason.BUDGET_WINDOW and self.resets_at is None:
             self.resets_at = refusal.resets_at
-        self.stopper.stop(refusal.reason)
+        self.stopper.stop(StopReason(refusal.reason))
         if tally.attempts == tally.carried:  # nothing sent by this run: it stays resumable
             return NOT_WRITTEN
         error = {
@@ -326,7 +403,7 @@ class JobRunner:
         out = sent.outcome
         answer = out if isinstance(out, Answer) else None
         err = out if isinstance(out, ProviderError) else None
-        u = sent.usage or Usage()
+        u = sent.usage or _NO_USAGE
         self.bus.emit(
             AttemptEnded(
                 ts=self.clock.time(),
@@ -351,6 +428,20 @@ class JobRunner:
                 prompt=_prompt(sent.request),
             )
         )
+
+
+_RETRY = object()  # _after_error: the wait is over, try the same model again
+_CUT = frozenset({"max_tokens", "length"})  # an answer cut short is never cached
+_NO_USAGE = Usage()
+
+
+def _common(answer: Answer) -> dict[str, Any]:
+    return {
+        "output": answer.text,
+        "latency_ms": answer.latency_ms,
+        "ttft_ms": answer.ttft_ms,
+        "stop_reason": answer.stop_reason,
+    }
 
 
 def _prompt(request: Request | None) -> Any:

@@ -11,24 +11,58 @@ import orjson
 
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
-from llmbatch._core.jobs import Job, JobParser, LineError, Request
+from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
 from llmbatch._core.keys import check_base_url, check_key
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.schema import check_schema, schema_key
 from llmbatch._core.template import Template, TemplateError
+from llmbatch._core.usage import Usage
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
 from llmbatch._io.shard import add_sibling_done, shard_of
 
 
+@dataclass(frozen=True, slots=True)
+class BatchSeed:
+    """Where one job resumes after its provider-batch rounds (online, or in a fetch repair)."""
+
+    fingerprint: str | None  # the job's, when it went to the batch (a changed job starts anew)
+    position: int = 0  # its place in the model chain
+    text: str | None = None  # a paid batch answer that missed the schema
+    problem: str = ""
+    usage: Usage | None = None
+    cost: float | None = 0.0
+    rounds: int = 0
+    batch: dict[str, str] | None = None  # the result line's ``batch`` field
+
+    @property
+    def repairs(self) -> bool:
+        return self.text is not None
+
+
 @dataclass(slots=True)
 class PreparedJob:
+    """A checked job, ready to send: defaults applied, model chain resolved, fingerprinted."""
+
     job: Job
     request: Request  # defaults applied
     chain: list[ModelRef]
     fingerprint: str
+    seed: BatchSeed | None = None  # what earlier batch rounds left this job
+    _estimates: tuple[int, int] | None = None
+    cache_keys: dict[ModelRef, str] | None = None  # the response cache's, per model, once
+
+    def input_estimates(self) -> tuple[int, int]:
+        """(worst case, estimate) of the request's input tokens, counted once per job."""
+        if self._estimates is None:
+            r = self.request
+            self._estimates = (
+                estimate_input_tokens(r, conservative=True),
+                estimate_input_tokens(r),
+            )
+        return self._estimates
 
 
 @dataclass(slots=True)
@@ -67,7 +101,7 @@ def fingerprint(ref: ModelRef, request: Request) -> str:
 class Planner:
     """Resolves each job (defaults, model chain, fingerprint) and checks the whole file."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, prices: PriceBook | None = None) -> None:
         self.config = config
         template = None
         if config.template is not None:
@@ -81,18 +115,12 @@ class Planner:
             has_default_model=config.model is not None,
             include_input=config.include_input,
         )
-        self.prices = PriceBook(
-            config.prices,
-            {
-                name: s.base_url
-                for name, s in config.providers.items()
-                if s.base_url and name not in ("anthropic", "openai", "sim")
-            },
-        )
+        self.prices = prices or config.price_book()
         self.existing: ExistingOutput | None = (
             ExistingOutput(config.output) if config.output else None
         )
         self._schemas_checked: set[bytes] = set()
+        self._chains: dict[tuple[ModelRef | None, tuple[ModelRef, ...] | None], list[ModelRef]] = {}
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
     # -- per-job resolution ---------------------------------------------------
@@ -102,9 +130,17 @@ class Planner:
         shard = self.config.shard
         return shard is None or shard_of(job.id, shard[1]) == shard[0]
 
-    def prepare(self, job: Job) -> PreparedJob:
-        cfg = self.config
+    def chain_of(self, job: Job) -> list[ModelRef]:
+        """The job's models in turn: its own (or the default), then the fallbacks.
+
+        Jobs share a handful of chains: each is built once (do not change the list).
+        """
         r = job.request
+        memo_key = (r.model, None if r.fallback is None else tuple(r.fallback))
+        chain = self._chains.get(memo_key)
+        if chain is not None:
+            return chain
+        cfg = self.config
         model = r.model or cfg.model
         if model is None:  # the parser already refused this; keep mypy and readers sure
             raise LineError("no model")
@@ -117,6 +153,14 @@ class Planner:
                 ref = ModelRef(cfg.provider, ref.model)
             if ref not in chain:
                 chain.append(ref)
+        self._chains[memo_key] = chain
+        return chain
+
+    def prepare(self, job: Job) -> PreparedJob:
+        cfg = self.config
+        r = job.request
+        chain = self.chain_of(job)
+        model = chain[0]
         request = Request(
             messages=r.messages,
             system=r.system if r.system is not None else cfg.system,
@@ -151,10 +195,12 @@ class Planner:
         done = self.existing.done if self.existing else None
         limit_line = 0
 
+        seen_chains: set[int] = set()
+
         def on_job(job: Job) -> str | None:
             nonlocal limit_line
             try:
-                prepared = self.prepare(job)
+                chain = self.chain_of(job)
             except LineError as exc:
                 return str(exc)
             if job.request.schema is not None:
@@ -163,12 +209,14 @@ class Planner:
                     return problem
             if not self.owns(job):
                 return None
-            plan.models.update(prepared.chain)
+            if id(chain) not in seen_chains:
+                seen_chains.add(id(chain))
+                plan.models.update(chain)
             if done is not None:
                 stored = done.fingerprint(job.id)
                 if stored is not None:
                     plan.skipped_done += 1
-                    if stored and stored != fp_int(prepared.fingerprint):
+                    if stored and stored != fp_int(self.prepare(job).fingerprint):
                         plan.conflict_count += 1
                         if len(plan.conflicts) < 5:
                             plan.conflicts.append(f"{job.id} (line {job.line})")

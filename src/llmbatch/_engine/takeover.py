@@ -1,4 +1,4 @@
-"""What the online run takes over from the provider batches of its output.
+"""What a run takes over from the provider batches of its output.
 
 A job the batches left unwritten goes on online where they left it: at its
 place in the model chain (a model that failed for good is not asked again), and
@@ -15,68 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmbatch._core.events import Event, JobEnded, RunEnded
-from llmbatch._core.models import ModelRef
-from llmbatch._core.results import JobResult
 from llmbatch._core.usage import Usage
-from llmbatch._engine.tally import Tally, repair_request
+from llmbatch._engine.plan import BatchSeed
 from llmbatch._io.batch_state import BatchState, LineFingerprint
-
-if TYPE_CHECKING:
-    from llmbatch._budget.ledger import RunBudget
-    from llmbatch._config.settings import RunConfig
-    from llmbatch._core.events import EventBus
-    from llmbatch._core.jobs import Request
-    from llmbatch._engine.attempts import JobRunner
-    from llmbatch._io.resume import ExistingOutput
-
-
-def schema_error(problem: str) -> dict[str, Any]:
-    """The error of a line whose answer still misses the schema."""
-    return {
-        "type": "schema_invalid",
-        "message": f"the answer does not match the schema: {problem}",
-        "status": None,
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSeed:
-    """Where one job resumes online after its batch rounds."""
-
-    fingerprint: str | None  # the job's, when it went to the batch (a changed job starts anew)
-    position: int = 0  # its place in the model chain
-    text: str | None = None  # a paid batch answer that missed the schema
-    problem: str = ""
-    usage: Usage | None = None
-    cost: float | None = 0.0
-    rounds: int = 0
-    batch: dict[str, str] | None = None  # the result line's ``batch`` field
-
-    @property
-    def repairs(self) -> bool:
-        return self.text is not None
-
-    def begin(
-        self, tally: Tally, repair_attempts: int
-    ) -> tuple[list[ModelRef], Request | JobResult | None]:
-        """The chain left to try and the first request (a repair turn), or the job's end."""
-        pj = tally.pj
-        start = min(self.position, len(pj.chain) - 1)
-        chain = pj.chain[start:]
-        tally.fallbacks = start
-        if self.text is None:
-            return chain, None
-        tally.add_spend(self.usage or Usage(), self.cost)
-        tally.attempts = tally.carried = self.rounds
-        tally.last_text = self.text
-        if repair_attempts <= 0:
-            error = schema_error(self.problem)
-            return chain, tally.result("failed", chain[0], error=error, output=self.text)
-        tally.repairs += 1
-        return chain, repair_request(pj.request, self.text, self.problem)
 
 
 def seed_from_repair(e: dict[str, Any]) -> BatchSeed:
@@ -151,23 +95,3 @@ def batch_carry(output: Path | None, line_fp: LineFingerprint) -> BatchCarry | N
     cost, tokens = state.spent(line_fp)
     recorder = RepairRecorder(state, seeds) if any(s.repairs for s in seeds.values()) else None
     return BatchCarry(seeds, cost, tokens, recorder)
-
-
-def take_over_batches(
-    config: RunConfig,
-    existing: ExistingOutput | None,
-    runner: JobRunner,
-    budget: RunBudget,
-    bus: EventBus,
-) -> None:
-    """The engine's hook: seed the runner, count the batch spend, record repairs done."""
-    if config.fresh or existing is None:
-        return
-    carry = batch_carry(config.output, existing.done.fingerprint)
-    if carry is None:
-        return
-    runner.seeds = carry.seeds
-    budget.spent_cost += carry.spent_cost
-    budget.spent_tokens += carry.spent_tokens
-    if carry.recorder is not None:
-        bus.add(carry.recorder)

@@ -14,7 +14,7 @@ from llmbatch._core.jobs import Request
 from llmbatch._core.models import ModelRef
 from llmbatch._core.results import JobResult
 from llmbatch._core.usage import Usage
-from llmbatch._engine.plan import PreparedJob
+from llmbatch._engine.plan import BatchSeed, PreparedJob
 from llmbatch.providers._base import Answer
 
 
@@ -114,3 +114,33 @@ def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
         body=request.body,
         appended=(request.appended or []) + turns,
     )
+
+
+def schema_error(problem: str) -> dict[str, Any]:
+    """The error of a line whose answer still misses the schema."""
+    return {
+        "type": "schema_invalid",
+        "message": f"the answer does not match the schema: {problem}",
+        "status": None,
+    }
+
+
+def begin_from_seed(
+    seed: BatchSeed, tally: Tally, repair_attempts: int
+) -> tuple[list[ModelRef], Request | JobResult | None]:
+    """Where a job goes on after its batch rounds: the chain left to try and the first
+    request (a repair turn of a paid answer that missed the schema), or the job's end."""
+    pj = tally.pj
+    start = min(seed.position, len(pj.chain) - 1)
+    chain = pj.chain[start:]
+    tally.fallbacks = start
+    if seed.text is None:
+        return chain, None
+    tally.add_spend(seed.usage or Usage(), seed.cost)
+    tally.attempts = tally.carried = seed.rounds
+    tally.last_text = seed.text
+    if repair_attempts <= 0:
+        error = schema_error(seed.problem)
+        return chain, tally.result("failed", chain[0], error=error, output=seed.text)
+    tally.repairs += 1
+    return chain, repair_request(pj.request, seed.text, seed.problem)

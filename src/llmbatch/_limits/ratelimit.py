@@ -153,6 +153,17 @@ class ModelGate:
         """The request rate the headers stated (per second, with the margin)."""
         return self.learner.ceiling
 
+    def acquire_now(self, input_tokens: int, output_tokens: int) -> bool:
+        """Take a slot at once when no limit is set or paused; False: await :meth:`acquire`."""
+        now = self._clock.monotonic()
+        for pacer in (self.requests, self.tokens, self.input_tokens, self.output_tokens):
+            if pacer.rate is not None or pacer.paused_until > now:
+                return False
+        self.stats.sent += 1
+        if self.adaptive:
+            self._learned(self.learner.sent(now))
+        return True
+
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
         token_wait = max(
             self.tokens.reserve(input_tokens + output_tokens),
@@ -284,6 +295,10 @@ class RateLimiter(Protocol):
     ``settle`` books what the provider really counted, ``on_success`` and
     ``on_rate_limited`` feed what responses said back into the pace.
     """
+
+    def acquire_now(self, input_tokens: int, output_tokens: int) -> bool:
+        """A slot without waiting, when there is one for sure; False: await ``acquire``."""
+        ...
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None: ...
 

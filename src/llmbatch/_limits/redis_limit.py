@@ -128,6 +128,9 @@ class RedisLimiter:
     def stats(self) -> GateStats:
         return self.gate.stats
 
+    def acquire_now(self, input_tokens: int, output_tokens: int) -> bool:
+        return False  # the shared pace is asked of Redis, always
+
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
         # The local gate books the send (its learning needs it) and holds this process's
         # own limits; the shared slot comes last, right before the send.

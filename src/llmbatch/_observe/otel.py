@@ -142,6 +142,8 @@ _Item = tuple[AttemptEnded, bytes, bytes] | JobSpan | SpanRecord
 class OtelExporter:
     """An EventSink turning the run's events into spans, exported over OTLP/HTTP."""
 
+    wants_started = True
+
     def __init__(
         self,
         endpoint: str,

@@ -15,7 +15,6 @@ from typing import Any
 
 from llmbatch._core.events import (
     AttemptEnded,
-    AttemptStarted,
     Event,
     JobEnded,
     RunEnded,
@@ -268,8 +267,8 @@ class TimelineRecorder:
             row[_IN] += event.input_tokens
             row[_OUT] += event.output_tokens
             row[_COST] += event.cost_usd or 0.0
-        elif isinstance(event, AttemptStarted):
-            self._buckets.row(event.ts)[_STARTED] += 1
+            # Counted from the attempt's end, so the runner need not build AttemptStarted.
+            self._buckets.row(event.started_ts)[_STARTED] += 1
         elif isinstance(event, JobEnded):
             self.saw_run = True
             self._buckets.row(event.ts)[_DONE] += 1

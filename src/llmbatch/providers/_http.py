@@ -8,6 +8,7 @@ after ``[DONE]``) so aiohttp's pool keeps the connection alive for the next requ
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 from collections.abc import Mapping
@@ -36,6 +37,11 @@ __all__ = ["HttpProvider", "SSEDecoder", "SSEEvent", "redact"]
 
 MAX_LINE = 32 * 1024 * 1024  # one SSE line longer than this is not an answer we can hold
 DRAIN_GRACE_S = 2.0  # after the last event, how long the end of the body may take to come
+
+# The current attempt's --timeout: a context variable, so each worker task has its own.
+_TIME_LIMIT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "llmbatch_time_limit", default=None
+)
 
 
 class SSEEvent:
@@ -133,12 +139,33 @@ class HttpProvider:
         self.pool_size = max(4, config.concurrency + 4)
         self.idle_timeout = config.idle_timeout
         self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[float | None, Any] = {}
         self.notes: set[str] = set()  # said once in the report
+
+    # The engine sets no timer of its own: aiohttp's total timeout ends the attempt.
+    honours_deadline = True
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
         """One attempt; raises ProviderError subclasses only."""
-        with translate_errors(key=self.api_key, idle_timeout=self.idle_timeout) as attempt:
+        _TIME_LIMIT.set(time_limit)
+        with translate_errors(
+            key=self.api_key,
+            idle_timeout=self.idle_timeout,
+            timeout_message=f"no complete answer within --timeout {time_limit:g} s",
+        ) as attempt:
             return await self._send(model, request, attempt)
+
+    def _timeout(self) -> Any:
+        """The whole attempt's deadline (connect, send, every byte of the answer)."""
+        limit = _TIME_LIMIT.get()
+        timeout = self._timeouts.get(limit)
+        if timeout is None:
+            import aiohttp
+
+            timeout = self._timeouts[limit] = aiohttp.ClientTimeout(
+                total=limit, sock_connect=30, sock_read=self.idle_timeout
+            )
+        return timeout
 
     async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
         raise NotImplementedError
@@ -181,7 +208,7 @@ class HttpProvider:
         """
         session = self._get_session()
         async with session.post(
-            url, data=orjson.dumps(body), headers=headers, proxy=self.proxy
+            url, data=orjson.dumps(body), headers=headers, proxy=self.proxy, timeout=self._timeout()
         ) as resp:
             request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
             hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]

@@ -16,17 +16,23 @@ import hashlib
 import math
 import os
 import random
+import statistics
 import time
 
 import anyio
 import orjson
 
-from llmbatch._core.exceptions import Overloaded, RateLimited, ServerError, UsageError
+from llmbatch._core.exceptions import (
+    Overloaded,
+    ProviderTimeout,
+    RateLimited,
+    ServerError,
+    UsageError,
+)
 from llmbatch._core.jobs import Request, estimate_input_tokens
 from llmbatch._core.schema import sample_instance
 from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
-from llmbatch.providers._errors import translate_errors
 
 _VOCAB = (
     "the of and to in is that for it as with was on be by this are at from or an which "
@@ -55,10 +61,19 @@ def _env_float(name: str, default: float) -> float:
     return value
 
 
+# Output lengths, log-normal around 120 tokens (sigma 0.6): 1,024 quantiles, picked by
+# the request's hash, so an answer costs no random generator of its own.
+_LENGTHS = tuple(
+    int(math.exp(math.log(120) + 0.6 * statistics.NormalDist().inv_cdf((i + 0.5) / 1024))) + 5
+    for i in range(1024)
+)
+
+
 class SimProvider:
     """Answers locally. Holds no connections; ``aclose`` is a no-op."""
 
     name = "sim"
+    honours_deadline = True  # an answer slower than the attempt's time limit times out
 
     def __init__(self) -> None:
         self.latency_ms = _env_float("LLMBATCH_SIM_LATENCY_MS", 800.0)
@@ -69,36 +84,27 @@ class SimProvider:
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
         """One attempt; raises ProviderError subclasses only, like the HTTP providers."""
-        with translate_errors():
-            return await self._send(model, request)
-
-    async def _send(self, model: str, request: Request) -> Answer:
         started = time.perf_counter()
         seed_bytes = orjson.dumps(
             [model, request.system, request.messages, request.max_tokens, request.schema],
             option=orjson.OPT_SORT_KEYS,
         )
         seed = int.from_bytes(hashlib.blake2b(seed_bytes, digest_size=8).digest(), "big")
-        rng = random.Random(seed)
         max_tokens = request.max_tokens or 1024
 
         if self.fail_rate and self._faults.random() < self.fail_rate:
-            await self._sleep(rng, 0.1)
+            await self._sleep(0.1, time_limit)
             kind = self._faults.choice((RateLimited, ServerError, Overloaded))
             status = {RateLimited: 429, ServerError: 500, Overloaded: 529}[kind]
             raise kind(f"simulated {status}", status=status, retry_after=None)
 
-        repairing = bool(request.appended)
         if request.schema is not None:
-            if self.invalid_rate and not repairing and rng.random() < self.invalid_rate:
-                text = '{"note": "this answer does not follow the schema"'
-            else:
-                text = orjson.dumps(sample_instance(request.schema, rng)).decode()
+            text = self._structured(request, seed)
             out_tokens = max(1, math.ceil(len(text) / 3.5))
         else:
-            out_tokens = min(max_tokens, int(rng.lognormvariate(math.log(120), 0.6)) + 5)
+            out_tokens = min(max_tokens, _LENGTHS[seed & 1023])
             n = max(1, int(out_tokens / 1.3))
-            start = rng.randrange(len(_CORPUS) - n) if n < len(_CORPUS) else 0
+            start = (seed >> 10) % (len(_CORPUS) - n) if n < len(_CORPUS) else 0
             words = _CORPUS[start : start + n]
             text = words[0].capitalize() + " " + " ".join(words[1:]) + "."
         stop_reason = "end_turn"
@@ -106,25 +112,29 @@ class SimProvider:
             out_tokens = max_tokens
             stop_reason = "max_tokens"
         in_tokens = estimate_input_tokens(request)
-
-        ttft_ms: float | None = None
-        if self.latency_ms > 0:
-            total = await self._sleep(rng, 1.0)
-            ttft_ms = total * 0.3
-        else:
-            await anyio.lowlevel.checkpoint()
-            ttft_ms = 0.0
+        total = await self._sleep(1.0, time_limit)
         latency_ms = (time.perf_counter() - started) * 1000
         return Answer(
             text=text,
             usage=Usage(input_tokens=in_tokens, output_tokens=out_tokens),
             stop_reason=stop_reason,
             latency_ms=latency_ms,
-            ttft_ms=min(ttft_ms, latency_ms),
+            ttft_ms=min(total * 0.3, latency_ms),
         )
 
-    async def _sleep(self, rng: random.Random, share: float) -> float:
-        """Sleep a log-normal draw around the mean latency × share; return the ms slept."""
+    def _structured(self, request: Request, seed: int) -> str:
+        assert request.schema is not None
+        rng = random.Random(seed)
+        repairing = bool(request.appended)
+        if self.invalid_rate and not repairing and rng.random() < self.invalid_rate:
+            return '{"note": "this answer does not follow the schema"'
+        return orjson.dumps(sample_instance(request.schema, rng)).decode()
+
+    async def _sleep(self, share: float, time_limit: float) -> float:
+        """Sleep a log-normal draw around the mean latency × share; return the ms slept.
+
+        A draw past ``time_limit`` sleeps that long and times out, as a slow server would.
+        """
         if self.latency_ms <= 0:
             await anyio.lowlevel.checkpoint()
             return 0.0
@@ -132,6 +142,9 @@ class SimProvider:
         mu = math.log(self.latency_ms * share) - sigma * sigma / 2
         # Latency is drawn from the clock, not the request: only the text is deterministic.
         ms = random.lognormvariate(mu, sigma)
+        if ms / 1000 > time_limit:
+            await anyio.sleep(time_limit)
+            raise ProviderTimeout(f"no complete answer within --timeout {time_limit:g} s")
         await anyio.sleep(ms / 1000)
         return ms
 

@@ -1,0 +1,70 @@
+"""Where prepared jobs come from: the jobs file (its second pass), or jobs in memory.
+
+A source is any iterable of ``PreparedJob``; the engine's workers pull from one
+iterator, so a source is read only as fast as jobs are started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from llmbatch._core.jobs import LineError
+from llmbatch._io.jobfile import iter_lines, open_jobs
+
+if TYPE_CHECKING:
+    from llmbatch._engine.plan import BatchSeed, Plan, Planner, PreparedJob
+    from llmbatch._io.resume import ExistingOutput
+
+
+class FileSource:
+    """The jobs file again, after its check pass: each planned job not yet done, in order.
+
+    Jobs the output already holds, lines found invalid, other shards' jobs and
+    lines past ``--limit`` are skipped; a job that earlier batch rounds left
+    behind carries its ``seed``.
+    """
+
+    def __init__(
+        self,
+        planner: Planner,
+        plan: Plan,
+        existing: ExistingOutput | None,
+        seeds: dict[str, BatchSeed] | None = None,
+    ) -> None:
+        self.planner = planner
+        self.plan = plan
+        self.existing = existing
+        self.seeds = seeds or {}
+        self.notes: list[str] = []
+
+    def __len__(self) -> int:
+        return self.plan.todo
+
+    def __iter__(self) -> Iterator[PreparedJob]:
+        done = self.existing.done if self.existing else None
+        plan, planner, seeds = self.plan, self.planner, self.seeds
+        invalid, last_line = plan.invalid_lines, plan.last_line
+        parse, prepare, owns = planner.parser.parse, planner.prepare, planner.owns
+        sharded = planner.config.shard is not None
+        config = planner.config
+        with open_jobs(config.jobs) as stream:
+            for lineno, raw in iter_lines(stream):
+                if lineno > last_line:
+                    return
+                if lineno in invalid:
+                    continue
+                try:
+                    job = parse(raw, lineno)
+                except LineError as exc:
+                    # The file was rewritten under us since the check: skip, say so.
+                    self.notes.append(f"{config.display_name}:{lineno}: {exc} (skipped)")
+                    continue
+                if done is not None and done.fingerprint(job.id) is not None:
+                    continue
+                if sharded and not owns(job):
+                    continue  # another shard's
+                pj = prepare(job)
+                if seeds:
+                    pj.seed = seeds.pop(job.id, None)
+                yield pj
