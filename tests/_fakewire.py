@@ -136,17 +136,22 @@ class SSE:
             }
         )
 
-    async def start(self, in_tokens: int, cached: int) -> None:
-        """What comes before the first text."""
+    async def start(self, in_tokens: int, cached: int, written: tuple[int, int] = (0, 0)) -> None:
+        """What comes before the first text; ``written``: cache writes (all, of them 1 h)."""
         if self.kind != "anthropic":
             await self.chunk({"role": "assistant", "content": ""}, None)
             return
-        usage = {
-            "input_tokens": in_tokens - cached,
-            "cache_creation_input_tokens": 0,
+        usage: dict[str, Any] = {
+            "input_tokens": in_tokens - cached - written[0],
+            "cache_creation_input_tokens": written[0],
             "cache_read_input_tokens": cached,
             "output_tokens": 1,
         }
+        if written[0]:
+            usage["cache_creation"] = {
+                "ephemeral_5m_input_tokens": written[0] - written[1],
+                "ephemeral_1h_input_tokens": written[1],
+            }
         message = {
             "id": "msg_fake",
             "type": "message",

@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from tests._fakecache import FakePromptCache
 from tests._fakewire import SSE, dumps, error_payload, key_of, openai_usage, whole_payload
 
 OK = "ok"
@@ -67,6 +68,8 @@ class Record:
     output_tokens: int = 0
     cache_read: int = 0
     at: float = 0.0
+    cache_write: int = 0
+    done_at: float | None = None  # when the answer ended (time.monotonic)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class FakeAPI:
     window_retry: str = "given"  # window 429s' retry-after: "given" (retry_after) | "until_free"
     rate_limit_headers: bool = True
     cache_read_tokens: int = 0
+    prompt_cache: FakePromptCache | None = None  # learns prefixes, keeps a bill (_fakecache)
     expected_key: str | None = None  # any other key → 401 (echoing the key, masked badly)
     stream_usage: bool = True  # OpenAI: honour stream_options.include_usage
     ignore_stream: bool = False  # answer in one JSON body even when asked to stream
@@ -381,7 +385,10 @@ class FakeAPI:
         self, request: web.Request, kind: str, body: dict[str, Any], record: Record, fault: str
     ) -> web.StreamResponse:
         text = self._answer_text(body)
-        in_tokens = self.input_tokens_of(body)
+        use = self.prompt_cache.use(kind, body) if self.prompt_cache is not None else None
+        in_tokens = use.input_tokens if use else self.input_tokens_of(body)
+        cached = use.read if use else self.cache_read_tokens
+        written = (use.write, use.write_1h) if use else (0, 0)
         words = self.chunks(text)
         out_tokens = len(words)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
@@ -395,9 +402,16 @@ class FakeAPI:
         finish = None if fault == NO_FINISH else stop
         record.input_tokens = in_tokens
         record.output_tokens = out_tokens
-        record.cache_read = self.cache_read_tokens
+        record.cache_read, record.cache_write = cached, written[0]
         if not body.get("stream") or self.ignore_stream:
-            return self._whole(kind, body, "".join(words), in_tokens, out_tokens, finish)
+            if use is not None and self.prompt_cache is not None and finish is not None:
+                self.prompt_cache.answered(use, out_tokens)
+            record.done_at = time.monotonic()
+            payload = whole_payload(
+                kind, body.get("model"), "".join(words), in_tokens, out_tokens, finish, cached
+            )
+            _with_writes(payload.get("usage"), kind, written)
+            return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=dumps)
         headers = {
             "content-type": "text/event-stream",
             "cache-control": "no-cache",
@@ -407,7 +421,7 @@ class FakeAPI:
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
         send = SSE(resp, kind, body.get("model"))
-        await send.start(in_tokens, self.cache_read_tokens)
+        await send.start(in_tokens, cached, written)
         if fault == STALL:
             await asyncio.sleep(3600)
         if self.ttft_s:
@@ -425,8 +439,11 @@ class FakeAPI:
             await send.text(w)
         usage = None
         if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
-            usage = openai_usage(in_tokens, out_tokens, self.cache_read_tokens)
+            usage = openai_usage(in_tokens, out_tokens, cached)
         await send.end(finish, out_tokens, usage)
+        if use is not None and self.prompt_cache is not None and fault in (OK, LINGER):
+            self.prompt_cache.answered(use, out_tokens)
+        record.done_at = time.monotonic()
         if fault == LINGER:
             await asyncio.sleep(3600)
         # The end of the chunked body goes out as its own write, as real servers send it.
@@ -434,16 +451,13 @@ class FakeAPI:
         await resp.write_eof()
         return resp
 
-    def _whole(
-        self,
-        kind: str,
-        body: dict[str, Any],
-        text: str,
-        in_tokens: int,
-        out_tokens: int,
-        stop: str | None,
-    ) -> web.Response:
-        payload = whole_payload(
-            kind, body.get("model"), text, in_tokens, out_tokens, stop, self.cache_read_tokens
-        )
-        return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=dumps)
+
+def _with_writes(usage: Any, kind: str, written: tuple[int, int]) -> None:
+    """A whole Anthropic answer's cache writes (whole_payload says none)."""
+    if kind == "anthropic" and isinstance(usage, dict) and written[0]:
+        usage["input_tokens"] -= written[0]
+        usage["cache_creation_input_tokens"] = written[0]
+        usage["cache_creation"] = {
+            "ephemeral_5m_input_tokens": written[0] - written[1],
+            "ephemeral_1h_input_tokens": written[1],
+        }

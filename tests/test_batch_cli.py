@@ -136,6 +136,7 @@ def test_run_mode_auto_from_the_shell(fb: FakeBatch, tmp_path: Path) -> None:
         "cost_usd": 0.0,
         "online_cost_usd": 0.0,
         "saved_usd": 0.0,
+        "canceled_at_deadline": 4,
     }
 
 

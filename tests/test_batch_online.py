@@ -61,10 +61,12 @@ def test_schema_misses_are_repaired_online_in_one_run(fb: FakeBatch, tmp_path: P
     assert len(fb.api.records) == len(sent) == 6
     assert all("Sure! The answer is four." in str(b["messages"]) for b in sent)
     assert set(fb.sent_ids().values()) == {1}
-    # Each line's cost is its batch answer plus its repair: batch part + online part.
+    # Each line's cost is its batch answer plus its repair; the run's report counts both
+    # (the batch requests are attempts of the run, as the online ones are).
     total = sum(x["cost_usd"] for x in lines)
-    assert rep.batch.cost_usd > 0 and rep.run.cost_usd > 0
-    assert total == pytest.approx(rep.batch.cost_usd + rep.run.cost_usd, abs=6e-8)
+    assert rep.batch.cost_usd > 0 and rep.report.cost_usd > rep.batch.cost_usd
+    assert total == pytest.approx(rep.report.cost_usd, abs=6e-8)
+    assert rep.report.ok == 6 and rep.report.attempts == 12
     assert not BatchState.load(cfg.output).pending_repairs(lambda _i: None)
 
 

@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import pytest
 
-from llmbatch._batch.run import ModeReport, parse_duration, run_with_batches
+from llmbatch._batch.run import parse_duration, run_with_batches
 from llmbatch._batch.submit import submit
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import UsageError
 from llmbatch._observe.progress import NoProgress
+from llmbatch._report.report import RunReport
+from llmbatch._run.session import exit_code_for
 from tests.batchutil import VirtualClock, config, jobs_file
 from tests.conftest import read_jsonl
 from tests.fakebatch import FakeBatch
 
 
-def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None) -> ModeReport:
-    return anyio.run(
+@dataclass(frozen=True)
+class ModeRun:
+    """What a test reads of ``run --mode``: the report, its batch block, the exit code."""
+
+    report: RunReport
+    batch: SimpleNamespace
+    exit_code: int
+
+
+def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None) -> ModeRun:
+    report, _run = anyio.run(
         lambda: run_with_batches(
             cfg,
             mode=mode,
@@ -32,6 +45,8 @@ def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | N
             say=lambda _m: None,
         )
     )
+    assert report.batch is not None
+    return ModeRun(report, SimpleNamespace(**report.batch), exit_code_for(report, None))
 
 
 def online_ids(fb: FakeBatch) -> Counter[str]:
@@ -70,7 +85,7 @@ def test_auto_finishes_stragglers_online_and_never_sends_a_job_twice(
     lines = read_jsonl(cfg.output)
     assert Counter(x["id"] for x in lines) == Counter(f"job-{i}" for i in range(40))
     assert {x["id"] for x in lines if "batch" in x} == answered_by_batch
-    assert rep.to_dict()["batch"]["jobs"] == len(answered_by_batch)
+    assert rep.report.to_dict()["batch"]["jobs"] == len(answered_by_batch)
     assert rep.batch.online_cost_usd > rep.batch.cost_usd > 0
 
 

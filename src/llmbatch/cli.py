@@ -106,6 +106,7 @@ def run(
     shard: o.Shard = None,
     cache: o.CacheOpt = None,
     no_cache: o.NoCacheOpt = None,
+    prompt_cache: o.PromptCacheOpt = None,
     log_json: o.LogJsonOpt = None,
     log_prompts: o.LogPromptsOpt = None,
     otlp: o.OtlpOpt = None,

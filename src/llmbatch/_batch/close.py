@@ -45,11 +45,14 @@ class FetchTotals:
 class Closing:
     """What one batch's close writes: lines, then repairs, then the ``closed`` event."""
 
-    lines: list[bytes] = field(default_factory=list)
+    results: list[JobResult] = field(default_factory=list)  # one line each, ``batch`` set
     repairs: list[dict[str, Any]] = field(default_factory=list)
     returned: dict[str, str] = field(default_factory=dict)  # job id → why
     advanced: dict[str, list[Any]] = field(default_factory=dict)  # id → [next position, fp]
     billed: dict[str, list[float]] = field(default_factory=dict)  # id → [cost, tokens, online]
+    # Every request of the batch that was billed: (job id, usage, cost, outcome), for the
+    # run's attempt events (a batch request is an attempt like any other).
+    spent: list[tuple[str, Usage, float | None, str]] = field(default_factory=list)
 
 
 def model_level(err: ProviderError) -> bool:
@@ -105,6 +108,7 @@ class BatchCloser:
         online = self.online.cost(ModelRef(chunk.provider, chunk.model), usage)
         online = cost if online is None else online
         out.billed[job_id] = [cost, usage.total, online]
+        out.spent.append((job_id, usage, cost, "billed_error"))
         self.totals.cost_usd += cost
         self.totals.online_cost_usd += online
         self.totals.billed_unanswered += 1
@@ -119,6 +123,8 @@ class BatchCloser:
         cost = None if price is None else price.cost(usage)
         online = self.online.cost(ref, usage)
         t = self.totals
+        outcome = item.error.error_type if item.error is not None else "ok"
+        out.spent.append((row["id"], usage, cost, outcome))
         t.batch_jobs += 1
         t.cost_usd += cost or 0.0
         t.online_cost_usd += online if online is not None else (cost or 0.0)
@@ -137,7 +143,7 @@ class BatchCloser:
             t.failed += 1
         result = self.result(ref, row, error, usage, cost)
         result.output, result.parsed, result.stop_reason = item.text, parsed, item.stop_reason
-        out.lines.append(with_batch(result, info.id, row["cid"]))
+        out.results.append(with_batch(result, info.id, row["cid"]))
 
     def repair_event(
         self,
@@ -209,9 +215,9 @@ class BatchCloser:
                 out.returned[job_id] = "fallback"
                 continue
             del out.returned[job_id]
-            out.lines.append(self.give_up(chunk, info, row, reason))
+            out.results.append(self.give_up(chunk, info, row, reason))
 
-    def give_up(self, chunk: Chunk, info: BatchInfo, row: dict[str, Any], reason: str) -> bytes:
+    def give_up(self, chunk: Chunk, info: BatchInfo, row: dict[str, Any], reason: str) -> JobResult:
         """A failed line for a job whose rounds ran out without an answer."""
         rounds = self.state.total_rounds[row["id"]] + 1
         error = {
@@ -237,7 +243,7 @@ def missing_reason(info: BatchInfo) -> str:
     return "missing"
 
 
-def with_batch(result: JobResult, batch_id: str, cid: str) -> bytes:
-    """A result line as ``run`` writes it, plus where the answer came from."""
+def with_batch(result: JobResult, batch_id: str, cid: str) -> JobResult:
+    """A result as ``run`` writes it, plus where the answer came from."""
     result.batch = {"id": batch_id, "custom_id": cid}
-    return result.to_json()
+    return result

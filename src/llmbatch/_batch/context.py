@@ -41,6 +41,10 @@ def default_client_factory(name: str, config: RunConfig) -> BatchClient:
         from llmbatch.providers.batch_anthropic import AnthropicBatchClient
 
         return AnthropicBatchClient(settings, config)
+    if settings.kind == "gemini":
+        from llmbatch.providers.batch_gemini import GeminiBatchClient
+
+        return GeminiBatchClient(settings, config)
     raise UsageError(
         f"provider {name!r} has no Batch API; run these jobs with `llmbatch run`. Nothing was sent."
     )
@@ -95,11 +99,13 @@ async def batch_context(
     clock: Clock = SYSTEM_CLOCK,
     factory: ClientFactory | None = None,
     write: bool = True,
+    locked: bool = False,
 ) -> AsyncIterator[BatchContext]:
-    """The context of one command; writers hold the output lock throughout."""
+    """The context of one command; writers hold the output lock throughout (``locked``:
+    the run this is part of holds it already)."""
     if config.output is None:
         raise UsageError("batch commands need an output file (-o PATH), not stdout")
-    lock = OutputLock(config.output) if write else None
+    lock = OutputLock(config.output) if write and not locked else None
     if lock is not None:
         lock.acquire()
     try:

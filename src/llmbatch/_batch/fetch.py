@@ -30,11 +30,13 @@ from llmbatch._batch.repair import RepairReport, repair_pending
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.events import AttemptEnded, EventBus, JobEnded
 from llmbatch._core.exceptions import NotFound
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import ResultWriter
 from llmbatch._io.batch_state import Chunk
 from llmbatch._io.resume import cut_torn_tail, read_existing
+from llmbatch._run.session import RunSession
 from llmbatch.providers.factory import ProviderFactory
 
 
@@ -93,7 +95,7 @@ class FetchReport:
 
 
 class _Fetcher:
-    def __init__(self, ctx: BatchContext, max_attempts: int) -> None:
+    def __init__(self, ctx: BatchContext, max_attempts: int, bus: EventBus | None = None) -> None:
         cfg = ctx.config
         assert cfg.output is not None
         self.ctx = ctx
@@ -111,6 +113,7 @@ class _Fetcher:
         self.totals = self.closer.totals
         self.closed = 0
         self.refused = 0
+        self.bus = bus  # the run's events: batch answers count as its jobs
 
     def line_fp(self, job_id: str) -> int | None:
         """The fingerprint of the job's line (0 for one written now), None: no line."""
@@ -122,6 +125,34 @@ class _Fetcher:
             or job_id in self.ctx.state.repairs
             or self.done.fingerprint(job_id) is not None
         )
+
+    def _emit(self, chunk: Chunk, out: Closing) -> None:
+        """The batch's requests as the run's attempts, then its lines as the run's jobs."""
+        assert self.bus is not None
+        now = self.ctx.clock.time()
+        emit = self.bus.emit
+        for job_id, usage, cost, outcome in out.spent:
+            emit(
+                AttemptEnded(
+                    ts=now,
+                    started_ts=chunk.at,
+                    job_id=job_id,
+                    provider=chunk.provider,
+                    model=chunk.model,
+                    n=self.ctx.state.total_rounds[job_id] or 1,
+                    outcome=outcome,
+                    http_status=200 if outcome == "ok" else None,
+                    latency_ms=None,
+                    ttft_ms=None,
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    cost_usd=cost,
+                    retry_after_s=None,
+                    backoff_s=None,
+                )
+            )
+        for r in out.results:
+            emit(JobEnded(now, r))
 
     async def poll(self) -> int:
         """Fetch every ended batch; return how many are still open."""
@@ -193,9 +224,11 @@ class _Fetcher:
         """
         writer = ResultWriter(self.output)
         try:
-            writer.write(out.lines)
+            writer.write([r.to_json() for r in out.results])
         finally:
             writer.close()
+        if self.bus is not None:
+            self._emit(chunk, out)
         state = self.ctx.state
         state.append_many(out.repairs)
         self.totals.returned += sum(1 for r in out.returned.values() if r != "fallback")
@@ -226,19 +259,32 @@ async def fetch(
     client_factory: ClientFactory | None = None,
     repair: bool = True,
     provider_factory: ProviderFactory | None = None,
+    session: RunSession | None = None,
 ) -> FetchReport:
     """Fetch every ended batch (with ``wait``, poll until none is open), then make the
-    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run)."""
-    async with batch_context(config, clock=clock, factory=client_factory) as ctx:
+    schema repairs online (unless ``repair`` is off: ``run --mode`` leaves them to its run).
+
+    ``session``: the run this fetch is part of (``run --mode batch|auto``): it holds
+    the output lock, and every line written counts as one of its jobs (report, events).
+    """
+    locked = session is not None
+    async with batch_context(config, clock=clock, factory=client_factory, locked=locked) as ctx:
         await recover(ctx)
-        f = _Fetcher(ctx, max_attempts or config.max_attempts)
+        bus = session.bus if session is not None else None
+        f = _Fetcher(ctx, max_attempts or config.max_attempts, bus)
         if not ctx.state.chunks:
             ctx.notes.append(f"no batches recorded for {config.output}")
         while True:
             still = await f.poll()
             if not still or not wait:
                 break
-            await clock.sleep(poll)
+            if session is None:
+                await clock.sleep(poll)
+                continue
+            with session.stopper.interruptible():
+                await clock.sleep(poll)
+            if session.stopper.stopping:
+                break
         fixed = RepairReport()
         refused = f.refused
         if repair and ctx.state.pending_repairs(f.line_fp):
@@ -291,7 +337,7 @@ def batch_failed_note(chunk: Chunk, info: BatchInfo, out: Closing) -> str:
     """What a whole failed batch means for its jobs: back to pending, or failed for good,
     and for a batch too large for the provider's token limit, what fixes it."""
     back = sum(1 for r in out.returned.values() if r != "fallback")
-    gave_up = len(out.lines)
+    gave_up = len(out.results)
     parts = []
     if back:
         parts.append(f"{back} job(s) go back to pending")

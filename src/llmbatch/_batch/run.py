@@ -5,19 +5,21 @@
 - ``auto``: the same, but at ``--batch-deadline`` the open batches are canceled,
   what finished is fetched, and the rest runs online.
 
-Wraps ``run_jobs_async``: the online part is the ordinary run, resumed on the
-same output, so it skips every job the batches answered. It starts only once
-no batch of this output is open: a job is never sent online while its batch is.
+One ``FileRun`` session from start to end: the online part is the ordinary run,
+resumed on the same output, so it skips every job the batches answered. It
+starts only once no batch of this output is open: a job is never sent online
+while its batch is.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
+import anyio
 
 from llmbatch._batch.context import ClientFactory, batch_cancel, batch_context
 from llmbatch._batch.fetch import FetchReport, fetch
@@ -26,14 +28,15 @@ from llmbatch._config.modes import MODES
 from llmbatch._config.modes import parse_duration as parse_duration
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
+from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.stops import StopReason
 from llmbatch._io.batch_state import BatchState
 from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
+from llmbatch._run.online import FileRun
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from llmbatch._observe.progress import ProgressSink
     from llmbatch.providers.factory import ProviderFactory
 
@@ -50,33 +53,6 @@ def refuse_if_batches_open(output: Path | None) -> None:
             f"also go online. Run `llmbatch batch fetch {output}` (or `batch cancel`) first, "
             "or `run --mode auto`. Nothing was sent."
         )
-
-
-@dataclass(frozen=True, slots=True)
-class ModeReport:
-    """The run report of the online part, plus the batch part (SPEC §9)."""
-
-    run: RunReport
-    batch: BatchPart
-
-    @property
-    def exit_code(self) -> int:
-        return 3 if self.batch.stopped_by_budget and self.run.exit_code == 0 else self.run.exit_code
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.run.to_dict(), "batch": self.batch.to_dict()}
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-
-    def render(self, console: Console) -> None:
-        self.run.render(console)
-        b = self.batch
-        if b.jobs:
-            console.print(
-                f"batch: {b.jobs} jobs for ${b.cost_usd:.6f} "
-                f"(online ${b.online_cost_usd:.6f}; saved ${b.online_cost_usd - b.cost_usd:.6f})"
-            )
 
 
 class _Totals:
@@ -104,10 +80,14 @@ async def run_with_batches(
     provider_factory: ProviderFactory | None = None,
     handle_signals: bool = True,
     say: Any = None,
-) -> ModeReport:
-    """Batch the bulk, wait (until the deadline in ``auto``), then run the rest online."""
-    from llmbatch._run.online import run_jobs_async
+    sinks: Sequence[EventSink] = (),
+) -> tuple[RunReport, FileRun]:
+    """Batch the bulk, wait (until the deadline in ``auto``), then run the rest online.
 
+    One run from start to end: one output lock, one set of services (cache, rolling
+    windows, shared limits), one event stream — the batch answers count as its jobs
+    in the report, the event log, the history and the HTML — and one report.
+    """
     if mode not in ("batch", "auto"):
         raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
     if mode == "auto" and deadline is None:
@@ -115,40 +95,82 @@ async def run_with_batches(
     tell = say or _stderr
     if config.fresh and config.output is not None:
         config = _start_fresh(config, tell)
-    sub = await submit(
+    run = FileRun(
         config,
-        batch_size=batch_size,
+        progress=progress,
+        provider_factory=provider_factory,
+        handle_signals=handle_signals,
+        sinks=sinks,
         clock=clock,
-        client_factory=client_factory,
-        leave_online=True,
     )
+    run.lock()
+    try:
+        async with anyio.create_task_group() as tg:
+            if run.handles_signals:
+                tg.start_soon(run.watch_signals)
+            try:
+                report = await _batches_then_online(
+                    run, deadline, poll, batch_size, client_factory, tell
+                )
+            finally:
+                tg.cancel_scope.cancel()
+        return report, run
+    finally:
+        run.unlock()
+
+
+async def _batches_then_online(
+    run: FileRun,
+    deadline: float | None,
+    poll: float,
+    batch_size: int | None,
+    client_factory: ClientFactory | None,
+    tell: Any,
+) -> RunReport:
+    config, clock = run.config, run.clock
+    try:
+        sub = await submit(
+            config,
+            batch_size=batch_size,
+            clock=clock,
+            client_factory=client_factory,
+            leave_online=True,
+            session=run,
+        )
+    except BaseException:
+        await run.close_services()
+        raise
+    if sub.stopped_by is not None:
+        run.notes.append(sub.window_message or "the budget cap held the rest of the jobs back")
+        run.stop(StopReason(sub.stopped_by))  # the online part would be refused the same
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
-    totals, canceled = await _wait_for_batches(config, deadline, poll, clock, client_factory, tell)
-    report = await run_jobs_async(
-        config, progress=progress, provider_factory=provider_factory, handle_signals=handle_signals
-    )
+    totals, canceled = await _wait_for_batches(run, deadline, poll, client_factory, tell)
     part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
-    return ModeReport(report, part)
+    return await run.run_locked(opened=True, batch=part.to_dict())
 
 
 async def _wait_for_batches(
-    config: RunConfig,
+    run: FileRun,
     deadline: float | None,
     poll: float,
-    clock: Clock,
     client_factory: ClientFactory | None,
     tell: Any,
 ) -> tuple[_Totals, int]:
     """Fetch until every batch has ended, or cancel at the deadline and fetch what ended.
 
     The deadline counts from the submission of the oldest open batch (its intent, kept in
-    the batch state), not from this run: a rerun does not restart it.
+    the batch state), not from this run: a rerun does not restart it. A signal ends the
+    wait at once: the batches stay open, their state on disk, and the next run (or
+    ``batch fetch``) takes them up.
     """
+    config, clock, stopper = run.config, run.clock, run.stopper
     totals = _Totals()
     started = _submitted_at(config, clock)
-    while True:
+    while not stopper.stopping:
         # Schema repairs are left to the online part: its report counts them.
-        rep = await fetch(config, clock=clock, client_factory=client_factory, repair=False)
+        rep = await fetch(
+            config, clock=clock, client_factory=client_factory, repair=False, session=run
+        )
         totals.add(rep)
         if not rep.still_open:
             return totals, 0
@@ -156,11 +178,13 @@ async def _wait_for_batches(
         if deadline is not None and waited >= deadline:
             canceled = await _cancel_all(config, clock, client_factory)
             tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
-            await _fetch_canceled(config, poll, clock, client_factory, totals)
+            await _fetch_canceled(run, poll, client_factory, totals)
             return totals, canceled
         tell(f"{rep.still_open} batch(es) in progress; {totals.jobs} jobs answered so far")
         step = poll if deadline is None else max(0.0, min(poll, deadline - waited))
-        await clock.sleep(step)
+        with stopper.interruptible():
+            await clock.sleep(step)
+    return totals, 0
 
 
 def _submitted_at(config: RunConfig, clock: Clock) -> float:
@@ -171,21 +195,21 @@ def _submitted_at(config: RunConfig, clock: Clock) -> float:
 
 
 async def _fetch_canceled(
-    config: RunConfig,
-    poll: float,
-    clock: Clock,
-    client_factory: ClientFactory | None,
-    totals: _Totals,
+    run: FileRun, poll: float, client_factory: ClientFactory | None, totals: _Totals
 ) -> None:
     """Fetch the canceled batches as soon as they have ended: polls 1 s, 2 s, 4 s, ...
     apart (at most ``poll``), so a quick cancel does not wait a whole poll interval."""
+    config, clock, stopper = run.config, run.clock, run.stopper
     step = 1.0
-    while True:
-        rep = await fetch(config, clock=clock, client_factory=client_factory, repair=False)
+    while not stopper.stopping:
+        rep = await fetch(
+            config, clock=clock, client_factory=client_factory, repair=False, session=run
+        )
         totals.add(rep)
         if not rep.still_open:
             return
-        await clock.sleep(min(step, poll))
+        with stopper.interruptible():
+            await clock.sleep(min(step, poll))
         step *= 2
 
 
@@ -209,7 +233,7 @@ def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
 
 
 async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
-    async with batch_context(config, clock=clock, factory=factory) as ctx:
+    async with batch_context(config, clock=clock, factory=factory, locked=True) as ctx:
         return len(await batch_cancel(ctx, release_unproven=True))
 
 

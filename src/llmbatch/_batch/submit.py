@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -28,7 +28,7 @@ from llmbatch._batch.context import (
     recover_chunk,
 )
 from llmbatch._batch.repair import stored_request
-from llmbatch._budget.ledger import Hold, RunBudget
+from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
 from llmbatch._config.settings import ProviderSettings, RunConfig
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
@@ -41,13 +41,15 @@ from llmbatch._core.usage import Usage
 from llmbatch._engine.plan import Plan, Planner, PreparedJob
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import cut_torn_tail
+from llmbatch._run.session import RunSession
 from llmbatch.providers.anthropic import build_anthropic_body
+from llmbatch.providers.gemini_wire import build_gemini_body
 from llmbatch.providers.openai import build_openai_body
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NONCE_CHARS = 8  # hex: a submission's own mark, "_" + nonce at the end of every custom_id
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
-BATCH_KINDS = ("openai", "anthropic")  # provider kinds with a Batch API
+BATCH_KINDS = ("openai", "anthropic", "gemini")  # provider kinds with a Batch API
 
 
 @dataclass(slots=True)
@@ -81,14 +83,16 @@ class SubmitReport:
     reserved_cost: float
     notes: list[str] = field(default_factory=list)
     left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
+    from_cache: int = 0  # answered by the response cache: left to the run, never submitted
+    window_message: str | None = None  # a rolling window had no room for the rest
     stuck: int = 0  # jobs pending from earlier batches that this submit could not send
 
     @property
     def exit_code(self) -> int:
-        """3 budget; 1 nothing sent while pending jobs remain that submit cannot send
-        (a cron loop "fetch, 6 → submit" must end); else 0."""
-        if self.stopped_by == "budget":
-            return 3
+        """3 budget, 4 a rolling window full; 1 nothing sent while pending jobs remain
+        that submit cannot send (a cron loop "fetch, 6 → submit" must end); else 0."""
+        if self.stopped_by in ("budget", "budget_window"):
+            return {"budget": 3, "budget_window": 4}[self.stopped_by]
         return 1 if self.stuck and not self.jobs else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +105,7 @@ class SubmitReport:
             "stopped_by": self.stopped_by,
             "reserved_cost_usd": round(self.reserved_cost, 6),
             "left_online": self.left_online,
+            "from_cache": self.from_cache,
             "stuck_pending": self.stuck,
             "notes": self.notes,
         }
@@ -116,6 +121,8 @@ def request_body(
     """Exactly what ``run`` would send, minus the streaming flags."""
     if settings.kind == "anthropic":
         body = build_anthropic_body(model, request, settings.structured_output, notes)
+    elif settings.kind == "gemini":
+        return build_gemini_body(model, request, settings.structured_output, notes, with_model=True)
     else:
         field_name = settings.max_tokens_field or (
             "max_completion_tokens"
@@ -161,8 +168,11 @@ class _Submitter:
         plan: Plan,
         batch_size: int | None,
         leave_online: bool = False,
+        cached: Callable[[PreparedJob], bool] | None = None,
     ) -> None:
         self.ctx = ctx
+        self.cached = cached  # answered by the response cache: never submitted
+        self.from_cache = 0
         self.planner = planner
         self.plan = plan
         self.batch_size = batch_size
@@ -176,6 +186,7 @@ class _Submitter:
         self.leave_online = leave_online
         self.left_online = 0
         self.nonce = secrets.token_hex(NONCE_CHARS // 2)
+        self.window_refusal: Refusal | None = None
 
     def collect(self, spool: Path) -> dict[ModelRef, Path]:
         """Stream the jobs file again; spool every job not done and not in an open batch,
@@ -201,6 +212,9 @@ class _Submitter:
                         self.skipped_open += 1
                         continue
                     pj = self.planner.prepare(job)
+                    if self.cached is not None and self.cached(pj):
+                        self.from_cache += 1  # the run answers it from the cache, for $0
+                        continue
                     position = self.position(pj)
                     if position is None:
                         continue  # no model of its chain left has a Batch API: online
@@ -293,6 +307,35 @@ class _Submitter:
                 return chunk[:i]
         return chunk
 
+    async def fit_windows(
+        self, windows: list[BudgetLedger], chunk: list[_Pending]
+    ) -> list[_Pending]:
+        """The head of ``chunk`` the rolling windows (``--budget-per-hour`` …, shared by
+        every run on the ledger) have room for, booked there at its worst case now: a
+        batch's spend is known only when it ends, and no window may be overrun by then."""
+        n = len(chunk)
+        while n > 0:
+            head = chunk[:n]
+            cost, tokens = sum(p.cost for p in head), sum(p.tokens for p in head)
+            held: list[tuple[BudgetLedger, Hold]] = []
+            refused: Refusal | None = None
+            for ledger in windows:
+                answer = await ledger.reserve(cost, tokens)
+                if isinstance(answer, Refusal):
+                    refused = answer
+                    break
+                held.append((ledger, answer))
+            for ledger, hold in held:  # booked as spent at the worst case, or released
+                await ledger.settle(hold, 0.0 if refused else cost, 0 if refused else tokens)
+            if refused is None:
+                break
+            self.window_refusal = refused
+            n //= 2
+        if n < len(chunk):
+            self.stopped_by = "budget_window"
+            self.not_submitted += len(chunk) - n
+        return chunk[:n]
+
     async def create(self, ref: ModelRef, client: BatchClient, chunk: list[_Pending]) -> None:
         state = self.ctx.state
         local = state.new_local()
@@ -341,52 +384,92 @@ async def submit(
     clock: Clock = SYSTEM_CLOCK,
     client_factory: ClientFactory | None = None,
     leave_online: bool = False,
+    session: RunSession | None = None,
 ) -> SubmitReport:
-    """Check every job as ``run`` does (nothing sent on a problem), then submit the rest."""
+    """Check every job as ``run`` does (nothing sent on a problem), then submit the rest.
+
+    ``session``: the run this submit is part of (``run --mode batch|auto``), which
+    holds the output lock and has the cache and the rolling-window ledgers open;
+    without one, submit opens them itself.
+    """
     planner = Planner(config)
-    async with batch_context(config, clock=clock, factory=client_factory) as ctx:
+    locked = session is not None
+    async with batch_context(config, clock=clock, factory=client_factory, locked=locked) as ctx:
         plan = planner.plan()
         planner.check(plan)
-        existing = planner.existing
-        if existing is not None and existing.torn_at is not None:
-            cut_torn_tail(existing)
-        await recover(ctx)
-        caps = {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens}
-        if (ctx.state.caps or {"max_cost": None, "max_total_tokens": None}) != caps:
-            ctx.state.append({"ev": "caps", **caps})  # fetch's repairs keep to them
-        sub = _Submitter(ctx, planner, plan, batch_size, leave_online)
-        ctx.state.dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
-            await _send(ctx, sub, config, sub.collect(Path(spool)))
-        ctx.notes.extend(sorted(sub.wire_notes))
-        if sub.left_online:
-            ctx.notes.append(
-                f"{sub.left_online} job(s) have no model with a Batch API left; they run "
-                "online (`llmbatch run`, or the online part of `run --mode`)"
-            )
-        stuck = len(ctx.state.pending_job_ids(sub.line_fp))
-        if stuck and not sub.jobs and sub.stopped_by is None:
-            ctx.notes.append(
-                f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
-                "(no model of their chain with a Batch API, or no longer in the jobs file): "
-                f"run them online (`llmbatch run JOBS -o {config.output}`)"
-            )
-        return SubmitReport(
-            stuck=stuck,
-            batches=sub.batches,
-            jobs=sub.jobs,
-            skipped_done=plan.skipped_done,
-            skipped_open=sub.skipped_open,
-            left_online=sub.left_online,
-            not_submitted=sub.not_submitted,
-            stopped_by=sub.stopped_by,
-            reserved_cost=ctx.state.reserved()[0],
-            notes=ctx.notes,
+        own = session is None
+        if session is None:
+            session = RunSession(config, handle_signals=False, clock=clock)
+        if not session.services_open:
+            await session.open_services()  # after the check: a refused submit opens nothing
+        try:
+            return await _submit(ctx, session, planner, plan, batch_size, leave_online)
+        finally:
+            if own:
+                await session.close_services()
+
+
+async def _submit(
+    ctx: BatchContext,
+    session: RunSession,
+    planner: Planner,
+    plan: Plan,
+    batch_size: int | None,
+    leave_online: bool,
+) -> SubmitReport:
+    config = ctx.config
+    existing = planner.existing
+    if existing is not None and existing.torn_at is not None:
+        cut_torn_tail(existing)
+    await recover(ctx)
+    caps = {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens}
+    if (ctx.state.caps or {"max_cost": None, "max_total_tokens": None}) != caps:
+        ctx.state.append({"ev": "caps", **caps})  # fetch's repairs keep to them
+    sub = _Submitter(ctx, planner, plan, batch_size, leave_online, session.is_cached)
+    ctx.state.dir.mkdir(parents=True, exist_ok=True)
+    windows = [x for x in session.budgets.ledgers if not isinstance(x, RunBudget)]
+    with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
+        await _send(ctx, sub, config, sub.collect(Path(spool)), windows)
+    ctx.notes.extend(sorted(sub.wire_notes))
+    if sub.from_cache:
+        ctx.notes.append(
+            f"{sub.from_cache} job(s) have answers in the response cache; they were not "
+            "submitted (`llmbatch run` writes them for $0)"
         )
+    if sub.left_online:
+        ctx.notes.append(
+            f"{sub.left_online} job(s) have no model with a Batch API left; they run "
+            "online (`llmbatch run`, or the online part of `run --mode`)"
+        )
+    stuck = len(ctx.state.pending_job_ids(sub.line_fp))
+    if stuck and not sub.jobs and sub.stopped_by is None:
+        ctx.notes.append(
+            f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
+            "(answered by the response cache, no model of their chain with a Batch API, or "
+            f"no longer in the jobs file): run them online (`llmbatch run JOBS -o {config.output}`)"
+        )
+    return SubmitReport(
+        stuck=stuck,
+        batches=sub.batches,
+        jobs=sub.jobs,
+        skipped_done=plan.skipped_done,
+        skipped_open=sub.skipped_open,
+        left_online=sub.left_online,
+        not_submitted=sub.not_submitted,
+        stopped_by=sub.stopped_by,
+        reserved_cost=ctx.state.reserved()[0],
+        notes=ctx.notes,
+        from_cache=sub.from_cache,
+        window_message=sub.window_refusal.message if sub.window_refusal else None,
+    )
 
 
 async def _send(
-    ctx: BatchContext, sub: _Submitter, config: RunConfig, spools: dict[ModelRef, Path]
+    ctx: BatchContext,
+    sub: _Submitter,
+    config: RunConfig,
+    spools: dict[ModelRef, Path],
+    windows: list[BudgetLedger],
 ) -> None:
     """Create the chunks in order, each holding its worst case; stop where the budget ends."""
     existing = sub.planner.existing
@@ -404,5 +487,7 @@ async def _send(
                 sub.not_submitted += len(chunk)
                 continue
             chunk = sub.fit(budget, chunk)
+            if chunk and windows:
+                chunk = await sub.fit_windows(windows, chunk)
             if chunk:
                 await sub.create(ref, client, chunk)

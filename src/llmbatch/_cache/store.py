@@ -235,6 +235,18 @@ class ResponseCache:
                 self._absent.update(part)
                 self._absent.difference_update(row[0] for row in rows)
 
+    def contains(self, key: str) -> bool:
+        """Whether an answer is stored under ``key`` (not counted as a hit)."""
+        db = self._db
+        if db is None:
+            return False
+        if key in self._pending:
+            return True
+        found = False
+        with self._guard("lookup"):
+            found = db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+        return found
+
     def lookup(self, key: str) -> CachedAnswer | None:
         """The answer stored under ``key``, or None (a miss, or the cache is off)."""
         db = self._db

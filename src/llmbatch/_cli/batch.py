@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from llmbatch._batch.fetch import FetchReport
     from llmbatch._batch.submit import SubmitReport
     from llmbatch._config.settings import RunConfig
+    from llmbatch._observe.progress import ProgressSink
+    from llmbatch._report.report import RunReport
+    from llmbatch._run.online import FileRun
 
 batch_app = typer.Typer(
     name="batch",
@@ -361,13 +364,12 @@ def forget(
     raise typer.Exit(_guard(go))
 
 
-def run_mode(cfg: RunConfig) -> int:
+def run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, FileRun]:
     """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
     import anyio
 
     from llmbatch._batch.run import run_with_batches
-    from llmbatch._cli.common import _console, _err
-    from llmbatch._observe.progress import make_progress
+    from llmbatch._cli.common import _err
 
     mode = cfg.mode
     deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out
@@ -376,18 +378,6 @@ def run_mode(cfg: RunConfig) -> int:
         if not cfg.quiet:
             _err(message)
 
-    rep = anyio.run(
-        lambda: run_with_batches(
-            cfg, mode=mode, deadline=deadline, progress=make_progress(cfg.quiet), say=say
-        )
+    return anyio.run(
+        lambda: run_with_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
     )
-    if cfg.report is not None:
-        cfg.report.parent.mkdir(parents=True, exist_ok=True)
-        cfg.report.write_bytes(rep.to_json())
-    if not cfg.quiet:
-        console = _console(stderr=True)
-        console.print()
-        rep.render(console)
-    if rep.run.stopped_by == "signal":
-        return 130
-    return rep.exit_code

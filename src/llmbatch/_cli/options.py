@@ -131,6 +131,14 @@ CacheOpt = Annotated[
 NoCacheOpt = Annotated[
     bool | None, typer.Option("--no-cache", help="Neither read nor fill the response cache.")
 ]
+PromptCacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt-cache",
+        help="auto: mark and route shared prompt prefixes for the provider's cache; off: don't.",
+        show_default="auto",
+    ),
+]
 LogJsonOpt = Annotated[
     str | None, typer.Option("--log-json", help="Write events as JSON lines (- = stderr).")
 ]

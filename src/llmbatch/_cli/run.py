@@ -29,15 +29,17 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
             return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
         if cfg.mode == "online" and flags.get("batch_deadline") is not None:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
+        progress = make_progress(cfg.quiet)
         if cfg.mode != "online":
             from llmbatch._cli.batch import run_mode
 
-            return run_mode(cfg)
-        from llmbatch._batch.run import refuse_if_batches_open
+            report, engine = run_mode(cfg, progress)
+        else:
+            from llmbatch._batch.run import refuse_if_batches_open
 
-        refuse_if_batches_open(cfg.output)
-        engine = FileRun(cfg, progress=make_progress(cfg.quiet))
-        report = anyio.run(engine.run)
+            refuse_if_batches_open(cfg.output)
+            engine = FileRun(cfg, progress=progress)
+            report = anyio.run(engine.run)
     _write_json_report(cfg, report)
     _tell_outcome(cfg, report, engine)
     return exit_code_for(report, engine.stop_signal)

@@ -61,6 +61,8 @@ def model_rows(provider: str | None, config: Path | None) -> list[tuple[str, str
     from llmbatch._core.pricing import known_models
 
     file_config = load_config(config)
+    if provider == "google":  # genai-prices' id of what llmbatch calls gemini
+        provider = "gemini"
     every = known_models()
     rows = [(p, m, price) for p, m, price in every if provider is None or p == provider]
     for spec, price in file_config.prices.items():

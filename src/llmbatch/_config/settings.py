@@ -84,6 +84,7 @@ class RunConfig:
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
     mode: Mode = Mode.ONLINE
     batch_deadline: float | None = None
+    prompt_cache: str = "auto"  # "auto": mark and route shared prefixes; "off": leave them
 
     def __post_init__(self) -> None:
         for name in BUILTIN_PROVIDERS:
@@ -150,6 +151,10 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
+    prompt_cache = merged.get("prompt_cache") or "auto"
+    if prompt_cache not in ("auto", "off"):
+        raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
+    cfg.prompt_cache = prompt_cache
     observability_flags(cfg, merged, jobs, stdin)
     check_run_paths(cfg, reads)
     return cfg

@@ -17,6 +17,7 @@ from llmbatch._core.pricing import Price
 
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
+DEFAULT_GEMINI_URL = "https://generativelanguage.googleapis.com"  # no /v1beta, as in google-genai
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class ProviderSettings:
     """Where and how to reach one provider. ``kind`` is its wire format."""
 
     name: str
-    kind: str  # "anthropic" | "openai" | "sim"
+    kind: str  # "anthropic" | "openai" | "gemini" | "sim"
     base_url: str | None = None
     api_key_env: str | None = None
     # OpenAI-compatible servers differ: "max_tokens" (most) or "max_completion_tokens" (OpenAI).
@@ -39,6 +40,9 @@ class ProviderSettings:
             return (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/")
         if self.kind == "openai":
             return (os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_URL).rstrip("/")
+        if self.kind == "gemini":
+            url = os.environ.get("GEMINI_BASE_URL") or os.environ.get("GOOGLE_GEMINI_BASE_URL")
+            return (url or DEFAULT_GEMINI_URL).rstrip("/")
         return ""
 
     def key_env(self) -> str | None:
@@ -47,7 +51,14 @@ class ProviderSettings:
             return self.api_key_env or None
         # A custom provider gets no key unless it names one: OPENAI_API_KEY belongs
         # to OpenAI's endpoint, not to whatever base_url a [providers.NAME] gives.
+        if self.name == "gemini":
+            return gemini_key_env()
         return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.name)
+
+
+def gemini_key_env() -> str:
+    """GOOGLE_API_KEY when set (google-genai's precedence), else GEMINI_API_KEY."""
+    return "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,7 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "otlp": (str,),
     "mode": (str,),
     "batch_deadline": (str, int, float),
+    "prompt_cache": (str,),
 }
 _TABLE_KEYS = ("providers", "prices", "limits", "shared")
 _PROVIDER_KEYS = {

@@ -14,7 +14,7 @@ from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price, PriceBook, Rate, price_of
 
 BATCH_CONTEXT = {"processing": "batch"}
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai"}
+_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
 
 
 def batch_price(

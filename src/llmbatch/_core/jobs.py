@@ -10,6 +10,7 @@ from typing import Any, Literal
 import orjson
 
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._core.prefix import PrefixInfo
 from llmbatch._core.template import MissingField, Template
 
 WireFormat = Literal["openai", "anthropic"]
@@ -37,6 +38,8 @@ class Request:
     # Turns added after the job's own messages (schema repairs); adapters append
     # them to whatever messages they send, passthrough bodies included.
     appended: list[dict[str, Any]] | None = None
+    # The plan's word on the cacheable prefix (prompt caching); not part of the question.
+    cache: PrefixInfo | None = None
 
 
 @dataclass(slots=True)

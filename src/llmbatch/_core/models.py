@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-BUILTIN_PROVIDERS = ("anthropic", "openai", "sim")
+BUILTIN_PROVIDERS = ("anthropic", "openai", "gemini", "sim")
 
 # Bare names we can place without being told (SPEC §1).
 _INFERRED_PREFIXES = (
@@ -14,6 +14,7 @@ _INFERRED_PREFIXES = (
     ("o1", "openai"),
     ("o3", "openai"),
     ("o4", "openai"),
+    ("gemini-", "gemini"),
 )
 
 

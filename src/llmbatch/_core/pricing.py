@@ -18,6 +18,10 @@ from llmbatch._core.usage import Usage
 # the tier's price applies to all tokens of that kind.
 Tiers = tuple[tuple[int, float], ...]
 
+# Anthropic bills a cache write kept for 1 h at twice the base input price (5 min: the
+# cache_write price, 1.25 times). genai-prices has the 5-minute price only.
+LONG_WRITE_FACTOR = 2.0
+
 
 @dataclass(frozen=True, slots=True)
 class Rate:
@@ -45,12 +49,29 @@ class Price:
     def cost(self, usage: Usage) -> float:
         n = usage.input_tokens
         uncached = max(0, n - usage.cache_read_tokens - usage.cache_write_tokens)
+        long_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         return (
             uncached * self.input.at(n)
             + usage.output_tokens * self.output.at(n)
             + usage.cache_read_tokens * self.cache_read.at(n)
-            + usage.cache_write_tokens * self.cache_write.at(n)
+            + (usage.cache_write_tokens - long_writes) * self.cache_write.at(n)
+            + long_writes * self.input.at(n) * LONG_WRITE_FACTOR
         ) / 1_000_000
+
+    def uncached_cost(self, usage: Usage) -> float:
+        """What ``usage`` would cost with no prompt cache: every input token at full price."""
+        return self.cost(Usage(usage.input_tokens, usage.output_tokens))
+
+    def cache_saving(self, usage: Usage) -> tuple[float, float]:
+        """(saved against no caching, write premium paid) in USD; saved is net of the premium."""
+        n = usage.input_tokens
+        base = self.input.at(n)
+        long_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
+        premium = (
+            (usage.cache_write_tokens - long_writes) * (self.cache_write.at(n) - base)
+            + long_writes * base * (LONG_WRITE_FACTOR - 1)
+        ) / 1_000_000
+        return self.uncached_cost(usage) - self.cost(usage), premium
 
     @classmethod
     def flat(
@@ -83,7 +104,8 @@ def _rate(value: Any, fallback: Rate | None = None) -> Rate | None:
 
 
 # Our provider names → genai-prices provider ids.
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai"}
+_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
+_OUR_NAME = {"google": "gemini"}  # genai-prices ids we call otherwise (`llmbatch models gemini`)
 
 
 class PriceBook:
@@ -178,5 +200,5 @@ def known_models() -> list[tuple[str, str, Price]]:
                 prices = prices[-1].prices
             price = price_of(prices)
             if price is not None:
-                rows.append((provider.id, model.id, price))
+                rows.append((_OUR_NAME.get(provider.id, provider.id), model.id, price))
     return rows

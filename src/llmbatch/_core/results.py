@@ -47,6 +47,7 @@ class JobResult:
     input: Any = None  # with --include-input: the job's prompt/messages or record
     cache: dict[str, Any] | None = None  # answered from the response cache: {"hit", "saved_usd"}
     batch: dict[str, str] | None = None  # answered by a provider batch: {"id", "custom_id"}
+    prefix_group: str | None = None  # the shared prompt prefix it belongs to (prompt caching)
 
     def to_json(self) -> bytes:
         line: dict[str, Any] = {
@@ -78,6 +79,8 @@ class JobResult:
             line["cache"] = self.cache
         if self.batch:
             line["batch"] = self.batch
+        if self.prefix_group:
+            line["prefix_group"] = self.prefix_group
         return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
@@ -112,6 +115,7 @@ class JobResult:
             input=d.get("input"),
             cache=d.get("cache") if isinstance(d.get("cache"), dict) else None,
             batch=d.get("batch") if isinstance(d.get("batch"), dict) else None,
+            prefix_group=str_or_none(d.get("prefix_group")),
         )
 
 
@@ -140,6 +144,8 @@ def usage_of(value: Any) -> Usage:
         _count(value.get("output_tokens")),
         _count(value.get("cache_read_tokens")),
         _count(value.get("cache_write_tokens")),
+        _count(value.get("cache_write_1h_tokens")),
+        _count(value.get("reasoning_tokens")),
     )
 
 

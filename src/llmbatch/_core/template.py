@@ -54,6 +54,16 @@ class Template:
         if not self.fields:
             raise TemplateError("template names no {field}: every job would get the same prompt")
 
+    @property
+    def static_head(self) -> str:
+        """The text before the first field: the same in every prompt (a cacheable prefix)."""
+        head = []
+        for part in self._parts:
+            if not isinstance(part, str):
+                break
+            head.append(part)
+        return "".join(head)
+
     def render(self, record: dict[str, Any]) -> str:
         out: list[str] = []
         for part in self._parts:

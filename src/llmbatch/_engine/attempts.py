@@ -48,6 +48,7 @@ from llmbatch._engine.tally import (
     repair_request,
     schema_error,
 )
+from llmbatch._engine.warmup import PrefixWarmup, warmup_key
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.providers._base import Answer, Provider
@@ -72,6 +73,7 @@ class JobRunner:
     policy: RetryPolicy
     cache: ResponseCache | None = None
     cache_key: Callable[[ModelRef, Request, str], str] | None = None
+    warmup: PrefixWarmup = field(default_factory=PrefixWarmup)
     fatal: str | None = None
     resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
@@ -320,7 +322,11 @@ class JobRunner:
                 self.bus.emit(
                     AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts)
                 )
-            outcome = await self._send(ref, request)
+            # Prompt caching: a prefix group's first request goes alone (_engine/warmup.py).
+            outcome = await self.warmup.send(
+                warmup_key(tally.pj.prefix, ref.provider, ref.model),
+                lambda: self._send(ref, request),
+            )
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
             cost = self.prices.cost(ref, usage) if usage is not None else 0.0
             if usage is not None:

@@ -80,6 +80,11 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
             structured=settings.structured_output,
             notes=notes,
         )
+    elif settings.kind == "gemini":
+        from llmbatch.providers.gemini import preview
+
+        line["url"], line["body"] = preview(settings, ref.model, pj.request, notes)
+        line["headers"] = _headers(settings, "x-goog-api-key")
     else:  # sim answers locally: show the request in the OpenAI shape it reads
         from llmbatch.providers.openai import build_openai_body
 
@@ -90,12 +95,13 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
     return line
 
 
-def _headers(settings: ProviderSettings) -> dict[str, str]:
+def _headers(settings: ProviderSettings, key_header: str = "authorization") -> dict[str, str]:
     """The headers that carry a key or a setting, every credential redacted."""
     out: dict[str, str] = {}
     env = settings.key_env()
     if env is not None:
-        out["authorization"] = f"Bearer [redacted: ${env}]"
+        bearer = "Bearer " if key_header == "authorization" else ""
+        out[key_header] = f"{bearer}[redacted: ${env}]"
     for name, value in settings.headers:
         out[name] = f"[redacted: {len(value)} characters]" if _SECRET_HEADER.search(name) else value
     return out

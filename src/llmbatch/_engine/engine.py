@@ -41,6 +41,7 @@ from llmbatch._engine.attempts import JobRunner
 from llmbatch._engine.plan import PreparedJob
 from llmbatch._engine.policy import RetryPolicy
 from llmbatch._engine.settings import EngineSettings
+from llmbatch._engine.warmup import PrefixWarmup
 from llmbatch._limits.breaker import Breaker
 from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.providers._base import Provider
@@ -111,6 +112,7 @@ class Engine:
             policy=RetryPolicy(settings.max_attempts, Backoff(cap=settings.backoff_cap).delay),
             cache=services.cache,
             cache_key=services.cache_key,
+            warmup=PrefixWarmup(services.clock),
         )
         self.workers = 0
         self.written = 0

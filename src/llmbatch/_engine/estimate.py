@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.jobs import LineError, estimate_input_tokens
+from llmbatch._core.models import ModelRef
+from llmbatch._core.prefix import PrefixInfo
+from llmbatch._core.pricing import LONG_WRITE_FACTOR, Price
 from llmbatch._core.usage import Usage
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import read_existing
@@ -14,7 +17,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from llmbatch._core.pricing import PriceBook
-    from llmbatch._engine.plan import PreparedJob
+    from llmbatch._engine.plan import Planner, PreparedJob
+    from llmbatch._engine.prefix import PrefixGroups
 
 # What "expected" assumes a job writes: the typical length of a short answer,
 # capped by the job's max_tokens.
@@ -32,6 +36,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
     per_model: dict[str, dict[str, Any]] = {}
     total = invalid = done = 0
     problems: list[str] = []
+    prefixed: list[tuple[ModelRef, list[PrefixInfo]]] = []
     with open_jobs(config.jobs) as stream:
         for lineno, raw in iter_lines(stream):
             try:
@@ -46,7 +51,14 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
                 done += 1
                 continue
             _count_job(per_model, pj, planner.prices, config.max_tokens)
+            cands = planner.prefix_candidates(pj.chain[0], pj.request)
+            if cands:
+                planner.prefixes.count(cands)
+                prefixed.append((pj.chain[0], cands))
+            else:
+                planner.prefixes.todo += 1
     _round_costs(per_model)
+    prompt_cache = predict_prompt_cache(planner, prefixed)
     priced = [m for m in per_model.values() if m["priced"]]
     # Nothing priced: no figure at all, rather than a $0 that reads as "free".
     nothing_priced = bool(per_model) and not priced
@@ -63,12 +75,57 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
         else round(sum(m["expected_usd"] for m in priced), 6),
         "unpriced_models": sorted(k for k, m in per_model.items() if not m["priced"]),
         "spent_usd_so_far": round(existing.cost_usd, 6) if existing else 0.0,
+        "prompt_cache": prompt_cache,
         "assumptions": {
             "input_tokens": "about 4 characters a token plus a few per message",
             "expected_output_tokens": f"min(max_tokens, {TYPICAL_OUTPUT_TOKENS}) per job",
             "worst_case": "every job writes max_tokens",
+            "prompt_cache": "costs above are without it; with it, each shared prefix long enough "
+            "for its model is written once (OpenAI: once per cache key) and read by the rest",
         },
     }
+
+
+def predict_prompt_cache(
+    planner: Planner, prefixed: list[tuple[ModelRef, list[PrefixInfo]]]
+) -> dict[str, Any]:
+    """What the provider's prompt cache should save on the jobs left, per prefix group."""
+    groups = planner.prefixes
+    found: dict[str, dict[str, Any]] = {}
+    for ref, cands in prefixed:
+        kind = planner.config.providers[ref.provider].kind
+        info = groups.choose(cands, kind, ref.model, "", False)
+        if info is None or info.key in found:
+            continue
+        row: dict[str, Any] = {
+            "group": info.key,
+            "model": str(ref),
+            "jobs": info.group_size,
+            "prefix_tokens": info.tokens,
+            "min_tokens": info.min_tokens,
+            "cacheable": info.mark,
+            "saved_usd": 0.0,
+        }
+        price = planner.prices.price(ref)
+        if info.mark and price is not None:
+            row["saved_usd"] = round(_group_saving(info, kind, price, groups), 6)
+        found[info.key] = row
+    rows = sorted(found.values(), key=lambda r: (-r["jobs"], r["group"]))
+    return {
+        "enabled": planner.config.prompt_cache != "off",
+        "saved_usd": round(sum(r["saved_usd"] for r in rows), 6),
+        "groups": rows,
+    }
+
+
+def _group_saving(info: PrefixInfo, kind: str, price: Price, groups: PrefixGroups) -> float:
+    n, p = info.group_size, info.tokens
+    base, read = price.input.base, price.cache_read.base
+    if kind == "anthropic":
+        write = base * LONG_WRITE_FACTOR if groups.ttl(n) == "1h" else price.cache_write.base
+        return ((n - 1) * p * (base - read) - p * (write - base)) / 1_000_000
+    cold = groups.key_shards(n) if kind == "openai" else 1  # one miss per cache key
+    return (n - cold) * p * (base - read) / 1_000_000
 
 
 def _count_job(
@@ -141,6 +198,15 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
         f"spent so far on this output ${est['spent_usd_so_far']:,.4f}"
     )
     console.print(f"[dim]expected assumes {est['assumptions']['expected_output_tokens']}[/]")
+    pc = est.get("prompt_cache") or {}
+    cacheable = [g for g in pc.get("groups") or () if g["cacheable"]]
+    if cacheable:
+        console.print(
+            f"prompt cache: {len(cacheable)} shared prefix group(s) worth caching · "
+            f"about ${pc['saved_usd']:,.4f} saved against no caching"
+        )
+    elif pc.get("groups"):
+        console.print("[dim]prompt cache: shared prefixes too short for their model to cache[/]")
     if est["unpriced_models"]:
         console.print(
             f"[yellow]unpriced: {', '.join(est['unpriced_models'])} (no known price; "

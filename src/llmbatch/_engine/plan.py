@@ -14,10 +14,12 @@ from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, U
 from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
 from llmbatch._core.keys import check_base_url, check_key
 from llmbatch._core.models import ModelRef
+from llmbatch._core.prefix import PrefixInfo
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.schema import check_schema, schema_key
 from llmbatch._core.template import Template, TemplateError
 from llmbatch._core.usage import Usage
+from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
@@ -50,6 +52,7 @@ class PreparedJob:
     request: Request  # defaults applied
     chain: list[ModelRef]
     fingerprint: str
+    prefix: PrefixInfo | None = None  # its prefix group (prompt caching); also request.cache
     seed: BatchSeed | None = None  # what earlier batch rounds left this job
     _estimates: tuple[int, int] | None = None
     cache_keys: dict[ModelRef, str] | None = None  # the response cache's, per model, once
@@ -120,6 +123,8 @@ class Planner:
             ExistingOutput(config.output) if config.output else None
         )
         self._schemas_checked: set[bytes] = set()
+        self.prefixes = self._prefix_groups()
+        self._template_head = template.static_head if template is not None else None
         self._chains: dict[tuple[ModelRef | None, tuple[ModelRef, ...] | None], list[ModelRef]] = {}
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
@@ -171,7 +176,25 @@ class Planner:
             wire_format=r.wire_format,
             body=r.body,
         )
-        return PreparedJob(job, request, chain, fingerprint(model, request))
+        pj = PreparedJob(job, request, chain, fingerprint(model, request))
+        if self.last_plan is not None:  # the groups are counted: each job takes its own
+            settings = cfg.providers[model.provider]
+            routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
+            cands = self.prefix_candidates(model, request)
+            pj.prefix = request.cache = self.prefixes.choose(
+                cands, settings.kind, model.model, job.id, routed
+            )
+        return pj
+
+    def _prefix_groups(self) -> PrefixGroups:
+        cfg = self.config
+        return PrefixGroups(cfg.concurrency, cfg.prompt_cache != "off", cfg.mode != "online")
+
+    def prefix_candidates(self, model: ModelRef, request: Request) -> list[PrefixInfo]:
+        """The nested cacheable prefixes (``_engine/prefix.py``) of a job's request as it
+        is (the run's ``--system`` filling a missing one), shortest first."""
+        kind = self.config.providers[model.provider].kind
+        return candidates(model, kind, request, self._template_head, self.config.system)
 
     def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
         key = schema_key(schema)
@@ -192,6 +215,8 @@ class Planner:
             if cfg.shard is not None:
                 add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
         plan = Plan()
+        self.last_plan = None
+        self.prefixes = self._prefix_groups()
         done = self.existing.done if self.existing else None
         limit_line = 0
 
@@ -226,6 +251,7 @@ class Planner:
                 return None
             plan.todo += 1
             limit_line = job.line
+            self.prefixes.count(self.prefix_candidates(chain[0], job.request))
             return None
 
         summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)

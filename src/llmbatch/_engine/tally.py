@@ -69,6 +69,7 @@ class Tally:
             attempt_errors=dict(self.errors),
             repairs=self.repairs,
             fallbacks=self.fallbacks,
+            prefix_group=self.pj.prefix.key if self.pj.prefix is not None else None,
         )
 
 
@@ -113,6 +114,7 @@ def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
         wire_format=request.wire_format,
         body=request.body,
         appended=(request.appended or []) + turns,
+        cache=request.cache,  # the same prefix: a repair reads it from the provider's cache
     )
 
 

@@ -12,6 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from llmbatch._core.events import AttemptEnded, Event, JobEnded
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
 
 _BUCKETS_PER_E = 100  # bucket width: 1% in value
@@ -110,6 +112,29 @@ class ModelStats:
 
 
 @dataclass(slots=True)
+class PrefixGroupStats:
+    """One shared prompt prefix: how often the provider's cache answered for it, and the money."""
+
+    jobs: int = 0
+    hits: int = 0  # jobs that read the prefix from the cache
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    write_premium_usd: float = 0.0  # paid over the input price to write the cache
+    saved_usd: float = 0.0  # against the same answers with no cache, net of the premium
+
+    def to_dict(self, key: str) -> dict[str, object]:
+        return {
+            "group": key,
+            "jobs": self.jobs,
+            "hit_rate": round(self.hits / self.jobs, 4) if self.jobs else 0.0,
+            "cache_read_tokens": self.cache_read_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "write_premium_usd": round(self.write_premium_usd, 6),
+            "saved_usd": round(self.saved_usd, 6),
+        }
+
+
+@dataclass(slots=True)
 class RunStats:
     """Everything the report needs, added to one result at a time."""
 
@@ -133,6 +158,11 @@ class RunStats:
     failures: Counter[str] = field(default_factory=Counter)
     by_model: dict[str, ModelStats] = field(default_factory=dict)
     unpriced_models: set[str] = field(default_factory=set)
+    # Prompt caching: per prefix group (a result's ``prefix_group``), priced with ``prices``.
+    prices: PriceBook | None = None
+    prefix_groups: dict[str, PrefixGroupStats] = field(default_factory=dict)
+    prompt_cache_saved_usd: float = 0.0
+    prompt_cache_premium_usd: float = 0.0
 
     @property
     def done(self) -> int:
@@ -188,6 +218,7 @@ class RunStats:
         u = r.usage
         self.cache_read_tokens += u.cache_read_tokens
         self.cache_write_tokens += u.cache_write_tokens
+        self._prompt_cache(r)
         self.repairs += r.repairs
         if r.repairs and r.status == "ok":
             self.repaired_jobs += 1  # repaired = made valid by a re-ask; not "re-asked in vain"
@@ -214,6 +245,27 @@ class RunStats:
             for kind, n in r.attempt_errors.items():
                 self.errors[kind] += n
             self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
+
+    def _prompt_cache(self, r: JobResult) -> None:
+        u = r.usage
+        saved = premium = 0.0
+        if (u.cache_read_tokens or u.cache_write_tokens) and self.prices and r.provider and r.model:
+            price = self.prices.price(ModelRef(r.provider, r.model))
+            if price is not None:
+                saved, premium = price.cache_saving(u)
+        self.prompt_cache_saved_usd += saved
+        self.prompt_cache_premium_usd += premium
+        if r.prefix_group is None:
+            return
+        g = self.prefix_groups.get(r.prefix_group)
+        if g is None:
+            g = self.prefix_groups[r.prefix_group] = PrefixGroupStats()
+        g.jobs += 1
+        g.hits += u.cache_read_tokens > 0
+        g.cache_read_tokens += u.cache_read_tokens
+        g.cache_write_tokens += u.cache_write_tokens
+        g.saved_usd += saved
+        g.write_premium_usd += premium
 
     def remove(self, r: JobResult) -> None:
         """Take back a superseded failed line (``report`` over a --retry-failed file)."""

@@ -29,6 +29,7 @@ class BatchPart:
             "cost_usd": round(self.cost_usd, 6),
             "online_cost_usd": round(self.online_cost_usd, 6),
             "saved_usd": round(self.online_cost_usd - self.cost_usd, 6),
+            "canceled_at_deadline": self.canceled_at_deadline,
         }
 
 

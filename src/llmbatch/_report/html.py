@@ -113,6 +113,7 @@ def render_html(report: RunReport, timeline: Timeline) -> str:
         + "".join(charts)
         + "</div>"
         + _model_table(d)
+        + _prefix_table(d)
         + _slowest_table(timeline)
         + _failed_table(timeline)
         + _notes(d)
@@ -228,6 +229,31 @@ def _model_table(d: dict[str, Any]) -> str:
     ]
     head = ["model", "jobs", "ok", "failed", "attempts", "input tok", "output tok", "cost"]
     return _table("By model", "this run", head, rows, "by_model") if rows else ""
+
+
+def _prefix_table(d: dict[str, Any]) -> str:
+    """Prompt caching per shared prefix group (the provider's cache, not the response cache)."""
+    pc = d.get("prompt_cache") or {}
+    rows = [
+        [
+            _td(g["group"], "id"),
+            _td(f"{g['jobs']:,}", "n"),
+            _td(f"{g['hit_rate']:.1%}", "n"),
+            _td(f"{g['cache_read_tokens']:,}", "n"),
+            _td(f"{g['cache_write_tokens']:,}", "n"),
+            _td(usd(g["write_premium_usd"]), "n"),
+            _td(usd(g["saved_usd"]), "n"),
+        ]
+        for g in pc.get("groups") or ()
+    ]
+    if not rows:
+        return ""
+    head = ["prefix group", "jobs", "hit rate", "cache read", "cache write", "premium", "saved"]
+    sub = (
+        f"{usd(pc['saved_usd'])} saved against no caching · "
+        f"{usd(pc['write_premium_usd'])} write premium paid"
+    )
+    return _table("Shared prompt prefixes", sub, head, rows, "prefix_groups")
 
 
 def _slowest_table(t: Timeline) -> str:

@@ -49,6 +49,9 @@ def render_report(report: RunReport, console: Console) -> None:
     limits = _limits_table(report)
     if limits is not None:
         console.print(limits)
+    groups = _prefix_table(report)
+    if groups is not None:
+        console.print(groups)
 
 
 def _spend_rows(report: RunReport) -> Rows:
@@ -82,7 +85,41 @@ def _spend_rows(report: RunReport) -> Rows:
                 f"{_usd(report.cache_saved_usd)} saved",
             )
         )
+    pc = report.prompt_cache
+    if pc and (pc["cache_read_tokens"] or pc["cache_write_tokens"]):
+        rows.append(
+            (
+                "prompt cache",
+                f"{_usd(pc['saved_usd'])} saved against no caching · "
+                f"{_usd(pc['write_premium_usd'])} write premium paid",
+            )
+        )
     return rows
+
+
+def _prefix_table(report: RunReport) -> Table | None:
+    """Per shared prompt prefix: hit rate, cache tokens, premium and saving (top 10)."""
+    from rich.table import Table
+
+    groups = (report.prompt_cache or {}).get("groups") or []
+    if not groups:
+        return None
+    table = Table(title="shared prompt prefixes", title_justify="left")
+    for name in ("group", "jobs", "hit rate", "cache read", "cache write", "premium", "saved"):
+        table.add_column(name, justify="left" if name == "group" else "right")
+    for g in groups[:10]:
+        table.add_row(
+            g["group"],
+            f"{g['jobs']:,}",
+            f"{g['hit_rate']:.1%}",
+            f"{g['cache_read_tokens']:,}",
+            f"{g['cache_write_tokens']:,}",
+            _usd(g["write_premium_usd"]),
+            _usd(g["saved_usd"]),
+        )
+    if len(groups) > 10:
+        table.caption = f"{len(groups) - 10} more group(s) in the JSON report"
+    return table
 
 
 def _timing_rows(report: RunReport) -> Rows:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
 from llmbatch._io.resume import iter_result_lines
 from llmbatch._observe.stats import Bin, RunStats
@@ -59,6 +60,8 @@ class RunReport:
     cache_saved_usd: float = 0.0
     # Jobs answered by provider batches (SPEC §9): {"jobs", "cost_usd", "online_cost_usd"}.
     batch: dict[str, Any] | None = None
+    # Prompt caching (the provider's): savings, and per shared prefix group.
+    prompt_cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -108,6 +111,7 @@ class RunReport:
             "notes": self.notes,
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
             **({"batch": self.batch} if self.batch is not None else {}),
+            **({"prompt_cache": self.prompt_cache} if self.prompt_cache else {}),
         }
 
     def to_json(self) -> bytes:
@@ -173,7 +177,22 @@ def build_report(
         latency_bins=lat.linear_bins(8),
         cache_hits=stats.cache_hits,
         cache_saved_usd=stats.cache_saved_usd,
+        prompt_cache=_prompt_cache(stats),
     )
+
+
+def _prompt_cache(stats: RunStats) -> dict[str, Any]:
+    """The provider's prompt cache: what it saved, per shared prefix (largest groups first)."""
+    if not (stats.prefix_groups or stats.cache_read_tokens or stats.cache_write_tokens):
+        return {}
+    groups = sorted(stats.prefix_groups.items(), key=lambda kv: (-kv[1].jobs, kv[0]))
+    return {
+        "saved_usd": round(stats.prompt_cache_saved_usd, 6),
+        "write_premium_usd": round(stats.prompt_cache_premium_usd, 6),
+        "cache_read_tokens": stats.cache_read_tokens,
+        "cache_write_tokens": stats.cache_write_tokens,
+        "groups": [g.to_dict(key) for key, g in groups],
+    }
 
 
 def _latency_ms(stats: RunStats) -> dict[str, float]:
@@ -207,7 +226,7 @@ def report_from_results(path: Path) -> RunReport:
     """Rebuild the report from a results file alone (the last line of an id wins)."""
     if not path.exists():
         raise UsageError(f"results file not found: {path}")
-    stats = RunStats()
+    stats = RunStats(prices=PriceBook())
     failed_lines: dict[str, JobResult] = {}
     batched = False
     torn = 0

@@ -54,34 +54,40 @@ class FileRun(RunSession):
         self.planner = Planner(config, self.services.prices)
         self.plan: Plan | None = None
 
-    async def run(self, *, batch: dict[str, Any] | None = None) -> RunReport:
+    async def run(self) -> RunReport:
         """Lock, check, run every job not yet done, report. Refused runs send nothing."""
         self.lock()
         try:
-            plan = self.plan = self.planner.plan()
-            self.planner.check(plan)
-            try:
-                await self.open_services()  # after the check: a refused run opens nothing
-                existing = self.planner.existing
-                self._prepare_output(existing)
-                seeds = self._take_over(existing)
-                self.services.limits_for(plan.models)
-                self.started(plan.todo, plan.skipped_done, plan.models)
-                await self._run_file(plan, existing, seeds)
-            finally:
-                await self.close_services()
-            return self.finish(
-                skipped_done=plan.skipped_done,
-                not_run=max(0, plan.todo - self.stats.done),
-                cost_before=existing.cost_usd if existing else 0.0,
-                invalid_lines=sorted(plan.invalid_lines),
-                failed_earlier=0
-                if (existing is None or self.config.retry_failed)
-                else existing.failed,
-                batch=batch,
-            )
+            return await self.run_locked()
         finally:
             self.unlock()
+
+    async def run_locked(
+        self, *, opened: bool = False, batch: dict[str, Any] | None = None
+    ) -> RunReport:
+        """The run with the output locked (``opened``: services open already, as in
+        ``run --mode batch|auto``, whose ``batch`` block goes into the report)."""
+        try:
+            plan = self.plan = self.planner.plan()
+            self.planner.check(plan)
+            if not opened:
+                await self.open_services()  # after the check: a refused run opens nothing
+            existing = self.planner.existing
+            self._prepare_output(existing)
+            seeds = self._take_over(existing)
+            self.services.limits_for(plan.models)
+            self.started(plan.todo, plan.skipped_done, plan.models)
+            await self._run_file(plan, existing, seeds)
+        finally:
+            await self.close_services()
+        return self.finish(
+            skipped_done=plan.skipped_done,
+            not_run=max(0, plan.todo - self.stats.done),
+            cost_before=existing.cost_usd if existing else 0.0,
+            invalid_lines=sorted(plan.invalid_lines),
+            failed_earlier=0 if (existing is None or self.config.retry_failed) else existing.failed,
+            batch=batch,
+        )
 
     async def _run_file(
         self, plan: Plan, existing: ExistingOutput | None, seeds: dict[str, BatchSeed]

@@ -86,6 +86,7 @@ class RunSession:
             stopper=self.stopper,
             open_limits=self._open_limits,
         )
+        self.stats.prices = self.services.prices  # prompt-cache savings, per prefix group
         self.notes: list[str] = []
         self.fatal: str | None = None
         self.resets_at: float | None = None
@@ -98,6 +99,8 @@ class RunSession:
         self._todo = 0
         self.auth_withheld = 0
         self.workers = 0  # the last engine run's pool size
+        self.services_open = False
+        self._watching = False  # a signal watcher runs around the whole session
         self.started_wall = clock.time()
         self._started = clock.monotonic()
 
@@ -127,6 +130,13 @@ class RunSession:
     def _cache_key(self, ref: ModelRef, request: Request, job_id: str) -> str:
         return cache_key_for(self.config, ref, request, job_id)
 
+    def is_cached(self, pj: PreparedJob) -> bool:
+        """Whether the response cache holds an answer for the job (any model of its chain)."""
+        cache = self.services.cache
+        if cache is None:
+            return False
+        return any(cache.contains(self._cache_key(ref, pj.request, pj.job.id)) for ref in pj.chain)
+
     # -- opening and closing ------------------------------------------------------
 
     def lock(self) -> None:
@@ -142,6 +152,7 @@ class RunSession:
     async def open_services(self, *, cache: bool = True) -> None:
         """Open what the engine uses: the cache, rolling-window ledgers, shared limits."""
         cfg = self.config
+        self.services_open = True
         if cache:
             self.services.cache = open_cache(cfg)
             self.services.cache_key = self._cache_key
@@ -201,7 +212,7 @@ class RunSession:
         engine = self._engine = Engine(self.settings, self.services)
         try:
             async with anyio.create_task_group() as outer:
-                if self._handle_signals and threading.current_thread() is threading.main_thread():
+                if self.handles_signals and not self._watching:
                     outer.start_soon(self._watch_signals)
                 outer.start_soon(self._tick)
                 outcome = await engine.run(source, sink, size=size)
@@ -297,9 +308,18 @@ class RunSession:
             self.progress.tick()
             await anyio.sleep(0.25)
 
+    @property
+    def handles_signals(self) -> bool:
+        return self._handle_signals and threading.current_thread() is threading.main_thread()
+
     async def watch_signals(self) -> None:
-        """SIGINT/SIGTERM while no engine runs (waiting for batches): stop at once."""
-        await self._watch_signals()
+        """SIGINT/SIGTERM over the whole session (engine runs and the waits between them:
+        ``run --mode batch`` waiting for its batches); cancel the task to stop watching."""
+        self._watching = True
+        try:
+            await self._watch_signals()
+        finally:
+            self._watching = False
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -34,10 +34,11 @@ class BatchHttp(HttpProvider):
         data: Any = None,
         params: Mapping[str, str] | None = None,
         content_type: str | None = "application/json",
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         import aiohttp
 
-        headers = dict(self.headers)
+        headers = dict(self.headers if headers is None else headers)
         if content_type is not None and data is not None:
             headers["content-type"] = content_type
         session = self._get_session()

@@ -19,12 +19,20 @@ from llmbatch._core.exceptions import ProviderError
 
 OPENAI_MODES = ("json_schema", "json_object", "prompt")
 ANTHROPIC_MODES = ("output_config", "prompt")
+# Gemini: generationConfig.responseJsonSchema (JSON Schema), then responseSchema (its
+# OpenAPI subset), then the schema in the system instruction.
+GEMINI_MODES = ("response_json_schema", "response_schema", "prompt")
 
-_NAMES_THE_FIELD = re.compile(r"response_format|json_schema|output_config", re.IGNORECASE)
+_NAMES_THE_FIELD = re.compile(
+    r"response_format|json_schema|output_config|response_?json_?schema|response_?schema"
+    r"|response_?mime_?type",
+    re.IGNORECASE,
+)
 
 _SAID = {
     "json_object": 'response_format {"type": "json_object"}, with the schema in a system message',
     "prompt": "the schema in a system message (no structured-output field)",
+    "response_schema": "generationConfig.responseSchema (Gemini's OpenAPI subset of the schema)",
 }
 
 SCHEMA_INSTRUCTION = (

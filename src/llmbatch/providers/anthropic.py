@@ -26,6 +26,7 @@ from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import Attempt, redact, text_field, token_count, unexpected_shape
 from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms
+from llmbatch.providers._prefix import mark_prefix
 from llmbatch.providers._structured import ANTHROPIC_MODES, StructuredModes, schema_instruction
 
 if TYPE_CHECKING:
@@ -81,6 +82,8 @@ def build_anthropic_body(
         body["output_config"] = {"format": {"type": "json_schema", "schema": request.schema}}
     elif request.schema is not None and structured == "prompt":
         body["system"] = _with_schema_instruction(body.get("system"), request.schema)
+    if request.cache is not None and request.cache.mark:
+        mark_prefix(body, request.cache)
     body["stream"] = True
     return body
 
@@ -133,6 +136,7 @@ class AnthropicStream:
         "_key",
         "cache_read",
         "cache_write",
+        "cache_write_1h",
         "done",
         "error",
         "output",
@@ -147,7 +151,7 @@ class AnthropicStream:
         self.started = started
         self._key = key
         self.parts: list[str] = []
-        self.raw_in = self.cache_read = self.cache_write = self.output = 0
+        self.raw_in = self.cache_read = self.cache_write = self.cache_write_1h = self.output = 0
         self.stop_reason: str | None = None
         self.ttft: float | None = None
         self.error: ProviderError | None = None
@@ -156,7 +160,12 @@ class AnthropicStream:
     def spent(self) -> Usage | None:
         if not (self.raw_in or self.output):
             return None
-        return _usage(self.raw_in, self.cache_read, self.cache_write, self.output)
+        return self._total()
+
+    def _total(self) -> Usage:
+        return _usage(
+            self.raw_in, self.cache_read, self.cache_write, self.output, self.cache_write_1h
+        )
 
     def feed(self, event: SSEEvent) -> None:
         kind = event.event
@@ -213,10 +222,13 @@ class AnthropicStream:
             self.cache_write = token_count(u["cache_creation_input_tokens"])
         if u.get("output_tokens") is not None:
             self.output = token_count(u["output_tokens"])
+        creation = u.get("cache_creation")
+        if isinstance(creation, dict) and creation.get("ephemeral_1h_input_tokens") is not None:
+            self.cache_write_1h = token_count(creation["ephemeral_1h_input_tokens"])
 
     def answer(self, hint: RateLimitHint | None, request_id: str | None) -> Answer:
         """The Answer, once the body has ended; or the ProviderError of an incomplete one."""
-        usage = _usage(self.raw_in, self.cache_read, self.cache_write, self.output)
+        usage = self._total()
         if self.error is not None:
             raise self.error.with_usage(self.spent())
         if not self.done:
@@ -240,9 +252,15 @@ class AnthropicStream:
         )
 
 
-def _usage(raw_in: int, cache_read: int, cache_write: int, output: int) -> Usage:
+def _usage(raw_in: int, cache_read: int, cache_write: int, output: int, write_1h: int = 0) -> Usage:
     # Anthropic's input_tokens excludes cache reads and writes; ours includes them.
-    return Usage(raw_in + cache_read + cache_write, output, cache_read, cache_write)
+    return Usage(
+        raw_in + cache_read + cache_write,
+        output,
+        cache_read,
+        cache_write,
+        min(write_1h, cache_write),
+    )
 
 
 _STREAM_ERROR_STATUS = {

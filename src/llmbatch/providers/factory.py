@@ -20,6 +20,10 @@ def default_provider_factory(name: str, config: RunConfig) -> Provider:
         from llmbatch.providers.anthropic import AnthropicProvider
 
         return AnthropicProvider(settings, config)
+    if settings.kind == "gemini":
+        from llmbatch.providers.gemini import GeminiProvider
+
+        return GeminiProvider(settings, config)
     from llmbatch.providers.openai import OpenAIProvider
 
     return OpenAIProvider(settings, config)

@@ -123,6 +123,11 @@ def build_openai_body(
             body["temperature"] = request.temperature
     if request.schema is not None and "response_format" not in body:
         _add_structured(body, request.schema, structured, notes)
+    cache = request.cache
+    if cache is not None and cache.cache_key is not None and "prompt_cache_key" not in body:
+        body["prompt_cache_key"] = cache.cache_key
+        if cache.extended:
+            body.setdefault("prompt_cache_retention", "24h")
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
     return body
@@ -246,11 +251,14 @@ class OpenAIStream:
         u = chunk.get("usage")
         if u:
             details = u.get("prompt_tokens_details") or {}
+            out_details = u.get("completion_tokens_details") or {}
+            # OpenAI's prompt_tokens includes the cached ones, as our input_tokens does.
             self.usage = Usage(
                 token_count(u.get("prompt_tokens")),
                 token_count(u.get("completion_tokens")),
                 token_count(details.get("cached_tokens")),
                 0,
+                reasoning_tokens=token_count(out_details.get("reasoning_tokens")),
             )
 
     def answer(
