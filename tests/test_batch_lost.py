@@ -10,8 +10,6 @@ import anyio
 import orjson
 import pytest
 
-from llmbatch._batch.run import run_with_batches
-from llmbatch._observe.progress import NoProgress
 from tests.batchutil import VirtualClock, config, jobs_file
 from tests.conftest import fake_env, read_jsonl, run_cli, write_jsonl
 from tests.fakeapi import FakeAPI
@@ -129,24 +127,16 @@ def test_the_readme_cron_loop_ends(fbc: FakeBatch, tmp_path: Path) -> None:
 
 
 def test_run_mode_batch_gets_past_a_lost_batch(fb: FakeBatch, tmp_path: Path) -> None:
+    from llmbatch._batch.submit import submit
+    from tests.test_batch_run import run_mode
+
     clock = VirtualClock(fb)
     cfg = config(jobs_file(tmp_path, 4))
     fb.process_s = 4 * 3600
-
-    async def go() -> object:
-        return await run_with_batches(
-            cfg, mode="batch", poll=600, clock=clock, progress=NoProgress(),
-            handle_signals=False, say=lambda _m: None,
-        )  # fmt: skip
-
-    from llmbatch._batch.submit import submit
-
     anyio.run(lambda: submit(cfg, clock=clock))
-    for b in fb.batches.values():
-        b.deleted = True  # Anthropic deletes; OpenAI's are cleared below
-    fb.batches.clear()
-    rep = anyio.run(go)
-    assert rep.exit_code == 0  # type: ignore[attr-defined]
+    fb.batches.clear()  # gone at the provider
+    rep = run_mode(cfg, clock, "batch", deadline=None)
+    assert rep.exit_code == 0
     assert cfg.output is not None and len(read_jsonl(cfg.output)) == 4
 
 

@@ -297,8 +297,7 @@ def test_an_unproven_batch_does_not_hold_the_auto_deadline(
 ) -> None:
     """`run --mode auto` at its deadline: a batch adopted unverified is not canceled (it may
     be another output's) but given up, with what it may cost; its jobs run online."""
-    from llmbatch._batch.run import run_with_batches
-    from llmbatch._observe.progress import NoProgress
+    from tests.test_batch_run import run_mode
 
     for k, v in fake_env(fb.api).items():
         monkeypatch.setenv(k, v)
@@ -307,13 +306,7 @@ def test_an_unproven_batch_does_not_hold_the_auto_deadline(
     fb.process_s = 4 * 3600
     factory = _interrupting_factory(fb, make_foreign=True)
     assert anyio.run(lambda: submit(cfg, clock=clock, client_factory=factory)).jobs == 8
-    said: list[str] = []
-    rep = anyio.run(
-        lambda: run_with_batches(
-            cfg, mode="auto", deadline=60, poll=600, clock=clock, progress=NoProgress(),
-            handle_signals=False, say=said.append,
-        )
-    )  # fmt: skip
+    rep = run_mode(cfg, clock, "auto", deadline=60)
     assert rep.exit_code == 0 and clock.slept <= 60 + 1
     assert fb.calls["msgbatch_cancel"] == 0
     assert cfg.output is not None

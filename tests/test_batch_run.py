@@ -32,13 +32,15 @@ class ModeRun:
     exit_code: int
 
 
-def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None) -> ModeRun:
+def run_mode(
+    cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None, poll: float = 600
+) -> ModeRun:
     report, _run = anyio.run(
         lambda: run_with_batches(
             cfg,
             mode=mode,
             deadline=deadline,
-            poll=600,
+            poll=poll,
             clock=clock,
             progress=NoProgress(),
             handle_signals=False,
@@ -177,18 +179,7 @@ def test_auto_deadline_is_kept_within_one_poll_after_a_slow_cancel(
     cfg = config(jobs_file(tmp_path, 10))
     fb.process_s = 4 * 3600
     fb.cancel_s = 2
-    rep = anyio.run(
-        lambda: run_with_batches(
-            cfg,
-            mode="auto",
-            deadline=6,
-            poll=30,
-            clock=clock,
-            progress=NoProgress(),
-            handle_signals=False,
-            say=lambda _m: None,
-        )
-    )
+    rep = run_mode(cfg, clock, "auto", deadline=6, poll=30)
     assert rep.exit_code == 0 and rep.batch.canceled_at_deadline == 2
     assert 6 + 2 <= clock.slept <= 6 + 2 * 2, clock.slept
 
