@@ -183,8 +183,9 @@ def _made_after(created_at: float, intent_at: float) -> bool:
 
 async def _is_ours(ctx: BatchContext, chunk: Chunk, info: BatchInfo) -> bool | None:
     """True: this intent's batch; False: not; None: cannot tell yet."""
-    if info.metadata:
-        return ctx.state.key(chunk) in info.metadata.values()
+    if info.metadata:  # OpenAI: our key; Gemini: "llmbatch-" + our key (displayName)
+        key = ctx.state.key(chunk)
+        return any(v == key or v.endswith("-" + key) for v in info.metadata.values())
     if not chunk.nonce:  # an older llmbatch's intent: its custom_ids prove nothing
         return None
     if not info.results_ready:
