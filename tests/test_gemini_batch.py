@@ -94,7 +94,8 @@ def test_above_the_inline_limit_the_requests_go_through_the_files_api(
     assert gb.calls["upload"] == 2  # start, then upload + finalize
     (data,) = gb.files.values()
     first = orjson.loads(data.splitlines()[0])
-    assert first["key"].startswith("job-0_") and first["request"]["model"] == "models/gemini-2.5-flash"
+    assert first["key"].startswith("job-0_")  # the job id, then the submission's nonce
+    assert first["request"]["model"] == "models/gemini-2.5-flash"
     config = first["request"]["generationConfig"]
     assert config["responseMimeType"] == "application/json"
     assert config["responseJsonSchema"] == SCHEMA
