@@ -43,6 +43,8 @@ def error_payload(kind: str, status: int, message: str) -> tuple[dict[str, Any],
             "request_id": "req_fake",
         }
         return payload, {"request-id": "req_fake"}
+    if kind == "azure":  # Azure's error bodies carry the status as the code, no type
+        return {"error": {"code": str(status), "message": message}}, {"apim-request-id": "req_fake"}
     err_type = _OPENAI_ERROR_TYPES.get(status, "server_error")
     payload = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
     return payload, {"x-request-id": "req_fake"}
@@ -104,7 +106,7 @@ def key_of(headers: dict[str, str]) -> str | None:
     auth = headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:]
-    return headers.get("x-api-key")
+    return headers.get("x-api-key") or headers.get("api-key")
 
 
 class SSE:

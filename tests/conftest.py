@@ -36,9 +36,14 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             or upper.endswith("_BASE_URL")
             or upper.endswith("_PROXY")
             or upper.startswith("LLMBATCH_")
+            or upper.startswith("AWS_")
         ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NO_PROXY", "*")
+    # No AWS credentials or region from this machine, and never the instance metadata address.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / ".aws" / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / ".aws" / "credentials"))
     # Retries without a retry-after wait 0.25-0.5 s, then 0.5-1 s, ...: the fakes fail on
     # purpose hundreds of times, so in this process the first step is 20 ms (the policy's
     # own tests give Backoff its real base).

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from tests._fakecache import FakePromptCache
 from tests._fakewire import SSE, dumps, error_payload, key_of, openai_usage, whole_payload
+from tests._fakewire_responses import ResponsesSSE, whole_response
 
 OK = "ok"
 # Fault kinds: an HTTP status as a string ("429", "500", "529", "400", "401", "404"),
@@ -60,7 +61,7 @@ class Rule:
 
 @dataclass
 class Record:
-    kind: str  # "anthropic" | "openai"
+    kind: str  # "anthropic" | "openai" | "azure" | "responses"
     body: dict[str, Any]
     headers: dict[str, str]
     outcome: str
@@ -68,6 +69,7 @@ class Record:
     output_tokens: int = 0
     cache_read: int = 0
     at: float = 0.0
+    path: str = ""  # the request's path and query (Azure's deployment path, api-version)
     cache_write: int = 0
     done_at: float | None = None  # when the answer ended (time.monotonic)
 
@@ -137,6 +139,12 @@ class FakeAPI:
             app = web.Application()
             app.router.add_post("/v1/messages", self._anthropic)
             app.router.add_post("/v1/chat/completions", self._openai)
+            app.router.add_post("/v1/responses", self._responses)
+            # Azure OpenAI: the v1 API and the deployment path (api-version required).
+            app.router.add_post("/openai/v1/chat/completions", self._azure)
+            app.router.add_post("/openai/v1/responses", self._responses)
+            app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure)
+            app.router.add_post("/openai/responses", self._responses)
             for hook in self.route_hooks:  # more endpoints (tests/fakebatch.py)
                 hook(app)
             self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
@@ -209,7 +217,7 @@ class FakeAPI:
 
     def _plan_with_wait(self, body: dict[str, Any]) -> tuple[str, float | None]:
         """The fault for this request and, for a window 429, the seconds until a slot frees."""
-        text = orjson.dumps(body.get("messages", [])).decode()
+        text = orjson.dumps(body.get("messages", body.get("input", []))).decode()
         with self._lock:
             if body.get("model") in self.model_faults:
                 return self.model_faults[body["model"]], None
@@ -250,14 +258,17 @@ class FakeAPI:
                 return self.replies.pop(0)
         if self.reply is not None:
             return self.reply
-        last = body.get("messages", [{}])[-1].get("content", "")
+        said = body.get("messages", body.get("input", [{}]))
+        if isinstance(said, str):
+            said = [{"content": said}]
+        last = said[-1].get("content", "")
         if isinstance(last, list):
             last = " ".join(b.get("text", "") for b in last if isinstance(b, dict))
         return f"Answer to: {str(last)[:60]} (model {body.get('model')})"
 
     @staticmethod
     def input_tokens_of(body: dict[str, Any]) -> int:
-        return len(orjson.dumps(body.get("messages", []))) // 4 + 7
+        return len(orjson.dumps(body.get("messages", body.get("input", [])))) // 4 + 7
 
     @staticmethod
     def chunks(text: str) -> list[str]:
@@ -271,7 +282,7 @@ class FakeAPI:
         per_min = int(limit * 60 / self.window_s)
         with self._lock:
             remaining = max(0, limit - len(self._window))
-        if kind == "openai":
+        if kind != "anthropic":
             return {
                 "x-ratelimit-limit-requests": str(per_min),
                 "x-ratelimit-remaining-requests": str(remaining),
@@ -295,7 +306,7 @@ class FakeAPI:
     async def _handle(self, request: web.Request, kind: str) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         headers = {k.lower(): v for k, v in request.headers.items()}
-        record = Record(kind, body, headers, OK, at=time.monotonic())
+        record = Record(kind, body, headers, OK, at=time.monotonic(), path=request.path_qs)
         with self._lock:
             self.records.append(record)
             self.in_flight += 1
@@ -322,6 +333,10 @@ class FakeAPI:
                 raise asyncio.CancelledError  # aiohttp drops the handler quietly
             if fault == HANG:
                 await asyncio.sleep(3600)
+            if fault == "429" and body.get("service_tier") == "flex" and wait is None:
+                # OpenAI's flex tier out of capacity: not the caller's pace.
+                message = "Resource Unavailable: flex capacity is exhausted; try again later"
+                return self._error(kind, 429, message)
             if fault.isdigit():
                 return self._error(kind, int(fault), f"simulated {fault}", wait)
             try:
@@ -339,13 +354,30 @@ class FakeAPI:
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "openai")
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        if (bad := self._azure_query(request)) is not None:
+            return bad
+        return await self._handle(request, "responses")
+
+    async def _azure(self, request: web.Request) -> web.StreamResponse:
+        if (bad := self._azure_query(request)) is not None:
+            return bad
+        return await self._handle(request, "azure")
+
+    def _azure_query(self, request: web.Request) -> web.Response | None:
+        """Azure's paths outside /openai/v1 answer 404 without an api-version, as Azure does."""
+        if request.path.startswith("/openai/") and not request.path.startswith("/openai/v1/"):
+            if "api-version" not in request.query:
+                return self._error("azure", 404, "Resource not found")
+        return None
+
     def _rejects_structured(self, kind: str, body: dict[str, Any]) -> tuple[int, str] | None:
         """(status, message) when this server does not take the body's structured output."""
         if kind == "anthropic":
             if self.rejects_output_config is not None and "output_config" in body:
                 return self.rejects_output_config, "output_config: Extra inputs are not permitted"
             return None
-        fmt = body.get("response_format")
+        fmt = body.get("response_format") or (body.get("text") or {}).get("format")
         kind_of = fmt.get("type") if isinstance(fmt, dict) else None
         if kind_of in self.rejects_response_format:
             allowed = [t for t in ("text", "json_object", "json_schema") if t != kind_of]
@@ -391,7 +423,12 @@ class FakeAPI:
         written = (use.write, use.write_1h) if use else (0, 0)
         words = self.chunks(text)
         out_tokens = len(words)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
+        max_tokens = (
+            body.get("max_tokens")
+            or body.get("max_completion_tokens")
+            or body.get("max_output_tokens")
+            or 4096
+        )
         stop = "end_turn" if kind == "anthropic" else "stop"
         if out_tokens > max_tokens:
             words = words[:max_tokens]
@@ -407,9 +444,14 @@ class FakeAPI:
             if use is not None and self.prompt_cache is not None and finish is not None:
                 self.prompt_cache.answered(use, out_tokens)
             record.done_at = time.monotonic()
-            payload = whole_payload(
-                kind, body.get("model"), "".join(words), in_tokens, out_tokens, finish, cached
-            )
+            if kind == "responses":
+                payload = whole_response(
+                    body.get("model"), "".join(words), in_tokens, out_tokens, finish, cached
+                )
+            else:
+                payload = whole_payload(
+                    kind, body.get("model"), "".join(words), in_tokens, out_tokens, finish, cached
+                )
             _with_writes(payload.get("usage"), kind, written)
             return web.json_response(payload, headers=self._ratelimit_headers(kind), dumps=dumps)
         headers = {
@@ -420,7 +462,9 @@ class FakeAPI:
         headers["request-id" if kind == "anthropic" else "x-request-id"] = "req_fake"
         resp = web.StreamResponse(status=200, headers=headers)
         await resp.prepare(request)
-        send = SSE(resp, kind, body.get("model"))
+        send: SSE | ResponsesSSE = (ResponsesSSE if kind == "responses" else SSE)(
+            resp, kind, body.get("model") or request.match_info.get("deployment")
+        )
         await send.start(in_tokens, cached, written)
         if fault == STALL:
             await asyncio.sleep(3600)
@@ -438,7 +482,9 @@ class FakeAPI:
                 return resp
             await send.text(w)
         usage = None
-        if (body.get("stream_options") or {}).get("include_usage") and self.stream_usage:
+        if kind == "responses" or (
+            (body.get("stream_options") or {}).get("include_usage") and self.stream_usage
+        ):
             usage = openai_usage(in_tokens, out_tokens, cached)
         await send.end(finish, out_tokens, usage)
         if use is not None and self.prompt_cache is not None and fault in (OK, LINGER):

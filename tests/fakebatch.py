@@ -65,6 +65,9 @@ class FakeBatch:
     reply: str | None = None  # every batch answer's text (the online endpoints keep their own)
     bill_errors: bool = False  # errored requests are billed (OpenAI: usage in the error body)
     cancel_s: float = 0.0  # virtual seconds a cancel takes before the batch has ended
+    download_delay_s: float = 0.0  # real seconds a results download waits (a fetch to kill)
+    file_purpose: str = "batch"  # the purpose a batch's input file must have been uploaded with
+    paths: Counter[str] = field(default_factory=Counter)  # OpenAI-shaped calls by path prefix
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
     files: dict[str, FakeFile] = field(default_factory=dict)
     created: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, id, requests)
@@ -105,14 +108,16 @@ class FakeBatch:
         # Batch bodies run to hundreds of MB; aiohttp's default cap is 1 MB.
         app._client_max_size = 512 * 1024 * 1024
         r = app.router
-        r.add_post("/v1/files", self._file_create)
-        r.add_get("/v1/files", self._file_list)
-        r.add_delete("/v1/files/{id}", self._file_delete)
-        r.add_get("/v1/files/{id}/content", self._file_content)
-        r.add_post("/v1/batches", self._oa_create)
-        r.add_get("/v1/batches", self._oa_list)
-        r.add_get("/v1/batches/{id}", self._oa_get)
-        r.add_post("/v1/batches/{id}/cancel", self._oa_cancel)
+        # OpenAI; Azure's v1 API and deployment path; a compatible service (tests/...).
+        for pre in ("/v1", "/openai/v1", "/openai", "/compat/v1"):
+            r.add_post(f"{pre}/files", self._file_create)
+            r.add_get(f"{pre}/files", self._file_list)
+            r.add_delete(f"{pre}/files/{{id}}", self._file_delete)
+            r.add_get(f"{pre}/files/{{id}}/content", self._file_content)
+            r.add_post(f"{pre}/batches", self._oa_create)
+            r.add_get(f"{pre}/batches", self._oa_list)
+            r.add_get(f"{pre}/batches/{{id}}", self._oa_get)
+            r.add_post(f"{pre}/batches/{{id}}/cancel", self._oa_cancel)
         r.add_post("/v1/messages/batches", self._an_create)
         r.add_get("/v1/messages/batches", self._an_list)
         r.add_get("/v1/messages/batches/{id}", self._an_get)
@@ -182,7 +187,12 @@ class FakeBatch:
             return
         text = self.reply if self.reply is not None else self.api._answer_text(it.body)
         words = self.api.chunks(text)
-        cap = it.body.get("max_tokens") or it.body.get("max_completion_tokens") or 4096
+        cap = (
+            it.body.get("max_tokens")
+            or it.body.get("max_completion_tokens")
+            or it.body.get("max_output_tokens")
+            or 4096
+        )
         stop = "end_turn"
         if len(words) > cap:
             words, stop = words[:cap], "max_tokens"
@@ -228,7 +238,18 @@ class FakeBatch:
         """Count the call, check the key, and answer a scripted 429 on create."""
         self.calls[what] += 1
         headers = {k.lower(): v for k, v in request.headers.items()}
-        key = headers.get("authorization", "")[7:] or headers.get("x-api-key")
+        key = (
+            headers.get("authorization", "")[7:]
+            or headers.get("x-api-key")
+            or headers.get("api-key")
+        )
+        if kind == "openai":
+            self.paths[request.path.split("/files")[0].split("/batches")[0]] += 1
+            legacy = request.path.startswith("/openai/") and not request.path.startswith(
+                "/openai/v1/"
+            )
+            if legacy and "api-version" not in request.query:
+                return self.api._error("azure", 404, "Resource not found")
         if self.api.expected_key is not None and key != self.api.expected_key:
             return self.api._error(kind, 401, "invalid api key")
         if what in ("batch_create", "msgbatch_create") and self.create_429 > 0:
@@ -296,6 +317,8 @@ class FakeBatch:
         f = self.files.get(request.match_info["id"])
         if f is None:
             return self.api._error("openai", 404, "no such file")
+        if self.download_delay_s:
+            await asyncio.sleep(self.download_delay_s)
         if self.truncate_downloads > 0:
             with self._lock:
                 self.truncate_downloads -= 1
@@ -306,13 +329,22 @@ class FakeBatch:
         if (bad := self._gate(request, "openai", "batch_create")) is not None:
             return bad
         body = orjson.loads(await request.read())
-        f = self.files.get(str(body.get("input_file_id")))
-        if f is None:
-            return self.api._error("openai", 400, "input_file_id not found")
-        items = [
-            Item(str(line["custom_id"]), line["body"])
-            for line in map(orjson.loads, f.data.splitlines())
-        ]
+        if "requests" in body:  # inline requests (Mistral's batch jobs take them)
+            items = [Item(str(r["custom_id"]), r["body"]) for r in body["requests"]]
+            file_id = ""
+        else:
+            f = self.files.get(str(body.get("input_file_id")))
+            if f is None:
+                return self.api._error("openai", 400, "input_file_id not found")
+            if f.purpose != self.file_purpose:
+                return self.api._error(
+                    "openai", 400, f"the input file's purpose must be {self.file_purpose!r}"
+                )
+            lines = list(map(orjson.loads, f.data.splitlines()))
+            if any(line.get("url") != body.get("endpoint") for line in lines):
+                return self.api._error("openai", 400, "a line's url is not the batch's endpoint")
+            items = [Item(str(line["custom_id"]), line["body"]) for line in lines]
+            file_id = f.id
         models = {it.body.get("model") for it in items}
         if len(models) != 1:
             return self.api._error("openai", 400, "a batch file may hold one model only")
@@ -320,8 +352,9 @@ class FakeBatch:
             "openai",
             items,
             model=str(models.pop()),
-            input_file_id=f.id,
+            input_file_id=file_id,
             metadata=body.get("metadata"),
+            endpoint=str(body.get("endpoint")),
         )
         if self.create_delay_s:
             await asyncio.sleep(self.create_delay_s)

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from tests._fakewire_responses import whole_response
+
 WINDOW_S = 24 * 3600
 ANTHROPIC_EXPIRY_S = 24 * 3600
 
@@ -43,6 +45,7 @@ class FakeBatchJob:
     null_polls_left: int = 0
     stall_at: int | None = None  # processed count where it stops (expiry faults)
     deleted: bool = False
+    endpoint: str = "/v1/chat/completions"
 
     @property
     def expires_at(self) -> float:
@@ -60,7 +63,13 @@ class FakeFile:
 
 def oa_line(it: Item, req_id: str, now: float) -> bytes:
     line: dict[str, Any] = {"id": req_id, "custom_id": it.custom_id}
-    if it.outcome == "ok":
+    if it.outcome == "ok" and "input" in it.body:  # a Responses API request
+        assert it.answer is not None
+        i, o = it.answer["usage"]
+        whole = whole_response(it.body.get("model"), it.answer["text"], i, o, "stop", 0)
+        line["response"] = {"status_code": 200, "request_id": "req_fake", "body": whole}
+        line["error"] = None
+    elif it.outcome == "ok":
         assert it.answer is not None
         i, o = it.answer["usage"]
         body = {
@@ -125,7 +134,7 @@ def oa_batch(b: FakeBatchJob) -> dict[str, Any]:
     return {
         "id": b.id,
         "object": "batch",
-        "endpoint": "/v1/chat/completions",
+        "endpoint": b.endpoint,
         "model": b.model,
         "errors": errors,
         "input_file_id": b.input_file_id,

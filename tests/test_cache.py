@@ -374,11 +374,16 @@ def test_cache_commands(tmp_path: Path) -> None:
 
 
 def test_cache_stats_on_a_corrupt_file_says_so_and_clear_mends_it(tmp_path: Path) -> None:
-    path = tmp_path / "c.sqlite"
+    """At the default path a file that is not SQLite can only be a cache that broke."""
+    path = default_cache_path()
+    path.parent.mkdir(parents=True)
     path.write_bytes(b"garbage" * 1000)
     runner = CliRunner()
-    res = runner.invoke(app, ["cache", "stats", "--cache", str(path)])
+    res = runner.invoke(app, ["cache", "stats"])
     assert res.exit_code == 1 and "unusable" in res.stderr
-    assert clear_cache(path) == 7000
-    res = runner.invoke(app, ["cache", "stats", "--cache", str(path)])
+    res = runner.invoke(app, ["cache", "clear"])
+    assert res.exit_code == 0 and not path.exists()
+    res = runner.invoke(app, ["cache", "stats"])
     assert res.exit_code == 0
+    path.write_bytes(b"garbage" * 1000)
+    assert clear_cache(path) == 7000 and not path.exists()  # the library's own call

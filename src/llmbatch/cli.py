@@ -92,6 +92,8 @@ def run(
     provider: o.ProviderOpt = None,
     mode: o.ModeOpt = None,
     batch_deadline: o.BatchDeadlineOpt = None,
+    api: o.ApiOpt = None,
+    service_tier: o.ServiceTierOpt = None,
     limit: o.LimitOpt = None,
     include_input: o.IncludeInputOpt = None,
     dry_run: o.DryRunOpt = False,
@@ -236,6 +238,12 @@ def report_cmd(
             history = read_history(Path(results))
             if history:
                 _render_history(history)
+        for problem in rep.line_problems:
+            sys.stderr.write(problem + "\n")
+        if rep.line_problems:
+            n = len(rep.malformed_lines or ())
+            _err(f"{n} line(s) could not be counted in full; the totals above are partial")
+            return 2
         return 0
 
     raise typer.Exit(_guard(go))

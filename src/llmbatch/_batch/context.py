@@ -33,7 +33,11 @@ CALL_ATTEMPTS = 6  # tries of one API call (create, get, download) on transient 
 
 def default_client_factory(name: str, config: RunConfig) -> BatchClient:
     settings = config.providers[name]
-    if settings.kind == "openai":
+    if settings.kind == "azure":
+        from llmbatch.providers.azure import AzureBatchClient
+
+        return AzureBatchClient(settings, config)
+    if settings.kind == "openai" and settings.has_batch_api():
         from llmbatch.providers.batch_openai import OpenAIBatchClient
 
         return OpenAIBatchClient(settings, config)
@@ -45,8 +49,14 @@ def default_client_factory(name: str, config: RunConfig) -> BatchClient:
         from llmbatch.providers.batch_gemini import GeminiBatchClient
 
         return GeminiBatchClient(settings, config)
+    hint = (
+        f" (if it copies OpenAI's, say so: batch = true in [providers.{name}])"
+        if settings.kind == "openai"
+        else ""
+    )
     raise UsageError(
-        f"provider {name!r} has no Batch API; run these jobs with `llmbatch run`. Nothing was sent."
+        f"provider {name!r} has no Batch API{hint}; run these jobs with `llmbatch run`. "
+        "Nothing was sent."
     )
 
 

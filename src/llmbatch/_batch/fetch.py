@@ -32,7 +32,6 @@ from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import AttemptEnded, EventBus, JobEnded
 from llmbatch._core.exceptions import NotFound
-from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import ResultWriter
 from llmbatch._io.batch_state import Chunk
 from llmbatch._io.resume import cut_torn_tail, read_existing
@@ -104,12 +103,7 @@ class _Fetcher:
             cut_torn_tail(existing)
         self.done = existing.done
         self.output = cfg.output
-        urls = {
-            n: s.base_url
-            for n, s in cfg.providers.items()
-            if s.base_url and n not in ("anthropic", "openai", "sim")
-        }
-        self.closer = BatchCloser(ctx.state, PriceBook(cfg.prices, urls), max_attempts)
+        self.closer = BatchCloser(ctx.state, cfg.price_book(tiers=False), max_attempts)
         self.totals = self.closer.totals
         self.closed = 0
         self.refused = 0

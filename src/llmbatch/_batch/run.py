@@ -140,11 +140,12 @@ async def _batches_then_online(
     except BaseException:
         await run.close_services()
         raise
-    if sub.stopped_by is not None:
-        run.notes.append(sub.window_message or "the budget cap held the rest of the jobs back")
-        run.stop(StopReason(sub.stopped_by))  # the online part would be refused the same
     tell(f"submitted {sub.jobs} jobs in {len(sub.batches)} batch(es); waiting for them")
     totals, canceled = await _wait_for_batches(run, deadline, poll, client_factory, tell)
+    if sub.stopped_by is not None:
+        # What was submitted is fetched; the rest would be refused online the same way.
+        run.notes.append(sub.window_message or "the budget cap held the rest of the jobs back")
+        run.stop(StopReason(sub.stopped_by))
     part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
     return await run.run_locked(opened=True, batch=part.to_dict())
 

@@ -13,7 +13,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -44,12 +44,11 @@ from llmbatch._io.resume import cut_torn_tail
 from llmbatch._run.session import RunSession
 from llmbatch.providers.anthropic import build_anthropic_body
 from llmbatch.providers.gemini_wire import build_gemini_body
-from llmbatch.providers.openai import build_openai_body
+from llmbatch.providers.openai import OpenAIWire
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NONCE_CHARS = 8  # hex: a submission's own mark, "_" + nonce at the end of every custom_id
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
-BATCH_KINDS = ("openai", "anthropic", "gemini")  # provider kinds with a Batch API
 
 
 @dataclass(slots=True)
@@ -116,26 +115,20 @@ def vars_of(b: SubmittedBatch) -> dict[str, Any]:
 
 
 def request_body(
-    settings: ProviderSettings, model: str, request: Request, notes: set[str]
+    settings: ProviderSettings,
+    model: str,
+    request: Request,
+    notes: set[str],
+    config: RunConfig | None = None,
 ) -> dict[str, Any]:
-    """Exactly what ``run`` would send, minus the streaming flags."""
+    """Exactly what ``run`` would send, minus the streaming flags and the service tier."""
     if settings.kind == "anthropic":
         body = build_anthropic_body(model, request, settings.structured_output, notes)
     elif settings.kind == "gemini":
         return build_gemini_body(model, request, settings.structured_output, notes, with_model=True)
     else:
-        field_name = settings.max_tokens_field or (
-            "max_completion_tokens"
-            if "api.openai.com" in settings.resolved_base_url()
-            else "max_tokens"
-        )
-        body = build_openai_body(
-            model,
-            request,
-            max_tokens_field=field_name,
-            structured=settings.structured_output,
-            notes=notes,
-        )
+        wire = replace(OpenAIWire.of(settings, config or RunConfig(jobs=Path())), service_tier=None)
+        body = wire.body(model, request, settings.structured_output, notes)
     body.pop("stream", None)
     body.pop("stream_options", None)
     return body
@@ -246,7 +239,7 @@ class _Submitter:
         if state.position_fps.get(pj.job.id) == pj.fingerprint:  # not if the job changed
             start = min(state.positions.get(pj.job.id, 0), len(pj.chain) - 1)
         for i in range(start, len(pj.chain)):
-            if self.ctx.config.providers[pj.chain[i].provider].kind in BATCH_KINDS:
+            if self.ctx.config.providers[pj.chain[i].provider].has_batch_api():
                 return i
         if self.leave_online or start > 0:  # (one its batches moved on: not the file's fault)
             self.left_online += 1
@@ -268,7 +261,7 @@ class _Submitter:
         """One job as it goes into its batch, with its worst case at the batch price."""
         settings = self.ctx.config.providers[ref.provider]
         price = self.price(ref)
-        body = request_body(settings, ref.model, pj.request, self.wire_notes)
+        body = request_body(settings, ref.model, pj.request, self.wire_notes, self.ctx.config)
         cid = custom_id(pj.job.id, used, self.nonce)
         worst_in = estimate_input_tokens(pj.request, conservative=True)
         out = pj.request.max_tokens or self.ctx.config.max_tokens

@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from llmbatch._budget.ledger import BudgetLedger
+from llmbatch._budget.ledgerfile import check_ledger_file
 from llmbatch._budget.sqlite import SqliteLedger
 from llmbatch._budget.windows import default_ledger_path, lease_seconds, windows_from_config
 from llmbatch._core.clock import Clock
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
+
+
+def check_ledger(config: RunConfig) -> None:
+    """Refuse (UsageError, exit 2) before anything when the run's SQLite ledger is unusable."""
+    if windows_from_config(config) and not config.shared:
+        check_ledger_file(config.ledger or default_ledger_path())
 
 
 async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:

@@ -21,6 +21,8 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +30,10 @@ import anyio
 import anyio.to_thread
 
 from llmbatch._budget.ledger import BudgetStatistics, Hold, Refusal
+from llmbatch._budget.ledgerfile import check_ledger_file, ledger_unusable
 from llmbatch._budget.windows import Window, window_refusal
 from llmbatch._core.clock import Clock
-from llmbatch._core.exceptions import SharedStoreError
+from llmbatch._core.exceptions import LLMBatchError, SharedStoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -47,8 +50,25 @@ KEEP_DAYS = 2.0  # spend older than this serves no window
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """One connection in WAL mode with a long busy timeout; creates the file and tables."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """One connection in WAL mode with a long busy timeout; creates the file and tables.
+
+    :raises UsageError: ``path`` is no ledger, or one SQLite cannot open (waiting will
+        not mend it); a lock held too long stays a ``sqlite3.OperationalError``.
+    """
+    check_ledger_file(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _connect(path)
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise
+        raise ledger_unusable(path, str(exc)) from None
+    except (sqlite3.DatabaseError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ledger_unusable(path, why) from None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
     deadline = time.monotonic() + 30.0
     while True:
@@ -62,8 +82,12 @@ def connect(path: Path) -> sqlite3.Connection:
         except sqlite3.OperationalError as exc:
             # Switching to WAL takes an exclusive lock that the busy handler does not wait for.
             if "locked" not in str(exc) or time.monotonic() > deadline:
+                db.close()
                 raise
             time.sleep(0.05)
+        except BaseException:
+            db.close()
+            raise
 
 
 @dataclass(slots=True)
@@ -111,6 +135,13 @@ class SqliteLedger:
         try:
             self._db = await anyio.to_thread.run_sync(connect, self.path)
             await anyio.to_thread.run_sync(prune, self._db, self.clock.time())
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError):  # locked, I/O: may pass
+                raise SharedStoreError(f"budget ledger {self.path}: {exc}") from None
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            raise ledger_unusable(self.path, str(exc)) from None  # corrupt pages: exit 2
         except (sqlite3.Error, OSError) as exc:
             raise SharedStoreError(f"budget ledger {self.path}: {exc}") from None
 
@@ -335,8 +366,7 @@ def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
     """Use per scope (every scope when ``scope`` is None) over the last hour and day."""
     if not path.exists():
         return []
-    db = connect(path)
-    try:
+    with _reading(path) as db:
         if scope is None:
             rows = db.execute("SELECT scope FROM spend UNION SELECT scope FROM leases ORDER BY 1")
             scopes = [str(r[0]) for r in rows]
@@ -363,20 +393,29 @@ def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
                 ).fetchone()
                 out.append(WindowUse(s, seconds, sc + dc, int(st + dt), hc, int(ht), int(n)))
         return out
-    finally:
-        db.close()
 
 
 def reset_scope(path: Path, scope: str) -> int:
     """Forget every spend and lease of ``scope``; returns how many rows went."""
     if not path.exists():
         return 0
-    db = connect(path)
-    try:
+    with _reading(path) as db:
         db.execute("BEGIN IMMEDIATE")
         n = db.execute("DELETE FROM spend WHERE scope = ?", (scope,)).rowcount
         n += db.execute("DELETE FROM leases WHERE scope = ?", (scope,)).rowcount
         db.execute("COMMIT")
         return int(n)
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """The ledger for ``budget status|reset``; its failures as errors the CLI can word."""
+    db = connect(path)
+    try:
+        yield db
+    except sqlite3.OperationalError as exc:
+        raise LLMBatchError(f"budget ledger {path}: {exc}; try again") from None
+    except sqlite3.DatabaseError as exc:
+        raise ledger_unusable(path, str(exc)) from None
     finally:
         db.close()

@@ -1,7 +1,9 @@
 """The response cache's key: a hash of what the provider sees (SPEC §11).
 
-Provider, base URL, model and the canonical request; the job id joins it only
-for sampled requests (temperature unset or above 0).
+Provider, base URL, model and the canonical request; the job id joins it unless
+the provider was asked for a deterministic answer: a temperature of 0 that was
+really sent. Anthropic's API takes no temperature (the adapter drops it), so its
+answers are samples and are kept per job id, whatever the job asked for.
 """
 
 from __future__ import annotations
@@ -33,9 +35,19 @@ def canonical_request(request: Request) -> dict[str, Any]:
     }
 
 
-def is_deterministic(request: Request) -> bool:
-    """Temperature 0 answers are shared across job ids; sampled ones are not."""
-    return request.temperature == 0
+class CacheKey(str):
+    """A key that knows whether its answer is shared across job ids (for ``cache stats``)."""
+
+    shared: bool | None = None
+
+
+def is_deterministic(request: Request, *, temperature_sent: bool = True) -> bool:
+    """Whether the provider was asked for a deterministic answer: temperature 0, sent.
+
+    Only those answers are shared across job ids; sampled ones, and any answer from a
+    provider that takes no temperature, are kept per job id.
+    """
+    return temperature_sent and request.temperature == 0
 
 
 def cache_key(
@@ -46,12 +58,15 @@ def cache_key(
     job_id: str,
     *,
     settings: Any = None,
-) -> str:
-    """The sha256 of what the provider sees; the job id joins it for sampled requests.
+    temperature_sent: bool = True,
+) -> CacheKey:
+    """The sha256 of what the provider sees; the job id joins it unless it is shared.
 
     ``settings`` is anything else that changes the body on the wire (for example a
     provider's structured-output mode); it must be JSON-serialisable.
+    ``temperature_sent``: whether the provider receives the request's temperature.
     """
+    shared = is_deterministic(request, temperature_sent=temperature_sent)
     material = {
         "v": KEY_VERSION,
         "provider": provider,
@@ -59,13 +74,15 @@ def cache_key(
         "model": model,
         "request": canonical_request(request),
         "settings": settings,
-        "job": None if is_deterministic(request) else job_id,
+        "job": None if shared else job_id,
     }
     data = orjson.dumps(material, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    return hashlib.sha256(data).hexdigest()
+    key = CacheKey(hashlib.sha256(data).hexdigest())
+    key.shared = shared
+    return key
 
 
-def cache_key_for(config: RunConfig, ref: ModelRef, request: Request, job_id: str) -> str:
+def cache_key_for(config: RunConfig, ref: ModelRef, request: Request, job_id: str) -> CacheKey:
     """:func:`cache_key` with the provider's base URL and wire settings taken from ``config``."""
     s = config.providers[ref.provider]
     return cache_key(
@@ -75,4 +92,5 @@ def cache_key_for(config: RunConfig, ref: ModelRef, request: Request, job_id: st
         request,
         job_id,
         settings=[s.kind, s.structured_output, s.max_tokens_field],
+        temperature_sent=s.sends_temperature,
     )

@@ -3,9 +3,11 @@
 One SQLite file (WAL, a busy timeout) shared by every run on the machine. The key
 is a hash of what the provider sees — provider, base URL, model and the canonical
 request — so any change of model, messages, system, max_tokens, temperature or
-schema misses. Requests at temperature 0 share answers across job ids; sampled
-ones (temperature unset or above 0) are keyed per job id, so five ids asking the
-same question still get five samples, while a rerun of a job does not pay again.
+schema misses. Requests sent at temperature 0 share answers across job ids;
+sampled ones (temperature unset or above 0, or a provider that takes no
+temperature) are keyed per job id, so five ids asking the same question still get
+five samples, while a rerun of a job does not pay again. Each answer records which
+it is (``shared``: 1, 0, or NULL when stored by an llmbatch that did not record it).
 
 A cache is a convenience, never a reason for a run to fail: any SQLite error
 (a corrupt file, a lock held past the timeout, a full disk) turns it off for the
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, check_cache_file, identify
 from llmbatch._cache.key import KEY_VERSION as KEY_VERSION
 from llmbatch._cache.key import cache_key as cache_key
 from llmbatch._cache.key import cache_key_for as cache_key_for
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS answers (
     used REAL NOT NULL,
     hits INTEGER NOT NULL DEFAULT 0,
     cost_usd REAL,
-    value BLOB NOT NULL
+    value BLOB NOT NULL,
+    shared INTEGER
 );
 CREATE INDEX IF NOT EXISTS answers_used ON answers(used);
 """
@@ -127,6 +131,9 @@ class CacheContents:
     saved_usd: float
     oldest: float | None
     newest: float | None
+    shared: int = 0  # answers shared across job ids (temperature 0, sent)
+    per_job: int = 0  # answers kept for their own job id (sampled)
+    unrecorded: int = 0  # stored before llmbatch recorded which
 
 
 def _warn_stderr(message: str) -> None:
@@ -156,7 +163,7 @@ class ResponseCache:
         self._stores = 0
         self._used: dict[str, float] = {}  # keys hit this run → when (written back on close)
         # Answers not yet written: one transaction per batch, not one per answer.
-        self._pending: dict[str, tuple[float, float | None, bytes]] = {}
+        self._pending: dict[str, tuple[float, float | None, bytes, bool | None]] = {}
         # What prefetch() found (popped by lookup), and the keys it found absent.
         self._prefetched: dict[str, tuple[bytes, float]] = {}
         self._absent: set[str] = set()
@@ -165,6 +172,10 @@ class ResponseCache:
             self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
+        found, why = identify(self.path)
+        if found in (CacheFile.FOREIGN, CacheFile.BROKEN, CacheFile.TEXT):
+            # Never write into a file that is not ours (a ledger, a jobs file).
+            raise sqlite3.DatabaseError(f"{self.path} is not an llmbatch cache: {why}")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(
             self.path,
@@ -174,11 +185,15 @@ class ResponseCache:
         )
         try:
             db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
+            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                # Marked before WAL, so a new file carries the mark in its header at once.
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
             # Keys are random: a big cache touches pages all over; keep more of them at hand.
             db.execute("PRAGMA cache_size = -16384")  # KiB
             db.executescript(_SCHEMA)
+            _add_shared_column(db)
         except BaseException:
             db.close()
             raise
@@ -283,7 +298,8 @@ class ResponseCache:
         if self._db is None:
             return
         now = self._now()
-        self._pending[key] = (now, answer.cost_usd, answer.to_json())
+        shared = getattr(key, "shared", None)
+        self._pending[key] = (now, answer.cost_usd, answer.to_json(), shared)
         self._stores += 1
         if len(self._pending) >= 256 or now - self._last_write >= 1.0:
             self.flush()
@@ -294,12 +310,12 @@ class ResponseCache:
             self._last_write = self._now()
             if self._db is None or not self._pending:
                 return
-            rows = [(k, t, t, cost, blob) for k, (t, cost, blob) in self._pending.items()]
+            rows = [(k, t, t, cost, blob, sh) for k, (t, cost, blob, sh) in self._pending.items()]
             self._pending.clear()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value) "
-                "VALUES (?, ?, ?, 0, ?, ?)",
+                "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value, "
+                "shared) VALUES (?, ?, ?, 0, ?, ?, ?)",
                 rows,
             )
             self._db.execute("COMMIT")
@@ -334,9 +350,10 @@ class ResponseCache:
         with self._guard("stats"):
             if self._db is None:
                 return None
-            n, hits, saved, oldest, newest = self._db.execute(
+            n, hits, saved, oldest, newest, shared, per_job = self._db.execute(
                 "SELECT count(*), coalesce(sum(hits), 0), "
-                "coalesce(sum(hits * coalesce(cost_usd, 0)), 0), min(created), max(created) "
+                "coalesce(sum(hits * coalesce(cost_usd, 0)), 0), min(created), max(created), "
+                "coalesce(sum(shared = 1), 0), coalesce(sum(shared = 0), 0) "
                 "FROM answers"
             ).fetchone()
             size = sum(
@@ -344,7 +361,10 @@ class ResponseCache:
                 for p in (self.path, _sidecar(self.path, "-wal"), _sidecar(self.path, "-shm"))
                 if p.exists()
             )
-            result = CacheContents(str(self.path), n, size, hits, saved, oldest, newest)
+            result = CacheContents(
+                str(self.path), n, size, hits, saved, oldest, newest,
+                shared, per_job, n - shared - per_job,
+            )  # fmt: skip
         return result
 
     def prune(self, older_than_s: float) -> int:
@@ -358,6 +378,18 @@ class ResponseCache:
             removed = self._db.execute("DELETE FROM answers WHERE used < ?", (cutoff,)).rowcount
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
+
+
+def _add_shared_column(db: sqlite3.Connection) -> None:
+    """A cache made before answers recorded ``shared`` gets the column (NULL: unknown)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
+    if "shared" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE answers ADD COLUMN shared INTEGER")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):  # another run added it just now
+            raise
 
 
 def _sidecar(path: Path, suffix: str) -> Path:
@@ -406,4 +438,8 @@ def open_cache(config: RunConfig) -> ResponseCache | None:
     """The run's cache, or None with ``--no-cache``."""
     if config.no_cache:
         return None
-    return ResponseCache(config.cache_path or default_cache_path())
+    default = default_cache_path()
+    path = config.cache_path or default
+    # A file that is not a cache (a ledger, a jobs file, a directory) stops the run: exit 2.
+    check_cache_file(path, purpose="--cache", default=path == default)
+    return ResponseCache(path)

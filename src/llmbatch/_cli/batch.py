@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llmbatch._cli.common import _flags
-from llmbatch._cli.options import ConfigOpt, JobsArg, JsonOpt
+from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
     from llmbatch._batch.context import BatchRow
@@ -60,6 +60,7 @@ PENDING_EXIT = 6  # jobs handed back by their batches: `batch submit` them again
 def render_rows(rows: list[BatchRow], as_json: bool, pending: int | None = None) -> None:
     """The rows as a table (or JSON: a list; with ``pending``, {"batches", "pending_jobs"})."""
     from llmbatch._cli.common import _console
+    from llmbatch._report.render import print_whole
 
     if as_json:
         import orjson
@@ -89,7 +90,7 @@ def render_rows(rows: list[BatchRow], as_json: bool, pending: int | None = None)
             _stamp(r.created_at),
             _stamp(r.expires_at),
         )
-    _console().print(table)
+    print_whole(_console(), table)
 
 
 @batch_app.command()
@@ -125,6 +126,7 @@ def submit(
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, help="Requests per batch at most.")
     ] = None,
+    api: ApiOpt = None,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:

@@ -70,7 +70,9 @@ def status(
         if not rows:
             sys.stderr.write("llmbatch: no spend recorded\n")
         else:
-            _console().print(table)
+            from llmbatch._report.render import print_whole
+
+            print_whole(_console(), table)
         return 0
 
     raise typer.Exit(_guarded(go))
@@ -135,13 +137,17 @@ def merge(
     files: Annotated[
         list[Path], typer.Argument(metavar="SHARD_FILES...", help="Shard results files.")
     ],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing OUT (kept as a timestamped .bak)."),
+    ] = False,
 ) -> None:
-    """Join shard outputs: one line per job id (the last), refusing conflicting requests."""
+    """Join shard outputs: one line per job id (its last ok line, else its last line)."""
 
     def go() -> int:
         from llmbatch._io.shard import merge_files
 
-        result = merge_files(out, files)
+        result = merge_files(out, files, force=force)
         if result.conflicts:
             shown = ", ".join(result.conflicts[:5])
             more = " …" if len(result.conflicts) > 5 else ""
@@ -150,10 +156,15 @@ def merge(
                 f"requests in different files: {shown}{more}. Nothing was written.\n"
             )
             return 2
-        torn = f", {result.torn} torn line(s) skipped" if result.torn else ""
+        skipped = ""
+        if result.torn:
+            skipped += f", {result.torn} torn line(s) skipped"
+        if result.not_results:
+            skipped += f", {result.not_results} line(s) that are not result lines skipped"
+        backup = f" (the old one kept as {result.backup})" if result.backup else ""
         sys.stderr.write(
             f"llmbatch: {result.ids} jobs from {result.lines_read} lines in "
-            f"{len(files)} file(s) written to {out}{torn}\n"
+            f"{len(files)} file(s) written to {out}{backup}{skipped}\n"
         )
         return 0
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from llmbatch._cache.fileid import CacheFile
 
 cache_app = typer.Typer(
     name="cache",
@@ -41,6 +44,21 @@ def _path(path: Path | None) -> Path:
     return path if path is not None else default_cache_path()
 
 
+def _checked(path: Path | None, command: str, deleting: bool = False) -> tuple[Path, CacheFile]:
+    """The cache path, and what it holds; a file that is no cache is exit 2, untouched."""
+    from llmbatch._cache.fileid import check_cache_file
+    from llmbatch._cache.store import default_cache_path
+    from llmbatch._core.exceptions import UsageError
+
+    p = _path(path)
+    default = p == default_cache_path()
+    try:
+        return p, check_cache_file(p, purpose=command, deleting=deleting, default=default)
+    except UsageError as exc:
+        sys.stderr.write(f"llmbatch: {exc}\n")
+        raise typer.Exit(2) from None
+
+
 def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
@@ -51,10 +69,11 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON to stdout.")] = False,
 ) -> None:
     """How many answers the cache holds, its size, and what it has saved."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import CacheContents, ResponseCache
 
-    p = _path(path)
-    if not p.exists():
+    p, found_file = _checked(path, "cache stats")
+    if found_file in (CacheFile.ABSENT, CacheFile.EMPTY):
         found: CacheContents | None = CacheContents(str(p), 0, 0, 0, 0.0, None, None)
     else:
         cache = ResponseCache(p)
@@ -71,6 +90,13 @@ def stats(
         return
     _out(f"cache:    {found.path}")
     _out(f"answers:  {found.entries:,}  ({found.bytes / 1e6:,.1f} MB)")
+    _out(f"shared:   {found.shared:,} shared across job ids (temperature 0, sent to the provider)")
+    _out(
+        f"per job:  {found.per_job:,} for their own job id only (sampled, or the provider "
+        "takes no temperature: Anthropic)"
+    )
+    if found.unrecorded:
+        _out(f"          {found.unrecorded:,} stored by an older llmbatch (not recorded which)")
     _out(f"hits:     {found.hits:,}  (${found.saved_usd:,.6f} saved)")
     if found.oldest is not None and found.newest is not None:
         from llmbatch._observe.jsonlog import rfc3339_ms
@@ -80,10 +106,14 @@ def stats(
 
 @cache_app.command("clear")
 def clear(path: PathOpt = None) -> None:
-    """Delete every cached answer (removes the file, even a corrupt one)."""
+    """Delete every cached answer (removes the file; a corrupt one too at the default path)."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import clear_cache
 
-    p = _path(path)
+    p, found = _checked(path, "cache clear", deleting=True)
+    if found is CacheFile.EMPTY and path is not None:
+        _out(f"nothing to clear: {p} is empty (left as it is)")
+        return
     freed = clear_cache(p)
     _out(f"cleared {p} ({freed / 1e6:,.1f} MB freed)")
 
@@ -97,6 +127,7 @@ def prune(
     path: PathOpt = None,
 ) -> None:
     """Delete answers neither stored nor used within --older-than."""
+    from llmbatch._cache.fileid import CacheFile
     from llmbatch._cache.store import ResponseCache
 
     try:
@@ -104,8 +135,8 @@ def prune(
     except ValueError as exc:
         sys.stderr.write(f"llmbatch: --older-than: {exc}\n")
         raise typer.Exit(2) from None
-    p = _path(path)
-    if not p.exists():
+    p, found = _checked(path, "cache prune")
+    if found in (CacheFile.ABSENT, CacheFile.EMPTY):
         _out(f"no cache at {p}")
         return
     cache = ResponseCache(p)

@@ -107,6 +107,17 @@ BatchDeadlineOpt = Annotated[
     str | None,
     typer.Option("--batch-deadline", help="auto: cancel open batches after this (e.g. 2h)."),
 ]
+ApiOpt = Annotated[
+    str | None,
+    typer.Option("--api", help="OpenAI/Azure endpoint: chat | responses [default: chat]."),
+]
+ServiceTierOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--service-tier",
+        help="OpenAI/Azure service_tier: flex (cheaper, slower) | auto | default | priority.",
+    ),
+]
 LimitOpt = Annotated[
     int | None,
     typer.Option("--limit", help="Run only the first N jobs not yet done (try a few first)."),

@@ -52,7 +52,9 @@ def _render_history(history: list[dict[str, Any]]) -> None:
             str(h.get("stopped_by") or ""),
             str(h.get("exit_code", "")),
         )
-    _console().print(table)
+    from llmbatch._report.render import print_whole
+
+    print_whole(_console(), table)
 
 
 def model_rows(provider: str | None, config: Path | None) -> list[tuple[str, str, Price]]:
@@ -111,4 +113,6 @@ def print_models_table(rows: list[tuple[str, str, Price]]) -> None:
             f"{price.cache_read.base:g}",
             f"{price.cache_write.base:g}",
         )
-    _console().print(table)
+    from llmbatch._report.render import print_whole
+
+    print_whole(_console(), table)

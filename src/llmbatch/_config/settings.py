@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from llmbatch._config.modes import MODES, Mode, parse_duration
+from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
 from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
 from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
 from llmbatch._config.toml import FileConfig as FileConfig
@@ -20,6 +21,7 @@ from llmbatch._config.toml import ProviderSettings as ProviderSettings
 from llmbatch._config.toml import find_config as find_config
 from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.keys import check_otlp_url
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
@@ -84,6 +86,10 @@ class RunConfig:
     # Provider Batch APIs (SPEC §9): "online" | "batch" | "auto", and auto's deadline (s).
     mode: Mode = Mode.ONLINE
     batch_deadline: float | None = None
+    # OpenAI-shaped providers (SPEC §15): endpoint shape and service tier for all of them;
+    # a [providers.NAME] api / service_tier wins for its own.
+    api: str | None = None  # "chat" | "responses"
+    service_tier: str | None = None  # "flex" | "auto" | "default" | "priority"
     prompt_cache: str = "auto"  # "auto": mark and route shared prefixes; "off": leave them
 
     def __post_init__(self) -> None:
@@ -94,6 +100,17 @@ class RunConfig:
     def display_name(self) -> str:
         return self.jobs_display or str(self.jobs)
 
+    def api_for(self, provider: str) -> str:
+        """The endpoint shape an OpenAI-shaped provider speaks: "chat" or "responses"."""
+        return self.providers[provider].api or self.api or "chat"
+
+    def tier_for(self, provider: str) -> str | None:
+        """The service tier asked of ``provider`` (OpenAI-shaped ones only), or None."""
+        settings = self.providers[provider]
+        if settings.kind not in ("openai", "azure"):
+            return None
+        return settings.service_tier or self.service_tier
+
     def limits_for(self, ref: ModelRef) -> ModelLimits:
         """Per-model limits from config, with --rpm / --tpm filling what they leave."""
         own = self.limits.get(str(ref), ModelLimits())
@@ -103,17 +120,33 @@ class RunConfig:
             tpm=own.tpm if own.tpm is not None else self.tpm,
         )
 
-    def price_book(self) -> PriceBook:
+    def price_book(self, *, tiers: bool = True) -> PriceBook:
         """Prices for this run: llmbatch.toml's, else genai-prices' (by base URL for
-        providers of our own naming)."""
+        providers of our own naming; Azure ones as Azure, deployments by ``price_as``),
+        at each provider's service tier; ``tiers=False``: the standard online price."""
+        providers = self.providers
         return PriceBook(
             self.prices,
             {
                 name: s.base_url
-                for name, s in self.providers.items()
-                if s.base_url and name not in ("anthropic", "openai", "sim")
+                for name, s in providers.items()
+                if s.base_url and name not in BUILTIN_PROVIDERS and s.kind not in _OWN_IDS
+            },
+            # Azure and Bedrock providers of any name are priced as Azure's and AWS's.
+            provider_ids={
+                name: _OWN_IDS[s.kind] for name, s in providers.items() if s.kind in _OWN_IDS
+            },
+            price_as={name: dict(s.price_as) for name, s in providers.items() if s.price_as},
+            tiers={
+                name: tier
+                for name in providers
+                if tiers and (tier := self.tier_for(name)) is not None
             },
         )
+
+
+# Provider types priced by genai-prices' id for them, whatever their name or URL.
+_OWN_IDS = {"azure": "azure", "bedrock": "aws"}
 
 
 # -- flags + file → RunConfig ---------------------------------------------------
@@ -151,6 +184,7 @@ def build_run_config(
         cfg.limit = _number(merged, "limit", int)
     _shared_settings(cfg, merged)
     _batch_settings(cfg, merged)
+    _openai_settings(cfg, merged)
     prompt_cache = merged.get("prompt_cache") or "auto"
     if prompt_cache not in ("auto", "off"):
         raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
@@ -307,6 +341,25 @@ def _batch_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
         cfg.batch_deadline = _number(merged, "batch_deadline", float)
 
 
+def _openai_settings(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """--api and --service-tier; flex gets a longer default --timeout (its answers queue)."""
+    for key, allowed in (("api", API_SHAPES), ("service_tier", SERVICE_TIERS)):
+        value = merged.get(key)
+        if value is not None and value not in allowed:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {value!r}: one of {', '.join(allowed)}")
+        setattr(cfg, key, value)
+    flex = cfg.service_tier == "flex" or any(
+        s.service_tier == "flex" for s in cfg.providers.values()
+    )
+    if flex and merged.get("timeout") is None:
+        cfg.timeout = FLEX_TIMEOUT_S
+
+
+# Flex answers may wait in OpenAI's queue: its SDK docs suggest a 15-minute timeout.
+FLEX_TIMEOUT_S = 900.0
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".jsonl", ".ndjson", ".json"):
@@ -343,6 +396,6 @@ def observability_flags(cfg: RunConfig, merged: dict[str, Any], jobs: Path, stdi
         cfg.cache_path = Path(merged["cache"]).expanduser()
     cfg.log_json = merged.get("log_json")  # checked with every other path (_paths)
     otlp = merged.get("otlp")
-    if otlp is not None and not str(otlp).startswith(("http://", "https://")):
-        raise UsageError(f"--otlp takes an http:// or https:// URL, got {otlp!r}")
+    if otlp is not None:
+        check_otlp_url(str(otlp))
     cfg.otlp = otlp

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from llmbatch._core.pricing import Price
 DEFAULT_ANTHROPIC_URL = "https://api.anthropic.com"
 DEFAULT_OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_GEMINI_URL = "https://generativelanguage.googleapis.com"  # no /v1beta, as in google-genai
+BEDROCK_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+BEDROCK_TOKEN_ENV = "AWS_BEARER_TOKEN_BEDROCK"  # a Bedrock API key, sent as a bearer token
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d+")
+AZURE_API_VERSION = "2024-10-21"  # the legacy deployment path's default (GA, with Batch)
+API_SHAPES = ("chat", "responses")  # the OpenAI endpoint shapes (--api)
+SERVICE_TIERS = ("auto", "default", "flex", "priority")
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,17 +32,41 @@ class ProviderSettings:
     """Where and how to reach one provider. ``kind`` is its wire format."""
 
     name: str
-    kind: str  # "anthropic" | "openai" | "gemini" | "sim"
+    kind: str  # "anthropic" | "openai" | "gemini" | "azure" | "bedrock" | "sim"
     base_url: str | None = None
     api_key_env: str | None = None
     # OpenAI-compatible servers differ: "max_tokens" (most) or "max_completion_tokens" (OpenAI).
     max_tokens_field: str | None = None
     structured_output: str = "native"  # "native" | "prompt"
     headers: tuple[tuple[str, str], ...] = ()
+    region: str | None = None  # bedrock: the AWS region (else AWS_REGION, AWS_DEFAULT_REGION)
+    # OpenAI and Azure (llmbatch.toml; --api and --service-tier set them for all):
+    api: str | None = None  # "chat" | "responses"; None: --api, else chat
+    service_tier: str | None = None  # "flex" | "auto" | "default" | "priority"
+    # Azure: "v1" ({endpoint}/openai/v1/...) or "deployment" (/openai/deployments/D/...)
+    azure_path: str = "v1"
+    api_version: str | None = None  # the deployment path's ?api-version=
+    price_as: tuple[tuple[str, str], ...] = ()  # deployment ("*": any) → model priced as
+    # An OpenAI-compatible Batch API (batch = true) and how it differs from OpenAI's.
+    batch: bool = False
+    batch_purpose: str = "batch"  # the file upload's purpose (Together: "batch-api")
+    batch_inline: bool = False  # requests in the create body, no file (Mistral)
+    batch_endpoint: str | None = None  # the lines' url / the create's endpoint
+    batch_path: str = "/batches"  # the batches collection under base_url
+
+    def has_batch_api(self) -> bool:
+        """Whether ``batch submit`` and ``--mode batch`` can send this provider's jobs."""
+        if self.kind == "openai":
+            return self.name == "openai" or self.batch
+        return self.kind in ("anthropic", "azure", "gemini")
 
     def resolved_base_url(self) -> str:
+        if self.kind == "azure":
+            return _azure_base_url(self.base_url, self.azure_path)
         if self.base_url:
             return self.base_url.rstrip("/")
+        if self.kind == "bedrock":
+            return bedrock_base_url(self)
         if self.kind == "anthropic":
             return (os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_URL).rstrip("/")
         if self.kind == "openai":
@@ -45,20 +76,73 @@ class ProviderSettings:
             return (url or DEFAULT_GEMINI_URL).rstrip("/")
         return ""
 
+    @property
+    def sends_temperature(self) -> bool:
+        """Whether a request's temperature reaches the model (the adapters agree; a test holds
+        them to it): Anthropic's 2.x Messages API takes none, so it is not sent there."""
+        return self.kind != "anthropic"
+
     def key_env(self) -> str | None:
         """The variable holding the key; ``api_key_env = ""`` means the server needs none."""
         if self.api_key_env is not None:
             return self.api_key_env or None
         # A custom provider gets no key unless it names one: OPENAI_API_KEY belongs
         # to OpenAI's endpoint, not to whatever base_url a [providers.NAME] gives.
+        if self.kind == "azure":
+            # Entra ID: a bearer token instead of the key, when one is given.
+            if os.environ.get("AZURE_OPENAI_AD_TOKEN") and not os.environ.get(
+                "AZURE_OPENAI_API_KEY"
+            ):
+                return "AZURE_OPENAI_AD_TOKEN"
+            return "AZURE_OPENAI_API_KEY"
         if self.name == "gemini":
             return gemini_key_env()
+        if self.kind == "bedrock":
+            # A Bedrock API key when one is set; otherwise SigV4 credentials sign each
+            # request (llmbatch[aws]), and there is no key to ask for.
+            return BEDROCK_TOKEN_ENV if os.environ.get(BEDROCK_TOKEN_ENV) else None
         return {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}.get(self.name)
+
+    def priced_as(self, model: str) -> str | None:
+        """The model a deployment is priced as (``price_as``), or None."""
+        table = dict(self.price_as)
+        return table.get(model) or table.get("*")
+
+
+def _azure_base_url(base_url: str | None, path: str) -> str:
+    """``{endpoint}/openai/v1`` (v1) or ``{endpoint}/openai`` (deployment path)."""
+    endpoint = (base_url or os.environ.get("AZURE_OPENAI_ENDPOINT") or "").rstrip("/")
+    if not endpoint:
+        return ""
+    for tail in ("/openai/v1", "/openai"):
+        endpoint = endpoint.removesuffix(tail)
+    return endpoint + ("/openai/v1" if path == "v1" else "/openai")
 
 
 def gemini_key_env() -> str:
     """GOOGLE_API_KEY when set (google-genai's precedence), else GEMINI_API_KEY."""
     return "GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"
+
+
+def aws_region(settings: ProviderSettings) -> str | None:
+    """The AWS region of a bedrock provider: its ``region``, else AWS_REGION, AWS_DEFAULT_REGION."""
+    return settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
+def bedrock_base_url(settings: ProviderSettings) -> str:
+    """``BEDROCK_BASE_URL``, else the region's bedrock-runtime endpoint."""
+    env = os.environ.get("BEDROCK_BASE_URL")
+    if env:
+        return env.rstrip("/")
+    region = aws_region(settings)
+    if not region:
+        raise ConfigError(
+            f"provider {settings.name} (Bedrock) needs a region: set AWS_REGION (or "
+            f'region = "us-east-1" in [providers.{settings.name}]). Nothing was sent.'
+        )
+    if not _REGION.fullmatch(region):
+        raise ConfigError(f"provider {settings.name}: {region!r} is not an AWS region name")
+    return BEDROCK_URL.format(region=region)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +202,8 @@ _FLAG_KEYS: dict[str, tuple[type, ...]] = {
     "otlp": (str,),
     "mode": (str,),
     "batch_deadline": (str, int, float),
+    "api": (str,),
+    "service_tier": (str,),
     "prompt_cache": (str,),
 }
 _TABLE_KEYS = ("providers", "prices", "limits", "shared")
@@ -128,6 +214,18 @@ _PROVIDER_KEYS = {
     "max_tokens_field",
     "structured_output",
     "headers",
+    "region",
+    "kind",
+    "api",
+    "service_tier",
+    "azure_path",
+    "api_version",
+    "price_as",
+    "batch",
+    "batch_purpose",
+    "batch_inline",
+    "batch_endpoint",
+    "batch_path",
 }
 _PRICE_KEYS = {"input", "output", "cache_read", "cache_write"}
 _LIMIT_KEYS = {"rpm", "tpm", "input_tpm", "output_tpm"}
@@ -225,42 +323,30 @@ def _entries(
 def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
     out: dict[str, ProviderSettings] = {}
     for name, spec in _entries(path, "providers", table, _PROVIDER_KEYS, quote=False):
-        kind = spec.get("type", name if name in BUILTIN_PROVIDERS else None)
+        where = f"{path}: [providers.{name}]"
+        kind = spec.get("type", spec.get("kind", name if name in BUILTIN_PROVIDERS else None))
         if kind not in BUILTIN_PROVIDERS:
             raise ConfigError(
-                f'{path}: [providers.{name}] needs type = "openai", "anthropic" or "sim"'
+                f'{where} needs type = "openai", "anthropic", "gemini", "azure", "bedrock" or "sim"'
             )
         if name in BUILTIN_PROVIDERS and kind != name:
-            raise ConfigError(f"{path}: [providers.{name}] cannot change the type of a built-in")
+            raise ConfigError(f"{where} cannot change the type of a built-in")
         structured = spec.get("structured_output", "native")
         if structured not in ("native", "prompt"):
-            raise ConfigError(
-                f'{path}: [providers.{name}] structured_output must be "native" or "prompt"'
-            )
+            raise ConfigError(f'{where} structured_output must be "native" or "prompt"')
         mtf = spec.get("max_tokens_field")
         if mtf not in (None, "max_tokens", "max_completion_tokens"):
             raise ConfigError(
-                f'{path}: [providers.{name}] max_tokens_field must be "max_tokens" '
-                'or "max_completion_tokens"'
+                f'{where} max_tokens_field must be "max_tokens" or "max_completion_tokens"'
             )
         base_url = spec.get("base_url")
         if base_url is not None:
             if not isinstance(base_url, str):
-                raise ConfigError(f"{path}: [providers.{name}] base_url must be a string")
-            check_base_url(base_url, f"{path}: [providers.{name}]")
+                raise ConfigError(f"{where} base_url must be a string")
+            check_base_url(base_url, where)
         key_env = spec.get("api_key_env")
         if key_env is not None and not isinstance(key_env, str):
-            raise ConfigError(f"{path}: [providers.{name}] api_key_env must be a string")
-        headers = spec.get("headers", {})
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise ConfigError(f"{path}: [providers.{name}] headers must be a table of strings")
-        for header, value in headers.items():
-            if any(ord(c) < 32 or ord(c) == 127 for c in header + value):
-                # A line break in a header would end it, or inject another; never quoted.
-                raise ConfigError(
-                    f"{path}: [providers.{name}] header {header.strip()!r} contains a line "
-                    "break or control character"
-                )
+            raise ConfigError(f"{where} api_key_env must be a string")
         out[name] = ProviderSettings(
             name=name,
             kind=kind,
@@ -268,8 +354,72 @@ def _load_providers(path: Path, table: Any) -> dict[str, ProviderSettings]:
             api_key_env=key_env,
             max_tokens_field=mtf,
             structured_output=structured,
-            headers=tuple(headers.items()),
+            headers=_headers(where, spec.get("headers", {})),
+            region=_region(path, name, spec.get("region")),
+            **_openai_settings(where, kind, spec),
         )
+    return out
+
+
+def _region(path: Path, name: str, region: Any) -> str | None:
+    if region is not None and (not isinstance(region, str) or not _REGION.fullmatch(region)):
+        raise ConfigError(
+            f'{path}: [providers.{name}] region must be an AWS region name, like "us-east-1"'
+        )
+    return region
+
+
+def _headers(where: str, headers: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ConfigError(f"{where} headers must be a table of strings")
+    for header, value in headers.items():
+        if any(ord(c) < 32 or ord(c) == 127 for c in header + value):
+            # A line break in a header would end it, or inject another; never quoted.
+            raise ConfigError(
+                f"{where} header {header.strip()!r} contains a line break or control character"
+            )
+    return tuple(headers.items())
+
+
+def _choice(where: str, spec: dict[str, Any], key: str, allowed: tuple[str, ...]) -> Any:
+    value = spec.get(key)
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{where} {key} must be one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def _openai_settings(where: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The keys of OpenAI-shaped providers: endpoint shape, tier, Azure, compatible batch."""
+    out: dict[str, Any] = {
+        "api": _choice(where, spec, "api", API_SHAPES),
+        "service_tier": _choice(where, spec, "service_tier", SERVICE_TIERS),
+    }
+    if _choice(where, spec, "azure_path", ("v1", "deployment")) is not None:
+        out["azure_path"] = spec["azure_path"]
+    for key in ("api_version", "batch_purpose", "batch_endpoint", "batch_path"):
+        value = spec.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{where} {key} must be a non-empty string")
+            out[key] = value
+    for key in ("batch", "batch_inline"):
+        value = spec.get(key)
+        if value is not None:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where} {key} must be true or false")
+            out[key] = value
+    price_as = spec.get("price_as")
+    if isinstance(price_as, str):
+        out["price_as"] = (("*", price_as),)
+    elif isinstance(price_as, dict) and all(isinstance(v, str) for v in price_as.values()):
+        out["price_as"] = tuple(price_as.items())
+    elif price_as is not None:
+        raise ConfigError(
+            f'{where} price_as must be a model name ("gpt-4o-mini") or a table of '
+            "deployment = model"
+        )
+    if out.get("batch") and kind != "openai":
+        raise ConfigError(f'{where} batch = true is for type = "openai" (compatible) servers')
     return out
 
 

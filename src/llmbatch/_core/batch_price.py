@@ -7,14 +7,12 @@ override in llmbatch.toml is taken as the price in both modes.
 
 from __future__ import annotations
 
-import datetime
 from typing import Any
 
 from llmbatch._core.models import ModelRef
-from llmbatch._core.pricing import Price, PriceBook, Rate, price_of
+from llmbatch._core.pricing import Price, PriceBook, Rate, variant_price
 
 BATCH_CONTEXT = {"processing": "batch"}
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
 
 
 def batch_price(
@@ -23,41 +21,15 @@ def batch_price(
     """(the price a batch created at ``at`` pays, a note when it is not a batch price)."""
     if str(ref) in overrides:
         return overrides[str(ref)], None
-    found = _genai_batch_price(ref, at)
+    model, provider_id, _ = book.genai_ref(ref)
+    # A custom server's batch price is its own business: only known providers' count.
+    found = variant_price(model, provider_id, None, BATCH_CONTEXT, at) if provider_id else None
     if found is not None:
         return found, None
     online = book.price(ref)
     if online is None:
         return None, f"{ref}: no price known; batch costs are not counted"
     return online, f"{ref}: genai-prices has no batch price; the online price is used"
-
-
-def _genai_batch_price(ref: ModelRef, at: float) -> Price | None:
-    import genai_prices
-
-    provider_id = _GENAI_PROVIDER.get(ref.provider)
-    if provider_id is None:  # a custom server: its batch price is its own business
-        return None
-    when = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    try:
-        calc = genai_prices.calc_price(
-            genai_prices.Usage(input_tokens=0, output_tokens=0),
-            ref.model,
-            provider_id=provider_id,
-            genai_request_timestamp=when,
-            price_context=BATCH_CONTEXT,
-        )
-    except LookupError:
-        return None
-    if not any(_applies(v, when) for v in calc.model.price_variants or ()):
-        return None
-    return price_of(calc.model_price, f"genai-prices batch ({calc.provider.id}:{calc.model.id})")
-
-
-def _applies(variant: Any, when: datetime.datetime) -> bool:
-    if dict(variant.when) != BATCH_CONTEXT:
-        return False
-    return variant.constraint is None or bool(variant.constraint.active(when))
 
 
 def price_to_json(price: Price | None) -> dict[str, Any] | None:

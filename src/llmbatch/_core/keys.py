@@ -60,11 +60,12 @@ def base_url_problem(url: str) -> str | None:
 def check_base_url(url: str, where: str) -> None:
     problem = base_url_problem(url)
     if problem:
-        shown = _without_credentials(url)
+        shown = without_credentials(url)
         raise UsageError(f"{where}: base URL {shown!r} {problem}. Nothing was sent.")
 
 
-def _without_credentials(url: str) -> str:
+def without_credentials(url: str) -> str:
+    """``url`` fit to print: any ``user:password@`` is shown as ``…@``."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -72,3 +73,21 @@ def _without_credentials(url: str) -> str:
     if "@" in parts.netloc:
         return parts._replace(netloc="…@" + parts.netloc.rpartition("@")[2]).geturl()
     return url
+
+
+def check_otlp_url(url: str) -> None:
+    """Refuse (UsageError) an ``--otlp`` URL that is not http(s) or carries credentials."""
+    shown = without_credentials(url)
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        raise UsageError(f"--otlp: {shown!r} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--otlp takes an http:// or https:// URL naming a host, got {shown!r}")
+    if "@" in parts.netloc:
+        raise UsageError(
+            f"--otlp {shown!r} carries a user name or password (user:pass@), which would be "
+            "printed and logged with the URL. Give credentials as a header instead: "
+            "OTEL_EXPORTER_OTLP_HEADERS='authorization=Basic …'. Nothing was sent."
+        )

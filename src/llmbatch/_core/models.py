@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-BUILTIN_PROVIDERS = ("anthropic", "openai", "gemini", "sim")
+BUILTIN_PROVIDERS = ("anthropic", "openai", "gemini", "sim", "azure", "bedrock")
 
 # Bare names we can place without being told (SPEC §1).
 _INFERRED_PREFIXES = (

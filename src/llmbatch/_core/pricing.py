@@ -6,6 +6,7 @@ few float multiplications (genai-prices' own calculation costs ~70 µs a call).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -104,21 +105,55 @@ def _rate(value: Any, fallback: Rate | None = None) -> Rate | None:
 
 
 # Our provider names → genai-prices provider ids.
-_GENAI_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
-_OUR_NAME = {"google": "gemini"}  # genai-prices ids we call otherwise (`llmbatch models gemini`)
+_GENAI_PROVIDER = {
+    "anthropic": "anthropic",
+    "openai": "openai",
+    "gemini": "google",
+    "azure": "azure",
+    "bedrock": "aws",  # Bedrock's model ids are its own: priced as AWS's
+}
+# ...and back, where the names differ (``llmbatch models --provider gemini|bedrock``).
+_OUR_NAME = {"google": "gemini", "aws": "bedrock"}
 
 
 class PriceBook:
-    """Finds and caches the price of each model; ``None`` when nobody knows it."""
+    """Finds and caches the price of each model; ``None`` when nobody knows it.
+
+    ``provider_ids`` names the genai-prices provider of a configured provider (an
+    Azure one of any name is "azure"); ``price_as`` maps a provider's model names
+    (Azure deployments; "*": any) to the model they are priced as; ``tiers`` gives
+    a provider's service tier, priced at genai-prices' variant for it (flex without
+    one: the batch price), and ``notes`` says once where such a stand-in was used.
+    """
 
     def __init__(
         self,
         overrides: Mapping[str, Price] | None = None,
         provider_urls: Mapping[str, str] | None = None,
+        *,
+        provider_ids: Mapping[str, str] | None = None,
+        price_as: Mapping[str, Mapping[str, str]] | None = None,
+        tiers: Mapping[str, str] | None = None,
     ) -> None:
         self._overrides = dict(overrides or {})
         self._provider_urls = dict(provider_urls or {})
+        self._provider_ids = dict(provider_ids or {})
+        self._price_as = {k: dict(v) for k, v in (price_as or {}).items()}
+        self._tiers = {k: v for k, v in (tiers or {}).items() if v in TIERED}
         self._cache: dict[ModelRef, Price | None] = {}
+        self.notes: dict[ModelRef, str] = {}
+
+    def tier(self, provider: str) -> str | None:
+        """The priced service tier of ``provider`` ("flex", "priority"), or None."""
+        return self._tiers.get(provider)
+
+    def genai_ref(self, ref: ModelRef) -> tuple[str, str | None, str | None]:
+        """(model, genai-prices provider id, provider API URL) to look ``ref`` up by."""
+        table = self._price_as.get(ref.provider, {})
+        model = table.get(ref.model) or table.get("*") or ref.model
+        provider_id = self._provider_ids.get(ref.provider) or _GENAI_PROVIDER.get(ref.provider)
+        url = None if provider_id else self._provider_urls.get(ref.provider)
+        return model, provider_id, url
 
     def price(self, ref: ModelRef) -> Price | None:
         try:
@@ -140,11 +175,78 @@ class PriceBook:
             # The simulator is priced as the model it imitates.
             provider_id = _GENAI_PROVIDER.get(infer_provider(ref.model) or "")
             return lookup_genai_price(ref.model, provider_id=provider_id)
-        provider_id = _GENAI_PROVIDER.get(ref.provider)
-        url = self._provider_urls.get(ref.provider)
+        model, provider_id, url = self.genai_ref(ref)
+        tier = self._tiers.get(ref.provider)
+        if tier is not None:
+            price, note = tier_price(model, provider_id, url, tier)
+            if note:
+                self.notes[ref] = f"{ref}: {note}"
+            return price
         if url is not None:
-            return lookup_genai_price(ref.model, provider_api_url=url)
-        return lookup_genai_price(ref.model, provider_id=provider_id)
+            return lookup_genai_price(model, provider_api_url=url)
+        return lookup_genai_price(model, provider_id=provider_id)
+
+
+# Service tiers with a price of their own; "auto" and "default" are the standard price.
+TIERED = ("flex", "priority")
+
+
+def variant_price(
+    model: str,
+    provider_id: str | None,
+    url: str | None,
+    context: dict[str, str],
+    at: float | None = None,
+) -> Price | None:
+    """genai-prices' price of ``model`` under ``context`` (``{"service_tier": "flex"}``,
+    ``{"processing": "batch"}``) when it has that variant, at ``at`` (default now)."""
+    import datetime
+
+    import genai_prices
+
+    when = datetime.datetime.fromtimestamp(time.time() if at is None else at, datetime.UTC)
+    where: dict[str, Any] = (
+        {"provider_api_url": url} if url is not None else {"provider_id": provider_id}
+    )
+    try:
+        calc = genai_prices.calc_price(
+            genai_prices.Usage(input_tokens=0, output_tokens=0),
+            model,
+            genai_request_timestamp=when,
+            price_context=context,
+            **where,
+        )
+    except LookupError:
+        return None
+    for v in calc.model.price_variants or ():
+        if dict(v.when) == context and (v.constraint is None or v.constraint.active(when)):
+            kind = ", ".join(context.values())
+            return price_of(
+                calc.model_price, f"genai-prices {kind} ({calc.provider.id}:{calc.model.id})"
+            )
+    return None
+
+
+def tier_price(
+    model: str, provider_id: str | None, url: str | None, tier: str
+) -> tuple[Price | None, str | None]:
+    """(the price of ``model`` at service tier ``tier``, a note when a stand-in is used).
+
+    Flex costs what a batch costs where genai-prices has no flex price (OpenAI's own
+    rule); a tier with no price of its own and no stand-in is priced as standard.
+    """
+    found = variant_price(model, provider_id, url, {"service_tier": tier})
+    if found is not None:
+        return found, None
+    if tier == "flex":
+        batch = variant_price(model, provider_id, url, {"processing": "batch"})
+        if batch is not None:
+            return batch, "genai-prices has no flex price; the batch price is used"
+    where = {"provider_api_url": url} if url is not None else {"provider_id": provider_id}
+    online = lookup_genai_price(model, **where)
+    if online is None:
+        return None, None
+    return online, f"genai-prices has no {tier} price; the standard price is used"
 
 
 def lookup_genai_price(

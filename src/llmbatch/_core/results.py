@@ -119,6 +119,46 @@ class JobResult:
         )
 
 
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def line_problems(d: dict[str, Any]) -> list[str]:
+    """What in a result line read back cannot be counted as written (hand-edited, say).
+
+    ``from_line`` counts such fields as absent; a report over them would be partial.
+    """
+    problems = []
+    if d.get("status") not in ("ok", "failed"):
+        problems.append(f'status is {_shown(d.get("status"))}, not "ok" or "failed"')
+    for name in ("cost_usd", "latency_ms", "ttft_ms"):
+        value = d.get(name)
+        if value is not None and num_or_none(value) is None:
+            problems.append(f"{name} is {_shown(value)}, not a number (>= 0) or null")
+    usage = d.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        problems.append(f"usage is {_shown(usage)}, not an object")
+    tokens: dict[str, Any] = usage if isinstance(usage, dict) else {}
+    for name in _TOKENS:
+        value = tokens.get(name)
+        if value is not None and not _whole(value):
+            problems.append(f"usage.{name} is {_shown(value)}, not a whole number (>= 0)")
+    if d.get("attempts") is not None and not _whole(d.get("attempts")):
+        problems.append(f"attempts is {_shown(d.get('attempts'))}, not a whole number (>= 0)")
+    return problems
+
+
+def _whole(value: Any) -> bool:
+    ok_type = isinstance(value, int | float) and not isinstance(value, bool)
+    return ok_type and value >= 0 and float(value).is_integer()
+
+
+def _shown(value: Any) -> str:
+    kind = {str: "a string", bool: "a boolean", list: "a list", dict: "an object"}
+    text = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    text = text if len(text) <= 40 else text[:39] + "…"
+    return f"{text} ({kind[type(value)]})" if type(value) in kind else text
+
+
 def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 

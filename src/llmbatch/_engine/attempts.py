@@ -22,7 +22,6 @@ import anyio
 
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
-from llmbatch._cache.key import is_deterministic
 from llmbatch._cache.store import CachedAnswer, ResponseCache, hit_result
 from llmbatch._core.clock import Clock
 from llmbatch._core.events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
@@ -89,7 +88,7 @@ class JobRunner:
             hit = self._from_cache(pj)
             if hit is not None:
                 return hit  # before any budget or rate-limit slot: a hit costs nothing
-            if self.cache is not None and is_deterministic(pj.request):
+            if self.cache is not None and getattr(self._key(pj, pj.chain[0]), "shared", False):
                 return await self._single_flight(pj, seed)
         return await self._run(pj, seed)
 
@@ -299,8 +298,29 @@ class JobRunner:
     ) -> Sent | Refusal | None:
         """One request: hold budget room and a slot, send, book what it cost.
 
-        None: a stop came while waiting, nothing was sent.
+        Prompt caching: the first request of a prefix group goes alone, the others of
+        the group wait for its answer before they hold any budget or slot
+        (``_engine.warmup``). None: a stop came while waiting, nothing was sent.
         """
+        prefix = tally.pj.prefix
+        key = None if prefix is None else warmup_key(prefix, ref.provider, ref.model)
+        if key is None:
+            return await self._attempt_now(tally, ref, request, repair)
+        with self.stopper.interruptible() as waiting:
+            lead = await self.warmup.before_send(key)
+        if waiting.cancelled_caught:
+            return None
+        sent: Sent | Refusal | None = None
+        try:
+            sent = await self._attempt_now(tally, ref, request, repair)
+        finally:
+            warmed = isinstance(sent, Sent) and isinstance(sent.outcome, Answer)
+            self.warmup.after_send(key, warmed, lead)
+        return sent
+
+    async def _attempt_now(
+        self, tally: Tally, ref: ModelRef, request: Request, repair: bool
+    ) -> Sent | Refusal | None:
         res = self.reservation(ref, request, tally)
         held = await self._hold(res)
         if held is None or isinstance(held, Refusal):
@@ -322,11 +342,7 @@ class JobRunner:
                 self.bus.emit(
                     AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts)
                 )
-            # Prompt caching: a prefix group's first request goes alone (_engine/warmup.py).
-            outcome = await self.warmup.send(
-                warmup_key(tally.pj.prefix, ref.provider, ref.model),
-                lambda: self._send(ref, request),
-            )
+            outcome = await self._send(ref, request)
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
             cost = self.prices.cost(ref, usage) if usage is not None else 0.0
             if usage is not None:

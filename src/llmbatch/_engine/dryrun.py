@@ -64,27 +64,25 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
         line["body"] = build_anthropic_body(
             ref.model, pj.request, settings.structured_output, notes
         )
-    elif settings.kind == "openai":
-        from llmbatch.providers.openai import build_openai_body
+    elif settings.kind in ("openai", "azure"):
+        from llmbatch.providers.openai import OpenAIWire
 
-        base = settings.resolved_base_url()
-        field = settings.max_tokens_field or (
-            "max_completion_tokens" if "api.openai.com" in base else "max_tokens"
-        )
-        line["url"] = base + "/chat/completions"
+        wire = OpenAIWire.of(settings, cfg)
+        line["url"] = wire.url(ref.model)
         line["headers"] = _headers(settings)
-        line["body"] = build_openai_body(
-            ref.model,
-            pj.request,
-            max_tokens_field=field,
-            structured=settings.structured_output,
-            notes=notes,
-        )
+        line["body"] = wire.body(ref.model, pj.request, settings.structured_output, notes)
     elif settings.kind == "gemini":
         from llmbatch.providers.gemini import preview
 
         line["url"], line["body"] = preview(settings, ref.model, pj.request, notes)
         line["headers"] = _headers(settings, "x-goog-api-key")
+    elif settings.kind == "bedrock":
+        from llmbatch.providers.bedrock import build_bedrock_body, converse_url
+
+        line["url"] = converse_url(settings.resolved_base_url(), ref.model)
+        line["headers"] = _headers(settings)
+        line["headers"].setdefault("authorization", "AWS4-HMAC-SHA256 [SigV4, signed when sent]")
+        line["body"] = build_bedrock_body(pj.request, settings.structured_output, notes)
     else:  # sim answers locally: show the request in the OpenAI shape it reads
         from llmbatch.providers.openai import build_openai_body
 
@@ -100,6 +98,8 @@ def _headers(settings: ProviderSettings, key_header: str = "authorization") -> d
     out: dict[str, str] = {}
     env = settings.key_env()
     if env is not None:
+        if settings.kind == "azure" and not env.endswith("_AD_TOKEN"):
+            key_header = "api-key"
         bearer = "Bearer " if key_header == "authorization" else ""
         out[key_header] = f"{bearer}[redacted: ${env}]"
     for name, value in settings.headers:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 from llmbatch._config.settings import RunConfig
+from llmbatch._core.batch_price import batch_price
 from llmbatch._core.jobs import LineError, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.prefix import PrefixInfo
@@ -34,6 +36,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
     if config.output is not None and config.output.exists():
         existing = read_existing(config.output, retry_failed=config.retry_failed)
     per_model: dict[str, dict[str, Any]] = {}
+    other = OtherPrices(config)
     total = invalid = done = 0
     problems: list[str] = []
     prefixed: list[tuple[ModelRef, list[PrefixInfo]]] = []
@@ -50,7 +53,7 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             if existing is not None and pj.job.id in existing.done:
                 done += 1
                 continue
-            _count_job(per_model, pj, planner.prices, config.max_tokens)
+            _count_job(per_model, pj, planner.prices, config.max_tokens, other)
             cands = planner.prefix_candidates(pj.chain[0], pj.request)
             if cands:
                 planner.prefixes.count(cands)
@@ -84,6 +87,33 @@ def estimate_jobs(config: RunConfig) -> dict[str, Any]:
             "for its model is written once (OpenAI: once per cache key) and read by the rest",
         },
     }
+
+
+class OtherPrices:
+    """What the jobs would cost in a provider Batch API and at OpenAI's flex tier."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.online = config.price_book(tiers=False)
+        flex = RunConfig(jobs=config.jobs, providers=config.providers, prices=config.prices)
+        flex.service_tier = "flex"
+        self.flex_book = flex.price_book()
+        self.at = time.time()
+        self._batch: dict[ModelRef, Price | None] = {}
+
+    def batch(self, ref: ModelRef) -> Price | None:
+        if ref not in self._batch:
+            price = None
+            if self.config.providers[ref.provider].has_batch_api():
+                found, note = batch_price(self.online, self.config.prices, ref, self.at)
+                price = found if note is None else None  # only a real batch price
+            self._batch[ref] = price
+        return self._batch[ref]
+
+    def flex(self, ref: ModelRef) -> Price | None:
+        if self.flex_book.tier(ref.provider) is None:
+            return None  # not an OpenAI-shaped provider: no flex tier
+        return self.flex_book.price(ref)
 
 
 def predict_prompt_cache(
@@ -129,7 +159,11 @@ def _group_saving(info: PrefixInfo, kind: str, price: Price, groups: PrefixGroup
 
 
 def _count_job(
-    per_model: dict[str, dict[str, Any]], pj: PreparedJob, prices: PriceBook, max_tokens: int
+    per_model: dict[str, dict[str, Any]],
+    pj: PreparedJob,
+    prices: PriceBook,
+    max_tokens: int,
+    other: OtherPrices,
 ) -> None:
     """Add one job's tokens and costs (worst case, expected) to its first model's totals."""
     ref = pj.chain[0]
@@ -142,6 +176,8 @@ def _count_job(
             "expected_output_tokens": 0,
             "worst_case_usd": 0.0,
             "expected_usd": 0.0,
+            "expected_batch_usd": None,
+            "expected_flex_usd": None,
             "priced": True,
         },
     )
@@ -158,6 +194,12 @@ def _count_job(
     else:
         m["worst_case_usd"] += price.cost(Usage(in_tokens, out_max))
         m["expected_usd"] += price.cost(Usage(in_tokens, out_typ))
+    for key, alt in (
+        ("expected_batch_usd", other.batch(ref)),
+        ("expected_flex_usd", other.flex(ref)),
+    ):
+        if alt is not None:
+            m[key] = (m[key] or 0.0) + alt.cost(Usage(in_tokens, out_typ))
 
 
 def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
@@ -168,6 +210,9 @@ def _round_costs(per_model: dict[str, dict[str, Any]]) -> None:
         else:
             m["worst_case_usd"] = round(m["worst_case_usd"], 6)
             m["expected_usd"] = round(m["expected_usd"], 6)
+        for key in ("expected_batch_usd", "expected_flex_usd"):
+            if m[key] is not None:
+                m[key] = round(m[key], 6)
 
 
 def render_estimate(est: dict[str, Any], console: Console) -> None:
@@ -179,7 +224,8 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
         f"[bold]{jobs['left']}[/] left · {jobs['invalid_lines']} invalid lines"
     )
     table = Table(title="estimate for the jobs left (nothing sent)", title_justify="left")
-    for col in ("model", "jobs", "input tok", "expected out", "expected", "worst case"):
+    cols = ("model", "jobs", "input tok", "expected out", "expected", "batch", "flex", "worst case")
+    for col in cols:
         table.add_column(col, justify="left" if col == "model" else "right")
     for key, m in est["by_model"].items():
         table.add_row(
@@ -188,6 +234,8 @@ def render_estimate(est: dict[str, Any], console: Console) -> None:
             f"{m['input_tokens']:,}",
             f"{m['expected_output_tokens']:,}",
             "unpriced" if m["expected_usd"] is None else f"${m['expected_usd']:,.4f}",
+            "-" if m["expected_batch_usd"] is None else f"${m['expected_batch_usd']:,.4f}",
+            "-" if m["expected_flex_usd"] is None else f"${m['expected_flex_usd']:,.4f}",
             "unpriced" if m["worst_case_usd"] is None else f"${m['worst_case_usd']:,.4f}",
         )
     console.print(table)

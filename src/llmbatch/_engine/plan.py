@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from llmbatch._budget.open import check_ledger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
@@ -24,6 +25,7 @@ from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
 from llmbatch._io.shard import add_sibling_done, shard_of
+from llmbatch.providers.factory import check_credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +275,7 @@ class Planner:
         cfg = self.config
         # Again here for configs built by hand (library use); the CLI checked more paths.
         check_run_paths(cfg)
+        check_ledger(cfg)
         if plan.problems and not cfg.skip_invalid:
             raise InputError(plan.problems)
         if plan.conflict_count:
@@ -291,6 +294,12 @@ class Planner:
         cost_caps = [flag for flag, value in caps if value is not None]
         for ref in sorted(plan.models, key=str):
             settings = cfg.providers[ref.provider]
+            if settings.kind == "azure" and not settings.resolved_base_url():
+                raise UsageError(
+                    f"AZURE_OPENAI_ENDPOINT is not set: jobs use {ref}. Export it "
+                    "(https://RESOURCE.openai.azure.com) or set base_url in "
+                    f"[providers.{ref.provider}]. Nothing was sent."
+                )
             if settings.kind != "sim":
                 check_base_url(settings.resolved_base_url(), f"provider {ref.provider}")
             env = settings.key_env()
@@ -303,6 +312,8 @@ class Planner:
                         )
                 else:
                     check_key(env, needed_by=f"jobs that use {ref}")
+            if require_keys:
+                check_credentials(settings)  # what one key variable cannot say (Bedrock's SigV4)
             if cost_caps and self.prices.price(ref) is None:
                 raise UsageError(
                     f"{cost_caps[0]} needs a price for {ref}, and none is known. Add one to "

@@ -116,25 +116,52 @@ class MergeResult:
     ids: int = 0
     lines_read: int = 0
     torn: int = 0
+    not_results: int = 0  # whole JSON lines that are no result line (a job line, say)
     conflicts: list[str] = field(default_factory=list)
+    backup: Path | None = None
 
 
-def merge_files(out: Path, inputs: list[Path]) -> MergeResult:
-    """Write ``out`` with the last line per id over ``inputs`` (in order), first-seen order.
+def check_merge_target(out: Path, inputs: list[Path], *, force: bool) -> None:
+    """Refuse (UsageError) an OUT that would destroy a file: an input, a shard, an old merge."""
+    from llmbatch._io.paths import check_paths
 
-    Memory holds one (file, offset, length) per id, never the lines. Nothing is
-    written when two lines for one id carry different request fingerprints.
+    if _SHARD_PART.search(_split(out)[0]):
+        raise UsageError(
+            f"merge: OUT {out} is named like a shard's results file (was OUT forgotten?); "
+            "give the merged file its own name, e.g. "
+            f"{out.with_name(_SHARD_PART.sub('', _split(out)[0]) + _split(out)[1])}. "
+            "Nothing was written."
+        )
+    check_paths({f"input {p}": p for p in inputs}, {"merge OUT": out})
+    if out.is_dir():
+        raise UsageError(f"merge: OUT {out} is a directory. Nothing was written.")
+    if out.exists() and not force:
+        raise UsageError(
+            f"merge: OUT {out} exists; pass --force to replace it (it is kept as a "
+            "timestamped .bak beside it), or choose another name. Nothing was written."
+        )
+
+
+def merge_files(out: Path, inputs: list[Path], *, force: bool = False) -> MergeResult:
+    """Write ``out`` with one line per id over ``inputs`` (in order), first-seen order.
+
+    The line kept per id is the last ``ok`` one, or the last line when none is ``ok``:
+    an answer paid for is never dropped for a later failure. Memory holds one
+    (file, offset, length) per id, never the lines. Nothing is written when two lines
+    for one id carry different request fingerprints, when an input holds lines but no
+    result line (a jobs file, say), or when no result line is found at all.
     """
+    check_merge_target(out, inputs, force=force)
     result = MergeResult()
-    where: dict[str, tuple[int, int, int]] = {}
+    where: dict[str, tuple[int, int, int, bool]] = {}
     fps: dict[str, str] = {}
     for n, path in enumerate(inputs):
-        if path.resolve() == out.resolve():
-            raise UsageError(f"merge: {out} is also an input; write the merge elsewhere")
+        read_before, other_before = result.lines_read, result.not_results
         try:
             for _, offset, obj, length in iter_result_lines(path):
                 if obj is None:
-                    result.torn += length > 1
+                    if length > 1:
+                        _count_bad_line(result, path, offset, length)
                     continue
                 result.lines_read += 1
                 job_id = str(obj["id"])
@@ -143,22 +170,64 @@ def merge_files(out: Path, inputs: list[Path]) -> MergeResult:
                     seen = fps.setdefault(job_id, fp)
                     if seen != fp and len(result.conflicts) < 1000:
                         result.conflicts.append(job_id)
-                where[job_id] = (n, offset, length)
+                ok = obj["status"] == "ok"
+                kept = where.get(job_id)
+                if ok or kept is None or not kept[3]:
+                    where[job_id] = (n, offset, length, ok)
         except OSError as exc:
             raise UsageError(f"merge: cannot read {path}: {exc.strerror}") from None
+        if result.lines_read == read_before and result.not_results > other_before:
+            raise UsageError(
+                f"merge: {path} holds no result lines ({result.not_results - other_before} "
+                "JSON line(s) that are not result lines: is it a jobs file?). "
+                "Nothing was written."
+            )
     result.ids = len(where)
     if result.conflicts:
         return result
+    if not where:
+        raise UsageError(
+            f"merge: no result lines in {', '.join(map(str, inputs))}; nothing to merge, "
+            "nothing was written"
+        )
+    _write_merge(out, inputs, [w[:3] for w in where.values()], result)
+    return result
+
+
+def _count_bad_line(result: MergeResult, path: Path, offset: int, length: int) -> None:
+    """A line that is not a result: torn (cut short, not JSON) or a whole other JSON line."""
+    import orjson
+
+    with path.open("rb") as f:
+        f.seek(offset)
+        raw = f.read(length)
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        result.torn += 1
+        return
+    result.not_results += 1 if raw.endswith(b"\n") else 0
+    result.torn += 0 if raw.endswith(b"\n") else 1
+
+
+def _write_merge(
+    out: Path, inputs: list[Path], spans: list[tuple[int, int, int]], result: MergeResult
+) -> None:
+    from llmbatch._io.resume import backup_output
+
     tmp = out.with_name(out.name + f".merge-{os.getpid()}.tmp")
     handles = [p.open("rb") for p in inputs]
     try:
         with tmp.open("wb") as f:
-            for n, offset, length in where.values():
+            for n, offset, length in spans:
                 handles[n].seek(offset)
                 f.write(handles[n].read(length))
+            f.flush()
+            os.fsync(f.fileno())
+        if out.exists():
+            result.backup = backup_output(out)
         os.replace(tmp, out)
     finally:
         for h in handles:
             h.close()
         tmp.unlink(missing_ok=True)
-    return result

@@ -39,6 +39,7 @@ from llmbatch._core.events import (
     RunEnded,
     RunStarted,
 )
+from llmbatch._core.keys import without_credentials
 from llmbatch._observe.jsonlog import REDACTED
 from llmbatch._observe.otlp_encode import (
     KIND_INTERNAL,
@@ -160,6 +161,9 @@ class OtelExporter:
         from llmbatch import __version__
 
         self.endpoint = traces_url(endpoint)
+        self._shown = without_credentials(self.endpoint)  # what warnings may print
+        userinfo = urlsplit(self.endpoint).netloc.rpartition("@")[0]
+        self._hidden = [p for p in (userinfo, *userinfo.split(":")) if len(p) >= 4]
         if sender is None:
             from llmbatch._observe.otlp_http import HttpSender
 
@@ -340,8 +344,8 @@ class OtelExporter:
         self._wake.set()
         self._thread.join(self._close_timeout)
         if self._thread.is_alive():
-            self._warn(
-                f"--otlp: the collector at {self.endpoint} did not take the last spans within "
+            self._say(
+                f"--otlp: the collector at {self._shown} did not take the last spans within "
                 f"{self._close_timeout:g} s; they are lost"
             )
         elif self.failed or self.dropped:
@@ -349,4 +353,10 @@ class OtelExporter:
             lost = f"{self.failed} of {self.batches} span batches" if self.failed else ""
             if self.dropped:
                 lost += f"{' and ' if lost else ''}{self.dropped} spans (queue full)"
-            self._warn(f"--otlp: {lost} could not be exported to {self.endpoint}{why}")
+            self._say(f"--otlp: {lost} could not be exported to {self._shown}{why}")
+
+    def _say(self, message: str) -> None:
+        """Warn, with any user name or password of the URL cut out (an error may quote it)."""
+        for secret in sorted(self._hidden, key=len, reverse=True):
+            message = message.replace(secret, "…")
+        self._warn(message)

@@ -108,7 +108,7 @@ def render_html(report: RunReport, timeline: Timeline) -> str:
     charts.append(errors_figure(d))
     body = (
         _header(d, timeline)
-        + _tiles(d)
+        + _tiles(d, timeline)
         + '<div class="grid">'
         + "".join(charts)
         + "</div>"
@@ -153,14 +153,25 @@ def _tile(key: str, big: str, small: str = "") -> str:
     )
 
 
-def _tiles(d: dict[str, Any]) -> str:
-    jobs, tok, lat, ttft, att = d["jobs"], d["tokens"], d["latency_ms"], d["ttft_ms"], d["attempts"]
+def _timed(pct: dict[str, float], measured: bool) -> Callable[[str], str]:
+    """A percentile as text; "—" when nothing was timed (cache hits, batch answers)."""
+    return lambda key: ms(pct[key]) if measured else "—"
+
+
+def _tiles(d: dict[str, Any], t: Timeline) -> str:
+    jobs, tok, att = d["jobs"], d["tokens"], d["attempts"]
+    lat, ttft = _timed(d["latency_ms"], bool(t.latency)), _timed(d["ttft_ms"], bool(t.ttft))
     cost_small = "this run"
     if abs(d["cost_usd_cumulative"] - d["cost_usd"]) > 1e-12:
         cost_small += f" · {usd(d['cost_usd_cumulative'])} all runs"
     if d["unpriced_models"]:
         cost_small += " · some unpriced"
+    hits = d["cache"]["hits"]
+    if hits:  # answered from the cache: nothing spent this run, and this much not spent again
+        cost_small += f" · {usd(d['cache']['saved_usd'])} saved by the cache"
     jobs_small = f"{jobs['failed']:,} failed · {jobs['total']:,} total"
+    if hits:
+        jobs_small += f" · {hits:,} from the cache"
     if jobs["skipped_done"]:
         jobs_small += f" · {jobs['skipped_done']:,} done before"
     if jobs["not_run"]:
@@ -176,8 +187,8 @@ def _tiles(d: dict[str, Any]) -> str:
             num(tok["input"] + tok["output"]),
             f"{num(tok['input'])} in · {num(tok['output'])} out",
         ),
-        _tile("latency p50", ms(lat["p50"]), f"p95 {ms(lat['p95'])} · p99 {ms(lat['p99'])}"),
-        _tile("first token p50", ms(ttft["p50"]), f"p95 {ms(ttft['p95'])}"),
+        _tile("latency p50", lat("p50"), f"p95 {lat('p95')} · p99 {lat('p99')}"),
+        _tile("first token p50", ttft("p50"), f"p95 {ttft('p95')}"),
         _tile("attempts", f"{att['total']:,}", f"{att['retries']:,} retries"),
         _tile("rate-limited (429)", f"{limited:,}", f"{others:,} other failed attempts"),
         _tile(
@@ -204,9 +215,22 @@ def _table(title: str, sub: str, head: list[str], rows: list[list[str]], name: s
     )
 
 
+CELL_CHARS = 80  # longer ids and names are cut in the middle; the full text is the title
+
+
 def _td(value: object, cls: str = "") -> str:
     attr = f' class="{cls}"' if cls else ""
     return f"<td{attr}>{esc(value)}</td>"
+
+
+def _td_name(value: str, cls: str = "") -> str:
+    """A cell for an id or a model name: a 20,000-character id must not make a tall table."""
+    if len(value) <= CELL_CHARS:
+        return _td(value, cls)
+    keep = CELL_CHARS - 1
+    shown = value[: keep * 3 // 5] + "…" + value[-(keep - keep * 3 // 5) :]
+    attr = f' class="{cls}"' if cls else ""
+    return f'<td{attr} title="{esc(value)}">{esc(shown)}</td>'
 
 
 def _opt(value: float | None, fmt: Callable[[float], str]) -> str:
@@ -216,7 +240,7 @@ def _opt(value: float | None, fmt: Callable[[float], str]) -> str:
 def _model_table(d: dict[str, Any]) -> str:
     rows = [
         [
-            _td(k, "id"),
+            _td_name(k, "id"),
             _td(f"{m['jobs']:,}", "n"),
             _td(f"{m['ok']:,}", "n"),
             _td(f"{m['failed']:,}", "n"),
@@ -259,8 +283,8 @@ def _prefix_table(d: dict[str, Any]) -> str:
 def _slowest_table(t: Timeline) -> str:
     rows = [
         [
-            _td(r.id, "id"),
-            _td(r.model or "—"),
+            _td_name(r.id, "id"),
+            _td_name(r.model or "—"),
             _td(_opt(r.latency_ms, ms), "n"),
             _td(_opt(r.ttft_ms, ms), "n"),
             _td(r.attempts, "n"),
@@ -284,8 +308,8 @@ def _failed_table(t: Timeline) -> str:
 
 def _failed_row(r: JobRow) -> list[str]:
     return [
-        _td(r.id, "id"),
-        _td(r.model or "—"),
+        _td_name(r.id, "id"),
+        _td_name(r.model or "—"),
         _td(r.error_type or "other"),
         _td(r.attempts, "n"),
         _td(r.message or "", "msg"),

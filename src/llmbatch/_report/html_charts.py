@@ -46,7 +46,9 @@ def _legend(*items: tuple[str, str]) -> str:
     )
 
 
-def _histogram(name: str, title: str, bins: tuple[Bin, ...], pct: dict[str, float]) -> str:
+def _histogram(
+    name: str, title: str, bins: tuple[Bin, ...], pct: dict[str, float], empty: str
+) -> str:
     seconds = bool(bins) and bins[-1].hi > 10_000
     unit, div = ("s", 1000.0) if seconds else ("ms", 1.0)
     total = sum(b.count for b in bins) or 1
@@ -67,7 +69,7 @@ def _histogram(name: str, title: str, bins: tuple[Bin, ...], pct: dict[str, floa
         x_title=f"{title.lower()} ({unit})",
         y_title="jobs",
         markers=markers,
-        empty="no successful jobs",
+        empty=empty,
     )
     sub = "successful jobs; dashed lines: p50 and p95"
     if bins and bins[-1].open_ended:
@@ -75,10 +77,25 @@ def _histogram(name: str, title: str, bins: tuple[Bin, ...], pct: dict[str, floa
     return _figure(name, title, sub, svg)
 
 
+def _untimed(report: RunReport, what: str) -> str:
+    """Why a histogram is empty: no job succeeded, or none was timed (cache, batches)."""
+    if not report.ok:
+        return "no successful jobs"
+    if report.cache_hits >= report.ok:
+        return f"no {what}: every ok job was answered from the cache"
+    return f"no {what} measured (answers from the cache or a provider batch have none)"
+
+
 def histogram_figures(report: RunReport, t: Timeline) -> list[str]:
     return [
-        _histogram("latency", "Latency", t.latency, report.latency_ms),
-        _histogram("ttft", "Time to first token", t.ttft, report.ttft_ms),
+        _histogram("latency", "Latency", t.latency, report.latency_ms, _untimed(report, "latency")),
+        _histogram(
+            "ttft",
+            "Time to first token",
+            t.ttft,
+            report.ttft_ms,
+            _untimed(report, "time to first token"),
+        ),
     ]
 
 

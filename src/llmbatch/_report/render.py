@@ -28,6 +28,23 @@ def _ms(value: float) -> str:
     return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
 
 
+def print_whole(console: Console, table: Table) -> None:
+    """Print ``table``; off a terminal (cron logs, pipes) never cut to the console's width.
+
+    rich fits a table to the width by cutting cells to "…" (an id, a count); a log
+    file has no width, so the console grows to the table's instead. A terminal keeps
+    its width.
+    """
+    if not console.is_terminal:
+        from rich.measure import Measurement
+
+        wide = console.options.update_width(1 << 16)
+        needed = Measurement.get(console, wide, table).maximum
+        if needed > console.width:
+            console.width = needed
+    console.print(table)
+
+
 def render_report(report: RunReport, console: Console) -> None:
     """Print the report: the summary, then the latency, per-model and rate-limit tables."""
     from rich.table import Table
@@ -45,13 +62,13 @@ def render_report(report: RunReport, console: Console) -> None:
     if report.latency_bins:
         console.print(latency_histogram(report.latency_bins))
     if report.by_model:
-        console.print(_by_model_table(report))
+        print_whole(console, _by_model_table(report))
     limits = _limits_table(report)
     if limits is not None:
-        console.print(limits)
+        print_whole(console, limits)
     groups = _prefix_table(report)
     if groups is not None:
-        console.print(groups)
+        print_whole(console, groups)
 
 
 def _spend_rows(report: RunReport) -> Rows:
@@ -76,6 +93,8 @@ def _spend_rows(report: RunReport) -> Rows:
         cost += f" · {_usd(report.cost_usd_cumulative)} over all runs on this output"
     if report.unpriced_models:
         cost += f" · [yellow]unpriced: {', '.join(report.unpriced_models)}[/]"
+    if report.malformed_lines:
+        cost += f" · [yellow]partial: {len(report.malformed_lines)} line(s) not counted[/]"
     rows.append(("cost", cost))
     if report.cache_hits:
         rows.append(

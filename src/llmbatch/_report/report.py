@@ -10,7 +10,7 @@ import orjson
 
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.pricing import PriceBook
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, line_problems
 from llmbatch._io.resume import iter_result_lines
 from llmbatch._observe.stats import Bin, RunStats
 
@@ -62,6 +62,10 @@ class RunReport:
     batch: dict[str, Any] | None = None
     # Prompt caching (the provider's): savings, and per shared prefix group.
     prompt_cache: dict[str, Any] = field(default_factory=dict)
+    # ``llmbatch report`` only: lines of the results file not counted in full (the
+    # totals are partial then), and why, as ``PATH:LINE: message``.
+    malformed_lines: list[int] | None = None
+    line_problems: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -112,6 +116,11 @@ class RunReport:
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
             **({"batch": self.batch} if self.batch is not None else {}),
             **({"prompt_cache": self.prompt_cache} if self.prompt_cache else {}),
+            **(
+                {"malformed_lines": self.malformed_lines}
+                if self.malformed_lines is not None
+                else {}
+            ),
         }
 
     def to_json(self) -> bytes:
@@ -223,18 +232,28 @@ def _by_model(stats: RunStats) -> dict[str, dict[str, Any]]:
 
 
 def report_from_results(path: Path) -> RunReport:
-    """Rebuild the report from a results file alone (the last line of an id wins)."""
+    """Rebuild the report from a results file alone (the last line of an id wins).
+
+    Lines that cannot be counted in full (not a result line, a cost or token count
+    that is no number) are named as ``PATH:LINE: message`` in ``line_problems`` and
+    the notes say the totals are partial. A torn last line (a crash mid-write) is
+    only noted.
+    """
     if not path.exists():
         raise UsageError(f"results file not found: {path}")
     stats = RunStats(prices=PriceBook())
     failed_lines: dict[str, JobResult] = {}
     batched = False
-    torn = 0
+    bad: list[tuple[int, str]] = []
+    last_bad: int | None = None
     for lineno, _offset, obj, length in iter_result_lines(path):
+        last_bad = None
         if obj is None:
             if length > 1:
-                torn += 1
+                bad.append((lineno, "not a result line (skipped)"))
+                last_bad = lineno
             continue
+        bad.extend((lineno, p) for p in line_problems(obj))
         r = JobResult.from_line(obj)
         batched = batched or r.batch is not None
         previous = failed_lines.pop(r.id, None)
@@ -243,16 +262,36 @@ def report_from_results(path: Path) -> RunReport:
         stats.add(r)
         if r.status != "ok":
             failed_lines[r.id] = r
-        del lineno
-    notes = [f"{torn} unreadable line(s) skipped"] if torn else []
+    notes = []
+    if last_bad is not None and not _ends_with_newline(path):
+        bad.pop()
+        notes.append(f"a torn last line ({path}:{last_bad}, a crash mid-write?) skipped")
+    lines = sorted({n for n, _ in bad})
+    if lines:
+        notes.append(
+            f"totals are partial: {len(lines)} line(s) could not be counted in full "
+            f"(malformed_lines: {', '.join(map(str, lines[:10]))}{' …' if len(lines) > 10 else ''})"
+        )
     from llmbatch._io.history import read_history
 
     history = read_history(path)
     walls = [h.get("wall_s") for h in history]
     wall = sum(w for w in walls if isinstance(w, int | float) and w >= 0) or None
     report = build_report(stats, wall_s=wall, output=str(path), notes=notes)
+    report = replace(
+        report, malformed_lines=lines, line_problems=[f"{path}:{n}: {p}" for n, p in bad]
+    )
     if batched:
         from llmbatch._report.batch import batch_part_from_results
 
         report = replace(report, batch=batch_part_from_results(path).to_dict())
     return report
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"

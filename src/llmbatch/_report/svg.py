@@ -25,6 +25,43 @@ def esc(text: object) -> str:
     return escape(str(text), quote=True)
 
 
+# Advance widths in em of a wide sans-serif (DejaVu Sans, what Linux falls back to): an
+# estimate on the safe side for the fonts a page may get, since SVG text does not wrap.
+_NARROW, _SEMI, _WIDE = frozenset("ijl.,:;|!'` "), frozenset("frt-()[]/"), frozenset("mwMW@%")
+
+
+def text_px(text: str, size: float = 12.0) -> float:
+    """About how wide ``text`` is drawn at ``size`` px (on the wide side)."""
+    em = 0.0
+    for ch in text:
+        if ch in _NARROW:
+            em += 0.32
+        elif ch in _SEMI:
+            em += 0.42
+        elif ch in _WIDE:
+            em += 1.0
+        elif ch.isupper():
+            em += 0.78
+        else:
+            em += 0.65
+    return em * size
+
+
+def fit(text: str, px: float, size: float = 12.0) -> str:
+    """``text`` cut in the middle (``head…tail``) to fit ``px``; unchanged when it fits."""
+    if text_px(text, size) <= px:
+        return text
+    head, tail = text[: len(text) * 3 // 5], text[len(text) * 3 // 5 :]
+    budget = px - text_px("…", size)
+    while head and tail and text_px(head, size) + text_px(tail, size) > budget:
+        # Drop from the longer side, so both ends stay readable.
+        if text_px(head, size) >= text_px(tail, size) * 1.5:
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+    return head + "…" + tail
+
+
 def ticks(hi: float, lo: float = 0.0, n: int = 5) -> list[float]:
     """Round tick values covering [lo, hi]."""
     if hi <= lo:
@@ -228,19 +265,22 @@ def hbar_chart(
     """Horizontal bars, one per label (models, error types); the chart grows with rows."""
     if not rows or not any(sum(r.segments) for r in rows):
         return _empty(name, empty)
-    # Room at the right for the longest value text (~7 units a character at 12 px).
-    label_w, row_h = 190, 26
-    value_w = max(60, 7 * max(len(r.value) for r in rows) + 14)
+    # Room at the left for the labels (cut to fit: SVG text does not wrap, and what
+    # runs past the edge is lost) and at the right for the longest value text.
+    row_h = 26
+    label_w = round(min(260, max(190, max(text_px(r.label) for r in rows) + 16)))
+    value_w = round(max(60, max(text_px(r.value) for r in rows) + 14))
     height = TOP + row_h * len(rows) + 8
     top = max(sum(r.segments) for r in rows)
     width = W - label_w - value_w
     body = []
     for i, r in enumerate(rows):
         y = TOP + i * row_h
-        label = r.label if len(r.label) <= 28 else r.label[:27] + "…"
+        label = fit(r.label, label_w - 12)
+        title = f"<title>{esc(r.label)}</title>" if label != r.label else ""
         body.append(
             f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end" font-size="12" '
-            f'fill="{INK}">{esc(label)}</text>'
+            f'fill="{INK}">{title}{esc(label)}</text>'
         )
         x = float(label_w)
         for value, color in zip(r.segments, colors, strict=False):

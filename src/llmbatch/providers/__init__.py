@@ -1,4 +1,4 @@
-"""Provider adapters: anthropic, openai (and compatible servers), and the offline sim.
+"""Provider adapters: anthropic, openai (and compatible servers), bedrock, and the offline sim.
 
 ``translate_errors`` is the one seam for foreign exceptions: every built-in
 provider runs each attempt inside it, and a caller may wrap ``provider.send``

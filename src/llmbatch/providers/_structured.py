@@ -24,8 +24,8 @@ ANTHROPIC_MODES = ("output_config", "prompt")
 GEMINI_MODES = ("response_json_schema", "response_schema", "prompt")
 
 _NAMES_THE_FIELD = re.compile(
-    r"response_format|json_schema|output_config|response_?json_?schema|response_?schema"
-    r"|response_?mime_?type",
+    r"response_format|json_schema|output_config|outputConfig|response_?json_?schema"
+    r"|response_?schema|response_?mime_?type",
     re.IGNORECASE,
 )
 
@@ -81,3 +81,57 @@ class StructuredModes:
 def _first_line(message: str) -> str:
     line = message.strip().splitlines()[0] if message.strip() else ""
     return line if len(line) <= 160 else line[:160] + "…"
+
+
+# OpenAI strict structured outputs accept a subset of JSON Schema.
+_STRICT_UNSUPPORTED = {
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "patternProperties",
+    "minProperties",
+    "maxProperties",
+}
+
+
+def fits_strict(schema: Any) -> bool:
+    """Does ``schema`` follow OpenAI strict mode's rules (all required, no extras, no bounds)?"""
+    if isinstance(schema, list):
+        return all(fits_strict(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if _STRICT_UNSUPPORTED & schema.keys():
+        return False
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(schema.get("required", [])) != set(props):
+            return False
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict) and not all(
+            fits_strict(s) for s in schema[key].values()
+        ):
+            return False
+    for key in ("items", "anyOf", "allOf", "oneOf"):
+        if key in schema and not fits_strict(schema[key]):
+            return False
+    return True
+
+
+def schema_name(schema: dict[str, Any]) -> str:
+    title = schema.get("title")
+    if isinstance(title, str):
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", title)[:64]
+        if name:
+            return name
+    return "output"

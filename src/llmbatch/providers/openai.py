@@ -6,85 +6,52 @@ Together, Groq, OpenRouter, gateways).
 goes out as ``max_completion_tokens`` to api.openai.com (the o-series refuses
 ``max_tokens``) and as ``max_tokens`` elsewhere (what most compatible servers
 read); ``max_tokens_field`` in ``[providers.NAME]`` overrides.
+
+``OpenAIWire`` says where a provider of this wire format is asked and in which
+shape: Chat Completions or the Responses API (``--api``, built in
+``openai_responses``), OpenAI's URLs or Azure's (``azure``), with the
+``service_tier`` asked for. A flex tier's "resource unavailable" 429 is marked
+``teaches_limit = False``: retried, but the rate limiter does not learn from it.
 """
 
 from __future__ import annotations
 
-import re
+import os
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
+from llmbatch._config.toml import AZURE_API_VERSION
 from llmbatch._core.exceptions import (
     ConnectionFailed,
     ContentFiltered,
     ProviderError,
+    RateLimited,
     error_for_status,
 )
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens, text_of
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import TIERED
 from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import Attempt, redact, text_field, token_count, unexpected_shape
-from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms
-from llmbatch.providers._structured import OPENAI_MODES, StructuredModes, schema_instruction
+from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms, parse_error_body
+from llmbatch.providers._structured import (
+    OPENAI_MODES,
+    StructuredModes,
+    fits_strict,
+    schema_instruction,
+    schema_name,
+)
+from llmbatch.providers.openai_responses import ResponsesStream, build_responses_body
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import ProviderSettings, RunConfig
-
-# OpenAI strict structured outputs accept a subset of JSON Schema.
-_STRICT_UNSUPPORTED = {
-    "minLength",
-    "maxLength",
-    "pattern",
-    "format",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-    "multipleOf",
-    "minItems",
-    "maxItems",
-    "uniqueItems",
-    "patternProperties",
-    "minProperties",
-    "maxProperties",
-}
-
-
-def fits_strict(schema: Any) -> bool:
-    """Does ``schema`` follow OpenAI strict mode's rules (all required, no extras, no bounds)?"""
-    if isinstance(schema, list):
-        return all(fits_strict(s) for s in schema)
-    if not isinstance(schema, dict):
-        return True
-    if _STRICT_UNSUPPORTED & schema.keys():
-        return False
-    if schema.get("type") == "object" or "properties" in schema:
-        props = schema.get("properties", {})
-        if schema.get("additionalProperties") is not False:
-            return False
-        if set(schema.get("required", [])) != set(props):
-            return False
-    for key in ("properties", "$defs", "definitions"):
-        if isinstance(schema.get(key), dict) and not all(
-            fits_strict(s) for s in schema[key].values()
-        ):
-            return False
-    for key in ("items", "anyOf", "allOf", "oneOf"):
-        if key in schema and not fits_strict(schema[key]):
-            return False
-    return True
-
-
-def _schema_name(schema: dict[str, Any]) -> str:
-    title = schema.get("title")
-    if isinstance(title, str):
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", title)[:64]
-        if name:
-            return name
-    return "output"
 
 
 def build_openai_body(
@@ -140,13 +107,13 @@ def _add_structured(
         strict = fits_strict(schema)
         if not strict and notes is not None:
             notes.add(
-                f"schema {_schema_name(schema)!r} does not fit OpenAI strict mode "
+                f"schema {schema_name(schema)!r} does not fit OpenAI strict mode "
                 "(every property required, additionalProperties false, no bounds or "
                 "formats): sent with strict: false, and validated here"
             )
         body["response_format"] = {
             "type": "json_schema",
-            "json_schema": {"name": _schema_name(schema), "schema": schema, "strict": strict},
+            "json_schema": {"name": schema_name(schema), "schema": schema, "strict": strict},
         }
         return
     if structured == "json_object":
@@ -157,43 +124,146 @@ def _add_structured(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class OpenAIWire:
+    """Where and in which shape one OpenAI-shaped provider is asked: the URL of a model,
+    the body of a request. Shared by the provider, ``batch submit`` and ``--dry-run``."""
+
+    kind: str  # "openai" | "azure"
+    base_url: str
+    api: str  # "chat" | "responses"
+    service_tier: str | None
+    max_tokens_field: str
+    azure_path: str = "v1"
+    api_version: str = AZURE_API_VERSION
+
+    @classmethod
+    def of(cls, settings: ProviderSettings, config: RunConfig) -> OpenAIWire:
+        base = settings.resolved_base_url()
+        return cls(
+            kind=settings.kind,
+            base_url=base,
+            api=config.api_for(settings.name),
+            service_tier=config.tier_for(settings.name),
+            max_tokens_field=settings.max_tokens_field
+            or (
+                "max_completion_tokens"
+                if "api.openai.com" in base or settings.kind == "azure"
+                else "max_tokens"
+            ),
+            azure_path=settings.azure_path,
+            api_version=settings.api_version
+            or os.environ.get("OPENAI_API_VERSION")
+            or AZURE_API_VERSION,
+        )
+
+    @property
+    def deployment_path(self) -> bool:
+        return self.kind == "azure" and self.azure_path == "deployment"
+
+    def url(self, model: str) -> str:
+        tail = "/responses" if self.api == "responses" else "/chat/completions"
+        if self.deployment_path:
+            if self.api == "chat":
+                tail = f"/deployments/{quote(model, safe='')}" + tail
+            return f"{self.base_url}{tail}?api-version={self.api_version}"
+        return self.base_url + tail
+
+    def body(
+        self, model: str, request: Request, structured: str, notes: set[str] | None
+    ) -> dict[str, Any]:
+        if self.api == "responses":
+            body = build_responses_body(model, request, structured=structured, notes=notes)
+        else:
+            body = build_openai_body(
+                model,
+                request,
+                max_tokens_field=self.max_tokens_field,
+                structured=structured,
+                notes=notes,
+            )
+        if self.service_tier is not None:
+            body.setdefault("service_tier", self.service_tier)
+        return body
+
+
 class OpenAIProvider(HttpProvider):
+    """OpenAI and the servers that speak its wire format (chat completions or Responses)."""
+
     def __init__(self, settings: ProviderSettings, config: RunConfig) -> None:
         super().__init__(settings, config)
-        self.url = self.base_url + "/chat/completions"
-        self.max_tokens_field = settings.max_tokens_field or (
-            "max_completion_tokens" if "api.openai.com" in self.base_url else "max_tokens"
-        )
+        self.wire = OpenAIWire.of(settings, config)
+        self.max_tokens_field = self.wire.max_tokens_field
         self.headers = {
             "content-type": "application/json",
             "accept": "text/event-stream",
             "user-agent": "llmbatch/0.1",
             **dict(settings.headers),
+            **self.auth_headers(),
         }
-        if self.api_key:
-            self.headers["authorization"] = f"Bearer {self.api_key}"
         self.structured = StructuredModes(OPENAI_MODES, settings.structured_output, self.notes)
+        self._config = config
+        self._priced: set[str] = set()  # models whose tier price was looked at
+
+    @property
+    def url(self) -> str:
+        """The URL of a model-less endpoint (OpenAI's own: the model is in the body)."""
+        return self.wire.url("")
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _note_tier_price(self, model: str) -> None:
+        """Say once per model when its tier (flex) is priced at a stand-in price."""
+        if model in self._priced or self.wire.service_tier not in TIERED:
+            return
+        self._priced.add(model)
+        book = self._config.price_book()
+        ref = ModelRef(self.name, model)
+        if book.price(ref) is not None and ref in book.notes:
+            self.notes.add(f"{model}: {book.notes[ref].partition(': ')[2]}")
 
     async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
+        self._note_tier_price(model)
         mode = self.structured.mode
-        body = build_openai_body(
-            model,
-            request,
-            max_tokens_field=self.max_tokens_field,
-            structured=mode,
-            notes=self.notes,
-        )
+        body = self.wire.body(model, request, mode, self.notes)
         ours = request.schema is not None and mode != "prompt"
         if ours and request.body is not None and "response_format" in request.body:
             ours = False  # the line's own response_format: not ours to change
-        stream = OpenAIStream(time.perf_counter(), self.api_key)
+        stream: OpenAIStream | ResponsesStream
+        if self.wire.api == "responses":
+            stream = ResponsesStream(time.perf_counter(), self.api_key)
+        else:
+            stream = OpenAIStream(time.perf_counter(), self.api_key)
         attempt.spent = stream.spent
         try:
-            hint, request_id = await self._exchange(self.url, body, self.headers, stream)
+            hint, request_id = await self._exchange(
+                self.wire.url(model), body, self.headers, stream
+            )
         except ProviderError as err:
             self.structured.adapt(err, mode if ours else None)
             raise
         return stream.answer(request, hint, request_id)
+
+    def _http_error(
+        self,
+        status: int,
+        raw: bytes,
+        headers: Mapping[str, str],
+        hint: RateLimitHint | None,
+        request_id: str | None,
+    ) -> ProviderError:
+        err = super()._http_error(status, raw, headers, hint, request_id)
+        if isinstance(err, RateLimited) and self.wire.service_tier == "flex":
+            err.teaches_limit = not resource_unavailable(raw)
+        return err
+
+
+def resource_unavailable(raw: bytes) -> bool:
+    """A flex 429 that says OpenAI has no capacity now (not that our pace is too fast)."""
+    message, body_type, code = parse_error_body(raw)
+    words = " ".join(str(x) for x in (message, body_type, code) if x).lower()
+    return "resource unavailable" in words or "resource_unavailable" in words
 
 
 class OpenAIStream:
