@@ -155,7 +155,11 @@ class JobRunner:
                 tally.attempts == tally.carried or stopper.stopped_by in HARD_STOPS
             ):
                 return NOT_WRITTEN
-            sent = await self._attempt(tally, ref, request, request is not tally.pj.request)
+            repair = request is not tally.pj.request
+            if tally.pj.prefix is None:
+                sent = await self._attempt_now(tally, ref, request, repair)
+            else:
+                sent = await self._attempt(tally, ref, request, repair)
             if sent is None:
                 continue  # stopped while waiting: the checks above decide
             if isinstance(sent, Refusal):
