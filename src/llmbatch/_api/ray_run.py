@@ -41,7 +41,7 @@ _QUEUED = 2  # blocks per actor at once: the next one waits there, ready
 Block = list[tuple[int, bytes, str]]  # (line number, raw line, job id)
 
 
-def connect(address: str) -> bool:
+def connect(address: str, *, quiet: bool = False) -> bool:
     """Join (``auto``, ``ray://…``, ``HOST:PORT``) or start (``local``) Ray; True if
     this process started it (and so shuts it down)."""
     try:
@@ -52,11 +52,24 @@ def connect(address: str) -> bool:
         ) from None
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    if address == "local":
-        ray.init(**kwargs)
-        return True
-    ray.init(address=address, **kwargs)
+    import logging
+
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR if quiet else logging.WARNING,
+    }
+    try:
+        if address == "local":
+            ray.init(**kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "a running cluster" if address == "auto" else address
+        raise UsageError(
+            f"--ray {address}: cannot reach {where} ({exc}). Start one (`ray start --head`), "
+            "or pass --ray alone for a local Ray. Nothing was sent."
+        ) from None
     return True
 
 
@@ -121,7 +134,7 @@ class RayRun(FileRun):
         if seeds:
             self.notes.append("--ray: jobs left by provider batches start over online")
         sink = OutputSink(self.config.output)
-        started = connect(self.address)
+        started = connect(self.address, quiet=self.config.quiet)
         actors: list[_Actor] = []
         try:
             n = self._worker_count(ray, plan.todo)
@@ -163,9 +176,17 @@ class RayRun(FileRun):
                 finally:
                     queue.settled()
 
+        async def pass_stop() -> None:  # a signal here stops the workers' engines too
+            with self.stopper.interruptible():
+                await anyio.sleep_forever()
+            reason = self.stopper.stopped_by or StopReason.SIGNAL
+            for actor in actors:
+                actor.handle.stop.remote(reason.value)
+
         async with anyio.create_task_group() as tg:
             if self.handles_signals:
                 tg.start_soon(self.watch_signals)
+            tg.start_soon(pass_stop)
             async with anyio.create_task_group() as feeders:
                 for actor in actors:
                     for _ in range(_QUEUED):

@@ -124,6 +124,13 @@ class EngineWorker:
                 return "budget"
         return reason
 
+    async def stop(self, reason: str) -> None:
+        """No new requests (a signal at the driver): those in flight finish and come back."""
+        if self.runner is not None:
+            from llmbatch._core.stops import StopReason
+
+            self.runner.session.stop(StopReason(reason))
+
     async def close(self) -> dict[str, Any]:
         """Close the runner; its notes for the driver's report."""
         runner = self.runner
