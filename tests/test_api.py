@@ -158,3 +158,15 @@ class _Collect:
 
     def emit(self, event: Any) -> None:
         self.events.append(event)
+
+
+def test_result_lines_read_back_fast_are_read_back_right(tmp_path: Path) -> None:
+    from llmbatch._core.results import JobResult
+
+    out = tmp_path / "out.jsonl"
+    mock = MockProvider([429, "fine"], by_prompt={"bad": [400]})
+    llmbatch.run(["a", "bad", {"prompt": "m", "metadata": [1]}], provider=mock, output=out)
+    for raw in out.read_bytes().splitlines():
+        d = orjson.loads(raw)
+        assert JobResult.from_written(d) == JobResult.from_line(d)
+        assert JobResult.from_written(d).to_json() == raw + b"\n"

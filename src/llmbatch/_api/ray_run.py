@@ -242,8 +242,13 @@ class RayRun(FileRun):
         now = self.clock.time()
         emit = self.bus.emit
         ids = set()
+        loads, written = orjson.loads, JobResult.from_written
         for line in lines:
-            result = JobResult.from_line(orjson.loads(line))
+            d = loads(line)
+            try:
+                result = written(d)
+            except (KeyError, TypeError):  # not expected: the workers wrote them
+                result = JobResult.from_line(d)
             ids.add(result.id)
             self.stats.add_spend(result)  # the attempts were the worker's
             emit(JobEnded(now, result))
