@@ -196,13 +196,17 @@ class RayRun(FileRun):
     async def _run_block(
         self, actor: _Actor, block: Block, queue: _Queue, sink: OutputSink, actors: list[_Actor]
     ) -> None:
+        written: set[str] = set()
+        payload = [(line, raw) for line, raw, _ in block]
         try:
-            done: BlockDone = await actor.handle.run_block.remote(
-                [(line, raw) for line, raw, _ in block]
-            )
-        except Exception as exc:  # a lost actor: the others take its block
+            async for ref in actor.handle.stream_block.remote(payload):
+                done: BlockDone = await ref
+                written |= self._write(sink, done.lines)
+        except Exception as exc:  # a lost actor: the others take what it did not send back
             actor.stopped = True
-            queue.returned.append(block)
+            left = [entry for entry in block if entry[2] not in written]
+            if left:
+                queue.returned.append(left)
             self.notes.append(
                 f"a Ray worker was lost ({type(exc).__name__}); its block went to the others "
                 "(answers it had not sent back are paid again)"
@@ -210,7 +214,6 @@ class RayRun(FileRun):
             if all(a.stopped for a in actors):
                 self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
             return
-        written = self._write(sink, done.lines)
         if done.fatal and not self.fatal:
             self.fatal = done.fatal
         if done.stopped_by is not None:

@@ -10,15 +10,23 @@ encoded result lines; only the driver writes the output.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 from llmbatch._api.runner import Runner
 from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.jobs import LineError
-from llmbatch._engine.plan import Planner
+from llmbatch._core.results import JobResult
+from llmbatch._engine.plan import Planner, PreparedJob
+from llmbatch._engine.sinks import CallbackSink
+
+_PART_S = 0.05  # how long finished results wait for others before going back together
+_PART_LINES = 256  # or until this many have finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +110,7 @@ class EngineWorker:
         session = runner.session
         if session.stopper.stopping:
             return BlockDone([], self._stopped_by(), session.fatal)
-        parse, prepare = self.planner.parser.parse, self.planner.prepare
-        jobs = []
-        for lineno, raw in block:
-            try:
-                jobs.append(prepare(parse(raw, lineno)))
-            except LineError:
-                continue  # the driver checked it; a file rewritten since is its note
-        results = await runner.run_prepared(jobs)
+        results = await runner.run_prepared(self._prepared(block))
         lines = [r.to_json() for r in results]
         return BlockDone(lines, self._stopped_by(), session.fatal)
 
@@ -123,6 +124,50 @@ class EngineWorker:
             if not windows_from_config(self.config):
                 return "budget"
         return reason
+
+    async def stream_block(self, block: Sequence[tuple[int, bytes]]) -> AsyncIterator[BlockDone]:
+        """``run_block``, its result lines sent back as they finish (a Ray streaming
+        generator): what reached the driver is written there even if this worker dies."""
+        runner = self.runner
+        assert runner is not None, "open() first"
+        session = runner.session
+        if session.stopper.stopping:
+            yield BlockDone([], self._stopped_by(), session.fatal)
+            return
+        jobs = self._prepared(block)
+        send, receive = anyio.create_memory_object_stream[list[bytes]](math.inf)
+
+        def write(results: Sequence[JobResult]) -> None:
+            send.send_nowait([r.to_json() for r in results])
+
+        async def drive() -> None:
+            with send:
+                await runner.run_into(jobs, CallbackSink(write))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drive)
+            async with receive:
+                async for lines in receive:
+                    # What finishes in the next moment goes in the same part: each part
+                    # costs the driver a Ray object, and a kill loses at most that moment.
+                    with anyio.move_on_after(_PART_S):
+                        while len(lines) < _PART_LINES:
+                            try:
+                                lines.extend(await receive.receive())
+                            except anyio.EndOfStream:
+                                break
+                    yield BlockDone(lines, None, None)
+        yield BlockDone([], self._stopped_by(), session.fatal)
+
+    def _prepared(self, block: Sequence[tuple[int, bytes]]) -> list[PreparedJob]:
+        parse, prepare = self.planner.parser.parse, self.planner.prepare
+        jobs = []
+        for lineno, raw in block:
+            try:
+                jobs.append(prepare(parse(raw, lineno)))
+            except LineError:
+                continue  # the driver checked it; a file rewritten since is its note
+        return jobs
 
     async def stop(self, reason: str) -> None:
         """No new requests (a signal at the driver): those in flight finish and come back."""

@@ -29,6 +29,7 @@ from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.models import ModelRef
 from llmbatch._core.results import JobResult
+from llmbatch._engine.engine import ResultSink
 from llmbatch._engine.plan import Plan, Planner, PreparedJob
 from llmbatch._engine.sinks import CallbackSink, CollectSink, OutputSink
 from llmbatch._report.report import RunReport
@@ -249,21 +250,26 @@ class Runner:
 
     async def run_prepared(self, jobs: Sequence[PreparedJob]) -> list[JobResult]:
         """The results of prepared jobs, in completion order, run in the caller's task."""
+        sink = CollectSink()
+        await self.run_into(jobs, sink)
+        return sink.results
+
+    async def run_into(self, jobs: Sequence[PreparedJob], sink: ResultSink) -> None:
+        """Prepared jobs run in the caller's task, each batch of results into ``sink``
+        (as it finishes; ``sink.write`` must not block)."""
         if not self._opened or self._closed:
             raise UsageError("use the Runner inside `async with llmbatch.Runner(...) as runner:`")
-        sink = CollectSink()
         output = self._output
         async with self._lock:
             await self._session.run_engine(
                 jobs, sink if output is None else _Tee(sink, output), size=len(jobs)
             )
-        return sink.results
 
 
 class _Tee:
-    """Results kept in memory and appended to ``output=``."""
+    """Results handed on and appended to ``output=``."""
 
-    def __init__(self, sink: CollectSink, output: OutputSink) -> None:
+    def __init__(self, sink: ResultSink, output: OutputSink) -> None:
         self.sink, self.output = sink, output
 
     def write(self, results: Sequence[JobResult]) -> None:
