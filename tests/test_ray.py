@@ -4,6 +4,7 @@ killed driver resumed. In CI (``CI`` set) a missing Ray fails; it never skips th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -124,8 +125,11 @@ def test_killed_driver_resumes_nothing_lost_nothing_twice(
     assert 100 <= first < 600
     for name, value in fake_env(fake).items():
         monkeypatch.setenv(name, value)
-    done = run_cli(*args, "--ray", "--ray-workers", "2")
+    report = tmp_path / "report.json"
+    done = run_cli(*args, "--ray", "--ray-workers", "2", "--report", str(report))
     assert done.code == 0, done.output
+    notes = json.loads(report.read_text())["notes"]
+    assert any("split evenly across 2 workers" in note for note in notes)  # no --shared
     ids = ids_of(out)
     assert len(ids) == len(set(ids)) == 600  # nothing lost, nothing written twice
     assert all(line["status"] == "ok" for line in read_jsonl(out))
