@@ -17,10 +17,12 @@ from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import EventSink
+from llmbatch._core.exceptions import ConfigError, InputError, ResumeConflict, UsageError
 from llmbatch._engine.plan import BatchSeed, Plan, Planner
 from llmbatch._engine.sinks import OutputSink
 from llmbatch._engine.sources import FileSource
 from llmbatch._engine.takeover import batch_carry
+from llmbatch._io.history import append_history
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail
 from llmbatch._observe.progress import ProgressSink
 from llmbatch._report.report import RunReport
@@ -59,8 +61,30 @@ class FileRun(RunSession):
         self.lock()
         try:
             return await self.run_locked()
+        except (InputError, UsageError, ResumeConflict, ConfigError) as exc:
+            self.refused(exc)
+            raise
         finally:
             self.unlock()
+
+    def refused(self, exc: Exception) -> None:
+        """A run refused before anything was sent (exit 2) still gets its history line."""
+        output = self.config.output
+        if output is None:
+            return
+        record = {
+            "started": self.started_wall,
+            "ended": self.clock.time(),
+            "wall_s": 0.0,
+            "jobs_done": 0,
+            "ok": 0,
+            "failed": 0,
+            "cost_usd": 0.0,
+            "stopped_by": None,
+            "exit_code": 2,
+            "refused": str(exc),
+        }
+        append_history(output, record)
 
     async def run_locked(
         self, *, opened: bool = False, batch: dict[str, Any] | None = None
