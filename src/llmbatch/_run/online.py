@@ -9,7 +9,6 @@ spend), streams the file again through the engine into the output, and reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 
@@ -25,6 +24,7 @@ from llmbatch._engine.takeover import batch_carry
 from llmbatch._io.history import append_history
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail
 from llmbatch._observe.progress import ProgressSink
+from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
 from llmbatch._run.session import RunSession
 from llmbatch.providers.factory import ProviderFactory
@@ -87,7 +87,7 @@ class FileRun(RunSession):
         append_history(output, record)
 
     async def run_locked(
-        self, *, opened: bool = False, batch: dict[str, Any] | None = None
+        self, *, opened: bool = False, batch: BatchPart | None = None
     ) -> RunReport:
         """The run with the output locked (``opened``: services open already, as in
         ``run --mode batch|auto``, whose ``batch`` block goes into the report)."""
