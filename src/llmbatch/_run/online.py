@@ -139,8 +139,7 @@ class FileRun(RunSession):
                 "interrupted run; that job runs again"
             )
         if existing is not None:
-            self.run_budget.spent_cost = existing.cost_usd
-            self.run_budget.spent_tokens = existing.tokens
+            self.run_budget.count_spent(existing.cost_usd, existing.tokens)
 
     def _take_over(self, existing: ExistingOutput | None) -> dict[str, BatchSeed]:
         """Seeds for jobs the output's batches left, and their spend held against the caps."""
@@ -149,8 +148,7 @@ class FileRun(RunSession):
         carry = batch_carry(self.config.output, existing.done.fingerprint)
         if carry is None:
             return {}
-        self.run_budget.spent_cost += carry.spent_cost
-        self.run_budget.spent_tokens += carry.spent_tokens
+        self.run_budget.count_spent(carry.spent_cost, carry.spent_tokens)
         if carry.recorder is not None:
             self.bus.add(carry.recorder)
         return dict(carry.seeds)
