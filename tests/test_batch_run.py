@@ -48,7 +48,8 @@ def run_mode(
         )
     )
     assert report.batch is not None
-    return ModeRun(report, SimpleNamespace(**report.batch), exit_code_for(report, None))
+    batch = SimpleNamespace(**report.batch.to_dict())
+    return ModeRun(report, batch, exit_code_for(report, None))
 
 
 def online_ids(fb: FakeBatch) -> Counter[str]:

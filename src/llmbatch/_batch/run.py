@@ -147,7 +147,7 @@ async def _batches_then_online(
         run.notes.append(sub.window_message or "the budget cap held the rest of the jobs back")
         run.stop(StopReason(sub.stopped_by))
     part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
-    return await run.run_locked(opened=True, batch=part.to_dict())
+    return await run.run_locked(opened=True, batch=part)
 
 
 async def _wait_for_batches(

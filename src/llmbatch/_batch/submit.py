@@ -468,11 +468,10 @@ async def _send(
     existing = sub.planner.existing
     budget = RunBudget(config.max_cost, config.max_total_tokens)
     if existing is not None:
-        budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
+        budget.count_spent(existing.cost_usd, existing.tokens)
     spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
-    budget.spent_cost += spent_cost
-    budget.spent_tokens += spent_tokens
-    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
+    budget.count_spent(spent_cost, spent_tokens)
+    budget.hold_elsewhere(*ctx.state.reserved())
     for ref in sorted(spools, key=str):
         client = ctx.client(ref.provider)
         for chunk in sub.chunks(spools[ref], client):

@@ -414,10 +414,11 @@ def hit_result(
 ) -> JobResult:
     """The result line of a job answered from the cache: nothing spent this run."""
     from llmbatch._core.results import JobResult
+    from llmbatch._core.states import Status
 
     return JobResult(
         id=job_id,
-        status="ok",
+        status=Status.OK,
         output=answer.text,
         parsed=answer.parsed,
         provider=answer.provider,
