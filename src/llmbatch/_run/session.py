@@ -278,7 +278,7 @@ class RunSession:
         cost_before: float = 0.0,
         invalid_lines: Sequence[int] = (),
         failed_earlier: int = 0,
-        batch: dict[str, Any] | None = None,
+        batch: BatchPart | None = None,
     ) -> RunReport:
         """The report of what this session ran so far; no side effect (``finish`` has them)."""
         notes = list(self.notes)
