@@ -207,7 +207,8 @@ def section_ray(tmp: Path) -> dict[str, Any]:
     env = {"LLMBATCH_SIM_LATENCY_MS": "0"}
     sim = "sim:claude-haiku-4-5"
     out: dict[str, Any] = {"jobs": n}
-    runs = (("local", ["-c", "64"]), ("ray", ["-c", "64", "--ray", "--ray-workers", "2"]))
+    same = ["-c", "64", "--no-cache"]  # --ray uses no response cache: neither does this one
+    runs = (("local", same), ("ray", [*same, "--ray", "--ray-workers", "2"]))
     for label, extra in runs:
         results = tmp / f"ray-{label}.results.jsonl"
         m = child(llmbatch_run(jobs, sim, results, *extra), env)
