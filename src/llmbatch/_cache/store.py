@@ -190,6 +190,9 @@ class ResponseCache:
                 db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
+            # Checkpoint every ~40 MB of WAL, not every 4 MB: random-key inserts touch the
+            # same pages again and again, and each checkpoint copies them once.
+            db.execute("PRAGMA wal_autocheckpoint = 10000")
             # Keys are random: a big cache touches pages all over; keep more of them at hand.
             db.execute("PRAGMA cache_size = -16384")  # KiB
             db.executescript(_SCHEMA)
