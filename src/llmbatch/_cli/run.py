@@ -30,6 +30,8 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         if cfg.mode == "online" and flags.get("batch_deadline") is not None:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
+        if cfg.embed or _embedding_lines(cfg):
+            return _embed(cfg, progress)
         if cfg.mode != "online":
             from llmbatch._cli.batch import run_mode
 
@@ -42,6 +44,42 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
             report = anyio.run(engine.run)
     _write_json_report(cfg, report)
     _tell_outcome(cfg, report, engine)
+    return exit_code_for(report, engine.stop_signal)
+
+
+def _embedding_lines(cfg: RunConfig) -> bool:
+    """Whether the first job of the file asks for embeddings (``input``, no prompt)."""
+    import orjson
+
+    from llmbatch._core.embed import is_embed_record
+    from llmbatch._io.jobfile import job_records
+
+    for _, raw in job_records(cfg.jobs, cfg.columns):
+        try:
+            return is_embed_record(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
+def _embed(cfg: RunConfig, progress: Any) -> int:
+    import anyio
+
+    from llmbatch._run.embed import EmbedRun
+    from llmbatch._run.session import exit_code_for
+
+    if cfg.mode != "online":
+        raise UsageError(
+            "embeddings run online only for now (--mode batch is not built for them). "
+            "Nothing was sent."
+        )
+    if cfg.dry_run:
+        raise UsageError("--dry-run is not built for embeddings yet. Nothing was sent.")
+    engine = EmbedRun(cfg, progress=progress)
+    report = anyio.run(engine.run)
+    _write_json_report(cfg, report)
+    if not cfg.quiet:
+        report.render(_console(stderr=True))
     return exit_code_for(report, engine.stop_signal)
 
 

@@ -256,7 +256,9 @@ class Planner:
             self.prefixes.count(self.prefix_candidates(chain[0], job.request))
             return None
 
-        summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
+        summary = validate_file(
+            cfg.jobs, self.parser, cfg.display_name, on_job=on_job, columns=cfg.columns
+        )
         plan.problems = summary.problems
         plan.invalid_lines = summary.invalid_lines
         plan.last_line = summary.last_line
