@@ -134,6 +134,7 @@ def embed(
     output: o.EmbedOutputOpt = None,
     model: o.ModelOpt = None,
     dimensions: o.DimensionsOpt = None,
+    inputs_per_request: o.InputsPerRequestOpt = None,
     concurrency: o.ConcurrencyOpt = None,
     rpm: o.RpmOpt = None,
     tpm: o.TpmOpt = None,

@@ -221,3 +221,11 @@ EmbedOutputOpt = Annotated[
         help="Vectors: .parquet (streamed row groups) or JSONL [default: JOBS.vectors.parquet].",
     ),
 ]
+InputsPerRequestOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--inputs-per-request",
+        min=1,
+        help="Embeddings: at most this many inputs a request [default: the provider's cap].",
+    ),
+]

@@ -66,6 +66,7 @@ class RunConfig:
     columns: Any = None  # columnar jobs (``_io.columnar.Columns``): which columns make a job
     dimensions: int | None = None  # embeddings: vector size asked of the model (None: its own)
     embed: bool = False  # ``llmbatch embed``: the jobs are texts to embed
+    inputs_per_request: int | None = None  # embeddings: fewer than the provider's cap
     dry_run: bool = False  # print the request bodies; send nothing
     limit: int | None = None  # run only the first N jobs not yet done
     cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
@@ -225,6 +226,8 @@ def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
         cfg.dimensions = _number(merged, "dimensions", int)
         if cfg.dimensions < 1:
             raise UsageError("--dimensions must be a positive integer")
+    if merged.get("inputs_per_request") is not None:
+        cfg.inputs_per_request = _number(merged, "inputs_per_request", int)
     include = merged.get("include_columns") or ()
     if isinstance(include, str):
         include = [c.strip() for c in include.split(",") if c.strip()]

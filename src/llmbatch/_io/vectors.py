@@ -77,11 +77,12 @@ def schema(dim: int) -> pa.Schema:
 class VectorWriter:
     """Appends rows to ``OUT.parts/`` while the run goes; ``close`` merges into ``OUT``."""
 
-    def __init__(self, path: Path, *, part_rows: int = PART_ROWS) -> None:
+    def __init__(self, path: Path, *, part_rows: int | None = None) -> None:
         require_pyarrow()
         self.path = path
         self.parts = parts_dir(path)
-        self.part_rows = part_rows
+        # LLMBATCH_PARQUET_PART_ROWS: smaller parts (tests of a kill mid-run).
+        self.part_rows = part_rows or int(os.environ.get("LLMBATCH_PARQUET_PART_ROWS") or PART_ROWS)
         self.dim: int | None = None
         self._writer: Any = None
         self._part_rows = 0

@@ -33,7 +33,7 @@ class EmbedReport:
             "requests": self.requests,
             "inputs_per_request": round(self.inputs_per_request, 1),
             "tokens": self.tokens,
-            "cost_usd": round(self.cost_usd, 6),
+            "cost_usd": round(self.cost_usd, 10),
             "vectors": self.vectors,
             "failed": self.failed,
             "deduplicated": self.deduplicated,

@@ -94,7 +94,9 @@ class EmbedRun(RunSession):
 
     def caps(self, ref: ModelRef) -> EmbedCaps:
         settings = self.config.providers.get(ref.provider)
-        return caps_for(settings.kind) if settings is not None else CAPS["openai"]
+        caps = caps_for(settings.kind) if settings is not None else CAPS["openai"]
+        most = self.config.inputs_per_request
+        return caps if most is None or most >= caps.inputs else replace(caps, inputs=most)
 
     def _records(self) -> Iterator[tuple[int, bytes]]:
         return job_records(self.config.jobs, self.config.columns)
