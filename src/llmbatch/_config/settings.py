@@ -232,8 +232,10 @@ def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
     if isinstance(include, str):
         include = [c.strip() for c in include.split(",") if c.strip()]
     id_col, prompt_col = merged.get("id_column"), merged.get("prompt_column")
-    if id_col or prompt_col or include or cfg.embed:
-        cfg.columns = Columns(id_col, prompt_col, tuple(include), cfg.embed)
+    given = cfg.jobs_display or ""
+    source = given if given.startswith("hf://") else None
+    if id_col or prompt_col or include or cfg.embed or source:
+        cfg.columns = Columns(id_col, prompt_col, tuple(include), cfg.embed, source)
 
 
 def _models(cfg: RunConfig, merged: Mapping[str, Any], names: tuple[str, ...]) -> None:

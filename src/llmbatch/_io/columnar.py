@@ -37,6 +37,7 @@ class Columns:
     prompt_column: str | None = None
     include: tuple[str, ...] = ()
     embed: bool = False  # the prompt column is an embedding's input
+    source: str | None = None  # the jobs as given (an hf:// URI, which a Path would fold)
 
 
 def source_name(path: Path | str) -> str:
@@ -55,7 +56,7 @@ def is_columnar(path: Path | str) -> bool:
 def iter_rows(path: Path | str, columns: Columns | None = None) -> Iterator[tuple[int, bytes]]:
     """(row number from 1, the row as a JSON object) for every row of a columnar source."""
     cols = columns or Columns()
-    text = source_name(path)
+    text = cols.source or source_name(path)
     if text.startswith(HF_PREFIX):
         batches = _hf_batches(text[len(HF_PREFIX) :])
     elif text.lower().endswith(".csv"):
