@@ -171,6 +171,8 @@ class EmbedPack:
     vectors: Any = None  # the answer: float32 matrix, one row per sent slot
     tokens: int = 0  # the answer's usage
     requests: int = 0  # requests that carried texts (not those answered from memory)
+    done: bool = False  # written (its rows are out)
+    kept: Any = None  # once written: its slot matrix, kept a while for repeats
 
     @property
     def send_slots(self) -> list[int]:

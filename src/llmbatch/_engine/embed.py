@@ -18,7 +18,7 @@ provider's embeddings endpoint (``providers.embeddings``); anything else passes.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,57 +55,54 @@ class EmbedCounts:
     dimensions: set[int] = field(default_factory=set)
 
 
-class Recent:
-    """Vectors of texts written lately, up to ``max_bytes``: repeats a few packs apart."""
-
-    def __init__(self, max_bytes: int = 32 << 20) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[tuple[GroupKey, int], tuple[str, Any]] = OrderedDict()
-
-    def get(self, key: tuple[GroupKey, int], text: str) -> Any:
-        item = self._items.get(key)
-        if item is None or item[0] != text:
-            return None
-        self._items.move_to_end(key)
-        return item[1]
-
-    def put(self, key: tuple[GroupKey, int], text: str, vector: Any) -> None:
-        if key in self._items:
-            return
-        self._items[key] = (text, vector)
-        self.size += vector.nbytes + len(text)
-        while self.size > self.max_bytes and self._items:
-            _, (old_text, old) = self._items.popitem(last=False)
-            self.size -= old.nbytes + len(old_text)
-
-
 class EmbedState:
-    """What the source and the sink share: packs not yet written, recent vectors, the cache."""
+    """What the source and the sink share: where each text of the run was sent, the
+    vectors of packs written lately (up to ``keep_bytes``), the response cache.
+
+    ``seen[group][hash]`` is the pack and slot that carries a text. While that pack
+    is not written, a repeat rides along in it; once written, its matrix is kept
+    until ``keep_bytes`` of newer packs push it out (a whole pack at a time), and a
+    repeat takes its vector from there; after that, the text is sent again (or found
+    in the response cache).
+    """
 
     def __init__(
         self,
         cache: ResponseCache | None = None,
         cache_key: Callable[[ModelRef, int | None, str], str] | None = None,
+        keep_bytes: int = 8 << 20,
     ) -> None:
-        self.pending: dict[GroupKey, dict[int, tuple[EmbedPack, int]]] = {}
-        self.recent = Recent()
+        self.seen: dict[GroupKey, dict[int, tuple[EmbedPack, int]]] = {}
+        self.kept: deque[tuple[EmbedPack, Any]] = deque()
+        self.kept_bytes = 0
+        self.keep_bytes = keep_bytes
         self.cache = cache
         self.cache_key = cache_key
         self.counts = EmbedCounts()
 
     def written(self, pack: EmbedPack, matrix: Any) -> None:
-        """A pack's rows are on disk: its texts move from pending to the recent vectors."""
-        group = (pack.model, pack.dimensions)
-        pending = self.pending.get(group, {})
-        for slot, h in enumerate(pack.hashes):
-            entry = pending.get(h)
-            if entry is not None and entry[0] is pack:
-                del pending[h]
-            if matrix is not None:
-                self.recent.put((group, h), pack.texts[slot], matrix[slot])
-        if matrix is not None and self.cache is not None and self.cache_key is not None:
+        """A pack's rows are on disk: its vectors are kept a while for repeats."""
+        pack.done = True
+        if matrix is None:
+            self._forget(pack)
+            return
+        pack.kept = matrix
+        self.kept.append((pack, matrix))
+        self.kept_bytes += matrix.nbytes
+        while self.kept_bytes > self.keep_bytes and len(self.kept) > 1:
+            old, m = self.kept.popleft()
+            self.kept_bytes -= m.nbytes
+            self._forget(old)
+        if self.cache is not None and self.cache_key is not None:
             self._to_cache(pack, matrix)
+
+    def _forget(self, pack: EmbedPack) -> None:
+        seen = self.seen.get((pack.model, pack.dimensions), {})
+        for h in pack.hashes:
+            entry = seen.get(h)
+            if entry is not None and entry[0] is pack:
+                del seen[h]
+        pack.kept = None
 
     def _to_cache(self, pack: EmbedPack, matrix: Any) -> None:
         from llmbatch._cache.store import CachedAnswer
@@ -117,10 +114,6 @@ class EmbedState:
             text = pack.texts[slot]
             kept = CachedAnswer(encode_vector(matrix[slot]), None, Usage(), 0.0, "embedded", m.model, m.provider)
             self.cache.store(self.cache_key(m, pack.dimensions, text), kept)
-
-
-def text_hash(text: str) -> int:
-    return hash(text)  # this process only: pending and recent live one run
 
 
 class EmbedSource:
@@ -175,29 +168,31 @@ class EmbedSource:
 
     def _add(self, pack: EmbedPack, job: EmbedJob, group: GroupKey) -> None:
         state = self.state
-        pending = state.pending.setdefault(group, {})
+        seen = state.seen.get(group)
+        if seen is None:
+            seen = state.seen[group] = {}
         counts = state.counts
+        dedupe = self.dedupe
         for i, text in enumerate(job.texts):
-            counts.inputs += 1
-            h = text_hash(text)
+            h = hash(text)  # this process only: the index lives one run
             target, slot = pack, -1
-            if self.dedupe:
-                entry = pending.get(h)
-                if entry is not None and entry[0].texts[entry[1]] == text:
-                    target, slot = entry
-                    counts.deduplicated += 1
-                elif (vec := state.recent.get((group, h), text)) is not None:
+            entry = seen.get(h) if dedupe else None
+            if entry is not None and entry[0].texts[entry[1]] == text:
+                counts.deduplicated += 1
+                if not entry[0].done:
+                    target, slot = entry  # rides along in the pack that carries it
+                else:
                     slot = self._slot(pack, text, h)
-                    pack.known[slot] = vec
-                    counts.deduplicated += 1
+                    pack.known[slot] = entry[0].kept[entry[1]]
             if slot < 0:
                 slot = self._slot(pack, text, h)
                 pack.tokens_bound += token_bound(text)
-                pending[h] = (pack, slot)
+                seen[h] = (pack, slot)
             target.ids.append(job.id)
             target.index.append(i)
             target.slot.append(slot)
             target.metadata.append(job.metadata)
+        counts.inputs += len(job.texts)
 
     @staticmethod
     def _slot(pack: EmbedPack, text: str, h: int) -> int:

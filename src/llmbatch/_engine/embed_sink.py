@@ -4,7 +4,7 @@ An answered pack becomes its rows' vectors (numpy: the slot matrix indexed by ea
 row's slot, no Python float a dimension) and goes to a ``VectorWriter``
 (Parquet), or to JSON lines when the output is not Parquet; a failed pack writes
 its rows as failed, with the pack's error. Either way its texts leave the
-source's pending set (``EmbedState.written``).
+source's index of texts in flight (``EmbedState.written``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ class EmbedSink:
         error = None
         if result.status == "ok":
             matrix = pack.matrix()
-            rows = matrix[np.asarray(pack.slot, dtype=np.intp)]
+            slots = np.asarray(pack.slot, dtype=np.intp)
+            if len(slots) == len(matrix) and (slots == np.arange(len(slots))).all():
+                rows = matrix  # every text once, in order: no copy
+            else:
+                rows = matrix[slots]
             counts.vectors += len(pack.ids)
             counts.dimensions.add(int(rows.shape[1]))
         else:

@@ -34,8 +34,35 @@ if TYPE_CHECKING:
 
 PART_ROWS = 65_536
 PART_SECONDS = 10.0
-ROW_GROUP_BYTES = 32 << 20  # a merged row group holds about this much vector data
+ROW_GROUP_BYTES = 4 << 20  # a merged row group holds about this much vector data
 _MERGED_KEY = b"llmbatch.merged_parts"
+# No dictionary or statistics for the vectors (hashing every float costs more than
+# writing it), no compression either: float32 noise does not compress.
+_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": {"vector": "NONE", "id": "snappy", "metadata": "snappy"},
+    "use_dictionary": ["status", "error", "model", "dimensions"],
+    "write_statistics": ["id", "index", "status", "dimensions"],
+}
+
+
+def release_big_blocks() -> None:
+    """Ask glibc to give blocks of 1 MiB and more back to the system when freed.
+
+    Vectors come and go in blocks of a few MiB (a pack's matrix); glibc's moving
+    mmap threshold would serve them from the heap after the first free, and the
+    heap only grows. Nothing happens on other C libraries.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return
 
 
 def require_pyarrow() -> Any:
@@ -79,6 +106,7 @@ class VectorWriter:
 
     def __init__(self, path: Path, *, part_rows: int | None = None) -> None:
         require_pyarrow()
+        release_big_blocks()
         self.path = path
         self.parts = parts_dir(path)
         # LLMBATCH_PARQUET_PART_ROWS: smaller parts (tests of a kill mid-run).
@@ -177,9 +205,7 @@ class VectorWriter:
             assert self.dim is not None
             name = self.parts / f"{self._next:06d}.parquet"
             self._next += 1
-            self._writer = pq.ParquetWriter(
-                name, schema(self.dim), compression={"vector": "NONE", "id": "snappy"}
-            )
+            self._writer = pq.ParquetWriter(name, schema(self.dim), **_WRITE_OPTIONS)
             self._opened_at = time.monotonic()
             self._part_rows = 0
         return self._writer
@@ -256,9 +282,10 @@ def merge_parts(path: Path) -> None:
     rows_per_group = max(1024, ROW_GROUP_BYTES // (4 * max(1, dim)))
     sch = schema(dim).with_metadata({_MERGED_KEY: names})
     try:
-        with pq.ParquetWriter(tmp, sch, compression={"vector": "NONE", "id": "snappy"}) as out:
+        with pq.ParquetWriter(tmp, sch, **_WRITE_OPTIONS) as out:
             for source in sources:
-                for batch in pq.ParquetFile(source).iter_batches(batch_size=rows_per_group):
+                pf = pq.ParquetFile(source, pre_buffer=False)
+                for batch in pf.iter_batches(batch_size=rows_per_group, use_threads=False):
                     if _dim_of_schema(batch.schema) != dim:
                         raise OutputError(
                             f"{source} holds vectors of another dimension than {dim}; "

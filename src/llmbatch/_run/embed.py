@@ -12,6 +12,7 @@ the report gains its embedding block. Resume reads the ids of the output
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -75,6 +76,7 @@ class EmbedRun(RunSession):
         self.parquet = is_parquet(config.output)
         self.existing: ExistingOutput | None = None
         self.plan: EmbedPlan | None = None
+        self._caps: dict[ModelRef, EmbedCaps] = {}
 
     def _provider(self, name: str) -> Provider:
         provider = self.providers.get(name)
@@ -93,16 +95,24 @@ class EmbedRun(RunSession):
         return model
 
     def caps(self, ref: ModelRef) -> EmbedCaps:
-        settings = self.config.providers.get(ref.provider)
-        caps = caps_for(settings.kind) if settings is not None else CAPS["openai"]
-        most = self.config.inputs_per_request
-        return caps if most is None or most >= caps.inputs else replace(caps, inputs=most)
+        caps = self._caps.get(ref)
+        if caps is None:
+            settings = self.config.providers.get(ref.provider)
+            caps = caps_for(settings.kind) if settings is not None else CAPS["openai"]
+            most = self.config.inputs_per_request
+            if most is not None and most < caps.inputs:
+                caps = replace(caps, inputs=most)
+            self._caps[ref] = caps
+        return caps
 
     def _records(self) -> Iterator[tuple[int, bytes]]:
         return job_records(self.config.jobs, self.config.columns)
 
     def check_pass(self) -> EmbedPlan:
-        """Every line checked (file:line errors), ids done skipped; nothing sent."""
+        """Every line checked (file:line errors), ids done skipped; nothing sent.
+
+        Memory: 8 bytes an id (their hashes, sorted at the end to find repeats).
+        """
         cfg = self.config
         if cfg.output is not None and not cfg.fresh:
             if self.parquet:
@@ -111,25 +121,23 @@ class EmbedRun(RunSession):
                 self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
         done = self.existing.done if self.existing else None
         plan = EmbedPlan()
-        seen: set[int] = set()
+        keys = array("q")
         display = cfg.display_name
+        parse, resolve, caps = self.parser.parse, self.resolve, self.caps
         for lineno, raw in self._records():
             try:
-                job = self.parser.parse(raw, lineno)
-                ref = self.resolve(job)
-                if len(job.texts) > self.caps(ref).inputs:
+                job = parse(raw, lineno)
+                ref = resolve(job)
+                most = caps(ref).inputs
+                if len(job.texts) > most:
                     raise LineError(
                         f'"input" has {len(job.texts):,} texts; {ref.provider} takes at most '
-                        f"{self.caps(ref).inputs:,} a request"
+                        f"{most:,} a request"
                     )
             except LineError as exc:
                 plan.problems.append(LineProblem(display, lineno, str(exc)))
                 continue
-            key = hash(job.id)
-            if key in seen:
-                plan.problems.append(LineProblem(display, lineno, f"duplicate id {job.id!r}"))
-                continue
-            seen.add(key)
+            keys.append(hash(job.id))
             if done is not None and done.fingerprint(job.id) is not None:
                 plan.skipped_done += 1
                 continue
@@ -137,9 +145,32 @@ class EmbedRun(RunSession):
             plan.inputs += len(job.texts)
             group = (ref, job.dimensions if job.dimensions is not None else cfg.dimensions)
             plan.groups[group] = plan.groups.get(group, 0) + len(job.texts)
+        self._repeated_ids(keys, plan)
         plan.invalid_lines = {p.line for p in plan.problems}
         self.plan = plan
         return plan
+
+    def _repeated_ids(self, keys: array[int], plan: EmbedPlan) -> None:
+        """Lines whose id an earlier line has: problems (a second pass finds them)."""
+        ordered = sorted(keys)
+        repeated = {a for a, b in zip(ordered, ordered[1:]) if a == b}
+        del ordered
+        if not repeated:
+            return
+        first: dict[str, int] = {}
+        for lineno, raw in self._records():
+            try:
+                job = self.parser.parse(raw, lineno)
+            except LineError:
+                continue
+            if hash(job.id) not in repeated:
+                continue
+            if job.id in first:
+                message = f"duplicate id {job.id!r} (first on line {first[job.id]})"
+                plan.problems.append(LineProblem(self.config.display_name, lineno, message))
+            else:
+                first[job.id] = lineno
+        plan.problems.sort(key=lambda p: p.line)
 
     def _parse(self, raw: bytes, lineno: int) -> EmbedJob:
         job = self.parser.parse(raw, lineno)
