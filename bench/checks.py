@@ -81,7 +81,11 @@ def startup_checks(st: dict[str, Any]) -> list[Check]:
 def embed_checks(e: dict[str, Any]) -> list[Check]:
     n, dim = e["inputs"], e["dimensions"]
     return [
-        (f"embed {n:,}: ≥ 20,000 vectors/s", f"{e['vectors_per_s']:,}/s", e["vectors_per_s"] >= 20_000),
+        (
+            f"embed {n:,}: ≥ 20,000 vectors/s",
+            f"{e['vectors_per_s']:,}/s",
+            e["vectors_per_s"] >= 20_000,
+        ),
         (f"embed {n:,}: peak RSS ≤ 300 MiB", f"{e['peak_rss_mib']} MiB", e["peak_rss_mib"] <= 300),
         (
             f"embed {n:,}: every id once, float32 × {dim} (pyarrow, pandas)",

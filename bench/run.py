@@ -199,7 +199,9 @@ def section_embed(tmp: Path) -> dict[str, Any]:
     jobs, out = tmp / "embed.jsonl", tmp / "vectors.parquet"
     with jobs.open("wb") as f:
         for i in range(EMBED_N):
-            f.write(orjson.dumps({"id": f"doc-{i}", "input": f"short passage {i} on topic {i % 97}"}))
+            f.write(
+                orjson.dumps({"id": f"doc-{i}", "input": f"short passage {i} on topic {i % 97}"})
+            )
             f.write(b"\n")
     cmd = [PY, "-m", "llmbatch", "embed", str(jobs), "-m", "sim:text-embedding-3-small",
            "--dimensions", str(EMBED_DIM), "-o", str(out), "--quiet", "--no-cache"]  # fmt: skip
@@ -207,7 +209,8 @@ def section_embed(tmp: Path) -> dict[str, Any]:
     return {"inputs": EMBED_N, "dimensions": EMBED_DIM, "wall_s": round(r["wall_s"], 2),
             "cpu_s": round(r["cpu_s"], 2), "vectors_per_s": round(EMBED_N / r["wall_s"]),
             "vectors_per_cpu_s": round(EMBED_N / r["cpu_s"]),
-            "peak_rss_mib": round(r["rss_mib"], 1), "file_mib": round(out.stat().st_size / 2**20, 1),
+            "peak_rss_mib": round(r["rss_mib"], 1),
+            "file_mib": round(out.stat().st_size / 2**20, 1),
             **read_back(out)}  # fmt: skip
 
 

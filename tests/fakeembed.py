@@ -87,9 +87,7 @@ class FakeEmbed:
             message = f"'$.input' is invalid: at most {self.max_inputs} inputs a request"
             return self._error(400, message, texts, body)
         if tokens > self.max_tokens:
-            message = (
-                f"Requested {tokens} tokens, max {self.max_tokens} tokens per request"
-            )
+            message = f"Requested {tokens} tokens, max {self.max_tokens} tokens per request"
             return self._error(400, message, texts, body)
         dim = dims or self.default_dimensions
         data = []
@@ -131,14 +129,18 @@ class FakeEmbed:
     def _error(self, status: int, message: str, texts: Any, body: dict[str, Any]) -> web.Response:
         inputs = texts if isinstance(texts, list) else []
         tokens = sum(tokens_of(t) for t in inputs if isinstance(t, str))
-        self._record(inputs, tokens, str(body.get("encoding_format")), body.get("dimensions"), status, "")
+        self._record(
+            inputs, tokens, str(body.get("encoding_format")), body.get("dimensions"), status, ""
+        )
         err_type = "rate_limit_exceeded" if status == 429 else "invalid_request_error"
         headers = {"x-request-id": "req_embed"}
         if status == 429:
             headers["retry-after-ms"] = "10"
         return web.Response(
             status=status,
-            body=orjson.dumps({"error": {"message": message, "type": err_type, "param": None, "code": None}}),
+            body=orjson.dumps(
+                {"error": {"message": message, "type": err_type, "param": None, "code": None}}
+            ),
             content_type="application/json",
             headers=headers,
         )

@@ -15,7 +15,9 @@ from llmbatch._core.exceptions import UsageError
 from llmbatch._io.columnar import Columns, iter_rows
 from tests.conftest import run_cli
 
-ROWS = [{"id": f"r{i:03d}", "prompt": f"Summarise item {i}", "topic": f"t{i % 3}"} for i in range(40)]
+ROWS = [
+    {"id": f"r{i:03d}", "prompt": f"Summarise item {i}", "topic": f"t{i % 3}"} for i in range(40)
+]
 
 
 def outputs(path: Path) -> dict[str, Any]:
@@ -101,7 +103,9 @@ def test_embeddings_from_parquet_and_hf_match_jsonl(tmp_path: Path) -> None:
 def test_a_bad_row_is_named_by_file_and_row(tmp_path: Path) -> None:
     rows = [{"id": "a", "prompt": "fine"}, {"id": "b", "prompt": None}, {"id": "c", "prompt": "ok"}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
-    r = run_cli("run", str(tmp_path / "d.parquet"), "-m", "sim:gpt-4o-mini", "-o", str(tmp_path / "o.jsonl"))
+    r = run_cli(
+        "run", str(tmp_path / "d.parquet"), "-m", "sim:gpt-4o-mini", "-o", str(tmp_path / "o.jsonl")
+    )
     assert r.code == 2
     assert f"{tmp_path / 'd.parquet'}:2" in r.output
 
@@ -115,7 +119,9 @@ def test_rows_are_read_in_batches(tmp_path: Path) -> None:
     assert sum(1 for _ in it) == 9_999
 
 
-def test_a_missing_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_missing_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(UsageError, match=r"llmbatch\[parquet\]"):
         list(iter_rows(tmp_path / "x.parquet"))

@@ -201,10 +201,28 @@ def test_repeats_across_runs_come_from_the_response_cache(
     cache = tmp_path / "cache.sqlite"
     jobs = write_jobs(tmp_path / "a.jsonl", texts, model=MODEL)
     env = fake_env(api)
-    first = run_cli("embed", str(jobs), "-o", str(tmp_path / "a.parquet"), "--cache", str(cache), "--quiet", env=env)
+    first = run_cli(
+        "embed",
+        str(jobs),
+        "-o",
+        str(tmp_path / "a.parquet"),
+        "--cache",
+        str(cache),
+        "--quiet",
+        env=env,
+    )
     assert first.code == 0, first.output
     sent = len(fe.texts_sent)
-    again = run_cli("embed", str(jobs), "-o", str(tmp_path / "b.parquet"), "--cache", str(cache), "--quiet", env=env)
+    again = run_cli(
+        "embed",
+        str(jobs),
+        "-o",
+        str(tmp_path / "b.parquet"),
+        "--cache",
+        str(cache),
+        "--quiet",
+        env=env,
+    )
     assert again.code == 0, again.output
     assert len(fe.texts_sent) == sent == 12  # the second run sent nothing
     va, vb = vectors_by_id(tmp_path / "a.parquet"), vectors_by_id(tmp_path / "b.parquet")
@@ -224,7 +242,9 @@ def test_embed_lines_are_checked_with_file_and_line(tmp_path: Path) -> None:
     assert (job.id, job.texts, job.dimensions, str(job.model)) == ("7", ["a", "b"], 8, "sim:e")
     jobs = tmp_path / "bad.jsonl"
     jobs.write_text('{"id": 1, "input": "ok"}\n{"id": 2, "input": 5}\n')
-    result = run_cli("embed", str(jobs), "-m", "sim:text-embedding-3-small", "-o", str(tmp_path / "o.parquet"))
+    result = run_cli(
+        "embed", str(jobs), "-m", "sim:text-embedding-3-small", "-o", str(tmp_path / "o.parquet")
+    )
     assert result.code == 2
     assert f"{jobs}:2" in result.output and "input" in result.output
 
@@ -240,8 +260,22 @@ def test_kill_9_mid_run_then_rerun_writes_every_id_once(tmp_path: Path) -> None:
         "LLMBATCH_SIM_LATENCY_MS": "40",
         "LLMBATCH_PARQUET_PART_ROWS": "100",
     }
-    args = ("embed", str(jobs), "-m", "sim:text-embedding-3-small", "-o", str(out),
-            "--inputs-per-request", "25", "-c", "2", "--no-cache", "--quiet", "--dimensions", "16")
+    args = (
+        "embed",
+        str(jobs),
+        "-m",
+        "sim:text-embedding-3-small",
+        "-o",
+        str(out),
+        "--inputs-per-request",
+        "25",
+        "-c",
+        "2",
+        "--no-cache",
+        "--quiet",
+        "--dimensions",
+        "16",
+    )
     proc = start_cli(*args, env=env)
     parts = out.with_name(out.name + ".parts")
     try:

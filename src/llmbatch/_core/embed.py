@@ -80,7 +80,9 @@ class EmbedJob:
 
 def is_embed_record(obj: Any) -> bool:
     """Whether a parsed line asks for embeddings (``input``, no prompt or messages)."""
-    return isinstance(obj, dict) and "input" in obj and "prompt" not in obj and "messages" not in obj
+    return (
+        isinstance(obj, dict) and "input" in obj and "prompt" not in obj and "messages" not in obj
+    )
 
 
 @dataclass(slots=True)
@@ -108,7 +110,9 @@ class EmbedParser:
         dims = obj.get("dimensions")
         if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
             raise LineError('"dimensions" must be a positive integer')
-        return EmbedJob(_job_id(obj.get("id"), lineno), lineno, texts, model, dims, obj.get("metadata"))
+        return EmbedJob(
+            _job_id(obj.get("id"), lineno), lineno, texts, model, dims, obj.get("metadata")
+        )
 
     def _texts(self, value: Any) -> list[str]:
         if isinstance(value, str):
@@ -120,7 +124,8 @@ class EmbedParser:
                 raise LineError(f'"input[{i}]" must be a non-empty string')
         if len(value) > self.max_inputs:
             raise LineError(f'"input" has {len(value):,} texts; at most {self.max_inputs:,} a line')
-        return value
+        texts: list[str] = value
+        return texts
 
     def _model(self, spec: Any) -> ModelRef | None:
         if spec is None:

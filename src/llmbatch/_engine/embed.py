@@ -112,7 +112,9 @@ class EmbedState:
         m = pack.model
         for slot in pack.send_slots:
             text = pack.texts[slot]
-            kept = CachedAnswer(encode_vector(matrix[slot]), None, Usage(), 0.0, "embedded", m.model, m.provider)
+            kept = CachedAnswer(
+                encode_vector(matrix[slot]), None, Usage(), 0.0, "embedded", m.model, m.provider
+            )
             self.cache.store(self.cache_key(m, pack.dimensions, text), kept)
 
 

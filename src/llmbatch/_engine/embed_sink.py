@@ -58,7 +58,9 @@ class EmbedSink:
             counts.failed += len(pack.ids)
         counts.cost_usd += result.cost_usd or 0.0
         if self.vectors is not None:
-            self.vectors.write(pack.ids, pack.index, model, pack.metadata, result.cost_usd, rows, error)
+            self.vectors.write(
+                pack.ids, pack.index, model, pack.metadata, result.cost_usd, rows, error
+            )
         else:
             self._lines(pack, model, rows, error, result.cost_usd)
         self.state.written(pack, matrix)
@@ -81,7 +83,9 @@ class EmbedSink:
                 "metadata": pack.metadata[i],
                 "cost_usd": None if cost is None else round(cost / n, 10),
             }
-            out.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY))
+            out.append(
+                orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY)
+            )
         self.lines.write(out)
 
     def close(self) -> None:

@@ -120,7 +120,9 @@ class VectorWriter:
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot write {self.parts}: {exc.strerror}. Nothing was sent.") from None
+            raise UsageError(
+                f"cannot write {self.parts}: {exc.strerror}. Nothing was sent."
+            ) from None
         self._next = 1 + max((_part_no(p) for p in self.parts.glob("*.parquet")), default=0)
 
     def write(
@@ -291,7 +293,11 @@ def merge_parts(path: Path) -> None:
                             f"{source} holds vectors of another dimension than {dim}; "
                             "one output holds one dimension"
                         )
-                    out.write_batch(batch.cast(sch.remove_metadata()) if batch.schema != sch.remove_metadata() else batch)
+                    out.write_batch(
+                        batch.cast(sch.remove_metadata())
+                        if batch.schema != sch.remove_metadata()
+                        else batch
+                    )
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(exc, path) from None

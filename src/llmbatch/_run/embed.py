@@ -70,7 +70,9 @@ class EmbedRun(RunSession):
             sinks=sinks,
             clock=clock,
         )
-        self.parser = EmbedParser(tuple(config.providers), has_default_model=config.model is not None)
+        self.parser = EmbedParser(
+            tuple(config.providers), has_default_model=config.model is not None
+        )
         self.planner = Planner(config, self.services.prices)
         self.state = EmbedState()
         self.parquet = is_parquet(config.output)
@@ -153,7 +155,7 @@ class EmbedRun(RunSession):
     def _repeated_ids(self, keys: array[int], plan: EmbedPlan) -> None:
         """Lines whose id an earlier line has: problems (a second pass finds them)."""
         ordered = sorted(keys)
-        repeated = {a for a, b in zip(ordered, ordered[1:]) if a == b}
+        repeated = {a for a, b in zip(ordered, ordered[1:], strict=False) if a == b}
         del ordered
         if not repeated:
             return
@@ -201,9 +203,7 @@ class EmbedRun(RunSession):
                 self.state.cache_key = self._embed_key
             self._prepare_output()
             self.services.limits_for(check.models)
-            packs = sum(
-                math.ceil(n / self.caps(ref).inputs) for (ref, _), n in plan.groups.items()
-            )
+            packs = sum(math.ceil(n / self.caps(ref).inputs) for (ref, _), n in plan.groups.items())
             self.started(packs, plan.skipped_done, check.models)
             await self._run_packs(plan)
         finally:
@@ -272,10 +272,15 @@ class EmbedRun(RunSession):
             return
         if self.parquet:
             n = cut_torn_parts(cfg.output)
-            self.notes.append(f"removed {n} part file(s) left unreadable by an interrupted run; their rows run again")
+            self.notes.append(
+                f"removed {n} part file(s) left unreadable by an interrupted run; "
+                "their rows run again"
+            )
         else:
             cut_torn_tail(existing)
-            self.notes.append("cut a torn last line left by an interrupted run; that job runs again")
+            self.notes.append(
+                "cut a torn last line left by an interrupted run; that job runs again"
+            )
         self.run_budget.spent_cost = existing.cost_usd
 
     def _embed_report(self, plan: EmbedPlan) -> EmbedReport:

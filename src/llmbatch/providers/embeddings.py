@@ -132,9 +132,7 @@ def openai_body(model: str, texts: list[str], dimensions: int | None) -> dict[st
     return body
 
 
-async def _openai(
-    provider: Any, model: str, texts: list[str], dimensions: int | None
-) -> Embedded:
+async def _openai(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
     headers = {**provider.headers, "accept": "application/json"}
     obj, hint, request_id, ms = await _post(
         provider, openai_url(provider, model), openai_body(model, texts, dimensions), headers
@@ -151,9 +149,7 @@ async def _openai(
     return Embedded(vectors, int(tokens), ms, request_id, hint)
 
 
-async def _gemini(
-    provider: Any, model: str, texts: list[str], dimensions: int | None
-) -> Embedded:
+async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
     from llmbatch.providers.gemini_wire import model_path, model_url
 
     name = model_path(model)
