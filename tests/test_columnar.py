@@ -128,3 +128,31 @@ def test_a_missing_extra_says_what_to_install(
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(UsageError, match=r"llmbatch\[hf\]"):
         list(iter_rows("hf://datasets/someone/thing"))
+
+
+def test_chat_results_to_parquet_resume_and_match_jsonl(tmp_path: Path) -> None:
+    src = sources(tmp_path, ROWS)["parquet"]
+    flags = ("-m", "sim:gpt-4o-mini", "--quiet", "--no-cache")
+    out = tmp_path / "results.parquet"
+    first = run_cli("run", src, "-o", str(out), "--limit", "15", *flags)
+    assert first.code == 0, first.output
+    assert pq.read_table(out).num_rows == 15
+    again = run_cli("run", src, "-o", str(out), *flags)
+    assert again.code == 0, again.output
+    table = pq.read_table(out)
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 40
+    jsonl = tmp_path / "same.jsonl"
+    assert run_cli("run", src, "-o", str(jsonl), *flags).code == 0
+    want = outputs(jsonl)
+    got = {
+        r["id"]: (
+            r["status"],
+            r["output"],
+            None if r["metadata"] is None else orjson.loads(r["metadata"]),
+        )
+        for r in table.to_pylist()
+    }
+    assert got == want
+    refused = run_cli("run", src, "-o", str(out), "--mode", "batch", *flags)
+    assert refused.code == 2 and "parquet" in refused.output

@@ -109,12 +109,12 @@ def test_fake_refuses_past_its_caps(embed_api: tuple[FakeAPI, FakeEmbed]) -> Non
     openai = pytest.importorskip("openai")
     api, fe = embed_api
     fe.max_inputs = 3
-    client = openai.OpenAI(base_url=api.url + "/v1", api_key="sk-test", max_retries=0)
-    with pytest.raises(openai.BadRequestError, match="at most 3 inputs"):
-        client.embeddings.create(model="text-embedding-3-small", input=["a", "b", "c", "d"])
-    fe.max_inputs, fe.max_tokens = 100, 5
-    with pytest.raises(openai.BadRequestError, match="max 5 tokens"):
-        client.embeddings.create(model="text-embedding-3-small", input=["x" * 40])
+    with openai.OpenAI(base_url=api.url + "/v1", api_key="sk-test", max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError, match="at most 3 inputs"):
+            client.embeddings.create(model="text-embedding-3-small", input=["a", "b", "c", "d"])
+        fe.max_inputs, fe.max_tokens = 100, 5
+        with pytest.raises(openai.BadRequestError, match="max 5 tokens"):
+            client.embeddings.create(model="text-embedding-3-small", input=["x" * 40])
 
 
 # -- decoding -----------------------------------------------------------------------
@@ -299,18 +299,20 @@ def test_kill_9_mid_run_then_rerun_writes_every_id_once(tmp_path: Path) -> None:
 def test_the_openai_sdk_parses_what_the_fake_sends(embed_api: tuple[FakeAPI, FakeEmbed]) -> None:
     openai = pytest.importorskip("openai")
     api, fe = embed_api
-    client = openai.OpenAI(base_url=api.url + "/v1", api_key="sk-test", max_retries=0)
     texts = ["alpha", "beta gamma"]
-    as_floats = client.embeddings.create(
-        model="text-embedding-3-small", input=texts, encoding_format="float", dimensions=32
-    )
-    as_b64 = client.embeddings.create(model="text-embedding-3-small", input=texts, dimensions=32)
-    assert [r.encoding for r in fe.records] == ["float", "base64"]  # the SDK asks for base64
+    with openai.OpenAI(base_url=api.url + "/v1", api_key="sk-test", max_retries=0) as client:
+        as_floats = client.embeddings.create(
+            model="text-embedding-3-small", input=texts, encoding_format="float", dimensions=32
+        )
+        as_b64 = client.embeddings.create(
+            model="text-embedding-3-small", input=texts, dimensions=32
+        )
+        fe.faults = [429]
+        with pytest.raises(openai.RateLimitError):
+            client.embeddings.create(model="text-embedding-3-small", input=["x"])
+    assert [r.encoding for r in fe.records][:2] == ["float", "base64"]  # the SDK asks base64
     for resp in (as_floats, as_b64):
         assert [d.index for d in resp.data] == [0, 1]
         assert resp.usage.prompt_tokens == sum(tokens_of(t) for t in texts)
         for d, text in zip(resp.data, texts, strict=True):
             assert np.array_equal(np.asarray(d.embedding, dtype=np.float32), vector_of(text, 32))
-    fe.faults = [429]
-    with pytest.raises(openai.RateLimitError):
-        client.embeddings.create(model="text-embedding-3-small", input=["x"])

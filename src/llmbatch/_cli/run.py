@@ -30,6 +30,7 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
         if cfg.mode == "online" and flags.get("batch_deadline") is not None:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
+        _refuse_parquet_modes(cfg)
         if cfg.embed or _embedding_lines(cfg):
             return _embed(cfg, progress)
         if cfg.mode != "online":
@@ -45,6 +46,16 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
     _write_json_report(cfg, report)
     _tell_outcome(cfg, report, engine)
     return exit_code_for(report, engine.stop_signal)
+
+
+def _refuse_parquet_modes(cfg: RunConfig) -> None:
+    from llmbatch._io.vectors import is_parquet
+
+    if is_parquet(cfg.output) and (cfg.mode != "online" or cfg.shard is not None):
+        raise UsageError(
+            "a .parquet --output goes with --mode online and no --shard for now; use a "
+            "JSONL output for provider batches or shards. Nothing was sent."
+        )
 
 
 def _embedding_lines(cfg: RunConfig) -> bool:

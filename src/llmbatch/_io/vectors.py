@@ -53,13 +53,13 @@ def release_big_blocks() -> None:
     heap only grows. Nothing happens on other C libraries.
     """
     import ctypes
-    import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols (no ctypes.util.find_library: it spawns ldconfig).
+        libc = ctypes.CDLL(None)
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         return
@@ -123,7 +123,7 @@ class VectorWriter:
             raise UsageError(
                 f"cannot write {self.parts}: {exc.strerror}. Nothing was sent."
             ) from None
-        self._next = 1 + max((_part_no(p) for p in self.parts.glob("*.parquet")), default=0)
+        self._next = next_part_number(path)
 
     def write(
         self,
@@ -235,6 +235,14 @@ def _part_no(path: Path) -> int:
         return 0
 
 
+def next_part_number(path: Path) -> int:
+    """The number of the next part: past every part there is and every one merged before
+    (a merged part's name must never come back: it would count as merged)."""
+    taken = [_part_no(p) for p in parts_dir(path).glob("*.parquet")]
+    taken += [_part_no(Path(name)) for name in merged_parts(path)]
+    return 1 + max(taken, default=0)
+
+
 def readable_parts(path: Path) -> tuple[list[Path], list[Path]]:
     """(complete part files not merged yet, torn ones) of the output ``path``."""
     import pyarrow.parquet as pq
@@ -278,38 +286,33 @@ def merge_parts(path: Path) -> None:
         _remove_dir(parts_dir(path))
         return
     sources = ([path] if path.exists() else []) + parts
-    dim = _dim_of(sources[-1])
+    last = pq.read_schema(sources[-1]).remove_metadata()
+    vectors = "vector" in last.names
+    dim = _dim_of_schema(last) if vectors else 0
     names = ",".join(p.name for p in parts).encode()
     tmp = path.with_name(path.name + ".merging")
-    rows_per_group = max(1024, ROW_GROUP_BYTES // (4 * max(1, dim)))
-    sch = schema(dim).with_metadata({_MERGED_KEY: names})
+    rows_per_group = max(1024, ROW_GROUP_BYTES // (4 * max(1, dim))) if vectors else 65_536
+    sch = last.with_metadata({_MERGED_KEY: names})
+    options = _WRITE_OPTIONS if vectors else {"compression": "snappy"}
     try:
-        with pq.ParquetWriter(tmp, sch, **_WRITE_OPTIONS) as out:
+        with pq.ParquetWriter(tmp, sch, **options) as out:
             for source in sources:
                 pf = pq.ParquetFile(source, pre_buffer=False)
                 for batch in pf.iter_batches(batch_size=rows_per_group, use_threads=False):
-                    if _dim_of_schema(batch.schema) != dim:
+                    if vectors and _dim_of_schema(batch.schema) != dim:
                         raise OutputError(
                             f"{source} holds vectors of another dimension than {dim}; "
                             "one output holds one dimension"
                         )
-                    out.write_batch(
-                        batch.cast(sch.remove_metadata())
-                        if batch.schema != sch.remove_metadata()
-                        else batch
-                    )
+                    if batch.schema != last:
+                        batch = batch.cast(last)
+                    out.write_batch(batch)
         os.replace(tmp, path)
     except OSError as exc:
         raise output_error(exc, path) from None
     for part in parts:
         part.unlink(missing_ok=True)
     _remove_dir(parts_dir(path))
-
-
-def _dim_of(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return _dim_of_schema(pq.read_schema(path))
 
 
 def _dim_of_schema(sch: Any) -> int:
