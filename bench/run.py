@@ -8,8 +8,10 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
      opened (counted at the fake), the fake's own CPU;
   2. cpu: the same three clients over plain HTTP with 20-token answers, 2,000
      requests at concurrency 64 (tests/fakeapi.py);
-  3. engine: jobs/s and peak RSS on the sim provider with no latency, against the
+  3. engine: jobs/s, CPU µs a job and peak RSS on the sim provider with no latency,
+     with the defaults (response cache on, a new file) and with --no-cache, beside the
      I/O floor (bench/io_floor.py: read the jobs with orjson, write a result line each);
+     target ≥ 20,000 jobs per CPU-second (≤ 50 µs a job) with the cache on;
   4. startup: `llmbatch --help` and a one-line run;
   5. ratelimit: pacing against a fake enforcing a request window;
   6. embed: 1,000,000 short inputs (100,000 with --quick) embedded by `sim` into
@@ -113,20 +115,26 @@ def section_cpu(tmp: Path) -> dict[str, Any]:
 
 
 def engine_row(
-    n: int, jobs: Path, tmp: Path, floor_cpu_s: float, env: dict[str, str]
+    n: int, jobs: Path, tmp: Path, floor_cpu_s: float, env: dict[str, str], cache: bool = True
 ) -> dict[str, Any]:
-    """One sim run of ``n`` jobs: speed and memory, against the I/O floor's CPU time."""
+    """One sim run of ``n`` jobs with the defaults (the response cache on, in a new file),
+    or with ``--no-cache``: speed, CPU per job and memory, against the I/O floor."""
     results = tmp / f"engine-{n}.results.jsonl"
+    cache_file = tmp / f"engine-{n}.cache.sqlite"
+    flags = ["--cache", str(cache_file)] if cache else ["--no-cache"]
     m = child(
-        llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256"),
+        llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256", *flags),
         {"LLMBATCH_SIM_LATENCY_MS": "0", **env},
     )
     results.unlink()
+    for p in tmp.glob(cache_file.name + "*"):
+        p.unlink()
     # Both are one thread: jobs per CPU-second is jobs/s on a core of one's own,
     # which a shared machine's wall clock is not.
     return {
         "jobs_per_s": round(n / m["wall_s"], 1),
         "jobs_per_cpu_s": round(n / m["cpu_s"], 1),
+        "cpu_us_per_job": round(m["cpu_s"] / n * 1e6, 1),
         "wall_s": round(m["wall_s"], 2),
         "peak_rss_mib": round(m["rss_mib"], 1),
         "io_floor_jobs_per_cpu_s": round(n / floor_cpu_s, 1),
@@ -143,6 +151,8 @@ def section_engine(tmp: Path) -> dict[str, Any]:
         write_prompts(jobs, n)
         floor = child([PY, str(BENCH / "io_floor.py"), str(jobs), str(tmp / "io-floor.jsonl")])
         row = engine_row(n, jobs, tmp, floor["cpu_s"], {})
+        row["no_cache"] = engine_row(n, jobs, tmp, floor["cpu_s"], {}, cache=False)
+        row["io_floor_cpu_us_per_job"] = round(floor["cpu_s"] / n * 1e6, 1)
         if before:
             row["before"] = engine_row(n, jobs, tmp, floor["cpu_s"], {"PYTHONPATH": before})
         out[str(n)] = row
@@ -294,20 +304,40 @@ def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -
                 r = row[name]
                 print(f"| {provider} | {name} | {r['cpu_ms_per_req']} | {r['wall_s']} |")
     if "engine" in results:
-        print("\n| sim jobs | jobs/s | jobs/CPU-s | I/O floor jobs/CPU-s | wall s | peak RSS MiB |")
-        print("|---:|---:|---:|---:|---:|---:|")
-        for n, row in results["engine"].items():
-            for tag, r in (("before ", row.get("before")), ("", row)):
-                if r is not None:
-                    cells = [f"{tag}{int(n):,}", f"{r['jobs_per_s']:,.0f}"]
-                    cells += [f"{r['jobs_per_cpu_s']:,.0f}", f"{r['io_floor_jobs_per_cpu_s']:,.0f}"]
-                    cells += [str(r["wall_s"]), str(r["peak_rss_mib"])]
-                    print("| " + " | ".join(cells) + " |")
+        print_engine(results["engine"])
     print("\n| target | value | verdict |")
     print("|---|---:|---|")
     for t, v, p in checks:
         verdict = "info" if t.endswith("(info)") else ("PASS" if p else "FAIL")
         print(f"| {t} | {v} | {verdict} |")
+
+
+def print_engine(engine: dict[str, Any]) -> None:
+    print("\n| sim jobs | run | jobs/s | jobs/CPU-s | CPU µs/job | wall s | peak RSS MiB |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for n, row in engine.items():
+        runs = (
+            ("before", row.get("before")),
+            ("cache on", row),
+            ("--no-cache", row.get("no_cache")),
+        )
+        for tag, r in runs:
+            if r is not None:
+                cells = [
+                    f"{int(n):,}",
+                    tag,
+                    f"{r['jobs_per_s']:,.0f}",
+                    f"{r['jobs_per_cpu_s']:,.0f}",
+                ]
+                cells += [
+                    str(r.get("cpu_us_per_job", "")),
+                    str(r["wall_s"]),
+                    str(r["peak_rss_mib"]),
+                ]
+                print("| " + " | ".join(cells) + " |")
+        floor_us = row.get("io_floor_cpu_us_per_job", "")
+        print(f"| {int(n):,} | bare orjson read→write | | {row['io_floor_jobs_per_cpu_s']:,.0f} "
+              f"| {floor_us} | | |")  # fmt: skip
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from llmbatch._core.events import (
     RunStarted,
 )
 from llmbatch._core.results import JobResult
+from llmbatch._core.states import BreakerState
 from llmbatch._core.usage import Usage
 from llmbatch._observe.stats import RunStats
 from llmbatch._report.report import build_report
@@ -124,7 +125,7 @@ def sample_run() -> list[Event]:
         JobEnded(T0 + 0.3, rb),
         CacheHit(T0 + 0.4, "c", "anthropic", "claude-haiku-4-5", 0.5),
         JobEnded(T0 + 0.4, rc),
-        BreakerChanged(T0 + 0.5, "anthropic:claude-haiku-4-5", "open", 5),
+        BreakerChanged(T0 + 0.5, "anthropic:claude-haiku-4-5", BreakerState.OPEN, 5),
         AttemptStarted(T0 + 1.3, "a", "anthropic", "claude-haiku-4-5", 2),
         attempt("a", 2, T0 + 1.3, T0 + 2.1),
         JobEnded(T0 + 2.1, ra),

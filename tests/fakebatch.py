@@ -16,7 +16,8 @@ batch fails with that error code), ``null_output_polls`` (completed but no
 ``output_file_id`` for that many reads), ``empty_error_file`` (``error_file_id:
 ""``), ``truncate_downloads`` (that many downloads cut off), ``expire_after``
 (the fraction of requests done before a batch stalls and expires), ``create_delay_s``
-(a create is made, then answers late: the window where a client may die).
+(a create is made, then answers late: the window where a client may die), ``cancel_s``
+(a cancel takes that long, in virtual seconds).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class FakeBatch:
     create_delay_s: float = 0.0  # real seconds a create waits, once made, before it answers
     reply: str | None = None  # every batch answer's text (the online endpoints keep their own)
     bill_errors: bool = False  # errored requests are billed (OpenAI: usage in the error body)
+    cancel_s: float = 0.0  # virtual seconds a cancel takes before the batch has ended
     download_delay_s: float = 0.0  # real seconds a results download waits (a fetch to kill)
     file_purpose: str = "batch"  # the purpose a batch's input file must have been uploaded with
     paths: Counter[str] = field(default_factory=Counter)  # OpenAI-shaped calls by path prefix
@@ -161,6 +163,8 @@ class FakeBatch:
             if it.outcome is None:
                 self._answer(it, b.kind)
         if b.cancel_at is not None:
+            if now < b.cancel_at + self.cancel_s:
+                return  # still cancelling
             # What finished before the cancel is kept; the rest is canceled.
             self._finish(b, "cancelled" if b.kind == "openai" else "ended", "canceled")
             return

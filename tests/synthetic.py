@@ -15,6 +15,7 @@ from llmbatch._core.events import (
     RunStarted,
 )
 from llmbatch._core.results import JobResult
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._observe.stats import RunStats
 from llmbatch._observe.timeline import Timeline, TimelineRecorder
@@ -74,7 +75,7 @@ def synthetic_events(n: int, *, seed: int = 1, rate: float = 40.0) -> Iterator[E
                     0, 0, None, None, None, message=HOSTILE_MESSAGE,
                 )  # fmt: skip
                 result = JobResult(
-                    job_id, "failed", None, None, provider, model, Usage(), None, None, None,
+                    job_id, Status.FAILED, None, None, provider, model, Usage(), None, None, None,
                     n_attempt, error, None, attempt_errors=errors,
                 )  # fmt: skip
                 break
@@ -86,7 +87,7 @@ def synthetic_events(n: int, *, seed: int = 1, rate: float = 40.0) -> Iterator[E
                 usage.input_tokens, usage.output_tokens, cost, None, None,
             )  # fmt: skip
             result = JobResult(
-                job_id, "ok", "an answer", None, provider, model, usage, cost, latency, ttft,
+                job_id, Status.OK, "an answer", None, provider, model, usage, cost, latency, ttft,
                 n_attempt, None, None, attempt_errors=errors,
             )  # fmt: skip
         stats.add(result)

@@ -64,7 +64,7 @@ def test_ten_thousand_jobs_split_fetched_once_at_batch_price(fb: FakeBatch, tmp_
     assert len(lines) == 10_000
     assert Counter(x["id"] for x in lines) == Counter(f"job-{i}" for i in range(10_000))
     assert all(x["latency_ms"] is None and x["ttft_ms"] is None for x in lines)
-    assert all(x["batch"]["custom_id"] == x["id"] for x in lines)
+    assert all(x["batch"]["custom_id"].startswith(x["id"] + "_") for x in lines)
     billed = fb.billed()
     expected = batch_cost(OA, "openai", billed[OA], clock.time()) + batch_cost(
         AN, "anthropic", billed[AN], clock.time()
@@ -94,7 +94,7 @@ def test_expired_batch_keeps_partial_results_and_resubmits_the_rest(
     do_submit(cfg, clock)
     fb.advance(25 * 3600)
     rep = do_fetch(cfg, clock)
-    assert (rep.ok, rep.returned, rep.exit_code) == (10, 10, 0)
+    assert (rep.ok, rep.returned, rep.exit_code) == (10, 10, 6)  # 6: jobs back to pending
     fb.expire_after = None
     again = do_submit(cfg, clock)
     assert again.jobs == 10
@@ -117,7 +117,7 @@ def test_faults_on_create_download_and_whole_batch(fb: FakeBatch, tmp_path: Path
     fb.advance(700)
     first = do_fetch(cfg, clock)
     # The failed batch's jobs go back to pending; a cut download is fetched again.
-    assert (first.ok, first.returned, first.exit_code) == (4, 4, 0)
+    assert (first.ok, first.returned, first.exit_code) == (4, 4, 6)
     assert fb.calls["msgbatch_results"] == 2
     assert any("token_limit_exceeded" in n for n in first.notes)
     fb.null_output_polls = 2
@@ -140,7 +140,7 @@ def test_permanent_errors_fail_transient_ones_come_back(fb: FakeBatch, tmp_path:
     do_submit(cfg, clock)
     fb.advance(700)
     rep = do_fetch(cfg, clock)
-    assert (rep.ok, rep.failed, rep.returned, rep.exit_code) == (4, 1, 1, 1)
+    assert (rep.ok, rep.failed, rep.returned, rep.exit_code) == (4, 1, 1, 6)  # 6 before 1
     assert cfg.output is not None
     failed = [x for x in read_jsonl(cfg.output) if x["status"] == "failed"]
     assert [(x["id"], x["error"]["type"]) for x in failed] == [("job-2", "bad_request")]
@@ -178,7 +178,8 @@ def test_cancel_mid_run_keeps_what_finished(fb: FakeBatch, tmp_path: Path) -> No
     rows = anyio.run(cancel)
     assert len(rows) == 2 and fb.calls["batch_cancel"] == 1 and fb.calls["msgbatch_cancel"] == 1
     rep = do_fetch(cfg, clock, wait=True, poll=5)
-    assert (rep.ok, rep.returned, rep.failed, rep.exit_code) == (4, 4, 0, 0)
+    assert (rep.ok, rep.returned, rep.failed, rep.exit_code) == (4, 4, 0, 6)  # 6: 4 pending
+    assert rep.pending == 4
     state = BatchState.load(tmp_path / "out.jsonl")
     assert not state.rounds  # a cancel is the user's choice: no round counted
     assert do_submit(cfg, clock).jobs == 4
@@ -270,7 +271,8 @@ def test_create_that_times_out_is_found_not_sent_again(fb: FakeBatch, tmp_path: 
     fb.create_delay_s = 3  # each create is made, then its answer comes too late
     rep = do_submit(cfg, clock)
     assert rep.jobs == 6 and len(fb.created) == 2
-    assert sum("found batch" in n for n in rep.notes) == 2
+    # OpenAI's is proven by its metadata; Anthropic's is checked line by line at fetch.
+    assert sum("found batch" in n or "may be its" in n for n in rep.notes) == 2
     assert set(fb.sent_ids().values()) == {1}
     fb.create_delay_s = 0
     fb.advance(700)

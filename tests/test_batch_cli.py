@@ -51,8 +51,9 @@ def test_submit_status_fetch_exit_codes(fb: FakeBatch, tmp_path: Path) -> None:
     assert len(fb.created) == 4
     status = run_cli("batch", "status", out, "--json", env=env)
     assert status.code == 4, status.output
-    rows = orjson.loads(status.stdout)
-    assert len(rows) == 4 and all(r["in_progress"] for r in rows)
+    shown = orjson.loads(status.stdout)
+    rows = shown["batches"]
+    assert shown["pending_jobs"] == 0 and len(rows) == 4 and all(r["in_progress"] for r in rows)
     assert run_cli("batch", "fetch", out, env=env).code == 4
     fb.advance(3600)
     fetched = run_cli("batch", "fetch", out, env=env)
@@ -103,7 +104,7 @@ def test_kill_during_submit_then_submit_again_pays_once(
     fb.create_delay_s = 0
     res = run_cli("batch", "submit", str(path), "-o", out, "--batch-size", "5", env=env)
     assert res.code == 0, res.output
-    assert "found batch" in res.stderr
+    assert "found batch" in res.stderr or "may be its" in res.stderr  # proven at fetch
     assert len(fb.created) == 2
     assert Counter(fb.sent_ids().values()) == Counter({1: 10})
     fb.advance(3600)

@@ -186,7 +186,7 @@ def test_a_model_that_fails_for_good_hands_the_job_to_its_fallback(
     fb.advance(700)
     rep = do_fetch(cfg, clock)
     # job-0 goes on to its fallback; job-1 has none: a failed line; job-2 is answered.
-    assert (rep.ok, rep.failed, rep.returned, rep.exit_code) == (1, 1, 0, 1)
+    assert (rep.ok, rep.failed, rep.returned, rep.exit_code) == (1, 1, 0, 6)  # job-0: pending
     assert any("next model" in n for n in rep.notes)
     again = do_submit(cfg, clock)
     assert again.jobs == 1 and fb.created[-1][0] == "anthropic"

@@ -32,13 +32,15 @@ class ModeRun:
     exit_code: int
 
 
-def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None) -> ModeRun:
+def run_mode(
+    cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | None, poll: float = 600
+) -> ModeRun:
     report, _run = anyio.run(
         lambda: run_with_batches(
             cfg,
             mode=mode,
             deadline=deadline,
-            poll=600,
+            poll=poll,
             clock=clock,
             progress=NoProgress(),
             handle_signals=False,
@@ -46,7 +48,8 @@ def run_mode(cfg: RunConfig, clock: VirtualClock, mode: str, deadline: float | N
         )
     )
     assert report.batch is not None
-    return ModeRun(report, SimpleNamespace(**report.batch), exit_code_for(report, None))
+    batch = SimpleNamespace(**report.batch.to_dict())
+    return ModeRun(report, batch, exit_code_for(report, None))
 
 
 def online_ids(fb: FakeBatch) -> Counter[str]:
@@ -70,9 +73,12 @@ def test_auto_finishes_stragglers_online_and_never_sends_a_job_twice(
     assert rep.exit_code == 0
     assert rep.batch.canceled_at_deadline == 2
     assert fb.calls["batch_cancel"] == 1 and fb.calls["msgbatch_cancel"] == 1
-    by_batch = {i for i, n in fb.sent_ids().items() if n}
+    by_batch = {i.rsplit("_", 1)[0] for i, n in fb.sent_ids().items() if n}
     answered_by_batch = {
-        it.custom_id for b in fb.batches.values() for it in b.items if it.outcome == "ok"
+        it.custom_id.rsplit("_", 1)[0]
+        for b in fb.batches.values()
+        for it in b.items
+        if it.outcome == "ok"
     }
     online = online_ids(fb)
     assert 0 < len(answered_by_batch) < 40 and rep.batch.jobs == len(answered_by_batch)
@@ -162,3 +168,34 @@ def test_mode_and_deadline_as_config_keys(tmp_path: Path) -> None:
     toml.write_text('batch_deadline = "soon"\n')
     with pytest.raises(UsageError, match="duration"):
         build_run_config(jobs, {}, load_config(toml))
+
+
+def test_auto_deadline_is_kept_within_one_poll_after_a_slow_cancel(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    """Issue 21.6: `--batch-deadline 6s` took 37 s (the next poll after cancelling came
+    30 s later). The cancel takes 2 s here; the run may overrun the deadline by that
+    wait, never by a whole poll interval."""
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 10))
+    fb.process_s = 4 * 3600
+    fb.cancel_s = 2
+    rep = run_mode(cfg, clock, "auto", deadline=6, poll=30)
+    assert rep.exit_code == 0 and rep.batch.canceled_at_deadline == 2
+    assert 6 + 2 <= clock.slept <= 6 + 2 * 2, clock.slept
+
+
+def test_auto_deadline_counts_from_submission_not_from_each_rerun(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    """Issue 21.6: the deadline restarted on each rerun. Batches submitted an hour ago
+    with a 30-minute deadline: the rerun cancels at once instead of waiting again."""
+    clock = VirtualClock(fb)
+    cfg = config(jobs_file(tmp_path, 10))
+    fb.process_s = 4 * 3600
+    anyio.run(lambda: submit(cfg, clock=clock))
+    fb.advance(3600)  # the first run died; an hour later it runs again
+    rep = run_mode(cfg, clock, "auto", deadline=1800)
+    assert rep.batch.canceled_at_deadline == 2
+    assert clock.slept < 600, clock.slept  # not another 30 minutes, nor a poll
+    assert cfg.output is not None and len(read_jsonl(cfg.output)) == 10

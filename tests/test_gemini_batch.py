@@ -58,7 +58,7 @@ def test_submit_status_fetch_inline_at_the_batch_price(gb: FakeGeminiBatch, tmp_
     assert [(n, inline) for _, n, inline in gb.created] == [(10, True)] * 3
     status = cli(gb, "batch", "status", out, "--json")
     assert status.code == 4, status.output
-    rows = orjson.loads(status.stdout)
+    rows = orjson.loads(status.stdout)["batches"]
     assert len(rows) == 3 and all(
         r["in_progress"] and r["state"] in ("pending", "running") for r in rows
     )
@@ -94,7 +94,8 @@ def test_above_the_inline_limit_the_requests_go_through_the_files_api(
     assert gb.calls["upload"] == 2  # start, then upload + finalize
     (data,) = gb.files.values()
     first = orjson.loads(data.splitlines()[0])
-    assert first["key"] == "job-0" and first["request"]["model"] == "models/gemini-2.5-flash"
+    assert first["key"].startswith("job-0_")  # the job id, then the submission's nonce
+    assert first["request"]["model"] == "models/gemini-2.5-flash"
     config = first["request"]["generationConfig"]
     assert config["responseMimeType"] == "application/json"
     assert config["responseJsonSchema"] == SCHEMA
@@ -114,7 +115,7 @@ def test_item_errors_fail_or_come_back_and_counts_arrive_as_strings(
     out = str(tmp_path / "out.jsonl")
     assert cli(gb, "batch", "submit", str(path), "-o", out).code == 0
     gb.advance(3600)
-    rows = orjson.loads(cli(gb, "batch", "status", out, "--json").stdout)
+    rows = orjson.loads(cli(gb, "batch", "status", out, "--json").stdout)["batches"]
     assert rows[0]["counts"] == {"total": 4, "succeeded": 2, "failed": 2}
     fetched = cli(gb, "batch", "fetch", out, "--json")
     rep = orjson.loads(fetched.stdout)

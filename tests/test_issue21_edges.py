@@ -437,3 +437,14 @@ def test_text_at_the_default_cache_path_is_a_broken_cache(tmp_path: Path) -> Non
     assert res.code == 0 and "running without it" in res.stderr, res.output
     assert path.read_text() == "garbage\n" * 100
     assert run_cli("cache", "clear").code == 0 and not path.exists()
+
+
+def test_a_refused_run_is_recorded_in_the_run_history(tmp_path: Path) -> None:
+    """Item 7: a run refused before anything is sent (exit 2) still gets its history line."""
+    write_jsonl(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "hi"}, {"id": "b"}])
+    r = run_cli("run", "jobs.jsonl", "-m", "sim:claude-haiku-4-5", "-o", "out.jsonl")
+    assert r.code == 2, r.output
+    history = (tmp_path / "out.jsonl.runs.jsonl").read_text().splitlines()
+    runs = [json.loads(x) for x in history]
+    assert len(runs) == 1 and runs[0]["exit_code"] == 2 and runs[0]["jobs_done"] == 0
+    assert "jobs.jsonl:2" in runs[0]["refused"] or "invalid" in runs[0]["refused"]

@@ -115,8 +115,8 @@ def test_batch_mode_report_counts_and_cost_equal_the_fakes(fb: FakeBatch, tmp_pa
     assert report.ok == 30 and report.failed == 0 and report.attempts == 30
     assert len(fb.api.records) == 0  # all of it by batch
     assert report.cost_usd == pytest.approx(fake_bill(fb, cfg, clock), abs=1e-9)
-    assert report.batch is not None and report.batch["jobs"] == 30
-    assert report.batch["saved_usd"] > 0
+    assert report.batch is not None and report.batch.jobs == 30
+    assert report.batch.saved_usd > 0
     assert {f"openai:{OA}", f"anthropic:{AN}"} <= set(report.to_dict()["by_model"])
 
 

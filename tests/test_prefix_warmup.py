@@ -12,6 +12,7 @@ from llmbatch._core.jobs import Request
 from llmbatch._core.models import ModelRef
 from llmbatch._core.prefix import PrefixInfo, anthropic_min_tokens, openai_extended_retention
 from llmbatch._core.pricing import Price
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._engine.warmup import PrefixWarmup, warmup_key
@@ -327,7 +328,7 @@ def test_the_report_shows_prefix_groups_in_json_terminal_and_html() -> None:
         stats.add(
             JobResult(
                 f"j{i}",
-                "ok",
+                Status.OK,
                 "x",
                 None,
                 "anthropic",

@@ -11,6 +11,7 @@ from rich.console import Console
 
 from llmbatch._core.events import AttemptEnded, AttemptStarted, JobEnded, RunEnded, RunStarted
 from llmbatch._core.results import JobResult
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._io.history import append_history
 from llmbatch._observe.stats import Histogram, RunStats
@@ -105,7 +106,7 @@ def test_a_retried_failure_leaves_the_failed_list(tmp_path: Path) -> None:
     def line(job_id: str, status: str) -> JobResult:
         error = None if status == "ok" else {"type": "server_error", "message": "boom"}
         latency = 100.0 if status == "ok" else None
-        return JobResult(job_id, status, "x", None, "sim", "m", Usage(1, 1), 0.0, latency,
+        return JobResult(job_id, Status(status), "x", None, "sim", "m", Usage(1, 1), 0.0, latency,
                          None, 1, error, None)  # fmt: skip
 
     path = _write_results(
@@ -138,7 +139,7 @@ def test_recorder_ignores_unknown_and_late_events() -> None:
     fresh = TimelineRecorder()
     assert fresh.timeline().series is None and not fresh.saw_run
     rec = TimelineRecorder()
-    r = JobResult("x", "ok", "y", None, "sim", "m", Usage(), 0.0, 12.0, 3.0, 1, None, None)
+    r = JobResult("x", Status.OK, "y", None, "sim", "m", Usage(), 0.0, 12.0, 3.0, 1, None, None)
     rec.emit(JobEnded(T0, r))  # no RunStarted: the first event starts the clock
     t = rec.timeline()
     assert rec.saw_run and t.series is not None and t.series.jobs_done == (1,)
@@ -160,7 +161,7 @@ def test_terminal_report_shows_a_latency_histogram() -> None:
     stats = RunStats()
     for i in range(400):
         ms = 200.0 + (i % 40) * 25 if i != 399 else 9000.0
-        stats.add(JobResult(f"j{i}", "ok", "y", None, "sim", "m", Usage(), 0.0, ms, None, 1,
+        stats.add(JobResult(f"j{i}", Status.OK, "y", None, "sim", "m", Usage(), 0.0, ms, None, 1,
                             None, None))  # fmt: skip
     console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
     build_report(stats).render(console)

@@ -25,6 +25,7 @@ from llmbatch._core.headers import (
 from llmbatch._core.models import ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._core.results import JobResult
 from llmbatch._core.schema import extract_json, sample_instance, validate_answer
+from llmbatch._core.states import Status
 from llmbatch._core.template import MissingField, Template, TemplateError
 from llmbatch._core.usage import Usage
 from llmbatch._io.resume import DoneSet, fp_int, read_existing
@@ -231,7 +232,7 @@ def test_report_table_renders() -> None:
     stats.add(
         JobResult(
             id="a",
-            status="ok",
+            status=Status.OK,
             output="x",
             parsed=None,
             provider="sim",

@@ -20,6 +20,7 @@ from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._core.results import JobResult
 from llmbatch._core.schema import validate_answer
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._io.batch_state import UNCOUNTED, BatchState, Chunk
 
@@ -185,7 +186,7 @@ class BatchCloser:
         self.written.add(row["id"])
         return JobResult(
             id=row["id"],
-            status="ok" if error is None else "failed",
+            status=Status.OK if error is None else Status.FAILED,
             output=None,
             parsed=None,
             provider=ref.provider,

@@ -8,6 +8,7 @@ budgets of ``run``; none copies them.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.exceptions import NotFound, ProviderError, UsageError
 from llmbatch._io.batch_state import BatchState, Chunk
 from llmbatch._io.lock import OutputLock
+from llmbatch._io.resume import read_existing
 
 ClientFactory = Callable[[str, RunConfig], BatchClient]
 T = TypeVar("T")
@@ -136,45 +138,127 @@ async def recover(ctx: BatchContext) -> None:
 
 
 async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
+    """Find the batch an interrupted create may have made; adopt it only when it can be
+    this intent's. Proof: our key in its metadata (OpenAI; the key holds the submission's
+    nonce), or its results' custom_ids, all this submission's (Anthropic, once it ended).
+    One batch created after the intent that cannot be checked yet (Anthropic, in
+    progress) is adopted unverified: fetch checks every line against the custom_ids
+    sent, and cancel leaves it alone. Anything else is abandoned, never adopted."""
     state = ctx.state
     client = ctx.client(chunk.provider)
     known = {c.batch_id for c in state.chunks.values() if c.batch_id}
     found = await ctx.call(client.find, state.key(chunk), chunk.at, chunk.count)
     found = [b for b in found if b.id not in known]
-    if len(found) == 1:
-        info = found[0]
-        state.append(created_event(chunk, info, adopted=True))
-        ctx.notes.append(f"found batch {info.id} again, created before an interruption")
+    proven: list[BatchInfo] = []
+    unknown: list[BatchInfo] = []
+    for info in found:
+        ours = await _is_ours(ctx, chunk, info)
+        if ours:
+            proven.append(info)
+        elif ours is None:
+            unknown.append(info)
+    after = [b for b in unknown if _made_after(b.created_at, chunk.at)]
+    if len(proven) == 1 or (not proven and len(after) == 1 and chunk.nonce):
+        info = (proven or after)[0]
+        state.append(created_event(chunk, info, adopted=True, verified=bool(proven)))
+        if proven:
+            ctx.notes.append(f"found batch {info.id} again, created before an interruption")
+        else:
+            ctx.notes.append(
+                f"batch {info.id} was created after an interrupted submit and may be its "
+                "(Anthropic shows a batch's requests only once it has ended); its lines are "
+                "checked against the custom_ids this submission sent, and `batch cancel` "
+                "leaves it alone until then"
+            )
         return info
-    if not found:
+    if not proven and not unknown:
         reason = "not created: interrupted before the provider accepted it"
     else:
-        ids = ", ".join(b.id for b in found)
-        reason = f"ambiguous: {len(found)} unrecorded batches match"
+        ids = ", ".join(b.id for b in proven + unknown)
+        reason = f"unproven: {len(proven + unknown)} unrecorded batches may be it"
         ctx.notes.append(
-            f"{chunk.provider}: a create was interrupted and {ids} all match it; one of "
-            "them may be orphaned (billed, never fetched here). Cancel it in the provider "
-            "console if it is not someone else's. Its jobs will be submitted again."
+            f"{chunk.provider}: a create was interrupted and {ids} may be it, unproven; none "
+            "is adopted (an answer is only written for the request that produced it). If one "
+            f"is this output's it is orphaned: billed up to ${chunk.reserve_cost:.4f} (its "
+            "worst case), never fetched here. Its jobs will be submitted again."
         )
     state.append({"ev": "abandoned", "local": chunk.local, "reason": reason})
     return None
 
 
-async def lookup(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
-    """The provider's view of an open chunk; None (and a note) when it does not know it."""
+def _made_after(created_at: float, intent_at: float) -> bool:
+    """Created after the intent; a stamp in whole seconds is compared at that precision."""
+    return created_at >= (math.floor(intent_at) if created_at.is_integer() else intent_at)
+
+
+async def _is_ours(ctx: BatchContext, chunk: Chunk, info: BatchInfo) -> bool | None:
+    """True: this intent's batch; False: not; None: cannot tell yet."""
+    if info.metadata:  # OpenAI: our key; Gemini: "llmbatch-" + our key (displayName)
+        key = ctx.state.key(chunk)
+        return any(v == key or v.endswith("-" + key) for v in info.metadata.values())
+    if not chunk.nonce:  # an older llmbatch's intent: its custom_ids prove nothing
+        return None
+    if not info.results_ready:
+        return None
+    items = [] if info.batch_error else await ctx.call(ctx.client(chunk.provider).results, info)
+    sent = {r["cid"] for r in ctx.state.read_jobs(chunk.local)}
+    return bool(items) and all(i.custom_id in sent for i in items)
+
+
+async def lookup(
+    ctx: BatchContext, chunk: Chunk, *, record: bool = True, clear: bool = True
+) -> BatchInfo | None:
+    """The provider's view of an open chunk; None (and a note) when it does not know it.
+
+    A not-found is recorded (``record``: writers only); confirmed by a later poll, the
+    batch is marked lost and its jobs go back to pending (``forget`` does it at once).
+    """
     assert chunk.batch_id is not None
     try:
-        return await ctx.call(ctx.client(chunk.provider).get, chunk.batch_id)
+        info = await ctx.call(ctx.client(chunk.provider).get, chunk.batch_id)
     except NotFound:
-        # Not dropped: it may exist under another key, and resubmitting could pay twice.
-        ctx.notes.append(
-            f"{chunk.provider} does not know batch {chunk.batch_id} (deleted, or made with "
-            "another API key?); it stays open here and its jobs are not resubmitted"
-        )
+        not_found(ctx, chunk, record=record)
         return None
+    if chunk.missing and record and clear:  # (not ``clear``: its results are next)
+        ctx.state.append({"ev": "seen", "local": chunk.local})
+    return info
 
 
-def created_event(chunk: Chunk, info: BatchInfo, adopted: bool = False) -> dict[str, object]:
+def not_found(ctx: BatchContext, chunk: Chunk, *, record: bool = True) -> None:
+    """The provider says it does not know the chunk's batch: note it; the second time, lost."""
+    out = ctx.state.output
+    if not record:
+        ctx.notes.append(
+            f"{chunk.provider} does not know batch {chunk.batch_id} (deleted, past its "
+            "retention, or made with another base URL or key?); `batch fetch` marks it lost "
+            f"when a second poll says so, or `llmbatch batch forget {out} {chunk.batch_id}`"
+        )
+        return
+    if chunk.missing < 1:
+        ctx.state.append({"ev": "missing", "local": chunk.local})
+        ctx.notes.append(
+            f"{chunk.provider} does not know batch {chunk.batch_id} (deleted, past its "
+            "retention, or made with another base URL or key?); if the next poll says so "
+            "again it is marked lost and its jobs go back to pending "
+            f"(`llmbatch batch forget {out} {chunk.batch_id}` does it now)"
+        )
+        return
+    lose(ctx, chunk, f"{chunk.provider} does not know it (two polls)")
+
+
+def lose(ctx: BatchContext, chunk: Chunk, reason: str) -> None:
+    """Give up on a batch: its jobs go back to pending; say what it may have cost."""
+    ctx.state.append({"ev": "lost", "local": chunk.local, "reason": reason})
+    ctx.notes.append(
+        f"batch {chunk.batch_id or chunk.local} is lost ({reason}): its {chunk.count} jobs go "
+        "back to pending. If the provider ran it, it may have cost up to "
+        f"${chunk.reserve_cost:.4f} (its worst case), never fetched here."
+    )
+
+
+def created_event(
+    chunk: Chunk, info: BatchInfo, adopted: bool = False, verified: bool = True
+) -> dict[str, object]:
     return {
         "ev": "created",
         "local": chunk.local,
@@ -182,6 +266,7 @@ def created_event(chunk: Chunk, info: BatchInfo, adopted: bool = False) -> dict[
         "created_at": info.created_at,
         "expires_at": info.expires_at,
         "adopted": adopted,
+        "verified": verified,
     }
 
 
@@ -259,26 +344,56 @@ async def batch_status(ctx: BatchContext) -> list[BatchRow]:
         if c.state == "abandoned":
             continue
         if c.state == "open" and c.batch_id is not None:
-            info = await lookup(ctx, c)
+            info = await lookup(ctx, c, record=False)
             rows.append(
                 _live_row(c, info)
                 if info
                 else replace(_recorded_row(c), state="not found", in_progress=True)
             )
+        elif c.state == "lost":
+            rows.append(replace(_recorded_row(c), state="lost", in_progress=False))
         else:
             rows.append(_recorded_row(c))
     return rows
 
 
-async def batch_cancel(ctx: BatchContext) -> list[BatchRow]:
-    """Ask the provider to cancel every open batch; a later fetch keeps what finished."""
+def pending_jobs(ctx: BatchContext) -> int:
+    """Jobs the output's batches handed back unanswered, waiting to be submitted again."""
+    if ctx.config.output is None or not ctx.state.exists:
+        return 0
+    done = read_existing(ctx.config.output, retry_failed=False).done
+    return len(ctx.state.pending_job_ids(done.fingerprint))
+
+
+async def batch_cancel(ctx: BatchContext, *, release_unproven: bool = False) -> list[BatchRow]:
+    """Ask the provider to cancel every open batch; a later fetch keeps what finished.
+
+    A batch adopted unverified (after an interrupted create) is left alone: it may be
+    someone else's (``release_unproven``, at ``--batch-deadline``: given up as lost, its
+    jobs go on online). A batch the provider does not know is noted (lost when confirmed).
+    """
     await recover(ctx)
     rows: list[BatchRow] = []
     for c in ctx.state.open_chunks():
         assert c.batch_id is not None
-        client = ctx.client(c.provider)
-        info = await ctx.call(client.get, c.batch_id)
+        if not c.verified and release_unproven:
+            lose(ctx, c, "unproven at the batch deadline, not canceled; its jobs go online")
+            rows.append(replace(_recorded_row(c), state="lost"))
+            continue
+        if not c.verified:
+            rows.append(replace(_recorded_row(c), state="not canceled (unproven)"))
+            ctx.notes.append(
+                f"batch {c.batch_id} was not canceled: it was found after an interrupted "
+                "submit and is not yet proven this output's; cancel it in the provider's "
+                "console if it is yours"
+            )
+            continue
+        info = await lookup(ctx, c)
+        if info is None:
+            lost = ctx.state.chunks[c.local].state == "lost"
+            rows.append(replace(_recorded_row(c), state="lost" if lost else "not found"))
+            continue
         if not info.ended:
-            info = await ctx.call(client.cancel, c.batch_id)
+            info = await ctx.call(ctx.client(c.provider).cancel, c.batch_id)
         rows.append(_live_row(c, info))
     return rows

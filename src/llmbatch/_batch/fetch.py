@@ -17,12 +17,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmbatch._batch.close import BatchCloser, Closing, missing_reason
-from llmbatch._batch.context import BatchContext, ClientFactory, batch_context, lookup, recover
+from llmbatch._batch.context import (
+    BatchContext,
+    ClientFactory,
+    batch_context,
+    lookup,
+    not_found,
+    pending_jobs,
+    recover,
+)
 from llmbatch._batch.repair import RepairReport, repair_pending
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import AttemptEnded, EventBus, JobEnded
+from llmbatch._core.exceptions import NotFound
 from llmbatch._core.results import ResultWriter
 from llmbatch._io.batch_state import Chunk
 from llmbatch._io.resume import cut_torn_tail, read_existing
@@ -47,14 +56,19 @@ class FetchReport:
     repaired: int = 0  # lines the online repair step wrote (counted in ok / failed)
     repair_cost_usd: float = 0.0  # what its online attempts cost
     stopped_by: str | None = None  # the repair step's stop: "budget", "budget_window", ...
+    refused: int = 0  # result lines whose custom_id this output did not send: not written
+    pending: int = 0  # jobs handed back unanswered (all batches so far): submit them again
 
     @property
     def exit_code(self) -> int:
+        """3 budget, 4 a batch still open, 6 jobs pending (submit again), 1 failed, 0 done."""
         if self.stopped_by == "budget":
             return 3
         if self.still_open or self.stopped_by == "budget_window":
             return 4
-        return 1 if self.failed or self.repair_pending or self.stopped_by else 0
+        if self.pending:
+            return 6
+        return 1 if self.failed or self.repair_pending or self.stopped_by or self.refused else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +78,8 @@ class FetchReport:
                 "returned_to_pending": self.returned,
                 "repair_pending": self.repair_pending,
                 "repaired_online": self.repaired,
+                "pending": self.pending,
+                "refused_lines": self.refused,
             },
             "repair_cost_usd": round(self.repair_cost_usd, 6),
             "stopped_by": self.stopped_by,
@@ -90,6 +106,7 @@ class _Fetcher:
         self.closer = BatchCloser(ctx.state, cfg.price_book(tiers=False), max_attempts)
         self.totals = self.closer.totals
         self.closed = 0
+        self.refused = 0
         self.bus = bus  # the run's events: batch answers count as its jobs
 
     def line_fp(self, job_id: str) -> int | None:
@@ -138,18 +155,28 @@ class _Fetcher:
             if chunk.batch_id is None:
                 continue
             client = self.ctx.client(chunk.provider)
-            info = await lookup(self.ctx, chunk)
-            if info is None or not info.results_ready:
+            info = await lookup(self.ctx, chunk, clear=False)
+            if info is not None and not info.results_ready and chunk.missing:
+                self.ctx.state.append({"ev": "seen", "local": chunk.local})
+            if info is not None and info.results_ready:
+                try:
+                    items = [] if info.batch_error else await self.ctx.call(client.results, info)
+                except NotFound:
+                    not_found(self.ctx, chunk)
+                else:
+                    self.close(chunk, info, items)
+                    continue
+            if self.ctx.state.chunks[chunk.local].is_open:  # not lost meanwhile
                 still += 1
-                continue
-            items = [] if info.batch_error else await self.ctx.call(client.results, info)
-            self.close(chunk, info, items)
         return still
 
     def close(self, chunk: Chunk, info: BatchInfo, items: list[ItemResult]) -> None:
         listed = self.ctx.state.read_jobs(chunk.local)
         rows = {r["cid"]: r for r in listed}
         by_id = {r["id"]: r for r in listed}
+        foreign = [i.custom_id for i in items if i.custom_id not in rows]
+        if foreign and not self.refuse(chunk, info, foreign, len(items)):
+            return
         out = Closing()
         for item in items:
             row = rows.pop(item.custom_id, None)
@@ -159,12 +186,30 @@ class _Fetcher:
         for row in rows.values():  # in no results file: a failed batch, or lost
             if not self.is_done(row["id"]):
                 out.returned[row["id"]] = why
-        if info.batch_error:
-            self.ctx.notes.append(
-                f"batch {info.id} failed ({info.batch_error}); its jobs go back to pending"
-            )
         self.closer.settle_rounds(out, chunk, info, by_id)
+        if info.batch_error:
+            self.ctx.notes.append(batch_failed_note(chunk, info, out))
         self.record(chunk, info, out)
+
+    def refuse(self, chunk: Chunk, info: BatchInfo, foreign: list[str], total: int) -> bool:
+        """Result lines whose custom_id this output did not send: never written, said loudly.
+        A batch adopted unverified with none of ours is not ours: abandoned (False)."""
+        self.refused += len(foreign)
+        sample = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+        self.ctx.notes.append(
+            f"batch {info.id}: refused {len(foreign)} result line(s) whose custom_id this "
+            f"output did not send ({sample}); nothing was written for them"
+        )
+        if chunk.verified or len(foreign) < total:
+            return True
+        self.ctx.state.append(
+            {"ev": "abandoned", "local": chunk.local, "reason": f"not ours: {info.id}"}
+        )
+        self.ctx.notes.append(
+            f"batch {info.id} is not this output's (found after an interrupted submit, none "
+            f"of its custom_ids were sent from here): its {chunk.count} jobs go back to pending"
+        )
+        return False
 
     def record(self, chunk: Chunk, info: BatchInfo, out: Closing) -> None:
         """Lines, then repairs, then ``closed``: each reaches the disk before the next.
@@ -235,6 +280,7 @@ async def fetch(
             if session.stopper.stopping:
                 break
         fixed = RepairReport()
+        refused = f.refused
         if repair and ctx.state.pending_repairs(f.line_fp):
             fixed = await repair_pending(ctx, f.line_fp, f.closer.online, provider_factory)
             ctx.notes.extend(fixed.notes)
@@ -254,6 +300,8 @@ async def fetch(
             repaired=fixed.ok + fixed.failed,
             repair_cost_usd=fixed.cost_usd,
             stopped_by=fixed.stopped_by,
+            refused=refused,
+            pending=pending_jobs(ctx),  # the output read again: repairs wrote lines too
         )
 
 
@@ -277,3 +325,26 @@ def _say(ctx: BatchContext, f: _Fetcher) -> None:
             f"{t.fallbacks} job(s) go on to the next model of their chain "
             "(the next submit, or the online part of a run)"
         )
+
+
+def batch_failed_note(chunk: Chunk, info: BatchInfo, out: Closing) -> str:
+    """What a whole failed batch means for its jobs: back to pending, or failed for good,
+    and for a batch too large for the provider's token limit, what fixes it."""
+    back = sum(1 for r in out.returned.values() if r != "fallback")
+    gave_up = len(out.results)
+    parts = []
+    if back:
+        parts.append(f"{back} job(s) go back to pending")
+    if gave_up:
+        parts.append(f"{gave_up} failed for good (out of batch rounds, --max-attempts)")
+    if out.advanced:
+        parts.append(f"{len(out.advanced)} go on to their next model")
+    text = f"batch {info.id} failed as a whole ({info.batch_error}): " + "; ".join(parts)
+    if "token_limit" in (info.batch_error or ""):
+        smaller = max(1, chunk.count // 2)
+        text += (
+            f". It holds more tokens than {chunk.provider} lets one model have queued: a "
+            f"smaller --batch-size (e.g. `batch submit … --batch-size {smaller}`) fixes "
+            "it, or split the jobs file; the same batch again fails the same way"
+        )
+    return text

@@ -194,6 +194,5 @@ def _hold_spent(session: RunSession, ctx: BatchContext, line_fp: LineFingerprint
     existing = read_existing(session.config.output, retry_failed=False)
     paid_cost, paid_tokens = ctx.state.spent(line_fp)
     budget = session.run_budget
-    budget.spent_cost = existing.cost_usd + paid_cost
-    budget.spent_tokens = existing.tokens + paid_tokens
-    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
+    budget.count_spent(existing.cost_usd + paid_cost, existing.tokens + paid_tokens)
+    budget.hold_elsewhere(*ctx.state.reserved())

@@ -147,7 +147,7 @@ async def _batches_then_online(
         run.notes.append(sub.window_message or "the budget cap held the rest of the jobs back")
         run.stop(StopReason(sub.stopped_by))
     part = BatchPart(totals.jobs, totals.cost, totals.online, canceled, sub.stopped_by == "budget")
-    return await run.run_locked(opened=True, batch=part.to_dict())
+    return await run.run_locked(opened=True, batch=part)
 
 
 async def _wait_for_batches(
@@ -159,12 +159,14 @@ async def _wait_for_batches(
 ) -> tuple[_Totals, int]:
     """Fetch until every batch has ended, or cancel at the deadline and fetch what ended.
 
-    A signal ends the wait at once: the batches stay open, their state on disk, and the
-    next run (or ``batch fetch``) takes them up.
+    The deadline counts from the submission of the oldest open batch (its intent, kept in
+    the batch state), not from this run: a rerun does not restart it. A signal ends the
+    wait at once: the batches stay open, their state on disk, and the next run (or
+    ``batch fetch``) takes them up.
     """
     config, clock, stopper = run.config, run.clock, run.stopper
     totals = _Totals()
-    started = clock.monotonic()
+    started = _submitted_at(config, clock)
     while not stopper.stopping:
         # Schema repairs are left to the online part: its report counts them.
         rep = await fetch(
@@ -173,26 +175,43 @@ async def _wait_for_batches(
         totals.add(rep)
         if not rep.still_open:
             return totals, 0
-        waited = clock.monotonic() - started
+        waited = clock.time() - started
         if deadline is not None and waited >= deadline:
             canceled = await _cancel_all(config, clock, client_factory)
             tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
-            rep = await fetch(
-                config,
-                wait=True,
-                poll=min(poll, 30.0),
-                clock=clock,
-                client_factory=client_factory,
-                repair=False,
-                session=run,
-            )
-            totals.add(rep)
+            await _fetch_canceled(run, poll, client_factory, totals)
             return totals, canceled
         tell(f"{rep.still_open} batch(es) in progress; {totals.jobs} jobs answered so far")
         step = poll if deadline is None else max(0.0, min(poll, deadline - waited))
         with stopper.interruptible():
             await clock.sleep(step)
     return totals, 0
+
+
+def _submitted_at(config: RunConfig, clock: Clock) -> float:
+    """When the oldest open batch of the output was submitted (now, if none is open)."""
+    assert config.output is not None
+    opened = [c.at for c in BatchState.load(config.output).open_chunks()]
+    return min(opened) if opened else clock.time()
+
+
+async def _fetch_canceled(
+    run: FileRun, poll: float, client_factory: ClientFactory | None, totals: _Totals
+) -> None:
+    """Fetch the canceled batches as soon as they have ended: polls 1 s, 2 s, 4 s, ...
+    apart (at most ``poll``), so a quick cancel does not wait a whole poll interval."""
+    config, clock, stopper = run.config, run.clock, run.stopper
+    step = 1.0
+    while not stopper.stopping:
+        rep = await fetch(
+            config, clock=clock, client_factory=client_factory, repair=False, session=run
+        )
+        totals.add(rep)
+        if not rep.still_open:
+            return
+        with stopper.interruptible():
+            await clock.sleep(min(step, poll))
+        step *= 2
 
 
 def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
@@ -216,7 +235,7 @@ def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
 
 async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
     async with batch_context(config, clock=clock, factory=factory, locked=True) as ctx:
-        return len(await batch_cancel(ctx))
+        return len(await batch_cancel(ctx, release_unproven=True))
 
 
 def _stderr(message: str) -> None:

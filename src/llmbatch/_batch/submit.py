@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -46,6 +47,7 @@ from llmbatch.providers.gemini_wire import build_gemini_body
 from llmbatch.providers.openai import OpenAIWire
 
 _CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NONCE_CHARS = 8  # hex: a submission's own mark, "_" + nonce at the end of every custom_id
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
 
 
@@ -82,10 +84,15 @@ class SubmitReport:
     left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
     from_cache: int = 0  # answered by the response cache: left to the run, never submitted
     window_message: str | None = None  # a rolling window had no room for the rest
+    stuck: int = 0  # jobs pending from earlier batches that this submit could not send
 
     @property
     def exit_code(self) -> int:
-        return {"budget": 3, "budget_window": 4}.get(self.stopped_by or "", 0)
+        """3 budget, 4 a rolling window full; 1 nothing sent while pending jobs remain
+        that submit cannot send (a cron loop "fetch, 6 → submit" must end); else 0."""
+        if self.stopped_by in ("budget", "budget_window"):
+            return {"budget": 3, "budget_window": 4}[self.stopped_by]
+        return 1 if self.stuck and not self.jobs else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +105,7 @@ class SubmitReport:
             "reserved_cost_usd": round(self.reserved_cost, 6),
             "left_online": self.left_online,
             "from_cache": self.from_cache,
+            "stuck_pending": self.stuck,
             "notes": self.notes,
         }
 
@@ -126,20 +134,23 @@ def request_body(
     return body
 
 
-def custom_id(job_id: str, used: set[str]) -> str:
-    """The job id when the providers accept it; else a stable mapped one (never rejected)."""
+def custom_id(job_id: str, used: set[str], nonce: str = "") -> str:
+    """``JOBID_NONCE`` when the providers accept the job id; else a stable mapped one
+    (``m-…``, never rejected). The nonce is the submission's: a result line is written
+    only for a custom_id this submission sent, never for another output's batch."""
+    room = 64 - (len(nonce) + 1 if nonce else 0)
     cid = (
         job_id
-        if _CUSTOM_ID.match(job_id)
+        if _CUSTOM_ID.match(job_id) and len(job_id) <= room
         else "m-" + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest()
     )
     n = 1
     base = cid
     while cid in used:
         n += 1
-        cid = f"{base[:56]}-{n}"
+        cid = f"{base[: room - 8]}-{n}"
     used.add(cid)
-    return cid
+    return f"{cid}_{nonce}" if nonce else cid
 
 
 class _Submitter:
@@ -167,6 +178,7 @@ class _Submitter:
         self.jobs = 0
         self.leave_online = leave_online
         self.left_online = 0
+        self.nonce = secrets.token_hex(NONCE_CHARS // 2)
         self.window_refusal: Refusal | None = None
 
     def collect(self, spool: Path) -> dict[ModelRef, Path]:
@@ -250,7 +262,7 @@ class _Submitter:
         settings = self.ctx.config.providers[ref.provider]
         price = self.price(ref)
         body = request_body(settings, ref.model, pj.request, self.wire_notes, self.ctx.config)
-        cid = custom_id(pj.job.id, used)
+        cid = custom_id(pj.job.id, used, self.nonce)
         worst_in = estimate_input_tokens(pj.request, conservative=True)
         out = pj.request.max_tokens or self.ctx.config.max_tokens
         cost = 0.0 if price is None else price.cost(Usage(worst_in, out))
@@ -333,6 +345,7 @@ class _Submitter:
                 "reserve_cost": sum(p.cost for p in chunk),
                 "reserve_tokens": sum(p.tokens for p in chunk),
                 "price": price_to_json(self.prices.get(ref)),
+                "nonce": self.nonce,
             }
         )
         record = state.chunks[local]
@@ -340,7 +353,12 @@ class _Submitter:
             info = await self.ctx.call(
                 client.create, state.key(record), [p.line for p in chunk], idempotent=False
             )
-        except ProviderError:
+        except ProviderError as exc:
+            if exc.nothing_sent:  # no connection was made: nothing to find again
+                state.append(
+                    {"ev": "abandoned", "local": local, "reason": "not sent: no connection"}
+                )
+                raise
             # It may exist anyway (a timeout after the provider took it): look before giving up.
             if await recover_chunk(self.ctx, record) is None:
                 raise
@@ -416,7 +434,15 @@ async def _submit(
             f"{sub.left_online} job(s) have no model with a Batch API left; they run "
             "online (`llmbatch run`, or the online part of `run --mode`)"
         )
+    stuck = len(ctx.state.pending_job_ids(sub.line_fp))
+    if stuck and not sub.jobs and sub.stopped_by is None:
+        ctx.notes.append(
+            f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
+            "(answered by the response cache, no model of their chain with a Batch API, or "
+            f"no longer in the jobs file): run them online (`llmbatch run JOBS -o {config.output}`)"
+        )
     return SubmitReport(
+        stuck=stuck,
         batches=sub.batches,
         jobs=sub.jobs,
         skipped_done=plan.skipped_done,
@@ -442,11 +468,10 @@ async def _send(
     existing = sub.planner.existing
     budget = RunBudget(config.max_cost, config.max_total_tokens)
     if existing is not None:
-        budget.spent_cost, budget.spent_tokens = existing.cost_usd, existing.tokens
+        budget.count_spent(existing.cost_usd, existing.tokens)
     spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
-    budget.spent_cost += spent_cost
-    budget.spent_tokens += spent_tokens
-    budget.reserved_cost, budget.reserved_tokens = ctx.state.reserved()
+    budget.count_spent(spent_cost, spent_tokens)
+    budget.hold_elsewhere(*ctx.state.reserved())
     for ref in sorted(spools, key=str):
         client = ctx.client(ref.provider)
         for chunk in sub.chunks(spools[ref], client):

@@ -83,6 +83,16 @@ class RunBudget:
         self.reserved_tokens = 0
         self.holds = 0  # attempts holding room now
 
+    def count_spent(self, cost: float, tokens: int) -> None:
+        """Spend from before this run (earlier runs on the output, batches' bills)."""
+        self.spent_cost += cost
+        self.spent_tokens += tokens
+
+    def hold_elsewhere(self, cost: float, tokens: int) -> None:
+        """Room held outside this process's attempts (open provider batches)."""
+        self.reserved_cost += cost
+        self.reserved_tokens += tokens
+
     @property
     def capped(self) -> bool:
         return self.max_cost is not None or self.max_tokens is not None

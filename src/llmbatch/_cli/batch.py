@@ -1,8 +1,9 @@
-"""``llmbatch batch submit|status|fetch|cancel``: the provider Batch APIs from the shell.
+"""``llmbatch batch submit|status|fetch|cancel|forget``: the provider Batch APIs from the shell.
 
 Thin, as the rest of the CLI: parse options, build a RunConfig, call ``_batch*``,
 render, exit. Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent),
-3 budget left jobs unsubmitted (or repairs unmade), 4 still in progress (run again later).
+3 budget left jobs unsubmitted (or repairs unmade), 4 still in progress (run again later),
+6 jobs back to pending (submit them again).
 """
 
 from __future__ import annotations
@@ -53,14 +54,20 @@ def _stamp(ts: float | None) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
 
 
-def render_rows(rows: list[BatchRow], as_json: bool) -> None:
+PENDING_EXIT = 6  # jobs handed back by their batches: `batch submit` them again
+
+
+def render_rows(rows: list[BatchRow], as_json: bool, pending: int | None = None) -> None:
+    """The rows as a table (or JSON: a list; with ``pending``, {"batches", "pending_jobs"})."""
     from llmbatch._cli.common import _console
     from llmbatch._report.render import print_whole
 
     if as_json:
         import orjson
 
-        data = [r.to_dict() for r in rows]
+        data: object = [r.to_dict() for r in rows]
+        if pending is not None:
+            data = {"batches": data, "pending_jobs": pending}
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     from rich import box
@@ -168,29 +175,45 @@ def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
 
 @batch_app.command()
 def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None) -> None:
-    """One row per batch. Exit 0 when none is in progress, 4 while any is."""
+    """One row per batch, and the jobs back to pending. Exit 0 when all is done,
+    4 while any batch is in progress, 6 when jobs wait to be submitted again."""
 
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_context, batch_status
+        from llmbatch._batch.context import batch_context, batch_status, pending_jobs
         from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
 
-        async def main() -> list[BatchRow]:
+        async def main() -> tuple[list[BatchRow], int, list[str]]:
             async with batch_context(cfg, write=False) as ctx:
                 if not ctx.state.exists:
                     _err(f"no batches recorded for {output}")
-                return await batch_status(ctx)
+                return await batch_status(ctx), pending_jobs(ctx), ctx.notes
 
-        rows = anyio.run(main)
-        render_rows(rows, as_json)
-        return 4 if any(r.in_progress for r in rows) else 0
+        rows, pending, notes = anyio.run(main)
+        render_rows(rows, as_json, pending)
+        for note in notes:
+            _err(note)
+        if pending:
+            _err(pending_note(pending, output))
+        if any(r.in_progress for r in rows):
+            return 4
+        return PENDING_EXIT if pending else 0
 
     from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
+
+
+def pending_note(pending: int, output: str) -> str:
+    return (
+        f"{pending} job(s) are pending (their batch came back without their answer, was "
+        "lost, or was never created): submit them again "
+        f"(`llmbatch batch submit JOBS -o {output}`, or "
+        f"`llmbatch run JOBS -o {output} --mode batch`)"
+    )
 
 
 @batch_app.command()
@@ -232,7 +255,7 @@ def fetch(
             sys.stdout.write(
                 orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
-        _say_fetched(rep)
+        _say_fetched(rep, output)
         return rep.exit_code
 
     from llmbatch._cli.common import _guard
@@ -240,7 +263,7 @@ def fetch(
     raise typer.Exit(_guard(go))
 
 
-def _say_fetched(rep: FetchReport) -> None:
+def _say_fetched(rep: FetchReport, output: str) -> None:
     """What fetch did, on stderr: batches, repairs, savings, notes."""
     from llmbatch._cli.common import _err
 
@@ -263,8 +286,15 @@ def _say_fetched(rep: FetchReport) -> None:
             f"llmbatch: batch cost ${rep.cost_usd:.6f} for {rep.batch_jobs} jobs "
             f"(online: ${rep.online_cost_usd:.6f}; saved ${saved:.6f})\n"
         )
+    if rep.refused:
+        sys.stderr.write(
+            f"llmbatch: refused {rep.refused} result lines this output did not send "
+            "(not written; see above)\n"
+        )
     for note in rep.notes:
         _err(note)
+    if rep.pending and not rep.still_open:
+        _err(pending_note(rep.pending, output))
 
 
 @batch_app.command()
@@ -278,15 +308,57 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
 
         cfg = output_config(output, config)
 
-        async def main() -> list[BatchRow]:
+        async def main() -> tuple[list[BatchRow], list[str]]:
             async with batch_context(cfg) as ctx:
-                return await batch_cancel(ctx)
+                return await batch_cancel(ctx), ctx.notes
 
-        rows = anyio.run(main)
+        rows, notes = anyio.run(main)
         render_rows(rows, as_json)
-        sys.stderr.write(
-            f"llmbatch: asked to cancel {len(rows)} batches; fetch keeps what finished\n"
+        from llmbatch._cli.common import _err
+
+        asked = sum(
+            1 for r in rows if r.state not in ("lost", "not found", "not canceled (unproven)")
         )
+        sys.stderr.write(f"llmbatch: asked to cancel {asked} batches; fetch keeps what finished\n")
+        for note in notes:
+            _err(note)
+        return 0
+
+    from llmbatch._cli.common import _guard
+
+    raise typer.Exit(_guard(go))
+
+
+@batch_app.command()
+def forget(
+    output: OutputArg,
+    batch_id: Annotated[
+        str, typer.Argument(metavar="BATCH_ID", help="The batch's id, as `batch status` shows it.")
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Forget it even if the provider still knows it.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Forget a batch the provider no longer knows (deleted, past retention, another
+    base URL): its jobs go back to pending. Exit 0, or 2 (nothing changed)."""
+
+    def go() -> int:
+        import anyio
+
+        from llmbatch._batch.context import batch_context
+        from llmbatch._batch.forget import forget as do_forget
+        from llmbatch._cli.common import _err
+
+        cfg = output_config(output, config)
+
+        async def main() -> list[str]:
+            async with batch_context(cfg) as ctx:
+                await do_forget(ctx, batch_id, force=force)
+                return ctx.notes
+
+        for note in anyio.run(main):
+            _err(note)
         return 0
 
     from llmbatch._cli.common import _guard

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from llmbatch._core.states import BreakerState
+
 if TYPE_CHECKING:
     from llmbatch._core.results import JobResult
     from llmbatch._report.report import RunReport
@@ -81,7 +83,7 @@ class LimitChanged:
 class BreakerChanged:
     ts: float
     model: str
-    state: str  # "open" | "closed"
+    state: BreakerState
     consecutive_failures: int
 
 

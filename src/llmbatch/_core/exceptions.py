@@ -95,6 +95,9 @@ class ProviderError(LLMBatchError):
 
     error_type = "other"
     retryable = False
+    # True when no connection was made (refused, no route, DNS, TLS handshake): nothing
+    # was sent, so a create that failed this way made nothing at the provider.
+    nothing_sent = False
     # A 429 that says nothing of our pace (a flex "resource unavailable"): the engine
     # waits and retries it, but the rate limiter does not learn from it.
     teaches_limit = True

@@ -31,6 +31,8 @@ class Rate:
 
     def at(self, input_tokens: int) -> float:
         price = self.base
+        if not self.tiers:
+            return price
         for start, tier_price in self.tiers:
             if input_tokens > start:
                 price = tier_price
@@ -49,6 +51,8 @@ class Price:
 
     def cost(self, usage: Usage) -> float:
         n = usage.input_tokens
+        if not (usage.cache_read_tokens or usage.cache_write_tokens):  # most answers
+            return (n * self.input.at(n) + usage.output_tokens * self.output.at(n)) / 1_000_000
         uncached = max(0, n - usage.cache_read_tokens - usage.cache_write_tokens)
         long_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         return (

@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from llmbatch._core.exceptions import OutputError, UsageError
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 
 
@@ -27,7 +28,7 @@ class JobResult:
     """One finished job, as written to the output (SPEC §3, plus a few extra fields)."""
 
     id: str
-    status: str  # "ok" | "failed"
+    status: Status
     output: str | None
     parsed: Any
     provider: str | None
@@ -92,7 +93,7 @@ class JobResult:
         attempt_errors = d.get("attempt_errors")
         return cls(
             id=str(d.get("id")),
-            status=str(d.get("status")),
+            status=Status.OK if d.get("status") == "ok" else Status.FAILED,
             output=str_or_none(d.get("output")),
             parsed=d.get("parsed"),
             provider=str_or_none(d.get("provider")),

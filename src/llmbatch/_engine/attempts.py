@@ -22,9 +22,8 @@ import anyio
 
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
-from llmbatch._cache.store import CachedAnswer, ResponseCache, hit_result
 from llmbatch._core.clock import Clock
-from llmbatch._core.events import AttemptEnded, AttemptStarted, BudgetStopped, CacheHit, EventBus
+from llmbatch._core.events import AttemptStarted, BudgetStopped, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
@@ -34,6 +33,8 @@ from llmbatch._core.results import JobResult
 from llmbatch._core.schema import validate_answer
 from llmbatch._core.stops import HARD_STOPS, StopReason
 from llmbatch._core.usage import Usage
+from llmbatch._engine.answers import AnswerCache
+from llmbatch._engine.events import attempt_ended
 from llmbatch._engine.plan import BatchSeed, PreparedJob
 from llmbatch._engine.policy import Repair, RetryPolicy, Step, after_schema_miss
 from llmbatch._engine.settings import EngineSettings
@@ -70,43 +71,26 @@ class JobRunner:
     budgets: Budgets
     stopper: Stopper
     policy: RetryPolicy
-    cache: ResponseCache | None = None
-    cache_key: Callable[[ModelRef, Request, str], str] | None = None
+    answers: AnswerCache
     warmup: PrefixWarmup = field(default_factory=PrefixWarmup)
     fatal: str | None = None
     resets_at: float | None = None  # a full rolling window frees enough then (wall clock)
     auth_withheld: int = 0  # jobs not written because the key looked wrong
     _auth_failures: int = 0
     _answered: set[str] = field(default_factory=set)  # providers that answered once
-    _flights: dict[str, anyio.Event] = field(default_factory=dict)  # shareable asks in flight
 
     async def run(self, pj: PreparedJob) -> JobResult | None:
         seed = pj.seed
         if seed is not None and seed.fingerprint not in (None, pj.fingerprint):
             seed = None  # the job changed since its batch: it starts anew
-        if seed is None or not seed.repairs:
-            hit = self._from_cache(pj)
+        answers = self.answers
+        if answers.on and (seed is None or not seed.repairs):
+            hit = answers.hit(pj)
             if hit is not None:
                 return hit  # before any budget or rate-limit slot: a hit costs nothing
-            if self.cache is not None and getattr(self._key(pj, pj.chain[0]), "shared", False):
-                return await self._single_flight(pj, seed)
+            if answers.shareable(pj):
+                return await answers.single_flight(pj, lambda: self._run(pj, seed))
         return await self._run(pj, seed)
-
-    async def _single_flight(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
-        """Identical shareable questions in flight together: the first asks, the others
-        wait for its answer and take it from the cache (if it failed, the next one asks)."""
-        key = self._key(pj, pj.chain[0])
-        while (flight := self._flights.get(key)) is not None:
-            await flight.wait()
-            hit = self._from_cache(pj)
-            if hit is not None:
-                return hit
-        flight = self._flights[key] = anyio.Event()
-        try:
-            return await self._run(pj, seed)
-        finally:
-            del self._flights[key]
-            flight.set()
 
     async def _run(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
         tally = Tally(pj)
@@ -155,7 +139,11 @@ class JobRunner:
                 tally.attempts == tally.carried or stopper.stopped_by in HARD_STOPS
             ):
                 return NOT_WRITTEN
-            sent = await self._attempt(tally, ref, request, request is not tally.pj.request)
+            repair = request is not tally.pj.request
+            if tally.pj.prefix is None:
+                sent = await self._attempt_now(tally, ref, request, repair)
+            else:
+                sent = await self._attempt(tally, ref, request, repair)
             if sent is None:
                 continue  # stopped while waiting: the checks above decide
             if isinstance(sent, Refusal):
@@ -173,10 +161,10 @@ class JobRunner:
                 return end  # type: ignore[return-value]
             self._emit_attempt(tally, ref, sent, None)
             if request.schema is None:
-                return self._to_cache(tally, ref, answer, None)
+                return self._ok(tally, ref, answer, None)
             parsed, problem = validate_answer(answer.text, request.schema)
             if problem is None:
-                return self._to_cache(tally, ref, answer, parsed)
+                return self._ok(tally, ref, answer, parsed)
             if after_schema_miss(repairs_left) is Repair.ASK_AGAIN:
                 repairs_left -= 1
                 tally.repairs += 1
@@ -224,52 +212,9 @@ class JobRunner:
             await self.clock.sleep(verdict.delay)
         return _RETRY
 
-    def _key(self, pj: PreparedJob, ref: ModelRef) -> str:
-        """The cache key of the job's own question to ``ref``, computed once."""
-        keys = pj.cache_keys
-        if keys is None:
-            keys = pj.cache_keys = {}
-        key = keys.get(ref)
-        if key is None:
-            assert self.cache_key is not None
-            key = keys[ref] = self.cache_key(ref, pj.request, pj.job.id)
-        return key
-
-    def prefetch(self, jobs: list[PreparedJob]) -> None:
-        """Look the next jobs up in the cache at once (one query, not one a job)."""
-        if self.cache is not None and self.cache_key is not None:
-            self.cache.prefetch([self._key(pj, ref) for pj in jobs for ref in pj.chain])
-
-    def _from_cache(self, pj: PreparedJob) -> JobResult | None:
-        """The first model of the chain with a cached answer answers the job."""
-        cache = self.cache
-        if cache is None or self.cache_key is None:
-            return None
-        for ref in pj.chain:
-            found = cache.lookup(self._key(pj, ref))
-            if found is not None:
-                now = self.clock.time()
-                self.bus.emit(CacheHit(now, pj.job.id, ref.provider, ref.model, found.cost_usd))
-                return hit_result(
-                    found, job_id=pj.job.id, metadata=pj.job.metadata, fingerprint=pj.fingerprint
-                )
-        return None
-
-    def _to_cache(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
-        """A complete, valid answer: keep it under the job's own question, then the result."""
-        cache, key_of = self.cache, self.cache_key
-        if cache is not None and key_of is not None and answer.stop_reason not in _CUT:
-            pj = tally.pj
-            kept = CachedAnswer(
-                answer.text,
-                parsed,
-                answer.usage,
-                tally.cost,
-                answer.stop_reason,
-                ref.model,
-                ref.provider,
-            )
-            cache.store(self._key(pj, ref), kept)
+    def _ok(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
+        """A complete, valid answer: kept in the cache, then the job's result."""
+        self.answers.keep(tally.pj, ref, answer, parsed, tally.cost)
         return tally.result("ok", ref, parsed=parsed, **_common(answer))
 
     def reservation(
@@ -422,38 +367,10 @@ class JobRunner:
         return tally.result("failed", ref, error=error)
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
-        out = sent.outcome
-        answer = out if isinstance(out, Answer) else None
-        err = out if isinstance(out, ProviderError) else None
-        u = sent.usage or _NO_USAGE
-        self.bus.emit(
-            AttemptEnded(
-                ts=self.clock.time(),
-                started_ts=sent.started,
-                job_id=tally.pj.job.id,
-                provider=ref.provider,
-                model=ref.model,
-                n=tally.attempts,
-                outcome=err.error_type if err else "ok",
-                http_status=err.status if err else 200,
-                latency_ms=answer.latency_ms if answer else None,
-                ttft_ms=answer.ttft_ms if answer else None,
-                input_tokens=u.input_tokens,
-                output_tokens=u.output_tokens,
-                cost_usd=sent.cost,
-                retry_after_s=err.retry_after if err else None,
-                backoff_s=None if backoff is None else round(backoff, 3),
-                message=err.message if err else None,
-                finish_reason=answer.stop_reason if answer else None,
-                repair=sent.repair,
-                request_id=out.request_id,
-                prompt=_prompt(sent.request),
-            )
-        )
+        self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
 
 
 _RETRY = object()  # _after_error: the wait is over, try the same model again
-_CUT = frozenset({"max_tokens", "length"})  # an answer cut short is never cached
 _NO_USAGE = Usage()
 
 
@@ -464,13 +381,6 @@ def _common(answer: Answer) -> dict[str, Any]:
         "ttft_ms": answer.ttft_ms,
         "stop_reason": answer.stop_reason,
     }
-
-
-def _prompt(request: Request | None) -> Any:
-    """What --log-prompts puts in the attempt's event: the system prompt and messages sent."""
-    if request is None:
-        return None
-    return {"system": request.system, "messages": request.messages}
 
 
 def _usage_of(err: object) -> Usage | None:

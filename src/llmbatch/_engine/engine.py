@@ -37,6 +37,7 @@ from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
 from llmbatch._core.retry import Backoff
 from llmbatch._core.stops import StopReason
+from llmbatch._engine.answers import AnswerCache
 from llmbatch._engine.attempts import JobRunner
 from llmbatch._engine.plan import PreparedJob
 from llmbatch._engine.policy import RetryPolicy
@@ -110,8 +111,7 @@ class Engine:
             budgets=services.budgets,
             stopper=services.stopper,
             policy=RetryPolicy(settings.max_attempts, Backoff(cap=settings.backoff_cap).delay),
-            cache=services.cache,
-            cache_key=services.cache_key,
+            answers=AnswerCache(services.cache, services.cache_key, services.clock, services.bus),
             warmup=PrefixWarmup(services.clock),
         )
         self.workers = 0
@@ -164,7 +164,7 @@ class Engine:
     def _prefetched(self, jobs: Iterator[PreparedJob]) -> Iterator[PreparedJob]:
         """The source in chunks, each looked up in the response cache with one query."""
         while chunk := list(itertools.islice(jobs, _PREFETCH)):
-            self.runner.prefetch(chunk)
+            self.runner.answers.prefetch(chunk)
             yield from chunk
 
     async def _worker(self, jobs: Iterator[PreparedJob]) -> None:

@@ -57,9 +57,12 @@ def candidates(
 
     ``system``: the run's ``--system``, for a request that has none of its own.
     """
-    body = request.body or {}
+    body = request.body
     system = request.system if request.system is not None else system
-    tools = body.get("tools")
+    tools = body.get("tools") if body else None
+    messages = request.messages
+    if not tools and system is None and len(messages) < 2 and not template_head:
+        return []  # one question and nothing before it: the common case, no hashing
     h = hashlib.blake2b(str(ref).encode(), digest_size=8)
     chars = 0
     out: list[PrefixInfo] = []
@@ -78,7 +81,6 @@ def candidates(
         chars += _chars(system)
     if chars:
         add("system" if system is not None else "tools")
-    messages = request.messages
     # System turns inside "messages" move when sent to Anthropic: no prefix through them.
     plain = all(m.get("role") in ("user", "assistant") for m in messages[:-1])
     if len(messages) > 1 and plain:

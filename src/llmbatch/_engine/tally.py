@@ -13,6 +13,7 @@ from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.jobs import Request
 from llmbatch._core.models import ModelRef
 from llmbatch._core.results import JobResult
+from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._engine.plan import BatchSeed, PreparedJob
 from llmbatch.providers._base import Answer
@@ -47,11 +48,11 @@ class Tally:
         self.usage.add(usage)
         self.cost = None if (cost is None or self.cost is None) else self.cost + cost
 
-    def result(self, status: str, ref: ModelRef, **kw: Any) -> JobResult:
+    def result(self, status: Status | str, ref: ModelRef, **kw: Any) -> JobResult:
         job = self.pj.job
         return JobResult(
             id=job.id,
-            status=status,
+            status=Status(status),
             output=kw.get("output", self.last_text if status == "failed" else None),
             parsed=kw.get("parsed"),
             provider=ref.provider,

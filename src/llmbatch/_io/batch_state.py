@@ -5,7 +5,10 @@ last line is ignored, and cut away by the next writer). Each chunk's jobs sit
 in ``<chunk>.jobs.jsonl``, written before the chunk's intent is recorded, and
 the intent is recorded before the batch is created: a crash between "created"
 and "recorded" leaves an intent that the next start resolves (find the batch
-again, or say it may be orphaned) instead of paying for a second batch.
+again, or say it may be orphaned) instead of paying for a second batch. Every
+submission has its own nonce, in each custom_id and the batch key: a batch is
+adopted only when it can be this intent's, and its result lines are checked
+against the custom_ids the chunk sent.
 Writers hold the output lock.
 """
 
@@ -28,6 +31,9 @@ LineFingerprint = Callable[[str], int | None]
 
 STATE_FILE = "batches.jsonl"
 OPEN_STATES = ("intent", "open")
+# A chunk's states: "intent" (create under way) → "open" → "closed" (fetched); or
+# "abandoned" (never created, or not ours) or "lost" (the provider no longer knows it,
+# or `batch forget`): the jobs of those go back to pending.
 # Why a job came back unanswered; all but these count as a round against --max-attempts
 # ("fallback": its model failed for good, the next model of its chain is a new start).
 UNCOUNTED = ("canceled", "fallback")
@@ -49,10 +55,13 @@ class Chunk:
     batch_id: str | None = None
     created_at: float | None = None
     expires_at: float | None = None
-    state: str = "intent"  # "intent" | "open" | "closed" | "abandoned"
+    state: str = "intent"  # "intent" | "open" | "closed" | "abandoned" | "lost"
     status: str | None = None  # the provider's last word
     counts: dict[str, int] = field(default_factory=dict)
-    reason: str | None = None  # why abandoned
+    reason: str | None = None  # why abandoned or lost
+    nonce: str = ""  # the submission's, in every custom_id ("" from an older llmbatch)
+    verified: bool = True  # False: adopted after an interrupted create, not yet proven ours
+    missing: int = 0  # polls in a row the provider said it does not know the batch
 
     @property
     def is_open(self) -> bool:
@@ -77,6 +86,7 @@ class BatchState:
         self.billed_tokens = 0
         self.billed_online = 0.0  # … and what the same requests would have cost online
         self.caps: dict[str, Any] | None = None  # the last submit's --max-cost / --max-total-tokens
+        self.handed_back: set[str] = set()  # jobs a closed batch returned unanswered
 
     @classmethod
     def load(cls, output: Path, *, writable: bool = False) -> BatchState:
@@ -150,6 +160,7 @@ class BatchState:
                 reserve_tokens=int(e.get("reserve_tokens") or 0),
                 price=e.get("price"),
                 note=e.get("note"),
+                nonce=str(e.get("nonce") or ""),
             )
             return
         chunk = self.chunks.get(str(e.get("local")))
@@ -160,10 +171,21 @@ class BatchState:
             chunk.created_at = e.get("created_at")
             chunk.expires_at = e.get("expires_at")
             chunk.state = "open"
+            chunk.verified = bool(e.get("verified", not e.get("adopted")))
+        elif ev == "verified":
+            chunk.verified = True
+        elif ev == "missing":
+            chunk.missing += 1
+        elif ev == "seen":
+            chunk.missing = 0
+        elif ev == "lost":
+            chunk.state = "lost"
+            chunk.reason = e.get("reason")
         elif ev == "closed":
             chunk.state = "closed"
             chunk.status = e.get("status")
             chunk.counts = dict(e.get("counts") or {})
+            self.handed_back.update(e.get("returned") or ())
             for job_id, why in (e.get("returned") or {}).items():
                 if why not in UNCOUNTED:
                     self.rounds[job_id] += 1
@@ -184,8 +206,10 @@ class BatchState:
     # -- chunks and their jobs --------------------------------------------------------
 
     def key(self, chunk: Chunk) -> str:
-        """Our name for a chunk at the provider (OpenAI metadata): unique per output."""
-        return f"{self.uid}-{chunk.local}"
+        """Our name for a chunk at the provider (OpenAI metadata): unique per output,
+        and per submission (its nonce; none in a state from an older llmbatch)."""
+        base = f"{self.uid}-{chunk.local}"
+        return f"{base}-{chunk.nonce}" if chunk.nonce else base
 
     def new_local(self) -> str:
         return f"c{len(self.chunks) + 1:05d}"
@@ -215,6 +239,17 @@ class BatchState:
     def open_job_ids(self) -> set[str]:
         """Jobs sitting in a batch not yet closed: never sent again meanwhile."""
         return {r["id"] for c in self.open_chunks() for r in self.read_jobs(c.local)}
+
+    def pending_job_ids(self, line_fp: LineFingerprint) -> set[str]:
+        """Jobs a batch of this output handed back unanswered (expired, canceled, failed
+        whole, lost, never created, or on to their next model): sent once, now in no open
+        batch, with no result line and no answer awaiting repair. Submit them again."""
+        held = self.open_job_ids() | set(self.repairs)
+        ids = set(self.handed_back)  # a closed chunk's own record; the others' whole lists
+        for c in self.chunks.values():
+            if c.state in ("abandoned", "lost"):
+                ids.update(r["id"] for r in self.read_jobs(c.local))
+        return {i for i in ids - held if line_fp(i) is None}
 
     def reserved(self) -> tuple[float, int]:
         """What open chunks hold against the budget (their worst case)."""

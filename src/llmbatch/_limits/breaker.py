@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import BreakerChanged
+from llmbatch._core.states import BreakerState
 
 
 class Breaker:
@@ -68,7 +69,7 @@ class Breaker:
             self._opened_at = None
             self._probing = False
             self.cooldown = max(1.0, self.cooldown / 2)
-            self._emit("closed")
+            self._emit(BreakerState.CLOSED)
 
     def record_failure(self) -> None:
         self.consecutive += 1
@@ -81,12 +82,12 @@ class Breaker:
         if self._opened_at is None and self.consecutive >= self.threshold:
             self._opened_at = self._clock.monotonic()
             self.trips += 1
-            self._emit("open")
+            self._emit(BreakerState.OPEN)
 
     @property
     def is_open(self) -> bool:
         return self._opened_at is not None
 
-    def _emit(self, state: str) -> None:
+    def _emit(self, state: BreakerState) -> None:
         if self._on_change is not None:
             self._on_change(BreakerChanged(self._clock.time(), self.name, state, self.consecutive))

@@ -23,6 +23,10 @@ class BatchPart:
     canceled_at_deadline: int
     stopped_by_budget: bool
 
+    @property
+    def saved_usd(self) -> float:
+        return self.online_cost_usd - self.cost_usd
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "jobs": self.jobs,

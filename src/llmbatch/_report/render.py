@@ -185,14 +185,13 @@ def _outcome_rows(report: RunReport) -> Rows:
                 f"{report.repairs['never_valid']} never valid",
             )
         )
-    if report.batch and report.batch.get("jobs"):
-        b = report.batch
-        saved = b.get("saved_usd", b["online_cost_usd"] - b["cost_usd"])
+    b = report.batch
+    if b is not None and b.jobs:
         rows.append(
             (
                 "batch",
-                f"{b['jobs']} jobs for {_usd(b['cost_usd'])} (online "
-                f"{_usd(b['online_cost_usd'])}; saved {_usd(saved)})",
+                f"{b.jobs} jobs for {_usd(b.cost_usd)} (online "
+                f"{_usd(b.online_cost_usd)}; saved {_usd(b.saved_usd)})",
             )
         )
     if report.embedding is not None:

@@ -13,6 +13,7 @@ from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult, line_problems
 from llmbatch._io.resume import iter_result_lines
 from llmbatch._observe.stats import Bin, RunStats
+from llmbatch._report.batch import BatchPart, batch_part_from_results
 from llmbatch._report.embed import EmbedReport
 
 if TYPE_CHECKING:
@@ -59,8 +60,8 @@ class RunReport:
     resets_at: str | None = None
     cache_hits: int = 0  # jobs answered from the response cache (SPEC §11)
     cache_saved_usd: float = 0.0
-    # Jobs answered by provider batches (SPEC §9): {"jobs", "cost_usd", "online_cost_usd"}.
-    batch: dict[str, Any] | None = None
+    # Jobs answered by provider batches (SPEC §9): their cost, and the saving.
+    batch: BatchPart | None = None
     # Prompt caching (the provider's): savings, and per shared prefix group.
     prompt_cache: dict[str, Any] = field(default_factory=dict)
     # ``llmbatch report`` only: lines of the results file not counted in full (the
@@ -116,7 +117,7 @@ class RunReport:
             "output": self.output,
             "notes": self.notes,
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
-            **({"batch": self.batch} if self.batch is not None else {}),
+            **({"batch": self.batch.to_dict()} if self.batch is not None else {}),
             **({"prompt_cache": self.prompt_cache} if self.prompt_cache else {}),
             **({"embedding": self.embedding.to_dict()} if self.embedding is not None else {}),
             **(
@@ -285,9 +286,7 @@ def report_from_results(path: Path) -> RunReport:
         report, malformed_lines=lines, line_problems=[f"{path}:{n}: {p}" for n, p in bad]
     )
     if batched:
-        from llmbatch._report.batch import batch_part_from_results
-
-        report = replace(report, batch=batch_part_from_results(path).to_dict())
+        report = replace(report, batch=batch_part_from_results(path))
     return report
 
 

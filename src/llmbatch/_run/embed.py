@@ -266,22 +266,18 @@ class EmbedRun(RunSession):
                 parts_dir(cfg.output).rename(backup_output_name(cfg.output))
             return
         existing = self.existing
-        if existing is None or existing.torn_at is None:
-            if existing is not None:
-                self.run_budget.spent_cost = existing.cost_usd
+        if existing is None:
             return
-        if self.parquet:
+        if existing.torn_at is not None and self.parquet:
             n = cut_torn_parts(cfg.output)
             self.notes.append(
                 f"removed {n} part file(s) left unreadable by an interrupted run; "
                 "their rows run again"
             )
-        else:
+        elif existing.torn_at is not None:
             cut_torn_tail(existing)
-            self.notes.append(
-                "cut a torn last line left by an interrupted run; that job runs again"
-            )
-        self.run_budget.spent_cost = existing.cost_usd
+            self.notes.append("cut a torn last line left by an interrupted run; it runs again")
+        self.run_budget.count_spent(existing.cost_usd, existing.tokens)
 
     def _embed_report(self, plan: EmbedPlan) -> EmbedReport:
         c = self.state.counts

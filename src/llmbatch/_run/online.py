@@ -9,7 +9,6 @@ spend), streams the file again through the engine into the output, and reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import anyio
 
@@ -17,15 +16,18 @@ from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import EventSink
+from llmbatch._core.exceptions import ConfigError, InputError, ResumeConflict, UsageError
 from llmbatch._engine.engine import ResultSink
 from llmbatch._engine.plan import BatchSeed, Plan, Planner
 from llmbatch._engine.sinks import OutputSink
 from llmbatch._engine.sources import FileSource
 from llmbatch._engine.takeover import batch_carry
+from llmbatch._io.history import append_history
 from llmbatch._io.results_parquet import ParquetResultSink
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail
 from llmbatch._io.vectors import cut_torn_parts, is_parquet
 from llmbatch._observe.progress import ProgressSink
+from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
 from llmbatch._run.session import RunSession
 from llmbatch.providers.factory import ProviderFactory
@@ -62,11 +64,33 @@ class FileRun(RunSession):
         self.lock()
         try:
             return await self.run_locked()
+        except (InputError, UsageError, ResumeConflict, ConfigError) as exc:
+            self.refused(exc)
+            raise
         finally:
             self.unlock()
 
+    def refused(self, exc: Exception) -> None:
+        """A run refused before anything was sent (exit 2) still gets its history line."""
+        output = self.config.output
+        if output is None:
+            return
+        record = {
+            "started": self.started_wall,
+            "ended": self.clock.time(),
+            "wall_s": 0.0,
+            "jobs_done": 0,
+            "ok": 0,
+            "failed": 0,
+            "cost_usd": 0.0,
+            "stopped_by": None,
+            "exit_code": 2,
+            "refused": str(exc),
+        }
+        append_history(output, record)
+
     async def run_locked(
-        self, *, opened: bool = False, batch: dict[str, Any] | None = None
+        self, *, opened: bool = False, batch: BatchPart | None = None
     ) -> RunReport:
         """The run with the output locked (``opened``: services open already, as in
         ``run --mode batch|auto``, whose ``batch`` block goes into the report)."""
@@ -122,8 +146,7 @@ class FileRun(RunSession):
                 "interrupted run; that job runs again"
             )
         if existing is not None:
-            self.run_budget.spent_cost = existing.cost_usd
-            self.run_budget.spent_tokens = existing.tokens
+            self.run_budget.count_spent(existing.cost_usd, existing.tokens)
 
     def _take_over(self, existing: ExistingOutput | None) -> dict[str, BatchSeed]:
         """Seeds for jobs the output's batches left, and their spend held against the caps."""
@@ -132,8 +155,7 @@ class FileRun(RunSession):
         carry = batch_carry(self.config.output, existing.done.fingerprint)
         if carry is None:
             return {}
-        self.run_budget.spent_cost += carry.spent_cost
-        self.run_budget.spent_tokens += carry.spent_tokens
+        self.run_budget.count_spent(carry.spent_cost, carry.spent_tokens)
         if carry.recorder is not None:
             self.bus.add(carry.recorder)
         return dict(carry.seeds)

@@ -43,6 +43,7 @@ from llmbatch._observe.progress import NoProgress, ProgressSink
 from llmbatch._observe.sinks import build_sinks, close_sinks
 from llmbatch._observe.stats import RunStats
 from llmbatch._observe.timeline import TimelineRecorder
+from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport, build_report
 from llmbatch.providers._base import Provider
 from llmbatch.providers.factory import ProviderFactory, default_provider_factory
@@ -245,7 +246,7 @@ class RunSession:
         cost_before: float = 0.0,
         invalid_lines: Sequence[int] = (),
         failed_earlier: int = 0,
-        batch: dict[str, Any] | None = None,
+        batch: BatchPart | None = None,
     ) -> RunReport:
         """The report of everything this session ran; emits RunEnded (history, sinks)."""
         self.progress.update(self.stats, self.stats.cost_usd, None)

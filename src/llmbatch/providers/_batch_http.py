@@ -57,6 +57,13 @@ class BatchHttp(HttpProvider):
             raise ProviderTimeout(f"{method} {url}: timed out") from exc
         except aiohttp.ClientPayloadError as exc:
             raise ConnectionFailed(f"the download was cut off: {self._redact(str(exc))}") from exc
+        except aiohttp.ClientConnectorError as exc:  # before any byte of the request went out
+            err = ConnectionFailed(
+                "could not connect (nothing was sent): "
+                f"{type(exc).__name__}: {self._redact(str(exc))}"
+            )
+            err.nothing_sent = True
+            raise err from exc
         except aiohttp.ClientConnectionError as exc:
             raise ConnectionFailed(
                 f"connection failed: {type(exc).__name__}: {self._redact(str(exc))}"

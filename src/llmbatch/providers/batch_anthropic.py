@@ -1,7 +1,8 @@
 """Anthropic's Message Batches: one JSON create, a JSONL results stream.
 
-Batches carry no metadata, so an interrupted create is found again by its
-creation time and request count.
+Batches carry no metadata, so an interrupted create is looked for by its
+creation time and request count, and proven by its custom_ids once it has ended
+(``_batch.context.recover_chunk``).
 """
 
 from __future__ import annotations
