@@ -65,6 +65,7 @@ class FakeEmbed:
         app.router.add_post("/v1/embeddings", self._handle)
         app.router.add_post("/openai/v1/embeddings", self._handle)
         app.router.add_post("/openai/deployments/{deployment}/embeddings", self._handle)
+        app.router.add_post("/v1beta/models/{model}:batchEmbedContents", self._gemini)
 
     @property
     def texts_sent(self) -> list[str]:
@@ -110,6 +111,27 @@ class FakeEmbed:
             content_type="application/json",
             headers={"x-request-id": "req_embed"},
         )
+
+    async def _gemini(self, request: web.Request) -> web.Response:
+        """Gemini's ``batchEmbedContents``: ``requests[].content.parts[].text`` in,
+        ``embeddings[].values`` out (JSON floats), at most 100 requests a call."""
+        body = orjson.loads(await request.read())
+        reqs = body.get("requests") or []
+        texts = ["".join(p.get("text", "") for p in r["content"]["parts"]) for r in reqs]
+        if len(reqs) > 100:
+            self._record(texts, 0, "gemini", None, 400, request.path)
+            error = {"code": 400, "message": "at most 100 requests", "status": "INVALID_ARGUMENT"}
+            return web.Response(
+                status=400, body=orjson.dumps({"error": error}), content_type="application/json"
+            )
+        dims = reqs[0].get("outputDimensionality") if reqs else None
+        model = request.match_info["model"]
+        if any(r.get("model") != f"models/{model}" for r in reqs):
+            return web.Response(status=400, text="each request names the model")
+        values = [[float(x) for x in vector_of(t, dims or self.default_dimensions)] for t in texts]
+        self._record(texts, sum(tokens_of(t) for t in texts), "gemini", dims, 200, request.path)
+        payload = {"embeddings": [{"values": v} for v in values]}
+        return web.Response(body=orjson.dumps(payload), content_type="application/json")
 
     def _fault(self, texts: list[str]) -> int | None:
         with self._lock:

@@ -316,3 +316,18 @@ def test_the_openai_sdk_parses_what_the_fake_sends(embed_api: tuple[FakeAPI, Fak
         assert resp.usage.prompt_tokens == sum(tokens_of(t) for t in texts)
         for d, text in zip(resp.data, texts, strict=True):
             assert np.array_equal(np.asarray(d.embedding, dtype=np.float32), vector_of(text, 32))
+
+
+def test_gemini_batch_embed_contents(embed_api: tuple[FakeAPI, FakeEmbed], tmp_path: Path) -> None:
+    api, fe = embed_api
+    texts = [f"gemini text {i}" for i in range(250)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", texts, model="gemini:gemini-embedding-001")
+    out = tmp_path / "g.parquet"
+    env = {"GEMINI_BASE_URL": api.url, "GEMINI_API_KEY": "gm-test-key"}
+    r = run_cli("embed", str(jobs), "-o", str(out), "--dimensions", "24", "--no-cache", env=env)
+    assert r.code == 0, r.output
+    assert all(rec.status == 200 and len(rec.inputs) <= 100 for rec in fe.records)
+    assert len(fe.records) == 3 and {rec.dimensions for rec in fe.records} == {24}
+    got = vectors_by_id(out)
+    for i, text in enumerate(texts):
+        assert np.array_equal(got[(f"j{i}", 0)], vector_of(text, 24))
