@@ -121,7 +121,9 @@ class FileRun(RunSession):
     ) -> None:
         source = FileSource(self.planner, plan, existing, seeds)
         out = self.config.output
-        sink: ResultSink = ParquetResultSink(out) if is_parquet(out) else OutputSink(out)
+        sink: ResultSink = (
+            ParquetResultSink(out) if out is not None and is_parquet(out) else OutputSink(out)
+        )
         try:
             await self.run_engine(source, sink, size=plan.todo)
         finally:
