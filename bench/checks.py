@@ -121,6 +121,23 @@ def ratelimit_checks(rl: dict[str, Any]) -> list[Check]:
     ]
 
 
+def ray_checks(r: dict[str, Any]) -> list[Check]:
+    n = r["jobs"]
+    return [
+        (
+            f"--ray --ray-workers 2: every one of {n:,} jobs written once",
+            f"{r['ray']['written']:,}",
+            r["ray"]["written"] == n,
+        ),
+        (
+            "--ray jobs/s ≥ one local process (Ray start included)",
+            f"{r['ray']['jobs_per_s']:,.0f} vs {r['local']['jobs_per_s']:,.0f} "
+            f"({r['ray_vs_local']:.2f}×)",
+            r["ray_vs_local"] >= 1.0,
+        ),
+    ]
+
+
 def all_checks(results: dict[str, Any]) -> list[Check]:
     """Every target whose section ran."""
     makers = {
@@ -130,6 +147,7 @@ def all_checks(results: dict[str, Any]) -> list[Check]:
         "startup": startup_checks,
         "ratelimit": ratelimit_checks,
         "embed": embed_checks,
+        "ray": ray_checks,
     }
     out: list[Check] = []
     for name, make in makers.items():

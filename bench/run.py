@@ -14,7 +14,9 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
      target ≥ 20,000 jobs per CPU-second (≤ 50 µs a job) with the cache on;
   4. startup: `llmbatch --help` and a one-line run;
   5. ratelimit: pacing against a fake enforcing a request window;
-  6. embed: 1,000,000 short inputs (100,000 with --quick) embedded by `sim` into
+  6. ray: 200,000 sim jobs (no latency) through `run --ray --ray-workers 2` (a local Ray
+     started by the run, its start and stop included) against one local process.
+  7. embed: 1,000,000 short inputs (100,000 with --quick) embedded by `sim` into
      Parquet (256 dimensions): vectors/s, peak RSS, and the file read back with
      pyarrow and pandas (float32 vectors of the right dimension, every id once).
 Writes bench/results.json (bench/out/results-partial.json with --only). These are
@@ -46,7 +48,7 @@ N_REQ = 2000
 CONC = 64
 TLS_REQ = 2_000 if QUICK else 20_000
 TLS_CONC = 256
-SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit", "embed")
+SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit", "ray", "embed")
 EMBED_N = 100_000 if QUICK else 1_000_000
 EMBED_DIM = 256
 
@@ -244,6 +246,30 @@ def read_back(path: Path) -> dict[str, Any]:
     }
 
 
+def section_ray(tmp: Path) -> dict[str, Any]:
+    n = 50_000 if QUICK else 200_000
+    jobs = tmp / "ray.jsonl"
+    write_prompts(jobs, n)
+    env = {"LLMBATCH_SIM_LATENCY_MS": "0"}
+    sim = "sim:claude-haiku-4-5"
+    out: dict[str, Any] = {"jobs": n}
+    same = ["-c", "64", "--no-cache"]  # --ray uses no response cache: neither does this one
+    runs = (("local", same), ("ray", [*same, "--ray", "--ray-workers", "2"]))
+    for label, extra in runs:
+        results = tmp / f"ray-{label}.results.jsonl"
+        m = child(llmbatch_run(jobs, sim, results, *extra), env)
+        lines = results.read_bytes().count(b"\n")
+        results.unlink()
+        out[label] = {
+            "wall_s": round(m["wall_s"], 2),
+            "jobs_per_s": round(n / m["wall_s"], 1),
+            "written": lines,
+        }
+    out["ray_vs_local"] = round(out["ray"]["jobs_per_s"] / out["local"]["jobs_per_s"], 3)
+    jobs.unlink()
+    return out
+
+
 def chosen_sections() -> tuple[str, ...]:
     if {"-h", "--help"} & set(sys.argv):
         sys.stdout.write(__doc__ or "")
@@ -272,6 +298,7 @@ def run_sections(sections: tuple[str, ...], tmp: Path) -> dict[str, Any]:
         "startup": "start-up",
         "ratelimit": "rate-limit efficiency",
         "embed": f"embeddings: {EMBED_N:,} short inputs by sim into Parquet",
+        "ray": "run --ray --ray-workers 2 against one local process (sim, no latency)",
     }
     results: dict[str, Any] = {}
     for i, name in enumerate(sections, 1):

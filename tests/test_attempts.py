@@ -4,9 +4,11 @@ foreign errors contained, auth refusals not recorded."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import llmbatch
 from llmbatch import ModelRef, RunConfig
 from llmbatch._core.events import AttemptEnded, BudgetStopped, ListSink
 from llmbatch._core.models import ModelRef as Ref
@@ -14,6 +16,7 @@ from llmbatch._core.pricing import PriceBook
 from llmbatch._core.stops import StopReason
 from llmbatch._core.usage import Usage
 from llmbatch._run.online import FileRun as Engine
+from llmbatch.testing import MockProvider
 from tests.conftest import fake_env, prompts, read_jsonl, write_jsonl
 from tests.fakeapi import FakeAPI
 from tests.scripted import ScriptedProvider, factory
@@ -96,25 +99,24 @@ async def test_a_job_too_big_for_the_cap_is_named(tmp_path: Path) -> None:
     assert engine.fatal is not None and "job-0" in engine.fatal
 
 
-async def test_every_request_is_counted_once_under_the_model_it_went_to(tmp_path: Path) -> None:
+async def test_every_request_is_counted_once_under_the_model_it_went_to() -> None:
     # The primary always fails (transient); jobs fall back to the second model.
-    provider = ScriptedProvider(models={"primary": "500"})
-    cfg = config(
-        tmp_path,
-        20,
-        model=ModelRef("sim", "primary"),
-        fallback=[ModelRef("sim", "backup")],
-        max_attempts=2,
-    )
+    mock = MockProvider(default=lambda sent: 500 if sent.model == "primary" else "ok")
     sink = ListSink()
-    report = await Engine(
-        cfg, provider_factory=factory(provider), handle_signals=False, sinks=[sink]
-    ).run()
-    assert report.ok == 20
-    assert report.attempts == len(provider.sent) == len(sink.of(AttemptEnded))
-    primary = provider.sent_models.count("primary")
-    assert report.by_model["sim:primary"]["attempts"] == primary > 0
-    assert report.by_model["sim:backup"]["attempts"] == 20
+    async with llmbatch.Runner(
+        "mock:primary",
+        fallback=["mock:backup"],
+        provider={"mock": mock},
+        max_attempts=2,
+        sinks=[sink],
+    ) as runner:
+        results = await runner.run(prompts(20))
+    report = runner.report()
+    assert report.ok == len(results) == 20
+    assert report.attempts == len(mock.sent) == len(sink.of(AttemptEnded))
+    primary = [s.model for s in mock.sent].count("primary")
+    assert report.by_model["mock:primary"]["attempts"] == primary > 0
+    assert report.by_model["mock:backup"]["attempts"] == 20
     assert report.errors == {"server_error": primary}
 
 
@@ -136,43 +138,51 @@ async def test_attempts_of_jobs_cut_mid_retry_still_count(tmp_path: Path) -> Non
     assert report.errors == {"server_error": len(provider.sent)}
 
 
-async def test_a_foreign_exception_fails_the_attempt_not_the_run(tmp_path: Path) -> None:
-    provider = ScriptedProvider({"Question 1: what is 1 + 1?": ["foreign", "foreign"]})
-    cfg = config(tmp_path, 5)
-    report = await Engine(cfg, provider_factory=factory(provider), handle_signals=False).run()
-    assert report.ok == 5
-    line = {x["id"]: x for x in read_jsonl(tmp_path / "out.jsonl")}["job-1"]
+async def test_a_foreign_exception_fails_the_attempt_not_the_run() -> None:
+    bug = AttributeError("'list' object has no attribute 'get'")  # as an adapter bug raises
+    mock = MockProvider(by_prompt={"Question 1: what is 1 + 1?": [bug, bug]})
+    results = await run_mock(mock, prompts(5))
+    assert [r.status for r in results] == ["ok"] * 5
+    line = {r.id: r.to_dict() for r in results}["job-1"]
     assert line["attempts"] == 3 and line["attempt_errors"] == {"other": 2}
 
 
-async def test_auth_refusals_are_not_recorded_and_a_rerun_finishes(tmp_path: Path) -> None:
-    provider = ScriptedProvider(default="401")
-    cfg = config(tmp_path, 40, concurrency=2)
-    engine = Engine(cfg, provider_factory=factory(provider), handle_signals=False)
-    report = await engine.run()
-    assert report.stopped_by == "auth" and report.exit_code == 1
-    assert len(provider.sent) < 10
-    assert read_jsonl(tmp_path / "out.jsonl") == []
-    assert engine.fatal is not None and "check the API key" in engine.fatal
+async def test_auth_refusals_are_not_recorded_and_a_rerun_finishes() -> None:
+    mock = MockProvider(default=401)
+    async with llmbatch.Runner(provider=mock, concurrency=2) as runner:
+        results = await runner.run(prompts(40))
+        report = runner.report()
+    assert results == [] and len(mock.sent) < 10
+    final = runner.report()
+    assert final.stopped_by == "auth" and final.exit_code == 1
+    assert final.notes and "check the API key" in final.notes[0]
+    assert report.ok == 0
 
-    # The key fixed: the same command runs every job, no --retry-failed needed.
-    provider.default = "ok"
-    report = await Engine(cfg, provider_factory=factory(provider), handle_signals=False).run()
-    assert report.ok == 40 and report.exit_code == 0
+    # The key fixed: the same requests all run, no --retry-failed needed.
+    mock.default = "ok"
+    results = await run_mock(mock, prompts(40), concurrency=2)
+    assert len(results) == 40 and all(r.ok for r in results)
 
 
-async def test_a_lone_auth_refusal_after_answers_is_a_failed_job(tmp_path: Path) -> None:
-    provider = ScriptedProvider({"Question 3: what is 3 + 3?": ["401"]}, hold=0.001)
-    cfg = config(tmp_path, 6, concurrency=1)
-    report = await Engine(cfg, provider_factory=factory(provider), handle_signals=False).run()
+async def test_a_lone_auth_refusal_after_answers_is_a_failed_job() -> None:
+    mock = MockProvider(by_prompt={"Question 3: what is 3 + 3?": [401]}, delay=0.001)
+    async with llmbatch.Runner(provider=mock, concurrency=1) as runner:
+        results = await runner.run(prompts(6))
+    report = runner.report()
     assert report.ok == 5 and report.failed == 1 and report.stopped_by is None
-    failed = [x for x in read_jsonl(tmp_path / "out.jsonl") if x["status"] == "failed"]
-    assert failed[0]["error"]["type"] == "auth"
+    failed = [r for r in results if r.status == "failed"]
+    assert failed[0].error is not None and failed[0].error["type"] == "auth"
 
 
-async def test_workers_follow_the_work_not_the_flag(tmp_path: Path) -> None:
-    cfg = config(tmp_path, 2, concurrency=1_000_000)
-    engine = Engine(cfg, provider_factory=factory(ScriptedProvider()), handle_signals=False)
-    report = await engine.run()
-    assert report.ok == 2
-    assert engine.workers == 2
+async def test_workers_follow_the_work_not_the_flag() -> None:
+    async with llmbatch.Runner(provider=MockProvider(), concurrency=10_000) as runner:
+        results = await runner.run(prompts(2))
+        assert len(results) == 2
+        assert runner.session.workers == 2
+
+
+async def run_mock(
+    mock: MockProvider, requests: list[dict[str, object]], **options: Any
+) -> list[llmbatch.Result]:
+    async with llmbatch.Runner(provider=mock, **options) as runner:
+        return await runner.run(requests)

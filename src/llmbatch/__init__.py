@@ -1,9 +1,14 @@
 """llmbatch: run JSONL files of LLM requests fast, safely and cheaply.
 
-    from pathlib import Path
-    from llmbatch import ModelRef, RunConfig, run_jobs
+    import llmbatch
 
-    report = run_jobs(RunConfig(jobs=Path("jobs.jsonl"), model=ModelRef("sim", "claude-haiku-4-5")))
+    results = llmbatch.run(["What is 2 + 2?"], model="sim:claude-haiku-4-5")
+
+    async with llmbatch.Runner(model="sim:claude-haiku-4-5", max_cost=1.0) as runner:
+        async for result in runner.stream(requests):
+            ...
+
+Files as the CLI runs them: ``run_jobs(RunConfig(jobs=Path("jobs.jsonl"), ...))``.
 
 Names are imported on first use, so ``llmbatch --help`` loads nothing but typer.
 """
@@ -36,7 +41,27 @@ _EXCEPTIONS = (
     "SharedStoreError",
     "UsageError",
 )
+_EVENTS = (
+    "AttemptEnded",
+    "AttemptStarted",
+    "BreakerChanged",
+    "BudgetStopped",
+    "CacheHit",
+    "EventSink",
+    "JobEnded",
+    "LimitChanged",
+    "RunEnded",
+    "RunStarted",
+)
 _WHERE: dict[str, str] = {
+    "run": "llmbatch._api.runner",
+    "Runner": "llmbatch._api.runner",
+    "Request": "llmbatch._api.requests",
+    "Result": "llmbatch._api.results",
+    "Provider": "llmbatch.providers._base",
+    "Answer": "llmbatch.providers._base",
+    "ProviderRequest": "llmbatch._core.jobs",
+    **{name: "llmbatch._core.events" for name in _EVENTS},
     "RunConfig": "llmbatch._config.settings",
     "run_jobs": "llmbatch._run.online",
     "run_jobs_async": "llmbatch._run.online",
@@ -48,37 +73,69 @@ _WHERE: dict[str, str] = {
 }
 
 __all__ = [
+    "Answer",
+    "AttemptEnded",
+    "AttemptStarted",
     "AuthError",
     "BadRequest",
+    "BreakerChanged",
+    "BudgetStopped",
+    "CacheHit",
     "ConfigError",
     "ConnectionFailed",
     "ContentFiltered",
+    "EventSink",
     "InputError",
+    "JobEnded",
     "LLMBatchError",
+    "LimitChanged",
     "ModelRef",
     "NotFound",
     "OtherProviderError",
     "OutputError",
     "OutputLocked",
     "Overloaded",
+    "Provider",
     "ProviderError",
+    "ProviderRequest",
     "ProviderTimeout",
     "RateLimited",
+    "Request",
+    "Result",
     "ResumeConflict",
     "RunConfig",
+    "RunEnded",
     "RunReport",
+    "RunStarted",
+    "Runner",
     "ServerError",
     "SharedStoreError",
     "Usage",
     "UsageError",
     "__version__",
     "parse_model_spec",
+    "run",
     "run_jobs",
     "run_jobs_async",
 ]
 
 if TYPE_CHECKING:
+    from llmbatch._api.requests import Request
+    from llmbatch._api.results import Result
+    from llmbatch._api.runner import Runner, run
     from llmbatch._config.settings import RunConfig
+    from llmbatch._core.events import (
+        AttemptEnded,
+        AttemptStarted,
+        BreakerChanged,
+        BudgetStopped,
+        CacheHit,
+        EventSink,
+        JobEnded,
+        LimitChanged,
+        RunEnded,
+        RunStarted,
+    )
     from llmbatch._core.exceptions import (
         AuthError,
         BadRequest,
@@ -100,10 +157,12 @@ if TYPE_CHECKING:
         SharedStoreError,
         UsageError,
     )
+    from llmbatch._core.jobs import Request as ProviderRequest
     from llmbatch._core.models import ModelRef, parse_model_spec
     from llmbatch._core.usage import Usage
     from llmbatch._report.report import RunReport
     from llmbatch._run.online import run_jobs, run_jobs_async
+    from llmbatch.providers._base import Answer, Provider
 
 
 def __getattr__(name: str) -> Any:

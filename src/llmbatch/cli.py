@@ -5,11 +5,13 @@ Only typer is imported at module level, so ``llmbatch --help`` stays fast.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
 
 from llmbatch._cli import budget as b
 from llmbatch._cli import options as o
@@ -18,7 +20,30 @@ from llmbatch._cli.common import _configured, _console, _err, _flags, _guard
 
 __all__ = ["_configured", "_console", "_err", "_guard", "app", "main"]
 
+
+class _Group(TyperGroup):
+    """``--ray`` takes an optional ADDRESS: bare, it means ``local`` (click has no such option)."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _ray_address(args))
+
+
+def _ray_address(args: list[str]) -> list[str]:
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--ray":
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if nxt is None or not re.fullmatch(r"auto|local|[a-z]+://\S+|[\w.\-]+:\d+", nxt):
+                out.append("local")
+        if arg == "--":
+            out.extend(args[i + 1 :])
+            break
+    return out
+
+
 app = typer.Typer(
+    cls=_Group,
     name="llmbatch",
     help="Run JSONL files of LLM requests fast, safely and cheaply.",
     no_args_is_help=True,
@@ -115,15 +140,21 @@ def run(
     log_json: o.LogJsonOpt = None,
     log_prompts: o.LogPromptsOpt = None,
     otlp: o.OtlpOpt = None,
+    ray: o.RayOpt = None,
+    ray_workers: o.RayWorkersOpt = None,
     config: o.ConfigOpt = None,
 ) -> None:
     """Run a JSONL file of LLM requests; write one result line per job."""
-    flags = _flags(locals(), skip={"jobs", "config"})
+    flags = _flags(locals(), skip={"jobs", "config", "ray", "ray_workers"})
 
     def go() -> int:
         from llmbatch._cli.run import _run
 
-        return _run(jobs, flags, config)
+        if ray_workers is not None and ray is None:
+            from llmbatch._core.exceptions import UsageError
+
+            raise UsageError("--ray-workers goes with --ray")
+        return _run(jobs, flags, config, ray=ray, ray_workers=ray_workers)
 
     raise typer.Exit(_guard(go))
 

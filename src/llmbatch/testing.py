@@ -1,4 +1,11 @@
-"""Public test doubles: a fake clock for anything that takes ``clock: Clock``.
+"""Public test doubles: ``MockProvider`` (a scripted provider, the way httpx ships
+``MockTransport``) and a fake clock for anything that takes ``clock: Clock``.
+
+``MockProvider`` answers from a script and records what it was sent::
+
+    mock = MockProvider([429, "hello"])          # a 429, then an answer
+    [r] = llmbatch.run(["hi"], provider=mock, max_attempts=3, backoff_cap=0.01)
+    assert r.attempts == 2 and r.output == "hello" and len(mock.sent) == 2
 
 ``FakeClock`` keeps virtual time. It moves in two ways:
 
@@ -19,14 +26,109 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["FakeClock"]
+from llmbatch._core.exceptions import ProviderError, RateLimited, error_for_status
+from llmbatch._core.jobs import Request, text_of
+from llmbatch._core.usage import Usage
+from llmbatch.providers._base import Answer
+
+# One scripted step: an answer's text, an Answer, an HTTP status to fail with (429 →
+# RateLimited, 5xx → ServerError, 401 → AuthError, …), or an exception to raise.
+Step = str | Answer | int | BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One request the mock was sent: the model name and the request as the engine built it."""
+
+    model: str
+    request: Request
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user message."""
+        users = [m for m in self.request.messages if m.get("role") == "user"]
+        return text_of(users[-1]["content"]) if users else ""
+
+
+class MockProvider:
+    """A ``Provider`` that answers from a script and records every send (``sent``).
+
+    ``script``: steps taken in turn by the sends, whatever their prompt; ``by_prompt``:
+    steps per prompt (the last user message), taken first; then ``default`` — a step,
+    or a function of the ``Sent`` giving one (the default echoes the prompt). Pass it
+    as ``provider=`` to ``llmbatch.run`` / ``llmbatch.Runner``.
+    """
+
+    def __init__(
+        self,
+        script: Iterable[Step] = (),
+        *,
+        by_prompt: Mapping[str, Iterable[Step]] | None = None,
+        default: Step | Callable[[Sent], Step] | None = None,
+        name: str = "mock",
+        usage: Usage | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.name = name
+        self.notes: set[str] = set()
+        self.script: deque[Step] = deque(script)
+        self.by_prompt = {k: deque(v) for k, v in (by_prompt or {}).items()}
+        self.default = default
+        self.usage = usage or Usage(10, 5)
+        self.delay = delay
+        self.sent: list[Sent] = []
+        self.closed = False
+
+    async def send(self, model: str, request: Request, time_limit: float) -> Answer:
+        sent = Sent(model, request)
+        self.sent.append(sent)
+        if self.delay:
+            await anyio.sleep(self.delay)
+        else:
+            await anyio.lowlevel.checkpoint()
+        return self._answer(self._step(sent))
+
+    def _step(self, sent: Sent) -> Step:
+        own = self.by_prompt.get(sent.prompt)
+        if own:
+            return own.popleft()
+        if self.script:
+            return self.script.popleft()
+        default = self.default
+        if default is None:
+            return f"echo: {sent.prompt}"
+        if callable(default) and not isinstance(default, BaseException):
+            return default(sent)
+        return default
+
+    def _answer(self, step: Step) -> Answer:
+        if isinstance(step, Answer):
+            return step
+        if isinstance(step, str):
+            return Answer(step, self.usage, "end_turn", latency_ms=1.0, ttft_ms=None)
+        if isinstance(step, BaseException):
+            raise step
+        if isinstance(step, int) and not isinstance(step, bool):
+            error: ProviderError = error_for_status(step, f"scripted HTTP {step}")
+            if isinstance(error, RateLimited):
+                error.retry_after = 0.0
+            raise error
+        raise TypeError(f"MockProvider: cannot use {step!r} as a step")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+__all__ = ["FakeClock", "MockProvider", "Sent"]
 
 _QUIET_TURNS = 50  # scheduler turns without clock activity that count as "idle" (non-asyncio)
 

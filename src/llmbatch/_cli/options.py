@@ -229,3 +229,16 @@ InputsPerRequestOpt = Annotated[
         help="Embeddings: at most this many inputs a request [default: the provider's cap].",
     ),
 ]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run on Ray: no ADDRESS starts a local Ray; auto joins the running cluster; "
+        "or ray://HOST:10001. Needs llmbatch[ray].",
+    ),
+]
+RayWorkersOpt = Annotated[
+    int | None,
+    typer.Option("--ray-workers", min=1, help="Ray actors, one engine each (default: a CPU each)."),
+]

@@ -15,7 +15,14 @@ if TYPE_CHECKING:
     from llmbatch._run.online import FileRun
 
 
-def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
+def _run(
+    jobs: str,
+    flags: dict[str, Any],
+    config_path: Path | None,
+    *,
+    ray: str | None = None,
+    ray_workers: int | None = None,
+) -> int:
     import anyio
 
     from llmbatch._observe.progress import make_progress
@@ -31,9 +38,18 @@ def _run(jobs: str, flags: dict[str, Any], config_path: Path | None) -> int:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
         _refuse_parquet_modes(cfg)
+        if ray is not None and cfg.output is not None and cfg.output.suffix == ".parquet":
+            raise UsageError("--ray writes JSONL: give a .jsonl --output. Nothing was sent.")
         if cfg.embed or _embedding_lines(cfg):
+            if ray is not None:
+                raise UsageError("--ray is not built for embeddings. Nothing was sent.")
             return _embed(cfg, progress)
-        if cfg.mode != "online":
+        if ray is not None:
+            from llmbatch._api.ray_run import RayRun
+
+            engine: FileRun = RayRun(cfg, address=ray, workers=ray_workers, progress=progress)
+            report = anyio.run(engine.run)
+        elif cfg.mode != "online":
             from llmbatch._cli.batch import run_mode
 
             report, engine = run_mode(cfg, progress)

@@ -325,3 +325,7 @@ def _schema(value: Any) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise LineError('"schema" must be a JSON Schema object')
     return value
+
+
+# Its public name: what a custom Provider is sent (llmbatch.ProviderRequest).
+ProviderRequest = Request

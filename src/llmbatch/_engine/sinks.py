@@ -18,6 +18,10 @@ class OutputSink:
     def write(self, results: Sequence[JobResult]) -> None:
         self.writer.write([r.to_json() for r in results])
 
+    def write_lines(self, lines: Sequence[bytes]) -> None:
+        """Result lines already encoded (``JobResult.to_json``, by a Ray worker say)."""
+        self.writer.write(list(lines))
+
     def close(self) -> None:
         self.writer.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from llmbatch._core.jobs import LineError
+from llmbatch._core.jobs import Job, LineError
 from llmbatch._io.jobfile import job_records
 
 if TYPE_CHECKING:
@@ -42,10 +42,20 @@ class FileSource:
         return self.plan.todo
 
     def __iter__(self) -> Iterator[PreparedJob]:
+        prepare, seeds = self.planner.prepare, self.seeds
+        for _, _, job in self.lines():
+            pj = prepare(job)
+            if seeds:
+                pj.seed = seeds.pop(job.id, None)
+            yield pj
+
+    def lines(self) -> Iterator[tuple[int, bytes, Job]]:
+        """(line number, raw line, job) of each job to run: what ``__iter__`` prepares
+        (``--ray`` sends the raw lines to its workers, which prepare them there)."""
         done = self.existing.done if self.existing else None
-        plan, planner, seeds = self.plan, self.planner, self.seeds
+        plan, planner = self.plan, self.planner
         invalid, last_line = plan.invalid_lines, plan.last_line
-        parse, prepare, owns = planner.parser.parse, planner.prepare, planner.owns
+        parse, owns = planner.parser.parse, planner.owns
         sharded = planner.config.shard is not None
         config = planner.config
         for lineno, raw in job_records(config.jobs, config.columns):
@@ -63,7 +73,4 @@ class FileSource:
                 continue
             if sharded and not owns(job):
                 continue  # another shard's
-            pj = prepare(job)
-            if seeds:
-                pj.seed = seeds.pop(job.id, None)
-            yield pj
+            yield lineno, raw, job

@@ -230,7 +230,6 @@ class RunStats:
             self.latency.add(r.latency_ms)
         if r.ttft_ms is not None and r.status == "ok":
             self.ttft.add(r.ttft_ms)
-        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
         m = self._model(r.provider, r.model)
         m.jobs += 1
         if r.status == "ok":
@@ -240,11 +239,19 @@ class RunStats:
         if r.cost_usd is None and r.attempts and (u.input_tokens or u.output_tokens):
             self.unpriced_jobs += 1
         if with_attempts:
-            self.attempts += r.attempts
-            m.attempts += r.attempts
-            for kind, n in r.attempt_errors.items():
-                self.errors[kind] += n
-            self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
+            self.add_spend(r)
+
+    def add_spend(self, r: JobResult) -> None:
+        """A result line's attempts and spend (``add`` counts the rest): for results read
+        back, or run elsewhere (``run --ray``'s workers)."""
+        m = self._model(r.provider, r.model)
+        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
+        self.attempts += r.attempts
+        m.attempts += r.attempts
+        for kind, n in r.attempt_errors.items():
+            self.errors[kind] += n
+        u = r.usage
+        self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
 
     def _prompt_cache(self, r: JobResult) -> None:
         u = r.usage

@@ -257,6 +257,30 @@ class RunSession:
                 f"{self.auth_withheld} job(s) were refused authentication before any "
                 "answer came back; they were not recorded — check the API key"
             )
+        report = self.report(
+            skipped_done=skipped_done,
+            not_run=not_run,
+            cost_before=cost_before,
+            invalid_lines=invalid_lines,
+            failed_earlier=failed_earlier,
+            batch=batch,
+        )
+        code = exit_code_for(report, self.stop_signal)
+        self._history(report, code)
+        self.bus.emit(RunEnded(self.clock.time(), report, code))
+        return report
+
+    def report(
+        self,
+        *,
+        skipped_done: int = 0,
+        not_run: int = 0,
+        cost_before: float = 0.0,
+        invalid_lines: Sequence[int] = (),
+        failed_earlier: int = 0,
+        batch: BatchPart | None = None,
+    ) -> RunReport:
+        """The report of what this session ran so far; no side effect (``finish`` has them)."""
         notes = list(self.notes)
         for provider in self.providers.values():
             notes.extend(f"{provider.name}: {note}" for note in sorted(provider.notes))
@@ -277,10 +301,12 @@ class RunSession:
             failed_earlier=failed_earlier,
         )
         report = replace(report, resets_at=rfc3339(self.resets_at), batch=batch)
-        code = exit_code_for(report, self.stop_signal)
-        self._history(report, code)
-        self.bus.emit(RunEnded(self.clock.time(), report, code))
         return report
+
+    def cancel(self) -> None:
+        """A hard stop of the engine run in flight (its requests too), if any."""
+        if self._engine is not None:
+            self._engine.cancel()
 
     def _history(self, report: RunReport, code: int) -> None:
         output = self.config.output

@@ -1,0 +1,151 @@
+"""``run --ray`` and ``llmbatch.ray`` on a real local Ray (2 CPUs, one per module), against
+the loopback fake and a real Redis: every job once, the shared pace and budget held, a
+killed driver resumed. In CI (``CI`` set) a missing Ray fails; it never skips there."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    fake_env,
+    prompts,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    wait_until,
+    write_jsonl,
+)
+from tests.fakeapi import FakeAPI
+from tests.redis_server import RedisServer
+from tests.test_shared_runs import MODEL, bill, peak_pace
+
+pytestmark = [
+    pytest.mark.slow,
+    # Ray's own deprecations (its defaults warn about themselves), not llmbatch's.
+    pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\..*"),
+    pytest.mark.filterwarnings(r"ignore::FutureWarning:ray\..*"),
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray of 2 CPUs for the module; yields its address (for other drivers)."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("ray is not installed: `pip install -e '.[dev]'` (CI runs these tests)")
+        pytest.skip("ray is not installed (pip install 'llmbatch[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield str(ray.get_runtime_context().gcs_address)
+    finally:
+        ray.shutdown()
+
+
+def ids_of(path: Path) -> list[str]:
+    return [line["id"] for line in read_jsonl(path)]
+
+
+def test_ray_run_shares_the_pace_and_the_budget_in_redis(
+    tmp_path: Path, ray_cluster: str, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 600 a minute, as a 5 s sliding window of 50: the two workers pace together in Redis.
+    api = FakeAPI(window_limit=50, window_s=5.0).start()
+    try:
+        for name, value in fake_env(api).items():
+            monkeypatch.setenv(name, value)
+        jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(60))
+        out = tmp_path / "out.jsonl"
+        args = ["run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet", "--rpm", "600"]
+        done = run_cli(
+            *args, "-c", "8", "--ray", "--ray-workers", "2", "--shared", redis_server.url
+        )
+        assert done.code == 0, done.output
+        assert sorted(ids_of(out)) == sorted(f"job-{i}" for i in range(60))  # each once
+        assert api.outcomes().get("429", 0) <= 0.03 * api.count()
+        assert peak_pace(api, window_s=3.0) >= 0.8 * 10.0  # ≥ 80 % of 600/min
+    finally:
+        api.stop()
+
+    # --max-cost for the cluster as a whole: the fake's own bill stays under it.
+    api = FakeAPI().start()
+    try:
+        for name, value in fake_env(api).items():
+            monkeypatch.setenv(name, value)
+        rows = prompts(400)
+        for row in rows:
+            row["prompt"] += " Some context." * 30
+        jobs = write_jsonl(tmp_path / "jobs2.jsonl", rows)
+        out = tmp_path / "out2.jsonl"
+        cap = 0.02
+        args = ["run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet", "--max-tokens", "20"]
+        done = run_cli(
+            *args,
+            "--max-cost",
+            str(cap),
+            "-c",
+            "8",
+            "--ray",
+            "--ray-workers",
+            "2",
+            "--shared",
+            redis_server.url,
+        )
+        assert done.code == 3, done.output  # stopped by the cap
+        assert bill(api) <= cap + 1e-9
+        assert bill(api) >= 0.8 * cap
+        lines = read_jsonl(out)
+        assert len(lines) == len({line["id"] for line in lines}) < 400
+    finally:
+        api.stop()
+
+
+def test_killed_driver_resumes_nothing_lost_nothing_twice(
+    tmp_path: Path, ray_cluster: str, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.latency_s = 0.02
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(600))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet", "-c", "8"]
+    # A driver of its own joins the module's cluster, and is killed mid-run.
+    proc = start_cli(
+        *args, "--ray", ray_cluster, "--ray-workers", "2", env=fake_env(fake), capture=False
+    )
+    wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 100, timeout=60)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    first = len(ids_of(out))
+    assert 100 <= first < 600
+    for name, value in fake_env(fake).items():
+        monkeypatch.setenv(name, value)
+    report = tmp_path / "report.json"
+    done = run_cli(*args, "--ray", "--ray-workers", "2", "--report", str(report))
+    assert done.code == 0, done.output
+    notes = json.loads(report.read_text())["notes"]
+    assert any("split evenly across 2 workers" in note for note in notes)  # no --shared
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == 600  # nothing lost, nothing written twice
+    assert all(line["status"] == "ok" for line in read_jsonl(out))
+
+
+def test_ray_data_process_adds_result_columns(ray_cluster: str) -> None:
+    import ray
+
+    import llmbatch.ray
+
+    rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(30)]
+    rows.append({"id": "bad", "prompt": ""})  # a failed row, not an exception
+    ds = ray.data.from_items(rows)
+    out = llmbatch.ray.process(ds, model="sim:claude-haiku-4-5", concurrency=4, workers=2)
+    got = {row["id"]: row for row in out.take_all()}
+    assert len(got) == 31
+    assert all(got[f"r{i}"]["status"] == "ok" and got[f"r{i}"]["output"] for i in range(30))
+    assert got["r3"]["prompt"] == "question 3"  # the input columns stay
+    assert got["bad"]["status"] == "failed" and "prompt" in got["bad"]["error"]
