@@ -53,6 +53,7 @@ class FakeEmbed:
     max_tokens: int = 300_000
     default_dimensions: int = 64
     answer_floats: bool = False  # answer JSON floats even when base64 is asked for
+    refuses_base64: bool = False  # 400 for encoding_format base64 (some compatible servers)
     faults: list[int] = field(default_factory=list)  # statuses for the next requests
     fail_text: dict[str, list[int]] = field(default_factory=dict)  # text → statuses per try
     records: list[EmbedRecord] = field(default_factory=list)
@@ -81,6 +82,8 @@ class FakeEmbed:
         encoding = body.get("encoding_format") or "float"
         dims = body.get("dimensions")
         tokens = sum(tokens_of(t) for t in texts)
+        if self.refuses_base64 and encoding == "base64":
+            return self._error(400, "encoding_format: only 'float' is supported", texts, body)
         status = self._fault(texts)
         if status is not None:
             return self._error(status, "Rate limit reached for requests", texts, body)

@@ -331,3 +331,19 @@ def test_gemini_batch_embed_contents(embed_api: tuple[FakeAPI, FakeEmbed], tmp_p
     got = vectors_by_id(out)
     for i, text in enumerate(texts):
         assert np.array_equal(got[(f"j{i}", 0)], vector_of(text, 24))
+
+
+def test_a_server_that_refuses_base64_is_asked_for_floats(
+    embed_api: tuple[FakeAPI, FakeEmbed], tmp_path: Path
+) -> None:
+    api, fe = embed_api
+    fe.refuses_base64 = True
+    texts = [f"compat text {i}" for i in range(30)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", texts, model=MODEL)
+    out = tmp_path / "v.parquet"
+    r = run_embed(api, str(jobs), "-o", str(out), "--inputs-per-request", "10", "-c", "1")
+    assert r.code == 0, r.output
+    assert [x.status for x in fe.records] == [400, 200, 200, 200]
+    assert {x.encoding for x in fe.records[1:]} == {"float"}
+    got = vectors_by_id(out)
+    assert all(np.array_equal(got[(f"j{i}", 0)], vector_of(t, 64)) for i, t in enumerate(texts))

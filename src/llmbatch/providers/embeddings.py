@@ -12,6 +12,7 @@ floats), decoded with ``numpy.frombuffer``.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from llmbatch.providers._base import Provider
 
 SIM_DIMENSIONS = 256  # the simulator's vectors when a job names no dimensions
+_REFUSES_BASE64 = re.compile(r"encoding_format|base64", re.IGNORECASE)
+_FLOAT_NOTE = "the server refused encoding_format base64: embeddings were asked as JSON floats"
 
 
 @dataclass(slots=True)
@@ -125,8 +128,10 @@ def openai_url(provider: Any, model: str) -> str:
     return f"{wire.base_url}/embeddings"
 
 
-def openai_body(model: str, texts: list[str], dimensions: int | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": "base64"}
+def openai_body(
+    model: str, texts: list[str], dimensions: int | None, encoding: str = "base64"
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": encoding}
     if dimensions is not None:
         body["dimensions"] = dimensions
     return body
@@ -134,9 +139,18 @@ def openai_body(model: str, texts: list[str], dimensions: int | None) -> dict[st
 
 async def _openai(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
     headers = {**provider.headers, "accept": "application/json"}
-    obj, hint, request_id, ms = await _post(
-        provider, openai_url(provider, model), openai_body(model, texts, dimensions), headers
-    )
+    # A server that refuses base64 (some compatible ones) is asked for floats from then on.
+    encoding = "float" if provider.notes & {_FLOAT_NOTE} else "base64"
+    body = openai_body(model, texts, dimensions, encoding)
+    try:
+        obj, hint, request_id, ms = await _post(
+            provider, openai_url(provider, model), body, headers
+        )
+    except ProviderError as err:
+        if encoding == "base64" and err.status == 400 and _REFUSES_BASE64.search(err.message):
+            provider.notes.add(_FLOAT_NOTE)
+            err.retryable, err.retry_after, err.retry_now = True, 0.0, True
+        raise
     data = obj.get("data") if isinstance(obj, dict) else None
     if not isinstance(data, list) or len(data) != len(texts):
         got = len(data) if isinstance(data, list) else "no"
