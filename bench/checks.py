@@ -83,6 +83,26 @@ def startup_checks(st: dict[str, Any]) -> list[Check]:
     ]
 
 
+def embed_checks(e: dict[str, Any]) -> list[Check]:
+    n, dim = e["inputs"], e["dimensions"]
+    return [
+        (
+            f"embed {n:,}: ≥ 20,000 vectors/s",
+            f"{e['vectors_per_s']:,}/s",
+            e["vectors_per_s"] >= 20_000,
+        ),
+        (f"embed {n:,}: peak RSS ≤ 300 MiB", f"{e['peak_rss_mib']} MiB", e["peak_rss_mib"] <= 300),
+        (
+            f"embed {n:,}: every id once, float32 × {dim} (pyarrow, pandas)",
+            f"{e['distinct_ids']:,} ids · {e['arrow_type']} · {e['pandas_vector_dtype']}",
+            e["rows"] == e["distinct_ids"] == n
+            and e["arrow_type"] == f"fixed_size_list<element: float>[{dim}]"
+            and e["pandas_vector_dtype"] == "float32"
+            and e["pandas_vector_len"] == dim,
+        ),
+    ]
+
+
 def ratelimit_checks(rl: dict[str, Any]) -> list[Check]:
     with_rpm, without = rl["with_rpm"], rl["without_rpm"]
     return [
@@ -126,6 +146,7 @@ def all_checks(results: dict[str, Any]) -> list[Check]:
         "engine": engine_checks,
         "startup": startup_checks,
         "ratelimit": ratelimit_checks,
+        "embed": embed_checks,
         "ray": ray_checks,
     }
     out: list[Check] = []

@@ -16,6 +16,9 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
   5. ratelimit: pacing against a fake enforcing a request window;
   6. ray: 200,000 sim jobs (no latency) through `run --ray --ray-workers 2` (a local Ray
      started by the run, its start and stop included) against one local process.
+  7. embed: 1,000,000 short inputs (100,000 with --quick) embedded by `sim` into
+     Parquet (256 dimensions): vectors/s, peak RSS, and the file read back with
+     pyarrow and pandas (float32 vectors of the right dimension, every id once).
 Writes bench/results.json (bench/out/results-partial.json with --only). These are
 goals for the code, never timed tests in CI. BENCH_TLS_CLIENTS=llmbatch,floor
 limits the tls section to some clients (for profiling rounds); BENCH_BASELINE_SRC=
@@ -45,7 +48,9 @@ N_REQ = 2000
 CONC = 64
 TLS_REQ = 2_000 if QUICK else 20_000
 TLS_CONC = 256
-SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit", "ray")
+SECTIONS = ("tls", "cpu", "engine", "startup", "ratelimit", "ray", "embed")
+EMBED_N = 100_000 if QUICK else 1_000_000
+EMBED_DIM = 256
 
 
 def llmbatch_run(jobs: Path, model: str, out: Path, *extra: str) -> list[str]:
@@ -200,6 +205,47 @@ def section_ratelimit(tmp: Path) -> dict[str, Any]:
     return out
 
 
+def section_embed(tmp: Path) -> dict[str, Any]:
+    import orjson
+
+    jobs, out = tmp / "embed.jsonl", tmp / "vectors.parquet"
+    with jobs.open("wb") as f:
+        for i in range(EMBED_N):
+            f.write(
+                orjson.dumps({"id": f"doc-{i}", "input": f"short passage {i} on topic {i % 97}"})
+            )
+            f.write(b"\n")
+    cmd = [PY, "-m", "llmbatch", "embed", str(jobs), "-m", "sim:text-embedding-3-small",
+           "--dimensions", str(EMBED_DIM), "-o", str(out), "--quiet", "--no-cache"]  # fmt: skip
+    r = child(cmd, {"LLMBATCH_SIM_LATENCY_MS": "0"})
+    return {"inputs": EMBED_N, "dimensions": EMBED_DIM, "wall_s": round(r["wall_s"], 2),
+            "cpu_s": round(r["cpu_s"], 2), "vectors_per_s": round(EMBED_N / r["wall_s"]),
+            "vectors_per_cpu_s": round(EMBED_N / r["cpu_s"]),
+            "peak_rss_mib": round(r["rss_mib"], 1),
+            "file_mib": round(out.stat().st_size / 2**20, 1),
+            **read_back(out)}  # fmt: skip
+
+
+def read_back(path: Path) -> dict[str, Any]:
+    """The vectors file as pyarrow and pandas read it: rows, distinct ids, dtype, dimension."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(path, columns=["id"])["id"]
+    field = pq.read_schema(path).field("vector")
+    head = pd.read_parquet(path).head(3) if path.stat().st_size < 2**31 else None
+    pf = pq.ParquetFile(path)
+    first = pf.read_row_group(0, columns=["vector"])["vector"]
+    sample = pd.Series(first.to_pylist()[:3])
+    return {
+        "rows": len(ids),
+        "distinct_ids": len(set(ids.to_pylist())),
+        "arrow_type": str(field.type),
+        "pandas_vector_dtype": str(head["vector"].iloc[0].dtype) if head is not None else None,
+        "pandas_vector_len": len(head["vector"].iloc[0]) if head is not None else len(sample[0]),
+    }
+
+
 def section_ray(tmp: Path) -> dict[str, Any]:
     n = 50_000 if QUICK else 200_000
     jobs = tmp / "ray.jsonl"
@@ -251,6 +297,7 @@ def run_sections(sections: tuple[str, ...], tmp: Path) -> dict[str, Any]:
         "engine": "engine throughput and memory (sim, no latency) against the I/O floor",
         "startup": "start-up",
         "ratelimit": "rate-limit efficiency",
+        "embed": f"embeddings: {EMBED_N:,} short inputs by sim into Parquet",
         "ray": "run --ray --ray-workers 2 against one local process (sim, no latency)",
     }
     results: dict[str, Any] = {}

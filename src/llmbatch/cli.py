@@ -121,6 +121,9 @@ def run(
     service_tier: o.ServiceTierOpt = None,
     limit: o.LimitOpt = None,
     include_input: o.IncludeInputOpt = None,
+    id_column: o.IdColumnOpt = None,
+    prompt_column: o.PromptColumnOpt = None,
+    include_columns: o.IncludeColumnsOpt = None,
     dry_run: o.DryRunOpt = False,
     budget_per_hour: o.BudgetPerHour = None,
     budget_per_day: o.BudgetPerDay = None,
@@ -152,6 +155,46 @@ def run(
 
             raise UsageError("--ray-workers goes with --ray")
         return _run(jobs, flags, config, ray=ray, ray_workers=ray_workers)
+
+    raise typer.Exit(_guard(go))
+
+
+@app.command()
+def embed(
+    jobs: o.JobsArg,
+    output: o.EmbedOutputOpt = None,
+    model: o.ModelOpt = None,
+    dimensions: o.DimensionsOpt = None,
+    inputs_per_request: o.InputsPerRequestOpt = None,
+    concurrency: o.ConcurrencyOpt = None,
+    rpm: o.RpmOpt = None,
+    tpm: o.TpmOpt = None,
+    max_attempts: o.MaxAttemptsOpt = None,
+    timeout: o.TimeoutOpt = None,
+    max_cost: o.MaxCostOpt = None,
+    max_total_tokens: o.MaxTotalTokensOpt = None,
+    report: o.ReportOpt = None,
+    fresh: o.FreshOpt = None,
+    retry_failed: o.RetryFailedOpt = None,
+    skip_invalid: o.SkipInvalidOpt = None,
+    quiet: o.QuietOpt = None,
+    provider: o.ProviderOpt = None,
+    id_column: o.IdColumnOpt = None,
+    prompt_column: o.PromptColumnOpt = None,
+    include_columns: o.IncludeColumnsOpt = None,
+    cache: o.CacheOpt = None,
+    no_cache: o.NoCacheOpt = None,
+    log_json: o.LogJsonOpt = None,
+    config: o.ConfigOpt = None,
+) -> None:
+    """Embed the texts of a JSONL/Parquet/CSV/hf:// file: one vector per input."""
+    flags = _flags(locals(), skip={"jobs", "config"})
+    flags["embed"] = True
+
+    def go() -> int:
+        from llmbatch._cli.run import _run
+
+        return _run(jobs, flags, config)
 
     raise typer.Exit(_guard(go))
 

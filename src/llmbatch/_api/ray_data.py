@@ -55,7 +55,7 @@ class RowEngine:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa  # type: ignore[import-untyped]
+        import pyarrow as pa
 
         rows: list[dict[str, Any]] = batch.to_pylist()
         parse = self.worker.planner.parser.parse

@@ -191,6 +191,44 @@ Shared = Annotated[
 Shard = Annotated[
     str | None, typer.Option("--shard", help="Run shard I/N of the jobs (I from 0), or auto.")
 ]
+IdColumnOpt = Annotated[
+    str | None,
+    typer.Option("--id-column", help="Parquet/CSV/hf:// jobs: the column holding each job's id."),
+]
+PromptColumnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt-column",
+        help="Parquet/CSV/hf:// jobs: the column holding the prompt (embed: the text).",
+    ),
+]
+IncludeColumnsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--include-columns",
+        help="Parquet/CSV/hf:// jobs: columns (comma-separated) carried to the output's metadata.",
+    ),
+]
+DimensionsOpt = Annotated[
+    int | None,
+    typer.Option("--dimensions", min=1, help="Embeddings: the vector size to ask for."),
+]
+EmbedOutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-o",
+        "--output",
+        help="Vectors: .parquet (streamed row groups) or JSONL [default: JOBS.vectors.parquet].",
+    ),
+]
+InputsPerRequestOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--inputs-per-request",
+        min=1,
+        help="Embeddings: at most this many inputs a request [default: the provider's cap].",
+    ),
+]
 RayOpt = Annotated[
     str | None,
     typer.Option(

@@ -38,6 +38,13 @@ def _run(
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
         _quiet_gc()
+        _refuse_parquet_modes(cfg)
+        if ray is not None and cfg.output is not None and cfg.output.suffix == ".parquet":
+            raise UsageError("--ray writes JSONL: give a .jsonl --output. Nothing was sent.")
+        if cfg.embed or _embedding_lines(cfg):
+            if ray is not None:
+                raise UsageError("--ray is not built for embeddings. Nothing was sent.")
+            return _embed(cfg, progress)
         if ray is not None:
             from llmbatch._api.ray_run import RayRun
 
@@ -68,6 +75,52 @@ def _quiet_gc() -> None:
 
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def _refuse_parquet_modes(cfg: RunConfig) -> None:
+    from llmbatch._io.vectors import is_parquet
+
+    if is_parquet(cfg.output) and (cfg.mode != "online" or cfg.shard is not None):
+        raise UsageError(
+            "a .parquet --output goes with --mode online and no --shard for now; use a "
+            "JSONL output for provider batches or shards. Nothing was sent."
+        )
+
+
+def _embedding_lines(cfg: RunConfig) -> bool:
+    """Whether the first job of the file asks for embeddings (``input``, no prompt)."""
+    import orjson
+
+    from llmbatch._core.embed import is_embed_record
+    from llmbatch._io.jobfile import job_records
+
+    for _, raw in job_records(cfg.jobs, cfg.columns):
+        try:
+            return is_embed_record(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
+def _embed(cfg: RunConfig, progress: Any) -> int:
+    import anyio
+
+    from llmbatch._run.embed import EmbedRun
+    from llmbatch._run.session import exit_code_for
+
+    if cfg.mode != "online":
+        raise UsageError(
+            "embeddings run online only for now (--mode batch is not built for them). "
+            "Nothing was sent."
+        )
+    if cfg.dry_run:
+        raise UsageError("--dry-run is not built for embeddings yet. Nothing was sent.")
+    engine = EmbedRun(cfg, progress=progress)
+    report = anyio.run(engine.run)
+    _write_json_report(cfg, report)
+    if not cfg.quiet:
+        report.render(_console(stderr=True))
+    return exit_code_for(report, engine.stop_signal)
 
 
 def _write_json_report(cfg: RunConfig, report: RunReport) -> None:

@@ -63,6 +63,10 @@ class RunConfig:
     skip_invalid: bool = False
     quiet: bool = False
     include_input: bool = False  # result lines carry the job's input
+    columns: Any = None  # columnar jobs (``_io.columnar.Columns``): which columns make a job
+    dimensions: int | None = None  # embeddings: vector size asked of the model (None: its own)
+    embed: bool = False  # ``llmbatch embed``: the jobs are texts to embed
+    inputs_per_request: int | None = None  # embeddings: fewer than the provider's cap
     dry_run: bool = False  # print the request bodies; send nothing
     limit: int | None = None  # run only the first N jobs not yet done
     cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
@@ -189,6 +193,7 @@ def build_run_config(
     if prompt_cache not in ("auto", "off"):
         raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
     cfg.prompt_cache = prompt_cache
+    _columns(cfg, merged)
     observability_flags(cfg, merged, jobs, stdin)
     check_run_paths(cfg, reads)
     return cfg
@@ -201,11 +206,36 @@ def _output(
     out = merged.get("output")
     if out is None and stdin:
         raise UsageError("--output is required when the jobs come from standard input or a pipe")
+    if out is None and str(cfg.jobs).startswith("hf:/"):
+        raise UsageError("--output is required when the jobs come from hf://datasets/…")
     if out is None:
         jobs = cfg.jobs
-        cfg.output = resolve_output(str(jobs.with_name(_stem(jobs) + ".results.jsonl")))
+        tail = ".vectors.parquet" if merged.get("embed") else ".results.jsonl"
+        cfg.output = resolve_output(str(jobs.with_name(_stem(jobs) + tail)))
     else:
         cfg.output = resolve_output(out if out == "-" else str(path_of("output")))
+
+
+def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
+    """Embeddings (``embed``, ``--dimensions``) and which columns of a Parquet/CSV/hf:// source
+    make a job (``--id-column``, ``--prompt-column``, ``--include-columns``)."""
+    from llmbatch._io.columnar import Columns
+
+    cfg.embed = bool(merged.get("embed", False))
+    if merged.get("dimensions") is not None:
+        cfg.dimensions = _number(merged, "dimensions", int)
+        if cfg.dimensions < 1:
+            raise UsageError("--dimensions must be a positive integer")
+    if merged.get("inputs_per_request") is not None:
+        cfg.inputs_per_request = _number(merged, "inputs_per_request", int)
+    include = merged.get("include_columns") or ()
+    if isinstance(include, str):
+        include = [c.strip() for c in include.split(",") if c.strip()]
+    id_col, prompt_col = merged.get("id_column"), merged.get("prompt_column")
+    given = cfg.jobs_display or ""
+    source = given if given.startswith("hf://") else None
+    if id_col or prompt_col or include or cfg.embed or source:
+        cfg.columns = Columns(id_col, prompt_col, tuple(include), cfg.embed, source)
 
 
 def _models(cfg: RunConfig, merged: Mapping[str, Any], names: tuple[str, ...]) -> None:

@@ -40,6 +40,8 @@ class Request:
     appended: list[dict[str, Any]] | None = None
     # The plan's word on the cacheable prefix (prompt caching); not part of the question.
     cache: PrefixInfo | None = None
+    # An embeddings pack (``_core.embed.EmbedPack``): the request asks for vectors.
+    embed: Any = None
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ _INFERRED_PREFIXES = (
     ("o3", "openai"),
     ("o4", "openai"),
     ("gemini-", "gemini"),
+    ("text-embedding-", "openai"),
 )
 
 

@@ -281,6 +281,8 @@ def price_of(model_price: Any, source: str = "genai-prices") -> Price | None:
     """Our Price from a genai-prices ModelPrice; cache prices default to the input price."""
     input_rate = _rate(getattr(model_price, "input_mtok", None))
     output_rate = _rate(getattr(model_price, "output_mtok", None))
+    if output_rate is None and input_rate is not None and "embed" in source:
+        output_rate = Rate(0.0)  # an embedding model: input tokens only
     if input_rate is None or output_rate is None:
         return None
     return Price(

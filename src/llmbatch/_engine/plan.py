@@ -23,8 +23,10 @@ from llmbatch._core.usage import Usage
 from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.paths import check_run_paths
+from llmbatch._io.results_parquet import read_existing_results
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
 from llmbatch._io.shard import add_sibling_done, shard_of
+from llmbatch._io.vectors import is_parquet
 from llmbatch.providers.factory import check_credentials
 
 
@@ -212,7 +214,9 @@ class Planner:
     def plan(self) -> Plan:
         """Read the output (for resume) and check every job line. Sends nothing."""
         cfg = self.config
-        if cfg.output is not None and not cfg.fresh:
+        if cfg.output is not None and not cfg.fresh and is_parquet(cfg.output):
+            self.existing = read_existing_results(cfg.output, retry_failed=cfg.retry_failed)
+        elif cfg.output is not None and not cfg.fresh:
             self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
             if cfg.shard is not None:
                 add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
@@ -256,7 +260,9 @@ class Planner:
             self.prefixes.count(self.prefix_candidates(chain[0], job.request))
             return None
 
-        summary = validate_file(cfg.jobs, self.parser, cfg.display_name, on_job=on_job)
+        summary = validate_file(
+            cfg.jobs, self.parser, cfg.display_name, on_job=on_job, columns=cfg.columns
+        )
         plan.problems = summary.problems
         plan.invalid_lines = summary.invalid_lines
         plan.last_line = summary.last_line

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from llmbatch._core.jobs import Job, LineError
-from llmbatch._io.jobfile import iter_lines, open_jobs
+from llmbatch._io.jobfile import job_records
 
 if TYPE_CHECKING:
     from llmbatch._engine.plan import BatchSeed, Plan, Planner, PreparedJob
@@ -58,20 +58,19 @@ class FileSource:
         parse, owns = planner.parser.parse, planner.owns
         sharded = planner.config.shard is not None
         config = planner.config
-        with open_jobs(config.jobs) as stream:
-            for lineno, raw in iter_lines(stream):
-                if lineno > last_line:
-                    return
-                if lineno in invalid:
-                    continue
-                try:
-                    job = parse(raw, lineno)
-                except LineError as exc:
-                    # The file was rewritten under us since the check: skip, say so.
-                    self.notes.append(f"{config.display_name}:{lineno}: {exc} (skipped)")
-                    continue
-                if done is not None and done.fingerprint(job.id) is not None:
-                    continue
-                if sharded and not owns(job):
-                    continue  # another shard's
-                yield lineno, raw, job
+        for lineno, raw in job_records(config.jobs, config.columns):
+            if lineno > last_line:
+                return
+            if lineno in invalid:
+                continue
+            try:
+                job = parse(raw, lineno)
+            except LineError as exc:
+                # The file was rewritten under us since the check: skip, say so.
+                self.notes.append(f"{config.display_name}:{lineno}: {exc} (skipped)")
+                continue
+            if done is not None and done.fingerprint(job.id) is not None:
+                continue
+            if sharded and not owns(job):
+                continue  # another shard's
+            yield lineno, raw, job

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from llmbatch._core.exceptions import LineProblem, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError
@@ -27,6 +27,18 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
             raw = raw.removeprefix(b"\xef\xbb\xbf")
         if raw.strip():
             yield lineno, raw
+
+
+def job_records(path: Path, columns: Any = None) -> Iterator[tuple[int, bytes]]:
+    """(line or row number, the job as JSON) from a JSONL file or a columnar source
+    (Parquet, CSV, ``hf://datasets/…``: ``_io.columnar``, ``columns`` says which)."""
+    from llmbatch._io.columnar import is_columnar, iter_rows
+
+    if is_columnar(path):
+        yield from iter_rows(path, columns)
+        return
+    with open_jobs(path) as stream:
+        yield from iter_lines(stream)
 
 
 @dataclass(slots=True)
@@ -49,6 +61,7 @@ def validate_file(
     parser: JobParser,
     display: str | None = None,
     on_job: Callable[[Job], str | None] | None = None,
+    columns: Any = None,
 ) -> ValidationSummary:
     """Check every line; collect problems with line numbers. Memory: one small int per id.
 
@@ -58,50 +71,53 @@ def validate_file(
     summary = ValidationSummary(display)
     seen: set[int] = set()
     duplicate_ids: set[str] = set()
-    with open_jobs(path) as stream:
-        for lineno, raw in iter_lines(stream):
-            summary.lines += 1
-            summary.last_line = lineno
-            try:
-                job = parser.parse(raw, lineno)
-            except LineError as exc:
-                summary.problems.append(LineProblem(display, lineno, str(exc)))
-                continue
-            key = hash(job.id)
-            if key in seen:
-                duplicate_ids.add(job.id)
-                continue
-            seen.add(key)
-            problem = on_job(job) if on_job is not None else None
-            if problem is not None:
-                summary.problems.append(LineProblem(display, lineno, problem))
-            else:
-                summary.valid += 1
+    for lineno, raw in job_records(path, columns):
+        summary.lines += 1
+        summary.last_line = lineno
+        try:
+            job = parser.parse(raw, lineno)
+        except LineError as exc:
+            summary.problems.append(LineProblem(display, lineno, str(exc)))
+            continue
+        key = hash(job.id)
+        if key in seen:
+            duplicate_ids.add(job.id)
+            continue
+        seen.add(key)
+        problem = on_job(job) if on_job is not None else None
+        if problem is not None:
+            summary.problems.append(LineProblem(display, lineno, problem))
+        else:
+            summary.valid += 1
     if duplicate_ids:
         # Rare: a second, cheap pass finds where each repeated id first stood.
-        _report_duplicates(path, parser, display, duplicate_ids, summary)
+        _report_duplicates(path, parser, display, duplicate_ids, summary, columns)
         summary.problems.sort(key=lambda p: p.line)
     return summary
 
 
 def _report_duplicates(
-    path: Path, parser: JobParser, display: str, ids: set[str], summary: ValidationSummary
+    path: Path,
+    parser: JobParser,
+    display: str,
+    ids: set[str],
+    summary: ValidationSummary,
+    columns: Any = None,
 ) -> None:
     """The first line with an id is the job; each later one is a problem naming it."""
     first: dict[str, int] = {}
-    with open_jobs(path) as stream:
-        for lineno, raw in iter_lines(stream):
-            try:
-                job = parser.parse(raw, lineno)
-            except LineError:
-                continue
-            if job.id not in ids:
-                continue
-            if job.id in first:
-                message = f"duplicate id {job.id!r} (first on line {first[job.id]})"
-                summary.problems.append(LineProblem(display, lineno, message))
-            else:
-                first[job.id] = lineno
+    for lineno, raw in job_records(path, columns):
+        try:
+            job = parser.parse(raw, lineno)
+        except LineError:
+            continue
+        if job.id not in ids:
+            continue
+        if job.id in first:
+            message = f"duplicate id {job.id!r} (first on line {first[job.id]})"
+            summary.problems.append(LineProblem(display, lineno, message))
+        else:
+            first[job.id] = lineno
 
 
 def open_jobs(path: Path) -> BinaryIO:

@@ -194,6 +194,8 @@ def _outcome_rows(report: RunReport) -> Rows:
                 f"{_usd(b.online_cost_usd)}; saved {_usd(b.saved_usd)})",
             )
         )
+    if report.embedding is not None:
+        rows.append(("embeddings", report.embedding.line()))
     if report.wall_s is not None:
         rate = f" · {report.jobs_per_s:,.1f} jobs/s" if report.jobs_per_s else ""
         rows.append(("wall time", f"{report.wall_s:,.1f} s{rate}"))

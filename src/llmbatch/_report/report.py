@@ -14,6 +14,7 @@ from llmbatch._core.results import JobResult, line_problems
 from llmbatch._io.resume import iter_result_lines
 from llmbatch._observe.stats import Bin, RunStats
 from llmbatch._report.batch import BatchPart, batch_part_from_results
+from llmbatch._report.embed import EmbedReport
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -67,6 +68,7 @@ class RunReport:
     # totals are partial then), and why, as ``PATH:LINE: message``.
     malformed_lines: list[int] | None = None
     line_problems: list[str] = field(default_factory=list)
+    embedding: EmbedReport | None = None  # an embedding run's inputs, requests and vectors
 
     @property
     def exit_code(self) -> int:
@@ -117,6 +119,7 @@ class RunReport:
             "cache": {"hits": self.cache_hits, "saved_usd": round(self.cache_saved_usd, 6)},
             **({"batch": self.batch.to_dict()} if self.batch is not None else {}),
             **({"prompt_cache": self.prompt_cache} if self.prompt_cache else {}),
+            **({"embedding": self.embedding.to_dict()} if self.embedding is not None else {}),
             **(
                 {"malformed_lines": self.malformed_lines}
                 if self.malformed_lines is not None

@@ -17,12 +17,15 @@ from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import ConfigError, InputError, ResumeConflict, UsageError
+from llmbatch._engine.engine import ResultSink
 from llmbatch._engine.plan import BatchSeed, Plan, Planner
 from llmbatch._engine.sinks import OutputSink
 from llmbatch._engine.sources import FileSource
 from llmbatch._engine.takeover import batch_carry
 from llmbatch._io.history import append_history
+from llmbatch._io.results_parquet import ParquetResultSink
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail
+from llmbatch._io.vectors import cut_torn_parts, is_parquet
 from llmbatch._observe.progress import ProgressSink
 from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
@@ -117,7 +120,10 @@ class FileRun(RunSession):
         self, plan: Plan, existing: ExistingOutput | None, seeds: dict[str, BatchSeed]
     ) -> None:
         source = FileSource(self.planner, plan, existing, seeds)
-        sink = OutputSink(self.config.output)
+        out = self.config.output
+        sink: ResultSink = (
+            ParquetResultSink(out) if out is not None and is_parquet(out) else OutputSink(out)
+        )
         try:
             await self.run_engine(source, sink, size=plan.todo)
         finally:
@@ -132,6 +138,9 @@ class FileRun(RunSession):
             backup = backup_output(cfg.output)
             if backup is not None:
                 self.notes.append(f"--fresh: the old output was moved to {backup}")
+        elif existing is not None and existing.torn_at is not None and is_parquet(cfg.output):
+            n = cut_torn_parts(cfg.output)
+            self.notes.append(f"removed {n} part file(s) left unreadable by an interrupted run")
         elif existing is not None and existing.torn_at is not None:
             cut_torn_tail(existing)
             self.notes.append(

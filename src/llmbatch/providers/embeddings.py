@@ -1,0 +1,222 @@
+"""Embeddings on the wire: OpenAI ``/v1/embeddings`` (Azure, compatible servers), Gemini
+``batchEmbedContents``, and the simulator's deterministic vectors.
+
+``embed(provider, model, texts, dimensions, time_limit)`` sends one request for
+``texts`` and returns an ``Embedded`` (a float32 matrix, one row per text). Like a
+chat attempt it raises ProviderError subclasses only: the HTTP ones run inside
+the same error seam (``translate_errors``) and read error bodies the same way.
+OpenAI is asked for ``encoding_format: "base64"`` (a quarter of the bytes of JSON
+floats), decoded with ``numpy.frombuffer``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import anyio
+import orjson
+
+from llmbatch._core.embed import decode_vectors
+from llmbatch._core.exceptions import ProviderError, RateLimited, UsageError
+from llmbatch._core.headers import RateLimitHint
+from llmbatch.providers._errors import translate_errors, unexpected_shape
+from llmbatch.providers._http import _TIME_LIMIT, HttpProvider
+
+if TYPE_CHECKING:
+    from llmbatch.providers._base import Provider
+
+SIM_DIMENSIONS = 256  # the simulator's vectors when a job names no dimensions
+_REFUSES_BASE64 = re.compile(r"encoding_format|base64", re.IGNORECASE)
+_FLOAT_NOTE = "the server refused encoding_format base64: embeddings were asked as JSON floats"
+
+
+@dataclass(slots=True)
+class Embedded:
+    """One embeddings answer: a float32 matrix (row i: texts[i]) and its usage."""
+
+    vectors: Any
+    tokens: int
+    latency_ms: float
+    request_id: str | None = None
+    limits: RateLimitHint | None = None
+
+
+def can_embed(provider: Provider) -> bool:
+    kind = _kind(provider)
+    return kind is not None
+
+
+def _kind(provider: Any) -> str | None:
+    from llmbatch.providers.gemini import GeminiProvider
+    from llmbatch.providers.openai import OpenAIProvider
+    from llmbatch.providers.sim import SimProvider
+
+    if isinstance(provider, SimProvider):
+        return "sim"
+    if isinstance(provider, OpenAIProvider):
+        return "openai"
+    if isinstance(provider, GeminiProvider):
+        return "gemini"
+    return None
+
+
+async def embed(
+    provider: Provider, model: str, texts: list[str], dimensions: int | None, time_limit: float
+) -> Embedded:
+    """One embeddings request through ``provider``; raises ProviderError subclasses only."""
+    own = getattr(provider, "embed", None)
+    if own is not None:  # a provider of the caller's own (tests, plugins)
+        result: Embedded = await own(model, texts, dimensions, time_limit)
+        return result
+    kind = _kind(provider)
+    if kind == "sim":
+        return await sim_embed(provider, model, texts, dimensions, time_limit)
+    if kind is None:
+        raise UsageError(f"provider {provider.name} cannot embed")
+    assert isinstance(provider, HttpProvider)
+    _TIME_LIMIT.set(time_limit)
+    with translate_errors(
+        key=provider.api_key,
+        idle_timeout=provider.idle_timeout,
+        timeout_message=f"no complete answer within --timeout {time_limit:g} s",
+    ):
+        if kind == "gemini":
+            return await _gemini(provider, model, texts, dimensions)
+        return await _openai(provider, model, texts, dimensions)
+
+
+class _Whole:
+    """An EventStream that takes the one JSON body an embeddings endpoint answers with."""
+
+    done = False
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+
+    def feed(self, event: Any) -> None:  # not a stream: a server that streams is wrong
+        raise unexpected_shape("an event stream where a JSON body was expected")
+
+    def whole(self, raw: bytes) -> None:
+        self.body = raw
+
+
+async def _post(
+    provider: HttpProvider, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[Any, RateLimitHint | None, str | None, float]:
+    started = time.perf_counter()
+    stream = _Whole()
+    hint, request_id = await provider._exchange(url, body, headers, stream)
+    if stream.body is None:
+        raise unexpected_shape("an empty answer")
+    try:
+        obj = orjson.loads(stream.body)
+    except orjson.JSONDecodeError:
+        raise unexpected_shape(stream.body[:200].decode("utf-8", "replace")) from None
+    return obj, hint, request_id, (time.perf_counter() - started) * 1000
+
+
+def openai_url(provider: Any, model: str) -> str:
+    wire = provider.wire
+    if wire.deployment_path:
+        path = f"/deployments/{quote(model, safe='')}/embeddings"
+        return f"{wire.base_url}{path}?api-version={wire.api_version}"
+    return f"{wire.base_url}/embeddings"
+
+
+def openai_body(
+    model: str, texts: list[str], dimensions: int | None, encoding: str = "base64"
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "input": texts, "encoding_format": encoding}
+    if dimensions is not None:
+        body["dimensions"] = dimensions
+    return body
+
+
+async def _openai(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
+    headers = {**provider.headers, "accept": "application/json"}
+    # A server that refuses base64 (some compatible ones) is asked for floats from then on.
+    encoding = "float" if provider.notes & {_FLOAT_NOTE} else "base64"
+    body = openai_body(model, texts, dimensions, encoding)
+    try:
+        obj, hint, request_id, ms = await _post(
+            provider, openai_url(provider, model), body, headers
+        )
+    except ProviderError as err:
+        if encoding == "base64" and err.status == 400 and _REFUSES_BASE64.search(err.message):
+            provider.notes.add(_FLOAT_NOTE)
+            err.retryable, err.retry_after, err.retry_now = True, 0.0, True
+        raise
+    data = obj.get("data") if isinstance(obj, dict) else None
+    if not isinstance(data, list) or len(data) != len(texts):
+        got = len(data) if isinstance(data, list) else "no"
+        raise unexpected_shape(f"{got} embeddings for {len(texts)} inputs")
+    if any(item.get("index", i) != i for i, item in enumerate(data)):
+        data = sorted(data, key=lambda item: item.get("index", 0))
+    vectors = decode_vectors(data)
+    usage = obj.get("usage") or {}
+    tokens = usage.get("prompt_tokens") or usage.get("total_tokens") or 0
+    return Embedded(vectors, int(tokens), ms, request_id, hint)
+
+
+async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
+    from llmbatch.providers.gemini_wire import model_path, model_url
+
+    name = model_path(model)
+    one: dict[str, Any] = {"model": name}
+    if dimensions is not None:
+        one["outputDimensionality"] = dimensions
+    requests = [{**one, "content": {"parts": [{"text": t}]}} for t in texts]
+    headers = {**provider.headers, "accept": "application/json"}
+    url = model_url(provider.base_url, model, "batchEmbedContents")
+    obj, hint, request_id, ms = await _post(provider, url, {"requests": requests}, headers)
+    items = obj.get("embeddings") if isinstance(obj, dict) else None
+    if not isinstance(items, list) or len(items) != len(texts):
+        raise unexpected_shape(f"no embeddings for {len(texts)} inputs")
+    vectors = decode_vectors(items, "values")
+    tokens = sum(max(1, len(t) // 4) for t in texts)  # Gemini reports none: an estimate
+    return Embedded(vectors, tokens, ms, request_id, hint)
+
+
+# -- the simulator ------------------------------------------------------------------
+
+
+async def sim_embed(
+    provider: Any, model: str, texts: list[str], dimensions: int | None, time_limit: float
+) -> Embedded:
+    """Deterministic unit vectors from each text's hash (numpy, no Python float a dimension)."""
+    started = time.perf_counter()
+    fail_rate = getattr(provider, "fail_rate", 0.0)
+    if fail_rate and provider._faults.random() < fail_rate:
+        raise RateLimited("simulated 429", status=429, retry_after=None)
+    vectors = sim_vectors(model, texts, dimensions or SIM_DIMENSIONS)
+    tokens = sum(len(t) for t in texts) // 4 + len(texts)
+    if getattr(provider, "latency_ms", 0) > 0:
+        await provider._sleep(1.0, time_limit)
+    else:
+        await anyio.lowlevel.checkpoint()
+    return Embedded(vectors, tokens, (time.perf_counter() - started) * 1000)
+
+
+def sim_vectors(model: str, texts: list[str], dim: int) -> Any:
+    import numpy as np
+
+    salt = model.encode()
+    digests = b"".join(
+        hashlib.blake2b(t.encode(), digest_size=8, key=salt[:64]).digest() for t in texts
+    )
+    seeds = np.frombuffer(digests, dtype="<u8").reshape(-1, 1)
+    z = seeds ^ (np.arange(1, dim + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    out = (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / (1 << 24)) - np.float32(1.0)
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+__all__ = ["Embedded", "ProviderError", "can_embed", "embed", "sim_vectors"]
