@@ -9,12 +9,11 @@ spend), streams the file again through the engine into the output, and reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Unpack
 
 import anyio
 
-from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
-from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import ConfigError, InputError, ResumeConflict, UsageError
 from llmbatch._engine.engine import ResultSink
@@ -29,33 +28,15 @@ from llmbatch._io.vectors import cut_torn_parts, is_parquet
 from llmbatch._observe.progress import ProgressSink
 from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
-from llmbatch._run.session import RunSession
+from llmbatch._run.session import RunSession, SessionOptions
 from llmbatch.providers.factory import ProviderFactory
 
 
 class FileRun(RunSession):
     """The ``run`` command's session: the jobs file, resumed on its output."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        *,
-        progress: ProgressSink | None = None,
-        provider_factory: ProviderFactory | None = None,
-        handle_signals: bool = True,
-        sinks: Sequence[EventSink] = (),
-        ledgers: Sequence[BudgetLedger] = (),
-        clock: Clock = SYSTEM_CLOCK,
-    ) -> None:
-        super().__init__(
-            config,
-            progress=progress,
-            provider_factory=provider_factory,
-            handle_signals=handle_signals,
-            sinks=sinks,
-            ledgers=ledgers,
-            clock=clock,
-        )
+    def __init__(self, config: RunConfig, **options: Unpack[SessionOptions]) -> None:
+        super().__init__(config, **options)
         self.planner = Planner(config, self.services.prices)
         self.plan: Plan | None = None
 
@@ -163,27 +144,9 @@ class FileRun(RunSession):
         return dict(carry.seeds)
 
 
-async def run_jobs_async(
-    config: RunConfig,
-    *,
-    progress: ProgressSink | None = None,
-    provider_factory: ProviderFactory | None = None,
-    handle_signals: bool = True,
-    sinks: Sequence[EventSink] = (),
-    ledgers: Sequence[BudgetLedger] = (),
-    clock: Clock = SYSTEM_CLOCK,
-) -> RunReport:
+async def run_jobs_async(config: RunConfig, **options: Unpack[SessionOptions]) -> RunReport:
     """Run every job in ``config.jobs`` not yet in its output; return the report."""
-    run = FileRun(
-        config,
-        progress=progress,
-        provider_factory=provider_factory,
-        handle_signals=handle_signals,
-        sinks=sinks,
-        ledgers=ledgers,
-        clock=clock,
-    )
-    return await run.run()
+    return await FileRun(config, **options).run()
 
 
 def run_jobs(

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 
@@ -47,6 +47,17 @@ from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport, build_report
 from llmbatch.providers._base import Provider
 from llmbatch.providers.factory import ProviderFactory, default_provider_factory
+
+
+class SessionOptions(TypedDict, total=False):
+    """What a session takes besides its config (and what wraps it passes through)."""
+
+    progress: ProgressSink | None
+    provider_factory: ProviderFactory | None
+    handle_signals: bool
+    sinks: Sequence[EventSink]
+    ledgers: Sequence[BudgetLedger]
+    clock: Clock
 
 
 class RunSession:
