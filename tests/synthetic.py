@@ -115,6 +115,7 @@ def record(n: int, *, seed: int = 1, rate: float = 40.0, keep: bool = True) -> R
     for event in synthetic_events(n, seed=seed, rate=rate):
         recorder.emit(event)
         if isinstance(event, RunEnded):
+            assert isinstance(event.report, RunReport)
             report = event.report
         elif keep and isinstance(event, JobEnded):
             results.append(event.result)

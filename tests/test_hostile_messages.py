@@ -22,6 +22,7 @@ from llmbatch._io.history import append_history, history_path, read_history
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.resume import backup_output
 from llmbatch._observe.stats import RunStats
+from llmbatch._report.render import render_report
 from llmbatch._report.report import build_report, report_from_results
 from tests.conftest import prompts, run_cli, run_cli_process, write_jsonl
 
@@ -156,7 +157,7 @@ def test_report_table_keeps_long_model_names_at_80_columns() -> None:
     name = "accounts/fireworks/models/llama-v3p1-405b-instruct-long-variant"
     stats.add(result("a", provider="fireworks", model=name))
     console = Console(file=io.StringIO(), width=80, force_terminal=True, color_system=None)
-    build_report(stats).render(console)
+    render_report(build_report(stats), console)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     joined = "".join(line.split("│")[1].strip() for line in text.splitlines() if "│" in line)
     assert f"fireworks:{name}" in joined and "…" not in text

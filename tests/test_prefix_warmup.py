@@ -16,6 +16,7 @@ from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._engine.warmup import PrefixWarmup, warmup_key
+from llmbatch._report.render import render_report
 from llmbatch.providers._prefix import count_breakpoints, mark_prefix
 from llmbatch.providers.anthropic import build_anthropic_body
 from llmbatch.providers.openai import build_openai_body
@@ -350,6 +351,6 @@ def test_the_report_shows_prefix_groups_in_json_terminal_and_html() -> None:
     assert group["write_premium_usd"] == pytest.approx(2000 * 0.75 / 1e6)
     assert group["saved_usd"] == pytest.approx(2000 * 2.7 / 1e6 - 2000 * 0.75 / 1e6)
     out = io.StringIO()
-    report.render(Console(file=out, width=140))
+    render_report(report, Console(file=out, width=140))
     assert "shared prompt prefixes" in out.getvalue() and "50.0%" in out.getvalue()
     assert "Shared prompt prefixes" in render_html(report, TimelineRecorder().timeline())

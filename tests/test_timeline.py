@@ -23,6 +23,7 @@ from llmbatch._observe.timeline import (
     TimelineRecorder,
     timeline_from_results,
 )
+from llmbatch._report.render import render_report
 from llmbatch._report.report import build_report, report_from_results
 from tests.synthetic import HOSTILE_FAILED_ID, HOSTILE_SLOW_ID, T0, record
 
@@ -164,7 +165,7 @@ def test_terminal_report_shows_a_latency_histogram() -> None:
         stats.add(JobResult(f"j{i}", Status.OK, "y", None, "sim", "m", Usage(), 0.0, ms, None, 1,
                             None, None))  # fmt: skip
     console = Console(file=io.StringIO(), width=100, force_terminal=True, color_system=None)
-    build_report(stats).render(console)
+    render_report(build_report(stats), console)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "latency of successful jobs" in text
     bar_row = re.compile(r"^\s*(≥ [\d,]+|[\d,]+–[\d,]+) ms\s+[█▏▎▍▌▋▊▉]*\s+[\d,]+\s*$")

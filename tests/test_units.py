@@ -30,6 +30,7 @@ from llmbatch._core.template import MissingField, Template, TemplateError
 from llmbatch._core.usage import Usage
 from llmbatch._io.resume import DoneSet, fp_int, read_existing
 from llmbatch._observe.stats import Histogram, RunStats
+from llmbatch._report.render import render_report
 from llmbatch._report.report import build_report
 from llmbatch.providers._http import redact
 
@@ -249,7 +250,7 @@ def test_report_table_renders() -> None:
     )
     report = build_report(stats, wall_s=1.5)
     buf = io.StringIO()
-    report.render(Console(file=buf, width=100, force_terminal=True, color_system=None))
+    render_report(report, Console(file=buf, width=100, force_terminal=True, color_system=None))
     text = buf.getvalue()
     assert "1 total" in text and "rate_limited 1" in text and "sim:m" in text
     assert report.to_dict()["attempts"] == {"total": 2, "retries": 1}

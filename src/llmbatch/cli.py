@@ -306,7 +306,9 @@ def report_cmd(
             sys.stdout.buffer.write(rep.to_json())
             sys.stdout.flush()
         else:
-            rep.render(_console())
+            from llmbatch._report.render import render_report
+
+            render_report(rep, _console())
             from llmbatch._io.history import read_history
 
             history = read_history(Path(results))

@@ -119,7 +119,9 @@ def _embed(cfg: RunConfig, progress: Any) -> int:
     report = anyio.run(engine.run)
     _write_json_report(cfg, report)
     if not cfg.quiet:
-        report.render(_console(stderr=True))
+        from llmbatch._report.render import render_report
+
+        render_report(report, _console(stderr=True))
     return exit_code_for(report, engine.stop_signal)
 
 
@@ -140,7 +142,9 @@ def _tell_outcome(cfg: RunConfig, report: RunReport, engine: FileRun) -> None:
     if not cfg.quiet:
         console = _console(stderr=True)
         console.print()
-        report.render(console)
+        from llmbatch._report.render import render_report
+
+        render_report(report, console)
     elif not engine.fatal and (report.failed or report.failed_earlier):
         where = report.output or "the output"
         if report.failed:

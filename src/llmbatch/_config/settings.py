@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from llmbatch._config.modes import MODES, Mode, parse_duration
+from llmbatch._config.paths import check_run_paths
 from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
 from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
 from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
@@ -24,7 +25,7 @@ from llmbatch._core.exceptions import UsageError
 from llmbatch._core.keys import check_otlp_url
 from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._core.pricing import Price, PriceBook
-from llmbatch._io.paths import check_run_paths, resolve_output, resolve_report
+from llmbatch._io.paths import resolve_output, resolve_report
 
 # More requests in flight than any provider account allows; far past it, the
 # pool itself (a task and a buffer slot per worker) is what would run out.

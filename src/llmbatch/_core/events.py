@@ -18,7 +18,27 @@ from llmbatch._core.states import BreakerState
 
 if TYPE_CHECKING:
     from llmbatch._core.results import JobResult
-    from llmbatch._report.report import RunReport
+
+
+class RunSummary(Protocol):
+    """What a watcher reads of the run's report at its end (``RunReport`` is one)."""
+
+    @property
+    def ok(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def not_run(self) -> int: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cost_usd(self) -> float: ...
+    @property
+    def stopped_by(self) -> str | None: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +133,7 @@ class JobEnded:
 @dataclass(frozen=True, slots=True)
 class RunEnded:
     ts: float
-    report: RunReport
+    report: RunSummary
     exit_code: int
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from llmbatch._budget.open import check_ledger
+from llmbatch._config.paths import check_run_paths
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
 from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
@@ -22,7 +23,6 @@ from llmbatch._core.template import Template, TemplateError
 from llmbatch._core.usage import Usage
 from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._io.jobfile import validate_file
-from llmbatch._io.paths import check_run_paths
 from llmbatch._io.results_parquet import read_existing_results
 from llmbatch._io.resume import ExistingOutput, fp_int, read_existing
 from llmbatch._io.shard import add_sibling_done, shard_of

@@ -5,14 +5,9 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from llmbatch._observe.stats import RunStats
-    from llmbatch._observe.timeline import Series
-    from llmbatch._report.report import RunReport
 
 
 def history_path(output: Path) -> Path:
@@ -53,30 +48,3 @@ def read_history(output: Path) -> list[dict[str, Any]]:
         if isinstance(obj, dict):
             runs.append(obj)
     return runs
-
-
-def history_record(
-    report: RunReport,
-    stats: RunStats,
-    started_wall: float,
-    ended: float,
-    stopped_by: str | None,
-    code: int,
-    series: Series | None,
-) -> dict[str, object]:
-    """One run's history line: what ran, what it cost, how it ended, and its timeline."""
-    return {
-        "started": started_wall,
-        "ended": ended,
-        "wall_s": report.wall_s,
-        "jobs_done": stats.done,
-        "ok": stats.ok,
-        "failed": stats.failed,
-        "not_run": report.not_run,
-        "attempts": stats.attempts,
-        "errors": dict(stats.errors),
-        "cost_usd": round(stats.cost_usd, 8),
-        "stopped_by": stopped_by,
-        "exit_code": code,
-        "timeline": series.to_dict() if series is not None else None,
-    }

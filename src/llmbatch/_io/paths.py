@@ -13,12 +13,8 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llmbatch._core.exceptions import UsageError
-
-if TYPE_CHECKING:
-    from llmbatch._config.settings import RunConfig
 
 
 def real(path: Path) -> Path:
@@ -60,34 +56,6 @@ def check_paths(reads: Mapping[str, Path | None], writes: Mapping[str, Path | No
                     f"{verb}; it would be overwritten. Choose another path. Nothing was sent."
                 )
         seen.append((name, path, ident))
-
-
-def check_run_paths(
-    cfg: RunConfig,
-    reads: Mapping[str, Path | None] | None = None,
-    writes: Mapping[str, Path | None] | None = None,
-) -> None:
-    """Refuse a run whose written files (output, history, lock, report) are files it reads.
-
-    ``reads`` and ``writes`` add paths beyond the config's own: the CLI passes the
-    schema, template and config files; a feature with sidecars of its own (e.g.
-    ``<output>.batches/``) passes them as ``writes``.
-    """
-    from llmbatch._io.history import history_path
-    from llmbatch._io.lock import lock_path
-
-    out = cfg.output
-    all_writes: dict[str, Path | None] = {
-        "--output": out,
-        "the run history": history_path(out) if out else None,
-        "the output lock": lock_path(out) if out else None,
-        "--report": cfg.report,
-        "--html": cfg.html,
-        "--log-json": None if cfg.log_json in (None, "-") else Path(str(cfg.log_json)),
-        "--cache": cfg.cache_path,
-        **(writes or {}),
-    }
-    check_paths({"the jobs file": cfg.jobs, **(reads or {})}, all_writes)
 
 
 def file_kind(path: Path) -> str:

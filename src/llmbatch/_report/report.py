@@ -17,7 +17,7 @@ from llmbatch._report.batch import BatchPart, batch_part_from_results
 from llmbatch._report.embed import EmbedReport
 
 if TYPE_CHECKING:
-    from rich.console import Console
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +129,6 @@ class RunReport:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-
-    def render(self, console: Console) -> None:
-        from llmbatch._report.render import render_report
-
-        render_report(self, console)
 
 
 def build_report(

@@ -323,7 +323,8 @@ class RunSession:
         output = self.config.output
         if output is None:
             return
-        from llmbatch._io.history import append_history, history_record
+        from llmbatch._io.history import append_history
+        from llmbatch._report.history import history_record
 
         series = self.timeline.timeline().series
         record = history_record(
