@@ -205,3 +205,41 @@ def test_identical_requests_in_flight_together_pay_once(fb: FakeBatch, tmp_path:
     lines = read_jsonl(tmp_path / "out.jsonl")
     assert sorted(x["id"] for x in lines) == [f"same-{i}" for i in range(5)]
     assert len({x["output"] for x in lines}) == 1
+
+
+def test_batch_mode_warms_each_prompt_cache_group_online_first(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    """Issue 24: the first job of a shared prefix goes online (writing the cache), the rest
+    of its group goes by batch with the same marks; a job of no group is not held back."""
+    system = "You grade answers to arithmetic questions strictly and briefly. " * 320
+    rows: list[dict[str, Any]] = [
+        {"id": f"g{i}", "prompt": f"Is {i} + {i} = {2 * i}?", "system": system, "model": AN}
+        for i in range(6)
+    ]
+    rows.append({"id": "alone", "prompt": "What is 7 * 6?", "model": AN})
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    clock = VirtualClock(fb)
+    report = run_batch_mode(config(jobs), clock)
+    assert report.ok == 7
+    online = fb.api.records
+    assert len(online) == 1 and online[0].body["system"][-1]["cache_control"]["type"] == "ephemeral"
+    assert [n for _kind, _id, n in fb.created] == [6]  # 5 of the group and the lone job
+    items = [it for b in fb.batches.values() for it in b.items]
+    marked = [it for it in items if isinstance(it.body.get("system"), list)]
+    assert len(marked) == 5
+    assert all(it.body["system"][-1]["cache_control"]["ttl"] == "1h" for it in marked)
+    lines = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(x["id"] for x in lines) == sorted(r["id"] for r in rows)
+    assert sum(1 for x in lines if "batch" not in x) == 1  # the warm-up, answered online
+
+
+def test_batch_mode_without_prompt_caching_sends_everything_by_batch(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    system = "You grade answers to arithmetic questions strictly and briefly. " * 320
+    rows = [{"id": f"g{i}", "prompt": f"q{i}", "system": system, "model": AN} for i in range(4)]
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", rows)
+    report = run_batch_mode(config(jobs, prompt_cache="off"), VirtualClock(fb))
+    assert report.ok == 4 and len(fb.api.records) == 0
+    assert [n for _kind, _id, n in fb.created] == [4]

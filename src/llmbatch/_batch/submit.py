@@ -28,7 +28,9 @@ from llmbatch._batch.context import (
     recover_chunk,
 )
 from llmbatch._batch.repair import stored_request
+from llmbatch._batch.warmup import warm_up, warms_group
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
+from llmbatch._config.modes import Mode
 from llmbatch._config.settings import ProviderSettings, RunConfig
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
@@ -166,6 +168,9 @@ class _Submitter:
         self.ctx = ctx
         self.cached = cached  # answered by the response cache: never submitted
         self.from_cache = 0
+        # Prompt caching: the first job of each marked prefix group, answered online first.
+        self.warmups: list[PreparedJob] = []
+        self._warm_groups: set[str] = set()
         self.planner = planner
         self.plan = plan
         self.batch_size = batch_size
@@ -209,6 +214,8 @@ class _Submitter:
                         self.from_cache += 1  # the run answers it from the cache, for $0
                         continue
                     position = self.position(pj)
+                    if position == 0 and self._warms(pj):
+                        continue
                     if position is None:
                         continue  # no model of its chain left has a Batch API: online
                     ref = pj.chain[position]
@@ -223,6 +230,15 @@ class _Submitter:
             for f in files.values():
                 f.close()
         return {ref: Path(f.name) for ref, f in files.items()}
+
+    def _warms(self, pj: PreparedJob) -> bool:
+        """Whether the job goes online first, to write its group's prefix to the cache."""
+        group = warms_group(pj)
+        if group is None or group in self._warm_groups:
+            return False
+        self._warm_groups.add(group)
+        self.warmups.append(pj)
+        return True
 
     def line_fp(self, job_id: str) -> int | None:
         existing = self.planner.existing
@@ -385,7 +401,8 @@ async def submit(
     holds the output lock and has the cache and the rolling-window ledgers open;
     without one, submit opens them itself.
     """
-    planner = Planner(config)
+    # Whatever --mode says, what is planned here goes by batch (its prefixes cached for 1 h).
+    planner = Planner(replace(config, mode=Mode.BATCH))
     locked = session is not None
     async with batch_context(config, clock=clock, factory=client_factory, locked=locked) as ctx:
         plan = planner.plan()
@@ -422,7 +439,15 @@ async def _submit(
     ctx.state.dir.mkdir(parents=True, exist_ok=True)
     windows = [x for x in session.budgets.ledgers if not isinstance(x, RunBudget)]
     with tempfile.TemporaryDirectory(dir=ctx.state.dir, prefix="spool-") as spool:
-        await _send(ctx, sub, config, sub.collect(Path(spool)), windows)
+        spools = sub.collect(Path(spool))
+        budget = _budget(ctx, sub, config)
+        if sub.warmups and config.output is not None:
+            warmed = await warm_up(session, sub.warmups, budget, windows, config.output)
+            ctx.notes.append(
+                f"prompt caching: {warmed} job(s) answered online first, one per shared "
+                "prefix, so the batch reads the prefix from the provider's cache"
+            )
+        await _send(ctx, sub, spools, budget, windows)
     ctx.notes.extend(sorted(sub.wire_notes))
     if sub.from_cache:
         ctx.notes.append(
@@ -457,14 +482,8 @@ async def _submit(
     )
 
 
-async def _send(
-    ctx: BatchContext,
-    sub: _Submitter,
-    config: RunConfig,
-    spools: dict[ModelRef, Path],
-    windows: list[BudgetLedger],
-) -> None:
-    """Create the chunks in order, each holding its worst case; stop where the budget ends."""
+def _budget(ctx: BatchContext, sub: _Submitter, config: RunConfig) -> RunBudget:
+    """The caps as they stand: this output's lines, the batches' bills, what they hold."""
     existing = sub.planner.existing
     budget = RunBudget(config.max_cost, config.max_total_tokens)
     if existing is not None:
@@ -472,6 +491,17 @@ async def _send(
     spent_cost, spent_tokens = ctx.state.spent(sub.line_fp)  # billed, in no result line
     budget.count_spent(spent_cost, spent_tokens)
     budget.hold_elsewhere(*ctx.state.reserved())
+    return budget
+
+
+async def _send(
+    ctx: BatchContext,
+    sub: _Submitter,
+    spools: dict[ModelRef, Path],
+    budget: RunBudget,
+    windows: list[BudgetLedger],
+) -> None:
+    """Create the chunks in order, each holding its worst case; stop where the budget ends."""
     for ref in sorted(spools, key=str):
         client = ctx.client(ref.provider)
         for chunk in sub.chunks(spools[ref], client):
