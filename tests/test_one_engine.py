@@ -258,3 +258,15 @@ def test_batch_submit_keeps_the_hourly_budget_of_llmbatch_toml(
     submitted = sum(n for _kind, _id, n in fb.created)
     assert 0 < submitted < 40
     assert "budget-per-hour" in res.stderr
+
+
+def test_embed_runs_write_their_html_too(tmp_path: Path) -> None:
+    """--html in every mode: an embedding run's page comes from the same timeline."""
+    rows = [{"id": f"e{i}", "input": f"text {i}"} for i in range(20)]
+    write_jsonl(tmp_path / "texts.jsonl", rows)
+    res = run_cli(
+        "run", "texts.jsonl", "-m", "sim:text-embedding-3-small", "-o", "v.parquet",
+        "--html", "page.html", "--quiet", "--no-cache",
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    assert "<html" in (tmp_path / "page.html").read_text()
