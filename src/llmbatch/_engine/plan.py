@@ -198,6 +198,8 @@ class Planner:
         """The nested cacheable prefixes (``_engine/prefix.py``) of a job's request as it
         is (the run's ``--system`` filling a missing one), shortest first."""
         kind = self.config.providers[model.provider].kind
+        if kind == "sim":
+            return []  # the offline provider keeps no prompt cache: nothing to group or warm
         return candidates(model, kind, request, self._template_head, self.config.system)
 
     def _check_job_schema(self, schema: dict[str, Any]) -> str | None:
