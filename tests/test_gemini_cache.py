@@ -199,3 +199,15 @@ def test_a_signal_still_deletes_the_entry(
     assert len(read_jsonl(out)) < 200  # stopped early
     (create,) = [e for e in gem.cache_log if e[0] == "create"]
     assert gem.cache_log[-1] == ("delete", create[1]) and not gem.cached_contents
+
+
+def test_estimate_predicts_the_explicit_entrys_saving(gem: FakeGemini, tmp_path: Path) -> None:
+    _jobs(tmp_path / "jobs.jsonl", 400)
+    r = run_cli("estimate", "jobs.jsonl", "-m", MODEL, "--json", env=_env(gem))
+    assert r.code == 0, r.output
+    (group,) = orjson.loads(r.stdout)["prompt_cache"]["groups"]
+    assert group["jobs"] == 400 and group["cacheable"] is True
+    # A run of under 5 minutes: stored for the 5-minute minimum; Flash prices.
+    want = explicit_saving(400, group["prefix_tokens"], 0.30, 0.03, 1.0, MIN_TTL_S)
+    assert group["saved_usd"] == pytest.approx(want, abs=1e-6)
+    assert gem.cache_log == []  # an estimate creates nothing
