@@ -160,9 +160,9 @@ def _group_saving(
         return ((n - 1) * p * (base - read) - p * (write - base)) / 1_000_000
     cold = groups.key_shards(n) if kind == "openai" else 1  # one miss per cache key
     implicit = (n - cold) * p * (base - read) / 1_000_000
-    if kind == "gemini" and not groups.batch:  # a cachedContents entry, when it pays more
+    if kind == "gemini" and not groups.batch:  # the run makes a cachedContents entry if it pays
         explicit = explicit_saving(n, p, base, read, storage_price(model), groups.run_seconds())
-        return max(implicit, explicit)
+        return explicit if explicit > 0 else implicit
     return implicit
 
 
