@@ -243,3 +243,18 @@ def test_batch_mode_without_prompt_caching_sends_everything_by_batch(
     report = run_batch_mode(config(jobs, prompt_cache="off"), VirtualClock(fb))
     assert report.ok == 4 and len(fb.api.records) == 0
     assert [n for _kind, _id, n in fb.created] == [4]
+
+
+def test_batch_submit_keeps_the_hourly_budget_of_llmbatch_toml(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    """`batch submit` on its own reads budget_per_hour from llmbatch.toml, as run does."""
+    (tmp_path / "llmbatch.toml").write_text(
+        f'budget_per_hour = 0.0004\nledger = "{tmp_path / "ledger.sqlite"}"\nmax_tokens = 50\n'
+    )
+    jobs_file(tmp_path, 40)
+    res = run_cli("batch", "submit", "jobs.jsonl", "-o", "out.jsonl", env=fake_env(fb.api))
+    assert res.code == 4, res.output
+    submitted = sum(n for _kind, _id, n in fb.created)
+    assert 0 < submitted < 40
+    assert "budget-per-hour" in res.stderr
