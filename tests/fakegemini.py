@@ -137,6 +137,12 @@ class FakeGemini:
     rejects_json_schema: bool = False  # answer responseJsonSchema as an unknown field (400)
     key_in_query: list[str] = field(default_factory=list)  # any ?key= seen (must stay empty)
     batch: Any = None  # a FakeGeminiBatch (tests/fakegemini_batch.py) takes :batchGenerateContent
+    # Explicit context caching: entries by name, and what happened to them, in order
+    # (("create", name), ("delete", name)); ``create_status`` makes every create fail.
+    cached_contents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache_log: list[tuple[str, str]] = field(default_factory=list)
+    create_status: int | None = None
+    expire_at_once: bool = False  # entries expire as soon as they are created
     _ids: int = 0
 
     def __post_init__(self) -> None:
@@ -145,6 +151,65 @@ class FakeGemini:
     def mount(self, app: web.Application) -> None:
         for version in VERSIONS:
             app.router.add_post(f"/{version}/models/{{call}}", self._model_call)
+            app.router.add_post(f"/{version}/cachedContents", self._cache_create)
+            app.router.add_get(f"/{version}/cachedContents/{{id}}", self._cache_get)
+            app.router.add_delete(f"/{version}/cachedContents/{{id}}", self._cache_delete)
+
+    # -- cachedContents (explicit context caching) ----------------------------------
+
+    async def _cache_create(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        if self.api.expected_key is not None and (
+            request.headers.get("x-goog-api-key") != self.api.expected_key
+        ):
+            return self.error(403, "The caller does not have permission")
+        if self.create_status is not None:
+            self.cache_log.append(("create_failed", ""))
+            return self.error(self.create_status, f"simulated {self.create_status}")
+        if not str(body.get("model", "")).startswith("models/") or "ttl" not in body:
+            return self.error(400, "cachedContent needs a model and a ttl")
+        self._ids += 1
+        name = f"cachedContents/fake{self._ids:06d}"
+        cached = [body.get("systemInstruction") or {}, *(body.get("contents") or ())]
+        entry = {
+            "name": name,
+            "model": body["model"],
+            "ttl": body["ttl"],
+            "usageMetadata": {"totalTokenCount": len(orjson.dumps(cached)) // 4},
+            "_body": body,
+        }
+        if not self.expire_at_once:
+            self.cached_contents[name] = entry
+        self.cache_log.append(("create", name))
+        return web.json_response(_public(entry), dumps=dumps)
+
+    async def _cache_get(self, request: web.Request) -> web.Response:
+        entry = self.cached_contents.get(f"cachedContents/{request.match_info['id']}")
+        if entry is None:
+            return self.error(404, "CachedContent not found (or permission denied)")
+        return web.json_response(_public(entry), dumps=dumps)
+
+    async def _cache_delete(self, request: web.Request) -> web.Response:
+        name = f"cachedContents/{request.match_info['id']}"
+        if self.cached_contents.pop(name, None) is None:
+            return self.error(404, "CachedContent not found (or permission denied)")
+        self.cache_log.append(("delete", name))
+        return web.json_response({}, dumps=dumps)
+
+    def cache_of(self, body: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """(the entry a request names, or None; an error message when it may not name one)."""
+        name = body.get("cachedContent")
+        if name is None:
+            return None, None
+        entry = self.cached_contents.get(str(name))
+        if entry is None:
+            return None, "CachedContent not found (or permission denied)"
+        if any(k in body for k in ("systemInstruction", "tools", "toolConfig")):
+            return None, (
+                "CachedContent can not be used with GenerateContent request setting "
+                "system_instruction, tools or tool_config."
+            )
+        return entry, None
 
     def answer_of(self, model: str, body: dict[str, Any]) -> tuple[str, int, int, str]:
         """(text, input tokens, output tokens, finishReason) the fake gives this request."""
@@ -244,10 +309,17 @@ class FakeGemini:
             await asyncio.sleep(3600)
         if fault.isdigit():
             return self.error(int(fault), f"simulated {fault}", wait)
+        entry, problem = self.cache_of(body)
+        if problem is not None:
+            record.outcome = "cache_refused"
+            return self.error(404 if "not found" in problem else 400, problem)
         text, in_tokens, out_tokens, finish = self.answer_of(model, body)
         if fault == REFUSE:
             finish = "SAFETY"
         cached = api.cache_read_tokens
+        if entry is not None:  # promptTokenCount includes the cached tokens
+            cached = int(entry["usageMetadata"]["totalTokenCount"])
+            in_tokens += cached
         record.input_tokens, record.output_tokens = in_tokens, out_tokens + self.thoughts_tokens
         record.cache_read = cached
         final = usage_metadata(in_tokens, out_tokens, cached, self.thoughts_tokens)
@@ -302,6 +374,10 @@ class FakeGemini:
         await asyncio.sleep(0.001)
         await resp.write_eof()
         return resp
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if not k.startswith("_")}
 
 
 def _event(obj: dict[str, Any]) -> bytes:

@@ -38,6 +38,7 @@ class PrefixInfo:
     ttl: Ttl = "5m"
     cache_key: str | None = None  # OpenAI prompt_cache_key (the key spread over shards)
     extended: bool = False  # OpenAI: ask for 24 h retention
+    explicit_ttl_s: int = 0  # Gemini: a cachedContents entry this long pays for itself (0: none)
 
     @property
     def long_enough(self) -> bool:
@@ -58,6 +59,13 @@ def anthropic_min_tokens(model: str) -> int:
 
 
 OPENAI_MIN_TOKENS = 1024
+
+
+def gemini_min_tokens(model: str) -> int:
+    """The shortest prefix Gemini caches for ``model`` (its context-caching docs:
+    2.5 Pro and 3 Pro 4,096 tokens; 2.5 Flash and 3 Flash 1,024)."""
+    return 4096 if "pro" in model.lower() else 1024
+
 
 # OpenAI models that offer prompt_cache_retention "24h" (its prompt-caching guide);
 # gpt-5.5 and later take only "24h" (their default).

@@ -12,6 +12,7 @@ from llmbatch._core.models import ModelRef
 from llmbatch._core.prefix import PrefixInfo
 from llmbatch._core.pricing import LONG_WRITE_FACTOR, Price
 from llmbatch._core.usage import Usage
+from llmbatch._engine.gemini_cache import explicit_saving, storage_price
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import read_existing
 
@@ -138,7 +139,8 @@ def predict_prompt_cache(
         }
         price = planner.prices.price(ref)
         if info.mark and price is not None:
-            row["saved_usd"] = round(_group_saving(info, kind, price, groups), 6)
+            saving = _group_saving(info, kind, price, groups, ref.model)
+            row["saved_usd"] = round(saving, 6)
         found[info.key] = row
     rows = sorted(found.values(), key=lambda r: (-r["jobs"], r["group"]))
     return {
@@ -148,14 +150,20 @@ def predict_prompt_cache(
     }
 
 
-def _group_saving(info: PrefixInfo, kind: str, price: Price, groups: PrefixGroups) -> float:
+def _group_saving(
+    info: PrefixInfo, kind: str, price: Price, groups: PrefixGroups, model: str
+) -> float:
     n, p = info.group_size, info.tokens
     base, read = price.input.base, price.cache_read.base
     if kind == "anthropic":
         write = base * LONG_WRITE_FACTOR if groups.ttl(n) == "1h" else price.cache_write.base
         return ((n - 1) * p * (base - read) - p * (write - base)) / 1_000_000
     cold = groups.key_shards(n) if kind == "openai" else 1  # one miss per cache key
-    return (n - cold) * p * (base - read) / 1_000_000
+    implicit = (n - cold) * p * (base - read) / 1_000_000
+    if kind == "gemini" and not groups.batch:  # the run makes a cachedContents entry if it pays
+        explicit = explicit_saving(n, p, base, read, storage_price(model), groups.run_seconds())
+        return explicit if explicit > 0 else implicit
+    return implicit
 
 
 def _count_job(

@@ -21,6 +21,7 @@ from llmbatch._core.pricing import PriceBook
 from llmbatch._core.schema import check_schema, schema_key
 from llmbatch._core.template import Template, TemplateError
 from llmbatch._core.usage import Usage
+from llmbatch._engine.gemini_cache import with_explicit_cache
 from llmbatch._engine.prefix import PrefixGroups, candidates
 from llmbatch._io.jobfile import validate_file
 from llmbatch._io.results_parquet import read_existing_results
@@ -185,10 +186,21 @@ class Planner:
             settings = cfg.providers[model.provider]
             routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
             cands = self.prefix_candidates(model, request)
-            pj.prefix = request.cache = self.prefixes.choose(
-                cands, settings.kind, model.model, job.id, routed
-            )
+            chosen = self.prefixes.choose(cands, settings.kind, model.model, job.id, routed)
+            if chosen is not None and chosen.mark and settings.kind == "gemini":
+                chosen = self._gemini_explicit(model, chosen)
+            pj.prefix = request.cache = chosen
         return pj
+
+    def _gemini_explicit(self, model: ModelRef, info: PrefixInfo) -> PrefixInfo:
+        """A Gemini group's prefix, with a ``cachedContents`` life when one pays for itself."""
+        price = self.prices.price(model)
+        if price is None or self.prefixes.batch:
+            return info  # a batch takes no cachedContents (and is half price anyway)
+        run_s = self.prefixes.run_seconds()
+        return with_explicit_cache(
+            info, model.model, price.input.base, price.cache_read.base, run_s
+        )
 
     def _prefix_groups(self) -> PrefixGroups:
         cfg = self.config

@@ -29,6 +29,7 @@ from llmbatch._core.prefix import (
     PrefixInfo,
     Ttl,
     anthropic_min_tokens,
+    gemini_min_tokens,
     openai_extended_retention,
 )
 
@@ -43,7 +44,9 @@ def _chars(content: Any) -> int:
 
 
 def min_tokens_for(kind: str, model: str) -> int:
-    return anthropic_min_tokens(model) if kind == "anthropic" else OPENAI_MIN_TOKENS
+    if kind == "anthropic":
+        return anthropic_min_tokens(model)
+    return gemini_min_tokens(model) if kind == "gemini" else OPENAI_MIN_TOKENS
 
 
 def candidates(

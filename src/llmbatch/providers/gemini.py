@@ -32,6 +32,7 @@ from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import Attempt, redact, text_field, token_count, unexpected_shape
 from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms
 from llmbatch.providers._structured import GEMINI_MODES, StructuredModes
+from llmbatch.providers.gemini_cache import ExplicitCaches, entry_key, split_body
 from llmbatch.providers.gemini_wire import build_gemini_body, stream_url
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ RPC_STATUS = {
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
 }
+CREATE_FAILED = (
+    "gemini: a cachedContents entry could not be created; its prefix group was sent in full"
+)
+CACHE_GONE = "gemini: a cachedContents entry was gone; its prefix group was sent in full"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -83,10 +88,37 @@ class GeminiProvider(HttpProvider):
         self.headers = gemini_headers(settings, self.api_key)
         self.headers["accept"] = "text/event-stream"
         self.structured = StructuredModes(GEMINI_MODES, settings.structured_output, self.notes)
+        self.prompt_cache = config.prompt_cache
+        self.caches = ExplicitCaches(self.base_url, self.headers, self.proxy)
 
     async def _send(self, model: str, request: Request, attempt: Attempt) -> Answer:
         mode = self.structured.mode
         body = build_gemini_body(model, request, mode, self.notes)
+        info = request.cache
+        if info is None or not info.explicit_ttl_s or self.prompt_cache == "off":
+            return await self._send_body(model, request, body, attempt)
+        split = split_body(model, body, info)
+        if split is None:
+            return await self._send_body(model, request, body, attempt)
+        cached, rest = split
+        key = entry_key(cached)
+        name = await self.caches.name_for(self._get_session(), key, cached, info.explicit_ttl_s)
+        if name is None:
+            self.notes.add(CREATE_FAILED)
+            return await self._send_body(model, request, body, attempt)
+        try:
+            return await self._send_body(model, request, {**rest, "cachedContent": name}, attempt)
+        except ProviderError as err:
+            if not cache_gone(err):
+                raise
+        self.caches.forget(key)  # expired or deleted: this group goes in full from now on
+        self.notes.add(CACHE_GONE)
+        return await self._send_body(model, request, body, attempt)
+
+    async def _send_body(
+        self, model: str, request: Request, body: dict[str, Any], attempt: Attempt
+    ) -> Answer:
+        mode = self.structured.mode
         stream = GeminiStream(time.perf_counter(), self.api_key)
         attempt.spent = stream.spent
         url = stream_url(self.base_url, model)
@@ -98,6 +130,12 @@ class GeminiProvider(HttpProvider):
             raise
         return stream.answer(hint)
 
+    async def aclose(self) -> None:
+        """Delete the run's ``cachedContents`` entries, then close the connections."""
+        if self.caches.created and self._session is not None:
+            await self.caches.delete_all(self._session)
+        await super().aclose()
+
     def _http_error(
         self,
         status: int,
@@ -107,6 +145,12 @@ class GeminiProvider(HttpProvider):
         request_id: str | None,
     ) -> ProviderError:
         return http_error(status, raw, headers, self.api_key, hint, request_id)
+
+
+def cache_gone(err: ProviderError) -> bool:
+    """Whether a request naming a ``cachedContents`` entry failed because the entry is gone."""
+    status = err.status or 0
+    return status in (400, 403, 404) and "cache" in str(err).lower()
 
 
 class GeminiStream:
