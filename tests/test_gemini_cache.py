@@ -211,3 +211,21 @@ def test_estimate_predicts_the_explicit_entrys_saving(gem: FakeGemini, tmp_path:
     want = explicit_saving(400, group["prefix_tokens"], 0.30, 0.03, 1.0, MIN_TTL_S)
     assert group["saved_usd"] == pytest.approx(want, abs=1e-6)
     assert gem.cache_log == []  # an estimate creates nothing
+
+
+def test_no_explicit_entry_under_a_spend_cap() -> None:
+    """An entry's write and storage are billed outside any attempt: with a cap on spend,
+    the planner leaves the group to implicit caching."""
+    from pathlib import Path as _Path
+
+    from llmbatch._config.settings import RunConfig
+    from llmbatch._core.models import ModelRef
+    from llmbatch._engine.plan import Planner
+
+    ref = ModelRef("gemini", "gemini-2.5-flash")
+    capped = Planner(RunConfig(jobs=_Path("x.jsonl"), model=ref, max_cost=1.0))
+    free = Planner(RunConfig(jobs=_Path("x.jsonl"), model=ref))
+    info = PrefixInfo("k", 2000, 1024, "system", group_size=50, mark=True)
+    assert capped._gemini_explicit(ref, info) is info
+    chosen = free._gemini_explicit(ref, info)
+    assert chosen is not info and chosen.explicit_ttl_s

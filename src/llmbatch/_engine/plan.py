@@ -197,6 +197,14 @@ class Planner:
         price = self.prices.price(model)
         if price is None or self.prefixes.batch:
             return info  # a batch takes no cachedContents (and is half price anyway)
+        cfg = self.config
+        if any(
+            cap is not None
+            for cap in (cfg.max_cost, cfg.max_total_tokens, cfg.budget_per_hour, cfg.budget_per_day)
+        ):
+            # An entry's write and storage are billed outside any attempt: with a cap on
+            # spend, implicit caching only, so nothing is ever spent that the caps did not hold.
+            return info
         run_s = self.prefixes.run_seconds()
         return with_explicit_cache(
             info, model.model, price.input.base, price.cache_read.base, run_s
