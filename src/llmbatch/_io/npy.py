@@ -90,24 +90,34 @@ def write_npy(path: Path, npy: Path | None = None, *, force: bool = False) -> Pa
 
 
 def _fill(path: Path, tmp: Path, rows: int, dim: int) -> None:
+    """The header and the file at full size first (``open_memmap``), then each batch
+    through its own mapped window, flushed and unmapped: the process never holds
+    more than one batch of the matrix's pages (RSS flat, whatever the matrix size)."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    matrix: Any = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
-    try:
-        at = 0
-        pf = pq.ParquetFile(path, pre_buffer=False)
-        batch_rows = max(1024, BATCH_BYTES // (4 * max(1, dim)))
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=["vector"], use_threads=False):
-            col = batch.column(0)
-            n = len(col)
-            _rows_into(matrix[at : at + n], col, dim)
-            at += n
-        if at != rows:
-            raise OutputError(f"{path} gave {at:,} rows where its footer says {rows:,}")
-        matrix.flush()
-    finally:
-        del matrix
+    whole: Any = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+    start = int(whole.offset)
+    del whole
+    at = 0
+    pf = pq.ParquetFile(path, pre_buffer=False)
+    batch_rows = max(1024, BATCH_BYTES // (4 * max(1, dim)))
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=["vector"], use_threads=False):
+        col = batch.column(0)
+        n = len(col)
+        if n == 0:
+            continue
+        if at + n > rows:
+            break
+        window: Any = np.memmap(
+            tmp, dtype=np.float32, mode="r+", offset=start + at * dim * 4, shape=(n, dim)
+        )
+        _rows_into(window, col, dim)
+        window.flush()
+        del window
+        at += n
+    if at != rows:
+        raise OutputError(f"{path} gave {at:,} rows where its footer says {rows:,}")
 
 
 def _rows_into(out: Any, col: Any, dim: int) -> None:
@@ -115,8 +125,6 @@ def _rows_into(out: Any, col: Any, dim: int) -> None:
     import numpy as np
 
     n = len(col)
-    if n == 0:
-        return
     # The child values of the slice: n*dim float32 (null rows hold placeholders).
     values = col.values.slice(col.offset * dim, n * dim)
     flat = values.to_numpy(zero_copy_only=values.null_count == 0)
