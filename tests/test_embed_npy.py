@@ -78,6 +78,11 @@ def test_npy_needs_a_parquet_output_and_embedding_jobs(tmp_path: Path) -> None:
     chat.write_text('{"id": "1", "prompt": "hi"}\n')
     result = run_cli("run", str(chat), "-m", "sim:gpt-4o-mini", "--npy", "--quiet")
     assert result.code == 2 and "--npy" in result.output
+    # `run` over embedding lines takes it as `embed` does
+    out = tmp_path / "r.parquet"
+    args = ("run", str(jobs), "-m", "sim:e", "-o", str(out), "--npy", "--quiet")
+    assert run_cli(*args, env={"LLMBATCH_SIM_LATENCY_MS": "0"}).code == 0
+    assert_npy_matches(out)
 
 
 def test_a_stale_or_missing_npy_is_rebuilt_from_the_parquet(tmp_path: Path) -> None:
