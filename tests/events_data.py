@@ -16,7 +16,7 @@ from llmbatch._core.events import (
     RunEnded,
     RunStarted,
 )
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.states import BreakerState
 from llmbatch._core.usage import Usage
 from llmbatch._observe.stats import RunStats
@@ -81,7 +81,7 @@ def sample_run() -> list[Event]:
         "b",
         "failed",
         attempts=1,
-        error={"type": "bad_request", "message": "bad", "status": 400},
+        error=ResultError("bad_request", "bad", 400),
         cost_usd=0.0,
         usage=Usage(),
     )

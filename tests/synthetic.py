@@ -14,7 +14,7 @@ from llmbatch._core.events import (
     RunEnded,
     RunStarted,
 )
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._observe.stats import RunStats
@@ -68,7 +68,7 @@ def synthetic_events(n: int, *, seed: int = 1, rate: float = 40.0) -> Iterator[E
                 continue
             end = t + latency / 1000
             if i == 7 or (roll < 0.08 and i != 11):
-                error = {"type": "bad_request", "message": HOSTILE_MESSAGE, "status": 400}
+                error = ResultError("bad_request", HOSTILE_MESSAGE, 400)
                 errors["bad_request"] = errors.get("bad_request", 0) + 1
                 yield AttemptEnded(
                     end, t, job_id, provider, model, n_attempt, "bad_request", 400, None, None,

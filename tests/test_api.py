@@ -105,7 +105,7 @@ def test_failed_job_is_a_failed_result_not_an_exception() -> None:
     mock = MockProvider(by_prompt={"bad": [400]})
     results = llmbatch.run(["good", "bad"], provider=mock)
     assert [r.status for r in results] == ["ok", "failed"]
-    assert results[1].error is not None and results[1].error["status"] == 400
+    assert results[1].error is not None and results[1].error.status == 400
 
 
 class Upper:

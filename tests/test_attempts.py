@@ -171,7 +171,7 @@ async def test_a_lone_auth_refusal_after_answers_is_a_failed_job() -> None:
     report = runner.report()
     assert report.ok == 5 and report.failed == 1 and report.stopped_by is None
     failed = [r for r in results if r.status == "failed"]
-    assert failed[0].error is not None and failed[0].error["type"] == "auth"
+    assert failed[0].error is not None and failed[0].error.type == "auth"
 
 
 async def test_workers_follow_the_work_not_the_flag() -> None:

@@ -14,7 +14,7 @@ from llmbatch import ModelRef, RunConfig, run_jobs
 from llmbatch._config.settings import FileConfig, build_run_config
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.jobs import JobParser, LineError
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.template import Template
 from llmbatch._core.usage import Usage
 from llmbatch._engine.estimate import estimate_jobs, render_estimate, render_problems
@@ -144,7 +144,7 @@ def test_fresh_takes_the_run_history_along_with_the_old_output(tmp_path: Path) -
 def test_jobs_repaired_counts_only_jobs_a_repair_made_valid() -> None:
     stats = RunStats()
     stats.add(result("a", repairs=1))
-    stats.add(result("b", status="failed", repairs=2, error={"type": "schema_invalid"}))
+    stats.add(result("b", status="failed", repairs=2, error=ResultError("schema_invalid", "x")))
     rep = build_report(stats)
     assert rep.repairs == {"jobs_repaired": 1, "repairs_sent": 3, "never_valid": 1}
 

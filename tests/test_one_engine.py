@@ -243,3 +243,30 @@ def test_batch_mode_without_prompt_caching_sends_everything_by_batch(
     report = run_batch_mode(config(jobs, prompt_cache="off"), VirtualClock(fb))
     assert report.ok == 4 and len(fb.api.records) == 0
     assert [n for _kind, _id, n in fb.created] == [4]
+
+
+def test_batch_submit_keeps_the_hourly_budget_of_llmbatch_toml(
+    fb: FakeBatch, tmp_path: Path
+) -> None:
+    """`batch submit` on its own reads budget_per_hour from llmbatch.toml, as run does."""
+    (tmp_path / "llmbatch.toml").write_text(
+        f'budget_per_hour = 0.0004\nledger = "{tmp_path / "ledger.sqlite"}"\nmax_tokens = 50\n'
+    )
+    jobs_file(tmp_path, 40)
+    res = run_cli("batch", "submit", "jobs.jsonl", "-o", "out.jsonl", env=fake_env(fb.api))
+    assert res.code == 4, res.output
+    submitted = sum(n for _kind, _id, n in fb.created)
+    assert 0 < submitted < 40
+    assert "budget-per-hour" in res.stderr
+
+
+def test_embed_runs_write_their_html_too(tmp_path: Path) -> None:
+    """--html in every mode: an embedding run's page comes from the same timeline."""
+    rows = [{"id": f"e{i}", "input": f"text {i}"} for i in range(20)]
+    write_jsonl(tmp_path / "texts.jsonl", rows)
+    res = run_cli(
+        "run", "texts.jsonl", "-m", "sim:text-embedding-3-small", "-o", "v.parquet",
+        "--html", "page.html", "--quiet", "--no-cache",
+    )  # fmt: skip
+    assert res.code == 0, res.output
+    assert "<html" in (tmp_path / "page.html").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from llmbatch._core.events import AttemptEnded, AttemptStarted, JobEnded, RunEnded, RunStarted
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._io.history import append_history
@@ -105,7 +105,7 @@ def test_a_results_file_gives_the_same_histograms_and_lists(tmp_path: Path) -> N
 
 def test_a_retried_failure_leaves_the_failed_list(tmp_path: Path) -> None:
     def line(job_id: str, status: str) -> JobResult:
-        error = None if status == "ok" else {"type": "server_error", "message": "boom"}
+        error = None if status == "ok" else ResultError("server_error", "boom")
         latency = 100.0 if status == "ok" else None
         return JobResult(job_id, Status(status), "x", None, "sim", "m", Usage(1, 1), 0.0, latency,
                          None, 1, error, None)  # fmt: skip

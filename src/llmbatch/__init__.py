@@ -58,6 +58,7 @@ _WHERE: dict[str, str] = {
     "Runner": "llmbatch._api.runner",
     "Request": "llmbatch._api.requests",
     "Result": "llmbatch._api.results",
+    "ResultError": "llmbatch._core.results",
     "Provider": "llmbatch.providers._base",
     "Answer": "llmbatch.providers._base",
     "ProviderRequest": "llmbatch._core.jobs",
@@ -102,6 +103,7 @@ __all__ = [
     "RateLimited",
     "Request",
     "Result",
+    "ResultError",
     "ResumeConflict",
     "RunConfig",
     "RunEnded",
@@ -159,6 +161,7 @@ if TYPE_CHECKING:
     )
     from llmbatch._core.jobs import Request as ProviderRequest
     from llmbatch._core.models import ModelRef, parse_model_spec
+    from llmbatch._core.results import ResultError
     from llmbatch._core.usage import Usage
     from llmbatch._report.report import RunReport
     from llmbatch._run.online import run_jobs, run_jobs_async

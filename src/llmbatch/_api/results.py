@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.usage import Usage
 
 
@@ -31,7 +31,7 @@ class Result:
     latency_ms: float | None
     ttft_ms: float | None
     attempts: int
-    error: dict[str, Any] | None
+    error: ResultError | None
     metadata: Any
     stop_reason: str | None = None
     fingerprint: str | None = None

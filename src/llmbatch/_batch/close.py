@@ -18,7 +18,7 @@ from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price, PriceBook
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.schema import validate_answer
 from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
@@ -130,7 +130,7 @@ class BatchCloser:
         t.cost_usd += cost or 0.0
         t.online_cost_usd += online if online is not None else (cost or 0.0)
         parsed: Any = None
-        error = item.error.to_dict() if item.error is not None else None
+        error = ResultError.of(item.error) if item.error is not None else None
         schema = row.get("schema")
         if error is None and schema is not None:
             parsed, problem = validate_answer(item.text or "", schema)
@@ -179,7 +179,7 @@ class BatchCloser:
         self,
         ref: ModelRef,
         row: dict[str, Any],
-        error: dict[str, Any] | None,
+        error: ResultError | None,
         usage: Usage,
         cost: float | None,
     ) -> JobResult:
@@ -199,7 +199,7 @@ class BatchCloser:
             error=error,
             metadata=row.get("meta"),
             fingerprint=row.get("fp"),
-            attempt_errors={error["type"]: 1} if error is not None else {},
+            attempt_errors={error.type: 1} if error is not None else {},
             fallbacks=int(row.get("pos") or 0),
         )
 
@@ -221,11 +221,10 @@ class BatchCloser:
     def give_up(self, chunk: Chunk, info: BatchInfo, row: dict[str, Any], reason: str) -> JobResult:
         """A failed line for a job whose rounds ran out without an answer."""
         rounds = self.state.total_rounds[row["id"]] + 1
-        error = {
-            "type": _GIVE_UP_TYPE.get(reason, reason if reason in _KNOWN else "other"),
-            "message": f"no answer after {rounds} batch round(s) (last: {reason})",
-            "status": None,
-        }
+        error = ResultError(
+            _GIVE_UP_TYPE.get(reason, reason if reason in _KNOWN else "other"),
+            f"no answer after {rounds} batch round(s) (last: {reason})",
+        )
         self.totals.failed += 1
         ref = ModelRef(chunk.provider, chunk.model)
         result = self.result(ref, row, error, Usage(), 0.0)

@@ -171,6 +171,11 @@ def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
             f"the budget cap left {rep.not_submitted} jobs unsubmitted; "
             "fetch, then submit again with a higher cap"
         )
+    if rep.stopped_by == "budget_window":
+        _err(
+            f"{rep.window_message}; {rep.not_submitted} jobs left unsubmitted: submit again "
+            "once the window frees (exit 4)"
+        )
 
 
 @batch_app.command()

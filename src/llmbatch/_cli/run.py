@@ -12,6 +12,7 @@ from llmbatch._core.exceptions import UsageError
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
     from llmbatch._report.report import RunReport
+    from llmbatch._run.embed import EmbedRun
     from llmbatch._run.online import FileRun
 
 
@@ -120,10 +121,7 @@ def _embed(cfg: RunConfig, progress: Any) -> int:
     engine = EmbedRun(cfg, progress=progress)
     report = anyio.run(engine.run)
     _write_json_report(cfg, report)
-    if not cfg.quiet:
-        from llmbatch._report.render import render_report
-
-        render_report(report, _console(stderr=True))
+    _tell_outcome(cfg, report, engine)  # the report, why it stopped, --html: as every run
     return exit_code_for(report, engine.stop_signal)
 
 
@@ -137,7 +135,7 @@ def _write_json_report(cfg: RunConfig, report: RunReport) -> None:
             _err(f"could not write the report to {cfg.report}: {exc.strerror or exc}")
 
 
-def _tell_outcome(cfg: RunConfig, report: RunReport, engine: FileRun) -> None:
+def _tell_outcome(cfg: RunConfig, report: RunReport, engine: FileRun | EmbedRun) -> None:
     """The report table (or, with --quiet, one line per failure kind), then why it stopped."""
     if engine.fatal and cfg.quiet:
         _err(engine.fatal)  # otherwise the report shows it
@@ -169,7 +167,9 @@ def _tell_outcome(cfg: RunConfig, report: RunReport, engine: FileRun) -> None:
         _err(f"a rolling budget window is full; run again after {report.resets_at or 'it frees'}")
 
 
-def _write_run_html(cfg: RunConfig, path: Path, report: RunReport, engine: FileRun) -> None:
+def _write_run_html(
+    cfg: RunConfig, path: Path, report: RunReport, engine: FileRun | EmbedRun
+) -> None:
     """The run's HTML report, from its event stream."""
     from llmbatch._report.html import write_html_report
 

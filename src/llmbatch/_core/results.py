@@ -18,9 +18,59 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from llmbatch._core.exceptions import OutputError, UsageError
+from llmbatch._core.exceptions import OutputError, ProviderError, UsageError
 from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ResultError:
+    """A failed result's ``error`` (SPEC §3): its type, what went wrong, the HTTP status.
+
+    Built here and only here: from a provider's error (``of``), for an answer that
+    still misses its schema, for a budget stop, or read back from a line.
+    """
+
+    type: str
+    message: str
+    status: int | None = None
+    extra: tuple[tuple[str, Any], ...] = ()  # keys a line held beyond these (kept as read)
+
+    @classmethod
+    def of(cls, err: ProviderError) -> ResultError:
+        return cls(err.error_type, err.message, err.status)
+
+    @classmethod
+    def schema_invalid(cls, problem: str) -> ResultError:
+        return cls("schema_invalid", f"the answer does not match the schema: {problem}")
+
+    @classmethod
+    def budget(cls) -> ResultError:
+        return cls("budget", "the budget cap was reached before this job finished")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ResultError | None:
+        """A line's ``error`` read back (anything but an object: an ``other`` error)."""
+        if d is None:
+            return None
+        if not isinstance(d, dict):
+            return cls("other", str(d))
+        status = d.get("status")
+        extra = tuple((k, v) for k, v in d.items() if k not in ("type", "message", "status"))
+        return cls(
+            str(d.get("type", "other")),
+            str(d.get("message", "")),
+            status if isinstance(status, int) else None,
+            extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "message": self.message,
+            "status": self.status,
+            **dict(self.extra),
+        }
 
 
 @dataclass(slots=True)
@@ -38,7 +88,7 @@ class JobResult:
     latency_ms: float | None
     ttft_ms: float | None
     attempts: int
-    error: dict[str, Any] | None
+    error: ResultError | None
     metadata: Any
     stop_reason: str | None = None
     fingerprint: str | None = None
@@ -63,7 +113,7 @@ class JobResult:
             "latency_ms": _ms(self.latency_ms),
             "ttft_ms": _ms(self.ttft_ms),
             "attempts": self.attempts,
-            "error": self.error,
+            "error": None if self.error is None else self.error.to_dict(),
             "metadata": self.metadata,
             "stop_reason": self.stop_reason,
             "fingerprint": self.fingerprint,
@@ -95,7 +145,7 @@ class JobResult:
         return cls(
             d["id"], d["status"], d["output"], d["parsed"], d["provider"], d["model"],
             Usage(**d["usage"]), d["cost_usd"], d["latency_ms"], d["ttft_ms"], d["attempts"],
-            d["error"], d["metadata"], d["stop_reason"], d["fingerprint"],
+            ResultError.from_dict(d["error"]), d["metadata"], d["stop_reason"], d["fingerprint"],
             get("attempt_errors") or {}, get("repairs", 0), get("fallbacks", 0), get("input"),
             get("cache"), get("batch"), get("prefix_group"),
         )  # fmt: skip
@@ -103,9 +153,7 @@ class JobResult:
     @classmethod
     def from_line(cls, d: dict[str, Any]) -> JobResult:
         """A result line read back; fields of the wrong type (hand-edited) count as absent."""
-        error = d.get("error")
-        if error is not None and not isinstance(error, dict):
-            error = {"type": "other", "message": str(error), "status": None}
+        error = ResultError.from_dict(d.get("error"))
         attempt_errors = d.get("attempt_errors")
         return cls(
             id=str(d.get("id")),

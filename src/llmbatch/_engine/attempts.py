@@ -29,7 +29,7 @@ from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.schema import validate_answer
 from llmbatch._core.stops import HARD_STOPS, StopReason
 from llmbatch._core.usage import Usage
@@ -46,7 +46,6 @@ from llmbatch._engine.tally import (
     Tally,
     begin_from_seed,
     repair_request,
-    schema_error,
 )
 from llmbatch._engine.warmup import PrefixWarmup, warmup_key
 from llmbatch._limits.breaker import Breaker
@@ -171,7 +170,9 @@ class JobRunner:
                 request = repair_request(request, answer.text, problem)
                 tries = 0  # a repair is a new question, with its own retries
                 continue
-            return tally.result("failed", ref, error=schema_error(problem), **_common(answer))
+            return tally.result(
+                "failed", ref, error=ResultError.schema_invalid(problem), **_common(answer)
+            )
         return None
 
     async def _after_error(
@@ -185,7 +186,7 @@ class JobRunner:
     ) -> JobResult | NotWritten | None | object:
         """Book a failed attempt, then carry out the policy's verdict (waiting if it says so)."""
         tally.errors[err.error_type] += 1
-        tally.last_error = err.to_dict()
+        tally.last_error = ResultError.of(err)
         gate = self.gates[ref]
         if err.error_type == "rate_limited" and getattr(err, "teaches_limit", True):
             hint = err.limits if isinstance(err.limits, RateLimitHint) else None
@@ -359,12 +360,7 @@ class JobRunner:
         self.stopper.stop(StopReason(refusal.reason))
         if tally.attempts == tally.carried:  # nothing sent by this run: it stays resumable
             return NOT_WRITTEN
-        error = {
-            "type": "budget",
-            "message": "the budget cap was reached before this job finished",
-            "status": None,
-        }
-        return tally.result("failed", ref, error=error)
+        return tally.result("failed", ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
         self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))

@@ -56,8 +56,8 @@ class EmbedSink:
             counts.dimensions.add(int(rows.shape[1]))
         else:
             rows = None
-            err = result.error or {}
-            error = f"{err.get('type', 'error')}: {err.get('message', '')}"
+            err = result.error
+            error = "error: " if err is None else f"{err.type}: {err.message}"
             counts.failed += len(pack.ids)
         counts.cost_usd += result.cost_usd or 0.0
         if self.vectors is not None:

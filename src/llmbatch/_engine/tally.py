@@ -12,7 +12,7 @@ from typing import Any
 from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.jobs import Request
 from llmbatch._core.models import ModelRef
-from llmbatch._core.results import JobResult
+from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.states import Status
 from llmbatch._core.usage import Usage
 from llmbatch._engine.plan import BatchSeed, PreparedJob
@@ -41,7 +41,7 @@ class Tally:
     repairs: int = 0
     fallbacks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    last_error: dict[str, Any] | None = None
+    last_error: ResultError | None = None
     last_text: str | None = None
 
     def add_spend(self, usage: Usage, cost: float | None) -> None:
@@ -119,15 +119,6 @@ def repair_request(request: Request, bad_answer: str, problem: str) -> Request:
     )
 
 
-def schema_error(problem: str) -> dict[str, Any]:
-    """The error of a line whose answer still misses the schema."""
-    return {
-        "type": "schema_invalid",
-        "message": f"the answer does not match the schema: {problem}",
-        "status": None,
-    }
-
-
 def begin_from_seed(
     seed: BatchSeed, tally: Tally, repair_attempts: int
 ) -> tuple[list[ModelRef], Request | JobResult | None]:
@@ -143,7 +134,7 @@ def begin_from_seed(
     tally.attempts = tally.carried = seed.rounds
     tally.last_text = seed.text
     if repair_attempts <= 0:
-        error = schema_error(seed.problem)
+        error = ResultError.schema_invalid(seed.problem)
         return chain, tally.result("failed", chain[0], error=error, output=seed.text)
     tally.repairs += 1
     return chain, repair_request(pj.request, seed.text, seed.problem)

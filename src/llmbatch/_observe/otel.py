@@ -250,7 +250,7 @@ class OtelExporter:
         job.attempts = r.attempts
         job.cost_usd = r.cost_usd
         if r.status != "ok":
-            job.error_type = str((r.error or {}).get("type") or "other")
+            job.error_type = r.error.type if r.error is not None else "other"
         self._put(job)
 
     def _run_ended(self, e: RunEnded) -> None:

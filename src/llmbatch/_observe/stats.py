@@ -214,7 +214,7 @@ class RunStats:
         else:
             self.failed += 1
             if r.error:
-                self.failures[str(r.error.get("type", "other"))] += 1
+                self.failures[r.error.type] += 1
         u = r.usage
         self.cache_read_tokens += u.cache_read_tokens
         self.cache_write_tokens += u.cache_write_tokens
@@ -278,9 +278,9 @@ class RunStats:
         """Take back a superseded failed line (``report`` over a --retry-failed file)."""
         self.failed -= 1
         if r.error:
-            self.failures[str(r.error.get("type", "other"))] -= 1
-            if self.failures[str(r.error.get("type", "other"))] <= 0:
-                del self.failures[str(r.error.get("type", "other"))]
+            self.failures[r.error.type] -= 1
+            if self.failures[r.error.type] <= 0:
+                del self.failures[r.error.type]
         key = f"{r.provider}:{r.model}" if r.provider else "(none)"
         m = self.by_model.get(key)
         if m is not None:

@@ -60,8 +60,8 @@ class JobRow:
 
     @classmethod
     def of(cls, r: JobResult) -> JobRow:
-        error = r.error or {}
-        message = error.get("message")
+        error = r.error
+        message = None if error is None else error.message
         return cls(
             id=r.id,
             model=f"{r.provider}:{r.model}" if r.provider else r.model,
@@ -69,7 +69,7 @@ class JobRow:
             ttft_ms=r.ttft_ms,
             attempts=r.attempts,
             cost_usd=r.cost_usd,
-            error_type=None if r.status == "ok" else str(error.get("type", "other")),
+            error_type=None if r.status == "ok" else (error.type if error else "other"),
             message=None if message is None else str(message)[:MESSAGE_CHARS],
         )
 
