@@ -221,6 +221,14 @@ EmbedOutputOpt = Annotated[
         help="Vectors: .parquet (streamed row groups) or JSONL [default: JOBS.vectors.parquet].",
     ),
 ]
+NpyOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--npy",
+        help="Embeddings into -o OUT.parquet: also OUT.npy, a float32 matrix, row i = "
+        "the Parquet's row i.",
+    ),
+]
 InputsPerRequestOpt = Annotated[
     int | None,
     typer.Option(

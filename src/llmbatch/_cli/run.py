@@ -46,6 +46,8 @@ def _run(
             if ray is not None:
                 raise UsageError("--ray is not built for embeddings. Nothing was sent.")
             return _embed(cfg, progress)
+        if cfg.npy:
+            raise UsageError("--npy is for embedding jobs (vectors). Nothing was sent.")
         if ray is not None:
             from llmbatch._api.ray_run import RayRun
 

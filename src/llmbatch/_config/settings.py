@@ -68,6 +68,7 @@ class RunConfig:
     dimensions: int | None = None  # embeddings: vector size asked of the model (None: its own)
     embed: bool = False  # ``llmbatch embed``: the jobs are texts to embed
     inputs_per_request: int | None = None  # embeddings: fewer than the provider's cap
+    npy: bool = False  # embeddings into Parquet: OUT.npy, a float32 matrix, beside it
     dry_run: bool = False  # print the request bodies; send nothing
     limit: int | None = None  # run only the first N jobs not yet done
     cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite
@@ -229,6 +230,7 @@ def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
             raise UsageError("--dimensions must be a positive integer")
     if merged.get("inputs_per_request") is not None:
         cfg.inputs_per_request = _number(merged, "inputs_per_request", int)
+    cfg.npy = bool(merged.get("npy", False))
     include = merged.get("include_columns") or ()
     if isinstance(include, str):
         include = [c.strip() for c in include.split(",") if c.strip()]

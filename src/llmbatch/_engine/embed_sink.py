@@ -2,9 +2,10 @@
 
 An answered pack becomes its rows' vectors (numpy: the slot matrix indexed by each
 row's slot, no Python float a dimension) and goes to a ``VectorWriter``
-(Parquet), or to JSON lines when the output is not Parquet; a failed pack writes
-its rows as failed, with the pack's error. Either way its texts leave the
-source's index of texts in flight (``EmbedState.written``).
+(Parquet, and ``OUT.npy`` at close with ``--npy``), or to JSON lines when the
+output is not Parquet; a failed pack writes its rows as failed, with the pack's
+error. Either way its texts leave the source's index of texts in flight
+(``EmbedState.written``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from llmbatch._io.vectors import VectorWriter
 class EmbedSink:
     """Expands pack results into rows: Parquet when ``path`` ends in .parquet, else JSONL."""
 
-    def __init__(self, path: Path | None, state: EmbedState, *, parquet: bool) -> None:
+    def __init__(
+        self, path: Path | None, state: EmbedState, *, parquet: bool, npy: bool = False
+    ) -> None:
         self.state = state
-        self.vectors = VectorWriter(path) if parquet and path is not None else None
+        self.vectors = VectorWriter(path, npy=npy) if parquet and path is not None else None
         self.lines = None if self.vectors is not None else ResultWriter(path)
 
     def write(self, results: Sequence[JobResult]) -> None:

@@ -12,6 +12,7 @@ the report gains its embedding block. Resume reads the ids of the output
 from __future__ import annotations
 
 import math
+import time
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from llmbatch._engine.embed import EmbedAdapter, EmbedSource, EmbedState, parse_
 from llmbatch._engine.embed_sink import EmbedSink
 from llmbatch._engine.plan import Plan, Planner
 from llmbatch._io.jobfile import job_records
+from llmbatch._io.npy import npy_path
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail, read_existing
 from llmbatch._io.vectors import cut_torn_parts, is_parquet, parts_dir, read_existing_vectors
 from llmbatch._observe.progress import ProgressSink
@@ -76,6 +78,11 @@ class EmbedRun(RunSession):
         self.planner = Planner(config, self.services.prices)
         self.state = EmbedState()
         self.parquet = is_parquet(config.output)
+        if config.npy and not self.parquet:
+            raise UsageError(
+                "--npy goes with a Parquet output (-o vectors.parquet): the matrix's rows "
+                "are the Parquet's rows. Nothing was sent."
+            )
         self.existing: ExistingOutput | None = None
         self.plan: EmbedPlan | None = None
         self._caps: dict[ModelRef, EmbedCaps] = {}
@@ -231,7 +238,7 @@ class EmbedRun(RunSession):
             )
 
         source = EmbedSource(records, self.resolve, self.caps, self.state)
-        sink = EmbedSink(cfg.output, self.state, parquet=self.parquet)
+        sink = EmbedSink(cfg.output, self.state, parquet=self.parquet, npy=cfg.npy)
         try:
             await self.run_engine(source, sink)
         finally:
@@ -264,6 +271,9 @@ class EmbedRun(RunSession):
                 self.notes.append(f"--fresh: the old output was moved to {backup}")
             if self.parquet and parts_dir(cfg.output).exists():
                 parts_dir(cfg.output).rename(backup_output_name(cfg.output))
+            matrix = npy_path(cfg.output)
+            if self.parquet and matrix.exists():
+                matrix.rename(f"{matrix}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
             return
         existing = self.existing
         if existing is None:
@@ -297,6 +307,4 @@ class EmbedRun(RunSession):
 
 
 def backup_output_name(path: object) -> str:
-    import time
-
     return f"{path}.parts.{time.strftime('%Y%m%d-%H%M%S')}.bak"
