@@ -232,17 +232,17 @@ def read_back(path: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     ids = pq.read_table(path, columns=["id"])["id"]
-    field = pq.read_schema(path).field("vector")
+    field = pq.read_schema(path).field("embedding")
     head = pd.read_parquet(path).head(3) if path.stat().st_size < 2**31 else None
     pf = pq.ParquetFile(path)
-    first = pf.read_row_group(0, columns=["vector"])["vector"]
+    first = pf.read_row_group(0, columns=["embedding"])["embedding"]
     sample = pd.Series(first.to_pylist()[:3])
     return {
         "rows": len(ids),
         "distinct_ids": len(set(ids.to_pylist())),
         "arrow_type": str(field.type),
-        "pandas_vector_dtype": str(head["vector"].iloc[0].dtype) if head is not None else None,
-        "pandas_vector_len": len(head["vector"].iloc[0]) if head is not None else len(sample[0]),
+        "pandas_vector_dtype": str(head["embedding"].iloc[0].dtype) if head is not None else None,
+        "pandas_vector_len": len(head["embedding"].iloc[0]) if head is not None else len(sample[0]),
     }
 
 

@@ -94,7 +94,7 @@ def test_embeddings_from_parquet_and_hf_match_jsonl(tmp_path: Path) -> None:
         r = run_cli(*args, "--quiet", "--no-cache", "--dimensions", "32")
         assert r.code == 0, (kind, r.output)
         t = pq.read_table(out).sort_by("id")
-        vectors[kind] = (t["id"].to_pylist(), t["vector"].to_pylist())
+        vectors[kind] = (t["id"].to_pylist(), t["embedding"].to_pylist())
     assert len(vectors["jsonl"][0]) == 40
     for kind in ("parquet", "csv", "hf"):
         assert vectors[kind] == vectors["jsonl"], kind

@@ -54,8 +54,8 @@ def write_jobs(path: Path, texts: list[str], **extra: Any) -> Path:
 def vectors_by_id(path: Path) -> dict[tuple[str, int], Any]:
     t = pq.read_table(path)
     ids, index = t["id"].to_pylist(), t["index"].to_pylist()
-    flat = t["vector"].combine_chunks().flatten().to_numpy()
-    dim = t.schema.field("vector").type.list_size
+    flat = t["embedding"].combine_chunks().flatten().to_numpy()
+    dim = t.schema.field("embedding").type.list_size
     matrix = flat.reshape(-1, dim)
     return {(i, k): matrix[n] for n, (i, k) in enumerate(zip(ids, index, strict=True))}
 
@@ -136,7 +136,7 @@ def test_base64_and_float_answers_give_the_same_vectors(
     for key in va:
         assert va[key].dtype == np.float32
         assert np.array_equal(va[key], vb[key])
-    assert pq.read_schema(a).field("vector").type.value_type == "float"
+    assert pq.read_schema(a).field("embedding").type.value_type == "float"
 
 
 def test_decode_vectors_is_one_matrix_either_way() -> None:
@@ -292,7 +292,7 @@ def test_kill_9_mid_run_then_rerun_writes_every_id_once(tmp_path: Path) -> None:
     ids = pq.read_table(out, columns=["id"])["id"].to_pylist()
     assert len(ids) == n and len(set(ids)) == n
     assert not parts.exists()
-    assert pq.read_schema(out).field("vector").type.list_size == 16
+    assert pq.read_schema(out).field("embedding").type.list_size == 16
     assert os.path.getsize(out) > n * 16 * 4
 
 

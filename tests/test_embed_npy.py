@@ -24,8 +24,8 @@ __all__ = ["embed_api"]  # the fixture, imported for this module's tests
 
 def parquet_matrix(path: Path) -> tuple[list[str], Any]:
     t = pq.read_table(path)
-    dim = t.schema.field("vector").type.list_size
-    col = t["vector"].combine_chunks()
+    dim = t.schema.field("embedding").type.list_size
+    col = t["embedding"].combine_chunks()
     matrix = np.full((len(t), dim), np.nan, dtype=np.float32)
     valid = col.is_valid().to_numpy(zero_copy_only=False)
     if valid.any():

@@ -199,7 +199,9 @@ PromptColumnOpt = Annotated[
     str | None,
     typer.Option(
         "--prompt-column",
-        help="Parquet/CSV/hf:// jobs: the column holding the prompt (embed: the text).",
+        "--input-column",
+        help="Parquet/CSV/hf:// jobs: the column holding the prompt (embed: the text); "
+        "--input-column is the same option.",
     ),
 ]
 IncludeColumnsOpt = Annotated[

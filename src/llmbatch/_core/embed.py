@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     Matrix = npt.NDArray[np.float32]
 
 
+VECTOR_COLUMN = "embedding"  # SPEC §16: the vectors, a fixed-size float32 list column
+
+
 @dataclass(frozen=True, slots=True)
 class EmbedCaps:
     """What one embeddings request may carry."""

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmbatch._core.embed import VECTOR_COLUMN
 from llmbatch._core.exceptions import OutputError
 from llmbatch._core.results import output_error
 
@@ -50,7 +51,7 @@ def _parquet_shape(path: Path) -> tuple[int, int]:
 
     meta = pq.read_metadata(path)
     sch = pq.read_schema(path)
-    dim = int(sch.field("vector").type.list_size) if "vector" in sch.names else 0
+    dim = int(sch.field(VECTOR_COLUMN).type.list_size) if VECTOR_COLUMN in sch.names else 0
     return int(meta.num_rows), dim
 
 
@@ -102,7 +103,7 @@ def _fill(path: Path, tmp: Path, rows: int, dim: int) -> None:
     at = 0
     pf = pq.ParquetFile(path, pre_buffer=False)
     batch_rows = max(1024, BATCH_BYTES // (4 * max(1, dim)))
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["vector"], use_threads=False):
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=[VECTOR_COLUMN], use_threads=False):
         col = batch.column(0)
         n = len(col)
         if n == 0:

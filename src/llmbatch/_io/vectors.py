@@ -11,7 +11,7 @@ a kill between the merge and the removal of the parts never counts a row twice.
 
 Schema: ``id`` (string), ``index`` (its place in the line's input), ``status``,
 ``error``, ``model``, ``dimensions``, ``metadata`` (JSON), ``cost_usd`` and
-``vector`` — a fixed-size list of float32, built from the numpy matrix without a
+``embedding`` — a fixed-size list of float32, built from the numpy matrix without a
 Python float per dimension. ``--npy`` (``npy=True``): ``OUT.npy`` built from ``OUT``
 after the merge (``_io.npy``).
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmbatch._core.embed import VECTOR_COLUMN
 from llmbatch._core.exceptions import OutputError, UsageError
 from llmbatch._core.results import output_error
 from llmbatch._io.resume import ExistingOutput
@@ -40,7 +41,7 @@ _MERGED_KEY = b"llmbatch.merged_parts"
 # No dictionary or statistics for the vectors (hashing every float costs more than
 # writing it), no compression either: float32 noise does not compress.
 _WRITE_OPTIONS: dict[str, Any] = {
-    "compression": {"vector": "NONE", "id": "snappy", "metadata": "snappy"},
+    "compression": {VECTOR_COLUMN: "NONE", "id": "snappy", "metadata": "snappy"},
     "use_dictionary": ["status", "error", "model", "dimensions"],
     "write_statistics": ["id", "index", "status", "dimensions"],
 }
@@ -97,7 +98,7 @@ def schema(dim: int) -> pa.Schema:
             ("dimensions", pa.int32()),
             ("metadata", pa.string()),
             ("cost_usd", pa.float64()),
-            ("vector", pa.list_(pa.float32(), dim)),
+            (VECTOR_COLUMN, pa.list_(pa.float32(), dim)),
         ]
     )
 
@@ -293,7 +294,7 @@ def merge_parts(path: Path) -> None:
         return
     sources = ([path] if path.exists() else []) + parts
     last = pq.read_schema(sources[-1]).remove_metadata()
-    vectors = "vector" in last.names
+    vectors = VECTOR_COLUMN in last.names
     dim = _dim_of_schema(last) if vectors else 0
     names = ",".join(p.name for p in parts).encode()
     tmp = path.with_name(path.name + ".merging")
@@ -322,7 +323,7 @@ def merge_parts(path: Path) -> None:
 
 
 def _dim_of_schema(sch: Any) -> int:
-    return int(sch.field("vector").type.list_size)
+    return int(sch.field(VECTOR_COLUMN).type.list_size)
 
 
 def _remove_dir(folder: Path) -> None:
