@@ -8,12 +8,10 @@ work fits, what fits is submitted and the report says ``stopped_by: budget``.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,16 +25,19 @@ from llmbatch._batch.context import (
     recover,
     recover_chunk,
 )
+from llmbatch._batch.lines import custom_id, request_body
 from llmbatch._batch.repair import stored_request
+from llmbatch._batch.submitted import SubmitReport as SubmitReport
+from llmbatch._batch.submitted import SubmittedBatch
 from llmbatch._batch.warmup import warm_up, warms_group
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
 from llmbatch._config.modes import Mode
-from llmbatch._config.settings import ProviderSettings, RunConfig
+from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.exceptions import ProviderError
-from llmbatch._core.jobs import LineError, Request, estimate_input_tokens
+from llmbatch._core.jobs import LineError, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price
 from llmbatch._core.usage import Usage
@@ -44,11 +45,7 @@ from llmbatch._engine.plan import Plan, Planner, PreparedJob
 from llmbatch._io.jobfile import iter_lines, open_jobs
 from llmbatch._io.resume import cut_torn_tail
 from llmbatch._run.session import RunSession
-from llmbatch.providers.anthropic import build_anthropic_body
-from llmbatch.providers.gemini_wire import build_gemini_body
-from llmbatch.providers.openai import OpenAIWire
 
-_CUSTOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NONCE_CHARS = 8  # hex: a submission's own mark, "_" + nonce at the end of every custom_id
 _BYTES_MARGIN = 0.98  # framing (JSON array, multipart) must not push a chunk over the limit
 
@@ -61,98 +58,6 @@ class _Pending:
     line: bytes
     cost: float
     tokens: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubmittedBatch:
-    provider: str
-    model: str
-    id: str
-    jobs: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubmitReport:
-    """What ``batch submit`` did."""
-
-    batches: list[SubmittedBatch]
-    jobs: int
-    skipped_done: int
-    skipped_open: int
-    not_submitted: int  # left out by the budget
-    stopped_by: str | None
-    reserved_cost: float
-    notes: list[str] = field(default_factory=list)
-    left_online: int = 0  # no model of the chain has a Batch API (``run --mode``)
-    from_cache: int = 0  # answered by the response cache: left to the run, never submitted
-    window_message: str | None = None  # a rolling window had no room for the rest
-    stuck: int = 0  # jobs pending from earlier batches that this submit could not send
-
-    @property
-    def exit_code(self) -> int:
-        """3 budget, 4 a rolling window full; 1 nothing sent while pending jobs remain
-        that submit cannot send (a cron loop "fetch, 6 → submit" must end); else 0."""
-        if self.stopped_by in ("budget", "budget_window"):
-            return {"budget": 3, "budget_window": 4}[self.stopped_by]
-        return 1 if self.stuck and not self.jobs else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batches": [vars_of(b) for b in self.batches],
-            "jobs": self.jobs,
-            "skipped_done": self.skipped_done,
-            "skipped_open": self.skipped_open,
-            "not_submitted": self.not_submitted,
-            "stopped_by": self.stopped_by,
-            "reserved_cost_usd": round(self.reserved_cost, 6),
-            "left_online": self.left_online,
-            "from_cache": self.from_cache,
-            "stuck_pending": self.stuck,
-            "notes": self.notes,
-        }
-
-
-def vars_of(b: SubmittedBatch) -> dict[str, Any]:
-    return {"provider": b.provider, "model": b.model, "id": b.id, "jobs": b.jobs}
-
-
-def request_body(
-    settings: ProviderSettings,
-    model: str,
-    request: Request,
-    notes: set[str],
-    config: RunConfig | None = None,
-) -> dict[str, Any]:
-    """Exactly what ``run`` would send, minus the streaming flags and the service tier."""
-    if settings.kind == "anthropic":
-        body = build_anthropic_body(model, request, settings.structured_output, notes)
-    elif settings.kind == "gemini":
-        return build_gemini_body(model, request, settings.structured_output, notes, with_model=True)
-    else:
-        wire = replace(OpenAIWire.of(settings, config or RunConfig(jobs=Path())), service_tier=None)
-        body = wire.body(model, request, settings.structured_output, notes)
-    body.pop("stream", None)
-    body.pop("stream_options", None)
-    return body
-
-
-def custom_id(job_id: str, used: set[str], nonce: str = "") -> str:
-    """``JOBID_NONCE`` when the providers accept the job id; else a stable mapped one
-    (``m-…``, never rejected). The nonce is the submission's: a result line is written
-    only for a custom_id this submission sent, never for another output's batch."""
-    room = 64 - (len(nonce) + 1 if nonce else 0)
-    cid = (
-        job_id
-        if _CUSTOM_ID.match(job_id) and len(job_id) <= room
-        else "m-" + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest()
-    )
-    n = 1
-    base = cid
-    while cid in used:
-        n += 1
-        cid = f"{base[: room - 8]}-{n}"
-    used.add(cid)
-    return f"{cid}_{nonce}" if nonce else cid
 
 
 class _Submitter:
