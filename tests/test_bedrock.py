@@ -466,3 +466,12 @@ def test_without_the_aws_extra_the_message_names_it(
     assert "AWS_BEARER_TOKEN_BEDROCK" in str(info.value) and "llmbatch[aws]" in str(info.value)
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", TOKEN)
     check_credentials(settings)  # a Bedrock API key needs no botocore
+
+
+def test_a_hang_past_the_timeout_is_a_timeout(bedrock: FakeBedrock, tmp_path: Path) -> None:
+    """The attempt's deadline holds for Bedrock too (aiohttp's total timeout per attempt)."""
+    bedrock.api.add_rule("Question 0:", "hang")
+    r = run(bedrock, "--timeout", "1", "--quiet")
+    assert r.code == 0, r.output
+    (x,) = results(tmp_path).values()
+    assert x["attempts"] == 2 and x["attempt_errors"] == {"timeout": 1}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -206,11 +206,25 @@ class HttpProvider:
         An error status raises its ProviderError after its body was read, so the
         connection goes back to the pool.
         """
+        return await self._post(url, orjson.dumps(body), headers, stream, _read_events)
+
+    async def _post(
+        self,
+        url: Any,
+        data: bytes,
+        headers: Mapping[str, str],
+        stream: Any,
+        read: Callable[[aiohttp.ClientResponse, Any], Awaitable[None]],
+        request_id_headers: tuple[str, ...] = ("request-id", "x-request-id"),
+    ) -> tuple[RateLimitHint | None, str | None]:
+        """The one POST of an attempt, under the attempt's deadline: an error status raises
+        its ProviderError (``_http_error``), a whole JSON answer goes to ``stream.whole``,
+        a streamed one to ``read``."""
         session = self._get_session()
         async with session.post(
-            url, data=orjson.dumps(body), headers=headers, proxy=self.proxy, timeout=self._timeout()
+            url, data=data, headers=headers, proxy=self.proxy, timeout=self._timeout()
         ) as resp:
-            request_id = resp.headers.get("request-id") or resp.headers.get("x-request-id")
+            request_id = next((v for h in request_id_headers if (v := resp.headers.get(h))), None)
             hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]
             if resp.status != 200:
                 raw = await resp.read()
@@ -219,7 +233,7 @@ class HttpProvider:
                 # A server that ignored stream=true answered in one piece.
                 stream.whole(await resp.read())
             else:
-                await _read_events(resp, stream)
+                await read(resp, stream)
         return hint, request_id
 
     def _http_error(

@@ -29,7 +29,7 @@ import orjson
 
 from llmbatch._config.toml import BEDROCK_TOKEN_ENV, aws_region
 from llmbatch._core.exceptions import BadRequest, ProviderError, UsageError
-from llmbatch._core.headers import RateLimitHint, hint_from_headers, parse_retry_after
+from llmbatch._core.headers import RateLimitHint, parse_retry_after
 from llmbatch._core.jobs import Request
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import Attempt, redact
@@ -246,23 +246,12 @@ class BedrockProvider(HttpProvider):
         """POST and feed the answer's frames to ``stream``; (rate-limit hint, request id)."""
         from yarl import URL
 
-        session = self._get_session()
         # encoded=True: the path goes out exactly as built (and, with SigV4, as signed).
-        async with session.post(
-            URL(url, encoded=True), data=data, headers=headers, proxy=self.proxy
-        ) as resp:
-            request_id = resp.headers.get("x-amzn-requestid")
-            hint = hint_from_headers(resp.headers)  # type: ignore[arg-type]
-            if resp.status != 200:
-                raw = await resp.read()
-                raise self._error(resp.status, raw, resp.headers, hint, request_id)
-            if resp.content_type == "application/json":
-                stream.whole(await resp.read())  # a plain Converse answer
-            else:
-                await _read_frames(resp, stream)
-        return hint, request_id
+        return await self._post(
+            URL(url, encoded=True), data, headers, stream, _read_frames, ("x-amzn-requestid",)
+        )
 
-    def _error(
+    def _http_error(
         self,
         status: int,
         raw: bytes,
