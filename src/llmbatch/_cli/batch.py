@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
     from llmbatch._observe.progress import ProgressSink
     from llmbatch._report.report import RunReport
+    from llmbatch._run.embed import EmbedRun
     from llmbatch._run.online import FileRun
 
 batch_app = typer.Typer(
@@ -387,4 +388,23 @@ def run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, FileRun
 
     return anyio.run(
         lambda: run_with_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
+    )
+
+
+def embed_run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, EmbedRun]:
+    """``run|embed EMB --mode batch|auto``: embedding batches, then the rest online."""
+    import anyio
+
+    from llmbatch._batch.embed_run import run_embed_batches
+    from llmbatch._cli.common import _err
+
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None
+
+    def say(message: str) -> None:
+        if not cfg.quiet:
+            _err(message)
+
+    return anyio.run(
+        lambda: run_embed_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
     )

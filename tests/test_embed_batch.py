@@ -1,0 +1,240 @@
+"""Embeddings by provider batch (``/v1/embeddings`` lines): the same vectors as online, the
+fake's bill at the batch price, cached texts never submitted, kill-safe fetch, failed
+lines online in ``auto``, and ``--budget-per-hour`` kept at submit."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from llmbatch._batch.embed_run import run_embed_batches
+from llmbatch._config.settings import RunConfig
+from llmbatch._core.models import ModelRef
+from llmbatch._observe.progress import NoProgress
+from llmbatch._report.report import RunReport
+from llmbatch._run.embed import EmbedRun
+from llmbatch._run.session import exit_code_for
+from tests.batchutil import VirtualClock
+from tests.conftest import fake_env, read_jsonl
+from tests.fakeapi import FakeAPI
+from tests.fakebatch import FakeBatch
+from tests.fakeembed import FakeEmbed, tokens_of, vector_of
+
+MODEL = ModelRef("openai", "text-embedding-3-small")
+ONLINE_PER_MTOK = 0.02  # genai-prices' online price of text-embedding-3-small
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeBatch, FakeEmbed]]:
+    api = FakeAPI(retry_after=0.01)
+    fb = FakeBatch(api)
+    fe = FakeEmbed(api)
+    api.start()
+    for k, v in fake_env(api).items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield fb, fe
+    finally:
+        api.stop()
+
+
+def texts_file(path: Path, n: int, *, repeat_every: int = 0) -> Path:
+    """``n`` lines; every third has two inputs; with ``repeat_every``, repeated texts."""
+    with path.open("wb") as f:
+        for i in range(n):
+            text = f"text number {i % repeat_every if repeat_every else i}"
+            row: dict[str, Any] = {"id": f"e{i}", "input": text, "metadata": {"i": i}}
+            if i % 3 == 0:
+                row["input"] = [text, f"second text of {i}"]
+            f.write(orjson.dumps(row) + b"\n")
+    return path
+
+
+def cfg_for(jobs: Path, out: str, tmp: Path, **kw: Any) -> RunConfig:
+    return RunConfig(
+        jobs=jobs,
+        output=tmp / out,
+        model=MODEL,
+        embed=True,
+        cache_path=kw.pop("cache_path", tmp / "cache.sqlite"),
+        **kw,
+    )
+
+
+def by_batch(cfg: RunConfig, fb: FakeBatch, mode: str = "batch", **kw: Any) -> RunReport:
+    report, _ = anyio.run(
+        lambda: run_embed_batches(
+            cfg,
+            mode=mode,
+            clock=VirtualClock(fb),
+            progress=NoProgress(),
+            handle_signals=False,
+            say=lambda _m: None,
+            **kw,
+        )
+    )
+    return report
+
+
+def online(cfg: RunConfig) -> RunReport:
+    return anyio.run(EmbedRun(cfg, progress=NoProgress(), handle_signals=False).run)
+
+
+def vectors(path: Path) -> dict[tuple[str, int], Any]:
+    if path.suffix == ".jsonl":
+        return {
+            (x["id"], x["index"]): np.asarray(x["embedding"], dtype=np.float32)
+            for x in read_jsonl(path)
+        }
+    t = pq.read_table(path)
+    dim = t.schema.field("embedding").type.list_size
+    flat = t["embedding"].combine_chunks().flatten().to_numpy().reshape(-1, dim)
+    keys = zip(t["id"].to_pylist(), t["index"].to_pylist(), strict=True)
+    return {k: flat[n] for n, k in enumerate(keys)}
+
+
+def ids_of(path: Path) -> Counter[tuple[str, int]]:
+    if path.suffix == ".jsonl":
+        return Counter((x["id"], x["index"]) for x in read_jsonl(path))
+    t = pq.read_table(path, columns=["id", "index"])
+    return Counter(zip(t["id"].to_pylist(), t["index"].to_pylist(), strict=True))
+
+
+def batch_texts(fb: FakeBatch) -> list[str]:
+    return [t for b in fb.batches.values() for it in b.items for t in it.body["input"]]
+
+
+@pytest.mark.parametrize("out", ["v.parquet", "v.jsonl"])
+def test_batch_mode_writes_the_vectors_online_mode_writes(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path, out: str
+) -> None:
+    fb, fe = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 60)
+    rep = by_batch(cfg_for(jobs, "b-" + out, tmp_path, no_cache=True), fb, batch_size=30)
+    assert exit_code_for(rep, None) == 0 and not fe.records  # nothing went online
+    assert len(fb.created) >= 3  # 80 inputs, at most 30 a batch
+    assert all(b.endpoint == "/v1/embeddings" for b in fb.batches.values())
+    online(cfg_for(jobs, "o-" + out, tmp_path, no_cache=True))
+    got, want = vectors(tmp_path / ("b-" + out)), vectors(tmp_path / ("o-" + out))
+    assert set(got) == set(want) and len(got) == 80
+    for key, vec in want.items():
+        assert np.array_equal(got[key], vec)
+    assert np.array_equal(got[("e1", 0)], vector_of("text number 1", 64))
+    # Cost: the fake's bill at half the online price; the report's batch block says so.
+    tokens = sum(i for i, _ in fb.billed().values())
+    assert tokens == sum(tokens_of(t) for t in batch_texts(fb))
+    assert rep.batch is not None and rep.batch.jobs == sum(n for _, _, n in fb.created)
+    assert rep.cost_usd == pytest.approx(tokens * ONLINE_PER_MTOK / 2 / 1e6)
+    assert rep.batch.online_cost_usd == pytest.approx(2 * rep.batch.cost_usd)
+    assert rep.embedding is not None and rep.embedding.vectors == 80
+    assert any("half the online price" in n for n in rep.notes)
+
+
+def test_cached_texts_are_not_submitted(fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path) -> None:
+    fb, fe = fake
+    first = texts_file(tmp_path / "first.jsonl", 20)
+    online(cfg_for(first, "first.parquet", tmp_path))
+    assert len(fe.texts_sent) == 27
+    # A new file: its first 20 lines are the same texts; 10 more lines are new.
+    jobs = texts_file(tmp_path / "texts.jsonl", 30)
+    rep = by_batch(cfg_for(jobs, "v.parquet", tmp_path), fb)
+    assert exit_code_for(rep, None) == 0
+    sent = batch_texts(fb)
+    assert sorted(sent) == sorted(set(sent))
+    assert set(sent).isdisjoint(fe.texts_sent) and len(sent) == 40 - 27
+    assert len(fe.texts_sent) == 27  # the cached-only lines were written for $0
+    got = vectors(tmp_path / "v.parquet")
+    assert len(got) == 40
+    assert np.array_equal(got[("e3", 1)], vector_of("second text of 3", 64))
+    assert np.array_equal(got[("e21", 1)], vector_of("second text of 21", 64))
+
+
+class _Death(BaseException):
+    pass
+
+
+def test_killed_between_writing_and_closing_a_batch_writes_every_id_once(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process death after a batch's rows are written, before it is marked fetched:
+    the rerun finds the batch open, fetches it again, and writes none of it twice."""
+    from llmbatch._io.batch_state import BatchState
+
+    fb, fe = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 50)
+    cfg = cfg_for(jobs, "v.parquet", tmp_path, no_cache=True)
+    real = BatchState.append_many
+    closes = 0
+
+    def dies_at_the_second_close(self: BatchState, events: list[dict[str, Any]]) -> None:
+        nonlocal closes
+        if any(e.get("ev") == "closed" for e in events):
+            closes += 1
+            if closes == 2:
+                raise _Death  # the process dies here
+        real(self, events)
+
+    monkeypatch.setattr(BatchState, "append_many", dies_at_the_second_close)
+    with pytest.raises(BaseException) as died:
+        by_batch(cfg, fb, batch_size=20)
+    assert isinstance(died.value, _Death) or died.group_contains(_Death)
+    monkeypatch.setattr(BatchState, "append_many", real)
+    assert cfg.output is not None and BatchState.load(cfg.output).open_chunks()
+    assert 0 < len(ids_of(cfg.output)) < 67  # the second batch's rows are in, still open
+    rep = by_batch(cfg, fb, batch_size=20)
+    assert exit_code_for(rep, None) == 0 and not fe.records
+    rows = ids_of(tmp_path / "v.parquet")
+    assert set(rows.values()) == {1} and len(rows) == 50 + 17
+    assert Counter(fb.sent_ids().values()) == Counter({1: sum(n for _, _, n in fb.created)})
+
+
+def test_a_failed_batch_line_goes_online_in_auto_mode(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    fb, fe = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 40)
+    fb.api.add_rule("text number 7", *["500"] * 10)  # its pack fails (transient), each round
+    fb.api.add_rule("text number 33", "400")  # its pack fails for good: failed rows
+    cfg = cfg_for(jobs, "v.parquet", tmp_path, no_cache=True, inputs_per_request=8)
+    rep = by_batch(cfg, fb, mode="auto", deadline=7200)
+    assert rep.batch is not None
+    online_texts = fe.texts_sent
+    assert "text number 7" in online_texts and "text number 33" not in online_texts
+    assert len(online_texts) <= 8  # only the pack that failed went online
+    t = pq.read_table(tmp_path / "v.parquet").to_pylist()
+    assert set(ids_of(tmp_path / "v.parquet").values()) == {1}
+    failed = {r["id"] for r in t if r["status"] == "failed"}
+    assert "e33" in failed and "e7" not in failed
+    assert len(t) == 40 + 14 and exit_code_for(rep, None) == 1  # the failed rows: exit 1
+
+
+def test_budget_per_hour_is_kept_at_submit(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    fb, fe = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 60)
+    cap = 2e-6  # room for part of the 60 lines' worst case at the batch price
+    cfg = cfg_for(
+        jobs,
+        "v.parquet",
+        tmp_path,
+        no_cache=True,
+        budget_per_hour=cap,
+        ledger=tmp_path / "ledger.sqlite",
+        inputs_per_request=5,
+    )
+    rep = by_batch(cfg, fb, batch_size=10)
+    assert rep.stopped_by == "budget_window" and exit_code_for(rep, None) == 4
+    tokens = sum(i for i, _ in fb.billed().values())
+    assert 0 < tokens * ONLINE_PER_MTOK / 2 / 1e6 <= cap
+    assert not fe.records  # nothing went online past the window
+    rows = ids_of(tmp_path / "v.parquet")
+    assert 0 < len(rows) < 80
