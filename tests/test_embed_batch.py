@@ -238,3 +238,85 @@ def test_budget_per_hour_is_kept_at_submit(
     assert not fe.records  # nothing went online past the window
     rows = ids_of(tmp_path / "v.parquet")
     assert 0 < len(rows) < 80
+
+
+def test_the_openai_sdk_reads_the_fakes_embedding_batches(
+    fake: tuple[FakeBatch, FakeEmbed],
+) -> None:
+    """The fake's /v1/embeddings batch, driven and read by the installed openai SDK."""
+    import base64
+
+    import openai
+
+    from tests.conftest import CANARY_OPENAI
+
+    fb, _ = fake
+    lines = [
+        {
+            "custom_id": f"p{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {
+                "model": "text-embedding-3-small",
+                "input": [f"a {i}", f"b {i}"],
+                "encoding_format": "base64" if i else "float",
+                "dimensions": 8,
+            },
+        }
+        for i in range(2)
+    ]
+    data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
+    with openai.OpenAI(api_key=CANARY_OPENAI, base_url=fb.api.url + "/v1", max_retries=0) as c:
+        f = c.files.create(file=("in.jsonl", data), purpose="batch")
+        b = c.batches.create(
+            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
+        )
+        assert b.endpoint == "/v1/embeddings" and b.status == "validating"
+        fb.advance(700)
+        done = c.batches.retrieve(b.id)
+        assert done.status == "completed" and done.output_file_id
+        assert done.request_counts is not None and done.request_counts.completed == 2
+        out = [orjson.loads(x) for x in c.files.content(done.output_file_id).content.splitlines()]
+    floats = openai.types.CreateEmbeddingResponse.model_validate(out[0]["response"]["body"])
+    assert floats.usage.prompt_tokens == tokens_of("a 0") + tokens_of("b 0")
+    assert np.allclose(floats.data[1].embedding, vector_of("b 0", 8))
+    packed = out[1]["response"]["body"]["data"]
+    vec = np.frombuffer(base64.b64decode(packed[0]["embedding"]), dtype="<f4")
+    assert np.array_equal(vec, vector_of("a 1", 8)) and packed[1]["index"] == 1
+
+
+def test_kill_9_mid_fetch_then_rerun_writes_every_id_once(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    """``run --mode batch`` from the shell, killed (SIGKILL) while it fetches the second of
+    three batches: the rerun submits nothing again, fetches the rest, every id once."""
+    from tests.conftest import run_cli, start_cli, wait_until
+
+    fb, fe = fake
+    fb.process_s = 0  # every batch has ended by the first poll
+    fb.download_delay_s = 0.4  # each results download takes a while: time to kill
+    models = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
+    with (tmp_path / "texts.jsonl").open("wb") as f:
+        for i in range(90):
+            row = {"id": f"e{i}", "input": [f"t {i}", f"u {i}"], "model": models[i % 3]}
+            f.write(orjson.dumps(row) + b"\n")
+    out = tmp_path / "v.parquet"
+    state = tmp_path / "v.parquet.batches" / "batches.jsonl"
+    args = ("run", str(tmp_path / "texts.jsonl"), "-o", str(out), "--mode", "batch", "--quiet")
+    env = fake_env(fb.api)
+    proc = start_cli(*args, "--no-cache", env=env, capture=False)
+    try:
+        wait_until(lambda: state.exists() and b'"ev":"closed"' in state.read_bytes())
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not out.exists()  # killed before the merge: rows in part files only
+    assert list((tmp_path / "v.parquet.parts").glob("*.parquet"))
+    fb.download_delay_s = 0
+    res = run_cli(*args, "--no-cache", env=env)
+    assert res.code == 0, res.output
+    assert len(fb.created) == 3 and not fe.records  # nothing submitted or sent again
+    rows = ids_of(out)
+    assert set(rows.values()) == {1} and len(rows) == 180
+    got = vectors(out)
+    assert np.array_equal(got[("e5", 1)], vector_of("u 5", 64))
