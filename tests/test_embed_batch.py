@@ -268,9 +268,7 @@ def test_the_openai_sdk_reads_the_fakes_embedding_batches(
     data = b"".join(orjson.dumps(x) + b"\n" for x in lines)
     with openai.OpenAI(api_key=CANARY_OPENAI, base_url=fb.api.url + "/v1", max_retries=0) as c:
         f = c.files.create(file=("in.jsonl", data), purpose="batch")
-        b = c.batches.create(
-            input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h"
-        )
+        b = c.batches.create(input_file_id=f.id, endpoint="/v1/embeddings", completion_window="24h")
         assert b.endpoint == "/v1/embeddings" and b.status == "validating"
         fb.advance(700)
         done = c.batches.retrieve(b.id)
@@ -320,3 +318,37 @@ def test_kill_9_mid_fetch_then_rerun_writes_every_id_once(
     assert set(rows.values()) == {1} and len(rows) == 180
     got = vectors(out)
     assert np.array_equal(got[("e5", 1)], vector_of("u 5", 64))
+
+
+def test_batch_submit_status_fetch_for_an_embedding_file(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    from tests.conftest import CANARY_OPENAI, run_cli
+
+    fb, fe = fake
+    env = fake_env(fb.api)
+    jobs = str(texts_file(tmp_path / "texts.jsonl", 30))
+    out = str(tmp_path / "v.parquet")
+    model = ["-m", "openai:text-embedding-3-small", "--batch-size", "20"]
+    sub = run_cli("batch", "submit", jobs, "-o", out, *model, "--json", env=env)
+    assert sub.code == 0, sub.output
+    assert orjson.loads(sub.stdout)["jobs"] == 30 and len(fb.created) == 2
+    assert run_cli("batch", "status", out, env=env).code == 4
+    online = run_cli("embed", jobs, "-o", out, "-m", "openai:text-embedding-3-small", env=env)
+    assert online.code == 2 and "still open" in online.stderr and not fe.records
+    again = run_cli("batch", "submit", jobs, "-o", out, *model, "--json", env=env)
+    assert again.code == 0 and orjson.loads(again.stdout)["skipped_open"] == 30
+    fb.advance(700)
+    fetched = run_cli("batch", "fetch", out, "--json", env=env)
+    assert fetched.code == 0, fetched.output
+    rep = orjson.loads(fetched.stdout)
+    assert rep["jobs"]["ok"] == 30 and rep["batch"]["jobs"] >= 2
+    assert rep["batch"]["online_cost_usd"] > rep["batch"]["cost_usd"] > 0  # (6 decimals)
+    assert "saved $" in fetched.stderr
+    assert len(ids_of(Path(out))) == 40 and run_cli("batch", "status", out, env=env).code == 0
+    assert run_cli("batch", "fetch", out, env=env).code == 0 and len(ids_of(Path(out))) == 40
+    for res in (sub, fetched, again):
+        assert CANARY_OPENAI not in res.output
+    # A provider with no embeddings batch here: refused before anything is sent.
+    sim = run_cli("batch", "submit", jobs, "-o", str(tmp_path / "s.jsonl"), "-m", "sim:e", env=env)
+    assert sim.code == 2 and "--mode online" in sim.stderr and len(fb.created) == 2

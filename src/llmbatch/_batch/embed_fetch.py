@@ -41,6 +41,8 @@ class EmbedFetchTotals:
     packs: int = 0  # batch requests answered (ok or failed for good)
     ok_rows: int = 0
     failed_rows: int = 0
+    ok_lines: int = 0
+    failed_lines: int = 0
     returned: int = 0  # lines handed back unanswered
     cost_usd: float = 0.0
     online_cost_usd: float = 0.0
@@ -183,8 +185,13 @@ class EmbedFetcher:
         self.written.update(row["ids"])
         t = self.totals
         t.packs += 1
-        t.ok_rows += len(row["ids"]) if error is None else 0
-        t.failed_rows += 0 if error is None else len(row["ids"])
+        lines = len(set(row["ids"]))
+        if error is None:
+            t.ok_rows += len(row["ids"])
+            t.ok_lines += lines
+        else:
+            t.failed_rows += len(row["ids"])
+            t.failed_lines += lines
         online = self.online.cost(ref, usage)
         t.cost_usd += cost or 0.0
         t.online_cost_usd += (cost or 0.0) if online is None else online
