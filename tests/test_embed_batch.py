@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -352,3 +353,35 @@ def test_batch_submit_status_fetch_for_an_embedding_file(
     # A provider with no embeddings batch here: refused before anything is sent.
     sim = run_cli("batch", "submit", jobs, "-o", str(tmp_path / "s.jsonl"), "-m", "sim:e", env=env)
     assert sim.code == 2 and "--mode online" in sim.stderr and len(fb.created) == 2
+
+
+@pytest.mark.parametrize("name", ["azure-v1", "azure-deployment", "compat-purpose", "compat-inline"])
+def test_azure_and_compatible_batch_services_take_embeddings(name: str, tmp_path: Path) -> None:
+    """The same batch shapes as chat jobs (tests/test_openai_batch_shapes.py), with
+    ``/embeddings`` lines: Azure's paths without ``/v1``, a compatible service's with."""
+    from tests.conftest import run_cli
+    from tests.test_openai_batch_shapes import SHAPES, check_sent
+
+    shape = next(s for s in SHAPES if s.name == name)
+    api = FakeAPI(retry_after=0.01)
+    fb = FakeBatch(api)
+    api.start()
+    try:
+        fb.file_purpose = shape.purpose
+        (tmp_path / "llmbatch.toml").write_text(shape.toml.replace("{url}", api.url))
+        jobs = str(texts_file(tmp_path / "texts.jsonl", 12))
+        out = str(tmp_path / "v.jsonl")
+        env = shape.env(fb)
+        sub = run_cli("batch", "submit", jobs, "-o", out, "-m", shape.model, env=env)
+        assert sub.code == 0, sub.output
+        endpoint = shape.endpoint.replace("/chat/completions", "/embeddings")
+        check_sent(replace(shape, endpoint=endpoint), fb)
+        fb.advance(3600)
+        fetched = run_cli("batch", "fetch", out, env=env)
+        assert fetched.code == 0, fetched.output
+    finally:
+        api.stop()
+    rows = read_jsonl(Path(out))
+    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
+    got = vectors(Path(out))
+    assert np.array_equal(got[("e4", 0)], vector_of("text number 4", 64))
