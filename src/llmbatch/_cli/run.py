@@ -113,6 +113,8 @@ def _embed(cfg: RunConfig, progress: Any) -> int:
 
     if cfg.dry_run:
         raise UsageError("--dry-run is not built for embeddings yet. Nothing was sent.")
+    if cfg.shard is not None:
+        _refuse_parquet_modes(cfg)  # a .parquet output with --shard, or a batch mode
     if cfg.mode != "online":
         from llmbatch._cli.batch import embed_run_mode
 
