@@ -355,7 +355,9 @@ def test_batch_submit_status_fetch_for_an_embedding_file(
     assert sim.code == 2 and "--mode online" in sim.stderr and len(fb.created) == 2
 
 
-@pytest.mark.parametrize("name", ["azure-v1", "azure-deployment", "compat-purpose", "compat-inline"])
+@pytest.mark.parametrize(
+    "name", ["azure-v1", "azure-deployment", "compat-purpose", "compat-inline"]
+)
 def test_azure_and_compatible_batch_services_take_embeddings(name: str, tmp_path: Path) -> None:
     """The same batch shapes as chat jobs (tests/test_openai_batch_shapes.py), with
     ``/embeddings`` lines: Azure's paths without ``/v1``, a compatible service's with."""
@@ -385,3 +387,18 @@ def test_azure_and_compatible_batch_services_take_embeddings(name: str, tmp_path
     assert len(rows) == 16 and all(r["status"] == "ok" for r in rows)
     got = vectors(Path(out))
     assert np.array_equal(got[("e4", 0)], vector_of("text number 4", 64))
+
+
+def test_max_cost_holds_each_packs_worst_case_at_submit(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    fb, fe = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 60)
+    cap = 3e-6  # room for part of the packs' worst case (a token a byte) at the batch price
+    cfg = cfg_for(jobs, "v.parquet", tmp_path, no_cache=True, max_cost=cap, inputs_per_request=5)
+    rep = by_batch(cfg, fb, batch_size=10)
+    assert rep.stopped_by == "budget" and exit_code_for(rep, None) == 3
+    tokens = sum(i for i, _ in fb.billed().values())
+    assert 0 < tokens * ONLINE_PER_MTOK / 2 / 1e6 <= cap and not fe.records
+    assert rep.cost_usd == pytest.approx(tokens * ONLINE_PER_MTOK / 2 / 1e6)
+    assert 0 < len(ids_of(tmp_path / "v.parquet")) < 80
