@@ -36,6 +36,21 @@ from llmbatch._io.resume import ExistingOutput, read_existing
 from llmbatch._io.vectors import is_parquet, read_existing_vectors
 
 
+def embedding_lines(config: RunConfig) -> bool:
+    """Whether the first line of the jobs file asks for embeddings (``input``, no prompt)."""
+    import orjson
+
+    from llmbatch._core.embed import is_embed_record
+    from llmbatch._io.jobfile import job_records
+
+    for _, raw in job_records(config.jobs, config.columns):
+        try:
+            return is_embed_record(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            return False
+    return False
+
+
 def is_embed_state(state: BatchState) -> bool:
     """Whether an output's batches carry embedding packs (their rows list ``ids``)."""
     for chunk in state.chunks.values():

@@ -220,9 +220,9 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
 
 def _embeds(cfg: RunConfig) -> bool:
     """Whether a jobs file holds embedding lines (``input``, no prompt)."""
-    from llmbatch._cli.run import _embedding_lines
+    from llmbatch._batch.embed_cmds import embedding_lines
 
-    return cfg.embed or _embedding_lines(cfg)
+    return cfg.embed or embedding_lines(cfg)
 
 
 def _embed_output(cfg: RunConfig) -> bool:
