@@ -402,3 +402,21 @@ def test_max_cost_holds_each_packs_worst_case_at_submit(
     assert 0 < tokens * ONLINE_PER_MTOK / 2 / 1e6 <= cap and not fe.records
     assert rep.cost_usd == pytest.approx(tokens * ONLINE_PER_MTOK / 2 / 1e6)
     assert 0 < len(ids_of(tmp_path / "v.parquet")) < 80
+
+
+def test_auto_cancels_at_the_deadline_and_finishes_online(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    fb, fe = fake
+    fb.process_s = 4 * 3600  # the batch would take four hours
+    jobs = texts_file(tmp_path / "texts.jsonl", 40)
+    cfg = cfg_for(jobs, "v.parquet", tmp_path, no_cache=True, inputs_per_request=4)
+    rep = by_batch(cfg, fb, mode="auto", deadline=3600)
+    assert exit_code_for(rep, None) == 0 and fb.calls["batch_cancel"] == 1
+    assert rep.batch is not None and rep.batch.canceled_at_deadline == 1
+    answered = [t for b in fb.batches.values() for it in b.items if it.outcome == "ok"
+                for t in it.body["input"]]  # fmt: skip
+    assert 0 < len(answered) < 54
+    assert sorted(answered + fe.texts_sent) == sorted(batch_texts(fb))  # each text once
+    rows = ids_of(tmp_path / "v.parquet")
+    assert set(rows.values()) == {1} and len(rows) == 54
