@@ -27,7 +27,7 @@ try:
     from redis.exceptions import RedisError
 except ImportError:  # pragma: no cover  (the dev install has it)
     raise UsageError("--shared needs the Redis client: pip install 'llmbatch[redis]'") from None
-from llmbatch._budget.sqlite import WindowUse
+from llmbatch._budget.sqlite_status import WindowUse
 from llmbatch._budget.windows import DAY, HOUR, Window, window_refusal
 
 _COMMON = """
