@@ -1,8 +1,9 @@
 """Rolling budget windows in one SQLite file, shared by every run on the machine.
 
-Two tables per scope: ``spend`` (what attempts really cost, booked with the wall
-time) and ``leases`` (room a live process took). A window's use is the spend of
-the last ``seconds`` plus every lease; an expired lease (its process died) keeps
+Its tables are in ``sqlite_file``: ``spend`` (what attempts really cost, booked
+with the wall time), ``bookings`` (provider batches' spend) and ``leases`` (room
+a live process took). A window's use is the spend and bookings of the last
+``seconds`` plus every lease; an expired lease (its process died) keeps
 counting, as spent at its worst case, until it ages out of the window like any
 spend: room it held may have been spent on requests we never heard back from.
 
@@ -12,7 +13,7 @@ request. A chunk is a 32nd of the room left (at most 16 attempts' worth,
 at least the attempt asking), so chunks shrink as the window fills and a
 process never sits on room another could use. Settled spend is booked, and
 unused room given back, at most every ``flush_s`` seconds, at a refusal and at
-close.
+close. A provider batch's booking (``book``) is written at once, under its id.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import os
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from llmbatch._budget.bookings import insert_booking
 from llmbatch._budget.ledger import BudgetStatistics, Hold, Refusal
 from llmbatch._budget.ledgerfile import ledger_unusable
 from llmbatch._budget.sqlite_file import connect, prune
@@ -68,6 +71,7 @@ class SqliteLedger:
         self._seen: dict[Window, Sums] = {}
         self._syncing = False
         self._deferred: list[tuple[Hold, float, int]] = []
+        self._booked: list[tuple[str, float, int]] = []  # batches' bookings, not yet written
         self.transactions = 0
 
     async def open(self) -> None:
@@ -118,6 +122,16 @@ class SqliteLedger:
         self._held["tokens"] -= hold.tokens
         self._unflushed["cost"] += cost
         self._unflushed["tokens"] += tokens
+
+    async def book(self, hold: Hold, cost: float, tokens: int, booking: str) -> dict[str, Any]:
+        """``hold`` becomes a provider batch's spend, written now under ``booking``."""
+        async with self._lock:  # (every transaction runs under it: none is under way)
+            self._held["cost"] -= hold.cost
+            self._held["tokens"] -= hold.tokens
+            self._booked.append((booking, cost, tokens))
+            await self._run(None)
+        path = str(self.path.resolve())
+        return {"store": "sqlite", "path": path, "scope": self.scope, "id": booking}
 
     def statistics(self) -> BudgetStatistics:
         cost = next((w for w in self.windows if w.kind == "cost"), None)
@@ -175,6 +189,9 @@ class SqliteLedger:
                     "INSERT INTO spend VALUES (?, ?, ?, ?)",
                     (self.scope, now, self._unflushed["cost"], int(self._unflushed["tokens"])),
                 )
+            for booking, cost, tokens in self._booked:
+                insert_booking(db, booking, self.scope, now, cost, tokens)
+            self._booked.clear()
             free = self._room(db, now)
             refusal = None
             if need is not None and any(self._limits[k] and need[k] > free[k] for k in need):

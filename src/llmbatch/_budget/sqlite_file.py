@@ -1,8 +1,11 @@
 """The SQLite ledger file: its tables, opening it (WAL, a long busy timeout), pruning it.
 
-Two tables per scope: ``spend`` (what attempts really cost, booked with the wall
-time) and ``leases`` (room a live process took); ``SqliteLedger`` (in ``sqlite``)
-reads and writes them, ``sqlite_status`` answers ``budget status|reset``.
+Three tables, each row tagged with its scope: ``spend`` (what attempts really
+cost, booked with the wall time), ``leases`` (room a live process took) and
+``bookings`` (a provider batch's spend, booked at its worst case when it is
+submitted under an id its batch state keeps, then set to what the batch really
+cost once it has ended: ``bookings.py``). ``SqliteLedger`` (in ``sqlite``) reads
+and writes them, ``sqlite_status`` answers ``budget status|reset``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ CREATE TABLE IF NOT EXISTS leases (
     id TEXT PRIMARY KEY, scope TEXT NOT NULL, cost REAL NOT NULL, tokens INTEGER NOT NULL,
     expires REAL NOT NULL, pid INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS leases_scope ON leases (scope);
+CREATE TABLE IF NOT EXISTS bookings (
+    id TEXT PRIMARY KEY, scope TEXT NOT NULL, at REAL NOT NULL, cost REAL NOT NULL,
+    tokens INTEGER NOT NULL, settled INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS bookings_scope_at ON bookings (scope, at);
 """
 KEEP_DAYS = 2.0  # spend older than this serves no window
 
@@ -67,9 +74,10 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def prune(db: sqlite3.Connection, now: float) -> None:
-    """Drop spend and dead leases that no window can see any more."""
+    """Drop spend, bookings and dead leases that no window can see any more."""
     cutoff = now - KEEP_DAYS * 86400.0
     db.execute("BEGIN IMMEDIATE")
     db.execute("DELETE FROM spend WHERE at < ?", (cutoff,))
     db.execute("DELETE FROM leases WHERE expires < ?", (cutoff,))
+    db.execute("DELETE FROM bookings WHERE at < ?", (cutoff,))
     db.execute("COMMIT")

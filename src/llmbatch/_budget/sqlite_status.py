@@ -32,7 +32,10 @@ def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
         return []
     with _reading(path) as db:
         if scope is None:
-            rows = db.execute("SELECT scope FROM spend UNION SELECT scope FROM leases ORDER BY 1")
+            rows = db.execute(
+                "SELECT scope FROM spend UNION SELECT scope FROM bookings "
+                "UNION SELECT scope FROM leases ORDER BY 1"
+            )
             scopes = [str(r[0]) for r in rows]
         else:
             scopes = [scope]
@@ -41,9 +44,10 @@ def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
             for seconds in (3600.0, 86400.0):
                 since = now - seconds
                 sc, st = db.execute(
-                    "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0) FROM spend "
-                    "WHERE scope = ? AND at > ?",
-                    (s, since),
+                    "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0) FROM "
+                    "(SELECT cost, tokens FROM spend WHERE scope = ? AND at > ? UNION ALL "
+                    "SELECT cost, tokens FROM bookings WHERE scope = ? AND at > ?)",
+                    (s, since, s, since),
                 ).fetchone()
                 dc, dt = db.execute(
                     "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0) FROM leases "
@@ -60,12 +64,13 @@ def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
 
 
 def reset_scope(path: Path, scope: str) -> int:
-    """Forget every spend and lease of ``scope``; returns how many rows went."""
+    """Forget every spend, batch booking and lease of ``scope``; returns how many rows went."""
     if not path.exists():
         return 0
     with _reading(path) as db:
         db.execute("BEGIN IMMEDIATE")
         n = db.execute("DELETE FROM spend WHERE scope = ?", (scope,)).rowcount
+        n += db.execute("DELETE FROM bookings WHERE scope = ?", (scope,)).rowcount
         n += db.execute("DELETE FROM leases WHERE scope = ?", (scope,)).rowcount
         db.execute("COMMIT")
         return int(n)

@@ -1,8 +1,8 @@
 """A rolling window's use in the SQLite ledger: what it holds now, and when room frees up.
 
-A window's use is the spend of its last ``seconds`` plus every lease; an expired
-lease (its process died) keeps counting, as spent at its worst case, until it
-ages out of the window like any spend.
+A window's use is the spend and the batch bookings of its last ``seconds`` plus
+every lease; an expired lease (its process died) keeps counting, as spent at its
+worst case, until it ages out of the window like any spend.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from llmbatch._budget.windows import Window
 class Sums:
     """One window's use seen in a transaction (one process's own lease apart)."""
 
-    spent: float = 0.0  # booked spend plus expired leases
+    spent: float = 0.0  # booked spend and batches, plus expired leases
     held: float = 0.0  # other processes' live leases
 
 
@@ -29,6 +29,10 @@ def window_sums(db: sqlite3.Connection, scope: str, own: str, now: float, w: Win
         f"SELECT COALESCE(SUM({col}), 0) FROM spend WHERE scope = ? AND at > ?",
         (scope, since),
     ).fetchone()
+    (batches,) = db.execute(
+        f"SELECT COALESCE(SUM({col}), 0) FROM bookings WHERE scope = ? AND at > ?",
+        (scope, since),
+    ).fetchone()
     (dead,) = db.execute(
         f"SELECT COALESCE(SUM({col}), 0) FROM leases "
         "WHERE scope = ? AND id != ? AND expires <= ? AND expires > ?",
@@ -38,7 +42,7 @@ def window_sums(db: sqlite3.Connection, scope: str, own: str, now: float, w: Win
         f"SELECT COALESCE(SUM({col}), 0) FROM leases WHERE scope = ? AND id != ? AND expires > ?",
         (scope, own, now),
     ).fetchone()
-    return Sums(float(spent) + float(dead), float(live))
+    return Sums(float(spent) + float(batches) + float(dead), float(live))
 
 
 def ages_out(
@@ -48,9 +52,10 @@ def ages_out(
     since = now - w.seconds
     rows = db.execute(
         f"SELECT at, {w.kind} FROM spend WHERE scope = ? AND at > ? UNION ALL "
+        f"SELECT at, {w.kind} FROM bookings WHERE scope = ? AND at > ? UNION ALL "
         f"SELECT expires, {w.kind} FROM leases WHERE scope = ? AND expires <= ? "
         "AND expires > ? ORDER BY 1",
-        (scope, since, scope, now, since),
+        (scope, since, scope, since, scope, now, since),
     )
     freed = 0.0
     for at, amount in rows:
