@@ -4,6 +4,7 @@ submitted, and that booking is replaced by what it really cost once it is fetche
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,22 @@ def test_a_chunk_never_sent_settles_to_nothing(tmp_path: Path) -> None:
         ev = "lost" if reason == "lost" else "abandoned"
         state.append({"ev": ev, "local": local, "reason": reason, "unsent": local == "c1"})
     assert [(c.local, cost, tokens) for c, cost, tokens in state.to_settle()] == [("c1", 0, 0)]
+
+
+def test_a_redis_booking_waits_for_a_fetch_that_reaches_redis(
+    fb: FakeBatch, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    cfg, worst = _submitted(fb, tmp_path, redis_server.url)
+    clock = VirtualClock(fb)
+    rep = anyio.run(lambda: fetch(replace(cfg, shared=None), clock=clock))
+    assert rep.closed == 1 and any("keep their batches' worst case" in n for n in rep.notes)
+    assert redis_server.url in " ".join(rep.notes)  # (no password in this URL to hide)
+    assert window_spent(cfg, clock.time()) == pytest.approx(worst)
+    anyio.run(lambda: fetch(cfg, clock=clock))
+    (chunk,) = BatchState.load(tmp_path / "out.jsonl").chunks.values()
+    assert chunk.window_settled
+    assert window_spent(cfg, clock.time()) == pytest.approx(bill(fb, clock), abs=1e-12)
+
+
+def test_a_booking_keeps_no_redis_password() -> None:
+    assert safe_url("redis://user:hunter2@10.0.0.5:6379/2") == "redis://10.0.0.5:6379/2"

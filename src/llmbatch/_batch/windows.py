@@ -74,10 +74,11 @@ async def settle_windows(state: BatchState, shared: str | None, notes: list[str]
         try:
             done = [await settle_booking(b, cost, tokens, shared) for b in chunk.bookings]
         except SharedStoreError as exc:
-            notes.append(
+            _note(
+                notes,
                 f"batch {name}: its rolling-window booking (${chunk.reserve_cost:.4f}, its worst "
                 f"case) is not yet replaced by its real cost (${cost:.4f}): {exc}; the next "
-                "batch command tries again"
+                "batch command tries again",
             )
             return
         if all(done):
@@ -86,8 +87,14 @@ async def settle_windows(state: BatchState, shared: str | None, notes: list[str]
             unreachable.update(str(b.get("where")) for b in chunk.bookings)
     if unreachable:
         where = ", ".join(sorted(unreachable))
-        notes.append(
+        _note(
+            notes,
             f"rolling-window bookings in {where} keep their batches' worst case until a "
             f"batch command with --shared {where} (or `[shared] url`) replaces them by "
-            "the real cost"
+            "the real cost",
         )
+
+
+def _note(notes: list[str], note: str) -> None:
+    if note not in notes:  # fetch --wait settles after every poll
+        notes.append(note)
