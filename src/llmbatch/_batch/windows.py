@@ -3,14 +3,14 @@
 ``batch submit`` books each chunk's worst case in the windows (``--budget-per-hour``
 …) before it is created (``fit_windows``: a batch's spend is known only when it
 ends, and no window may be overrun by then) and keeps where in the chunk's
-intent. Once the chunk has ended, its real cost
-replaces the booking, at the time of the booking (as far as a window is
-concerned, the batch spent it when it was submitted): a fetched batch, canceled
-or expired ones included, settles to what it billed; a chunk the provider never
-had, to nothing. A lost batch keeps its worst case: whether it ran, and what it
-cost, cannot be known. ``fetch`` (each poll), ``submit`` and ``cancel`` settle
-what has ended; the ledgers make settling twice a no-op, so a command killed
-between the ledger and the batch state settles once all the same.
+intent. Once the chunk has ended, its real cost replaces the booking, at the
+time of the booking (as far as a window is concerned, the batch spent it when
+it was submitted): a fetched batch, canceled or expired ones included, settles
+to what it billed; a chunk the provider never had, to nothing. A lost batch
+keeps its worst case: whether it ran, and what it cost, cannot be known.
+``fetch`` (each poll), ``submit`` and ``cancel`` settle what has ended; the
+ledgers make settling twice a no-op, so a command killed between the ledger and
+the batch state settles once all the same.
 """
 
 from __future__ import annotations
