@@ -13,12 +13,12 @@ import orjson
 
 from llmbatch._config.modes import MODES, Mode, parse_duration
 from llmbatch._config.paths import check_run_paths
-from llmbatch._config.toml import API_SHAPES, SERVICE_TIERS
-from llmbatch._config.toml import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
-from llmbatch._config.toml import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
+from llmbatch._config.provider_settings import API_SHAPES, SERVICE_TIERS
+from llmbatch._config.provider_settings import DEFAULT_ANTHROPIC_URL as DEFAULT_ANTHROPIC_URL
+from llmbatch._config.provider_settings import DEFAULT_OPENAI_URL as DEFAULT_OPENAI_URL
+from llmbatch._config.provider_settings import ProviderSettings as ProviderSettings
 from llmbatch._config.toml import FileConfig as FileConfig
 from llmbatch._config.toml import ModelLimits as ModelLimits
-from llmbatch._config.toml import ProviderSettings as ProviderSettings
 from llmbatch._config.toml import find_config as find_config
 from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
