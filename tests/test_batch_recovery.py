@@ -12,8 +12,9 @@ import anyio
 import orjson
 import pytest
 
-from llmbatch._batch.context import batch_cancel, batch_context
+from llmbatch._batch.context import batch_context
 from llmbatch._batch.fetch import fetch
+from llmbatch._batch.status import batch_cancel
 from llmbatch._batch.submit import submit
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import ProviderTimeout

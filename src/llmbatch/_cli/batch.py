@@ -20,8 +20,9 @@ from llmbatch._cli.common import _flags
 from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
-    from llmbatch._batch.context import BatchContext, BatchRow
+    from llmbatch._batch.context import BatchContext
     from llmbatch._batch.fetch import FetchReport
+    from llmbatch._batch.status import BatchRow
     from llmbatch._batch.submit import SubmitReport
     from llmbatch._config.settings import RunConfig
     from llmbatch._observe.progress import ProgressSink
@@ -192,7 +193,8 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_context, batch_status
+        from llmbatch._batch.context import batch_context
+        from llmbatch._batch.status import batch_status
         from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
@@ -235,8 +237,8 @@ def _embed_output(cfg: RunConfig) -> bool:
 
 
 def _pending(ctx: BatchContext) -> int:
-    from llmbatch._batch.context import pending_jobs
     from llmbatch._batch.embed_cmds import is_embed_state, pending_lines, read_done
+    from llmbatch._batch.status import pending_jobs
 
     if ctx.config.output is not None and is_embed_state(ctx.state):
         return pending_lines(ctx.state, read_done(ctx.config.output))
@@ -345,7 +347,8 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_cancel, batch_context
+        from llmbatch._batch.context import batch_context
+        from llmbatch._batch.status import batch_cancel
 
         cfg = output_config(output, config)
 
