@@ -94,24 +94,8 @@ async def _submit(
                 "prefix, so the batch reads the prefix from the provider's cache"
             )
         await _send(ctx, sub, spools, budget, windows)
-    ctx.notes.extend(sorted(sub.wire_notes))
-    if sub.from_cache:
-        ctx.notes.append(
-            f"{sub.from_cache} job(s) have answers in the response cache; they were not "
-            "submitted (`llmbatch run` writes them for $0)"
-        )
-    if sub.left_online:
-        ctx.notes.append(
-            f"{sub.left_online} job(s) have no model with a Batch API left; they run "
-            "online (`llmbatch run`, or the online part of `run --mode`)"
-        )
     stuck = len(ctx.state.pending_job_ids(sub.line_fp))
-    if stuck and not sub.jobs and sub.stopped_by is None:
-        ctx.notes.append(
-            f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
-            "(answered by the response cache, no model of their chain with a Batch API, or "
-            f"no longer in the jobs file): run them online (`llmbatch run JOBS -o {config.output}`)"
-        )
+    _note_leftovers(ctx, sub, stuck)
     return SubmitReport(
         stuck=stuck,
         batches=sub.batches,
@@ -126,6 +110,28 @@ async def _submit(
         from_cache=sub.from_cache,
         window_message=sub.window_refusal.message if sub.window_refusal else None,
     )
+
+
+def _note_leftovers(ctx: BatchContext, sub: Submitter, stuck: int) -> None:
+    """Notes on the jobs not submitted: wire notes, cached, online-only, stuck."""
+    ctx.notes.extend(sorted(sub.wire_notes))
+    if sub.from_cache:
+        ctx.notes.append(
+            f"{sub.from_cache} job(s) have answers in the response cache; they were not "
+            "submitted (`llmbatch run` writes them for $0)"
+        )
+    if sub.left_online:
+        ctx.notes.append(
+            f"{sub.left_online} job(s) have no model with a Batch API left; they run "
+            "online (`llmbatch run`, or the online part of `run --mode`)"
+        )
+    if stuck and not sub.jobs and sub.stopped_by is None:
+        ctx.notes.append(
+            f"{stuck} job(s) came back from earlier batches and cannot go by batch now "
+            "(answered by the response cache, no model of their chain with a Batch API, or "
+            "no longer in the jobs file): run them online "
+            f"(`llmbatch run JOBS -o {ctx.config.output}`)"
+        )
 
 
 def _budget(ctx: BatchContext, sub: Submitter, config: RunConfig) -> RunBudget:
