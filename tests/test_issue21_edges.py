@@ -364,7 +364,7 @@ def test_temperature_zero_is_shared_only_where_the_temperature_is_sent(
 
 
 def test_each_provider_says_truly_whether_it_sends_the_temperature() -> None:
-    from llmbatch._config.toml import ProviderSettings
+    from llmbatch._config.provider_settings import ProviderSettings
     from llmbatch._core.jobs import Request
     from llmbatch.providers.anthropic import build_anthropic_body
     from llmbatch.providers.openai import build_openai_body
