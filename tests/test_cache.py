@@ -13,16 +13,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch._cache.store import (
-    CachedAnswer,
-    ResponseCache,
-    cache_key,
-    cache_key_for,
-    clear_cache,
-    default_cache_path,
-    hit_result,
-    open_cache,
-)
+from llmbatch._cache.key import cache_key, cache_key_for
+from llmbatch._cache.records import CachedAnswer, hit_result
+from llmbatch._cache.sqlfile import clear_cache, default_cache_path
+from llmbatch._cache.store import ResponseCache, open_cache
 from llmbatch._cli.cache import parse_duration
 from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
 from llmbatch._core.exceptions import UsageError
@@ -319,8 +313,8 @@ def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     script = (
-        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache, "
-        "CachedAnswer; from llmbatch._core.usage import Usage\n"
+        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache; "
+        "from llmbatch._cache.records import CachedAnswer; from llmbatch._core.usage import Usage\n"
         "c = ResponseCache(Path(sys.argv[1]))\n"
         "for i in range(100): c.store(f'p-{i}', CachedAnswer('t', None, Usage(), 0.0, None, "
         "'m', 'sim'))\n"

@@ -427,7 +427,7 @@ def test_a_binary_file_that_is_no_sqlite_is_read_as_a_broken_cache_never_written
 
 
 def test_text_at_the_default_cache_path_is_a_broken_cache(tmp_path: Path) -> None:
-    from llmbatch._cache.store import default_cache_path
+    from llmbatch._cache.sqlfile import default_cache_path
 
     path = default_cache_path()
     path.parent.mkdir(parents=True)
