@@ -18,9 +18,7 @@ _TIMING = ("latency_ms", "ttft_ms")
 
 def _lines(path: Path) -> dict[str, dict[str, Any]]:
     """Result lines by id, timings dropped (the only fields that differ run to run)."""
-    return {
-        x["id"]: {k: v for k, v in x.items() if k not in _TIMING} for x in read_jsonl(path)
-    }
+    return {x["id"]: {k: v for k, v in x.items() if k not in _TIMING} for x in read_jsonl(path)}
 
 
 def _counts(report: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +62,7 @@ def test_run_file_resumes_and_defaults_as_the_command(tmp_path: Path) -> None:
     assert sorted(ids) == sorted(f"job-{i}" for i in range(5))
 
 
-def test_failed_jobs_exit_1_as_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_jobs_exit_1_as_the_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3))
     monkeypatch.setenv("LLMBATCH_SIM_FAIL_RATE", "1")
     cli = run_cli("run", "jobs.jsonl", "-m", SIM, "-o", "cli.jsonl", "--max-attempts", "1",
