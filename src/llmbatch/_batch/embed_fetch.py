@@ -16,7 +16,7 @@ output holds already, and writes the others.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,32 +86,38 @@ class EmbedFetcher:
             if info is not None and info.results_ready:
                 client = ctx.client(chunk.provider)
                 try:
-                    items = [] if info.batch_error else await ctx.call(client.results, info)
+                    stream = (
+                        None if info.batch_error else await ctx.call(client.stream_results, info)
+                    )
                 except NotFound:
                     not_found(ctx, chunk)
                 else:
-                    self.close(chunk, info, items)
+                    if stream is None:
+                        self.close(chunk, info, ())
+                    else:
+                        with stream:  # the spooled file goes once its rows are written
+                            self.close(chunk, info, stream)
                     continue
             if ctx.state.chunks[chunk.local].is_open:
                 still += 1
         return still
 
-    def close(self, chunk: Chunk, info: BatchInfo, items: list[ItemResult]) -> None:
-        """One ended batch: rows written and flushed, then the chunk marked closed."""
+    def close(self, chunk: Chunk, info: BatchInfo, items: Iterable[ItemResult]) -> None:
+        """One ended batch: rows written and flushed, then the chunk marked closed.
+
+        ``items`` come one at a time (a results file read a line at a time): each
+        pack's rows go to the sink as its line is read, and the vectors go with it.
+        """
         state = self.ctx.state
         rows = {r["cid"]: r for r in state.read_jobs(chunk.local)}
-        foreign = [i.custom_id for i in items if i.custom_id not in rows]
-        if foreign:
-            self.totals.refused += len(foreign)
-            self.ctx.notes.append(
-                f"batch {info.id}: refused {len(foreign)} result line(s) whose custom_id this "
-                "output did not send; nothing was written for them"
-            )
-            if not chunk.verified and len(foreign) == len(items):
-                state.append({"ev": "abandoned", "local": chunk.local, "reason": "not ours"})
-                return
+        sent = set(rows)
         returned: dict[str, str] = {}
+        seen = foreign = 0
         for item in items:
+            seen += 1
+            if item.custom_id not in sent:
+                foreign += 1  # never written: a line of ours comes only from ``rows``
+                continue
             row = rows.pop(item.custom_id, None)
             if row is None or self.is_written(row):
                 continue
@@ -122,6 +128,15 @@ class EmbedFetcher:
                 returned.update(dict.fromkeys(row["ids"], err.error_type))
             else:
                 self._write(chunk, info, row, item)
+        if foreign:
+            self.totals.refused += foreign
+            self.ctx.notes.append(
+                f"batch {info.id}: refused {foreign} result line(s) whose custom_id this "
+                "output did not send; nothing was written for them"
+            )
+            if not chunk.verified and foreign == seen:  # none of ours: nothing was written
+                state.append({"ev": "abandoned", "local": chunk.local, "reason": "not ours"})
+                return
         why = missing_reason(info)
         for row in rows.values():  # in no results file: a failed batch, canceled, expired
             if not self.is_written(row):

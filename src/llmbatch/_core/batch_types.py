@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol
 
 from llmbatch._core.exceptions import ProviderError
@@ -53,6 +55,24 @@ class ItemResult:
     vectors: Any = None  # an embeddings answer: a float32 matrix, one row per input
 
 
+class ItemStream(Protocol):
+    """A batch's results made one at a time (from a results file spooled to disk);
+    ``close`` (or leaving ``with``) deletes what was spooled."""
+
+    def __iter__(self) -> Iterator[ItemResult]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ItemStream: ...
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
 class BatchClient(Protocol):
     """One provider's Batch API. Raises ProviderError subclasses only."""
 
@@ -73,5 +93,8 @@ class BatchClient(Protocol):
     async def cancel(self, batch_id: str) -> BatchInfo: ...
 
     async def results(self, info: BatchInfo) -> list[ItemResult]: ...
+
+    async def stream_results(self, info: BatchInfo) -> ItemStream:
+        """The results one at a time, never the whole file or all of them in memory."""
 
     async def aclose(self) -> None: ...

@@ -219,9 +219,17 @@ def decode_vectors(items: list[Any], key: str = "embedding") -> Matrix:
         return np.empty((0, 0), dtype=np.float32)
     first = items[0][key] if key else items[0]
     if isinstance(first, str):
-        raw = b"".join(base64.b64decode(item[key] if key else item) for item in items)
-        flat = np.frombuffer(raw, dtype="<f4")
-        return flat.reshape(len(items), -1).astype(np.float32, copy=False)
+        # Each row decoded straight into its place: no joined copy of the whole answer.
+        row = np.frombuffer(base64.b64decode(first), dtype="<f4")
+        out = np.empty((len(items), len(row)), dtype=np.float32)
+        out[0] = row
+        for i in range(1, len(items)):
+            text = items[i][key] if key else items[i]
+            row = np.frombuffer(base64.b64decode(text), dtype="<f4")
+            if len(row) != out.shape[1]:
+                raise ValueError(f"embeddings of {out.shape[1]} and {len(row)} dimensions")
+            out[i] = row
+        return out
     rows = [item[key] if key else item for item in items]
     return np.asarray(rows, dtype=np.float32)
 

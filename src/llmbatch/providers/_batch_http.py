@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.exceptions import (
     ConnectionFailed,
     OtherProviderError,
@@ -19,12 +21,22 @@ from llmbatch._core.exceptions import (
     ProviderTimeout,
 )
 from llmbatch.providers._http import HttpProvider
+from llmbatch.providers._spool import CHUNK_BYTES, ResultStream, check_complete, spool_path
+
+if TYPE_CHECKING:
+    from llmbatch._config.settings import ProviderSettings, RunConfig
 
 
 class BatchHttp(HttpProvider):
     """An HttpProvider that makes ordinary requests instead of streaming ones."""
 
     headers: dict[str, str]
+
+    def __init__(self, settings: ProviderSettings, config: RunConfig) -> None:
+        super().__init__(settings, config)
+        out = config.output
+        # Results files are spooled next to the batch state (None: the temp directory).
+        self.spool_dir = None if out is None else out.with_name(out.name + ".batches")
 
     async def _call(
         self,
@@ -35,7 +47,10 @@ class BatchHttp(HttpProvider):
         params: Mapping[str, str] | None = None,
         content_type: str | None = "application/json",
         headers: Mapping[str, str] | None = None,
+        into: Path | None = None,
     ) -> bytes:
+        """One request; its body returned, or with ``into`` written there in chunks
+        as it arrives (b"" returned): a results file never sits in memory whole."""
         import aiohttp
 
         headers = dict(self.headers if headers is None else headers)
@@ -46,11 +61,15 @@ class BatchHttp(HttpProvider):
             async with session.request(
                 method, url, data=data, params=params, headers=headers, proxy=self.proxy
             ) as resp:
-                raw = await resp.read()
+                if resp.status >= 400 or into is None:
+                    raw = await resp.read()
                 if resp.status >= 400:
                     rid = resp.headers.get("request-id") or resp.headers.get("x-request-id")
                     raise self._http_error(resp.status, raw, resp.headers, None, rid)
-                return raw
+                if into is None:
+                    return raw
+                await _spool(resp, into)
+                return b""
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -71,6 +90,28 @@ class BatchHttp(HttpProvider):
         except aiohttp.ClientError as exc:
             raise OtherProviderError(f"HTTP error: {self._redact(str(exc))}") from exc
 
+    async def _download(
+        self, url: str, batch_id: str, n: int, params: Mapping[str, str] | None = None
+    ) -> Path:
+        """A results file, GET to a spool file (checked whole; removed on any error)."""
+        path = spool_path(self.spool_dir, batch_id, n)
+        try:
+            await self._call("GET", url, params=params, into=path)
+            check_complete(path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def stream_results(self, info: BatchInfo) -> ResultStream:
+        """A batch's results, one at a time from its spooled files (``close`` deletes them)."""
+        raise NotImplementedError
+
+    async def results(self, info: BatchInfo) -> list[ItemResult]:
+        """Every result at once (chat fetch, recovery): the download still goes through disk."""
+        with await self.stream_results(info) as stream:
+            return list(stream)
+
     async def _json(self, method: str, url: str, **kw: Any) -> dict[str, Any]:
         raw = await self._call(method, url, **kw)
         try:
@@ -80,6 +121,12 @@ class BatchHttp(HttpProvider):
         if not isinstance(obj, dict):
             raise OtherProviderError(f"{method} {url}: unexpected answer")
         return obj
+
+
+async def _spool(resp: Any, into: Path) -> None:
+    with into.open("wb") as f:
+        async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+            f.write(chunk)
 
 
 def jsonl_lines(raw: bytes) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ import orjson
 
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.exceptions import ContentFiltered
-from llmbatch.providers._batch_http import BatchHttp, jsonl_lines, timestamp
+from llmbatch.providers._batch_http import BatchHttp, timestamp
+from llmbatch.providers._spool import ResultStream
 from llmbatch.providers.anthropic import ANTHROPIC_VERSION, _stream_error, _usage
 
 if TYPE_CHECKING:
@@ -68,12 +69,13 @@ class AnthropicBatchClient(BatchHttp):
     async def cancel(self, batch_id: str) -> BatchInfo:
         return _info(await self._json("POST", f"{self.url}/{batch_id}/cancel"))
 
-    async def results(self, info: BatchInfo) -> list[ItemResult]:
+    async def stream_results(self, info: BatchInfo) -> ResultStream:
         url = info.output_ref or ""
         if not url.startswith(self.base_url + "/"):
             url = f"{self.url}/{info.id}/results"  # our key goes to our base URL only
-        raw = await self._call("GET", url)
-        return [_item(d, self._redact) for d in jsonl_lines(raw)]
+        path = await self._download(url, info.id, 0)
+        redact = self._redact
+        return ResultStream([path], lambda d: _item(d, redact))
 
 
 def _info(d: dict[str, Any]) -> BatchInfo:

@@ -23,7 +23,8 @@ import orjson
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
-from llmbatch.providers._batch_http import BatchHttp, jsonl_lines
+from llmbatch.providers._batch_http import BatchHttp
+from llmbatch.providers._spool import ResultStream
 from llmbatch.providers.gemini import (
     GeminiStream,
     finish_verdict,
@@ -157,19 +158,24 @@ class GeminiBatchClient(BatchHttp):
         await self._call("POST", self._url(batch_id) + ":cancel")  # answers an empty object
         return await self.get(batch_id)
 
-    async def results(self, info: BatchInfo) -> list[ItemResult]:
+    async def stream_results(self, info: BatchInfo) -> ResultStream:
         if info.output_ref == INLINE:
             op = await self._json("GET", self._url(info.id))
             out = _output(op)
             rows = out.get("inlinedResponses") or []
             if isinstance(rows, dict):  # {"inlinedResponses": {"inlinedResponses": [...]}}
                 rows = rows.get("inlinedResponses") or []
-            return [_item(str((r.get("metadata") or {}).get("key")), r, self._key) for r in rows]
+            key = self._key
+            return ResultStream(
+                items=[_item(str((r.get("metadata") or {}).get("key")), r, key) for r in rows]
+            )
         if not info.output_ref:
-            return []
+            return ResultStream()
         name = quote(info.output_ref, safe="/")
-        raw = await self._call("GET", f"{self.root}/{name}:download", params={"alt": "media"})
-        return [_item(str(d.get("key")), d, self._key) for d in jsonl_lines(raw)]
+        url = f"{self.root}/{name}:download"
+        path = await self._download(url, info.id, 0, {"alt": "media"})
+        key = self._key
+        return ResultStream([path], lambda d: _item(str(d.get("key")), d, key))
 
     @property
     def _key(self) -> str | None:

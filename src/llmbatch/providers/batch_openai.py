@@ -6,6 +6,7 @@ so a batch whose creation was interrupted can be found again by listing.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,8 +21,9 @@ from llmbatch._core.exceptions import (
     error_for_status,
 )
 from llmbatch._core.usage import Usage
-from llmbatch.providers._batch_http import BatchHttp, jsonl_lines, timestamp
+from llmbatch.providers._batch_http import BatchHttp, timestamp
 from llmbatch.providers._http import parse_error_body
+from llmbatch.providers._spool import ResultStream
 from llmbatch.providers.openai_responses import ResponsesStream, responses_usage
 
 if TYPE_CHECKING:
@@ -131,14 +133,19 @@ class OpenAIBatchClient(BatchHttp):
         url = f"{self.batches_url}/{batch_id}/cancel"
         return _info(await self._json("POST", url, params=self.query))
 
-    async def results(self, info: BatchInfo) -> list[ItemResult]:
-        out: list[ItemResult] = []
-        for file_id in (info.output_ref, info.error_ref):
-            if file_id:  # error_file_id may be "" as well as null
-                url = f"{self.base_url}/files/{file_id}/content"
-                raw = await self._call("GET", url, params=self.query)
-                out.extend(_item(d, self._redact) for d in jsonl_lines(raw))
-        return out
+    async def stream_results(self, info: BatchInfo) -> ResultStream:
+        """The output file, then the error file, each spooled to disk as it downloads."""
+        paths: list[Path] = []
+        try:
+            for n, file_id in enumerate((info.output_ref, info.error_ref)):
+                if file_id:  # error_file_id may be "" as well as null
+                    url = f"{self.base_url}/files/{file_id}/content"
+                    paths.append(await self._download(url, info.id, n, self.query))
+        except BaseException:
+            ResultStream(paths).close()
+            raise
+        redact = self._redact
+        return ResultStream(paths, lambda d: _item(d, redact))
 
 
 def _unwrap(d: dict[str, Any]) -> dict[str, Any]:
