@@ -345,7 +345,7 @@ class FakeBatch:
             with self._lock:
                 self.truncate_downloads -= 1
             return await _cut_off(request, f.data)
-        return web.Response(body=f.data, content_type="application/octet-stream")
+        return await _streamed(request, f.data)
 
     async def _oa_create(self, request: web.Request) -> web.Response:
         if (bad := self._gate(request, "openai", "batch_create")) is not None:
@@ -477,6 +477,19 @@ class FakeBatch:
         if cut:
             return await _cut_off(request, data)
         return web.Response(body=data, content_type="application/binary")
+
+
+async def _streamed(request: web.Request, data: bytes) -> web.StreamResponse:
+    """The whole file in slices, as a server sends a large file: the fake holds no copy
+    of it while it goes (the memory test of a fetch measures this process)."""
+    resp = web.StreamResponse(headers={"content-length": str(len(data))})
+    resp.content_type = "application/octet-stream"
+    await resp.prepare(request)
+    view = memoryview(data)
+    for at in range(0, len(data), 256 * 1024):
+        await resp.write(view[at : at + 256 * 1024])
+    await resp.write_eof()
+    return resp
 
 
 async def _cut_off(request: web.Request, data: bytes) -> web.StreamResponse:

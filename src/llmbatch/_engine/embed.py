@@ -86,6 +86,10 @@ class EmbedState:
         if matrix is None:
             self._forget(pack)
             return
+        if not pack.hashes:  # a batch's pack (fetch): no text of it is looked up again
+            if self.cache is not None and self.cache_key is not None:
+                self._to_cache(pack, matrix)
+            return
         pack.kept = matrix
         self.kept.append((pack, matrix))
         self.kept_bytes += matrix.nbytes
