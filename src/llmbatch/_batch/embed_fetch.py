@@ -128,6 +128,7 @@ class EmbedFetcher:
                 returned.update(dict.fromkeys(row["ids"], err.error_type))
             else:
                 self._write(chunk, info, row, item)
+                item.vectors = None  # written: not held while the next line is read
         if foreign:
             self.totals.refused += foreign
             self.ctx.notes.append(

@@ -32,7 +32,7 @@ _CUT = "a results file ended mid-line (download cut off)"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def parse_line(line: bytes) -> Any:
+def parse_line(line: bytes | str) -> Any:
     """One line's JSON. orjson holds about 13 times a document's size while it parses
     it (a 17 MB line of 2,048 embeddings: some 220 MB); the standard library about
     twice, at much the same speed for long strings: it takes the long lines."""
@@ -85,19 +85,19 @@ def _last_line_start(f: BinaryIO, end: int) -> int:
     return 0
 
 
-def file_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of one spooled JSONL file, one line in memory at a time."""
-    with path.open("rb") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = parse_line(line)
-            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-                raise ConnectionFailed(_CUT) from exc
-            del line
-            if isinstance(obj, dict):
-                yield obj
+def _text(raw: bytes) -> str:
+    """A line as text (``json`` would copy bytes to text itself, with the bytes held)."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ConnectionFailed(_CUT) from exc
+
+
+def _parsed(line: bytes | str) -> Any:
+    try:
+        return parse_line(line)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConnectionFailed(_CUT) from exc
 
 
 class ResultStream:
@@ -123,8 +123,20 @@ class ResultStream:
         if item is None:
             return
         for path in self.paths:
-            for d in file_lines(path):
-                yield item(d)
+            with path.open("rb") as f:
+                while raw := f.readline():
+                    if raw.isspace():
+                        continue
+                    text = _text(raw)
+                    del raw  # the line, its JSON and its result: one at a time
+                    obj = _parsed(text)
+                    del text
+                    if not isinstance(obj, dict):
+                        continue
+                    result = item(obj)
+                    del obj
+                    yield result
+                    del result  # not held while the next line is read
 
     def close(self) -> None:
         for path in self.paths:
