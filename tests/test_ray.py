@@ -42,7 +42,8 @@ def ray_cluster() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("ray is not installed: `pip install -e '.[dev]'` (CI runs these tests)")
         pytest.skip("ray is not installed (pip install 'llmbatch[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, even where `ray start` left one named current.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
