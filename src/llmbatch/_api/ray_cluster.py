@@ -25,6 +25,9 @@ def connect(address: str, *, quiet: bool = False) -> bool:
         return False
     import logging
 
+    # Ray started from a thread (ClusterStart) says it sets no SIGTERM handler there:
+    # llmbatch handles the signals itself.
+    logging.getLogger("ray._private.worker").addFilter(_no_signal_warning)
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
@@ -42,6 +45,10 @@ def connect(address: str, *, quiet: bool = False) -> bool:
             "or pass --ray alone for a local Ray. Nothing was sent."
         ) from None
     return True
+
+
+def _no_signal_warning(record: Any) -> bool:
+    return "SIGTERM handler is not set" not in str(record.getMessage())
 
 
 def cpus_of(ray: Any) -> float:
@@ -111,4 +118,19 @@ class ClusterStart:
             except Exception:  # gone already
                 pass
         if self.started:
+            _stop_monitor(ray)
             ray.shutdown()
+
+
+def _stop_monitor(ray: Any) -> None:
+    """A local Ray's autoscaler monitor, killed ahead of ``ray.shutdown()``: that asks it
+    to end and waits a full second for it (it has nothing to scale here)."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    processes = getattr(getattr(node, "_global_node", None), "all_processes", None)
+    if not isinstance(processes, dict):  # not this version's layout: Ray's own way then
+        return
+    for info in processes.get("monitor", ()):
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
