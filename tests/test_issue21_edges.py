@@ -154,7 +154,7 @@ def test_cache_clear_refuses_files_that_are_no_cache(tmp_path: Path) -> None:
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before
         if path.is_file():
             assert path.read_bytes() == content
-    assert tables(ledger) == {"spend", "leases"}
+    assert tables(ledger) == {"spend", "leases", "bookings"}
 
 
 def test_run_refuses_a_cache_path_that_is_no_cache(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_run_refuses_a_cache_path_that_is_no_cache(tmp_path: Path) -> None:
         assert res.code == 2, (bad, res.output)
         assert str(bad) in res.stderr and "not an llmbatch response cache" in res.stderr
         assert not (tmp_path / "jobs.results.jsonl").exists()
-    assert ledger.read_bytes() == ledger_bytes and tables(ledger) == {"spend", "leases"}
+    assert ledger.read_bytes() == ledger_bytes and tables(ledger) == {"spend", "leases", "bookings"}
     assert list(folder.iterdir()) == []
 
 

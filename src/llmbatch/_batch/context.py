@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from llmbatch._batch.windows import settle_windows
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchClient, BatchInfo
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -182,7 +183,8 @@ async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
             f"is this output's it is orphaned: billed up to ${chunk.reserve_cost:.4f} (its "
             "worst case), never fetched here. Its jobs will be submitted again."
         )
-    state.append({"ev": "abandoned", "local": chunk.local, "reason": reason})
+    unsent = not proven and not unknown  # the provider never had it: it cost nothing
+    state.append({"ev": "abandoned", "local": chunk.local, "reason": reason, "unsent": unsent})
     return None
 
 
@@ -396,4 +398,5 @@ async def batch_cancel(ctx: BatchContext, *, release_unproven: bool = False) -> 
         if not info.ended:
             info = await ctx.call(ctx.client(c.provider).cancel, c.batch_id)
         rows.append(_live_row(c, info))
+    await settle_windows(ctx.state, ctx.config.shared, ctx.notes)
     return rows

@@ -2,8 +2,10 @@
 providers' Batch APIs, split by (provider, model) into chunks under their limits.
 
 Each chunk holds its worst case against ``--max-cost`` / ``--max-total-tokens``
-(persisted with the chunk, released when it is fetched); when only part of the
-work fits, what fits is submitted and the report says ``stopped_by: budget``.
+(persisted with the chunk, released when it is fetched) and is booked at it in the
+rolling windows (where, persisted with the chunk: once it has ended, its real
+cost replaces the booking, ``_batch/windows.py``); when only part of the work
+fits, what fits is submitted and the report says ``stopped_by: budget``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from llmbatch._batch.repair import stored_request
 from llmbatch._batch.submitted import SubmitReport as SubmitReport
 from llmbatch._batch.submitted import SubmittedBatch
 from llmbatch._batch.warmup import warm_up, warms_group
+from llmbatch._batch.windows import fit_windows, settle_windows
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
 from llmbatch._config.modes import Mode
 from llmbatch._config.settings import RunConfig
@@ -223,34 +226,25 @@ class _Submitter:
 
     async def fit_windows(
         self, windows: list[BudgetLedger], chunk: list[_Pending]
-    ) -> list[_Pending]:
-        """The head of ``chunk`` the rolling windows (``--budget-per-hour`` …, shared by
-        every run on the ledger) have room for, booked there at its worst case now: a
-        batch's spend is known only when it ends, and no window may be overrun by then."""
-        n = len(chunk)
-        while n > 0:
-            head = chunk[:n]
-            cost, tokens = sum(p.cost for p in head), sum(p.tokens for p in head)
-            held: list[tuple[BudgetLedger, Hold]] = []
-            refused: Refusal | None = None
-            for ledger in windows:
-                answer = await ledger.reserve(cost, tokens)
-                if isinstance(answer, Refusal):
-                    refused = answer
-                    break
-                held.append((ledger, answer))
-            for ledger, hold in held:  # booked as spent at the worst case, or released
-                await ledger.settle(hold, 0.0 if refused else cost, 0 if refused else tokens)
-            if refused is None:
-                break
-            self.window_refusal = refused
-            n //= 2
+    ) -> tuple[list[_Pending], list[dict[str, Any]]]:
+        """The head of ``chunk`` the rolling windows have room for, booked there at its
+        worst case now, and where (for the chunk's intent: its real cost replaces it)."""
+        prefix = f"batch-{self.ctx.state.uid}-{self.nonce}"
+        n, booked, refusal = await fit_windows(windows, [(p.cost, p.tokens) for p in chunk], prefix)
+        if refusal is not None:
+            self.window_refusal = refusal
         if n < len(chunk):
             self.stopped_by = "budget_window"
             self.not_submitted += len(chunk) - n
-        return chunk[:n]
+        return chunk[:n], booked
 
-    async def create(self, ref: ModelRef, client: BatchClient, chunk: list[_Pending]) -> None:
+    async def create(
+        self,
+        ref: ModelRef,
+        client: BatchClient,
+        chunk: list[_Pending],
+        booked: list[dict[str, Any]],
+    ) -> None:
         state = self.ctx.state
         local = state.new_local()
         state.write_jobs(local, [p.row for p in chunk])
@@ -267,6 +261,7 @@ class _Submitter:
                 "reserve_tokens": sum(p.tokens for p in chunk),
                 "price": price_to_json(self.prices.get(ref)),
                 "nonce": self.nonce,
+                **({"bookings": booked} if booked else {}),
             }
         )
         record = state.chunks[local]
@@ -277,7 +272,12 @@ class _Submitter:
         except ProviderError as exc:
             if exc.nothing_sent:  # no connection was made: nothing to find again
                 state.append(
-                    {"ev": "abandoned", "local": local, "reason": "not sent: no connection"}
+                    {
+                        "ev": "abandoned",
+                        "local": local,
+                        "reason": "not sent: no connection",
+                        "unsent": True,
+                    }
                 )
                 raise
             # It may exist anyway (a timeout after the provider took it): look before giving up.
@@ -337,6 +337,8 @@ async def _submit(
     if existing is not None and existing.torn_at is not None:
         cut_torn_tail(existing)
     await recover(ctx)
+    # Batches ended since their bookings were made: their real cost frees room first.
+    await settle_windows(ctx.state, config.shared, ctx.notes)
     caps = {"max_cost": config.max_cost, "max_total_tokens": config.max_total_tokens}
     if (ctx.state.caps or {"max_cost": None, "max_total_tokens": None}) != caps:
         ctx.state.append({"ev": "caps", **caps})  # fetch's repairs keep to them
@@ -414,7 +416,8 @@ async def _send(
                 sub.not_submitted += len(chunk)
                 continue
             chunk = sub.fit(budget, chunk)
+            booked: list[dict[str, Any]] = []
             if chunk and windows:
-                chunk = await sub.fit_windows(windows, chunk)
+                chunk, booked = await sub.fit_windows(windows, chunk)
             if chunk:
-                await sub.create(ref, client, chunk)
+                await sub.create(ref, client, chunk, booked)

@@ -20,12 +20,13 @@ from llmbatch._cli.common import _flags
 from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
-    from llmbatch._batch.context import BatchRow
+    from llmbatch._batch.context import BatchContext, BatchRow
     from llmbatch._batch.fetch import FetchReport
     from llmbatch._batch.submit import SubmitReport
     from llmbatch._config.settings import RunConfig
     from llmbatch._observe.progress import ProgressSink
     from llmbatch._report.report import RunReport
+    from llmbatch._run.embed import EmbedRun
     from llmbatch._run.online import FileRun
 
 batch_app = typer.Typer(
@@ -140,7 +141,12 @@ def submit(
         from llmbatch._cli.common import _configured
 
         with _configured(jobs, flags, config) as cfg:
-            rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
+            if _embeds(cfg):
+                from llmbatch._batch.embed_cmds import submit_embed_file
+
+                rep = anyio.run(lambda: submit_embed_file(cfg, batch_size=batch_size))
+            else:
+                rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
         _say_submitted(rep, as_json)
         return rep.exit_code
 
@@ -186,7 +192,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_context, batch_status, pending_jobs
+        from llmbatch._batch.context import batch_context, batch_status
         from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
@@ -195,7 +201,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
             async with batch_context(cfg, write=False) as ctx:
                 if not ctx.state.exists:
                     _err(f"no batches recorded for {output}")
-                return await batch_status(ctx), pending_jobs(ctx), ctx.notes
+                return await batch_status(ctx), _pending(ctx), ctx.notes
 
         rows, pending, notes = anyio.run(main)
         render_rows(rows, as_json, pending)
@@ -210,6 +216,31 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
+
+
+def _embeds(cfg: RunConfig) -> bool:
+    """Whether a jobs file holds embedding lines (``input``, no prompt)."""
+    from llmbatch._batch.embed_cmds import embedding_lines
+
+    return cfg.embed or embedding_lines(cfg)
+
+
+def _embed_output(cfg: RunConfig) -> bool:
+    """Whether an output's batches are embedding batches."""
+    from llmbatch._batch.embed_cmds import is_embed_state
+    from llmbatch._io.batch_state import BatchState
+
+    assert cfg.output is not None
+    return is_embed_state(BatchState.load(cfg.output))
+
+
+def _pending(ctx: BatchContext) -> int:
+    from llmbatch._batch.context import pending_jobs
+    from llmbatch._batch.embed_cmds import is_embed_state, pending_lines, read_done
+
+    if ctx.config.output is not None and is_embed_state(ctx.state):
+        return pending_lines(ctx.state, read_done(ctx.config.output))
+    return pending_jobs(ctx)
 
 
 def pending_note(pending: int, output: str) -> str:
@@ -253,7 +284,12 @@ def fetch(
 
         caps = {"max_cost": max_cost, "max_total_tokens": max_total_tokens}
         cfg = output_config(output, config, **caps)
-        rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
+        if _embed_output(cfg):
+            from llmbatch._batch.embed_cmds import fetch_embed_output
+
+            rep = anyio.run(lambda: fetch_embed_output(cfg, wait=wait, poll=poll))
+        else:
+            rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
         if as_json:
             import orjson
 
@@ -387,4 +423,23 @@ def run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, FileRun
 
     return anyio.run(
         lambda: run_with_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
+    )
+
+
+def embed_run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, EmbedRun]:
+    """``run|embed EMB --mode batch|auto``: embedding batches, then the rest online."""
+    import anyio
+
+    from llmbatch._batch.embed_run import run_embed_batches
+    from llmbatch._cli.common import _err
+
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None
+
+    def say(message: str) -> None:
+        if not cfg.quiet:
+            _err(message)
+
+    return anyio.run(
+        lambda: run_embed_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
     )
