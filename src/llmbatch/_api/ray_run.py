@@ -100,6 +100,8 @@ class RayRun(FileRun):
         notes: list[str] = []
         try:
             handles = await anyio.to_thread.run_sync(self._cluster.result)
+            if not plan.todo:
+                return  # all done already: no actor is opened
             actors = [_Actor(h) for h in handles[: max(1, min(len(handles), plan.todo))]]
             configs, budget = self._actor_configs(len(actors))
             opening = zip(actors, configs, strict=True)
@@ -217,7 +219,8 @@ class RayRun(FileRun):
                 closed = await actor.handle.close.remote()
             except Exception:  # lost already; said when it was
                 return
-            self.notes.extend(n for n in closed["notes"] if n not in self.notes)
+            said = {*self.notes, self.fatal}  # a worker's fatal note is the run's already
+            self.notes.extend(n for n in closed["notes"] if n not in said)
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             async with anyio.create_task_group() as tg:
