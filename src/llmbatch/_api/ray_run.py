@@ -17,6 +17,7 @@ its own); without, each actor takes an even share (said in the report's notes).
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from array import array
 from dataclasses import dataclass, replace
@@ -67,6 +68,8 @@ class RayRun(FileRun):
             raise UsageError("--ray runs jobs online; it does not go with --mode batch|auto")
         if config.output is None:
             raise UsageError("--ray writes the output file itself: give --output a file")
+        if importlib.util.find_spec("ray") is None:  # said before anything is touched
+            raise UsageError("--ray needs Ray: pip install 'llmbatch[ray]'. Nothing was sent.")
         super().__init__(config, **kw)
         self.address = address
         self.want_workers = workers

@@ -1,11 +1,14 @@
 """One Ray actor of ``run --ray``: one engine (a ``Runner``) over blocks of job lines.
 
-The driver sends raw job lines (already checked, and not yet done in the
-output); the worker parses and prepares them with the same ``Planner`` and runs
-them through its runner, whose limits, breakers, budgets and connections last
-as long as the actor. Blocks run one at a time (the driver keeps the next one
-queued), so the actor holds its share of ``-c`` exactly. Results go back as
-encoded result lines; only the driver writes the output.
+The driver sends blocks of raw job lines (already checked, and not yet done in
+the output: newline-joined bytes and their line numbers); the worker parses and
+prepares them with the same ``Planner`` and runs them through its runner, whose
+limits, breakers, budgets and connections last as long as the actor. Blocks run
+one at a time (the driver keeps the next one queued), so the actor holds its
+share of ``-c`` exactly. Results go back in parts as they finish (``Part``: the
+result lines already encoded, one bytes object, their line numbers, and a
+``ResultDigest`` of what the report needs), so the driver writes each part with
+one write and decodes nothing; only the driver writes the output.
 """
 
 from __future__ import annotations
