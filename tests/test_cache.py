@@ -174,6 +174,37 @@ def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     assert contents.bytes > 0
 
 
+def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) -> None:
+    """Caches written before keys were stored as 16 bytes hold the hex text: their answers
+    stay reachable (converted once, in place), and a new file gets 16 KiB pages."""
+    path = tmp_path / "c.sqlite"
+    k = key(req())
+    ResponseCache(path).close()  # the schema, then an entry as an older llmbatch wrote it
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO answers (key, created, used, hits, cost_usd, value, shared) "
+            "VALUES (?, 1.0, 1.0, 0, 0.0021, ?, 0)",
+            (str(k), answer().to_json()),
+        )
+    cache = ResponseCache(path)
+    assert cache.contains(k)
+    found = cache.lookup(k)
+    assert found is not None and found.text == "4"
+    cache.store(key(req(), job="b"), answer("5"))
+    cache.close()
+    with sqlite3.connect(path) as db:
+        kinds = {row[0] for row in db.execute("SELECT typeof(key) FROM answers")}
+        assert kinds == {"blob"}
+        assert db.execute("SELECT hits FROM answers WHERE key = ?", (k.stored,)).fetchone() == (1,)
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    again = ResponseCache(path)
+    again.prefetch([k, key(req(), job="b"), key(req(), job="c")])
+    assert again.lookup(key(req(), job="b")) is not None
+    assert again.lookup(key(req(), job="c")) is None
+    assert again.lookup(k) is not None
+    again.close()
+
+
 def test_the_file_is_wal(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     ResponseCache(path).close()

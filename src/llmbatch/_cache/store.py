@@ -203,6 +203,7 @@ class ResponseCache:
             db.execute("PRAGMA cache_size = -16384")  # KiB
             db.executescript(_SCHEMA)
             _add_shared_column(db)
+            _convert_text_keys(db)
         except BaseException:
             db.close()
             raise
@@ -244,20 +245,22 @@ class ResponseCache:
         them all instead of one per job.
         """
         db = self._db
-        wanted = [k for k in keys if k not in self._pending]
+        wanted = {_stored(k): k for k in keys if k not in self._pending}
         if not wanted or db is None:
             return
         with self._guard("lookup"):
-            for i in range(0, len(wanted), _PREFETCH_CHUNK):
-                part = wanted[i : i + _PREFETCH_CHUNK]
+            stored = list(wanted)
+            for i in range(0, len(stored), _PREFETCH_CHUNK):
+                part = stored[i : i + _PREFETCH_CHUNK]
                 marks = ",".join("?" * len(part))
                 rows = db.execute(
                     f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
                 ).fetchall()
+                self._absent.update(wanted[k] for k in part)
                 for key, value, created in rows:
-                    self._prefetched[key] = (value, created)
-                self._absent.update(part)
-                self._absent.difference_update(row[0] for row in rows)
+                    name = wanted[key]
+                    self._prefetched[name] = (value, created)
+                    self._absent.discard(name)
 
     def contains(self, key: str) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit)."""
@@ -268,7 +271,8 @@ class ResponseCache:
             return True
         found = False
         with self._guard("lookup"):
-            found = db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+            row = db.execute("SELECT 1 FROM answers WHERE key = ?", (_stored(key),)).fetchone()
+            found = row is not None
         return found
 
     def lookup(self, key: str) -> CachedAnswer | None:
@@ -287,7 +291,7 @@ class ResponseCache:
             if row is None:
                 with self._guard("lookup"):
                     row = db.execute(
-                        "SELECT value, created FROM answers WHERE key = ?", (key,)
+                        "SELECT value, created FROM answers WHERE key = ?", (_stored(key),)
                     ).fetchone()
         if row is None:
             return None
@@ -320,7 +324,10 @@ class ResponseCache:
             self._last_write = self._now()
             if self._db is None or not self._pending:
                 return
-            rows = [(k, t, t, cost, blob, sh) for k, (t, cost, blob, sh) in self._pending.items()]
+            rows = [
+                (_stored(k), t, t, cost, blob, sh)
+                for k, (t, cost, blob, sh) in self._pending.items()
+            ]
             self._pending.clear()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
@@ -343,7 +350,7 @@ class ResponseCache:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?",
-                    [(when, key) for key, when in self._used.items()],
+                    [(when, _stored(key)) for key, when in self._used.items()],
                 )
                 self._db.execute("COMMIT")
                 self._used.clear()
@@ -388,6 +395,40 @@ class ResponseCache:
             removed = self._db.execute("DELETE FROM answers WHERE used < ?", (cutoff,)).rowcount
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
+
+
+def _stored(key: str) -> bytes:
+    """A key as the file stores it: 16 bytes of the sha256 (a smaller index than the
+    64-character hex: stores cost about a third less). A plain string key becomes the
+    same bytes a CacheKey of that hex would; any other string, its UTF-8."""
+    stored = getattr(key, "stored", b"")
+    if stored:
+        return stored
+    if len(key) == 64:
+        try:
+            return bytes.fromhex(key[:32])
+        except ValueError:
+            pass
+    return key.encode()
+
+
+def _convert_text_keys(db: sqlite3.Connection) -> None:
+    """Files written before keys were stored as bytes hold them as text: convert those,
+    once, in place (an index range: text sorts before any blob, so a file with none
+    costs one lookup)."""
+    if db.execute("SELECT 1 FROM answers WHERE key < x'' LIMIT 1").fetchone() is None:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute("SELECT key FROM answers WHERE key < x''").fetchall()
+        db.executemany(
+            "UPDATE OR REPLACE answers SET key = ? WHERE key = ?",
+            [(_stored(str(key)), key) for (key,) in rows],
+        )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _add_shared_column(db: sqlite3.Connection) -> None:
