@@ -11,9 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from llmbatch._batch.context import batch_cancel, batch_context
+from llmbatch._batch.context import batch_context
 from llmbatch._batch.fetch import fetch
 from llmbatch._batch.run import run_with_batches
+from llmbatch._batch.status import batch_cancel
 from llmbatch._batch.submit import submit
 from llmbatch._budget.bookings import settle_booking
 from llmbatch._budget.ledger import Hold

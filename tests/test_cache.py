@@ -13,16 +13,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch._cache.store import (
-    CachedAnswer,
-    ResponseCache,
-    cache_key,
-    cache_key_for,
-    clear_cache,
-    default_cache_path,
-    hit_result,
-    open_cache,
-)
+from llmbatch._cache.key import cache_key, cache_key_for
+from llmbatch._cache.records import CachedAnswer, hit_result
+from llmbatch._cache.sqlfile import clear_cache, default_cache_path
+from llmbatch._cache.store import ResponseCache, open_cache
 from llmbatch._cli.cache import parse_duration
 from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
 from llmbatch._core.exceptions import UsageError
@@ -195,7 +189,9 @@ def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) ->
     with sqlite3.connect(path) as db:
         kinds = {row[0] for row in db.execute("SELECT typeof(key) FROM answers")}
         assert kinds == {"blob"}
-        assert db.execute("SELECT hits FROM answers WHERE key = ?", (k.stored,)).fetchone() == (1,)
+        assert db.execute(
+            "SELECT hits FROM answers WHERE key = ?", (bytes.fromhex(k[:32]),)
+        ).fetchone() == (1,)
         assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
     again = ResponseCache(path)
     again.prefetch([k, key(req(), job="b"), key(req(), job="c")])
@@ -317,8 +313,8 @@ def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     script = (
-        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache, "
-        "CachedAnswer; from llmbatch._core.usage import Usage\n"
+        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache; "
+        "from llmbatch._cache.records import CachedAnswer; from llmbatch._core.usage import Usage\n"
         "c = ResponseCache(Path(sys.argv[1]))\n"
         "for i in range(100): c.store(f'p-{i}', CachedAnswer('t', None, Usage(), 0.0, None, "
         "'m', 'sim'))\n"

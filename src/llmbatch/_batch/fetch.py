@@ -23,10 +23,10 @@ from llmbatch._batch.context import (
     batch_context,
     lookup,
     not_found,
-    pending_jobs,
     recover,
 )
 from llmbatch._batch.repair import RepairReport, repair_pending
+from llmbatch._batch.status import pending_jobs
 from llmbatch._batch.windows import settle_windows
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult

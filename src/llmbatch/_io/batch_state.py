@@ -191,31 +191,35 @@ class BatchState:
             chunk.state = "lost"
             chunk.reason = e.get("reason")
         elif ev == "closed":
-            chunk.state = "closed"
-            chunk.status = e.get("status")
-            chunk.counts = dict(e.get("counts") or {})
-            if e.get("spent") is not None:
-                chunk.spent = (float(e["spent"][0]), int(e["spent"][1]))
-            self.handed_back.update(e.get("returned") or ())
-            for job_id, why in (e.get("returned") or {}).items():
-                if why not in UNCOUNTED:
-                    self.rounds[job_id] += 1
-                if why != "canceled":  # the user's choice, not a try
-                    self.total_rounds[job_id] += 1
-            for job_id, (position, fp) in (e.get("advanced") or {}).items():
-                self.positions[job_id] = int(position)
-                self.position_fps[job_id] = fp
-                self.rounds[job_id] = 0  # a new model: its own rounds
-            for cost, tokens, *online in (e.get("billed") or {}).values():
-                self.billed_cost += float(cost or 0.0)
-                self.billed_tokens += int(tokens or 0)
-                self.billed_online += float(online[0] if online else cost or 0.0)
+            self._apply_closed(chunk, e)
         elif ev == "abandoned":
             chunk.state = "abandoned"
             chunk.reason = e.get("reason")
             chunk.unsent = bool(e.get("unsent"))
         elif ev == "window_settled":
             chunk.window_settled = True
+
+    def _apply_closed(self, chunk: Chunk, e: dict[str, Any]) -> None:
+        """A ``closed`` event: the chunk's end, its jobs handed back or moved on, its bill."""
+        chunk.state = "closed"
+        chunk.status = e.get("status")
+        chunk.counts = dict(e.get("counts") or {})
+        if e.get("spent") is not None:
+            chunk.spent = (float(e["spent"][0]), int(e["spent"][1]))
+        self.handed_back.update(e.get("returned") or ())
+        for job_id, why in (e.get("returned") or {}).items():
+            if why not in UNCOUNTED:
+                self.rounds[job_id] += 1
+            if why != "canceled":  # the user's choice, not a try
+                self.total_rounds[job_id] += 1
+        for job_id, (position, fp) in (e.get("advanced") or {}).items():
+            self.positions[job_id] = int(position)
+            self.position_fps[job_id] = fp
+            self.rounds[job_id] = 0  # a new model: its own rounds
+        for cost, tokens, *online in (e.get("billed") or {}).values():
+            self.billed_cost += float(cost or 0.0)
+            self.billed_tokens += int(tokens or 0)
+            self.billed_online += float(online[0] if online else cost or 0.0)
 
     # -- chunks and their jobs --------------------------------------------------------
 
