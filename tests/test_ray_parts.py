@@ -29,7 +29,8 @@ def test_digests_merged_count_what_the_results_count() -> None:
     for r in results:
         whole.add(r)  # a result line's attempts and spend too, as the driver counted them
         whole_timeline.emit(JobEnded(0.0, r))
-    merged, timeline = RunStats(), TimelineRecorder()
+    merged = RunStats()
+    timeline = TimelineRecorder((merged.latency, merged.ttft))  # as a session has them
     for start in range(0, len(results), 70):  # parts of 70, as workers send them
         digest = ResultDigest()
         for r in results[start : start + 70]:

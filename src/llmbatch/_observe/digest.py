@@ -17,7 +17,7 @@ class ResultDigest:
 
     def __init__(self, prices: PriceBook | None = None) -> None:
         self.stats = RunStats(prices=prices)  # prompt-cache savings need the prices
-        self.jobs = JobsDigest()
+        self.jobs = JobsDigest(fed=(self.stats.latency, self.stats.ttft))  # one histogram each
         self.count = 0
 
     def add(self, result: JobResult) -> None:

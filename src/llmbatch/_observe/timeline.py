@@ -230,9 +230,11 @@ class _Jobs:
             heapq.heapreplace(heap, (latency, -self._seq, JobRow.of(r)))
 
     def merge(self, other: _Jobs) -> None:
-        """Add another live run's jobs (gathered where they ran: a Ray worker)."""
-        self.latency.merge(other.latency)
-        self.ttft.merge(other.ttft)
+        """Add another live run's jobs (gathered where they ran: a Ray worker). Histograms
+        this one reads from its run's statistics are theirs to merge (``RunStats.merge``)."""
+        if self._fill:
+            self.latency.merge(other.latency)
+            self.ttft.merge(other.ttft)
         self._failed_total += other._failed_total
         room = FAILED_N - len(self._failed_list)
         self._failed_list.extend(other._failed_list[: max(0, room)])
