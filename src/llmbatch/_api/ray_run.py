@@ -31,7 +31,7 @@ from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
 from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
 from llmbatch._config.settings import ModelLimits, RunConfig
 from llmbatch._core.events import JobEnded
-from llmbatch._core.exceptions import UsageError
+from llmbatch._core.exceptions import OutputError, UsageError
 from llmbatch._core.results import JobResult
 from llmbatch._core.stops import StopReason
 from llmbatch._engine.plan import BatchSeed, Plan
@@ -162,25 +162,23 @@ class RayRun(FileRun):
     ) -> None:
         written = _Written()
         done: BlockDone | None = None
-        try:
-            stream = actor.handle.stream_block.remote(block.linenos.tobytes(), block.data)
-            async for ref in stream:
-                item: Part | BlockDone = await ref
-                if isinstance(item, Part):
-                    self._write(sink, item)
-                    written.add(item.linenos)
-                else:
-                    done = item
-        except Exception as exc:  # a lost actor: the others take what it did not send back
-            actor.stopped = True
-            _give_back(queue, block, written)
-            self.notes.append(
-                f"a Ray worker was lost ({type(exc).__name__}); its block went to the others "
-                "(answers it had not sent back are paid again)"
-            )
-            if all(a.stopped for a in actors):
-                self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
-            return
+        stream = actor.handle.stream_block.remote(block.linenos.tobytes(), block.data)
+        parts = aiter(stream)
+        while True:
+            try:
+                item: Part | BlockDone = await (await anext(parts))
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # a lost actor: the others take what it did not send
+                self._lost(actor, actors, exc)
+                _give_back(queue, block, written)
+                return
+            if isinstance(item, BlockDone):
+                done = item
+            elif not self._write(sink, item):
+                return  # the output cannot be written: the run stops (said), resumable
+            else:
+                written.add(item.linenos)
         if done is None:
             return
         if done.fatal and not self.fatal:
@@ -196,11 +194,29 @@ class RayRun(FileRun):
             ):
                 self.stopper.stop(reason)
 
-    def _write(self, sink: OutputSink, part: Part) -> None:
-        """A part's result lines, one write; counted from the digest the worker sent."""
+    def _lost(self, actor: _Actor, actors: list[_Actor], exc: Exception) -> None:
+        actor.stopped = True
+        note = (
+            f"a Ray worker was lost ({type(exc).__name__}); its jobs went to the others "
+            "(answers it had not sent back are paid again)"
+        )
+        if note not in self.notes:
+            self.notes.append(note)
+        if all(a.stopped for a in actors):
+            self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
+
+    def _write(self, sink: OutputSink, part: Part) -> bool:
+        """A part's result lines, one write; counted from the digest the worker sent.
+        False when the output cannot be written (a full disk): the run stops, as a local
+        one does (what was written is kept; a torn last line is cut on resume)."""
         if not part.data:
-            return
-        sink.write_lines([part.data])
+            return True
+        try:
+            sink.write_lines([part.data])
+        except OutputError as exc:
+            self.fatal = self.fatal or str(exc)
+            self.stopper.stop(StopReason.OUTPUT_ERROR)
+            return False
         now = self.clock.time()
         digest = part.digest
         stats = self.stats
@@ -215,6 +231,7 @@ class RayRun(FileRun):
         projected = stats.cost_usd / done * self._todo if done else None
         self.progress.update(stats, stats.cost_usd, projected)
         self.progress.tick()
+        return True
 
     async def _close_actors(self, actors: list[_Actor]) -> None:
         async def close(actor: _Actor) -> None:
