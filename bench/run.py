@@ -307,7 +307,8 @@ def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -
                     )
     if "ray" in results:
         r = results["ray"]
-        print(f"\n| {r['jobs']:,} sim jobs | wall s | jobs/s | CPU s (command) | vs local | fixed s |")
+        head = "wall s | jobs/s | CPU s (command) | vs local | fixed s"
+        print(f"\n| {r['jobs']:,} sim jobs | {head} |")
         print("|---|---:|---:|---:|---:|---:|")
         rows = (
             ("local process", "local", None, None),

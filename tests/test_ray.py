@@ -241,3 +241,37 @@ def test_ray_reads_parquet_with_columns_and_resumes(tmp_path: Path, ray_cluster:
     assert again.code == 0, again.output
     assert json.loads(report.read_text())["jobs"]["skipped_done"] == 15
     assert sorted(ids_of(on_ray)) == sorted(f"d{i}" for i in range(40))
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_resumably(
+    tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbatch._core.exceptions import OutputError
+    from llmbatch._engine.sinks import OutputSink
+
+    write = OutputSink.write_lines
+    calls: list[int] = []
+
+    def full_after_one(self: OutputSink, lines: list[bytes]) -> None:
+        calls.append(len(lines))
+        if len(calls) > 1:  # the disk is full from the second part on
+            raise OutputError("no space left on the output; stopped")
+        write(self, lines)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3000))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(jobs), "-m", "sim:claude-haiku-4-5", "-o", str(out), "--quiet"]
+    monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
+    report = tmp_path / "report.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(OutputSink, "write_lines", full_after_one)
+        done = run_cli(*args, "--no-cache", "--ray", "--ray-workers", "2", "--report", str(report))
+    assert done.code == 1, done.output  # stopped by the output, as a local run is
+    assert json.loads(report.read_text())["stopped_by"] == "output_error"
+    assert "no space left" in done.output and "worker was lost" not in done.output
+    first = ids_of(out)
+    assert 0 < len(first) < 3000
+    again = run_cli(*args, "--no-cache", "--ray", "--ray-workers", "2")
+    assert again.code == 0, again.output
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == 3000
