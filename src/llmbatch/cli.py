@@ -215,7 +215,7 @@ def validate(
     """Check every line, print problems as PATH:LINE: message. Sends nothing."""
 
     def go() -> int:
-        from llmbatch._engine.plan import Planner
+        from llmbatch._api.checks import plan_file
 
         flags = {
             "model": model,
@@ -224,8 +224,7 @@ def validate(
             "provider": provider,
             "output": "-",  # validate reads no output
         }
-        with _configured(jobs, flags, config) as cfg:
-            plan = Planner(cfg).plan()
+        plan = plan_file(jobs, flags, config)
         for problem in plan.problems:
             sys.stdout.write(f"{problem}\n")
         lines = plan.total_valid + len(plan.invalid_lines)
@@ -255,7 +254,7 @@ def estimate(
     """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
 
     def go() -> int:
-        from llmbatch._engine.estimate import estimate_jobs, render_estimate
+        from llmbatch._api.checks import estimate_file, render_estimate
 
         flags = {
             "model": model,
@@ -266,10 +265,9 @@ def estimate(
             # Jobs from a pipe have no results file beside them to count as done.
             "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }
-        with _configured(jobs, flags, config) as cfg:
-            est = estimate_jobs(cfg)
+        est = estimate_file(jobs, flags, config)
         if not as_json:
-            from llmbatch._engine.estimate import render_problems
+            from llmbatch._api.checks import render_problems
 
             render_problems(est, sys.stderr)
         if as_json:
