@@ -168,28 +168,27 @@ class VectorWriter:
         self._write_cols(cols)
 
     def _write_cols(self, cols: dict[str, Any]) -> None:
-        import numpy as np
         import pyarrow as pa
+
+        from llmbatch._io import arrow_arrays as aa
 
         assert self.dim is not None
         n = len(cols["id"])
         vectors = cols["vectors"]
-        vtype = pa.list_(pa.float32(), self.dim)
         if vectors is None:
-            vec = pa.nulls(n, vtype)
+            vec = pa.nulls(n, pa.list_(pa.float32(), self.dim))
         else:
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-            vec = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+            vec = aa.float32_lists(vectors, self.dim)
         table = pa.Table.from_arrays(
             [
-                pa.array(cols["id"], pa.string()),
-                pa.array(cols["index"], pa.int32()),
-                pa.array([cols["status"]] * n, pa.string()),
-                pa.array([cols["error"]] * n, pa.string()),
-                pa.array([cols["model"]] * n, pa.string()),
-                pa.array([self.dim] * n, pa.int32()),
-                pa.array(cols["metadata"], pa.string()),
-                pa.array([cols["cost_usd"]] * n, pa.float64()),
+                aa.strings(cols["id"]),
+                aa.int32s(cols["index"]),
+                aa.constant_string(cols["status"], n),
+                aa.constant_string(cols["error"], n),
+                aa.constant_string(cols["model"], n),
+                aa.constant_int32(self.dim, n),
+                aa.strings(cols["metadata"]),
+                aa.constant_float64(cols["cost_usd"], n),
                 vec,
             ],
             schema=schema(self.dim),
