@@ -93,5 +93,7 @@ def float32_lists(matrix: Any, dim: int) -> pa.Array:
     import pyarrow as pa
 
     flat = np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)
-    values = pa.Array.from_buffers(pa.float32(), len(flat), [None, pa.py_buffer(flat)], null_count=0)
+    values = pa.Array.from_buffers(
+        pa.float32(), len(flat), [None, pa.py_buffer(flat)], null_count=0
+    )
     return pa.FixedSizeListArray.from_arrays(values, dim)

@@ -161,8 +161,10 @@ class EmbedRun(RunSession):
 
     def _repeated_ids(self, keys: array[int], plan: EmbedPlan) -> None:
         """Lines whose id an earlier line has: problems (a second pass finds them)."""
-        ordered = sorted(keys)
-        repeated = {a for a, b in zip(ordered, ordered[1:], strict=False) if a == b}
+        import numpy as np
+
+        ordered = np.sort(np.frombuffer(keys, dtype=np.int64))  # 8 bytes an id, not 40
+        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
         del ordered
         if not repeated:
             return

@@ -210,11 +210,28 @@ def sim_vectors(model: str, texts: list[str], dim: int) -> Any:
         hashlib.blake2b(t.encode(), digest_size=8, key=salt[:64]).digest() for t in texts
     )
     seeds = np.frombuffer(digests, dtype="<u8").reshape(-1, 1)
-    z = seeds ^ (np.arange(1, dim + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    out = (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / (1 << 24)) - np.float32(1.0)
+    steps = np.arange(1, dim + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    # A few hundred rows at a time, in place: the uint64 scratch stays small (it was
+    # several n × dim × 8-byte temporaries, the largest allocations of a sim run).
+    rows = max(1, (256 << 10) // (8 * dim))
+    z = np.empty((min(rows, len(texts)), dim), dtype=np.uint64)
+    t = np.empty_like(z)
+    for at in range(0, len(texts), rows):
+        n = min(rows, len(texts) - at)
+        zz, tt = z[:n], t[:n]
+        np.bitwise_xor(seeds[at : at + n], steps, out=zz)
+        for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(zz, np.uint64(shift), out=tt)
+            zz ^= tt
+            zz *= np.uint64(mul)
+        np.right_shift(zz, np.uint64(31), out=tt)
+        zz ^= tt
+        zz >>= np.uint64(40)
+        block = out[at : at + n]
+        block[:] = zz
+        block *= np.float32(2.0 / (1 << 24))
+        block -= np.float32(1.0)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 
