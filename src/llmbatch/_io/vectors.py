@@ -12,8 +12,8 @@ a kill between the merge and the removal of the parts never counts a row twice.
 Schema: ``id`` (string), ``index`` (its place in the line's input), ``status``,
 ``error``, ``model``, ``dimensions``, ``metadata`` (JSON), ``cost_usd`` and
 ``embedding`` — a fixed-size list of float32, built from the numpy matrix without a
-Python float per dimension. ``--npy`` (``npy=True``): ``OUT.npy`` built from ``OUT``
-after the merge (``_io.npy``).
+Python float per dimension. ``--npy PATH`` is built from ``OUT`` after the merge
+(``_io.npy``, by the embedding sink).
 """
 
 from __future__ import annotations
@@ -106,9 +106,8 @@ def schema(dim: int) -> pa.Schema:
 class VectorWriter:
     """Appends rows to ``OUT.parts/`` while the run goes; ``close`` merges into ``OUT``."""
 
-    def __init__(self, path: Path, *, part_rows: int | None = None, npy: bool = False) -> None:
+    def __init__(self, path: Path, *, part_rows: int | None = None) -> None:
         require_pyarrow()
-        self.npy = npy
         release_big_blocks()
         self.path = path
         self.parts = parts_dir(path)
@@ -228,10 +227,6 @@ class VectorWriter:
         self._held = []
         self._close_part()
         merge_parts(self.path)
-        if self.npy:
-            from llmbatch._io.npy import write_npy
-
-            write_npy(self.path)
 
 
 def _part_no(path: Path) -> int:
