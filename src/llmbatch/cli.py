@@ -187,6 +187,7 @@ def embed(
     cache: o.CacheOpt = None,
     no_cache: o.NoCacheOpt = None,
     log_json: o.LogJsonOpt = None,
+    dry_run: o.DryRunOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
     """Embed the texts of a JSONL/Parquet/CSV/hf:// file: one vector per input."""
@@ -247,13 +248,14 @@ def estimate(
     template_file: o.TemplateFileOpt = None,
     max_tokens: o.MaxTokensOpt = None,
     provider: o.ProviderOpt = None,
+    inputs_per_request: o.InputsPerRequestOpt = None,
     as_json: o.JsonOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
+    """Count jobs (or embedding inputs and requests), estimate tokens and cost. Sends nothing."""
 
     def go() -> int:
-        from llmbatch._engine.estimate import estimate_jobs, render_estimate
+        from llmbatch._cli.run import estimate_file
 
         flags = {
             "model": model,
@@ -261,11 +263,11 @@ def estimate(
             "template_file": template_file,
             "max_tokens": max_tokens,
             "provider": provider,
+            "inputs_per_request": inputs_per_request,
             # Jobs from a pipe have no results file beside them to count as done.
             "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }
-        with _configured(jobs, flags, config) as cfg:
-            est = estimate_jobs(cfg)
+        est, render = estimate_file(jobs, flags, config)
         if not as_json:
             from llmbatch._engine.estimate import render_problems
 
@@ -275,7 +277,7 @@ def estimate(
 
             sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
-            render_estimate(est, _console())
+            render(est, _console())
         return 0
 
     raise typer.Exit(_guard(go))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,10 @@ def _run(
         if cfg.dry_run:
             from llmbatch._engine.dryrun import print_dry_run
 
+            if cfg.embed or _embedding_lines(cfg):
+                from llmbatch._run.embed_preview import print_embed_dry_run
+
+                return print_embed_dry_run(cfg, sys.stdout.buffer, sys.stderr)
             return print_dry_run(cfg, sys.stdout.buffer, sys.stderr)
         if cfg.mode == "online" and flags.get("batch_deadline") is not None:
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
@@ -106,6 +111,25 @@ def _embedding_lines(cfg: RunConfig) -> bool:
     return False
 
 
+def estimate_file(
+    jobs: str, flags: dict[str, Any], config_path: Path | None
+) -> tuple[dict[str, Any], Callable[[dict[str, Any], Any], None]]:
+    """``llmbatch estimate``: chat jobs, or an embedding file (its first line asks for
+    embeddings) read with the ``embed`` command's defaults (``JOBS.vectors.parquet``
+    counted as done; a columnar source's text column)."""
+    from llmbatch._engine.estimate import estimate_jobs, render_estimate
+
+    with _configured(jobs, flags, config_path) as cfg:
+        if not _embedding_lines(cfg):
+            return estimate_jobs(cfg), render_estimate
+        from llmbatch._run.embed_preview import estimate_embeddings, render_embed_estimate
+
+        # A pipe was spooled to a file: read it again from there.
+        with _configured(str(cfg.jobs), {**flags, "embed": True}, config_path) as ecfg:
+            ecfg.jobs_display = cfg.jobs_display
+            return estimate_embeddings(ecfg), render_embed_estimate
+
+
 def _embed(cfg: RunConfig, progress: Any) -> int:
     import anyio
 
@@ -117,8 +141,6 @@ def _embed(cfg: RunConfig, progress: Any) -> int:
             "embeddings run online only for now (--mode batch is not built for them). "
             "Nothing was sent."
         )
-    if cfg.dry_run:
-        raise UsageError("--dry-run is not built for embeddings yet. Nothing was sent.")
     engine = EmbedRun(cfg, progress=progress)
     report = anyio.run(engine.run)
     _write_json_report(cfg, report)

@@ -28,6 +28,7 @@ from llmbatch.providers._errors import translate_errors, unexpected_shape
 from llmbatch.providers._http import _TIME_LIMIT, HttpProvider
 
 if TYPE_CHECKING:
+    from llmbatch._config.settings import ProviderSettings, RunConfig
     from llmbatch.providers._base import Provider
 
 SIM_DIMENSIONS = 256  # the simulator's vectors when a job names no dimensions
@@ -121,7 +122,11 @@ async def _post(
 
 
 def openai_url(provider: Any, model: str) -> str:
-    wire = provider.wire
+    return openai_url_of(provider.wire, model)
+
+
+def openai_url_of(wire: Any, model: str) -> str:
+    """The embeddings URL of an ``OpenAIWire`` (Azure by deployment or the v1 path)."""
     if wire.deployment_path:
         path = f"/deployments/{quote(model, safe='')}/embeddings"
         return f"{wire.base_url}{path}?api-version={wire.api_version}"
@@ -163,17 +168,40 @@ async def _openai(provider: Any, model: str, texts: list[str], dimensions: int |
     return Embedded(vectors, int(tokens), ms, request_id, hint)
 
 
-async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
-    from llmbatch.providers.gemini_wire import model_path, model_url
+def gemini_body(model: str, texts: list[str], dimensions: int | None) -> dict[str, Any]:
+    from llmbatch.providers.gemini_wire import model_path
 
-    name = model_path(model)
-    one: dict[str, Any] = {"model": name}
+    one: dict[str, Any] = {"model": model_path(model)}
     if dimensions is not None:
         one["outputDimensionality"] = dimensions
-    requests = [{**one, "content": {"parts": [{"text": t}]}} for t in texts]
+    return {"requests": [{**one, "content": {"parts": [{"text": t}]}} for t in texts]}
+
+
+def preview(
+    settings: ProviderSettings, config: RunConfig, model: str, texts: list[str], dims: int | None
+) -> tuple[str | None, dict[str, Any]]:
+    """(URL, body) of one embeddings request, for ``--dry-run`` (the key goes in no URL;
+    sim answers locally: no URL, the body in the OpenAI shape)."""
+    if settings.kind == "gemini":
+        from llmbatch.providers.gemini_wire import model_url
+
+        url = model_url(settings.resolved_base_url(), model, "batchEmbedContents")
+        return url, gemini_body(model, texts, dims)
+    body = openai_body(model, texts, dims)
+    if settings.kind in ("openai", "azure"):
+        from llmbatch.providers.openai import OpenAIWire
+
+        return openai_url_of(OpenAIWire.of(settings, config), model), body
+    return None, body
+
+
+async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
+    from llmbatch.providers.gemini_wire import model_url
+
     headers = {**provider.headers, "accept": "application/json"}
     url = model_url(provider.base_url, model, "batchEmbedContents")
-    obj, hint, request_id, ms = await _post(provider, url, {"requests": requests}, headers)
+    body = gemini_body(model, texts, dimensions)
+    obj, hint, request_id, ms = await _post(provider, url, body, headers)
     items = obj.get("embeddings") if isinstance(obj, dict) else None
     if not isinstance(items, list) or len(items) != len(texts):
         raise unexpected_shape(f"no embeddings for {len(texts)} inputs")
