@@ -221,12 +221,14 @@ async def sim_embed(
     fail_rate = getattr(provider, "fail_rate", 0.0)
     if fail_rate and provider._faults.random() < fail_rate:
         raise RateLimited("simulated 429", status=429, retry_after=None)
-    vectors = sim_vectors(model, texts, dimensions or SIM_DIMENSIONS)
-    tokens = sum(len(t) for t in texts) // 4 + len(texts)
     if getattr(provider, "latency_ms", 0) > 0:
         await provider._sleep(1.0, time_limit)
     else:
         await anyio.lowlevel.checkpoint()
+    # The vectors after the wait, as a server's arrive: made before it, every request
+    # in flight held a matrix it had no use for yet (16 × 2 MiB more at the peak).
+    vectors = sim_vectors(model, texts, dimensions or SIM_DIMENSIONS)
+    tokens = sum(len(t) for t in texts) // 4 + len(texts)
     return Embedded(vectors, tokens, (time.perf_counter() - started) * 1000)
 
 
