@@ -97,3 +97,28 @@ def float32_lists(matrix: Any, dim: int) -> pa.Array:
         pa.float32(), len(flat), [None, pa.py_buffer(flat)], null_count=0
     )
     return pa.FixedSizeListArray.from_arrays(values, dim)
+
+
+def validity(arr: Any) -> Any:
+    """A numpy bool array, True where ``arr`` holds a value (None: every value)."""
+    import numpy as np
+
+    bitmap = arr.buffers()[0]
+    if bitmap is None or arr.null_count == 0:
+        return None
+    bits = np.unpackbits(np.frombuffer(bitmap, dtype=np.uint8), bitorder="little")
+    return bits[arr.offset : arr.offset + len(arr)].astype(np.bool_)
+
+
+def float32_rows(col: Any, dim: int) -> Any:
+    """The (n × dim) float32 values of a fixed-size list column, a view of its buffer
+    (no copy; null rows hold whatever their slots hold), or None when it has none."""
+    import numpy as np
+
+    child = col.values  # the whole child, whatever the column's own offset
+    data = child.buffers()[1]
+    if data is None:
+        return None
+    start = child.offset + col.offset * dim
+    flat = np.frombuffer(data, dtype=np.float32, count=len(col) * dim, offset=start * 4)
+    return flat.reshape(len(col), dim)

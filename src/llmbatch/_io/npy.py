@@ -205,16 +205,20 @@ def _parquet_filler(path: Path) -> Fill:
 
 
 def _rows_into(out: Any, col: Any, dim: int) -> None:
-    """One slice of the fixed-size-list column into ``out`` (n × dim), NaN for nulls."""
+    """One slice of the fixed-size-list column into ``out`` (n × dim), NaN for nulls.
+
+    Straight from the Arrow buffers: ``Array.to_numpy`` would import pandas."""
     import numpy as np
 
-    n = len(col)
-    # The child values of the slice: n*dim float32 (null rows hold placeholders).
-    values = col.values.slice(col.offset * dim, n * dim)
-    flat = values.to_numpy(zero_copy_only=values.null_count == 0)
-    out[:] = flat.reshape(n, dim)
-    if col.null_count:
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
+    from llmbatch._io.arrow_arrays import float32_rows, validity
+
+    rows = float32_rows(col, dim)
+    if rows is None:
+        out[:] = np.nan
+        return
+    out[:] = rows
+    valid = validity(col)
+    if valid is not None:
         out[~valid] = np.nan
 
 
