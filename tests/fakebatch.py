@@ -45,6 +45,7 @@ from tests.fakebatch_wire import (
     oa_batch,
     oa_line,
 )
+from tests.fakeembed import tokens_of, vector_of
 
 
 @dataclass
@@ -67,6 +68,7 @@ class FakeBatch:
     cancel_s: float = 0.0  # virtual seconds a cancel takes before the batch has ended
     download_delay_s: float = 0.0  # real seconds a results download waits (a fetch to kill)
     file_purpose: str = "batch"  # the purpose a batch's input file must have been uploaded with
+    embed_dimensions: int = 64  # an embeddings request's vectors when it names no dimensions
     paths: Counter[str] = field(default_factory=Counter)  # OpenAI-shaped calls by path prefix
     batches: dict[str, FakeBatchJob] = field(default_factory=dict)
     files: dict[str, FakeFile] = field(default_factory=dict)
@@ -160,7 +162,9 @@ class FakeBatch:
         if b.stall_at is not None:
             due = min(due, b.stall_at)
         for it in b.items[:due]:
-            if it.outcome is None:
+            if it.outcome is None and b.endpoint.endswith("/embeddings"):
+                self._embed_answer(it)
+            elif it.outcome is None:
                 self._answer(it, b.kind)
         if b.cancel_at is not None:
             if now < b.cancel_at + self.cancel_s:
@@ -199,6 +203,24 @@ class FakeBatch:
         in_tokens = self.api.input_tokens_of(it.body)
         it.outcome = "ok"
         it.answer = {"text": "".join(words), "usage": (in_tokens, len(words)), "stop": stop}
+
+    def _embed_answer(self, it: Item) -> None:
+        """An embeddings request (``url: /v1/embeddings``): the online fake's vectors
+        (``tests.fakeembed.vector_of``), base64 or floats as asked, ``prompt_tokens``."""
+        fault = self.api._plan(it.body)
+        if fault.isdigit() and fault != "200":
+            it.outcome = fault
+            return
+        texts = it.body.get("input")
+        texts = [texts] if isinstance(texts, str) else list(texts or [])
+        dim = int(it.body.get("dimensions") or self.embed_dimensions)
+        tokens = sum(tokens_of(t) for t in texts)
+        it.outcome = "ok"
+        it.answer = {
+            "embed": [vector_of(t, dim) for t in texts],
+            "encoding": it.body.get("encoding_format") or "float",
+            "usage": (tokens, 0),
+        }
 
     def _finish(self, b: FakeBatchJob, status: str, rest: str | None) -> None:
         now = self.now()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 from collections import Counter
 from dataclasses import dataclass
@@ -63,7 +64,10 @@ class FakeFile:
 
 def oa_line(it: Item, req_id: str, now: float) -> bytes:
     line: dict[str, Any] = {"id": req_id, "custom_id": it.custom_id}
-    if it.outcome == "ok" and "input" in it.body:  # a Responses API request
+    if it.outcome == "ok" and it.answer is not None and "embed" in it.answer:
+        line["response"] = {"status_code": 200, "request_id": "req_fake", "body": embed_body(it)}
+        line["error"] = None
+    elif it.outcome == "ok" and "input" in it.body:  # a Responses API request
         assert it.answer is not None
         i, o = it.answer["usage"]
         whole = whole_response(it.body.get("model"), it.answer["text"], i, o, "stop", 0)
@@ -108,6 +112,26 @@ def oa_line(it: Item, req_id: str, now: float) -> bytes:
         line["response"] = {"status_code": status, "request_id": "req_fake", "body": failed}
         line["error"] = None
     return orjson.dumps(line) + b"\n"
+
+
+def embed_body(it: Item) -> dict[str, Any]:
+    """What ``/v1/embeddings`` answers (``CreateEmbeddingResponse``), as a batch output
+    line's ``response.body``: base64 little-endian float32, or JSON floats."""
+    assert it.answer is not None
+    data = []
+    for i, vec in enumerate(it.answer["embed"]):
+        if it.answer["encoding"] == "base64":
+            emb: Any = base64.b64encode(vec.astype("<f4").tobytes()).decode()
+        else:
+            emb = [float(x) for x in vec]
+        data.append({"object": "embedding", "index": i, "embedding": emb})
+    tokens = it.answer["usage"][0]
+    return {
+        "object": "list",
+        "data": data,
+        "model": it.body.get("model"),
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def oa_batch(b: FakeBatchJob) -> dict[str, Any]:

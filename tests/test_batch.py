@@ -11,8 +11,9 @@ import anyio.lowlevel
 import orjson
 import pytest
 
-from llmbatch._batch.context import batch_cancel, batch_context, batch_status
+from llmbatch._batch.context import batch_context
 from llmbatch._batch.fetch import FetchReport, fetch
+from llmbatch._batch.status import batch_cancel, batch_status
 from llmbatch._batch.submit import SubmitReport, submit
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_price import batch_price

@@ -12,8 +12,9 @@ import anyio
 import orjson
 import pytest
 
-from llmbatch._batch.context import batch_cancel, batch_context
+from llmbatch._batch.context import batch_context
 from llmbatch._batch.fetch import fetch
+from llmbatch._batch.status import batch_cancel
 from llmbatch._batch.submit import submit
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import ProviderTimeout
@@ -227,11 +228,11 @@ def test_an_ended_candidate_is_proven_by_its_custom_ids(
         async def no_recover(ctx: Any, chunk: Any) -> None:
             return None
 
-        monkeypatch.setattr("llmbatch._batch.submit.recover_chunk", no_recover)
+        monkeypatch.setattr("llmbatch._batch.submitter.recover_chunk", no_recover)
         try:
             await submit(cfg, clock=clock, client_factory=factory)
         finally:
-            monkeypatch.setattr("llmbatch._batch.submit.recover_chunk", real)
+            monkeypatch.setattr("llmbatch._batch.submitter.recover_chunk", real)
 
     with pytest.raises(ProviderTimeout):
         anyio.run(interrupted)
@@ -267,7 +268,7 @@ def test_a_state_from_an_older_llmbatch_still_fetches(
     """custom_ids without a nonce, an intent without one, the old OpenAI key: still read."""
     for k, v in fake_env(fb.api).items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setattr("llmbatch._batch.submit.secrets.token_hex", lambda _n: "")
+    monkeypatch.setattr("llmbatch._batch.submitter.secrets.token_hex", lambda _n: "")
     clock = VirtualClock(fb)
     a, _ = two_files(tmp_path, "gpt-4o-mini")
     cfg = RunConfig(jobs=a, output=tmp_path / "old.jsonl")

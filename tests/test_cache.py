@@ -13,16 +13,10 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch._cache.store import (
-    CachedAnswer,
-    ResponseCache,
-    cache_key,
-    cache_key_for,
-    clear_cache,
-    default_cache_path,
-    hit_result,
-    open_cache,
-)
+from llmbatch._cache.key import cache_key, cache_key_for
+from llmbatch._cache.records import CachedAnswer, hit_result
+from llmbatch._cache.sqlfile import clear_cache, default_cache_path
+from llmbatch._cache.store import ResponseCache, open_cache
 from llmbatch._cli.cache import parse_duration
 from llmbatch._config.settings import FileConfig, RunConfig, build_run_config
 from llmbatch._core.exceptions import UsageError
@@ -174,6 +168,39 @@ def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     assert contents.bytes > 0
 
 
+def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) -> None:
+    """Caches written before keys were stored as 16 bytes hold the hex text: their answers
+    stay reachable (converted once, in place), and a new file gets 16 KiB pages."""
+    path = tmp_path / "c.sqlite"
+    k = key(req())
+    ResponseCache(path).close()  # the schema, then an entry as an older llmbatch wrote it
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "INSERT INTO answers (key, created, used, hits, cost_usd, value, shared) "
+            "VALUES (?, 1.0, 1.0, 0, 0.0021, ?, 0)",
+            (str(k), answer().to_json()),
+        )
+    cache = ResponseCache(path)
+    assert cache.contains(k)
+    found = cache.lookup(k)
+    assert found is not None and found.text == "4"
+    cache.store(key(req(), job="b"), answer("5"))
+    cache.close()
+    with sqlite3.connect(path) as db:
+        kinds = {row[0] for row in db.execute("SELECT typeof(key) FROM answers")}
+        assert kinds == {"blob"}
+        assert db.execute(
+            "SELECT hits FROM answers WHERE key = ?", (bytes.fromhex(k[:32]),)
+        ).fetchone() == (1,)
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+    again = ResponseCache(path)
+    again.prefetch([k, key(req(), job="b"), key(req(), job="c")])
+    assert again.lookup(key(req(), job="b")) is not None
+    assert again.lookup(key(req(), job="c")) is None
+    assert again.lookup(k) is not None
+    again.close()
+
+
 def test_the_file_is_wal(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     ResponseCache(path).close()
@@ -286,8 +313,8 @@ def test_concurrent_writers_on_one_file(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     script = (
-        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache, "
-        "CachedAnswer; from llmbatch._core.usage import Usage\n"
+        "import sys; from pathlib import Path; from llmbatch._cache.store import ResponseCache; "
+        "from llmbatch._cache.records import CachedAnswer; from llmbatch._core.usage import Usage\n"
         "c = ResponseCache(Path(sys.argv[1]))\n"
         "for i in range(100): c.store(f'p-{i}', CachedAnswer('t', None, Usage(), 0.0, None, "
         "'m', 'sim'))\n"

@@ -128,3 +128,17 @@ def test_dry_run_gemini_and_sim_bodies(jobs: Path) -> None:
 def test_dry_run_refuses_invalid_lines_as_a_run_would(jobs: Path) -> None:
     result = run_cli("embed", str(jobs), "-m", MODEL, "--dry-run")
     assert result.code == 2 and ":5:" in result.output and not result.stdout
+
+
+def test_estimate_by_batch_at_half_the_online_price(tmp_path: Path) -> None:
+    """OpenAI's embeddings by batch cost half (as --mode batch prices them); sim has none."""
+    path = tmp_path / "long.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"id": i, "input": f"{i:04d}" + "x" * 3996}) + b"\n"
+                              for i in range(100)))  # fmt: skip
+    est = estimate(str(path))  # genai-prices: $0.02 a million tokens
+    assert est["requests"] == 50 and est["expected_input_tokens"] == 100 * 1001
+    assert est["expected_usd"] == pytest.approx(100 * 1001 * 0.02 / 1e6)
+    assert est["expected_batch_usd"] == pytest.approx(est["expected_usd"] / 2)
+    assert est["worst_case_usd"] == pytest.approx(100 * 1334 * 0.02 / 1e6)
+    sim = run_cli("estimate", str(path), "-m", "sim:e", "--json")
+    assert orjson.loads(sim.stdout)["expected_batch_usd"] is None

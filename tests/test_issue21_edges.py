@@ -154,7 +154,7 @@ def test_cache_clear_refuses_files_that_are_no_cache(tmp_path: Path) -> None:
         assert sorted(str(p) for p in tmp_path.rglob("*")) == before
         if path.is_file():
             assert path.read_bytes() == content
-    assert tables(ledger) == {"spend", "leases"}
+    assert tables(ledger) == {"spend", "leases", "bookings"}
 
 
 def test_run_refuses_a_cache_path_that_is_no_cache(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_run_refuses_a_cache_path_that_is_no_cache(tmp_path: Path) -> None:
         assert res.code == 2, (bad, res.output)
         assert str(bad) in res.stderr and "not an llmbatch response cache" in res.stderr
         assert not (tmp_path / "jobs.results.jsonl").exists()
-    assert ledger.read_bytes() == ledger_bytes and tables(ledger) == {"spend", "leases"}
+    assert ledger.read_bytes() == ledger_bytes and tables(ledger) == {"spend", "leases", "bookings"}
     assert list(folder.iterdir()) == []
 
 
@@ -364,7 +364,7 @@ def test_temperature_zero_is_shared_only_where_the_temperature_is_sent(
 
 
 def test_each_provider_says_truly_whether_it_sends_the_temperature() -> None:
-    from llmbatch._config.toml import ProviderSettings
+    from llmbatch._config.provider_settings import ProviderSettings
     from llmbatch._core.jobs import Request
     from llmbatch.providers.anthropic import build_anthropic_body
     from llmbatch.providers.openai import build_openai_body
@@ -427,7 +427,7 @@ def test_a_binary_file_that_is_no_sqlite_is_read_as_a_broken_cache_never_written
 
 
 def test_text_at_the_default_cache_path_is_a_broken_cache(tmp_path: Path) -> None:
-    from llmbatch._cache.store import default_cache_path
+    from llmbatch._cache.sqlfile import default_cache_path
 
     path = default_cache_path()
     path.parent.mkdir(parents=True)

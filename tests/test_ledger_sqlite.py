@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from llmbatch._budget.ledger import Hold, Refusal
-from llmbatch._budget.sqlite import SqliteLedger, ledger_status, reset_scope
+from llmbatch._budget.sqlite import SqliteLedger
+from llmbatch._budget.sqlite_status import ledger_status, reset_scope
 from llmbatch._budget.windows import DAY, HOUR, Window
 from llmbatch._config.settings import FileConfig, build_run_config, load_config
 from llmbatch._core.exceptions import ConfigError, UsageError

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from llmbatch import RunReport, run_jobs_async
-from llmbatch._cache.store import default_cache_path
+from llmbatch._cache.sqlfile import default_cache_path
 from llmbatch._config.settings import FileConfig, build_run_config
 from tests.conftest import (
     CANARY_ANTHROPIC,

@@ -41,8 +41,8 @@ class NoSleep:
         await anyio.sleep(seconds)
 
 
-async def ledger(server: RedisServer, **kw: float) -> RedisLedger:
-    return RedisLedger(await connect(server.url), "default", [PER_HOUR], NoSleep(), **kw)
+async def ledger(server: RedisServer, hold_s: float = 360.0) -> RedisLedger:
+    return RedisLedger(await connect(server.url), "default", [PER_HOUR], NoSleep(), hold_s=hold_s)
 
 
 async def test_ledger_shared_by_two_runs(redis_server: RedisServer) -> None:

@@ -63,7 +63,7 @@ _WHERE: dict[str, str] = {
     "Answer": "llmbatch.providers._base",
     "ProviderRequest": "llmbatch._core.jobs",
     **{name: "llmbatch._core.events" for name in _EVENTS},
-    "RunConfig": "llmbatch._config.settings",
+    "RunConfig": "llmbatch._config.run_config",
     "run_jobs": "llmbatch._run.online",
     "run_jobs_async": "llmbatch._run.online",
     "ModelRef": "llmbatch._core.models",
@@ -125,7 +125,7 @@ if TYPE_CHECKING:
     from llmbatch._api.requests import Request
     from llmbatch._api.results import Result
     from llmbatch._api.runner import Runner, run
-    from llmbatch._config.settings import RunConfig
+    from llmbatch._config.run_config import RunConfig
     from llmbatch._core.events import (
         AttemptEnded,
         AttemptStarted,

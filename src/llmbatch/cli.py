@@ -168,6 +168,8 @@ def embed(
     dimensions: o.DimensionsOpt = None,
     inputs_per_request: o.InputsPerRequestOpt = None,
     npy: o.NpyOpt = None,
+    mode: o.ModeOpt = None,
+    batch_deadline: o.BatchDeadlineOpt = None,
     concurrency: o.ConcurrencyOpt = None,
     rpm: o.RpmOpt = None,
     tpm: o.TpmOpt = None,

@@ -1,8 +1,9 @@
 """Provider Batch APIs, the shared part: the context every command works in, retries,
-recovery of interrupted creates, ``status`` and ``cancel``.
+recovery of interrupted creates, lookups and lost batches (``status`` and ``cancel`` are in
+``_batch/status.py``).
 
-``submit`` lives in ``_batch_submit``, ``fetch`` in ``_batch_fetch``; ``run --mode``
-in ``_batch_run``. All of them reuse the check pass, result lines, prices and
+``submit`` lives in ``_batch/submit.py``, ``fetch`` in ``_batch/fetch.py``; ``run --mode``
+in ``_batch/run.py``. All of them reuse the check pass, result lines, prices and
 budgets of ``run``; none copies them.
 """
 
@@ -12,7 +13,7 @@ import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -23,7 +24,6 @@ from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.exceptions import NotFound, ProviderError, UsageError
 from llmbatch._io.batch_state import BatchState, Chunk
 from llmbatch._io.lock import OutputLock
-from llmbatch._io.resume import read_existing
 
 ClientFactory = Callable[[str, RunConfig], BatchClient]
 T = TypeVar("T")
@@ -182,7 +182,8 @@ async def recover_chunk(ctx: BatchContext, chunk: Chunk) -> BatchInfo | None:
             f"is this output's it is orphaned: billed up to ${chunk.reserve_cost:.4f} (its "
             "worst case), never fetched here. Its jobs will be submitted again."
         )
-    state.append({"ev": "abandoned", "local": chunk.local, "reason": reason})
+    unsent = not proven and not unknown  # the provider never had it: it cost nothing
+    state.append({"ev": "abandoned", "local": chunk.local, "reason": reason, "unsent": unsent})
     return None
 
 
@@ -268,132 +269,3 @@ def created_event(
         "adopted": adopted,
         "verified": verified,
     }
-
-
-# -- status and cancel -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BatchRow:
-    """One line of ``batch status``."""
-
-    provider: str
-    model: str
-    id: str
-    state: str  # the provider's status, or ours for chunks never created
-    in_progress: bool
-    fetched: bool
-    total: int
-    succeeded: int
-    failed: int
-    created_at: float | None
-    expires_at: float | None
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "provider": self.provider,
-            "model": self.model,
-            "id": self.id,
-            "state": self.state,
-            "in_progress": self.in_progress,
-            "fetched": self.fetched,
-            "counts": {"total": self.total, "succeeded": self.succeeded, "failed": self.failed},
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-        }
-
-
-def _live_row(c: Chunk, info: BatchInfo) -> BatchRow:
-    return BatchRow(
-        c.provider,
-        c.model,
-        info.id,
-        info.status,
-        not info.ended,
-        False,
-        info.total,
-        info.succeeded,
-        info.failed,
-        info.created_at,
-        info.expires_at,
-    )
-
-
-def _recorded_row(c: Chunk) -> BatchRow:
-    n = c.counts
-    creating = c.state == "intent" or c.batch_id is None
-    return BatchRow(
-        c.provider,
-        c.model,
-        c.batch_id or "(being created)",
-        "creating" if creating else (c.status or "ended"),
-        creating,
-        c.state == "closed",
-        n.get("total", c.count),
-        n.get("succeeded", 0),
-        n.get("failed", 0),
-        c.created_at or c.at,
-        c.expires_at,
-    )
-
-
-async def batch_status(ctx: BatchContext) -> list[BatchRow]:
-    """One row per batch; open ones are asked for their state. Writes nothing."""
-    rows: list[BatchRow] = []
-    for c in ctx.state.chunks.values():
-        if c.state == "abandoned":
-            continue
-        if c.state == "open" and c.batch_id is not None:
-            info = await lookup(ctx, c, record=False)
-            rows.append(
-                _live_row(c, info)
-                if info
-                else replace(_recorded_row(c), state="not found", in_progress=True)
-            )
-        elif c.state == "lost":
-            rows.append(replace(_recorded_row(c), state="lost", in_progress=False))
-        else:
-            rows.append(_recorded_row(c))
-    return rows
-
-
-def pending_jobs(ctx: BatchContext) -> int:
-    """Jobs the output's batches handed back unanswered, waiting to be submitted again."""
-    if ctx.config.output is None or not ctx.state.exists:
-        return 0
-    done = read_existing(ctx.config.output, retry_failed=False).done
-    return len(ctx.state.pending_job_ids(done.fingerprint))
-
-
-async def batch_cancel(ctx: BatchContext, *, release_unproven: bool = False) -> list[BatchRow]:
-    """Ask the provider to cancel every open batch; a later fetch keeps what finished.
-
-    A batch adopted unverified (after an interrupted create) is left alone: it may be
-    someone else's (``release_unproven``, at ``--batch-deadline``: given up as lost, its
-    jobs go on online). A batch the provider does not know is noted (lost when confirmed).
-    """
-    await recover(ctx)
-    rows: list[BatchRow] = []
-    for c in ctx.state.open_chunks():
-        assert c.batch_id is not None
-        if not c.verified and release_unproven:
-            lose(ctx, c, "unproven at the batch deadline, not canceled; its jobs go online")
-            rows.append(replace(_recorded_row(c), state="lost"))
-            continue
-        if not c.verified:
-            rows.append(replace(_recorded_row(c), state="not canceled (unproven)"))
-            ctx.notes.append(
-                f"batch {c.batch_id} was not canceled: it was found after an interrupted "
-                "submit and is not yet proven this output's; cancel it in the provider's "
-                "console if it is yours"
-            )
-            continue
-        info = await lookup(ctx, c)
-        if info is None:
-            lost = ctx.state.chunks[c.local].state == "lost"
-            rows.append(replace(_recorded_row(c), state="lost" if lost else "not found"))
-            continue
-        if not info.ended:
-            info = await ctx.call(ctx.client(c.provider).cancel, c.batch_id)
-        rows.append(_live_row(c, info))
-    return rows

@@ -23,10 +23,11 @@ from llmbatch._batch.context import (
     batch_context,
     lookup,
     not_found,
-    pending_jobs,
     recover,
 )
 from llmbatch._batch.repair import RepairReport, repair_pending
+from llmbatch._batch.status import pending_jobs
+from llmbatch._batch.windows import settle_windows
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -239,6 +240,9 @@ class _Fetcher:
             event["advanced"] = out.advanced
         if out.billed:
             event["billed"] = out.billed
+        # What the batch billed (answers and billed errors): it replaces the window booking.
+        spent = [(c or 0.0, u.total) for _id, u, c, _o in out.spent]
+        event["spent"] = [sum(c for c, _ in spent), sum(t for _, t in spent)]
         state.append(event)
         self.closed += 1
 
@@ -270,6 +274,8 @@ async def fetch(
             ctx.notes.append(f"no batches recorded for {config.output}")
         while True:
             still = await f.poll()
+            # The batches that ended: their real cost replaces their window bookings.
+            await settle_windows(ctx.state, config.shared, ctx.notes)
             if not still or not wait:
                 break
             if session is None:

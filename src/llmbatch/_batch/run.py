@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from llmbatch._batch.context import ClientFactory, batch_cancel, batch_context
+from llmbatch._batch.context import ClientFactory, batch_context
 from llmbatch._batch.fetch import FetchReport, fetch
+from llmbatch._batch.status import batch_cancel
 from llmbatch._batch.submit import submit
 from llmbatch._config.modes import MODES
 from llmbatch._config.modes import parse_duration as parse_duration

@@ -16,7 +16,7 @@ flight to settle (they may free room) or to stop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,21 @@ class BudgetLedger(Protocol):
     def statistics(self) -> BudgetStatistics: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class BookingLedger(Protocol):
+    """A rolling-window ledger that books a provider batch's spend under an id.
+
+    The booking is made at the batch's worst case when it is submitted; once the
+    batch has ended, ``bookings.settle_booking`` (any process) replaces it with what
+    the batch really cost, in the same place in the windows.
+    """
+
+    async def book(self, hold: Hold, cost: float, tokens: int, booking: str) -> dict[str, Any]:
+        """Turn ``hold`` into spend of ``cost`` / ``tokens`` now, booked as ``booking``;
+        returns where it is (JSON, no secrets), for the batch state to keep."""
+        ...
 
 
 class RunBudget:

@@ -12,7 +12,7 @@ from pathlib import Path
 from llmbatch._core.exceptions import UsageError
 from llmbatch._io.sqlitefile import Found, probe
 
-LEDGER_TABLES = frozenset({"spend", "leases"})
+LEDGER_TABLES = frozenset({"spend", "leases", "bookings"})
 
 
 def ledger_unusable(path: Path, why: str, *, broken: bool = True) -> UsageError:

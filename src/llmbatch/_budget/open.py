@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._budget.ledgerfile import check_ledger_file
 from llmbatch._budget.sqlite import SqliteLedger
-from llmbatch._budget.windows import default_ledger_path, lease_seconds, windows_from_config
+from llmbatch._budget.windows import (
+    default_ledger_path,
+    lease_seconds,
+    safe_url,
+    windows_from_config,
+)
 from llmbatch._core.clock import Clock
 
 if TYPE_CHECKING:
@@ -35,7 +40,10 @@ async def open_ledgers(config: RunConfig, clock: Clock) -> list[BudgetLedger]:
         # A hold past its deadline counts as spent at its worst case (safe, if wasteful
         # for a request slower than that), so a dead run blocks the others no longer.
         hold_s = lease_seconds()
-        return [RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s)]
+        where = safe_url(config.shared)
+        return [
+            RedisLedger(client, config.budget_scope, windows, clock, hold_s=hold_s, where=where)
+        ]
     ledger = SqliteLedger(
         config.ledger or default_ledger_path(),
         config.budget_scope,

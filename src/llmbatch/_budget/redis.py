@@ -6,7 +6,10 @@ their own. ``RedisLedger`` keeps rolling windows as spend buckets (10 s for the
 hour, 5 min for the day; a bucket counts while any of it is inside the window,
 so a window errs on the safe side by one bucket) plus live holds with a
 deadline: a hold whose process died counts as spent at its worst case once its
-deadline passes, and ages out like spend. ``RedisLimiter`` is in ``_redis_limit``.
+deadline passes, and ages out like spend. A provider batch's booking (``book``)
+remembers its buckets under its id, so its real cost can replace it there later
+(``settle_redis_booking``, once: the booking goes as it is settled).
+``RedisLimiter`` is in ``_redis_limit``.
 
 Redis unreachable: the ledger raises ``SharedStoreError`` (budgets fail closed).
 """
@@ -27,8 +30,8 @@ try:
     from redis.exceptions import RedisError
 except ImportError:  # pragma: no cover  (the dev install has it)
     raise UsageError("--shared needs the Redis client: pip install 'llmbatch[redis]'") from None
-from llmbatch._budget.sqlite import WindowUse
-from llmbatch._budget.windows import DAY, HOUR, Window, window_refusal
+from llmbatch._budget.sqlite_status import WindowUse
+from llmbatch._budget.windows import DAY, HOUR, Window, safe_url, window_refusal
 
 _COMMON = """
 local t = redis.call('TIME')
@@ -128,6 +131,46 @@ return 0
 """
 )
 
+_BOOK = (
+    _COMMON
+    + """
+-- A batch's hold becomes spend at its worst case, kept with its buckets under the
+-- booking's id (with the windows' keys' lifetime) for _SETTLE_BOOKING.
+if not unhold(ARGV[1], false) then return 0 end
+book(tonumber(ARGV[3]), tonumber(ARGV[4]))
+local first = math.floor((now - 86400) / DW)
+local all = redis.call('HGETALL', KEYS[8])
+for i = 1, #all, 2 do
+  local old = tonumber(string.match(all[i + 1], '(%S+)$'))
+  if not old or old < first then redis.call('HDEL', KEYS[8], all[i]) end
+end
+redis.call('HSET', KEYS[8], ARGV[2], ARGV[3] .. ' ' .. ARGV[4] .. ' ' ..
+  tostring(math.floor(now / HW)) .. ' ' .. tostring(math.floor(now / DW)))
+redis.call('EXPIRE', KEYS[8], 86700)
+return 1
+"""
+)
+
+# The real cost replaces the worst case in the buckets it was booked in; a bucket gone
+# (out of every window) needs nothing. The booking goes with it: settling twice is a no-op.
+_SETTLE_BOOKING = """
+local v = redis.call('HGET', KEYS[8], ARGV[1])
+if not v then return 0 end
+redis.call('HDEL', KEYS[8], ARGV[1])
+local c, tk, hi, di = string.match(v, '^(%S+) (%S+) (%S+) (%S+)$')
+local dc, dt = tonumber(ARGV[2]) - tonumber(c), tonumber(ARGV[3]) - tonumber(tk)
+local function fix(key, idx, d)
+  if d ~= 0 and redis.call('HEXISTS', key, idx) == 1 then
+    redis.call('HINCRBYFLOAT', key, idx, d)
+  end
+end
+fix(KEYS[1], hi, dc)
+fix(KEYS[3], di, dc)
+fix(KEYS[2], hi, dt)
+fix(KEYS[4], di, dt)
+return 1
+"""
+
 _STATUS = (
     _COMMON
     + """
@@ -158,7 +201,7 @@ PREFIX = "llmbatch:budget:"
 def budget_keys(scope: str) -> list[str]:
     # One hash tag per scope: a Redis Cluster keeps a scope's keys on one node.
     p = f"{PREFIX}{{{scope}}}:"
-    return [p + k for k in ("hc", "ht", "dc", "dt", "holds", "hv", "held")]
+    return [p + k for k in ("hc", "ht", "dc", "dt", "holds", "hv", "held", "bk")]
 
 
 async def connect(url: str) -> aioredis.Redis:
@@ -167,14 +210,8 @@ async def connect(url: str) -> aioredis.Redis:
         client = aioredis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         await client.ping()
     except (RedisError, OSError, ValueError) as exc:
-        raise SharedStoreError(f"--shared {_safe(url)}: {exc}") from None
+        raise SharedStoreError(f"--shared {safe_url(url)}: {exc}") from None
     return client
-
-
-def _safe(url: str) -> str:
-    """The URL without a password."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url
 
 
 class RedisLedger:
@@ -188,8 +225,10 @@ class RedisLedger:
         clock: Clock,
         *,
         hold_s: float = 360.0,
+        where: str = "",
     ) -> None:
         self.client = client
+        self.where = where  # the --shared URL without its password, for batch bookings
         self.scope = scope
         self.windows = windows
         self.clock = clock
@@ -201,6 +240,7 @@ class RedisLedger:
         self._by_slot = {_SLOTS[(w.kind, w.seconds)]: w for w in windows}
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
+        self._book = client.register_script(_BOOK)
         self._ids = itertools.count()
         self._prefix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self._seen: dict[Window, tuple[float, float]] = {}
@@ -248,6 +288,13 @@ class RedisLedger:
         self._held["tokens"] -= hold.tokens
         await self._call(self._settle, [hold.key, repr(cost), tokens])
 
+    async def book(self, hold: Hold, cost: float, tokens: int, booking: str) -> dict[str, Any]:
+        """``hold`` becomes a provider batch's spend, kept with its buckets under ``booking``."""
+        self._held["cost"] -= hold.cost
+        self._held["tokens"] -= hold.tokens
+        await self._call(self._book, [hold.key, booking, repr(cost), tokens])
+        return {"store": "redis", "where": self.where, "scope": self.scope, "id": booking}
+
     def statistics(self) -> BudgetStatistics:
         cost = next((w for w in self.windows if w.kind == "cost"), None)
         tok = next((w for w in self.windows if w.kind == "tokens"), None)
@@ -290,7 +337,21 @@ async def redis_status(url: str, scope: str | None) -> list[WindowUse]:
                 out.append(WindowUse(s, seconds, cost, int(tokens), c, int(tk), int(n)))
         return out
     except RedisError as exc:
-        raise SharedStoreError(f"--shared {_safe(url)}: {exc}") from None
+        raise SharedStoreError(f"--shared {safe_url(url)}: {exc}") from None
+    finally:
+        await client.aclose()
+
+
+async def settle_redis_booking(
+    url: str, scope: str, booking: str, cost: float, tokens: int
+) -> bool:
+    """Replace a batch's booking by its real cost; False: settled before (or aged out)."""
+    client = await connect(url)
+    try:
+        script = client.register_script(_SETTLE_BOOKING)
+        return bool(await script(keys=budget_keys(scope), args=[booking, repr(cost), tokens]))
+    except RedisError as exc:
+        raise SharedStoreError(f"--shared {safe_url(url)}: {exc}") from None
     finally:
         await client.aclose()
 
@@ -301,6 +362,6 @@ async def redis_reset(url: str, scope: str) -> None:
     try:
         await client.delete(*budget_keys(scope))
     except RedisError as exc:
-        raise SharedStoreError(f"--shared {_safe(url)}: {exc}") from None
+        raise SharedStoreError(f"--shared {safe_url(url)}: {exc}") from None
     finally:
         await client.aclose()

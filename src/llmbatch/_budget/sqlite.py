@@ -1,8 +1,9 @@
 """Rolling budget windows in one SQLite file, shared by every run on the machine.
 
-Two tables per scope: ``spend`` (what attempts really cost, booked with the wall
-time) and ``leases`` (room a live process took). A window's use is the spend of
-the last ``seconds`` plus every lease; an expired lease (its process died) keeps
+Its tables are in ``sqlite_file``: ``spend`` (what attempts really cost, booked
+with the wall time), ``bookings`` (provider batches' spend) and ``leases`` (room
+a live process took). A window's use is the spend and bookings of the last
+``seconds`` plus every lease; an expired lease (its process died) keeps
 counting, as spent at its worst case, until it ages out of the window like any
 spend: room it held may have been spent on requests we never heard back from.
 
@@ -12,90 +13,31 @@ request. A chunk is a 32nd of the room left (at most 16 attempts' worth,
 at least the attempt asking), so chunks shrink as the window fills and a
 process never sits on room another could use. Settled spend is booked, and
 unused room given back, at most every ``flush_s`` seconds, at a refusal and at
-close.
+close. A provider batch's booking (``book``) is written at once, under its id.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
 
+from llmbatch._budget.bookings import insert_booking
 from llmbatch._budget.ledger import BudgetStatistics, Hold, Refusal
-from llmbatch._budget.ledgerfile import check_ledger_file, ledger_unusable
+from llmbatch._budget.ledgerfile import ledger_unusable
+from llmbatch._budget.sqlite_file import connect, prune
+from llmbatch._budget.sqlite_windows import Sums, ages_out, window_sums
 from llmbatch._budget.windows import Window, window_refusal
 from llmbatch._core.clock import Clock
-from llmbatch._core.exceptions import LLMBatchError, SharedStoreError
+from llmbatch._core.exceptions import SharedStoreError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS spend (
-    scope TEXT NOT NULL, at REAL NOT NULL, cost REAL NOT NULL, tokens INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS spend_scope_at ON spend (scope, at);
-CREATE TABLE IF NOT EXISTS leases (
-    id TEXT PRIMARY KEY, scope TEXT NOT NULL, cost REAL NOT NULL, tokens INTEGER NOT NULL,
-    expires REAL NOT NULL, pid INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS leases_scope ON leases (scope);
-"""
 CHUNK_SHARE = 32  # a chunk is at most this fraction of the room left …
 CHUNK_ATTEMPTS = 16  # … and at most this many times the attempt asking
-KEEP_DAYS = 2.0  # spend older than this serves no window
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """One connection in WAL mode with a long busy timeout; creates the file and tables.
-
-    :raises UsageError: ``path`` is no ledger, or one SQLite cannot open (waiting will
-        not mend it); a lock held too long stays a ``sqlite3.OperationalError``.
-    """
-    check_ledger_file(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _connect(path)
-    except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
-            raise
-        raise ledger_unusable(path, str(exc)) from None
-    except (sqlite3.DatabaseError, OSError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ledger_unusable(path, why) from None
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    deadline = time.monotonic() + 30.0
-    while True:
-        try:
-            db.execute("PRAGMA busy_timeout = 30000")
-            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.executescript(SCHEMA)
-            return db
-        except sqlite3.OperationalError as exc:
-            # Switching to WAL takes an exclusive lock that the busy handler does not wait for.
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                db.close()
-                raise
-            time.sleep(0.05)
-        except BaseException:
-            db.close()
-            raise
-
-
-@dataclass(slots=True)
-class _Sums:
-    """One window's use seen in a transaction (this process's own lease apart)."""
-
-    spent: float = 0.0  # booked spend plus expired leases
-    held: float = 0.0  # other processes' live leases
 
 
 class SqliteLedger:
@@ -126,9 +68,10 @@ class SqliteLedger:
         self._held = {"cost": 0.0, "tokens": 0.0}
         self._unflushed = {"cost": 0.0, "tokens": 0.0}
         self._last_flush = 0.0
-        self._seen: dict[Window, _Sums] = {}
+        self._seen: dict[Window, Sums] = {}
         self._syncing = False
         self._deferred: list[tuple[Hold, float, int]] = []
+        self._booked: list[tuple[str, float, int]] = []  # batches' bookings, not yet written
         self.transactions = 0
 
     async def open(self) -> None:
@@ -179,6 +122,16 @@ class SqliteLedger:
         self._held["tokens"] -= hold.tokens
         self._unflushed["cost"] += cost
         self._unflushed["tokens"] += tokens
+
+    async def book(self, hold: Hold, cost: float, tokens: int, booking: str) -> dict[str, Any]:
+        """``hold`` becomes a provider batch's spend, written now under ``booking``."""
+        async with self._lock:  # (every transaction runs under it: none is under way)
+            self._held["cost"] -= hold.cost
+            self._held["tokens"] -= hold.tokens
+            self._booked.append((booking, cost, tokens))
+            await self._run(None)
+        path = str(self.path.resolve())
+        return {"store": "sqlite", "path": path, "scope": self.scope, "id": booking}
 
     def statistics(self) -> BudgetStatistics:
         cost = next((w for w in self.windows if w.kind == "cost"), None)
@@ -236,6 +189,9 @@ class SqliteLedger:
                     "INSERT INTO spend VALUES (?, ?, ?, ?)",
                     (self.scope, now, self._unflushed["cost"], int(self._unflushed["tokens"])),
                 )
+            for booking, cost, tokens in self._booked:
+                insert_booking(db, booking, self.scope, now, cost, tokens)
+            self._booked.clear()
             free = self._room(db, now)
             refusal = None
             if need is not None and any(self._limits[k] and need[k] > free[k] for k in need):
@@ -274,30 +230,11 @@ class SqliteLedger:
             (self._id, self.scope, cost, tokens, now + self.lease_s, os.getpid()),
         )
 
-    def _sums(self, db: sqlite3.Connection, now: float, w: Window) -> _Sums:
-        col = w.kind
-        since = now - w.seconds
-        (spent,) = db.execute(
-            f"SELECT COALESCE(SUM({col}), 0) FROM spend WHERE scope = ? AND at > ?",
-            (self.scope, since),
-        ).fetchone()
-        (dead,) = db.execute(
-            f"SELECT COALESCE(SUM({col}), 0) FROM leases "
-            "WHERE scope = ? AND id != ? AND expires <= ? AND expires > ?",
-            (self.scope, self._id, now, since),
-        ).fetchone()
-        (live,) = db.execute(
-            f"SELECT COALESCE(SUM({col}), 0) FROM leases WHERE scope = ? AND id != ? "
-            "AND expires > ?",
-            (self.scope, self._id, now),
-        ).fetchone()
-        return _Sums(float(spent) + float(dead), float(live))
-
     def _room(self, db: sqlite3.Connection, now: float) -> dict[str, float]:
         """Room left per kind beyond this process's holds, over its tightest window."""
         free = {"cost": float("inf"), "tokens": float("inf")}
         for w in self.windows:
-            s = self._seen[w] = self._sums(db, now, w)
+            s = self._seen[w] = window_sums(db, self.scope, self._id, now, w)
             left = w.limit - s.spent - s.held - self._held[w.kind]
             free[w.kind] = min(free[w.kind], left)
         return free
@@ -315,107 +252,8 @@ class SqliteLedger:
             # Holds in flight may settle for less than their worst case: worth waiting.
             if held <= 0 or s.spent + need[w.kind] > w.limit:
                 may_fit_later = False
-            at = self._ages_out(db, now, w, s.spent + held + need[w.kind] - w.limit)
+            at = ages_out(db, self.scope, now, w, s.spent + held + need[w.kind] - w.limit)
             if at is not None:
                 resets.append(at)
         resets_at = max(resets) if len(resets) == len(failing) else None
         return window_refusal(failing, need, self.scope, resets_at, may_fit_later)
-
-    def _ages_out(
-        self, db: sqlite3.Connection, now: float, w: Window, excess: float
-    ) -> float | None:
-        """When enough of the window's spend ages out to free ``excess`` (None: never)."""
-        since = now - w.seconds
-        rows = db.execute(
-            f"SELECT at, {w.kind} FROM spend WHERE scope = ? AND at > ? UNION ALL "
-            f"SELECT expires, {w.kind} FROM leases WHERE scope = ? AND expires <= ? "
-            "AND expires > ? ORDER BY 1",
-            (self.scope, since, self.scope, now, since),
-        )
-        freed = 0.0
-        for at, amount in rows:
-            freed += float(amount)
-            if freed >= excess:
-                return float(at) + w.seconds
-        return None
-
-
-def prune(db: sqlite3.Connection, now: float) -> None:
-    """Drop spend and dead leases that no window can see any more."""
-    cutoff = now - KEEP_DAYS * 86400.0
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("DELETE FROM spend WHERE at < ?", (cutoff,))
-    db.execute("DELETE FROM leases WHERE expires < ?", (cutoff,))
-    db.execute("COMMIT")
-
-
-@dataclass(frozen=True, slots=True)
-class WindowUse:
-    """Spend and held room of one scope over one rolling window (``budget status``)."""
-
-    scope: str
-    seconds: float
-    spent_cost: float
-    spent_tokens: int
-    held_cost: float
-    held_tokens: int
-    live_leases: int
-
-
-def ledger_status(path: Path, scope: str | None, now: float) -> list[WindowUse]:
-    """Use per scope (every scope when ``scope`` is None) over the last hour and day."""
-    if not path.exists():
-        return []
-    with _reading(path) as db:
-        if scope is None:
-            rows = db.execute("SELECT scope FROM spend UNION SELECT scope FROM leases ORDER BY 1")
-            scopes = [str(r[0]) for r in rows]
-        else:
-            scopes = [scope]
-        out = []
-        for s in scopes:
-            for seconds in (3600.0, 86400.0):
-                since = now - seconds
-                sc, st = db.execute(
-                    "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0) FROM spend "
-                    "WHERE scope = ? AND at > ?",
-                    (s, since),
-                ).fetchone()
-                dc, dt = db.execute(
-                    "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0) FROM leases "
-                    "WHERE scope = ? AND expires <= ? AND expires > ?",
-                    (s, now, since),
-                ).fetchone()
-                hc, ht, n = db.execute(
-                    "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(tokens), 0), COUNT(*) "
-                    "FROM leases WHERE scope = ? AND expires > ?",
-                    (s, now),
-                ).fetchone()
-                out.append(WindowUse(s, seconds, sc + dc, int(st + dt), hc, int(ht), int(n)))
-        return out
-
-
-def reset_scope(path: Path, scope: str) -> int:
-    """Forget every spend and lease of ``scope``; returns how many rows went."""
-    if not path.exists():
-        return 0
-    with _reading(path) as db:
-        db.execute("BEGIN IMMEDIATE")
-        n = db.execute("DELETE FROM spend WHERE scope = ?", (scope,)).rowcount
-        n += db.execute("DELETE FROM leases WHERE scope = ?", (scope,)).rowcount
-        db.execute("COMMIT")
-        return int(n)
-
-
-@contextmanager
-def _reading(path: Path) -> Iterator[sqlite3.Connection]:
-    """The ledger for ``budget status|reset``; its failures as errors the CLI can word."""
-    db = connect(path)
-    try:
-        yield db
-    except sqlite3.OperationalError as exc:
-        raise LLMBatchError(f"budget ledger {path}: {exc}; try again") from None
-    except sqlite3.DatabaseError as exc:
-        raise ledger_unusable(path, str(exc)) from None
-    finally:
-        db.close()

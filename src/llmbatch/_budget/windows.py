@@ -86,3 +86,9 @@ def window_refusal(
     if resets_at is not None:
         message += f"; enough frees up at {rfc3339(resets_at)}"
     return Refusal("budget_window", message, resets_at=resets_at, may_fit_later=may_fit_later)
+
+
+def safe_url(url: str) -> str:
+    """A ``--shared`` URL without its password: fit to keep on disk and to show."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url

@@ -36,9 +36,11 @@ def canonical_request(request: Request) -> dict[str, Any]:
 
 
 class CacheKey(str):
-    """A key that knows whether its answer is shared across job ids (for ``cache stats``)."""
+    """A key (the sha256 in hex) that knows whether its answer is shared across job ids
+    (for ``cache stats``) and how the cache file stores it."""
 
     shared: bool | None = None
+    stored: bytes = b""  # the digest's first 16 bytes: the key in the cache file
 
 
 def is_deterministic(request: Request, *, temperature_sent: bool = True) -> bool:
@@ -77,8 +79,10 @@ def cache_key(
         "job": None if shared else job_id,
     }
     data = orjson.dumps(material, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    key = CacheKey(hashlib.sha256(data).hexdigest())
+    digest = hashlib.sha256(data).digest()
+    key = CacheKey(digest.hex())
     key.shared = shared
+    key.stored = digest[:16]
     return key
 
 

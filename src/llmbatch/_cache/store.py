@@ -16,124 +16,26 @@ rest of the run with one warning, and the run goes on without it.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
-from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, check_cache_file, identify
-from llmbatch._cache.key import KEY_VERSION as KEY_VERSION
-from llmbatch._cache.key import cache_key as cache_key
-from llmbatch._cache.key import cache_key_for as cache_key_for
-from llmbatch._cache.key import canonical_request as canonical_request
-from llmbatch._cache.key import is_deterministic as is_deterministic
-from llmbatch._core.usage import Usage
+from llmbatch._cache.fileid import check_cache_file
+from llmbatch._cache.records import CacheContents, CachedAnswer, CacheStatistics
+from llmbatch._cache.sqlfile import connect, default_cache_path, sidecar, stored_key
 
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
-    from llmbatch._core.results import JobResult
 
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS answers (
-    key TEXT PRIMARY KEY,
-    created REAL NOT NULL,
-    used REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL,
-    value BLOB NOT NULL,
-    shared INTEGER
-);
-CREATE INDEX IF NOT EXISTS answers_used ON answers(used);
-"""
-
-
-def default_cache_path() -> Path:
-    """``$XDG_CACHE_HOME/llmbatch/cache.sqlite``, else ``~/.cache/llmbatch/cache.sqlite``."""
-    base = os.environ.get("XDG_CACHE_HOME") or ""
-    root = Path(base) if base.strip() else Path.home() / ".cache"
-    return root / "llmbatch" / "cache.sqlite"
-
-
+_STORE_BATCH = 2048  # answers a transaction (or a second's worth, whichever comes first)
 _PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
-
-
-@dataclass(frozen=True, slots=True)
-class CachedAnswer:
-    """A complete, valid answer as it was bought."""
-
-    text: str
-    parsed: Any
-    usage: Usage
-    cost_usd: float | None  # what it cost then: what a hit saves
-    stop_reason: str | None
-    model: str
-    provider: str
-    created: float = 0.0  # wall clock; set by the cache on store
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "text": self.text,
-                "parsed": self.parsed,
-                "usage": self.usage.to_dict(),
-                "cost_usd": self.cost_usd,
-                "stop_reason": self.stop_reason,
-                "model": self.model,
-                "provider": self.provider,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, raw: bytes, created: float) -> CachedAnswer:
-        d = orjson.loads(raw)
-        return cls(
-            text=d["text"],
-            parsed=d.get("parsed"),
-            usage=Usage.from_dict(d.get("usage")),
-            cost_usd=d.get("cost_usd"),
-            stop_reason=d.get("stop_reason"),
-            model=str(d.get("model")),
-            provider=str(d.get("provider")),
-            created=created,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStatistics:
-    """This run's use of the cache, for the report."""
-
-    hits: int
-    saved_usd: float
-    stores: int
-    disabled: str | None  # why it was turned off mid-run, if it was
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"hits": self.hits, "saved_usd": round(self.saved_usd, 6)}
-
-
-@dataclass(frozen=True, slots=True)
-class CacheContents:
-    """What the cache file holds, for ``llmbatch cache stats``."""
-
-    path: str
-    entries: int
-    bytes: int
-    hits: int  # over every run that used it
-    saved_usd: float
-    oldest: float | None
-    newest: float | None
-    shared: int = 0  # answers shared across job ids (temperature 0, sent)
-    per_job: int = 0  # answers kept for their own job id (sampled)
-    unrecorded: int = 0  # stored before llmbatch recorded which
 
 
 def _warn_stderr(message: str) -> None:
@@ -169,38 +71,7 @@ class ResponseCache:
         self._absent: set[str] = set()
         self._last_write = clock()
         with self._guard("open"):
-            self._db = self._connect()
-
-    def _connect(self) -> sqlite3.Connection:
-        found, why = identify(self.path)
-        if found in (CacheFile.FOREIGN, CacheFile.BROKEN, CacheFile.TEXT):
-            # Never write into a file that is not ours (a ledger, a jobs file).
-            raise sqlite3.DatabaseError(f"{self.path} is not an llmbatch cache: {why}")
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        db = sqlite3.connect(
-            self.path,
-            timeout=self._busy_timeout_s,
-            isolation_level=None,  # autocommit: each store is its own short transaction
-            check_same_thread=False,
-        )
-        try:
-            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_s * 1000)}")
-            if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                # Marked before WAL, so a new file carries the mark in its header at once.
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable enough for a cache
-            # Checkpoint every ~40 MB of WAL, not every 4 MB: random-key inserts touch the
-            # same pages again and again, and each checkpoint copies them once.
-            db.execute("PRAGMA wal_autocheckpoint = 10000")
-            # Keys are random: a big cache touches pages all over; keep more of them at hand.
-            db.execute("PRAGMA cache_size = -16384")  # KiB
-            db.executescript(_SCHEMA)
-            _add_shared_column(db)
-        except BaseException:
-            db.close()
-            raise
-        return db
+            self._db = connect(self.path, self._busy_timeout_s)
 
     @property
     def usable(self) -> bool:
@@ -238,20 +109,22 @@ class ResponseCache:
         them all instead of one per job.
         """
         db = self._db
-        wanted = [k for k in keys if k not in self._pending]
+        wanted = {stored_key(k): k for k in keys if k not in self._pending}
         if not wanted or db is None:
             return
         with self._guard("lookup"):
-            for i in range(0, len(wanted), _PREFETCH_CHUNK):
-                part = wanted[i : i + _PREFETCH_CHUNK]
+            stored = list(wanted)
+            for i in range(0, len(stored), _PREFETCH_CHUNK):
+                part = stored[i : i + _PREFETCH_CHUNK]
                 marks = ",".join("?" * len(part))
                 rows = db.execute(
                     f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
                 ).fetchall()
+                self._absent.update(wanted[k] for k in part)
                 for key, value, created in rows:
-                    self._prefetched[key] = (value, created)
-                self._absent.update(part)
-                self._absent.difference_update(row[0] for row in rows)
+                    name = wanted[key]
+                    self._prefetched[name] = (value, created)
+                    self._absent.discard(name)
 
     def contains(self, key: str) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit)."""
@@ -262,7 +135,8 @@ class ResponseCache:
             return True
         found = False
         with self._guard("lookup"):
-            found = db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None
+            row = db.execute("SELECT 1 FROM answers WHERE key = ?", (stored_key(key),)).fetchone()
+            found = row is not None
         return found
 
     def lookup(self, key: str) -> CachedAnswer | None:
@@ -281,7 +155,7 @@ class ResponseCache:
             if row is None:
                 with self._guard("lookup"):
                     row = db.execute(
-                        "SELECT value, created FROM answers WHERE key = ?", (key,)
+                        "SELECT value, created FROM answers WHERE key = ?", (stored_key(key),)
                     ).fetchone()
         if row is None:
             return None
@@ -305,7 +179,7 @@ class ResponseCache:
         shared = getattr(key, "shared", None)
         self._pending[key] = (now, answer.cost_usd, answer.to_json(), shared)
         self._stores += 1
-        if len(self._pending) >= 2048 or now - self._last_write >= 1.0:
+        if len(self._pending) >= _STORE_BATCH or now - self._last_write >= 1.0:
             self.flush()
 
     def flush(self) -> None:
@@ -314,7 +188,10 @@ class ResponseCache:
             self._last_write = self._now()
             if self._db is None or not self._pending:
                 return
-            rows = [(k, t, t, cost, blob, sh) for k, (t, cost, blob, sh) in self._pending.items()]
+            rows = [
+                (stored_key(k), t, t, cost, blob, sh)
+                for k, (t, cost, blob, sh) in self._pending.items()
+            ]
             self._pending.clear()
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
@@ -337,7 +214,7 @@ class ResponseCache:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?",
-                    [(when, key) for key, when in self._used.items()],
+                    [(when, stored_key(key)) for key, when in self._used.items()],
                 )
                 self._db.execute("COMMIT")
                 self._used.clear()
@@ -362,7 +239,7 @@ class ResponseCache:
             ).fetchone()
             size = sum(
                 p.stat().st_size
-                for p in (self.path, _sidecar(self.path, "-wal"), _sidecar(self.path, "-shm"))
+                for p in (self.path, sidecar(self.path, "-wal"), sidecar(self.path, "-shm"))
                 if p.exists()
             )
             result = CacheContents(
@@ -382,61 +259,6 @@ class ResponseCache:
             removed = self._db.execute("DELETE FROM answers WHERE used < ?", (cutoff,)).rowcount
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return removed
-
-
-def _add_shared_column(db: sqlite3.Connection) -> None:
-    """A cache made before answers recorded ``shared`` gets the column (NULL: unknown)."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(answers)")}
-    if "shared" in columns:
-        return
-    try:
-        db.execute("ALTER TABLE answers ADD COLUMN shared INTEGER")
-    except sqlite3.OperationalError as exc:
-        if "duplicate column" not in str(exc):  # another run added it just now
-            raise
-
-
-def _sidecar(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
-
-
-def clear_cache(path: Path) -> int:
-    """Remove the cache file (and its WAL files), even a corrupt one; return bytes freed."""
-    freed = 0
-    for p in (path, _sidecar(path, "-wal"), _sidecar(path, "-shm")):
-        try:
-            freed += p.stat().st_size
-            p.unlink()
-        except FileNotFoundError:
-            pass
-    return freed
-
-
-def hit_result(
-    answer: CachedAnswer, *, job_id: str, metadata: Any, fingerprint: str | None
-) -> JobResult:
-    """The result line of a job answered from the cache: nothing spent this run."""
-    from llmbatch._core.results import JobResult
-    from llmbatch._core.states import Status
-
-    return JobResult(
-        id=job_id,
-        status=Status.OK,
-        output=answer.text,
-        parsed=answer.parsed,
-        provider=answer.provider,
-        model=answer.model,
-        usage=Usage(),
-        cost_usd=0.0,
-        latency_ms=None,
-        ttft_ms=None,
-        attempts=0,
-        error=None,
-        metadata=metadata,
-        stop_reason=answer.stop_reason,
-        fingerprint=fingerprint,
-        cache={"hit": True, "saved_usd": answer.cost_usd},
-    )
 
 
 def open_cache(config: RunConfig) -> ResponseCache | None:

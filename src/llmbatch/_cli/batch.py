@@ -8,7 +8,6 @@ render, exit. Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent),
 
 from __future__ import annotations
 
-import datetime
 import os
 import sys
 from pathlib import Path
@@ -16,16 +15,23 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from llmbatch._cli.batch_render import (
+    PENDING_EXIT,
+    pending_note,
+    render_rows,
+    say_fetched,
+    say_submitted,
+)
 from llmbatch._cli.common import _flags
 from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
 
 if TYPE_CHECKING:
-    from llmbatch._batch.context import BatchRow
-    from llmbatch._batch.fetch import FetchReport
-    from llmbatch._batch.submit import SubmitReport
+    from llmbatch._batch.context import BatchContext
+    from llmbatch._batch.status import BatchRow
     from llmbatch._config.settings import RunConfig
     from llmbatch._observe.progress import ProgressSink
     from llmbatch._report.report import RunReport
+    from llmbatch._run.embed import EmbedRun
     from llmbatch._run.online import FileRun
 
 batch_app = typer.Typer(
@@ -46,51 +52,6 @@ def output_config(output: str, config_path: Path | None, **flags: object) -> Run
 
     merged = {"output": output, **flags}
     return build_run_config(Path(os.devnull), merged, load_config(config_path))
-
-
-def _stamp(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
-
-
-PENDING_EXIT = 6  # jobs handed back by their batches: `batch submit` them again
-
-
-def render_rows(rows: list[BatchRow], as_json: bool, pending: int | None = None) -> None:
-    """The rows as a table (or JSON: a list; with ``pending``, {"batches", "pending_jobs"})."""
-    from llmbatch._cli.common import _console
-    from llmbatch._report.render import print_whole
-
-    if as_json:
-        import orjson
-
-        data: object = [r.to_dict() for r in rows]
-        if pending is not None:
-            data = {"batches": data, "pending_jobs": pending}
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title="batches", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("provider", "model", "id", "state", "ok", "failed", "total", "created", "expires"):
-        right = col in ("ok", "failed", "total")
-        table.add_column(col, justify="right" if right else "left", no_wrap=True)
-    for r in rows:
-        state = "fetched" if r.fetched else r.state  # the provider's word until then
-        table.add_row(
-            r.provider,
-            r.model,
-            r.id,
-            state,
-            str(r.succeeded),
-            str(r.failed),
-            str(r.total),
-            _stamp(r.created_at),
-            _stamp(r.expires_at),
-        )
-    print_whole(_console(), table)
 
 
 @batch_app.command()
@@ -140,42 +101,18 @@ def submit(
         from llmbatch._cli.common import _configured
 
         with _configured(jobs, flags, config) as cfg:
-            rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
-        _say_submitted(rep, as_json)
+            if _embeds(cfg):
+                from llmbatch._batch.embed_cmds import submit_embed_file
+
+                rep = anyio.run(lambda: submit_embed_file(cfg, batch_size=batch_size))
+            else:
+                rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
+        say_submitted(rep, as_json)
         return rep.exit_code
 
     from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
-
-
-def _say_submitted(rep: SubmitReport, as_json: bool) -> None:
-    """The submit report as JSON (with --json), and one line per batch and in sum on stderr."""
-    from llmbatch._cli.common import _err
-
-    if as_json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    for b in rep.batches:
-        sys.stderr.write(f"llmbatch: {b.provider}:{b.model}: batch {b.id}, {b.jobs} jobs\n")
-    sys.stderr.write(
-        f"llmbatch: submitted {rep.jobs} jobs in {len(rep.batches)} batches "
-        f"(worst case held ${rep.reserved_cost:.4f}); {rep.skipped_done} already done, "
-        f"{rep.skipped_open} already in open batches\n"
-    )
-    for note in rep.notes:
-        _err(note)
-    if rep.stopped_by == "budget":
-        _err(
-            f"the budget cap left {rep.not_submitted} jobs unsubmitted; "
-            "fetch, then submit again with a higher cap"
-        )
-    if rep.stopped_by == "budget_window":
-        _err(
-            f"{rep.window_message}; {rep.not_submitted} jobs left unsubmitted: submit again "
-            "once the window frees (exit 4)"
-        )
 
 
 @batch_app.command()
@@ -186,7 +123,8 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_context, batch_status, pending_jobs
+        from llmbatch._batch.context import batch_context
+        from llmbatch._batch.status import batch_status
         from llmbatch._cli.common import _err
 
         cfg = output_config(output, config)
@@ -195,7 +133,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
             async with batch_context(cfg, write=False) as ctx:
                 if not ctx.state.exists:
                     _err(f"no batches recorded for {output}")
-                return await batch_status(ctx), pending_jobs(ctx), ctx.notes
+                return await batch_status(ctx), _pending(ctx), ctx.notes
 
         rows, pending, notes = anyio.run(main)
         render_rows(rows, as_json, pending)
@@ -212,13 +150,29 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     raise typer.Exit(_guard(go))
 
 
-def pending_note(pending: int, output: str) -> str:
-    return (
-        f"{pending} job(s) are pending (their batch came back without their answer, was "
-        "lost, or was never created): submit them again "
-        f"(`llmbatch batch submit JOBS -o {output}`, or "
-        f"`llmbatch run JOBS -o {output} --mode batch`)"
-    )
+def _embeds(cfg: RunConfig) -> bool:
+    """Whether a jobs file holds embedding lines (``input``, no prompt)."""
+    from llmbatch._batch.embed_cmds import embedding_lines
+
+    return cfg.embed or embedding_lines(cfg)
+
+
+def _embed_output(cfg: RunConfig) -> bool:
+    """Whether an output's batches are embedding batches."""
+    from llmbatch._batch.embed_cmds import is_embed_state
+    from llmbatch._io.batch_state import BatchState
+
+    assert cfg.output is not None
+    return is_embed_state(BatchState.load(cfg.output))
+
+
+def _pending(ctx: BatchContext) -> int:
+    from llmbatch._batch.embed_cmds import is_embed_state, pending_lines, read_done
+    from llmbatch._batch.status import pending_jobs
+
+    if ctx.config.output is not None and is_embed_state(ctx.state):
+        return pending_lines(ctx.state, read_done(ctx.config.output))
+    return pending_jobs(ctx)
 
 
 @batch_app.command()
@@ -253,53 +207,24 @@ def fetch(
 
         caps = {"max_cost": max_cost, "max_total_tokens": max_total_tokens}
         cfg = output_config(output, config, **caps)
-        rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
+        if _embed_output(cfg):
+            from llmbatch._batch.embed_cmds import fetch_embed_output
+
+            rep = anyio.run(lambda: fetch_embed_output(cfg, wait=wait, poll=poll))
+        else:
+            rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
         if as_json:
             import orjson
 
             sys.stdout.write(
                 orjson.dumps(rep.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
             )
-        _say_fetched(rep, output)
+        say_fetched(rep, output)
         return rep.exit_code
 
     from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
-
-
-def _say_fetched(rep: FetchReport, output: str) -> None:
-    """What fetch did, on stderr: batches, repairs, savings, notes."""
-    from llmbatch._cli.common import _err
-
-    sys.stderr.write(
-        f"llmbatch: fetched {rep.closed} batches: {rep.ok} ok, {rep.failed} failed, "
-        f"{rep.returned} back to pending; {rep.still_open} still in progress\n"
-    )
-    if rep.repaired:
-        sys.stderr.write(
-            f"llmbatch: repaired {rep.repaired} schema misses online "
-            f"(${rep.repair_cost_usd:.6f}; counted in ok/failed above)\n"
-        )
-    if rep.repair_pending:
-        sys.stderr.write(
-            f"llmbatch: {rep.repair_pending} answers await their schema repair online\n"
-        )
-    if rep.batch_jobs:
-        saved = rep.online_cost_usd - rep.cost_usd
-        sys.stderr.write(
-            f"llmbatch: batch cost ${rep.cost_usd:.6f} for {rep.batch_jobs} jobs "
-            f"(online: ${rep.online_cost_usd:.6f}; saved ${saved:.6f})\n"
-        )
-    if rep.refused:
-        sys.stderr.write(
-            f"llmbatch: refused {rep.refused} result lines this output did not send "
-            "(not written; see above)\n"
-        )
-    for note in rep.notes:
-        _err(note)
-    if rep.pending and not rep.still_open:
-        _err(pending_note(rep.pending, output))
 
 
 @batch_app.command()
@@ -309,7 +234,8 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     def go() -> int:
         import anyio
 
-        from llmbatch._batch.context import batch_cancel, batch_context
+        from llmbatch._batch.context import batch_context
+        from llmbatch._batch.status import batch_cancel
 
         cfg = output_config(output, config)
 
@@ -387,4 +313,23 @@ def run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, FileRun
 
     return anyio.run(
         lambda: run_with_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
+    )
+
+
+def embed_run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, EmbedRun]:
+    """``run|embed EMB --mode batch|auto``: embedding batches, then the rest online."""
+    import anyio
+
+    from llmbatch._batch.embed_run import run_embed_batches
+    from llmbatch._cli.common import _err
+
+    mode = cfg.mode
+    deadline = cfg.batch_deadline if mode == "auto" else None
+
+    def say(message: str) -> None:
+        if not cfg.quiet:
+            _err(message)
+
+    return anyio.run(
+        lambda: run_embed_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
     )

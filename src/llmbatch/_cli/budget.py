@@ -88,7 +88,7 @@ def _status_rows(
 
         uses = anyio.run(redis_status, shared, scope)
     else:
-        from llmbatch._budget.sqlite import ledger_status
+        from llmbatch._budget.sqlite_status import ledger_status
         from llmbatch._budget.windows import default_ledger_path
 
         uses = ledger_status(ledger or default_ledger_path(), scope, time.time())
@@ -122,7 +122,7 @@ def reset(
 
             anyio.run(redis_reset, shared, scope)
         else:
-            from llmbatch._budget.sqlite import reset_scope
+            from llmbatch._budget.sqlite_status import reset_scope
             from llmbatch._budget.windows import default_ledger_path
 
             reset_scope(ledger or default_ledger_path(), scope)

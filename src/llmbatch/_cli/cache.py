@@ -39,7 +39,7 @@ def parse_duration(text: str) -> float:
 
 
 def _path(path: Path | None) -> Path:
-    from llmbatch._cache.store import default_cache_path
+    from llmbatch._cache.sqlfile import default_cache_path
 
     return path if path is not None else default_cache_path()
 
@@ -47,7 +47,7 @@ def _path(path: Path | None) -> Path:
 def _checked(path: Path | None, command: str, deleting: bool = False) -> tuple[Path, CacheFile]:
     """The cache path, and what it holds; a file that is no cache is exit 2, untouched."""
     from llmbatch._cache.fileid import check_cache_file
-    from llmbatch._cache.store import default_cache_path
+    from llmbatch._cache.sqlfile import default_cache_path
     from llmbatch._core.exceptions import UsageError
 
     p = _path(path)
@@ -70,7 +70,8 @@ def stats(
 ) -> None:
     """How many answers the cache holds, its size, and what it has saved."""
     from llmbatch._cache.fileid import CacheFile
-    from llmbatch._cache.store import CacheContents, ResponseCache
+    from llmbatch._cache.records import CacheContents
+    from llmbatch._cache.store import ResponseCache
 
     p, found_file = _checked(path, "cache stats")
     if found_file in (CacheFile.ABSENT, CacheFile.EMPTY):
@@ -108,7 +109,7 @@ def stats(
 def clear(path: PathOpt = None) -> None:
     """Delete every cached answer (removes the file; a corrupt one too at the default path)."""
     from llmbatch._cache.fileid import CacheFile
-    from llmbatch._cache.store import clear_cache
+    from llmbatch._cache.sqlfile import clear_cache
 
     p, found = _checked(path, "cache clear", deleting=True)
     if found is CacheFile.EMPTY and path is not None:

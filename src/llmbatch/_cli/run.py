@@ -45,13 +45,13 @@ def _run(
             raise UsageError("--batch-deadline goes with --mode auto. Nothing was sent.")
         progress = make_progress(cfg.quiet)
         _quiet_gc()
-        _refuse_parquet_modes(cfg)
-        if ray is not None and cfg.output is not None and cfg.output.suffix == ".parquet":
-            raise UsageError("--ray writes JSONL: give a .jsonl --output. Nothing was sent.")
-        if cfg.embed or _embedding_lines(cfg):
+        if cfg.embed or _embedding_lines(cfg):  # (vectors go to Parquet in every mode)
             if ray is not None:
                 raise UsageError("--ray is not built for embeddings. Nothing was sent.")
             return _embed(cfg, progress)
+        _refuse_parquet_modes(cfg)
+        if ray is not None and cfg.output is not None and cfg.output.suffix == ".parquet":
+            raise UsageError("--ray writes JSONL: give a .jsonl --output. Nothing was sent.")
         if cfg.npy:
             raise UsageError("--npy is for embedding jobs (vectors). Nothing was sent.")
         if ray is not None:
@@ -127,7 +127,23 @@ def estimate_file(
         # A pipe was spooled to a file: read it again from there.
         with _configured(str(cfg.jobs), {**flags, "embed": True}, config_path) as ecfg:
             ecfg.jobs_display = cfg.jobs_display
-            return estimate_embeddings(ecfg), render_embed_estimate
+            return estimate_embeddings(ecfg, _embed_batch_price(ecfg)), render_embed_estimate
+
+
+def _embed_batch_price(cfg: RunConfig) -> Callable[[Any, Any], Any]:
+    """What embeddings cost by batch, as ``--mode batch`` prices them (None: no batch)."""
+    import time
+
+    from llmbatch._batch.embed_submit import embed_batch_price, embeds_by_batch
+
+    at = time.time()
+
+    def price(book: Any, ref: Any) -> Any:
+        if not embeds_by_batch(cfg.providers[ref.provider]):
+            return None
+        return embed_batch_price(book, cfg, ref, at)[0]
+
+    return price
 
 
 def _embed(cfg: RunConfig, progress: Any) -> int:
@@ -136,13 +152,18 @@ def _embed(cfg: RunConfig, progress: Any) -> int:
     from llmbatch._run.embed import EmbedRun
     from llmbatch._run.session import exit_code_for
 
+    if cfg.shard is not None:
+        _refuse_parquet_modes(cfg)  # a .parquet output with --shard, or a batch mode
     if cfg.mode != "online":
-        raise UsageError(
-            "embeddings run online only for now (--mode batch is not built for them). "
-            "Nothing was sent."
-        )
-    engine = EmbedRun(cfg, progress=progress)
-    report = anyio.run(engine.run)
+        from llmbatch._cli.batch import embed_run_mode
+
+        report, engine = embed_run_mode(cfg, progress)
+    else:
+        from llmbatch._batch.run import refuse_if_batches_open
+
+        refuse_if_batches_open(cfg.output)
+        engine = EmbedRun(cfg, progress=progress)
+        report = anyio.run(engine.run)
     _write_json_report(cfg, report)
     _tell_outcome(cfg, report, engine)  # the report, why it stopped, --html: as every run
     return exit_code_for(report, engine.stop_signal)

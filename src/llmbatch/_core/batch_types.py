@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.usage import Usage
@@ -50,6 +50,7 @@ class ItemResult:
     usage: Usage | None = None
     stop_reason: str | None = None
     error: ProviderError | None = None
+    vectors: Any = None  # an embeddings answer: a float32 matrix, one row per input
 
 
 class BatchClient(Protocol):

@@ -42,6 +42,9 @@ class Request:
     cache: PrefixInfo | None = None
     # An embeddings pack (``_core.embed.EmbedPack``): the request asks for vectors.
     embed: Any = None
+    # The plan's hash of the job as first sent (``_engine.plan.fingerprint``); None
+    # when no plan made it. The offline provider derives its answer from it.
+    fingerprint: str | None = None
 
 
 @dataclass(slots=True)

@@ -14,7 +14,8 @@ from typing import Any
 
 import anyio
 
-from llmbatch._cache.store import CachedAnswer, ResponseCache, hit_result
+from llmbatch._cache.records import CachedAnswer, hit_result
+from llmbatch._cache.store import ResponseCache
 from llmbatch._core.clock import Clock
 from llmbatch._core.events import CacheHit, EventBus
 from llmbatch._core.jobs import Request

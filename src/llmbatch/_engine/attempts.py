@@ -14,7 +14,7 @@ attempt; a provider that does not say so (``honours_deadline``) gets one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.schema import validate_answer
+from llmbatch._core.states import Status
 from llmbatch._core.stops import HARD_STOPS, StopReason
 from llmbatch._core.usage import Usage
 from llmbatch._engine.answers import AnswerCache
@@ -89,19 +90,20 @@ class JobRunner:
                 return hit  # before any budget or rate-limit slot: a hit costs nothing
             if answers.shareable(pj):
                 return await answers.single_flight(pj, lambda: self._run(pj, seed))
+        if seed is None:  # the common case, one coroutine less
+            return await self._on_chain(Tally(pj), pj.chain, None)
         return await self._run(pj, seed)
 
     async def _run(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
         tally = Tally(pj)
-        chain, first = pj.chain, None
-        if seed is not None:
-            chain, begun = begin_from_seed(seed, tally, self.settings.repair_attempts)
-            if isinstance(begun, JobResult):
-                begun.batch = seed.batch
-                return begun
-            first = begun
-        result = await self._on_chain(tally, chain, first)
-        if seed is not None and result is not None and seed.repairs:
+        if seed is None:
+            return await self._on_chain(tally, pj.chain, None)
+        chain, begun = begin_from_seed(seed, tally, self.settings.repair_attempts)
+        if isinstance(begun, JobResult):
+            begun.batch = seed.batch
+            return begun
+        result = await self._on_chain(tally, chain, begun)
+        if result is not None and seed.repairs:
             result.batch = seed.batch  # part of the answer came from the batch
         return result
 
@@ -123,7 +125,7 @@ class JobRunner:
                 return None
             if outcome is not None:
                 return outcome  # type: ignore[return-value]
-        return tally.result("failed", last_ref)
+        return tally.result(Status.FAILED, last_ref)
 
     async def _on_model(
         self, tally: Tally, ref: ModelRef, has_next: bool, first: Request | None = None
@@ -151,7 +153,7 @@ class JobRunner:
             if isinstance(answer, ProviderError):
                 if answer.retry_now:
                     self._emit_attempt(tally, ref, sent, 0.0)
-                    tally.errors[answer.error_type] += 1
+                    tally.failed_attempt(answer.error_type)
                     continue  # a setting of ours was refused and changed: send again at once
                 tries += 1
                 end = await self._after_error(answer, tally, ref, sent, tries, has_next)
@@ -171,7 +173,7 @@ class JobRunner:
                 tries = 0  # a repair is a new question, with its own retries
                 continue
             return tally.result(
-                "failed", ref, error=ResultError.schema_invalid(problem), **_common(answer)
+                Status.FAILED, ref, error=ResultError.schema_invalid(problem), **_common(answer)
             )
         return None
 
@@ -185,7 +187,7 @@ class JobRunner:
         has_next: bool,
     ) -> JobResult | NotWritten | None | object:
         """Book a failed attempt, then carry out the policy's verdict (waiting if it says so)."""
-        tally.errors[err.error_type] += 1
+        tally.failed_attempt(err.error_type)
         tally.last_error = ResultError.of(err)
         gate = self.gates[ref]
         if err.error_type == "rate_limited" and getattr(err, "teaches_limit", True):
@@ -203,7 +205,7 @@ class JobRunner:
         if step is Step.AUTH:
             return self._auth_failed(err, tally, ref)
         if step is Step.FAIL:
-            return tally.result("failed", ref)
+            return tally.result(Status.FAILED, ref)
         if step is Step.NEXT_MODEL:
             return None
         stats = getattr(gate, "stats", None)
@@ -216,7 +218,7 @@ class JobRunner:
     def _ok(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
         """A complete, valid answer: kept in the cache, then the job's result."""
         self.answers.keep(tally.pj, ref, answer, parsed, tally.cost)
-        return tally.result("ok", ref, parsed=parsed, **_common(answer))
+        return tally.result(Status.OK, ref, parsed=parsed, **_common(answer))
 
     def reservation(
         self, ref: ModelRef, request: Request, tally: Tally | None = None
@@ -231,13 +233,6 @@ class JobRunner:
         price = self.prices.price(ref)
         cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
         return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
-
-    async def _hold(self, res: Reservation) -> Held | Refusal | None:
-        held = self.budgets.reserve_now(res.cost, res.budget_tokens)
-        if held is not None:
-            return held
-        # A shared ledger, or no room yet: the path that may wait.
-        return await self.budgets.reserve(res.cost, res.budget_tokens)
 
     async def _attempt(
         self, tally: Tally, ref: ModelRef, request: Request, repair: bool
@@ -268,7 +263,9 @@ class JobRunner:
         self, tally: Tally, ref: ModelRef, request: Request, repair: bool
     ) -> Sent | Refusal | None:
         res = self.reservation(ref, request, tally)
-        held = await self._hold(res)
+        held: Held | Refusal | None = self.budgets.reserve_now(res.cost, res.budget_tokens)
+        if held is None:  # a shared ledger, or no room yet: the path that may wait
+            held = await self.budgets.reserve(res.cost, res.budget_tokens)
         if held is None or isinstance(held, Refusal):
             return held
         gate = self.gates[ref]
@@ -288,7 +285,12 @@ class JobRunner:
                 self.bus.emit(
                     AttemptStarted(started, job_id, ref.provider, ref.model, tally.attempts)
                 )
-            outcome = await self._send(ref, request)
+            try:
+                outcome = await self._send(ref, request)
+            except ProviderError as exc:
+                outcome = exc
+            except Exception as exc:
+                outcome = self._foreign(exc)
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
             cost = self.prices.cost(ref, usage) if usage is not None else 0.0
             if usage is not None:
@@ -308,28 +310,29 @@ class JobRunner:
         kept = request if self.settings.log_prompts else None
         return Sent(outcome, started, usage, cost, repair, kept)
 
-    async def _send(self, ref: ModelRef, request: Request) -> Answer | ProviderError:
-        """Send once; every failure, foreign ones included, becomes a ProviderError."""
+    def _send(self, ref: ModelRef, request: Request) -> Awaitable[Answer]:
+        """One send, within --timeout: a provider that honours the deadline it is given is
+        awaited as it is (no coroutine of ours around it); any other gets a timer."""
         timeout = self.settings.timeout
         provider = self.provider(ref.provider)
-        try:
-            if getattr(provider, "honours_deadline", False):
-                return await provider.send(ref.model, request, timeout)
-            with anyio.fail_after(timeout):
-                return await provider.send(ref.model, request, timeout)
-        except ProviderError as exc:
-            return exc
-        except Exception as exc:
-            err = translate_exception(
-                exc, timeout_message=f"no complete answer within --timeout {timeout:g} s"
-            )
-            if err is not None:
-                return err
-            # A bug of ours: one job's attempt, never the whole run.
-            message = redact(f"{type(exc).__name__}: {exc}", None)
-            other = OtherProviderError(f"internal error while sending: {message}")
-            other.retryable = True
-            return other
+        sending = provider.send(ref.model, request, timeout)
+        if getattr(provider, "honours_deadline", False):
+            return sending
+        return _within(sending, timeout)
+
+    def _foreign(self, exc: Exception) -> ProviderError:
+        """A failure that is not a ProviderError, as one: never the whole run's end."""
+        timeout = self.settings.timeout
+        err = translate_exception(
+            exc, timeout_message=f"no complete answer within --timeout {timeout:g} s"
+        )
+        if err is not None:
+            return err
+        # A bug of ours: one job's attempt, never the whole run.
+        message = redact(f"{type(exc).__name__}: {exc}", None)
+        other = OtherProviderError(f"internal error while sending: {message}")
+        other.retryable = True
+        return other
 
     def _auth_failed(
         self, err: ProviderError, tally: Tally, ref: ModelRef
@@ -343,7 +346,7 @@ class JobRunner:
             )
             self.stopper.stop(StopReason.AUTH)
         if ref.provider in self._answered:
-            return tally.result("failed", ref)  # the key works: this job or model is refused
+            return tally.result(Status.FAILED, ref)  # the key works: this job or model is refused
         self.auth_withheld += 1
         return NOT_WRITTEN
 
@@ -360,10 +363,15 @@ class JobRunner:
         self.stopper.stop(StopReason(refusal.reason))
         if tally.attempts == tally.carried:  # nothing sent by this run: it stays resumable
             return NOT_WRITTEN
-        return tally.result("failed", ref, error=ResultError.budget())
+        return tally.result(Status.FAILED, ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
         self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
+
+
+async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:
+    with anyio.fail_after(limit_s):
+        return await sending
 
 
 _RETRY = object()  # _after_error: the wait is over, try the same model again

@@ -105,7 +105,7 @@ class EmbedState:
         pack.kept = None
 
     def _to_cache(self, pack: EmbedPack, matrix: Any) -> None:
-        from llmbatch._cache.store import CachedAnswer
+        from llmbatch._cache.records import CachedAnswer
         from llmbatch._core.embed import encode_vector
 
         assert self.cache is not None and self.cache_key is not None

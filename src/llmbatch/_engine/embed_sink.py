@@ -93,6 +93,11 @@ class EmbedSink:
             )
         self.lines.write(out)
 
+    def flush(self) -> None:
+        """What was written so far survives a kill (a batch is marked fetched after this)."""
+        if self.vectors is not None:
+            self.vectors.flush()
+
     def close(self) -> None:
         if self.vectors is not None:
             self.vectors.close()

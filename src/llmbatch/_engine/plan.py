@@ -181,7 +181,8 @@ class Planner:
             wire_format=r.wire_format,
             body=r.body,
         )
-        pj = PreparedJob(job, request, chain, fingerprint(model, request))
+        fp = request.fingerprint = fingerprint(model, request)
+        pj = PreparedJob(job, request, chain, fp)
         if self.last_plan is not None:  # the groups are counted: each job takes its own
             settings = cfg.providers[model.provider]
             routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")

@@ -5,7 +5,6 @@ Also the schema repair turn: the same question, the invalid answer and what was 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +39,7 @@ class Tally:
     carried: int = 0  # attempts made before this run (a batch's rounds), in ``attempts``
     repairs: int = 0
     fallbacks: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
+    errors: dict[str, int] = field(default_factory=dict)  # failed attempts by error.type
     last_error: ResultError | None = None
     last_text: str | None = None
 
@@ -48,12 +47,17 @@ class Tally:
         self.usage.add(usage)
         self.cost = None if (cost is None or self.cost is None) else self.cost + cost
 
-    def result(self, status: Status | str, ref: ModelRef, **kw: Any) -> JobResult:
+    def failed_attempt(self, error_type: str) -> None:
+        self.errors[error_type] = self.errors.get(error_type, 0) + 1
+
+    def result(self, status: Status, ref: ModelRef, **kw: Any) -> JobResult:
+        """The job's result line (the tally is done with: its counts go in as they are)."""
         job = self.pj.job
+        failed = status is Status.FAILED
         return JobResult(
             id=job.id,
-            status=Status(status),
-            output=kw.get("output", self.last_text if status == "failed" else None),
+            status=status,
+            output=kw.get("output", self.last_text if failed else None),
             parsed=kw.get("parsed"),
             provider=ref.provider,
             model=ref.model,
@@ -62,12 +66,12 @@ class Tally:
             latency_ms=kw.get("latency_ms"),
             ttft_ms=kw.get("ttft_ms"),
             attempts=self.attempts,
-            error=kw.get("error", self.last_error if status == "failed" else None),
+            error=kw.get("error", self.last_error if failed else None),
             metadata=job.metadata,
             input=job.input,
             stop_reason=kw.get("stop_reason"),
             fingerprint=self.pj.fingerprint,
-            attempt_errors=dict(self.errors),
+            attempt_errors=self.errors,
             repairs=self.repairs,
             fallbacks=self.fallbacks,
             prefix_group=self.pj.prefix.key if self.pj.prefix is not None else None,
@@ -135,6 +139,6 @@ def begin_from_seed(
     tally.last_text = seed.text
     if repair_attempts <= 0:
         error = ResultError.schema_invalid(seed.problem)
-        return chain, tally.result("failed", chain[0], error=error, output=seed.text)
+        return chain, tally.result(Status.FAILED, chain[0], error=error, output=seed.text)
     tally.repairs += 1
     return chain, repair_request(pj.request, seed.text, seed.problem)

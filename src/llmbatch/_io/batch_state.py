@@ -9,6 +9,9 @@ again, or say it may be orphaned) instead of paying for a second batch. Every
 submission has its own nonce, in each custom_id and the batch key: a batch is
 adopted only when it can be this intent's, and its result lines are checked
 against the custom_ids the chunk sent.
+A chunk booked in the rolling windows (``--budget-per-hour`` …) keeps where in
+its intent (``bookings``); its ``closed`` event says what it really cost
+(``spent``), and ``window_settled`` that the booking was replaced by it.
 Writers hold the output lock.
 """
 
@@ -62,6 +65,11 @@ class Chunk:
     nonce: str = ""  # the submission's, in every custom_id ("" from an older llmbatch)
     verified: bool = True  # False: adopted after an interrupted create, not yet proven ours
     missing: int = 0  # polls in a row the provider said it does not know the batch
+    # Its worst case booked in the rolling windows: where (``BookingLedger.book``).
+    bookings: list[dict[str, Any]] = field(default_factory=list)
+    spent: tuple[float, int] | None = None  # what it billed, once closed
+    unsent: bool = False  # abandoned before the provider had it: it cost nothing
+    window_settled: bool = False  # its bookings hold its real cost now
 
     @property
     def is_open(self) -> bool:
@@ -161,6 +169,7 @@ class BatchState:
                 price=e.get("price"),
                 note=e.get("note"),
                 nonce=str(e.get("nonce") or ""),
+                bookings=list(e.get("bookings") or []),
             )
             return
         chunk = self.chunks.get(str(e.get("local")))
@@ -182,26 +191,35 @@ class BatchState:
             chunk.state = "lost"
             chunk.reason = e.get("reason")
         elif ev == "closed":
-            chunk.state = "closed"
-            chunk.status = e.get("status")
-            chunk.counts = dict(e.get("counts") or {})
-            self.handed_back.update(e.get("returned") or ())
-            for job_id, why in (e.get("returned") or {}).items():
-                if why not in UNCOUNTED:
-                    self.rounds[job_id] += 1
-                if why != "canceled":  # the user's choice, not a try
-                    self.total_rounds[job_id] += 1
-            for job_id, (position, fp) in (e.get("advanced") or {}).items():
-                self.positions[job_id] = int(position)
-                self.position_fps[job_id] = fp
-                self.rounds[job_id] = 0  # a new model: its own rounds
-            for cost, tokens, *online in (e.get("billed") or {}).values():
-                self.billed_cost += float(cost or 0.0)
-                self.billed_tokens += int(tokens or 0)
-                self.billed_online += float(online[0] if online else cost or 0.0)
+            self._apply_closed(chunk, e)
         elif ev == "abandoned":
             chunk.state = "abandoned"
             chunk.reason = e.get("reason")
+            chunk.unsent = bool(e.get("unsent"))
+        elif ev == "window_settled":
+            chunk.window_settled = True
+
+    def _apply_closed(self, chunk: Chunk, e: dict[str, Any]) -> None:
+        """A ``closed`` event: the chunk's end, its jobs handed back or moved on, its bill."""
+        chunk.state = "closed"
+        chunk.status = e.get("status")
+        chunk.counts = dict(e.get("counts") or {})
+        if e.get("spent") is not None:
+            chunk.spent = (float(e["spent"][0]), int(e["spent"][1]))
+        self.handed_back.update(e.get("returned") or ())
+        for job_id, why in (e.get("returned") or {}).items():
+            if why not in UNCOUNTED:
+                self.rounds[job_id] += 1
+            if why != "canceled":  # the user's choice, not a try
+                self.total_rounds[job_id] += 1
+        for job_id, (position, fp) in (e.get("advanced") or {}).items():
+            self.positions[job_id] = int(position)
+            self.position_fps[job_id] = fp
+            self.rounds[job_id] = 0  # a new model: its own rounds
+        for cost, tokens, *online in (e.get("billed") or {}).values():
+            self.billed_cost += float(cost or 0.0)
+            self.billed_tokens += int(tokens or 0)
+            self.billed_online += float(online[0] if online else cost or 0.0)
 
     # -- chunks and their jobs --------------------------------------------------------
 
@@ -255,6 +273,21 @@ class BatchState:
         """What open chunks hold against the budget (their worst case)."""
         chunks = self.open_chunks()
         return sum(c.reserve_cost for c in chunks), sum(c.reserve_tokens for c in chunks)
+
+    def to_settle(self) -> list[tuple[Chunk, float, int]]:
+        """Ended chunks whose window bookings still hold their worst case, with what they
+        really cost: a closed batch its bill, a chunk the provider never had nothing.
+        A lost batch (or one adopted, then found not ours) keeps its worst case: whether
+        it ran, and what it cost, cannot be known here."""
+        out = []
+        for c in self.chunks.values():
+            if not c.bookings or c.window_settled:
+                continue
+            if c.state == "closed" and c.spent is not None:
+                out.append((c, *c.spent))
+            elif c.state == "abandoned" and c.unsent:
+                out.append((c, 0.0, 0))
+        return out
 
     # -- what is paid but in no result line ---------------------------------------------
 

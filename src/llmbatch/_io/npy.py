@@ -38,6 +38,12 @@ Shape = tuple[int, int]
 Fill = Callable[[Path, int, int], int]
 
 
+def npy_path(path: Path) -> Path:
+    """The matrix beside an output, under its name: ``vectors.parquet`` → ``vectors.npy``
+    (what ``batch fetch OUT``, which takes no ``--npy``, keeps up to date if it is there)."""
+    return path.with_suffix(".npy")
+
+
 def is_parquet_output(path: Path) -> bool:
     return path.suffix.lower() in (".parquet", ".pq")
 

@@ -218,6 +218,11 @@ class VectorWriter:
             self._writer.close()
             self._writer = None
 
+    def flush(self) -> None:
+        """Close the part being written: its rows survive a kill from here on (failed
+        rows held until a vector shows the dimension stay held)."""
+        self._close_part()
+
     def close(self) -> None:
         """Close the last part and merge every part into the output."""
         if self._held and self.dim is None:

@@ -40,50 +40,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
 
+from llmbatch._limits.learned_records import Measure, RateChange, Trial, Window
 from llmbatch._limits.outcomes import NOISE, OK, PACE, Outcomes
-
-
-@dataclass(frozen=True, slots=True)
-class RateChange:
-    """The learned rate moved (requests per second; None: no limit)."""
-
-    before: float | None
-    after: float | None
-    reason: str
-    hold_until: float | None = None  # send nothing before this: the quota is spent
-
-
-@dataclass(slots=True)
-class _Trial:
-    at: float  # counting starts here (after any pause); judged a HORIZON later or more
-    rate_before: float | None
-    hot_before: float | None
-    ratio: float  # pace-429 share of outcomes when we cut
-    sent_rate: float  # sends per second when we cut
-    counts: list[int]  # since ``at``: ok, pace 429s, noise 429s, sends
-
-
-@dataclass(slots=True)
-class _Measure:
-    """A spent quota being measured: the successes one quota let through, until it frees."""
-
-    first: float  # the oldest request sent within a horizon when the quota ran out
-    until: float  # nothing is sent before this
-    span_end: float  # the quota surely freed by then (a retry-after less its rounding)
-    ok: int  # successes from ``first`` on, so far
-    rate_before: float | None  # the rate before the hold
-    precise: bool = False  # a sub-second retry-after said when the quota frees
-
-
-@dataclass(slots=True)
-class _Window:
-    start: float
-    ok: int = 0
-    pace: int = 0
-    noise: int = 0
-    sends: int = 0
 
 
 class RateLearner:
@@ -114,13 +73,13 @@ class RateLearner:
         self._last_cut = -math.inf
         self._last_probe = -math.inf
         self._last_excess = -math.inf  # the end of the last window with more pace 429s than noise
-        self._window: _Window | None = None
-        self._trial: _Trial | None = None
+        self._window: Window | None = None
+        self._trial: Trial | None = None
         self._clean_rate: float | None = None  # highest paced rate that drew no pace 429s
         self._hot_rate: float | None = None  # the pace that last drew pace 429s
         self._recent: deque[int] = deque(maxlen=self.RECENT)  # the last answers' kinds
         self._hold_until = -math.inf  # 429s before this were sent before the last hold
-        self._measure: _Measure | None = None
+        self._measure: Measure | None = None
 
     # -- what happened ----------------------------------------------------------------
 
@@ -177,7 +136,7 @@ class RateLearner:
             return None
         return self._unmeasured(now, m)
 
-    def _unmeasured(self, now: float, m: _Measure) -> RateChange:
+    def _unmeasured(self, now: float, m: Measure) -> RateChange:
         """Not a quota we spent (a burst of someone else's 429s, a quota spent
         elsewhere): stop holding and go back to the rate we had. If they go on, their
         share decides as for any other 429s."""
@@ -231,7 +190,7 @@ class RateLearner:
         # they were sent, faster than we will send again.
         first = sends[0]
         until = first + self.HORIZON + self.ARRIVAL_S
-        self._measure = _Measure(first, until, first + self.HORIZON, len(oks), self.rate)
+        self._measure = Measure(first, until, first + self.HORIZON, len(oks), self.rate)
         self._hold_until = max(self._hold_until, until)
         self._last_cut = now
         self._trial = None
@@ -244,7 +203,7 @@ class RateLearner:
         self.rate = guess
         return RateChange(before, guess, "rate_limited", hold_until=until)
 
-    def _measured(self, m: _Measure) -> RateChange | None:
+    def _measured(self, m: Measure) -> RateChange | None:
         """The hold is over: the limit is what one quota let through, over its span."""
         if m.ok < self.MIN_OK:
             return self._unmeasured(m.until, m)
@@ -272,14 +231,14 @@ class RateLearner:
         self.cuts += 1
         self._trial = None
         if trial:
-            self._trial = _Trial(now, self.rate, self._hot_rate, ratio, sent_rate, [0, 0, 0, 0])
+            self._trial = Trial(now, self.rate, self._hot_rate, ratio, sent_rate, [0, 0, 0, 0])
         if sampled:  # a handful of 429s says too little about which pace draws them
             self._hot_rate = current
         if self._clean_rate is not None and self._clean_rate >= current:
             self._clean_rate = None  # that rate is not clean any more
         return self._set(new, "rate_limited")
 
-    def _close(self, w: _Window) -> RateChange | None:
+    def _close(self, w: Window) -> RateChange | None:
         end = w.start + self.WINDOW
         change = None
         n = w.ok + w.pace + w.noise
@@ -300,7 +259,7 @@ class RateLearner:
             change = self._recover(w, end)
         return change
 
-    def _judge(self, t: _Trial, now: float) -> RateChange | None:
+    def _judge(self, t: Trial, now: float) -> RateChange | None:
         """Did sending less lower the share of 429s, as it would under a genuine limit?"""
         ok, pace, noise, sends = t.counts
         n = ok + pace + noise
@@ -321,7 +280,7 @@ class RateLearner:
             restored = min(restored, self.ceiling)
         return self._set(restored, "429s do not follow our pace")
 
-    def _recover(self, w: _Window, end: float) -> RateChange | None:
+    def _recover(self, w: Window, end: float) -> RateChange | None:
         assert self.rate is not None
         rate = self.rate
         used = w.sends >= 0.85 * rate * self.WINDOW  # the pace was really used
@@ -389,13 +348,13 @@ class RateLearner:
         if self._measure is not None and now >= self._measure.until:
             change = self._measured(self._measure)
         if self._window is None:
-            self._window = _Window(now)
+            self._window = Window(now)
         while now >= self._window.start + self.WINDOW:
             closed = self._window
             start = closed.start + self.WINDOW
             if now >= start + self.WINDOW:
                 start = now  # a long silence: the next window starts now
-            self._window = _Window(start)
+            self._window = Window(start)
             change = self._close(closed) or change
         self._log.forget(now)
         return change

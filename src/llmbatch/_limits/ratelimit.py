@@ -21,7 +21,8 @@ from llmbatch._config.settings import ModelLimits
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import LimitChanged
 from llmbatch._core.headers import RateLimitHint
-from llmbatch._limits.learned import RateChange, RateLearner
+from llmbatch._limits.learned import RateLearner
+from llmbatch._limits.learned_records import RateChange
 
 PAUSE_CAP_S = 120.0  # the longest a model is paused on one response's word
 

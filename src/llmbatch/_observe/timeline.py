@@ -186,9 +186,13 @@ class _Buckets:
 class _Jobs:
     """Histograms, the slowest jobs and the first failed ones, one finished job at a time."""
 
-    def __init__(self, superseding: bool = False) -> None:
-        self.latency = Histogram()
-        self.ttft = Histogram()
+    def __init__(
+        self, superseding: bool = False, fed: tuple[Histogram, Histogram] | None = None
+    ) -> None:
+        # ``fed``: the run's own latency and TTFT histograms, which its statistics fill
+        # from the same results: read, not filled twice.
+        self._fill = fed is None
+        self.latency, self.ttft = fed or (Histogram(), Histogram())
         self._slowest: list[tuple[float, int, JobRow]] = []
         self._seq = 0
         # In a results file a failed line may be superseded by a later line for its id
@@ -210,9 +214,10 @@ class _Jobs:
                 self._failed_list.append(JobRow.of(r))
             return
         if r.latency_ms is not None:
-            self.latency.add(r.latency_ms)
+            if self._fill:
+                self.latency.add(r.latency_ms)
             self._keep_if_slow(r, r.latency_ms)
-        if r.ttft_ms is not None:
+        if r.ttft_ms is not None and self._fill:
             self.ttft.add(r.ttft_ms)
 
     def _keep_if_slow(self, r: JobResult, latency: float) -> None:
@@ -248,9 +253,11 @@ class _Jobs:
 class TimelineRecorder:
     """An EventSink that gathers a run's Timeline; call ``timeline()`` after the run."""
 
-    def __init__(self) -> None:
+    def __init__(self, histograms: tuple[Histogram, Histogram] | None = None) -> None:
+        """``histograms``: latency and TTFT histograms that the run's statistics fill from
+        the same ``JobEnded`` events (``RunStats.latency``, ``.ttft``), to read instead."""
         self._buckets = _Buckets()
-        self._jobs = _Jobs()
+        self._jobs = _Jobs(fed=histograms)
         self._started: float | None = None
         self.saw_run = False  # a JobEnded or RunEnded came: the engine feeds this sink
 

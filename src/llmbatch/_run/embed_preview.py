@@ -13,13 +13,14 @@ the figures here do not count on it).
 
 Tokens are the packer's bound (a third of each text's UTF-8 bytes: the worst
 case) and the rate limiter's estimate (about 4 characters a token: expected);
-cost is the model's embedding price (input tokens only), and its batch price
-where the provider has a Batch API and genai-prices a batch price.
+cost is the model's embedding price (input tokens only), and what the same texts
+cost by batch where embeddings go by batch (the batch layer says: OpenAI's half
+price for OpenAI and Azure models).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ import orjson
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.embed import EmbedJob, EmbedPack, token_bound
 from llmbatch._core.models import ModelRef
-from llmbatch._core.pricing import Price
+from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._core.usage import Usage
 from llmbatch._engine.embed import EmbedSource, parse_records
 from llmbatch._engine.estimate import MAX_PROBLEMS_SHOWN, OtherPrices
@@ -38,6 +39,7 @@ from llmbatch._run.embed import EmbedPlan, EmbedRun
 if TYPE_CHECKING:
     from rich.console import Console
 
+BatchPrice = Callable[[PriceBook, ModelRef], "Price | None"]
 DEFAULT_DIMENSIONS = 1536  # the recent-vectors window's size when no dimensions are asked
 
 
@@ -109,16 +111,22 @@ def _model_row(t: _Totals, price: Price | None, batch: Price | None) -> dict[str
     }
 
 
-def estimate_embeddings(config: RunConfig) -> dict[str, Any]:
-    """``llmbatch estimate`` over an embedding file: lines, packed requests, tokens, cost."""
+def estimate_embeddings(config: RunConfig, batch_price: BatchPrice | None = None) -> dict[str, Any]:
+    """``llmbatch estimate`` over an embedding file: lines, packed requests, tokens, cost.
+
+    ``batch_price(book, ref)``: what a batch of embeddings pays (None: no batch for that
+    model); the CLI passes the batch layer's (``_batch.embed_submit``), which sits above
+    this package; without it, genai-prices' batch prices where a provider has batches."""
     run, plan = _checked(config)
     per_model: dict[str, tuple[ModelRef, _Totals]] = {}
     for pack in preview_packs(run, plan):
         per_model.setdefault(str(pack.model), (pack.model, _Totals()))[1].add(pack)
-    other = OtherPrices(config)
     prices = run.services.prices
+    if batch_price is None:
+        other = OtherPrices(config)
+        batch_price = lambda book, ref: other.batch(ref)  # noqa: E731
     by_model = {
-        key: _model_row(t, prices.price(ref), other.batch(ref))
+        key: _model_row(t, prices.price(ref), batch_price(prices, ref))
         for key, (ref, t) in per_model.items()
     }
     rows = list(by_model.values())

@@ -80,7 +80,8 @@ class RunSession:
         self._handle_signals = handle_signals
         self.clock = clock
         self.stats = RunStats()
-        self.timeline = TimelineRecorder()  # charts for --html, and a series for the history
+        # Charts for --html and a series for the history; its histograms are the stats'.
+        self.timeline = TimelineRecorder((self.stats.latency, self.stats.ttft))
         self.bus = EventBus([self.stats, self.timeline, *sinks])
         self.stopper = Stopper()
         self.run_budget = RunBudget(config.max_cost, config.max_total_tokens)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from llmbatch._core.batch_types import BatchInfo, ItemResult
+from llmbatch._core.embed import decode_vectors
 from llmbatch._core.exceptions import (
     ContentFiltered,
     OtherProviderError,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 META_KEY = "llmbatch_chunk"
 ENDPOINT = "/v1/chat/completions"
 RESPONSES_ENDPOINT = "/v1/responses"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 _OPEN = ("validating", "in_progress", "finalizing", "cancelling")
 # Per-request error codes that mean "not run": the request goes back to pending.
 _NOT_RUN = {"batch_expired": "expired", "batch_cancelled": "canceled"}
@@ -64,6 +66,11 @@ class OpenAIBatchClient(BatchHttp):
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def for_embeddings(self) -> None:
+        """Send embedding requests: a batch holds one endpoint (Azure's lacks ``/v1``)."""
+        v1 = self.endpoint.startswith("/v1")
+        self.endpoint = EMBEDDINGS_ENDPOINT if v1 else EMBEDDINGS_ENDPOINT.removeprefix("/v1")
 
     def encode(self, custom_id: str, body: dict[str, object]) -> bytes:
         if self.inline:
@@ -217,9 +224,24 @@ def _response(cid: str, body: dict[str, Any]) -> ItemResult:
     return ItemResult(cid, "ok", text="".join(read.parts), usage=usage, stop_reason=read.finish)
 
 
+def _embeddings(cid: str, body: dict[str, Any]) -> ItemResult:
+    """An embeddings answer (``url: /v1/embeddings``): one float32 matrix, decoded with
+    ``numpy.frombuffer`` (base64) or one ``numpy.asarray`` (JSON floats)."""
+    data = body.get("data")
+    if not isinstance(data, list):
+        return ItemResult(cid, "error", error=ServerError("an embeddings answer without data"))
+    if any(item.get("index", i) != i for i, item in enumerate(data)):
+        data = sorted(data, key=lambda item: item.get("index", 0))
+    usage = body.get("usage") or {}
+    tokens = int(usage.get("prompt_tokens") or usage.get("total_tokens") or 0)
+    return ItemResult(cid, "ok", usage=Usage(tokens, 0), vectors=decode_vectors(data))
+
+
 def _answer(cid: str, body: dict[str, Any]) -> ItemResult:
     if body.get("object") == "response":
         return _response(cid, body)
+    if body.get("object") == "list":
+        return _embeddings(cid, body)
     usage = _usage(body.get("usage") or {})
     choice: dict[str, Any] = next(
         (c for c in body.get("choices") or () if c.get("index", 0) == 0), {}

@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import orjson
 
-from llmbatch._config.toml import BEDROCK_TOKEN_ENV, aws_region
+from llmbatch._config.provider_settings import BEDROCK_TOKEN_ENV, aws_region
 from llmbatch._core.exceptions import BadRequest, ProviderError, UsageError
 from llmbatch._core.headers import RateLimitHint, parse_retry_after
 from llmbatch._core.jobs import Request

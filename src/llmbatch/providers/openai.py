@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import orjson
 
-from llmbatch._config.toml import AZURE_API_VERSION
+from llmbatch._config.provider_settings import AZURE_API_VERSION
 from llmbatch._core.exceptions import (
     ConnectionFailed,
     ContentFiltered,

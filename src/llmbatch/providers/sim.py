@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import math
 import os
 import random
@@ -47,6 +48,9 @@ _VOCAB = (
 # hash. One randrange a job instead of one random.choice a word (the sim's cost
 # must not hide the engine's in the benchmarks).
 _CORPUS = random.Random(1).choices(_VOCAB, k=8192)
+# The stream as one string, and where each word starts in it: an answer is one slice.
+_TEXT = " ".join(_CORPUS) + " "
+_STARTS = list(itertools.accumulate((len(w) + 1 for w in _CORPUS), initial=0))
 
 
 def _env_float(name: str, default: float) -> float:
@@ -82,15 +86,12 @@ class SimProvider:
         self.invalid_rate = min(1.0, _env_float("LLMBATCH_SIM_INVALID_RATE", 0.0))
         self._faults = random.Random()
         self.notes: set[str] = set()
+        self._salts: dict[str, int] = {}  # model → its share of the seed
 
     async def send(self, model: str, request: Request, time_limit: float) -> Answer:
         """One attempt; raises ProviderError subclasses only, like the HTTP providers."""
         started = time.perf_counter()
-        seed_bytes = orjson.dumps(
-            [model, request.system, request.messages, request.max_tokens, request.schema],
-            option=orjson.OPT_SORT_KEYS,
-        )
-        seed = int.from_bytes(hashlib.blake2b(seed_bytes, digest_size=8).digest(), "big")
+        seed = self._seed(model, request)
         max_tokens = request.max_tokens or 1024
 
         if self.fail_rate and self._faults.random() < self.fail_rate:
@@ -104,10 +105,7 @@ class SimProvider:
             out_tokens = max(1, math.ceil(len(text) / 3.5))
         else:
             out_tokens = min(max_tokens, _LENGTHS[seed & 1023])
-            n = max(1, int(out_tokens / 1.3))
-            start = (seed >> 10) % (len(_CORPUS) - n) if n < len(_CORPUS) else 0
-            words = _CORPUS[start : start + n]
-            text = words[0].capitalize() + " " + " ".join(words[1:]) + "."
+            text = _words(seed >> 10, max(1, int(out_tokens / 1.3)))
         stop_reason = "end_turn"
         if out_tokens >= max_tokens:
             out_tokens = max_tokens
@@ -122,6 +120,22 @@ class SimProvider:
             latency_ms=latency_ms,
             ttft_ms=min(total * 0.3, latency_ms),
         )
+
+    def _seed(self, model: str, request: Request) -> int:
+        """The answer's seed: the plan's fingerprint of the request (a repair turn, which
+        none was made for, hashes its own), mixed with the model asked."""
+        if request.fingerprint is not None and not request.appended:
+            base = int(request.fingerprint, 16)
+        else:
+            material = [request.system, request.messages, request.max_tokens, request.schema,
+                        request.appended]  # fmt: skip
+            digest = hashlib.blake2b(orjson.dumps(material, option=orjson.OPT_SORT_KEYS))
+            base = int.from_bytes(digest.digest()[:8], "big")
+        salt = self._salts.get(model)
+        if salt is None:
+            salted = hashlib.blake2b(model.encode(), digest_size=8).digest()
+            salt = self._salts[model] = int.from_bytes(salted, "big")
+        return base ^ salt
 
     def _structured(self, request: Request, seed: int) -> str:
         assert request.schema is not None
@@ -151,3 +165,13 @@ class SimProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _words(seed: int, n: int) -> str:
+    """``n`` words of the corpus from a place the seed picks, as a sentence."""
+    if n >= len(_CORPUS):
+        start, n = 0, len(_CORPUS)
+    else:
+        start = seed % (len(_CORPUS) - n)
+    words = _TEXT[_STARTS[start] : _STARTS[start + n] - 1]
+    return words[0].upper() + words[1:] + "."
