@@ -8,7 +8,10 @@
         async for result in runner.stream(requests):
             ...
 
-Files as the CLI runs them: ``run_jobs(RunConfig(jobs=Path("jobs.jsonl"), ...))``.
+Files as the CLI runs them (resume, lock, history, cache; the ``run`` command is this call):
+
+    result = llmbatch.run_file("jobs.jsonl", model="sim:claude-haiku-4-5", max_cost=1.0)
+    result.report, result.exit_code
 
 Names are imported on first use, so ``llmbatch --help`` loads nothing but typer.
 """
@@ -56,6 +59,9 @@ _EVENTS = (
 _WHERE: dict[str, str] = {
     "run": "llmbatch._api.runner",
     "Runner": "llmbatch._api.runner",
+    "run_file": "llmbatch._api.files",
+    "arun_file": "llmbatch._api.files",
+    "FileRunResult": "llmbatch._api.files",
     "Request": "llmbatch._api.requests",
     "Result": "llmbatch._api.results",
     "ResultError": "llmbatch._core.results",
@@ -86,6 +92,7 @@ __all__ = [
     "ConnectionFailed",
     "ContentFiltered",
     "EventSink",
+    "FileRunResult",
     "InputError",
     "JobEnded",
     "LLMBatchError",
@@ -115,13 +122,16 @@ __all__ = [
     "Usage",
     "UsageError",
     "__version__",
+    "arun_file",
     "parse_model_spec",
     "run",
+    "run_file",
     "run_jobs",
     "run_jobs_async",
 ]
 
 if TYPE_CHECKING:
+    from llmbatch._api.files import FileRunResult, arun_file, run_file
     from llmbatch._api.requests import Request
     from llmbatch._api.results import Result
     from llmbatch._api.runner import Runner, run

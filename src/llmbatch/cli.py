@@ -216,7 +216,7 @@ def validate(
     """Check every line, print problems as PATH:LINE: message. Sends nothing."""
 
     def go() -> int:
-        from llmbatch._engine.plan import Planner
+        from llmbatch._api.checks import plan_file
 
         flags = {
             "model": model,
@@ -225,8 +225,7 @@ def validate(
             "provider": provider,
             "output": "-",  # validate reads no output
         }
-        with _configured(jobs, flags, config) as cfg:
-            plan = Planner(cfg).plan()
+        plan = plan_file(jobs, flags, config)
         for problem in plan.problems:
             sys.stdout.write(f"{problem}\n")
         lines = plan.total_valid + len(plan.invalid_lines)
@@ -257,7 +256,7 @@ def estimate(
     """Count jobs (or embedding inputs and requests), estimate tokens and cost. Sends nothing."""
 
     def go() -> int:
-        from llmbatch._cli.run import estimate_file
+        from llmbatch._api.checks import estimate_file, render_estimate
 
         flags = {
             "model": model,
@@ -269,9 +268,9 @@ def estimate(
             # Jobs from a pipe have no results file beside them to count as done.
             "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }
-        est, render = estimate_file(jobs, flags, config)
+        est = estimate_file(jobs, flags, config)
         if not as_json:
-            from llmbatch._engine.estimate import render_problems
+            from llmbatch._api.checks import render_problems
 
             render_problems(est, sys.stderr)
         if as_json:
@@ -279,7 +278,7 @@ def estimate(
 
             sys.stdout.write(orjson.dumps(est, option=orjson.OPT_INDENT_2).decode() + "\n")
         else:
-            render(est, _console())
+            render_estimate(est, _console())
         return 0
 
     raise typer.Exit(_guard(go))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one an attempt: not frozen, whose init costs 3× (never changed)
 class Hold:
     """Room held in one ledger for one attempt (its worst case)."""
 

@@ -1,9 +1,14 @@
 """``llmbatch batch submit|status|fetch|cancel|forget``: the provider Batch APIs from the shell.
 
 Thin, as the rest of the CLI: parse options, build a RunConfig, call ``_batch*``,
-render, exit. Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent),
-3 budget left jobs unsubmitted (or repairs unmade), 4 still in progress (run again later),
-6 jobs back to pending (submit them again).
+render, exit. These commands (each one step on an output's batches, no engine run but
+``fetch``'s repairs) call ``_batch`` directly: the one place the CLI does (pyproject's
+import-linter contract "cli-over-api" names each import); ``run --mode batch|auto``
+goes through ``llmbatch.run_file`` as every run does.
+
+Exit codes: 0 done, 1 some failed, 2 usage/input (nothing sent), 3 budget left jobs
+unsubmitted (or repairs unmade), 4 still in progress (run again later), 6 jobs back to
+pending (submit them again).
 """
 
 from __future__ import annotations
@@ -29,10 +34,6 @@ if TYPE_CHECKING:
     from llmbatch._batch.context import BatchContext
     from llmbatch._batch.status import BatchRow
     from llmbatch._config.settings import RunConfig
-    from llmbatch._observe.progress import ProgressSink
-    from llmbatch._report.report import RunReport
-    from llmbatch._run.embed import EmbedRun
-    from llmbatch._run.online import FileRun
 
 batch_app = typer.Typer(
     name="batch",
@@ -295,41 +296,3 @@ def forget(
     from llmbatch._cli.common import _guard
 
     raise typer.Exit(_guard(go))
-
-
-def run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, FileRun]:
-    """``run --mode batch|auto``: the batch phase, then the ordinary run for the rest."""
-    import anyio
-
-    from llmbatch._batch.run import run_with_batches
-    from llmbatch._cli.common import _err
-
-    mode = cfg.mode
-    deadline = cfg.batch_deadline if mode == "auto" else None  # `batch` waits it out
-
-    def say(message: str) -> None:
-        if not cfg.quiet:
-            _err(message)
-
-    return anyio.run(
-        lambda: run_with_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
-    )
-
-
-def embed_run_mode(cfg: RunConfig, progress: ProgressSink) -> tuple[RunReport, EmbedRun]:
-    """``run|embed EMB --mode batch|auto``: embedding batches, then the rest online."""
-    import anyio
-
-    from llmbatch._batch.embed_run import run_embed_batches
-    from llmbatch._cli.common import _err
-
-    mode = cfg.mode
-    deadline = cfg.batch_deadline if mode == "auto" else None
-
-    def say(message: str) -> None:
-        if not cfg.quiet:
-            _err(message)
-
-    return anyio.run(
-        lambda: run_embed_batches(cfg, mode=mode, deadline=deadline, progress=progress, say=say)
-    )

@@ -81,22 +81,10 @@ def _guard(fn: Callable[[], T]) -> T:
 @contextmanager
 def _configured(jobs: str, flags: dict[str, Any], config_path: Path | None) -> Iterator[RunConfig]:
     """Flags over llmbatch.toml, for JOBS (``-`` is spooled to a temporary file, removed after)."""
-    from llmbatch._config.settings import build_run_config, load_config
-    from llmbatch._io.jobfile import spool_stdin, spooled_jobs_source
+    from llmbatch._api.options import configured
 
-    file_config = load_config(config_path)
-    # A pipe (`-`, `<(cmd)`, /dev/stdin) can be read once: it is spooled, and read twice.
-    source = spooled_jobs_source(jobs)
-    stdin = source is not None
-    if source is not None:
-        path, display = spool_stdin(source), "<stdin>" if jobs == "-" else jobs
-    else:
-        path, display = Path(jobs), jobs
-    try:
-        yield build_run_config(path, flags, file_config, jobs_display=display, stdin=stdin)
-    finally:
-        if stdin:
-            path.unlink(missing_ok=True)
+    with configured(jobs, flags, config_path) as cfg:
+        yield cfg
 
 
 def _flags(params: dict[str, Any], skip: set[str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from llmbatch._engine.plan import BatchSeed, PreparedJob
 from llmbatch.providers._base import Answer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one an attempt: not frozen, whose init costs 3× (never changed)
 class Reservation:
     """What one attempt holds before it is sent."""
 

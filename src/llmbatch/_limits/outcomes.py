@@ -29,11 +29,14 @@ class Outcomes:
 
     def forget(self, now: float) -> None:
         """Drop what is older than ``keep`` seconds."""
-        horizon = now - self.keep
-        while self._sends and self._sends[0] < horizon:
-            self._sends.popleft()
-        while self._answers and self._answers[0][0] < horizon:
-            self._totals[self._answers.popleft()[1]] -= 1
+        horizon = now - self.keep  # runs twice a request: locals, and a test before a loop
+        sends, answers = self._sends, self._answers
+        while sends and sends[0] < horizon:
+            sends.popleft()
+        if answers and answers[0][0] < horizon:
+            totals = self._totals
+            while answers and answers[0][0] < horizon:
+                totals[answers.popleft()[1]] -= 1
 
     def counts(self, now: float, span: float) -> tuple[int, int, int]:
         """Answers within the last ``span`` seconds: successes, pace 429s, noise 429s."""
