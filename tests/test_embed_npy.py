@@ -307,3 +307,13 @@ print("pandas" in sys.modules)
     assert t["error"].to_pylist() == [None, None, "boom"]
     assert t["cost_usd"].to_pylist() == [0.25, 0.25, None]
     assert t["dimensions"].to_pylist() == [4, 4, 4]
+
+
+def test_run_file_takes_npy_as_a_path(tmp_path: Path) -> None:
+    import llmbatch
+
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ["a", "b"])
+    out, npy = tmp_path / "v.jsonl", tmp_path / "v-matrix.npy"
+    result = llmbatch.run_file(jobs, out, model="sim:e", npy=npy, dimensions=8)
+    assert result.ok
+    assert assert_npy_matches(out, npy).shape == (2, 8)

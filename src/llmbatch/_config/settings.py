@@ -103,7 +103,7 @@ def _npy(cfg: RunConfig, merged: Mapping[str, Any], path_of: Callable[[str], Pat
     value = merged.get("npy")
     if value is None or value is False:
         return
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str | os.PathLike) or not str(value):
         raise UsageError("--npy takes a PATH ending in .npy (e.g. --npy vectors.npy)")
     path = path_of("npy")
     if path.suffix.lower() != ".npy":
