@@ -39,7 +39,8 @@ typecheck: $(STAMP)
 # the tests start — the workers, each CLI process — would compile every module it
 # imports again (~1 s more a process). The test run writes bytecode (to __pycache__/,
 # ignored by git), so each module compiles once; cheaper than compiling the whole venv.
-unit demo: export PYTHONDONTWRITEBYTECODE :=
+# The benchmark too: it measures runs, not the compiler (Ray starts a dozen Pythons).
+unit demo bench: export PYTHONDONTWRITEBYTECODE :=
 
 # Two workers: most of the suite waits on subprocesses, sockets and the fake API.
 unit: $(STAMP) parts

@@ -14,8 +14,9 @@ Measures, side by side on this machine, and prints PASS/FAIL against the targets
      target ≥ 20,000 jobs per CPU-second (≤ 50 µs a job) with the cache on;
   4. startup: `llmbatch --help` and a one-line run;
   5. ratelimit: pacing against a fake enforcing a request window;
-  6. ray: 200,000 sim jobs (no latency) through `run --ray --ray-workers 2` (a local Ray
-     started by the run, its start and stop included) against one local process.
+  6. ray: 200,000 sim jobs (no latency) through `run --ray --ray-workers 2` against one
+     local process: a local Ray started by the run (its start and stop included), and
+     a cluster already running (`ray start --head --num-cpus 2`, bench/ray_bench.py);
   7. embed: 1,000,000 short inputs (100,000 with --quick) embedded by `sim` into
      Parquet (256 dimensions): vectors/s, peak RSS, and the file read back with
      pyarrow and pandas (float32 vectors of the right dimension, every id once).
@@ -38,6 +39,7 @@ from typing import Any
 
 from checks import all_checks
 from common import BENCH, PY, child, write_prompts
+from ray_bench import section_ray as ray_section
 from tls_bench import section_tls
 
 from tests.fakeapi import FakeAPI  # importable: common puts the repo on sys.path
@@ -247,27 +249,7 @@ def read_back(path: Path) -> dict[str, Any]:
 
 
 def section_ray(tmp: Path) -> dict[str, Any]:
-    n = 50_000 if QUICK else 200_000
-    jobs = tmp / "ray.jsonl"
-    write_prompts(jobs, n)
-    env = {"LLMBATCH_SIM_LATENCY_MS": "0"}
-    sim = "sim:claude-haiku-4-5"
-    out: dict[str, Any] = {"jobs": n}
-    same = ["-c", "64", "--no-cache"]  # --ray uses no response cache: neither does this one
-    runs = (("local", same), ("ray", [*same, "--ray", "--ray-workers", "2"]))
-    for label, extra in runs:
-        results = tmp / f"ray-{label}.results.jsonl"
-        m = child(llmbatch_run(jobs, sim, results, *extra), env)
-        lines = results.read_bytes().count(b"\n")
-        results.unlink()
-        out[label] = {
-            "wall_s": round(m["wall_s"], 2),
-            "jobs_per_s": round(n / m["wall_s"], 1),
-            "written": lines,
-        }
-    out["ray_vs_local"] = round(out["ray"]["jobs_per_s"] / out["local"]["jobs_per_s"], 3)
-    jobs.unlink()
-    return out
+    return ray_section(tmp, 50_000 if QUICK else 200_000)
 
 
 def chosen_sections() -> tuple[str, ...]:
@@ -323,6 +305,20 @@ def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -
                         f"| {provider} | {name} | {r['cpu_ms_per_req']} | {r['req_per_s']} | "
                         f"{r['cores']} | {r['connections']} | {r['fake_cpu_ms_per_req']} |"
                     )
+    if "ray" in results:
+        r = results["ray"]
+        head = "wall s | jobs/s | CPU s (command) | vs local | fixed s"
+        print(f"\n| {r['jobs']:,} sim jobs | {head} |")
+        print("|---|---:|---:|---:|---:|---:|")
+        rows = (
+            ("local process", "local", None, None),
+            ("--ray (starts Ray)", "ray", "ray_vs_local", "ray_fixed_s"),
+            ("--ray ADDRESS (running)", "ray_warm", "ray_warm_vs_local", "ray_warm_fixed_s"),
+        )
+        for label, key, ratio, fixed in rows:
+            m = r[key]
+            print(f"| {label} | {m['wall_s']} | {m['jobs_per_s']:,.0f} | {m['cpu_s']} | "
+                  f"{r[ratio] if ratio else 1.0}× | {r[fixed] if fixed else '-'} |")  # fmt: skip
     if "cpu" in results:
         print("\n| plain HTTP | client | CPU ms/request | wall s |")
         print("|---|---|---:|---:|")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def ray_cluster() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("ray is not installed: `pip install -e '.[dev]'` (CI runs these tests)")
         pytest.skip("ray is not installed (pip install 'llmbatch[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, even where `ray start` left one named current.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield str(ray.get_runtime_context().gcs_address)
     finally:
@@ -149,3 +151,127 @@ def test_ray_data_process_adds_result_columns(ray_cluster: str) -> None:
     assert all(got[f"r{i}"]["status"] == "ok" and got[f"r{i}"]["output"] for i in range(30))
     assert got["r3"]["prompt"] == "question 3"  # the input columns stay
     assert got["bad"]["status"] == "failed" and "prompt" in got["bad"]["error"]
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:  # gone meanwhile
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def engine_worker_pids() -> list[int]:
+    """The run's actors: EngineWorker processes of this module's Ray (whose raylet this
+    process started), not another Ray's on the machine."""
+    raylets = [pid for pid, cmd in _children(os.getpid()) if "raylet" in cmd.split(" ")[0]]
+    return [
+        pid
+        for raylet in raylets
+        for pid, cmd in _children(raylet)
+        if cmd.startswith("ray::EngineWorker")
+    ]
+
+
+def test_a_lost_worker_loses_no_written_answer_and_the_others_finish(
+    tmp_path: Path, ray_cluster: str, fake: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.latency_s = 0.03
+    for name, value in fake_env(fake).items():
+        monkeypatch.setenv(name, value)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(600))
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.json"
+    args = ["run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet", "-c", "8"]
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:  # one actor's process, SIGKILLed mid-run
+        wait_until(lambda: out.exists() and len(out.read_bytes().splitlines()) >= 100)
+        pids = engine_worker_pids()
+        killed.extend(pids[:1])
+        os.kill(pids[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    done = run_cli(*args, "--ray", "--ray-workers", "2", "--report", str(report))
+    killer.join()
+    assert killed and done.code == 0, done.output  # the other worker took its blocks
+    notes = json.loads(report.read_text())["notes"]
+    assert any("a Ray worker was lost" in note for note in notes), notes
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == 600  # what reached the driver kept, none twice
+    assert all(line["status"] == "ok" for line in read_jsonl(out))
+    again = run_cli(*args, "--ray", "--ray-workers", "2", "--report", str(report))
+    assert again.code == 0, again.output
+    assert json.loads(report.read_text())["jobs"]["skipped_done"] == 600
+    assert len(ids_of(out)) == 600
+
+
+def test_ray_reads_parquet_with_columns_and_resumes(tmp_path: Path, ray_cluster: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"doc": f"d{i}", "text": f"Summarise item {i}", "topic": f"t{i}"} for i in range(40)]
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data, row_group_size=16)
+    cols = ("--id-column", "doc", "--prompt-column", "text", "--include-columns", "topic")
+    flags = ("-m", "sim:gpt-4o-mini", "--quiet", "--no-cache", *cols)
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert run_cli("run", str(data), "-o", str(local), *flags).code == 0
+    done = run_cli("run", str(data), "-o", str(on_ray), *flags, "--ray", "--ray-workers", "2")
+    assert done.code == 0, done.output
+
+    def by_id(path: Path) -> dict[str, tuple[str, str, object]]:
+        return {d["id"]: (d["status"], d["output"], d["metadata"]) for d in read_jsonl(path)}
+
+    assert by_id(on_ray) == by_id(local)
+    assert by_id(on_ray)["d7"][2] == {"topic": "t7"}
+    # Resumed: the ids of what the output holds, read from the rows, are not run again.
+    kept = on_ray.read_bytes().splitlines(keepends=True)[:15]
+    on_ray.write_bytes(b"".join(kept))
+    report = tmp_path / "report.json"
+    again = run_cli("run", str(data), "-o", str(on_ray), *flags, "--ray", "--report", str(report))
+    assert again.code == 0, again.output
+    assert json.loads(report.read_text())["jobs"]["skipped_done"] == 15
+    assert sorted(ids_of(on_ray)) == sorted(f"d{i}" for i in range(40))
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_resumably(
+    tmp_path: Path, ray_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmbatch._core.exceptions import OutputError
+    from llmbatch._engine.sinks import OutputSink
+
+    write = OutputSink.write_lines
+    calls: list[int] = []
+
+    def full_after_one(self: OutputSink, lines: list[bytes]) -> None:
+        calls.append(len(lines))
+        if len(calls) > 1:  # the disk is full from the second part on
+            raise OutputError("no space left on the output; stopped")
+        write(self, lines)
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(3000))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(jobs), "-m", "sim:claude-haiku-4-5", "-o", str(out), "--quiet"]
+    monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
+    report = tmp_path / "report.json"
+    with monkeypatch.context() as patch:
+        patch.setattr(OutputSink, "write_lines", full_after_one)
+        done = run_cli(*args, "--no-cache", "--ray", "--ray-workers", "2", "--report", str(report))
+    assert done.code == 1, done.output  # stopped by the output, as a local run is
+    assert json.loads(report.read_text())["stopped_by"] == "output_error"
+    assert "no space left" in done.output and "worker was lost" not in done.output
+    first = ids_of(out)
+    assert 0 < len(first) < 3000
+    again = run_cli(*args, "--no-cache", "--ray", "--ray-workers", "2")
+    assert again.code == 0, again.output
+    ids = ids_of(out)
+    assert len(ids) == len(set(ids)) == 3000

@@ -189,6 +189,7 @@ def embed(
     cache: o.CacheOpt = None,
     no_cache: o.NoCacheOpt = None,
     log_json: o.LogJsonOpt = None,
+    dry_run: o.DryRunOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
     """Embed the texts of a JSONL/Parquet/CSV/hf:// file: one vector per input."""
@@ -248,10 +249,11 @@ def estimate(
     template_file: o.TemplateFileOpt = None,
     max_tokens: o.MaxTokensOpt = None,
     provider: o.ProviderOpt = None,
+    inputs_per_request: o.InputsPerRequestOpt = None,
     as_json: o.JsonOpt = False,
     config: o.ConfigOpt = None,
 ) -> None:
-    """Count jobs, estimate tokens and worst-case cost. Sends nothing."""
+    """Count jobs (or embedding inputs and requests), estimate tokens and cost. Sends nothing."""
 
     def go() -> int:
         from llmbatch._api.checks import estimate_file, render_estimate
@@ -262,6 +264,7 @@ def estimate(
             "template_file": template_file,
             "max_tokens": max_tokens,
             "provider": provider,
+            "inputs_per_request": inputs_per_request,
             # Jobs from a pipe have no results file beside them to count as done.
             "output": output if output is not None else ("-" if _is_pipe(jobs) else None),
         }

@@ -350,5 +350,7 @@ def dry_run_file(
 
     with configured(jobs, {**flags, "dry_run": True}, config_file) as cfg:
         if cfg.embed or embedding_lines(cfg):
-            raise UsageError("--dry-run is not built for embeddings yet. Nothing was sent.")
+            from llmbatch._run.embed_preview import print_embed_dry_run
+
+            return print_embed_dry_run(cfg, out, err)
         return print_dry_run(cfg, out, err)

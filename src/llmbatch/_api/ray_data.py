@@ -58,7 +58,9 @@ class RowEngine:
         import pyarrow as pa
 
         rows: list[dict[str, Any]] = batch.to_pylist()
-        parse = self.worker.planner.parser.parse
+        planner = self.worker.planner
+        assert planner is not None, "the worker was given its config"
+        parse = planner.parser.parse
         block: list[tuple[int, bytes]] = []
         ids: list[str | None] = []
         errors: dict[int, str] = {}

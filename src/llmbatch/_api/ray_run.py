@@ -1,11 +1,14 @@
 """``llmbatch run JOBS --ray [ADDRESS]``: the jobs file on Ray actors, the output here.
 
-The driver is a ``FileRun``: it plans and checks the jobs file, resumes on the
-output (the same rules: ``Planner``, ``FileSource``), then hands blocks of raw
-job lines to N actors (``_api/ray_worker.py``), each one engine with its share
-of ``-c``. Results come back per block and the driver alone writes them through
-the ``OutputSink`` (one write per block, fsync'd as always), so a killed driver
-loses only blocks still in flight, and the next run resumes.
+The driver is a ``FileRun``: it plans and checks the jobs file (while Ray starts
+and the actors import llmbatch: ``_api/ray_cluster.py``), resumes on the output
+(the same rules), then hands blocks of raw job lines (``_api/ray_blocks.py``: no
+job decoded but for its id when resuming) to N actors (``_api/ray_worker.py``),
+each one engine with its share of ``-c``, at most two blocks each at once.
+Results come back in parts as they finish: the lines already encoded, one bytes
+object the driver appends with one write (fsync'd as always), and a digest of
+what the report needs, so the driver decodes no result. A killed driver loses
+only parts still in flight, and the next run resumes.
 
 Limits and budgets hold for the cluster as a whole: with ``--shared redis://…``
 exactly (the Redis limiter and ledgers, and ``--max-cost`` in a ledger scope of
@@ -14,63 +17,34 @@ its own); without, each actor takes an even share (said in the report's notes).
 
 from __future__ import annotations
 
-import itertools
+import importlib.util
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from array import array
+from dataclasses import dataclass, replace
+from typing import Any, Unpack
 
 import anyio
 import orjson
 
-from llmbatch._api.ray_worker import BlockDone, ClusterBudget, EngineWorker, worker_env
+from llmbatch._api.ray_blocks import Block, BlockQueue, read_blocks
+from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
+from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
 from llmbatch._config.settings import ModelLimits, RunConfig
 from llmbatch._core.events import JobEnded
-from llmbatch._core.exceptions import UsageError
+from llmbatch._core.exceptions import OutputError, UsageError
 from llmbatch._core.results import JobResult
 from llmbatch._core.stops import StopReason
 from llmbatch._engine.plan import BatchSeed, Plan
 from llmbatch._engine.sinks import OutputSink
-from llmbatch._engine.sources import FileSource
 from llmbatch._io.resume import ExistingOutput
+from llmbatch._report.batch import BatchPart
+from llmbatch._report.report import RunReport
 from llmbatch._run.online import FileRun
+from llmbatch._run.session import SessionOptions
 
-_BLOCK = 512  # job lines per block: small enough that a kill re-pays little
+__all__ = ["RayRun", "connect", "cpus_of", "split_config"]
+
 _QUEUED = 2  # blocks per actor at once: the next one waits there, ready
-Block = list[tuple[int, bytes, str]]  # (line number, raw line, job id)
-
-
-def connect(address: str, *, quiet: bool = False) -> bool:
-    """Join (``auto``, ``ray://…``, ``HOST:PORT``) or start (``local``) Ray; True if
-    this process started it (and so shuts it down)."""
-    try:
-        import ray
-    except ImportError:
-        raise UsageError(
-            "--ray needs Ray: pip install 'llmbatch[ray]'. Nothing was sent."
-        ) from None
-    if ray.is_initialized():
-        return False
-    import logging
-
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.ERROR if quiet else logging.WARNING,
-    }
-    try:
-        if address == "local":
-            ray.init(**kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = "a running cluster" if address == "auto" else address
-        raise UsageError(
-            f"--ray {address}: cannot reach {where} ({exc}). Start one (`ray start --head`), "
-            "or pass --ray alone for a local Ray. Nothing was sent."
-        ) from None
-    return True
 
 
 @dataclass
@@ -79,48 +53,41 @@ class _Actor:
     stopped: bool = False
 
 
-@dataclass
-class _Queue:
-    """Blocks to hand out: the file's, and those a stopped actor gave back unrun."""
-
-    blocks: Iterator[Block]
-    returned: deque[Block] = field(default_factory=deque)
-    in_flight: int = 0
-    changed: anyio.Event = field(default_factory=anyio.Event)
-
-    async def take(self) -> Block | None:
-        """The next block; None once none is left and none in flight can come back."""
-        while True:
-            if self.returned:
-                block: Block | None = self.returned.popleft()
-            else:
-                block = next(self.blocks, None)
-            if block is not None:
-                self.in_flight += 1
-                return block
-            if not self.in_flight:
-                return None
-            await self.changed.wait()
-
-    def settled(self) -> None:
-        """A block came back (its unrun jobs, if any, are in ``returned`` by now)."""
-        self.in_flight -= 1
-        self.changed.set()
-        self.changed = anyio.Event()
-
-
 class RayRun(FileRun):
     """``run --ray``: this process plans, resumes and writes; Ray actors run the engines."""
 
-    def __init__(self, config: RunConfig, *, address: str, workers: int | None, **kw: Any):
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        address: str,
+        workers: int | None,
+        **kw: Unpack[SessionOptions],
+    ) -> None:
         if config.mode != "online":
             raise UsageError("--ray runs jobs online; it does not go with --mode batch|auto")
         if config.output is None:
             raise UsageError("--ray writes the output file itself: give --output a file")
+        if importlib.util.find_spec("ray") is None:  # said before anything is touched
+            raise UsageError("--ray needs Ray: pip install 'llmbatch[ray]'. Nothing was sent.")
         super().__init__(config, **kw)
         self.address = address
         self.want_workers = workers
         self.split_note: str | None = None
+        self._cluster: ClusterStart | None = None
+
+    async def run_locked(
+        self, *, opened: bool = False, batch: BatchPart | None = None
+    ) -> RunReport:
+        # Ray starts, and the actors with it, while the jobs file is checked.
+        env = worker_env(self.config)
+        cluster = self._cluster = ClusterStart(
+            self.address, self.want_workers, env, self.config.quiet
+        )
+        try:
+            return await super().run_locked(opened=opened, batch=batch)
+        finally:
+            await anyio.to_thread.run_sync(cluster.close)
 
     async def open_services(self, *, cache: bool = True) -> None:
         self.services_open = True  # the actors open theirs; this process only writes
@@ -128,34 +95,26 @@ class RayRun(FileRun):
     async def _run_file(
         self, plan: Plan, existing: ExistingOutput | None, seeds: dict[str, BatchSeed]
     ) -> None:
-        import ray
-
-        source = FileSource(self.planner, plan, existing, seeds)
+        assert self._cluster is not None
         if seeds:
             self.notes.append("--ray: jobs left by provider batches start over online")
         sink = OutputSink(self.config.output)
-        started = connect(self.address, quiet=self.config.quiet)
         actors: list[_Actor] = []
+        notes: list[str] = []
         try:
-            n = self._worker_count(ray, plan.todo)
-            configs, budget = self._actor_configs(n)
-            cpus = cpus_of(ray)
-            remote = ray.remote(num_cpus=min(1.0, cpus / n), max_restarts=0)(EngineWorker)
-            env = worker_env(self.config)
-            actors = [_Actor(remote.remote(cfg, budget, env)) for cfg in configs]
-            await _gather([a.handle.open.remote() for a in actors])
-            blocks = _blocks((line, raw, job.id) for line, raw, job in source.lines())
-            await self._dispatch(actors, _Queue(blocks), sink)
+            handles = await anyio.to_thread.run_sync(self._cluster.result)
+            if not plan.todo:
+                return  # all done already: no actor is opened
+            actors = [_Actor(h) for h in handles[: max(1, min(len(handles), plan.todo))]]
+            configs, budget = self._actor_configs(len(actors))
+            opening = zip(actors, configs, strict=True)
+            await _gather([a.handle.open.remote(c, budget) for a, c in opening])
+            blocks = read_blocks(self.planner, plan, existing, notes, len(actors))
+            await self._dispatch(actors, BlockQueue(blocks), sink)
         finally:
             sink.close()
-            self.notes.extend(source.notes)
-            await self._close_actors(ray, actors)
-            if started:
-                ray.shutdown()
-
-    def _worker_count(self, ray: Any, todo: int) -> int:
-        n = self.want_workers or int(cpus_of(ray))
-        return max(1, min(n, max(1, todo)))
+            self.notes.extend(notes)
+            await self._close_actors(actors)
 
     def _actor_configs(self, n: int) -> tuple[list[RunConfig], ClusterBudget | None]:
         spent = (self.run_budget.spent_cost, self.run_budget.spent_tokens)
@@ -165,7 +124,7 @@ class RayRun(FileRun):
             self.notes.append(note)
         return configs, budget
 
-    async def _dispatch(self, actors: list[_Actor], queue: _Queue, sink: OutputSink) -> None:
+    async def _dispatch(self, actors: list[_Actor], queue: BlockQueue, sink: OutputSink) -> None:
         async def feed(actor: _Actor) -> None:
             while not actor.stopped and not self.stopper.stopping:
                 block = await queue.take()
@@ -194,83 +153,121 @@ class RayRun(FileRun):
             tg.cancel_scope.cancel()
 
     async def _run_block(
-        self, actor: _Actor, block: Block, queue: _Queue, sink: OutputSink, actors: list[_Actor]
+        self,
+        actor: _Actor,
+        block: Block,
+        queue: BlockQueue,
+        sink: OutputSink,
+        actors: list[_Actor],
     ) -> None:
-        written: set[str] = set()
-        payload = [(line, raw) for line, raw, _ in block]
-        try:
-            async for ref in actor.handle.stream_block.remote(payload):
-                done: BlockDone = await ref
-                written |= self._write(sink, done.lines)
-        except Exception as exc:  # a lost actor: the others take what it did not send back
-            actor.stopped = True
-            left = [entry for entry in block if entry[2] not in written]
-            if left:
-                queue.returned.append(left)
-            self.notes.append(
-                f"a Ray worker was lost ({type(exc).__name__}); its block went to the others "
-                "(answers it had not sent back are paid again)"
-            )
-            if all(a.stopped for a in actors):
-                self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
+        written = _Written()
+        done: BlockDone | None = None
+        stream = actor.handle.stream_block.remote(block.linenos.tobytes(), block.data)
+        parts = aiter(stream)
+        while True:
+            try:
+                item: Part | BlockDone = await (await anext(parts))
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # a lost actor: the others take what it did not send
+                self._lost(actor, actors, exc)
+                _give_back(queue, block, written)
+                return
+            if isinstance(item, BlockDone):
+                done = item
+            elif not self._write(sink, item):
+                return  # the output cannot be written: the run stops (said), resumable
+            else:
+                written.add(item.linenos)
+        if done is None:
             return
         if done.fatal and not self.fatal:
             self.fatal = done.fatal
         if done.stopped_by is not None:
+            # A worker stopped (its share spent, auth, a full window): its unrun jobs go to
+            # the others; once none is left running, the run stops for that reason.
             actor.stopped = True
-            self._worker_stopped(done, block, written, queue, actors)
+            _give_back(queue, block, written)
+            reason = StopReason(done.stopped_by)
+            if reason in (StopReason.AUTH, StopReason.SHARED_STORE) or all(
+                a.stopped for a in actors
+            ):
+                self.stopper.stop(reason)
 
-    def _worker_stopped(
-        self,
-        done: BlockDone,
-        block: Block,
-        written: set[str],
-        queue: _Queue,
-        actors: list[_Actor],
-    ) -> None:
-        """A worker stopped (its share spent, auth, a full window): its unrun jobs go to
-        the others; once none is left running, the run stops for that reason."""
-        left = [entry for entry in block if entry[2] not in written]
-        if left:
-            queue.returned.append(left)
-        reason = StopReason(done.stopped_by or StopReason.BUDGET)
-        if reason in (StopReason.AUTH, StopReason.SHARED_STORE) or all(a.stopped for a in actors):
-            self.stopper.stop(reason)
+    def _lost(self, actor: _Actor, actors: list[_Actor], exc: Exception) -> None:
+        actor.stopped = True
+        note = (
+            f"a Ray worker was lost ({type(exc).__name__}); its jobs went to the others "
+            "(answers it had not sent back are paid again)"
+        )
+        if note not in self.notes:
+            self.notes.append(note)
+        if all(a.stopped for a in actors):
+            self.fatal = self.fatal or "every Ray worker was lost; the rest is resumable"
 
-    def _write(self, sink: OutputSink, lines: list[bytes]) -> set[str]:
-        """Write a block's result lines (one write), then count them as the engine would."""
-        if not lines:
-            return set()
-        sink.write_lines(lines)
+    def _write(self, sink: OutputSink, part: Part) -> bool:
+        """A part's result lines, one write; counted from the digest the worker sent.
+        False when the output cannot be written (a full disk): the run stops, as a local
+        one does (what was written is kept; a torn last line is cut on resume)."""
+        if not part.data:
+            return True
+        try:
+            sink.write_lines([part.data])
+        except OutputError as exc:
+            self.fatal = self.fatal or str(exc)
+            self.stopper.stop(StopReason.OUTPUT_ERROR)
+            return False
         now = self.clock.time()
-        emit = self.bus.emit
-        ids = set()
-        loads, written = orjson.loads, JobResult.from_written
-        for line in lines:
-            d = loads(line)
-            try:
-                result = written(d)
-            except (KeyError, TypeError):  # not expected: the workers wrote them
-                result = JobResult.from_line(d)
-            ids.add(result.id)
-            self.stats.add_spend(result)  # the attempts were the worker's
-            emit(JobEnded(now, result))
+        digest = part.digest
         stats = self.stats
+        stats.merge(digest.stats)
+        self.timeline.add_jobs(now, digest.count, digest.jobs)
+        if self._observers:  # --log-json, --otlp: a JobEnded a job, as a local run has
+            for line in part.data.splitlines():
+                event = JobEnded(now, JobResult.from_line(orjson.loads(line)))
+                for observer in self._observers:
+                    observer.emit(event)
         done = stats.done
         projected = stats.cost_usd / done * self._todo if done else None
         self.progress.update(stats, stats.cost_usd, projected)
         self.progress.tick()
-        return ids
+        return True
 
-    async def _close_actors(self, ray: Any, actors: list[_Actor]) -> None:
-        with anyio.CancelScope(shield=True):
-            for actor in actors:
-                try:
-                    closed = await actor.handle.close.remote()
-                    self.notes.extend(n for n in closed["notes"] if n not in self.notes)
-                except Exception:  # lost already; said when it was
-                    pass
-                ray.kill(actor.handle)
+    async def _close_actors(self, actors: list[_Actor]) -> None:
+        async def close(actor: _Actor) -> None:
+            try:
+                closed = await actor.handle.close.remote()
+            except Exception:  # lost already; said when it was
+                return
+            said = {*self.notes, self.fatal}  # a worker's fatal note is the run's already
+            self.notes.extend(n for n in closed["notes"] if n not in said)
+
+        with anyio.CancelScope(shield=True), anyio.move_on_after(30):
+            async with anyio.create_task_group() as tg:
+                for actor in actors:
+                    tg.start_soon(close, actor)
+
+
+class _Written:
+    """The line numbers of a block's jobs written so far (kept as the parts' arrays)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def add(self, linenos: bytes) -> None:
+        self.parts.append(linenos)
+
+    def linenos(self) -> array[int]:
+        done = array("q")
+        for part in self.parts:
+            done.frombytes(part)
+        return done
+
+
+def _give_back(queue: BlockQueue, block: Block, written: _Written) -> None:
+    left = block.without(written.linenos())
+    if left is not None:
+        queue.returned.append(left)
 
 
 def split_config(
@@ -318,12 +315,6 @@ def split_config(
     return configs, budget, note
 
 
-def cpus_of(ray: Any) -> float:
-    """The CPUs the cluster offers."""
-    resources: dict[str, float] = ray.cluster_resources()
-    return max(1.0, float(resources.get("CPU", 1.0)))
-
-
 def _share(limits: ModelLimits, n: int) -> ModelLimits:
     def part(value: float | None) -> float | None:
         return None if value is None else value / n
@@ -335,11 +326,6 @@ def _share(limits: ModelLimits, n: int) -> ModelLimits:
         input_tpm=part(limits.input_tpm),
         output_tpm=part(limits.output_tpm),
     )
-
-
-def _blocks(entries: Iterator[tuple[int, bytes, str]]) -> Iterator[Block]:
-    while block := list(itertools.islice(entries, _BLOCK)):
-        yield block
 
 
 async def _gather(refs: list[Any]) -> list[Any]:

@@ -1,17 +1,21 @@
 """One Ray actor of ``run --ray``: one engine (a ``Runner``) over blocks of job lines.
 
-The driver sends raw job lines (already checked, and not yet done in the
-output); the worker parses and prepares them with the same ``Planner`` and runs
-them through its runner, whose limits, breakers, budgets and connections last
-as long as the actor. Blocks run one at a time (the driver keeps the next one
-queued), so the actor holds its share of ``-c`` exactly. Results go back as
-encoded result lines; only the driver writes the output.
+The driver sends blocks of raw job lines (already checked, and not yet done in
+the output: newline-joined bytes and their line numbers); the worker parses and
+prepares them with the same ``Planner`` and runs them through its runner, whose
+limits, breakers, budgets and connections last as long as the actor. Blocks run
+one at a time (the driver keeps the next one queued), so the actor holds its
+share of ``-c`` exactly. Results go back in parts as they finish (``Part``: the
+result lines already encoded, one bytes object, their line numbers, and a
+``ResultDigest`` of what the report needs), so the driver writes each part with
+one write and decodes nothing; only the driver writes the output.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from array import array
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +28,10 @@ from llmbatch._core.jobs import LineError
 from llmbatch._core.results import JobResult
 from llmbatch._engine.plan import Planner, PreparedJob
 from llmbatch._engine.sinks import CallbackSink
+from llmbatch._observe.digest import ResultDigest
 
-_PART_S = 0.05  # how long finished results wait for others before going back together
-_PART_LINES = 256  # or until this many have finished
+_PART_S = 0.2  # how long finished results wait for others before going back together
+_PART_LINES = 2048  # or until this many have finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +46,20 @@ class ClusterBudget:
 
 @dataclass(frozen=True, slots=True)
 class BlockDone:
-    """What one block gave back."""
+    """What one block gave back (``run_block``), or the end of its stream (``stream_block``)."""
 
     lines: list[bytes]  # result lines, as the output holds them
     stopped_by: str | None  # the worker's StopReason value, once it stopped
     fatal: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Results of one block as they finish (``stream_block``): one write for the driver."""
+
+    data: bytes  # result lines, each ending in a newline, as the output holds them
+    linenos: bytes  # array("q") of their jobs' line numbers, in the same order
+    digest: ResultDigest  # what the report needs of them: the driver decodes no line
 
 
 class EngineWorker:
@@ -53,7 +67,7 @@ class EngineWorker:
 
     def __init__(
         self,
-        config: RunConfig,
+        config: RunConfig | None = None,
         cluster_budget: ClusterBudget | None = None,
         env: dict[str, str | None] | None = None,
     ) -> None:
@@ -73,20 +87,33 @@ class EngineWorker:
         self.config = config
         self.cluster_budget = cluster_budget
         self.runner: Runner | None = None
-        self.planner = Planner(config)
+        self.planner = Planner(config) if config is not None else None
+        self.notes: list[str] = []
 
-    async def open(self) -> int:
-        """Open the runner's services; returns the process id (for the driver's notes)."""
+    async def open(
+        self, config: RunConfig | None = None, cluster_budget: ClusterBudget | None = None
+    ) -> int:
+        """Open the runner's services (``config``: when the actor was made before the
+        driver knew it); returns the process id (for the driver's notes)."""
         import os
 
+        if config is not None:
+            self.config, self.cluster_budget = config, cluster_budget
+        assert self.config is not None, "a config, to the constructor or to open()"
         ledgers = await self._cluster_ledgers()
         self.runner = Runner(config=self.config, ledgers=ledgers)
+        session = self.runner.session
+        self.planner = Planner(self.config, session.services.prices)
+        # The driver counts what the report needs from each part's digest: the session's
+        # own statistics would only count every job twice here.
+        for sink in (session.stats, session.timeline):
+            session.bus.sinks.remove(sink)
         await self.runner.open()
         return os.getpid()
 
     async def _cluster_ledgers(self) -> list[BudgetLedger]:
         budget = self.cluster_budget
-        if budget is None or self.config.shared is None:
+        if budget is None or self.config is None or self.config.shared is None:
             return []
         from llmbatch._budget.redis import RedisLedger, connect
         from llmbatch._budget.windows import DAY, Window, lease_seconds
@@ -110,7 +137,7 @@ class EngineWorker:
         session = runner.session
         if session.stopper.stopping:
             return BlockDone([], self._stopped_by(), session.fatal)
-        results = await runner.run_prepared(self._prepared(block))
+        results = await runner.run_prepared(self._prepared(block)[0])
         lines = [r.to_json() for r in results]
         return BlockDone(lines, self._stopped_by(), session.fatal)
 
@@ -118,56 +145,78 @@ class EngineWorker:
         """Why the worker stopped; the cluster's --max-cost ledger full is "budget"."""
         assert self.runner is not None
         reason = _value(self.runner.session.stopper.stopped_by)
-        if reason == "budget_window" and self.cluster_budget is not None:
+        if reason == "budget_window" and self.cluster_budget is not None and self.config:
             from llmbatch._budget.windows import windows_from_config
 
             if not windows_from_config(self.config):
                 return "budget"
         return reason
 
-    async def stream_block(self, block: Sequence[tuple[int, bytes]]) -> AsyncIterator[BlockDone]:
-        """``run_block``, its result lines sent back as they finish (a Ray streaming
-        generator): what reached the driver is written there even if this worker dies."""
+    async def stream_block(self, linenos: bytes, data: bytes) -> AsyncIterator[Part | BlockDone]:
+        """A block of job lines (``data``, newline-joined; ``linenos``, an array("q") of
+        their line numbers) run, its results sent back in parts as they finish (a Ray
+        streaming generator: what reached the driver is written there even if this
+        worker dies), then a ``BlockDone`` saying whether the worker stopped."""
         runner = self.runner
         assert runner is not None, "open() first"
         session = runner.session
         if session.stopper.stopping:
             yield BlockDone([], self._stopped_by(), session.fatal)
             return
-        jobs = self._prepared(block)
-        send, receive = anyio.create_memory_object_stream[list[bytes]](math.inf)
-
-        def write(results: Sequence[JobResult]) -> None:
-            send.send_nowait([r.to_json() for r in results])
+        numbers = array("q")
+        numbers.frombytes(linenos)
+        jobs, line_of = self._prepared(zip(numbers, data.split(b"\n"), strict=True))
+        send, receive = anyio.create_memory_object_stream[Sequence[JobResult]](math.inf)
 
         async def drive() -> None:
             with send:
-                await runner.run_into(jobs, CallbackSink(write))
+                await runner.run_into(jobs, CallbackSink(send.send_nowait))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(drive)
             async with receive:
-                async for lines in receive:
+                async for results in receive:
                     # What finishes in the next moment goes in the same part: each part
                     # costs the driver a Ray object, and a kill loses at most that moment.
+                    batch, n = [results], len(results)
                     with anyio.move_on_after(_PART_S):
-                        while len(lines) < _PART_LINES:
+                        while n < _PART_LINES:
                             try:
-                                lines.extend(await receive.receive())
+                                more = await receive.receive()
                             except anyio.EndOfStream:
                                 break
-                    yield BlockDone(lines, None, None)
+                            batch.append(more)
+                            n += len(more)
+                    yield self._part(batch, line_of)
         yield BlockDone([], self._stopped_by(), session.fatal)
 
-    def _prepared(self, block: Sequence[tuple[int, bytes]]) -> list[PreparedJob]:
+    def _part(self, batch: list[Sequence[JobResult]], line_of: dict[str, int]) -> Part:
+        assert self.runner is not None
+        digest = ResultDigest(self.runner.session.services.prices)
+        add = digest.add
+        lines, numbers = [], array("q")
+        for results in batch:
+            for r in results:
+                lines.append(r.to_json())
+                numbers.append(line_of[r.id])
+                add(r)
+        return Part(b"".join(lines), numbers.tobytes(), digest.sealed())
+
+    def _prepared(
+        self, block: Iterable[tuple[int, bytes]]
+    ) -> tuple[list[PreparedJob], dict[str, int]]:
+        assert self.planner is not None
         parse, prepare = self.planner.parser.parse, self.planner.prepare
-        jobs = []
+        jobs, line_of = [], {}
         for lineno, raw in block:
             try:
-                jobs.append(prepare(parse(raw, lineno)))
-            except LineError:
-                continue  # the driver checked it; a file rewritten since is its note
-        return jobs
+                job = parse(raw, lineno)
+            except LineError as exc:  # the driver checked it: the file changed since
+                self.notes.append(f"line {lineno}: {exc} (skipped: the file changed)")
+                continue
+            jobs.append(prepare(job))
+            line_of[job.id] = lineno
+        return jobs, line_of
 
     async def stop(self, reason: str) -> None:
         """No new requests (a signal at the driver): those in flight finish and come back."""
@@ -182,7 +231,7 @@ class EngineWorker:
         if runner is None:
             return {"notes": []}
         await runner.aclose()
-        return {"notes": list(runner.report().notes)}
+        return {"notes": [*self.notes, *runner.report().notes]}
 
 
 # What the driver's environment says that a worker needs too: keys, endpoints, proxies,

@@ -117,7 +117,8 @@ async def fetch_embed_output(
     """``batch fetch OUT`` for embedding batches: rows of every ended batch into OUT."""
     out = config.output
     assert out is not None
-    config = replace(config, npy=is_parquet(out) and npy_path(out).exists())
+    beside = npy_path(out)  # no --npy here: the matrix beside OUT, if there is one
+    config = replace(config, npy=beside if beside != out and beside.exists() else None)
     run = EmbedBatchRun(config, handle_signals=False, clock=clock)
     factory = embeddings_client_factory(client_factory or default_client_factory)
     run.lock()

@@ -31,7 +31,6 @@ from llmbatch._core.stops import StopReason
 from llmbatch._engine.embed_sink import EmbedSink
 from llmbatch._engine.plan import Plan
 from llmbatch._io.batch_state import BatchState
-from llmbatch._io.npy import npy_path
 from llmbatch._io.resume import cut_torn_tail
 from llmbatch._io.vectors import cut_torn_parts, parts_dir
 from llmbatch._report.batch import BatchPart
@@ -110,8 +109,8 @@ def _fresh(config: RunConfig, tell: Any) -> RunConfig:
     out = config.output
     if parts_dir(out).exists():
         parts_dir(out).rename(backup_output_name(out))
-    matrix = npy_path(out)
-    if matrix.exists():
+    matrix = config.npy
+    if matrix is not None and matrix.exists():
         matrix.rename(f"{matrix}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
     return _start_fresh(config, tell)
 

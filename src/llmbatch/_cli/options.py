@@ -224,11 +224,12 @@ EmbedOutputOpt = Annotated[
     ),
 ]
 NpyOpt = Annotated[
-    bool | None,
+    str | None,
     typer.Option(
         "--npy",
-        help="Embeddings into -o OUT.parquet: also OUT.npy, a float32 matrix, row i = "
-        "the Parquet's row i.",
+        metavar="PATH",
+        help="Embeddings: also PATH (.npy), a float32 matrix whose row i is the vector of "
+        "the output's row i (its id, index, status: the output's line or row i; failed: NaN).",
     ),
 ]
 InputsPerRequestOpt = Annotated[

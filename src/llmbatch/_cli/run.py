@@ -21,6 +21,7 @@ def _run(
     ray: str | None = None,
     ray_workers: int | None = None,
 ) -> int:
+    _arrow_system_pool()
     from llmbatch._api import files
 
     if flags.get("dry_run"):
@@ -51,6 +52,19 @@ def _quiet_gc() -> None:
 
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+
+
+def _arrow_system_pool() -> None:
+    """Parquet outputs stream through Arrow's buffers a few MiB at a time (pages, the
+    merge's row groups). Arrow's default pool (mimalloc) keeps what it freed: 15–50 MiB
+    of resident memory in an embedding run; the C library's malloc gives blocks of
+    1 MiB and more back at once (``_io.vectors.release_big_blocks``). Arrow reads the
+    choice when it loads, so it is made before anything imports pyarrow; a value the
+    user set wins. Only the CLI does this: the Python API leaves the host's pool alone."""
+    import os
+
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 
 def _tell_outcome(result: FileRunResult) -> None:

@@ -50,7 +50,7 @@ class RunConfig:
     dimensions: int | None = None  # embeddings: vector size asked of the model (None: its own)
     embed: bool = False  # ``llmbatch embed``: the jobs are texts to embed
     inputs_per_request: int | None = None  # embeddings: fewer than the provider's cap
-    npy: bool = False  # embeddings into Parquet: OUT.npy, a float32 matrix, beside it
+    npy: Path | None = None  # embeddings: also this float32 .npy matrix, row i = output row i
     dry_run: bool = False  # print the request bodies; send nothing
     limit: int | None = None  # run only the first N jobs not yet done
     cache_path: Path | None = None  # None: $XDG_CACHE_HOME/llmbatch/cache.sqlite

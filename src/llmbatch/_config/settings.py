@@ -27,7 +27,7 @@ from llmbatch._config.toml import load_config as load_config
 from llmbatch._core.exceptions import UsageError
 from llmbatch._core.keys import check_otlp_url
 from llmbatch._core.models import ModelRef, ModelSpecError, parse_model_spec
-from llmbatch._io.paths import resolve_output, resolve_report
+from llmbatch._io.paths import file_kind, resolve_output, resolve_report
 
 # More requests in flight than any provider account allows; far past it, the
 # pool itself (a task and a buffer slot per worker) is what would run out.
@@ -75,8 +75,9 @@ def build_run_config(
         raise UsageError(f"--prompt-cache {prompt_cache!r}: auto or off")
     cfg.prompt_cache = prompt_cache
     _columns(cfg, merged)
+    _npy(cfg, merged, path_of)
     observability_flags(cfg, merged, jobs, stdin)
-    check_run_paths(cfg, reads)
+    check_run_paths(cfg, reads, {"--npy": cfg.npy})
     return cfg
 
 
@@ -97,6 +98,26 @@ def _output(
         cfg.output = resolve_output(out if out == "-" else str(path_of("output")))
 
 
+def _npy(cfg: RunConfig, merged: Mapping[str, Any], path_of: Callable[[str], Path]) -> None:
+    """``--npy PATH``: a ``.npy`` file built from the output (so the output must be a file)."""
+    value = merged.get("npy")
+    if value is None or value is False:
+        return
+    if not isinstance(value, str | os.PathLike) or not str(value):
+        raise UsageError("--npy takes a PATH ending in .npy (e.g. --npy vectors.npy)")
+    path = path_of("npy")
+    if path.suffix.lower() != ".npy":
+        raise UsageError(f"--npy {value}: the matrix's PATH must end in .npy. Nothing was sent.")
+    if file_kind(path) == "directory":
+        raise UsageError(f"--npy {value} is a directory; give a file path. Nothing was sent.")
+    if cfg.output is None:
+        raise UsageError(
+            "--npy reads the ids and vectors back from the output: give a file --output, not "
+            "standard output. Nothing was sent."
+        )
+    cfg.npy = path
+
+
 def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
     """Embeddings (``embed``, ``--dimensions``) and which columns of a Parquet/CSV/hf:// source
     make a job (``--id-column``, ``--prompt-column``, ``--include-columns``)."""
@@ -109,7 +130,6 @@ def _columns(cfg: RunConfig, merged: Mapping[str, Any]) -> None:
             raise UsageError("--dimensions must be a positive integer")
     if merged.get("inputs_per_request") is not None:
         cfg.inputs_per_request = _number(merged, "inputs_per_request", int)
-    cfg.npy = bool(merged.get("npy", False))
     include = merged.get("include_columns") or ()
     if isinstance(include, str):
         include = [c.strip() for c in include.split(",") if c.strip()]

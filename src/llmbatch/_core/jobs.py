@@ -94,6 +94,25 @@ class JobParser:
             job.input = job_input(obj)
         return job
 
+    def job_id(self, raw: bytes, lineno: int) -> str:
+        """The id ``parse`` gives this line, found without building the job (``--ray``'s
+        driver: resume and shards over lines the check pass found valid)."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise LineError(f"not valid JSON ({exc.args[0].split(':')[0]})") from None
+        if not isinstance(obj, dict):
+            raise LineError(f"expected a JSON object, got {_json_kind(obj)}")
+        if "params" in obj and "custom_id" in obj:  # the shapes in parse()'s order
+            value = obj["custom_id"]
+        elif "body" in obj and ("custom_id" in obj or "url" in obj):
+            value = obj.get("custom_id")
+        elif "prompt" in obj or "messages" in obj:
+            value = obj.get("id")
+        else:
+            value = obj.get("id", obj.get("custom_id"))
+        return _job_id(value, lineno)
+
     # -- shapes -------------------------------------------------------------
 
     def _native(self, obj: dict[str, Any], lineno: int) -> Job:

@@ -60,7 +60,7 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
 
         base = settings.resolved_base_url()
         line["url"] = base + "/v1/messages"
-        line["headers"] = {"anthropic-version": ANTHROPIC_VERSION, **_headers(settings)}
+        line["headers"] = {"anthropic-version": ANTHROPIC_VERSION, **redacted_headers(settings)}
         line["body"] = build_anthropic_body(
             ref.model, pj.request, settings.structured_output, notes
         )
@@ -69,18 +69,18 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
 
         wire = OpenAIWire.of(settings, cfg)
         line["url"] = wire.url(ref.model)
-        line["headers"] = _headers(settings)
+        line["headers"] = redacted_headers(settings)
         line["body"] = wire.body(ref.model, pj.request, settings.structured_output, notes)
     elif settings.kind == "gemini":
         from llmbatch.providers.gemini import preview
 
         line["url"], line["body"] = preview(settings, ref.model, pj.request, notes)
-        line["headers"] = _headers(settings, "x-goog-api-key")
+        line["headers"] = redacted_headers(settings, "x-goog-api-key")
     elif settings.kind == "bedrock":
         from llmbatch.providers.bedrock import build_bedrock_body, converse_url
 
         line["url"] = converse_url(settings.resolved_base_url(), ref.model)
-        line["headers"] = _headers(settings)
+        line["headers"] = redacted_headers(settings)
         line["headers"].setdefault("authorization", "AWS4-HMAC-SHA256 [SigV4, signed when sent]")
         line["body"] = build_bedrock_body(pj.request, settings.structured_output, notes)
     else:  # sim answers locally: show the request in the OpenAI shape it reads
@@ -93,7 +93,9 @@ def request_preview(pj: PreparedJob, cfg: RunConfig, notes: set[str]) -> dict[st
     return line
 
 
-def _headers(settings: ProviderSettings, key_header: str = "authorization") -> dict[str, str]:
+def redacted_headers(
+    settings: ProviderSettings, key_header: str = "authorization"
+) -> dict[str, str]:
     """The headers that carry a key or a setting, every credential redacted."""
     out: dict[str, str] = {}
     env = settings.key_env()

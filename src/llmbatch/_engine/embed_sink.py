@@ -2,9 +2,9 @@
 
 An answered pack becomes its rows' vectors (numpy: the slot matrix indexed by each
 row's slot, no Python float a dimension) and goes to a ``VectorWriter``
-(Parquet, and ``OUT.npy`` at close with ``--npy``), or to JSON lines when the
-output is not Parquet; a failed pack writes its rows as failed, with the pack's
-error. Either way its texts leave the source's index of texts in flight
+(Parquet), or to JSON lines when the output is not Parquet; a failed pack writes
+its rows as failed, with the pack's error. At close, ``--npy PATH`` is built from
+the output (``_io.npy``). Either way its texts leave the source's index of texts in flight
 (``EmbedState.written``).
 """
 
@@ -26,10 +26,12 @@ class EmbedSink:
     """Expands pack results into rows: Parquet when ``path`` ends in .parquet, else JSONL."""
 
     def __init__(
-        self, path: Path | None, state: EmbedState, *, parquet: bool, npy: bool = False
+        self, path: Path | None, state: EmbedState, *, parquet: bool, npy: Path | None = None
     ) -> None:
         self.state = state
-        self.vectors = VectorWriter(path, npy=npy) if parquet and path is not None else None
+        self.path = path
+        self.npy = npy
+        self.vectors = VectorWriter(path) if parquet and path is not None else None
         self.lines = None if self.vectors is not None else ResultWriter(path)
 
     def write(self, results: Sequence[JobResult]) -> None:
@@ -101,3 +103,7 @@ class EmbedSink:
             self.vectors.close()
         if self.lines is not None:
             self.lines.close()
+        if self.npy is not None and self.path is not None:
+            from llmbatch._io.npy import write_npy
+
+            write_npy(self.path, self.npy)

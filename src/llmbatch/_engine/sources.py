@@ -50,8 +50,7 @@ class FileSource:
             yield pj
 
     def lines(self) -> Iterator[tuple[int, bytes, Job]]:
-        """(line number, raw line, job) of each job to run: what ``__iter__`` prepares
-        (``--ray`` sends the raw lines to its workers, which prepare them there)."""
+        """(line number, raw line, job) of each job to run: what ``__iter__`` prepares."""
         done = self.existing.done if self.existing else None
         plan, planner = self.plan, self.planner
         invalid, last_line = plan.invalid_lines, plan.last_line

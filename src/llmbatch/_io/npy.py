@@ -1,34 +1,51 @@
-"""``--npy``: the vectors of a Parquet output as one float32 matrix, ``OUT.npy`` beside it.
+"""``--npy PATH``: the vectors of an embedding output as one float32 ``.npy`` matrix.
 
-Design: the matrix is (re)built from the Parquet file when the run closes, after
-the parts are merged — row ``i`` of ``OUT.npy`` is row ``i`` of ``OUT.parquet``
-(its ``id``, ``index``, ``status`` columns say whose vector it is). A failed row
-(no vector) is a row of NaN. The file is a real ``.npy`` (``numpy.lib.format``):
-created at its final size with ``open_memmap`` under ``OUT.npy.writing``, filled
-in place from the Parquet's vector column batch by batch (numpy views of the
-Arrow buffers: no Python float a dimension, memory flat), flushed, then renamed
-over ``OUT.npy``. So a kill leaves either the old matrix or the new one, never a
-torn one; and since every close rebuilds it from the Parquet when they disagree
-(shape, or a Parquet newer than the matrix), a rerun after ``kill -9`` makes them
-consistent again — resume needs no state of its own.
+Row ``i`` of the matrix is row ``i`` of the output: the ``i``-th row of a Parquet
+output (its ``id``, ``index``, ``status`` columns say whose vector it is), or the
+``i``-th line of a JSONL output (its ``id``, ``index``, ``status`` fields). The ids
+live in the output, not twice. A failed row (no vector) is a row of NaN.
+
+The matrix is (re)built from the output when the run closes, after a Parquet
+output's parts are merged. The file is a real ``.npy`` (``numpy.lib.format``):
+created at its final size with ``open_memmap`` under ``PATH.writing``, filled in
+place window by window (a few MiB of rows mapped at a time, flushed, unmapped: the
+process never holds more than one window of the matrix), then renamed over
+``PATH``. A Parquet output's vectors are numpy views of the Arrow buffers; a JSONL
+output is streamed line by line, each line's vector parsed with orjson straight
+into its row (one line's floats at a time, never the file's). So a kill leaves
+either the old matrix or the new one, never a torn one; and since every close
+rebuilds it when it and the output disagree (shape, or an output newer than the
+matrix), a rerun after ``kill -9`` makes them consistent again — resume needs no
+state of its own.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from llmbatch._core.embed import VECTOR_COLUMN
 from llmbatch._core.exceptions import OutputError
 from llmbatch._core.results import output_error
 
-BATCH_BYTES = 16 << 20  # vector data read from the Parquet at a time
+WINDOW_BYTES = 16 << 20  # matrix rows mapped (and Parquet vector data read) at a time
+
+Shape = tuple[int, int]
+Fill = Callable[[Path, int, int], int]
 
 
 def npy_path(path: Path) -> Path:
-    """``vectors.parquet`` → ``vectors.npy``."""
+    """The matrix beside an output, under its name: ``vectors.parquet`` → ``vectors.npy``
+    (what ``batch fetch OUT``, which takes no ``--npy``, keeps up to date if it is there)."""
     return path.with_suffix(".npy")
+
+
+def is_parquet_output(path: Path) -> bool:
+    return path.suffix.lower() in (".parquet", ".pq")
 
 
 def _shape_of(npy: Path) -> tuple[int, ...] | None:
@@ -46,7 +63,7 @@ def _shape_of(npy: Path) -> tuple[int, ...] | None:
     return tuple(shape) if dtype == np.float32 else None
 
 
-def _parquet_shape(path: Path) -> tuple[int, int]:
+def _parquet_shape(path: Path) -> Shape:
     import pyarrow.parquet as pq
 
     meta = pq.read_metadata(path)
@@ -55,33 +72,86 @@ def _parquet_shape(path: Path) -> tuple[int, int]:
     return int(meta.num_rows), dim
 
 
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if raw.strip():
+                yield lineno, raw
+
+
+def _vector_of(path: Path, lineno: int, raw: bytes) -> list[float] | None:
+    """The ``embedding`` of one JSONL output line (None: a failed row)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise OutputError(f"{path}:{lineno}: not a JSON line; --npy reads the output") from None
+    if not isinstance(obj, dict) or VECTOR_COLUMN not in obj:
+        raise OutputError(
+            f"{path}:{lineno}: no {VECTOR_COLUMN!r} field: --npy is for embedding outputs"
+        )
+    vec = obj[VECTOR_COLUMN]
+    if vec is not None and not isinstance(vec, list):
+        raise OutputError(f"{path}:{lineno}: {VECTOR_COLUMN!r} is not a list of numbers")
+    return vec
+
+
+def _jsonl_shape(path: Path) -> Shape:
+    """(lines, the first vector's length): one pass that parses lines only until a
+    vector is found, then counts the rest."""
+    rows = dim = 0
+    for lineno, raw in _jsonl_lines(path):
+        rows += 1
+        if dim == 0:
+            vec = _vector_of(path, lineno, raw)
+            dim = len(vec) if vec else 0
+    return rows, dim
+
+
+def output_shape(path: Path) -> Shape:
+    """(rows, dimensions) of an embedding output, 0 dimensions when it has no vector."""
+    return _parquet_shape(path) if is_parquet_output(path) else _jsonl_shape(path)
+
+
 def is_current(path: Path, npy: Path) -> bool:
-    """Whether ``npy`` already holds the vectors of the Parquet ``path``."""
+    """Whether ``npy`` already holds the vectors of the output ``path``."""
     if not npy.exists():
         return False
     try:
         fresh = npy.stat().st_mtime_ns >= path.stat().st_mtime_ns
     except OSError:
         return False
-    return fresh and _shape_of(npy) == _parquet_shape(path)
+    if not fresh:
+        return False
+    shape = _shape_of(npy)
+    if shape is None:
+        return False
+    rows, dim = output_shape(path)
+    return shape == (rows, dim or shape[1])  # only failed rows: any placeholder width
 
 
-def write_npy(path: Path, npy: Path | None = None, *, force: bool = False) -> Path | None:
-    """The vectors of the Parquet output ``path`` into ``npy`` (default ``OUT.npy``).
+def write_npy(path: Path, npy: Path, *, force: bool = False) -> Path | None:
+    """The vectors of the embedding output ``path`` (Parquet or JSONL) into ``npy``.
 
-    Returns the path written, or None when there is no Parquet output (no rows ever).
+    Returns the path written, or None when there is no output (no rows ever).
     """
-    npy = npy or npy_path(path)
     if not path.exists():
         return None
     if not force and is_current(path, npy):
         return npy
-    rows, dim = _parquet_shape(path)
-    if dim == 0:
-        raise OutputError(f"{path} has no vector column: --npy is for embedding outputs")
+    rows, dim = output_shape(path)
+    if is_parquet_output(path):
+        if dim == 0:
+            raise OutputError(f"{path} has no vector column: --npy is for embedding outputs")
+        fill: Fill = _parquet_filler(path)
+    else:
+        dim = dim or 1  # only failed rows: a placeholder width, as a Parquet output has
+        fill = _jsonl_filler(path)
     tmp = npy.with_name(npy.name + ".writing")
     try:
-        _fill(path, tmp, rows, dim)
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        at = fill(tmp, rows, dim)
+        if at != rows:
+            raise OutputError(f"{path} changed while {npy} was built ({at:,} rows, not {rows:,})")
         os.replace(tmp, npy)
     except OSError as exc:
         raise output_error(exc, npy) from None
@@ -90,46 +160,96 @@ def write_npy(path: Path, npy: Path | None = None, *, force: bool = False) -> Pa
     return npy
 
 
-def _fill(path: Path, tmp: Path, rows: int, dim: int) -> None:
-    """The header and the file at full size first (``open_memmap``), then each batch
-    through its own mapped window, flushed and unmapped: the process never holds
-    more than one batch of the matrix's pages (RSS flat, whatever the matrix size)."""
+def _windows(tmp: Path, rows: int, dim: int) -> Iterator[tuple[int, int, Any]]:
+    """The file at full size with its header (``open_memmap``), then (first row, row
+    count, a mapped window of that many rows) in turn, each flushed and unmapped when
+    the caller asks for the next: RSS stays one window, whatever the matrix size."""
     import numpy as np
-    import pyarrow.parquet as pq
 
+    if rows == 0:  # nothing to map: the header alone
+        np.save(tmp, np.empty((0, dim), dtype=np.float32), allow_pickle=False)
+        return
     whole: Any = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
     start = int(whole.offset)
     del whole
-    at = 0
-    pf = pq.ParquetFile(path, pre_buffer=False)
-    batch_rows = max(1024, BATCH_BYTES // (4 * max(1, dim)))
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=[VECTOR_COLUMN], use_threads=False):
-        col = batch.column(0)
-        n = len(col)
-        if n == 0:
-            continue
-        if at + n > rows:
-            break
+    step = max(1024, WINDOW_BYTES // (4 * max(1, dim)))
+    for at in range(0, rows, step):
+        n = min(step, rows - at)
         window: Any = np.memmap(
             tmp, dtype=np.float32, mode="r+", offset=start + at * dim * 4, shape=(n, dim)
         )
-        _rows_into(window, col, dim)
+        yield at, n, window
         window.flush()
         del window
-        at += n
-    if at != rows:
-        raise OutputError(f"{path} gave {at:,} rows where its footer says {rows:,}")
+
+
+def _parquet_filler(path: Path) -> Fill:
+    def fill(tmp: Path, rows: int, dim: int) -> int:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path, pre_buffer=False)
+        step = max(1024, WINDOW_BYTES // (4 * max(1, dim)))
+        batches = pf.iter_batches(batch_size=step, columns=[VECTOR_COLUMN], use_threads=False)
+        done = 0
+        pending: Any = None  # a batch's rows not yet copied (batches and windows may differ)
+        for _, n, window in _windows(tmp, rows, dim):
+            got = 0
+            while got < n:
+                if pending is None or len(pending) == 0:
+                    batch = next(batches, None)
+                    if batch is None:
+                        return done + got
+                    pending = batch.column(0)
+                take = min(n - got, len(pending))
+                _rows_into(window[got : got + take], pending.slice(0, take), dim)
+                pending = pending.slice(take)
+                got += take
+            done += n
+        return done
+
+    return fill
 
 
 def _rows_into(out: Any, col: Any, dim: int) -> None:
-    """One batch of the fixed-size-list column into ``out`` (n × dim), NaN for nulls."""
+    """One slice of the fixed-size-list column into ``out`` (n × dim), NaN for nulls.
+
+    Straight from the Arrow buffers: ``Array.to_numpy`` would import pandas."""
     import numpy as np
 
-    n = len(col)
-    # The child values of the slice: n*dim float32 (null rows hold placeholders).
-    values = col.values.slice(col.offset * dim, n * dim)
-    flat = values.to_numpy(zero_copy_only=values.null_count == 0)
-    out[:] = flat.reshape(n, dim)
-    if col.null_count:
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
+    from llmbatch._io.arrow_arrays import float32_rows, validity
+
+    rows = float32_rows(col, dim)
+    if rows is None:
+        out[:] = np.nan
+        return
+    out[:] = rows
+    valid = validity(col)
+    if valid is not None:
         out[~valid] = np.nan
+
+
+def _jsonl_filler(path: Path) -> Fill:
+    def fill(tmp: Path, rows: int, dim: int) -> int:
+        import numpy as np
+
+        lines = _jsonl_lines(path)
+        done = 0
+        for _, n, window in _windows(tmp, rows, dim):
+            for k in range(n):
+                item = next(lines, None)
+                if item is None:
+                    return done + k
+                vec = _vector_of(path, *item)
+                if vec is None:
+                    window[k] = np.nan
+                elif len(vec) != dim:
+                    raise OutputError(
+                        f"{path}:{item[0]}: a vector of {len(vec)} dimensions among vectors "
+                        f"of {dim}; one matrix holds one dimension"
+                    )
+                else:
+                    window[k] = vec
+            done += n
+        return done
+
+    return fill

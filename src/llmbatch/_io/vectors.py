@@ -12,8 +12,8 @@ a kill between the merge and the removal of the parts never counts a row twice.
 Schema: ``id`` (string), ``index`` (its place in the line's input), ``status``,
 ``error``, ``model``, ``dimensions``, ``metadata`` (JSON), ``cost_usd`` and
 ``embedding`` — a fixed-size list of float32, built from the numpy matrix without a
-Python float per dimension. ``--npy`` (``npy=True``): ``OUT.npy`` built from ``OUT``
-after the merge (``_io.npy``).
+Python float per dimension. ``--npy PATH`` is built from ``OUT`` after the merge
+(``_io.npy``, by the embedding sink).
 """
 
 from __future__ import annotations
@@ -106,9 +106,8 @@ def schema(dim: int) -> pa.Schema:
 class VectorWriter:
     """Appends rows to ``OUT.parts/`` while the run goes; ``close`` merges into ``OUT``."""
 
-    def __init__(self, path: Path, *, part_rows: int | None = None, npy: bool = False) -> None:
+    def __init__(self, path: Path, *, part_rows: int | None = None) -> None:
         require_pyarrow()
-        self.npy = npy
         release_big_blocks()
         self.path = path
         self.parts = parts_dir(path)
@@ -168,28 +167,27 @@ class VectorWriter:
         self._write_cols(cols)
 
     def _write_cols(self, cols: dict[str, Any]) -> None:
-        import numpy as np
         import pyarrow as pa
+
+        from llmbatch._io import arrow_arrays as aa
 
         assert self.dim is not None
         n = len(cols["id"])
         vectors = cols["vectors"]
-        vtype = pa.list_(pa.float32(), self.dim)
         if vectors is None:
-            vec = pa.nulls(n, vtype)
+            vec = pa.nulls(n, pa.list_(pa.float32(), self.dim))
         else:
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-            vec = pa.FixedSizeListArray.from_arrays(flat, self.dim)
+            vec = aa.float32_lists(vectors, self.dim)
         table = pa.Table.from_arrays(
             [
-                pa.array(cols["id"], pa.string()),
-                pa.array(cols["index"], pa.int32()),
-                pa.array([cols["status"]] * n, pa.string()),
-                pa.array([cols["error"]] * n, pa.string()),
-                pa.array([cols["model"]] * n, pa.string()),
-                pa.array([self.dim] * n, pa.int32()),
-                pa.array(cols["metadata"], pa.string()),
-                pa.array([cols["cost_usd"]] * n, pa.float64()),
+                aa.strings(cols["id"]),
+                aa.int32s(cols["index"]),
+                aa.constant_string(cols["status"], n),
+                aa.constant_string(cols["error"], n),
+                aa.constant_string(cols["model"], n),
+                aa.constant_int32(self.dim, n),
+                aa.strings(cols["metadata"]),
+                aa.constant_float64(cols["cost_usd"], n),
                 vec,
             ],
             schema=schema(self.dim),
@@ -234,10 +232,6 @@ class VectorWriter:
         self._held = []
         self._close_part()
         merge_parts(self.path)
-        if self.npy:
-            from llmbatch._io.npy import write_npy
-
-            write_npy(self.path)
 
 
 def _part_no(path: Path) -> int:

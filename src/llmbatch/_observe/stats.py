@@ -55,6 +55,13 @@ class Histogram:
     def mean(self) -> float:
         return self.total / self.count if self.count else 0.0
 
+    def merge(self, other: Histogram) -> None:
+        """Add another histogram's counts (one gathered elsewhere: a Ray worker)."""
+        self.buckets.update(other.buckets)
+        self.count += other.count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+
     def linear_bins(self, target: int = 30) -> tuple[Bin, ...]:
         """About ``target`` equal bins with round edges, up to about p99; the rest in the last."""
         if not self.count:
@@ -274,6 +281,29 @@ class RunStats:
         g.saved_usd += saved
         g.write_premium_usd += premium
 
+    def merge(self, other: RunStats) -> None:
+        """Add what ``other`` counted (results run elsewhere: ``run --ray``'s workers)."""
+        for name in _SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.latency.merge(other.latency)
+        self.ttft.merge(other.ttft)
+        self.errors.update(other.errors)
+        self.failures.update(other.failures)
+        self.unpriced_models |= other.unpriced_models
+        for key, m in other.by_model.items():
+            mine = self.by_model.get(key)
+            if mine is None:
+                mine = self.by_model[key] = ModelStats()
+            for name in _MODEL_SUMS:
+                setattr(mine, name, getattr(mine, name) + getattr(m, name))
+            mine.priced = mine.priced and m.priced
+        for key, g in other.prefix_groups.items():
+            group = self.prefix_groups.get(key)
+            if group is None:
+                group = self.prefix_groups[key] = PrefixGroupStats()
+            for name in _GROUP_SUMS:
+                setattr(group, name, getattr(group, name) + getattr(g, name))
+
     def remove(self, r: JobResult) -> None:
         """Take back a superseded failed line (``report`` over a --retry-failed file)."""
         self.failed -= 1
@@ -286,3 +316,33 @@ class RunStats:
         if m is not None:
             m.jobs -= 1
             m.failed -= 1
+
+
+# What ``RunStats.merge`` adds up, field by field.
+_SUMS = (
+    "ok",
+    "failed",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_usd",
+    "unpriced_jobs",
+    "attempts",
+    "repairs",
+    "repaired_jobs",
+    "fallbacks",
+    "cache_hits",
+    "cache_saved_usd",
+    "prompt_cache_saved_usd",
+    "prompt_cache_premium_usd",
+)
+_MODEL_SUMS = ("jobs", "ok", "failed", "cost_usd", "input_tokens", "output_tokens", "attempts")
+_GROUP_SUMS = (
+    "jobs",
+    "hits",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "write_premium_usd",
+    "saved_usd",
+)

@@ -229,6 +229,23 @@ class _Jobs:
             self._seq += 1
             heapq.heapreplace(heap, (latency, -self._seq, JobRow.of(r)))
 
+    def merge(self, other: _Jobs) -> None:
+        """Add another live run's jobs (gathered where they ran: a Ray worker). Histograms
+        this one reads from its run's statistics are theirs to merge (``RunStats.merge``)."""
+        if self._fill:
+            self.latency.merge(other.latency)
+            self.ttft.merge(other.ttft)
+        self._failed_total += other._failed_total
+        room = FAILED_N - len(self._failed_list)
+        self._failed_list.extend(other._failed_list[: max(0, room)])
+        for latency, _, row in other._slowest:
+            heap = self._slowest
+            self._seq += 1
+            if len(heap) < TOP_N:
+                heapq.heappush(heap, (latency, -self._seq, row))
+            elif latency > heap[0][0]:
+                heapq.heapreplace(heap, (latency, -self._seq, row))
+
     def failed(self) -> tuple[JobRow, ...]:
         if self._superseding:
             return tuple(row for row in self._failed.values() if row is not None)[:FAILED_N]
@@ -248,6 +265,11 @@ class _Jobs:
             started_ts=started,
             series_note=note,
         )
+
+
+# The histograms, slowest and failed jobs of some results, built where they ran (a Ray
+# worker) for ``TimelineRecorder.add_jobs``.
+JobsDigest = _Jobs
 
 
 class TimelineRecorder:
@@ -287,6 +309,13 @@ class TimelineRecorder:
         elif isinstance(event, RunEnded):
             self.saw_run = True
             self._buckets.end = event.ts
+
+    def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
+        """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is
+        what their results gave (a ``JobsDigest``, gathered by the worker)."""
+        self.saw_run = True
+        self._buckets.row(ts)[_DONE] += count
+        self._jobs.merge(jobs)
 
     def timeline(self) -> Timeline:
         return self._jobs.freeze(self._buckets.freeze(), "events", self._started, None)

@@ -28,7 +28,6 @@ from llmbatch._engine.embed import EmbedAdapter, EmbedSource, EmbedState, parse_
 from llmbatch._engine.embed_sink import EmbedSink
 from llmbatch._engine.plan import Plan, Planner
 from llmbatch._io.jobfile import job_records
-from llmbatch._io.npy import npy_path
 from llmbatch._io.resume import ExistingOutput, backup_output, cut_torn_tail, read_existing
 from llmbatch._io.vectors import cut_torn_parts, is_parquet, parts_dir, read_existing_vectors
 from llmbatch._observe.progress import ProgressSink
@@ -78,11 +77,6 @@ class EmbedRun(RunSession):
         self.planner = Planner(config, self.services.prices)
         self.state = EmbedState()
         self.parquet = is_parquet(config.output)
-        if config.npy and not self.parquet:
-            raise UsageError(
-                "--npy goes with a Parquet output (-o vectors.parquet): the matrix's rows "
-                "are the Parquet's rows. Nothing was sent."
-            )
         self.existing: ExistingOutput | None = None
         self.plan: EmbedPlan | None = None
         self._caps: dict[ModelRef, EmbedCaps] = {}
@@ -161,8 +155,10 @@ class EmbedRun(RunSession):
 
     def _repeated_ids(self, keys: array[int], plan: EmbedPlan) -> None:
         """Lines whose id an earlier line has: problems (a second pass finds them)."""
-        ordered = sorted(keys)
-        repeated = {a for a, b in zip(ordered, ordered[1:], strict=False) if a == b}
+        import numpy as np
+
+        ordered = np.sort(np.frombuffer(keys, dtype=np.int64))  # 8 bytes an id, not 40
+        repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
         del ordered
         if not repeated:
             return
@@ -271,8 +267,8 @@ class EmbedRun(RunSession):
                 self.notes.append(f"--fresh: the old output was moved to {backup}")
             if self.parquet and parts_dir(cfg.output).exists():
                 parts_dir(cfg.output).rename(backup_output_name(cfg.output))
-            matrix = npy_path(cfg.output)
-            if self.parquet and matrix.exists():
+            matrix = cfg.npy
+            if matrix is not None and matrix.exists():
                 matrix.rename(f"{matrix}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
             return
         existing = self.existing

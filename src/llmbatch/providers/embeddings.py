@@ -28,6 +28,7 @@ from llmbatch.providers._errors import translate_errors, unexpected_shape
 from llmbatch.providers._http import _TIME_LIMIT, HttpProvider
 
 if TYPE_CHECKING:
+    from llmbatch._config.settings import ProviderSettings, RunConfig
     from llmbatch.providers._base import Provider
 
 SIM_DIMENSIONS = 256  # the simulator's vectors when a job names no dimensions
@@ -121,7 +122,11 @@ async def _post(
 
 
 def openai_url(provider: Any, model: str) -> str:
-    wire = provider.wire
+    return openai_url_of(provider.wire, model)
+
+
+def openai_url_of(wire: Any, model: str) -> str:
+    """The embeddings URL of an ``OpenAIWire`` (Azure by deployment or the v1 path)."""
     if wire.deployment_path:
         path = f"/deployments/{quote(model, safe='')}/embeddings"
         return f"{wire.base_url}{path}?api-version={wire.api_version}"
@@ -163,17 +168,40 @@ async def _openai(provider: Any, model: str, texts: list[str], dimensions: int |
     return Embedded(vectors, int(tokens), ms, request_id, hint)
 
 
-async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
-    from llmbatch.providers.gemini_wire import model_path, model_url
+def gemini_body(model: str, texts: list[str], dimensions: int | None) -> dict[str, Any]:
+    from llmbatch.providers.gemini_wire import model_path
 
-    name = model_path(model)
-    one: dict[str, Any] = {"model": name}
+    one: dict[str, Any] = {"model": model_path(model)}
     if dimensions is not None:
         one["outputDimensionality"] = dimensions
-    requests = [{**one, "content": {"parts": [{"text": t}]}} for t in texts]
+    return {"requests": [{**one, "content": {"parts": [{"text": t}]}} for t in texts]}
+
+
+def preview(
+    settings: ProviderSettings, config: RunConfig, model: str, texts: list[str], dims: int | None
+) -> tuple[str | None, dict[str, Any]]:
+    """(URL, body) of one embeddings request, for ``--dry-run`` (the key goes in no URL;
+    sim answers locally: no URL, the body in the OpenAI shape)."""
+    if settings.kind == "gemini":
+        from llmbatch.providers.gemini_wire import model_url
+
+        url = model_url(settings.resolved_base_url(), model, "batchEmbedContents")
+        return url, gemini_body(model, texts, dims)
+    body = openai_body(model, texts, dims)
+    if settings.kind in ("openai", "azure"):
+        from llmbatch.providers.openai import OpenAIWire
+
+        return openai_url_of(OpenAIWire.of(settings, config), model), body
+    return None, body
+
+
+async def _gemini(provider: Any, model: str, texts: list[str], dimensions: int | None) -> Embedded:
+    from llmbatch.providers.gemini_wire import model_url
+
     headers = {**provider.headers, "accept": "application/json"}
     url = model_url(provider.base_url, model, "batchEmbedContents")
-    obj, hint, request_id, ms = await _post(provider, url, {"requests": requests}, headers)
+    body = gemini_body(model, texts, dimensions)
+    obj, hint, request_id, ms = await _post(provider, url, body, headers)
     items = obj.get("embeddings") if isinstance(obj, dict) else None
     if not isinstance(items, list) or len(items) != len(texts):
         raise unexpected_shape(f"no embeddings for {len(texts)} inputs")
@@ -193,12 +221,14 @@ async def sim_embed(
     fail_rate = getattr(provider, "fail_rate", 0.0)
     if fail_rate and provider._faults.random() < fail_rate:
         raise RateLimited("simulated 429", status=429, retry_after=None)
-    vectors = sim_vectors(model, texts, dimensions or SIM_DIMENSIONS)
-    tokens = sum(len(t) for t in texts) // 4 + len(texts)
     if getattr(provider, "latency_ms", 0) > 0:
         await provider._sleep(1.0, time_limit)
     else:
         await anyio.lowlevel.checkpoint()
+    # The vectors after the wait, as a server's arrive: made before it, every request
+    # in flight held a matrix it had no use for yet (16 × 2 MiB more at the peak).
+    vectors = sim_vectors(model, texts, dimensions or SIM_DIMENSIONS)
+    tokens = sum(len(t) for t in texts) // 4 + len(texts)
     return Embedded(vectors, tokens, (time.perf_counter() - started) * 1000)
 
 
@@ -210,11 +240,28 @@ def sim_vectors(model: str, texts: list[str], dim: int) -> Any:
         hashlib.blake2b(t.encode(), digest_size=8, key=salt[:64]).digest() for t in texts
     )
     seeds = np.frombuffer(digests, dtype="<u8").reshape(-1, 1)
-    z = seeds ^ (np.arange(1, dim + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    out = (z >> np.uint64(40)).astype(np.float32) * np.float32(2.0 / (1 << 24)) - np.float32(1.0)
+    steps = np.arange(1, dim + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    # A few hundred rows at a time, in place: the uint64 scratch stays small (it was
+    # several n × dim × 8-byte temporaries, the largest allocations of a sim run).
+    rows = max(1, (256 << 10) // (8 * dim))
+    z = np.empty((min(rows, len(texts)), dim), dtype=np.uint64)
+    t = np.empty_like(z)
+    for at in range(0, len(texts), rows):
+        n = min(rows, len(texts) - at)
+        zz, tt = z[:n], t[:n]
+        np.bitwise_xor(seeds[at : at + n], steps, out=zz)
+        for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(zz, np.uint64(shift), out=tt)
+            zz ^= tt
+            zz *= np.uint64(mul)
+        np.right_shift(zz, np.uint64(31), out=tt)
+        zz ^= tt
+        zz >>= np.uint64(40)
+        block = out[at : at + n]
+        block[:] = zz
+        block *= np.float32(2.0 / (1 << 24))
+        block -= np.float32(1.0)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out
 

@@ -1,0 +1,136 @@
+"""``run --ray``'s cluster: joined or started, and the actors made, while the driver
+checks the jobs file (a thread of its own), so Ray's start costs the run little."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from llmbatch._api.ray_worker import EngineWorker
+from llmbatch._core.exceptions import UsageError
+
+_OBJECT_STORE = 256 * 2**20  # a local Ray's object store: blocks are well under 1 MB
+
+
+def connect(address: str, *, quiet: bool = False) -> bool:
+    """Join (``auto``, ``ray://…``, ``HOST:PORT``) or start (``local``) Ray; True if
+    this process started it (and so shuts it down)."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--ray needs Ray: pip install 'llmbatch[ray]'. Nothing was sent."
+        ) from None
+    if ray.is_initialized():
+        return False
+    import logging
+
+    # Ray started from a thread (ClusterStart) says it sets no SIGTERM handler there:
+    # llmbatch handles the signals itself.
+    logging.getLogger("ray._private.worker").addFilter(_no_signal_warning)
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR if quiet else logging.WARNING,
+    }
+    try:
+        if address == "local":  # a new Ray of its own, whatever `ray start` left running
+            ray.init(address="local", object_store_memory=_OBJECT_STORE, **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = "a running cluster" if address == "auto" else address
+        raise UsageError(
+            f"--ray {address}: cannot reach {where} ({exc}). Start one (`ray start --head`), "
+            "or pass --ray alone for a local Ray. Nothing was sent."
+        ) from None
+    return True
+
+
+def _no_signal_warning(record: Any) -> bool:
+    return "SIGTERM handler is not set" not in str(record.getMessage())
+
+
+def cpus_of(ray: Any) -> float:
+    """The CPUs the cluster offers."""
+    resources: dict[str, float] = ray.cluster_resources()
+    return max(1.0, float(resources.get("CPU", 1.0)))
+
+
+class ClusterStart:
+    """Ray joined or started, and ``workers`` actors (default: a CPU each) made, in a
+    thread; ``result()`` waits for them (or raises what went wrong), ``close()`` ends
+    them. The thread lives until Ray is shut down: the processes a local Ray starts
+    die with the thread that started them (Linux's parent-death signal is a thread's)."""
+
+    def __init__(
+        self, address: str, workers: int | None, env: dict[str, str | None], quiet: bool
+    ) -> None:
+        self.address, self.want, self.env, self.quiet = address, workers, env, quiet
+        self.started = False  # this process started Ray (and so shuts it down)
+        self.actors: list[Any] = []
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._life, name="llmbatch-ray", daemon=True)
+        self._thread.start()
+
+    def _life(self) -> None:
+        try:
+            self._start()
+        except BaseException as exc:  # raised where result() is called
+            self._error = exc
+        finally:
+            self._ready.set()
+        self._closing.wait()
+        self._stop()
+
+    def _start(self) -> None:
+        self.started = connect(self.address, quiet=self.quiet)
+        import ray
+
+        cpus = cpus_of(ray)
+        n = self.want or int(cpus)
+        remote = ray.remote(num_cpus=min(1.0, cpus / n), max_restarts=0)(EngineWorker)
+        # Made now: each starts its process and imports llmbatch while the file is checked.
+        self.actors = [remote.remote(None, None, self.env) for _ in range(n)]
+
+    def result(self) -> list[Any]:
+        """The actors, once made; the thread's error, if any, raised."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self.actors
+
+    def close(self) -> None:
+        """The actors killed, and Ray shut down if this process started it."""
+        self._closing.set()
+        self._thread.join()
+
+    def _stop(self) -> None:
+        if not self.actors and not self.started:
+            return
+        import ray
+
+        for actor in self.actors:
+            try:
+                ray.kill(actor)
+            except Exception:  # gone already
+                pass
+        if self.started:
+            _stop_monitor(ray)
+            ray.shutdown()
+
+
+def _stop_monitor(ray: Any) -> None:
+    """A local Ray's autoscaler monitor, killed ahead of ``ray.shutdown()``: that asks it
+    to end and waits a full second for it (it has nothing to scale here)."""
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    processes = getattr(getattr(node, "_global_node", None), "all_processes", None)
+    if not isinstance(processes, dict):  # not this version's layout: Ray's own way then
+        return
+    for info in processes.get("monitor", ()):
+        process = getattr(info, "process", None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
