@@ -28,7 +28,10 @@ class CachedAnswer:
     created: float = 0.0  # wall clock; set by the cache on store
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
+        """The answer as the cache stores it. Copied to its own size: orjson's bytes keep
+        the buffer they were built in (8 KiB for a short answer, 128 KiB for a vector),
+        and the cache holds up to a batch of them until it writes."""
+        raw = orjson.dumps(
             {
                 "text": self.text,
                 "parsed": self.parsed,
@@ -39,6 +42,7 @@ class CachedAnswer:
                 "provider": self.provider,
             }
         )
+        return bytes(memoryview(raw))
 
     @classmethod
     def from_json(cls, raw: bytes, created: float) -> CachedAnswer:
