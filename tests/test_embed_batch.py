@@ -420,3 +420,31 @@ def test_auto_cancels_at_the_deadline_and_finishes_online(
     assert sorted(answered + fe.texts_sent) == sorted(batch_texts(fb))  # each text once
     rows = ids_of(tmp_path / "v.parquet")
     assert set(rows.values()) == {1} and len(rows) == 54
+
+
+def test_a_fetched_embedding_batch_replaces_its_window_booking_by_its_bill(
+    fake: tuple[FakeBatch, FakeEmbed], tmp_path: Path
+) -> None:
+    """As for chat batches (``_batch.windows``): the worst case booked at submit becomes
+    what the batch billed once it is fetched, so a later run finds the room."""
+    import time
+
+    from llmbatch._budget.sqlite_status import ledger_status
+    from llmbatch._io.batch_state import BatchState
+
+    fb, _ = fake
+    jobs = texts_file(tmp_path / "texts.jsonl", 30)
+    cfg = cfg_for(
+        jobs, "v.parquet", tmp_path, no_cache=True, budget_per_hour=1.0,
+        ledger=tmp_path / "ledger.sqlite", inputs_per_request=5,
+    )  # fmt: skip
+    rep = by_batch(cfg, fb, batch_size=10)
+    assert rep.stopped_by is None and exit_code_for(rep, None) == 0
+    chunks = BatchState.load(cfg.output or tmp_path).chunks.values()
+    worst = sum(c.reserve_cost for c in chunks)
+    assert all(c.bookings and c.window_settled for c in chunks)
+    billed = sum(i for i, _ in fb.billed().values()) * ONLINE_PER_MTOK / 2 / 1e6
+    uses = ledger_status(tmp_path / "ledger.sqlite", "default", time.time())
+    spent = next(u.spent_cost for u in uses if u.seconds == 3600)
+    assert spent == pytest.approx(billed, rel=1e-6)
+    assert 0 < spent < worst / 2  # the worst case (a token a byte) is well above the bill

@@ -22,6 +22,7 @@ from typing import Any
 
 from llmbatch._batch.close import missing_reason
 from llmbatch._batch.context import BatchContext, lookup, not_found
+from llmbatch._batch.windows import settle_windows
 from llmbatch._core.batch_price import price_from_json
 from llmbatch._core.batch_types import BatchInfo, ItemResult
 from llmbatch._core.embed import EmbedPack, decode_vector
@@ -69,6 +70,7 @@ class EmbedFetcher:
         self.online = ctx.config.price_book(tiers=False)
         self.written: set[str] = set()
         self.totals = EmbedFetchTotals()
+        self._spent = [0.0, 0]  # the batch being closed: cost and tokens billed
 
     def is_written(self, row: dict[str, Any]) -> bool:
         return any(i in self.written or self.done(i) for i in row["ids"])
@@ -100,6 +102,8 @@ class EmbedFetcher:
                     continue
             if ctx.state.chunks[chunk.local].is_open:
                 still += 1
+        # The batches that ended: their real cost replaces their window bookings.
+        await settle_windows(ctx.state, ctx.config.shared, ctx.notes)
         return still
 
     def close(self, chunk: Chunk, info: BatchInfo, items: Iterable[ItemResult]) -> None:
@@ -113,6 +117,7 @@ class EmbedFetcher:
         sent = set(rows)
         returned: dict[str, str] = {}
         seen = foreign = 0
+        self._spent = [0.0, 0]  # what this batch billed: it replaces its window booking
         for item in items:
             seen += 1
             if item.custom_id not in sent:
@@ -157,6 +162,7 @@ class EmbedFetcher:
                 "status": info.status,
                 "counts": counts,
                 "returned": returned,
+                "spent": self._spent,
             }
         )
         self.totals.closed += 1
@@ -209,6 +215,8 @@ class EmbedFetcher:
             t.failed_rows += len(row["ids"])
             t.failed_lines += lines
         online = self.online.cost(ref, usage)
+        self._spent[0] += cost or 0.0
+        self._spent[1] += usage.total
         t.cost_usd += cost or 0.0
         t.online_cost_usd += (cost or 0.0) if online is None else online
         self._emit(chunk, result, usage, cost)

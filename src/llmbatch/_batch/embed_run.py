@@ -21,7 +21,7 @@ import anyio
 from llmbatch._batch.context import ClientFactory, batch_context, default_client_factory
 from llmbatch._batch.embed_fetch import EmbedFetcher, EmbedFetchTotals
 from llmbatch._batch.embed_submit import embeddings_client_factory, submit_embeddings
-from llmbatch._batch.run import _cancel_all, _start_fresh, _submitted_at
+from llmbatch._batch.run import cancel_all, check_batch_mode, start_fresh, submitted_at
 from llmbatch._batch.submitted import SubmitReport
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -112,7 +112,7 @@ def _fresh(config: RunConfig, tell: Any) -> RunConfig:
     matrix = config.npy
     if matrix is not None and matrix.exists():
         matrix.rename(f"{matrix}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-    return _start_fresh(config, tell)
+    return start_fresh(config, tell)
 
 
 async def run_embed_batches(
@@ -131,10 +131,7 @@ async def run_embed_batches(
     sinks: Sequence[EventSink] = (),
 ) -> tuple[RunReport, EmbedBatchRun]:
     """Embeddings: the bulk by batch, the wait (to the deadline in ``auto``), the rest online."""
-    if mode not in ("batch", "auto"):
-        raise UsageError(f"--mode {mode!r}: batch or auto")
-    if mode == "auto" and deadline is None:
-        raise UsageError("--mode auto needs --batch-deadline (e.g. 2h)")
+    check_batch_mode(mode, deadline)
     if config.output is None:
         raise UsageError("--mode batch|auto needs an output file (-o PATH), not stdout")
     tell = say or _stderr
@@ -218,7 +215,7 @@ async def _wait(
 ) -> tuple[EmbedFetchTotals, int]:
     """Fetch until every batch has ended, or cancel at the deadline and fetch what ended."""
     config, clock, stopper = run.config, run.clock, run.stopper
-    started = _submitted_at(config, clock)
+    started = submitted_at(config, clock)
     async with batch_context(config, clock=clock, factory=factory, locked=True) as ctx:
         fetcher = run.fetcher(ctx, sink)
         canceled: int | None = None  # set once the deadline has canceled the open batches
@@ -231,7 +228,7 @@ async def _wait(
                 break
             waited = clock.time() - started
             if canceled is None and deadline is not None and waited >= deadline:
-                canceled = await _cancel_all(config, clock, factory)
+                canceled = await cancel_all(config, clock, factory)
                 tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
                 step = 1.0
             elif canceled is None:

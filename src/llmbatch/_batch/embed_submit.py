@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmbatch._batch.context import BatchContext, ClientFactory, created_event, recover_chunk
 from llmbatch._batch.submitted import SubmitReport, SubmittedBatch
+from llmbatch._batch.windows import fit_windows
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
 from llmbatch._core.batch_price import batch_price, price_to_json
 from llmbatch._core.batch_types import BatchClient
@@ -259,10 +260,11 @@ class EmbedSubmitter:
             self.not_submitted += sum(x.lines for x in chunk)
             return
         chunk = self._fit(chunk)
+        booked: list[dict[str, Any]] = []
         if chunk and self.windows:
-            chunk = await self._fit_windows(chunk)
+            chunk, booked = await self._fit_windows(chunk)
         if chunk:
-            await self._create(ref, chunk)
+            await self._create(ref, chunk, booked)
 
     def _fit(self, chunk: list[_Line]) -> list[_Line]:
         """The head of ``chunk`` that the run's caps hold room for; the rest waits."""
@@ -272,36 +274,26 @@ class EmbedSubmitter:
                 return chunk[:i]
         return chunk
 
-    async def _fit_windows(self, chunk: list[_Line]) -> list[_Line]:
+    async def _fit_windows(self, chunk: list[_Line]) -> tuple[list[_Line], list[dict[str, Any]]]:
         """The head of ``chunk`` the rolling windows have room for, booked there at its
-        worst case now (a batch's spend is known only when it ends)."""
-        n = len(chunk)
-        while n > 0:
-            cost = sum(p.cost for p in chunk[:n])
-            tokens = sum(p.tokens for p in chunk[:n])
-            held: list[tuple[BudgetLedger, Hold]] = []
-            refused: Refusal | None = None
-            for ledger in self.windows:
-                answer = await ledger.reserve(cost, tokens)
-                if isinstance(answer, Refusal):
-                    refused = answer
-                    break
-                held.append((ledger, answer))
-            for ledger, hold in held:  # booked as spent at the worst case, or released
-                await ledger.settle(hold, 0.0 if refused else cost, 0 if refused else tokens)
-            if refused is None:
-                break
-            self.window_refusal = refused
-            n //= 2
+        worst case now, and where (the chunk's intent keeps it: its real cost replaces
+        the booking once the batch ends, as for chat batches: ``_batch.windows``)."""
+        prefix = f"batch-{self.ctx.state.uid}-{self.nonce}"
+        items = [(p.cost, p.tokens) for p in chunk]
+        n, booked, refusal = await fit_windows(self.windows, items, prefix)
+        if refusal is not None:
+            self.window_refusal = refusal
         if n < len(chunk):
             self._held_back("budget_window", chunk[n:])
-        return chunk[:n]
+        return chunk[:n], booked
 
     def _held_back(self, why: str, rest: list[_Line]) -> None:
         self.stopped_by = self.stopped_by or why
         self.not_submitted += sum(x.lines for x in rest)
 
-    async def _create(self, ref: ModelRef, chunk: list[_Line]) -> None:
+    async def _create(
+        self, ref: ModelRef, chunk: list[_Line], booked: list[dict[str, Any]]
+    ) -> None:
         ctx = self.ctx
         state = ctx.state
         client = ctx.client(ref.provider)
@@ -323,6 +315,7 @@ class EmbedSubmitter:
                 "reserve_tokens": sum(p.tokens for p in chunk),
                 "price": price_to_json(self.prices.get(ref)),
                 "nonce": self.nonce,
+                **({"bookings": booked} if booked else {}),
             }
         )
         record = state.chunks[local]

@@ -68,6 +68,14 @@ class _Totals:
         self.online += rep.online_cost_usd
 
 
+def check_batch_mode(mode: str, deadline: float | None) -> None:
+    """``--mode batch|auto`` and its deadline, as every batched run takes them."""
+    if mode not in ("batch", "auto"):
+        raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
+    if mode == "auto" and deadline is None:
+        raise UsageError("--mode auto needs --batch-deadline (e.g. 2h)")
+
+
 async def run_with_batches(
     config: RunConfig,
     *,
@@ -89,13 +97,10 @@ async def run_with_batches(
     windows, shared limits), one event stream — the batch answers count as its jobs
     in the report, the event log, the history and the HTML — and one report.
     """
-    if mode not in ("batch", "auto"):
-        raise UsageError(f"--mode {mode!r}: one of {', '.join(MODES)}")
-    if mode == "auto" and deadline is None:
-        raise UsageError("--mode auto needs --batch-deadline (e.g. 2h)")
+    check_batch_mode(mode, deadline)
     tell = say or _stderr
     if config.fresh and config.output is not None:
-        config = _start_fresh(config, tell)
+        config = start_fresh(config, tell)
     run = FileRun(
         config,
         progress=progress,
@@ -167,7 +172,7 @@ async def _wait_for_batches(
     """
     config, clock, stopper = run.config, run.clock, run.stopper
     totals = _Totals()
-    started = _submitted_at(config, clock)
+    started = submitted_at(config, clock)
     while not stopper.stopping:
         # Schema repairs are left to the online part: its report counts them.
         rep = await fetch(
@@ -178,7 +183,7 @@ async def _wait_for_batches(
             return totals, 0
         waited = clock.time() - started
         if deadline is not None and waited >= deadline:
-            canceled = await _cancel_all(config, clock, client_factory)
+            canceled = await cancel_all(config, clock, client_factory)
             tell(f"batch deadline reached: canceled {canceled} batch(es); the rest runs online")
             await _fetch_canceled(run, poll, client_factory, totals)
             return totals, canceled
@@ -189,7 +194,7 @@ async def _wait_for_batches(
     return totals, 0
 
 
-def _submitted_at(config: RunConfig, clock: Clock) -> float:
+def submitted_at(config: RunConfig, clock: Clock) -> float:
     """When the oldest open batch of the output was submitted (now, if none is open)."""
     assert config.output is not None
     opened = [c.at for c in BatchState.load(config.output).open_chunks()]
@@ -215,7 +220,7 @@ async def _fetch_canceled(
         step *= 2
 
 
-def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
+def start_fresh(config: RunConfig, tell: Any) -> RunConfig:
     """``--fresh``: move the output and its batch state aside first, as ``run`` does."""
     from llmbatch._io.resume import backup_output
 
@@ -234,7 +239,7 @@ def _start_fresh(config: RunConfig, tell: Any) -> RunConfig:
     return replace(config, fresh=False)
 
 
-async def _cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
+async def cancel_all(config: RunConfig, clock: Clock, factory: ClientFactory | None) -> int:
     async with batch_context(config, clock=clock, factory=factory, locked=True) as ctx:
         return len(await batch_cancel(ctx, release_unproven=True))
 
