@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import anyio
 
@@ -143,6 +143,9 @@ def _progress(cfg: RunConfig, shown: bool) -> ProgressSink:
     return make_progress(cfg.quiet) if shown else NoProgress()
 
 
+_Run = TypeVar("_Run", FileRun, EmbedRun)
+
+
 class _FileJob:
     """One file run: the checks before anything opens, the session for the mode, the
     files written after (``report``, ``html``), the exit code."""
@@ -219,55 +222,43 @@ class _FileJob:
                 sinks=self.sinks,
             )
             return await session.run(), session
-        if cfg.mode != "online":
-            from llmbatch._batch.run import run_with_batches
-
-            return await run_with_batches(
-                cfg,
-                mode=cfg.mode,
-                deadline=cfg.batch_deadline if cfg.mode == "auto" else None,  # batch waits
-                progress=progress,
-                provider_factory=self.factory(),
-                handle_signals=self.handle_signals,
-                say=self.say,
-                sinks=self.sinks,
-            )
-        from llmbatch._batch.run import refuse_if_batches_open
-
-        refuse_if_batches_open(cfg.output)
-        online = FileRun(
-            cfg,
-            progress=progress,
-            provider_factory=self.factory(),
-            handle_signals=self.handle_signals,
-            sinks=self.sinks,
-        )
-        return await online.run(), online
+        return await self._local(progress, FileRun)
 
     async def _embed(self, progress: ProgressSink) -> tuple[RunReport, EmbedRun]:
         cfg = self.cfg
         if cfg.shard is not None:
             _refuse_parquet_modes(cfg)  # a .parquet output with --shard, or a batch mode
+        return await self._local(progress, EmbedRun)
+
+    async def _local(self, progress: ProgressSink, kind: type[_Run]) -> tuple[RunReport, _Run]:
+        """The run in this process: the bulk by batch first (``mode`` batch or auto), or
+        online only; chat jobs or embeddings (``kind``)."""
+        cfg = self.cfg
+        factory = self.factory()
         if cfg.mode != "online":
             from llmbatch._batch.embed_run import run_embed_batches
+            from llmbatch._batch.run import run_with_batches
 
-            return await run_embed_batches(
+            batched = run_embed_batches if kind is EmbedRun else run_with_batches
+            report, run = await batched(
                 cfg,
                 mode=cfg.mode,
-                deadline=cfg.batch_deadline if cfg.mode == "auto" else None,
+                deadline=cfg.batch_deadline if cfg.mode == "auto" else None,  # batch waits
                 progress=progress,
-                provider_factory=self.factory(),
+                provider_factory=factory,
                 handle_signals=self.handle_signals,
                 say=self.say,
                 sinks=self.sinks,
             )
+            assert isinstance(run, kind)
+            return report, run
         from llmbatch._batch.run import refuse_if_batches_open
 
         refuse_if_batches_open(cfg.output)
-        session = EmbedRun(
+        session = kind(
             cfg,
             progress=progress,
-            provider_factory=self.factory(),
+            provider_factory=factory,
             handle_signals=self.handle_signals,
             sinks=self.sinks,
         )
