@@ -67,7 +67,7 @@ class EmbedBatchRun(EmbedRun):
         check = Plan(problems=plan.problems, models={ref for ref, _ in plan.groups})
         self.planner.check(check)
         for ref in check.models:
-            self._refuse_unembeddable(ref)
+            self.refuse_unembeddable(ref)
 
     def open_cache(self) -> None:
         if not self.config.no_cache:

@@ -180,8 +180,8 @@ class EmbedSubmitter:
         run = self.run
         assert run.plan is not None
         return parse_records(
-            run._records(),
-            run._parse,
+            run.records(),
+            run.parse_line,
             self._skip,
             run.plan.invalid_lines,
             run.notes,

@@ -108,7 +108,7 @@ class EmbedRun(RunSession):
             self._caps[ref] = caps
         return caps
 
-    def _records(self) -> Iterator[tuple[int, bytes]]:
+    def records(self) -> Iterator[tuple[int, bytes]]:
         return job_records(self.config.jobs, self.config.columns)
 
     def check_pass(self) -> EmbedPlan:
@@ -127,7 +127,7 @@ class EmbedRun(RunSession):
         keys = array("q")
         display = cfg.display_name
         parse, resolve, caps = self.parser.parse, self.resolve, self.caps
-        for lineno, raw in self._records():
+        for lineno, raw in self.records():
             try:
                 job = parse(raw, lineno)
                 ref = resolve(job)
@@ -163,7 +163,7 @@ class EmbedRun(RunSession):
         if not repeated:
             return
         first: dict[str, int] = {}
-        for lineno, raw in self._records():
+        for lineno, raw in self.records():
             try:
                 job = self.parser.parse(raw, lineno)
             except LineError:
@@ -177,7 +177,7 @@ class EmbedRun(RunSession):
                 first[job.id] = lineno
         plan.problems.sort(key=lambda p: p.line)
 
-    def _parse(self, raw: bytes, lineno: int) -> EmbedJob:
+    def parse_line(self, raw: bytes, lineno: int) -> EmbedJob:
         job = self.parser.parse(raw, lineno)
         if job.dimensions is None:
             job.dimensions = self.config.dimensions
@@ -197,7 +197,7 @@ class EmbedRun(RunSession):
             check = Plan(problems=plan.problems, models={ref for ref, _ in plan.groups})
             self.planner.check(check)
             for ref in check.models:
-                self._refuse_unembeddable(ref)
+                self.refuse_unembeddable(ref)
             await self.open_services(cache=False)
             if not cfg.no_cache:
                 from llmbatch._cache.store import open_cache
@@ -230,7 +230,12 @@ class EmbedRun(RunSession):
 
         def records() -> Iterator[tuple[int, EmbedJob | None]]:
             return parse_records(
-                self._records(), self._parse, skip, plan.invalid_lines, self.notes, cfg.display_name
+                self.records(),
+                self.parse_line,
+                skip,
+                plan.invalid_lines,
+                self.notes,
+                cfg.display_name,
             )
 
         source = EmbedSource(records, self.resolve, self.caps, self.state)
@@ -240,7 +245,7 @@ class EmbedRun(RunSession):
         finally:
             sink.close()
 
-    def _refuse_unembeddable(self, ref: ModelRef) -> None:
+    def refuse_unembeddable(self, ref: ModelRef) -> None:
         kind = self.config.providers[ref.provider].kind
         if kind in ("anthropic", "bedrock"):
             raise UsageError(

@@ -58,7 +58,7 @@ def preview_packs(run: EmbedRun, plan: EmbedPlan) -> Iterator[EmbedPack]:
     def records() -> Iterator[tuple[int, EmbedJob | None]]:
         display = run.config.display_name
         return parse_records(
-            run._records(), run._parse, skip, plan.invalid_lines, run.notes, display
+            run.records(), run.parse_line, skip, plan.invalid_lines, run.notes, display
         )
 
     import numpy as np
@@ -223,7 +223,7 @@ def print_embed_dry_run(cfg: RunConfig, out: IO[bytes], err: IO[str]) -> int:
     models = {ref for ref, _ in plan.groups}
     run.planner.check(Plan(problems=plan.problems, models=models), require_keys=False)
     for ref in models:
-        run._refuse_unembeddable(ref)
+        run.refuse_unembeddable(ref)
     totals = _Totals()
     for pack in preview_packs(run, plan):
         totals.add(pack)
