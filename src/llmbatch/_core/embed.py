@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from llmbatch._core.jobs import LineError
-from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._core.jobs import LineError, job_id_field, model_field
+from llmbatch._core.models import BUILTIN_PROVIDERS, ModelRef
 
 if TYPE_CHECKING:
     import numpy as np
@@ -114,7 +114,7 @@ class EmbedParser:
         if dims is not None and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 1):
             raise LineError('"dimensions" must be a positive integer')
         return EmbedJob(
-            _job_id(obj.get("id"), lineno), lineno, texts, model, dims, obj.get("metadata")
+            job_id_field(obj.get("id"), lineno), lineno, texts, model, dims, obj.get("metadata")
         )
 
     def _texts(self, value: Any) -> list[str]:
@@ -131,25 +131,7 @@ class EmbedParser:
         return texts
 
     def _model(self, spec: Any) -> ModelRef | None:
-        if spec is None:
-            return None
-        if not isinstance(spec, str):
-            raise LineError('"model" must be a string')
-        try:
-            return parse_model_spec(spec, self.providers)
-        except ModelSpecError as exc:
-            raise LineError(str(exc)) from None
-
-
-def _job_id(value: Any, lineno: int) -> str:
-    if value is None:
-        return f"line-{lineno}"
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise LineError("the job id must be a string or an integer")
-    text = str(value)
-    if not text:
-        raise LineError("the job id is empty")
-    return text
+        return model_field(spec, self.providers)
 
 
 # -- the pack ---------------------------------------------------------------------

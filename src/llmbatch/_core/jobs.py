@@ -111,7 +111,7 @@ class JobParser:
             value = obj.get("id")
         else:
             value = obj.get("id", obj.get("custom_id"))
-        return _job_id(value, lineno)
+        return job_id_field(value, lineno)
 
     # -- shapes -------------------------------------------------------------
 
@@ -138,7 +138,7 @@ class JobParser:
             schema=_schema(obj.get("schema")),
             fallback=self._fallback(obj.get("fallback")),
         )
-        return Job(_job_id(obj.get("id"), lineno), lineno, request, obj.get("metadata"))
+        return Job(job_id_field(obj.get("id"), lineno), lineno, request, obj.get("metadata"))
 
     def _record(self, obj: dict[str, Any], lineno: int) -> Job:
         assert self.template is not None
@@ -148,7 +148,7 @@ class JobParser:
             what = "is null in" if exc.null else "is missing from"
             raise LineError(f"template field {{{exc.field}}} {what} this record") from None
         request = Request(messages=[{"role": "user", "content": prompt}])
-        return Job(_job_id(obj.get("id", obj.get("custom_id")), lineno), lineno, request, obj)
+        return Job(job_id_field(obj.get("id", obj.get("custom_id")), lineno), lineno, request, obj)
 
     def _openai_batch(self, obj: dict[str, Any], lineno: int) -> Job:
         url = obj.get("url", "/v1/chat/completions")
@@ -185,7 +185,7 @@ class JobParser:
             wire_format="openai",
             body=body,
         )
-        return Job(_job_id(obj.get("custom_id"), lineno), lineno, request, obj.get("metadata"))
+        return Job(job_id_field(obj.get("custom_id"), lineno), lineno, request, obj.get("metadata"))
 
     def _anthropic_batch(self, obj: dict[str, Any], lineno: int) -> Job:
         params = obj.get("params")
@@ -209,19 +209,12 @@ class JobParser:
             wire_format="anthropic",
             body=params,
         )
-        return Job(_job_id(obj.get("custom_id"), lineno), lineno, request, obj.get("metadata"))
+        return Job(job_id_field(obj.get("custom_id"), lineno), lineno, request, obj.get("metadata"))
 
     # -- fields -------------------------------------------------------------
 
     def _model(self, spec: Any) -> ModelRef | None:
-        if spec is None:
-            return None
-        if not isinstance(spec, str):
-            raise LineError('"model" must be a string')
-        try:
-            return parse_model_spec(spec, self.providers)
-        except ModelSpecError as exc:
-            raise LineError(str(exc)) from None
+        return model_field(spec, self.providers)
 
     def _fallback(self, specs: Any) -> list[ModelRef] | None:
         if specs is None:
@@ -257,7 +250,20 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
-def _job_id(value: Any, lineno: int) -> str:
+def model_field(spec: Any, providers: Collection[str]) -> ModelRef | None:
+    """A line's ``"model"`` (None when it has none), as every job shape reads it."""
+    if spec is None:
+        return None
+    if not isinstance(spec, str):
+        raise LineError('"model" must be a string')
+    try:
+        return parse_model_spec(spec, providers)
+    except ModelSpecError as exc:
+        raise LineError(str(exc)) from None
+
+
+def job_id_field(value: Any, lineno: int) -> str:
+    """A line's id (``line-N`` when it has none), as every job shape reads it."""
     if value is None:
         return f"line-{lineno}"
     if isinstance(value, bool) or not isinstance(value, str | int):
