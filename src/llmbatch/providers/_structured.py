@@ -128,6 +128,19 @@ def fits_strict(schema: Any) -> bool:
     return True
 
 
+def strict_or_note(schema: dict[str, Any], notes: set[str] | None) -> bool:
+    """Whether ``schema`` goes in OpenAI strict mode (chat completions and Responses
+    alike); when it cannot, the run is told once, in ``notes``."""
+    strict = fits_strict(schema)
+    if not strict and notes is not None:
+        notes.add(
+            f"schema {schema_name(schema)!r} does not fit OpenAI strict mode "
+            "(every property required, additionalProperties false, no bounds or "
+            "formats): sent with strict: false, and validated here"
+        )
+    return strict
+
+
 def schema_name(schema: dict[str, Any]) -> str:
     title = schema.get("title")
     if isinstance(title, str):

@@ -44,9 +44,9 @@ from llmbatch.providers._http import HttpProvider, SSEEvent, now_ms, parse_error
 from llmbatch.providers._structured import (
     OPENAI_MODES,
     StructuredModes,
-    fits_strict,
     schema_instruction,
     schema_name,
+    strict_or_note,
 )
 from llmbatch.providers.openai_responses import ResponsesStream, build_responses_body
 
@@ -104,13 +104,7 @@ def _add_structured(
     body: dict[str, Any], schema: dict[str, Any], structured: str, notes: set[str] | None
 ) -> None:
     if structured in ("native", "json_schema"):
-        strict = fits_strict(schema)
-        if not strict and notes is not None:
-            notes.add(
-                f"schema {schema_name(schema)!r} does not fit OpenAI strict mode "
-                "(every property required, additionalProperties false, no bounds or "
-                "formats): sent with strict: false, and validated here"
-            )
+        strict = strict_or_note(schema, notes)
         body["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": schema_name(schema), "schema": schema, "strict": strict},

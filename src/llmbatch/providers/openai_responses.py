@@ -28,7 +28,11 @@ from llmbatch._core.usage import Usage
 from llmbatch.providers._base import Answer
 from llmbatch.providers._errors import redact, text_field, token_count, unexpected_shape
 from llmbatch.providers._http import SSEEvent, now_ms
-from llmbatch.providers._structured import fits_strict, schema_instruction, schema_name
+from llmbatch.providers._structured import (
+    schema_instruction,
+    schema_name,
+    strict_or_note,
+)
 
 # Keys of a chat-completions body (a batch line's own) that mean the same in a Responses body.
 _SAME_KEYS = (
@@ -132,12 +136,7 @@ def _add_structured(
     body: dict[str, Any], schema: dict[str, Any], structured: str, notes: set[str] | None
 ) -> None:
     if structured in ("native", "json_schema"):
-        strict = fits_strict(schema)
-        if not strict and notes is not None:
-            notes.add(
-                f"schema {schema_name(schema)!r} does not fit OpenAI strict mode: sent with "
-                "strict: false, and validated here"
-            )
+        strict = strict_or_note(schema, notes)
         body["text"] = {
             "format": {
                 "type": "json_schema",
