@@ -3,7 +3,9 @@ checks the jobs file (a thread of its own), so Ray's start costs the run little.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from llmbatch._api.ray_worker import EngineWorker
@@ -35,7 +37,7 @@ def connect(address: str, *, quiet: bool = False) -> bool:
     }
     try:
         if address == "local":  # a new Ray of its own, whatever `ray start` left running
-            ray.init(address="local", object_store_memory=_OBJECT_STORE, **kwargs)
+            _init_local(ray, object_store_memory=_OBJECT_STORE, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -45,6 +47,49 @@ def connect(address: str, *, quiet: bool = False) -> bool:
             "or pass --ray alone for a local Ray. Nothing was sent."
         ) from None
     return True
+
+
+# What a local Ray's head starts that a run of llmbatch's own never uses: the autoscaler
+# monitor (nothing to scale), the log monitor (log_to_driver is off) and the dashboard's
+# API server. Each is a Python process importing much of Ray while the run starts, on the
+# same cores, and the monitor holds ray.shutdown() up for a second.
+_UNUSED = ("start_monitor", "start_log_monitor", "start_api_server")
+
+
+def _init_local(ray: Any, **kwargs: Any) -> None:
+    """A new local Ray, its head without the processes a run does not use (``_UNUSED``).
+    Ray's internals are not an API: where they are not as expected, or the lean start
+    fails, Ray starts as ``ray.init`` alone starts it."""
+    try:
+        with _lean_head(ray):
+            ray.init(address="local", **kwargs)
+        return
+    except Exception:  # the lean start failed: Ray's own way, once
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+    ray.init(address="local", **kwargs)
+
+
+@contextlib.contextmanager
+def _lean_head(ray: Any) -> Iterator[bool]:
+    """Within: a new head node starts none of ``_UNUSED`` (True); False, and nothing
+    changed, where this Ray's ``Node`` has not all three. Put back on the way out."""
+    node = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
+    saved = {name: node.__dict__.get(name) for name in _UNUSED} if node else {}
+    if not saved or not all(callable(method) for method in saved.values()):
+        yield False
+        return
+    for name in _UNUSED:
+        setattr(node, name, _skip)
+    try:
+        yield True
+    finally:
+        for name, method in saved.items():
+            setattr(node, name, method)
+
+
+def _skip(self: Any, *args: Any, **kwargs: Any) -> None:
+    """A head process not started (``_lean_head``)."""
 
 
 def _no_signal_warning(record: Any) -> bool:
