@@ -366,7 +366,8 @@ class JobRunner:
         return tally.result(Status.FAILED, ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
-        self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
+        if self.bus.sinks:  # none in a Ray worker: the driver counts from the results
+            self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
 
 
 async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:
