@@ -13,7 +13,6 @@ one write and decodes nothing; only the driver writes the output.
 
 from __future__ import annotations
 
-import gc
 import math
 from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -25,6 +24,7 @@ import anyio
 from llmbatch._api.runner import Runner
 from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
+from llmbatch._core.collector import quiet_gc
 from llmbatch._core.jobs import LineError
 from llmbatch._core.results import JobResult
 from llmbatch._engine.plan import Planner, PreparedJob
@@ -110,10 +110,7 @@ class EngineWorker:
         for sink in (session.stats, session.timeline):
             session.bus.sinks.remove(sink)
         await self.runner.open()
-        # What this process holds by now (Ray, llmbatch, the services) lives as long as the
-        # actor: kept out of the collector's full passes, which would walk it again and
-        # again over a run of many jobs (~10 % of a worker's CPU at no latency).
-        gc.freeze()
+        quiet_gc()  # the actor's process is llmbatch's own: its collector set as the CLI's
         return os.getpid()
 
     async def _cluster_ledgers(self) -> list[BudgetLedger]:

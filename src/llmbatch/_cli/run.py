@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbatch._cli.common import _console, _err
+from llmbatch._core.collector import quiet_gc
 
 if TYPE_CHECKING:
     from llmbatch._api.files import FileRunResult
@@ -27,7 +28,7 @@ def _run(
     if flags.get("dry_run"):
         options = {k: v for k, v in flags.items() if k != "dry_run"}
         return files.dry_run_file(jobs, options, config_path, sys.stdout.buffer, sys.stderr)
-    _quiet_gc()  # after the run's modules are loaded (above), before any job
+    quiet_gc()  # after the run's modules are loaded (above), before any job
     result = files.run_file(
         jobs,
         config_file=config_path,
@@ -40,18 +41,6 @@ def _run(
     )
     _tell_outcome(result)
     return result.exit_code
-
-
-def _quiet_gc() -> None:
-    """A run allocates a few small objects a job and keeps few of them: the collector's
-    default (a pass every 700 allocations, full passes over everything imported) costs
-    10–15 µs a job here. What is loaded by now is frozen out of its passes, and passes
-    come every 50,000 allocations. Only the CLI does this: the Python API leaves the
-    host program's collector alone."""
-    import gc
-
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 def _arrow_system_pool() -> None:
