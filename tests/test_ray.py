@@ -275,3 +275,19 @@ def test_an_output_that_cannot_be_written_stops_the_run_resumably(
     assert again.code == 0, again.output
     ids = ids_of(out)
     assert len(ids) == len(set(ids)) == 3000
+
+
+def test_log_json_has_the_workers_attempts(tmp_path: Path, ray_cluster: str) -> None:
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(120))
+    out, log = tmp_path / "out.jsonl", tmp_path / "events.jsonl"
+    args = ["run", str(jobs), "-m", "sim:claude-haiku-4-5", "-o", str(out), "--quiet"]
+    done = run_cli(*args, "--no-cache", "--log-json", str(log), "--ray", "--ray-workers", "2")
+    assert done.code == 0, done.output
+    events = read_jsonl(log)
+    attempts = [e for e in events if e["event"] == "attempt"]
+    # One attempt line a job (the sim answers at once), as a local run logs them.
+    assert sorted(e["job"] for e in attempts) == sorted(f"job-{i}" for i in range(120))
+    assert all(e["outcome"] == "ok" and e["model"] for e in attempts)
+    kinds = [e["event"] for e in events]
+    assert kinds.count("run_start") == kinds.count("run_end") == 1  # the driver's run alone
+    assert kinds.index("run_start") < kinds.index("attempt") and kinds[-1] == "run_end"

@@ -30,7 +30,7 @@ from llmbatch._api.ray_blocks import Block, BlockQueue, read_blocks
 from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
 from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
 from llmbatch._config.settings import ModelLimits, RunConfig
-from llmbatch._core.events import JobEnded
+from llmbatch._core.events import Event, JobEnded
 from llmbatch._core.exceptions import OutputError, UsageError
 from llmbatch._core.results import JobResult
 from llmbatch._core.stops import StopReason
@@ -108,7 +108,8 @@ class RayRun(FileRun):
             actors = [_Actor(h) for h in handles[: max(1, min(len(handles), plan.todo))]]
             configs, budget = self._actor_configs(len(actors))
             opening = zip(actors, configs, strict=True)
-            await _gather([a.handle.open.remote(c, budget) for a, c in opening])
+            events = bool(self._observers)  # --log-json, --otlp: the workers' events too
+            await _gather([a.handle.open.remote(c, budget, events) for a, c in opening])
             blocks = read_blocks(self.planner, plan, existing, notes, len(actors))
             await self._dispatch(actors, BlockQueue(blocks), sink)
         finally:
@@ -175,6 +176,7 @@ class RayRun(FileRun):
                 return
             if isinstance(item, BlockDone):
                 done = item
+                self._say(item.events)
             elif not self._write(sink, item):
                 return  # the output cannot be written: the run stops (said), resumable
             else:
@@ -223,6 +225,7 @@ class RayRun(FileRun):
         stats.merge(digest.stats)
         self.timeline.add_jobs(now, digest.count, digest.jobs)
         if self._observers:  # --log-json, --otlp: a JobEnded a job, as a local run has
+            self._say(part.events)
             for line in part.data.splitlines():
                 event = JobEnded(now, JobResult.from_line(orjson.loads(line)))
                 for observer in self._observers:
@@ -232,6 +235,13 @@ class RayRun(FileRun):
         self.progress.update(stats, stats.cost_usd, projected)
         self.progress.tick()
         return True
+
+    def _say(self, events: tuple[Event, ...]) -> None:
+        """A worker's events (its attempts, limit, breaker and budget changes) to the
+        driver's --log-json/--otlp."""
+        for event in events:
+            for observer in self._observers:
+                observer.emit(event)
 
     async def _close_actors(self, actors: list[_Actor]) -> None:
         async def close(actor: _Actor) -> None:

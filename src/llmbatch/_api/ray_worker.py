@@ -25,6 +25,13 @@ from llmbatch._api.runner import Runner
 from llmbatch._budget.ledger import BudgetLedger
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.collector import quiet_gc
+from llmbatch._core.events import (
+    AttemptEnded,
+    BreakerChanged,
+    BudgetStopped,
+    Event,
+    LimitChanged,
+)
 from llmbatch._core.jobs import LineError
 from llmbatch._core.results import JobResult
 from llmbatch._engine.plan import Planner, PreparedJob
@@ -52,6 +59,7 @@ class BlockDone:
     lines: list[bytes]  # result lines, as the output holds them
     stopped_by: str | None  # the worker's StopReason value, once it stopped
     fatal: str | None
+    events: tuple[Event, ...] = ()  # what the worker's engine said since its last part
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,9 @@ class Part:
     data: bytes  # result lines, each ending in a newline, as the output holds them
     linenos: bytes  # array("q") of their jobs' line numbers, in the same order
     digest: ResultDigest  # what the report needs of them: the driver decodes no line
+    # For the driver's --log-json/--otlp (only when it has them): the attempts and the
+    # limit, breaker and budget changes of these jobs, in order, ahead of their results.
+    events: tuple[Event, ...] = ()
 
 
 class EngineWorker:
@@ -90,12 +101,17 @@ class EngineWorker:
         self.runner: Runner | None = None
         self.planner = Planner(config) if config is not None else None
         self.notes: list[str] = []
+        self.said: list[Event] | None = None  # events kept for the driver (open(events=True))
 
     async def open(
-        self, config: RunConfig | None = None, cluster_budget: ClusterBudget | None = None
+        self,
+        config: RunConfig | None = None,
+        cluster_budget: ClusterBudget | None = None,
+        events: bool = False,
     ) -> int:
         """Open the runner's services (``config``: when the actor was made before the
-        driver knew it); returns the process id (for the driver's notes)."""
+        driver knew it; ``events``: the driver logs events, so they go back with the
+        parts); returns the process id (for the driver's notes)."""
         import os
 
         if config is not None:
@@ -109,6 +125,9 @@ class EngineWorker:
         # own statistics would only count every job twice here.
         for sink in (session.stats, session.timeline):
             session.bus.sinks.remove(sink)
+        if events:
+            self.said = []
+            session.bus.add(_Kept(self.said))
         await self.runner.open()
         quiet_gc()  # the actor's process is llmbatch's own: its collector set as the CLI's
         return os.getpid()
@@ -163,7 +182,7 @@ class EngineWorker:
         assert runner is not None, "open() first"
         session = runner.session
         if session.stopper.stopping:
-            yield BlockDone([], self._stopped_by(), session.fatal)
+            yield BlockDone([], self._stopped_by(), session.fatal, self._said())
             return
         numbers = array("q")
         numbers.frombytes(linenos)
@@ -190,7 +209,16 @@ class EngineWorker:
                             batch.append(more)
                             n += len(more)
                     yield self._part(batch, line_of)
-        yield BlockDone([], self._stopped_by(), session.fatal)
+        yield BlockDone([], self._stopped_by(), session.fatal, self._said())
+
+    def _said(self) -> tuple[Event, ...]:
+        """The events kept since the last part (none unless the driver asked)."""
+        said = self.said
+        if not said:
+            return ()
+        out = tuple(said)
+        said.clear()
+        return out
 
     def _part(self, batch: list[Sequence[JobResult]], line_of: dict[str, int]) -> Part:
         assert self.runner is not None
@@ -202,7 +230,7 @@ class EngineWorker:
                 lines.append(r.to_json())
                 numbers.append(line_of[r.id])
                 add(r)
-        return Part(b"".join(lines), numbers.tobytes(), digest.sealed())
+        return Part(b"".join(lines), numbers.tobytes(), digest.sealed(), self._said())
 
     def _prepared(
         self, block: Iterable[tuple[int, bytes]]
@@ -234,6 +262,21 @@ class EngineWorker:
             return {"notes": []}
         await runner.aclose()
         return {"notes": [*self.notes, *runner.report().notes]}
+
+
+class _Kept:
+    """The worker's events the driver's --log-json/--otlp show (its own run's start and
+    end, and a job's end from its result line, it says itself)."""
+
+    def __init__(self, into: list[Event]) -> None:
+        self.into = into
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, _FORWARDED):
+            self.into.append(event)
+
+
+_FORWARDED = (AttemptEnded, LimitChanged, BreakerChanged, BudgetStopped)
 
 
 # What the driver's environment says that a worker needs too: keys, endpoints, proxies,
