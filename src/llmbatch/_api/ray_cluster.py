@@ -169,7 +169,8 @@ class ClusterStart:
 
 def _stop_monitor(ray: Any) -> None:
     """A local Ray's autoscaler monitor, killed ahead of ``ray.shutdown()``: that asks it
-    to end and waits a full second for it (it has nothing to scale here)."""
+    to end and waits a full second for it (it has nothing to scale here). A lean head
+    (``_lean_head``) has none: this is for a Ray started its own way (the fallback)."""
     node = getattr(getattr(ray, "_private", None), "worker", None)
     processes = getattr(getattr(node, "_global_node", None), "all_processes", None)
     if not isinstance(processes, dict):  # not this version's layout: Ray's own way then
