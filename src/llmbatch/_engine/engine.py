@@ -72,7 +72,7 @@ class Services:
     # A gate and a breaker for a model not seen before (in-process, or shared in Redis).
     open_limits: Callable[[ModelRef], tuple[RateLimiter, Breaker]]
     cache: ResponseCache | None = None
-    cache_key: Callable[[ModelRef, Request, str], str] | None = None
+    cache_key: Callable[[ModelRef, Request, str], str | bytes] | None = None
     gates: dict[ModelRef, RateLimiter] = field(default_factory=dict)
     breakers: dict[ModelRef, Breaker] = field(default_factory=dict)
 
