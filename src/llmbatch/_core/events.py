@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from llmbatch._core.states import BreakerState
 
@@ -156,6 +156,26 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+class AttemptCounter(Protocol):
+    """A sink that needs only an attempt's figures (the run's statistics, its timeline):
+    the runner calls ``count_attempt`` instead of building an ``AttemptEnded`` for it.
+    It still takes ``AttemptEnded`` through ``emit`` (from batch fetches, replays)."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def count_attempt(
+        self,
+        ts: float,
+        started_ts: float,
+        provider: str,
+        model: str,
+        outcome: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+    ) -> None: ...
+
+
 class ListSink:
     """Keeps every event: for tests."""
 
@@ -171,6 +191,10 @@ class ListSink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
+def _counts(sink: EventSink) -> TypeGuard[AttemptCounter]:
+    return hasattr(sink, "count_attempt")
+
+
 @dataclass
 class EventBus:
     """Fans each event out to every sink; a sink that raises is dropped, once, loudly."""
@@ -179,15 +203,25 @@ class EventBus:
     # Whether any sink reads AttemptStarted (``wants_started = True`` on the sink class):
     # the runner builds that event only then.
     wants_started: bool = False
+    # The sinks that count attempts from their figures (``AttemptCounter``), and whether
+    # any other sink reads AttemptEnded: the runner builds that event only then.
+    counters: list[AttemptCounter] = field(default_factory=list, init=False)
+    reads_attempts: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._wanted()
 
     def _wanted(self) -> None:
         self.wants_started = any(getattr(s, "wants_started", False) for s in self.sinks)
+        self.counters = [s for s in self.sinks if _counts(s)]
+        self.reads_attempts = len(self.counters) < len(self.sinks)
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
+        self._wanted()
+
+    def remove(self, sink: EventSink) -> None:
+        self.sinks.remove(sink)
         self._wanted()
 
     def emit(self, event: Event) -> None:
@@ -195,9 +229,43 @@ class EventBus:
             try:
                 sink.emit(event)
             except Exception as exc:  # a watcher must never end a run
-                self.sinks.remove(sink)
-                self._wanted()
-                sys.stderr.write(
-                    f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
-                    f"{type(exc).__name__}: {exc}\n"
+                self._drop(sink, exc)
+
+    def emit_to_readers(self, event: AttemptEnded) -> None:
+        """An attempt's event, to the sinks that are not counting it by its figures."""
+        for sink in list(self.sinks):
+            if not _counts(sink):
+                try:
+                    sink.emit(event)
+                except Exception as exc:
+                    self._drop(sink, exc)
+
+    def count_attempt(
+        self,
+        ts: float,
+        started_ts: float,
+        provider: str,
+        model: str,
+        outcome: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+    ) -> None:
+        """An attempt's figures, to the counting sinks (see ``emit_to_readers``)."""
+        for sink in self.counters:
+            try:
+                sink.count_attempt(
+                    ts, started_ts, provider, model, outcome, input_tokens, output_tokens, cost_usd
                 )
+            except Exception as exc:
+                self._drop(sink, exc)
+
+    def _drop(self, sink: EventSink, exc: Exception) -> None:
+        """A watcher must never end a run: one that raised is turned off, loudly."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        self._wanted()
+        sys.stderr.write(
+            f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
+            f"{type(exc).__name__}: {exc}\n"
+        )

@@ -366,7 +366,20 @@ class JobRunner:
         return tally.result(Status.FAILED, ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
-        self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
+        """The attempt, to the sinks: its figures to those that count them, and an
+        ``AttemptEnded`` built only when some sink reads it (--log-json, --otlp, yours)."""
+        bus = self.bus
+        now = self.clock.time()
+        if bus.reads_attempts:
+            bus.emit_to_readers(attempt_ended(tally, ref, sent, backoff, now))
+        if bus.counters:
+            out = sent.outcome
+            u = sent.usage or _NO_USAGE
+            bus.count_attempt(
+                now, sent.started, ref.provider, ref.model,
+                out.error_type if isinstance(out, ProviderError) else "ok",
+                u.input_tokens, u.output_tokens, sent.cost,
+            )  # fmt: skip
 
 
 async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:

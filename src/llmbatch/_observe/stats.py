@@ -191,12 +191,30 @@ class RunStats:
 
     def add_attempt(self, e: AttemptEnded) -> None:
         """One request sent: counted under the model it went to, written or not."""
+        self.count_attempt(
+            e.ts, e.started_ts, e.provider, e.model, e.outcome,
+            e.input_tokens, e.output_tokens, e.cost_usd,
+        )  # fmt: skip
+
+    def count_attempt(
+        self,
+        ts: float,
+        started_ts: float,
+        provider: str,
+        model: str,
+        outcome: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+    ) -> None:
+        """:meth:`add_attempt` from the attempt's figures (``AttemptCounter``: the runner
+        builds no AttemptEnded for the statistics)."""
         self.attempts += 1
-        if e.outcome != "ok":
-            self.errors[e.outcome] += 1
-        m = self._model(e.provider, e.model)
+        if outcome != "ok":
+            self.errors[outcome] += 1
+        m = self._model(provider, model)
         m.attempts += 1
-        self._spend(m, f"{e.provider}:{e.model}", e.input_tokens, e.output_tokens, e.cost_usd)
+        self._spend(m, f"{provider}:{model}", input_tokens, output_tokens, cost_usd)
 
     def _spend(
         self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None

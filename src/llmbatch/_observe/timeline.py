@@ -285,19 +285,11 @@ class TimelineRecorder:
 
     def emit(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
-            row = self._buckets.row(event.ts)
-            row[_ENDED] += 1
-            if event.outcome == "ok":
-                row[_OK] += 1
-            elif event.outcome == "rate_limited":
-                row[_429] += 1
-            else:
-                row[_OTHER] += 1
-            row[_IN] += event.input_tokens
-            row[_OUT] += event.output_tokens
-            row[_COST] += event.cost_usd or 0.0
-            # Counted from the attempt's end, so the runner need not build AttemptStarted.
-            self._buckets.row(event.started_ts)[_STARTED] += 1
+            e = event
+            self.count_attempt(
+                e.ts, e.started_ts, e.provider, e.model, e.outcome,
+                e.input_tokens, e.output_tokens, e.cost_usd,
+            )  # fmt: skip
         elif isinstance(event, JobEnded):
             self.saw_run = True
             self._buckets.row(event.ts)[_DONE] += 1
@@ -309,6 +301,32 @@ class TimelineRecorder:
         elif isinstance(event, RunEnded):
             self.saw_run = True
             self._buckets.end = event.ts
+
+    def count_attempt(
+        self,
+        ts: float,
+        started_ts: float,
+        provider: str,
+        model: str,
+        outcome: str,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float | None,
+    ) -> None:
+        """One attempt, from its figures (``AttemptCounter``)."""
+        row = self._buckets.row(ts)
+        row[_ENDED] += 1
+        if outcome == "ok":
+            row[_OK] += 1
+        elif outcome == "rate_limited":
+            row[_429] += 1
+        else:
+            row[_OTHER] += 1
+        row[_IN] += input_tokens
+        row[_OUT] += output_tokens
+        row[_COST] += cost_usd or 0.0
+        # Counted from the attempt's end, so the runner need not build AttemptStarted.
+        self._buckets.row(started_ts)[_STARTED] += 1
 
     def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
         """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is
