@@ -172,8 +172,8 @@ class JobRunner:
                 request = repair_request(request, answer.text, problem)
                 tries = 0  # a repair is a new question, with its own retries
                 continue
-            return tally.result(
-                Status.FAILED, ref, error=ResultError.schema_invalid(problem), **_common(answer)
+            return tally.answered(
+                Status.FAILED, ref, answer, error=ResultError.schema_invalid(problem)
             )
         return None
 
@@ -218,7 +218,7 @@ class JobRunner:
     def _ok(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
         """A complete, valid answer: kept in the cache, then the job's result."""
         self.answers.keep(tally.pj, ref, answer, parsed, tally.cost)
-        return tally.result(Status.OK, ref, parsed=parsed, **_common(answer))
+        return tally.answered(Status.OK, ref, answer, parsed)
 
     def reservation(
         self, ref: ModelRef, request: Request, tally: Tally | None = None
@@ -389,15 +389,6 @@ async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:
 
 _RETRY = object()  # _after_error: the wait is over, try the same model again
 _NO_USAGE = Usage()
-
-
-def _common(answer: Answer) -> dict[str, Any]:
-    return {
-        "output": answer.text,
-        "latency_ms": answer.latency_ms,
-        "ttft_ms": answer.ttft_ms,
-        "stop_reason": answer.stop_reason,
-    }
 
 
 def _usage_of(err: object) -> Usage | None:
