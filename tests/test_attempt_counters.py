@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import llmbatch
-from llmbatch._core.events import AttemptEnded, EventBus, ListSink
+from llmbatch._core.events import AttemptEnded, AttemptFigures, EventBus, ListSink
 from llmbatch._core.models import ModelRef
-from llmbatch._engine import attempts
+from llmbatch._engine.events import attempt_ended
 from llmbatch._observe.stats import RunStats
 from llmbatch._observe.timeline import TimelineRecorder
 from llmbatch.testing import MockProvider
@@ -26,13 +26,13 @@ def test_no_attempt_event_is_built_when_no_sink_reads_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     built: list[Any] = []
-    real = attempts.attempt_ended
+    real = attempt_ended
 
     def counting(*args: Any) -> AttemptEnded:
         built.append(args)
         return real(*args)
 
-    monkeypatch.setattr(attempts, "attempt_ended", counting)
+    monkeypatch.setattr("llmbatch._engine.attempts.attempt_ended", counting)
 
     async def quiet() -> llmbatch.RunReport:
         async with llmbatch.Runner(provider=_script(), model="m1", concurrency=1) as runner:
@@ -56,13 +56,13 @@ def test_no_attempt_event_is_built_when_no_sink_reads_it(
 
 
 def test_counted_and_emitted_attempts_give_the_same_statistics() -> None:
-    figures = (10.0, 9.5, "openai", "gpt-x", "rate_limited", 12, 0, None)
-    ok = (11.0, 10.5, "openai", "gpt-x", "ok", 12, 30, 0.002)
+    figures = AttemptFigures(10.0, 9.5, "openai", "gpt-x", "rate_limited", 12, 0, None)
+    ok = AttemptFigures(11.0, 10.5, "openai", "gpt-x", "ok", 12, 30, 0.002)
     by_count, by_event = RunStats(), RunStats()
     lines_count, lines_event = TimelineRecorder(), TimelineRecorder()
     for f in (figures, ok):
-        by_count.count_attempt(*f)
-        lines_count.count_attempt(*f)
+        by_count.count_attempt(f)
+        lines_count.count_attempt(f)
         e = AttemptEnded(f[0], f[1], "j", f[2], f[3], 1, f[4], None, None, None, f[5], f[6],
                          f[7], None, None)  # fmt: skip
         by_event.emit(e)
@@ -84,14 +84,14 @@ def test_a_counter_that_raises_is_turned_off_and_the_rest_go_on(
         def emit(self, event: Any) -> None:
             pass
 
-        def count_attempt(self, *figures: Any) -> None:
+        def count_attempt(self, f: AttemptFigures) -> None:
             raise RuntimeError("boom")
 
     stats, broken, reader = RunStats(), Broken(), ListSink()
     bus = EventBus([broken, stats, reader])
     assert bus.counters == [broken, stats] and bus.reads_attempts
-    bus.count_attempt(1.0, 0.5, "sim", "m", "ok", 1, 2, 0.0)
-    bus.count_attempt(2.0, 1.5, "sim", "m", "ok", 1, 2, 0.0)
+    bus.count_attempt(AttemptFigures(1.0, 0.5, "sim", "m", "ok", 1, 2, 0.0))
+    bus.count_attempt(AttemptFigures(2.0, 1.5, "sim", "m", "ok", 1, 2, 0.0))
     assert stats.attempts == 2
     assert bus.sinks == [stats, reader] and bus.counters == [stats]
     assert "Broken failed and was turned off" in capsys.readouterr().err

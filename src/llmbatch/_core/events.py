@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
 
 from llmbatch._core.states import BreakerState
 
@@ -156,6 +156,24 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+class AttemptFigures(NamedTuple):
+    """What the run's statistics and timeline need of one attempt (``AttemptCounter``)."""
+
+    ts: float  # when it ended
+    started_ts: float
+    provider: str
+    model: str
+    outcome: str  # "ok" or an error.type, as AttemptEnded's
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+    @classmethod
+    def of(cls, e: AttemptEnded) -> AttemptFigures:
+        return cls(e.ts, e.started_ts, e.provider, e.model, e.outcome,
+                   e.input_tokens, e.output_tokens, e.cost_usd)  # fmt: skip
+
+
 class AttemptCounter(Protocol):
     """A sink that needs only an attempt's figures (the run's statistics, its timeline):
     the runner calls ``count_attempt`` instead of building an ``AttemptEnded`` for it.
@@ -163,17 +181,7 @@ class AttemptCounter(Protocol):
 
     def emit(self, event: Event) -> None: ...
 
-    def count_attempt(
-        self,
-        ts: float,
-        started_ts: float,
-        provider: str,
-        model: str,
-        outcome: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float | None,
-    ) -> None: ...
+    def count_attempt(self, f: AttemptFigures) -> None: ...
 
 
 class ListSink:
@@ -240,23 +248,11 @@ class EventBus:
                 except Exception as exc:
                     self._drop(sink, exc)
 
-    def count_attempt(
-        self,
-        ts: float,
-        started_ts: float,
-        provider: str,
-        model: str,
-        outcome: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float | None,
-    ) -> None:
+    def count_attempt(self, f: AttemptFigures) -> None:
         """An attempt's figures, to the counting sinks (see ``emit_to_readers``)."""
         for sink in self.counters:
             try:
-                sink.count_attempt(
-                    ts, started_ts, provider, model, outcome, input_tokens, output_tokens, cost_usd
-                )
+                sink.count_attempt(f)
             except Exception as exc:
                 self._drop(sink, exc)
 

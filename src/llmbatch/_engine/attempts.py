@@ -23,7 +23,7 @@ import anyio
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
 from llmbatch._core.clock import Clock
-from llmbatch._core.events import AttemptStarted, BudgetStopped, EventBus
+from llmbatch._core.events import AttemptFigures, AttemptStarted, BudgetStopped, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
@@ -375,11 +375,19 @@ class JobRunner:
         if bus.counters:
             out = sent.outcome
             u = sent.usage or _NO_USAGE
+            outcome = out.error_type if isinstance(out, ProviderError) else "ok"
             bus.count_attempt(
-                now, sent.started, ref.provider, ref.model,
-                out.error_type if isinstance(out, ProviderError) else "ok",
-                u.input_tokens, u.output_tokens, sent.cost,
-            )  # fmt: skip
+                AttemptFigures(
+                    now,
+                    sent.started,
+                    ref.provider,
+                    ref.model,
+                    outcome,
+                    u.input_tokens,
+                    u.output_tokens,
+                    sent.cost,
+                )  # fmt: skip
+            )
 
 
 async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:

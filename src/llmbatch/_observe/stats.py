@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from llmbatch._core.events import AttemptEnded, Event, JobEnded
+from llmbatch._core.events import AttemptEnded, AttemptFigures, Event, JobEnded
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
@@ -191,30 +191,17 @@ class RunStats:
 
     def add_attempt(self, e: AttemptEnded) -> None:
         """One request sent: counted under the model it went to, written or not."""
-        self.count_attempt(
-            e.ts, e.started_ts, e.provider, e.model, e.outcome,
-            e.input_tokens, e.output_tokens, e.cost_usd,
-        )  # fmt: skip
+        self.count_attempt(AttemptFigures.of(e))
 
-    def count_attempt(
-        self,
-        ts: float,
-        started_ts: float,
-        provider: str,
-        model: str,
-        outcome: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float | None,
-    ) -> None:
+    def count_attempt(self, f: AttemptFigures) -> None:
         """:meth:`add_attempt` from the attempt's figures (``AttemptCounter``: the runner
         builds no AttemptEnded for the statistics)."""
         self.attempts += 1
-        if outcome != "ok":
-            self.errors[outcome] += 1
-        m = self._model(provider, model)
+        if f.outcome != "ok":
+            self.errors[f.outcome] += 1
+        m = self._model(f.provider, f.model)
         m.attempts += 1
-        self._spend(m, f"{provider}:{model}", input_tokens, output_tokens, cost_usd)
+        self._spend(m, f"{f.provider}:{f.model}", f.input_tokens, f.output_tokens, f.cost_usd)
 
     def _spend(
         self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmbatch._core.events import (
     AttemptEnded,
+    AttemptFigures,
     Event,
     JobEnded,
     RunEnded,
@@ -285,11 +286,7 @@ class TimelineRecorder:
 
     def emit(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
-            e = event
-            self.count_attempt(
-                e.ts, e.started_ts, e.provider, e.model, e.outcome,
-                e.input_tokens, e.output_tokens, e.cost_usd,
-            )  # fmt: skip
+            self.count_attempt(AttemptFigures.of(event))
         elif isinstance(event, JobEnded):
             self.saw_run = True
             self._buckets.row(event.ts)[_DONE] += 1
@@ -302,31 +299,21 @@ class TimelineRecorder:
             self.saw_run = True
             self._buckets.end = event.ts
 
-    def count_attempt(
-        self,
-        ts: float,
-        started_ts: float,
-        provider: str,
-        model: str,
-        outcome: str,
-        input_tokens: int,
-        output_tokens: int,
-        cost_usd: float | None,
-    ) -> None:
+    def count_attempt(self, f: AttemptFigures) -> None:
         """One attempt, from its figures (``AttemptCounter``)."""
-        row = self._buckets.row(ts)
+        row = self._buckets.row(f.ts)
         row[_ENDED] += 1
-        if outcome == "ok":
+        if f.outcome == "ok":
             row[_OK] += 1
-        elif outcome == "rate_limited":
+        elif f.outcome == "rate_limited":
             row[_429] += 1
         else:
             row[_OTHER] += 1
-        row[_IN] += input_tokens
-        row[_OUT] += output_tokens
-        row[_COST] += cost_usd or 0.0
+        row[_IN] += f.input_tokens
+        row[_OUT] += f.output_tokens
+        row[_COST] += f.cost_usd or 0.0
         # Counted from the attempt's end, so the runner need not build AttemptStarted.
-        self._buckets.row(started_ts)[_STARTED] += 1
+        self._buckets.row(f.started_ts)[_STARTED] += 1
 
     def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
         """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is
