@@ -231,7 +231,7 @@ class JobRunner:
             worst_in = estimate_input_tokens(request, conservative=True)
             est_in = estimate_input_tokens(request)
         price = self.prices.price(ref)
-        cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
+        cost = 0.0 if price is None else price.plain_cost(worst_in, out_tokens)
         return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
 
     async def _attempt(
