@@ -84,10 +84,16 @@ def cache_key(
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
+class _SharedKey(CacheKey):
+    shared = True
+
+
+class _OwnKey(CacheKey):
+    shared = False
+
+
 def _key(data: bytes, shared: bool) -> CacheKey:
-    key = CacheKey(hashlib.sha256(data).digest()[:16])
-    key.shared = shared
-    return key
+    return (_SharedKey if shared else _OwnKey)(hashlib.sha256(data).digest()[:16])
 
 
 def cache_key_for(config: RunConfig, ref: ModelRef, request: Request, job_id: str) -> CacheKey:

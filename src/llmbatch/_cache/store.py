@@ -115,7 +115,8 @@ class ResponseCache:
         """
         db = self._db
         pending = self._pending
-        wanted = [k for k in map(stored_key, keys) if k not in pending]
+        stored = [k if isinstance(k, bytes) else stored_key(k) for k in keys]
+        wanted = [k for k in stored if k not in pending]
         if not wanted or db is None:
             return
         with self._guard("lookup"):
@@ -149,7 +150,7 @@ class ResponseCache:
         db = self._db
         if db is None:
             return None
-        k = stored_key(key)
+        k = key if isinstance(key, bytes) else stored_key(key)
         pending = self._pending.get(k)
         if pending is not None:
             row: tuple[bytes, float] | None = (pending[3], pending[1])
@@ -185,7 +186,7 @@ class ResponseCache:
         """
         if self._db is None:
             return
-        k = stored_key(key)
+        k = key if isinstance(key, bytes) else stored_key(key)
         now = self._now()
         pending = self._pending
         pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))

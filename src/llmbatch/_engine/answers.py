@@ -43,15 +43,19 @@ class AnswerCache:
 
     def key(self, pj: PreparedJob, ref: ModelRef) -> str | bytes:
         """The cache key of the job's own question to ``ref``, computed once."""
+        key_of = self.key_of
+        assert key_of is not None
+        if ref is pj.chain[0]:
+            key = pj.cache_key
+            if key is None:
+                key = pj.cache_key = key_of(ref, pj.request, pj.job.id)
+            return key
         keys = pj.cache_keys
-        key = None if keys is None else keys.get(ref)
+        if keys is None:
+            keys = pj.cache_keys = {}
+        key = keys.get(ref)
         if key is None:
-            assert self.key_of is not None
-            key = self.key_of(ref, pj.request, pj.job.id)
-            if keys is None:
-                pj.cache_keys = {ref: key}
-            else:
-                keys[ref] = key
+            key = keys[ref] = key_of(ref, pj.request, pj.job.id)
         return key
 
     def prefetch(self, jobs: list[PreparedJob]) -> None:

@@ -60,7 +60,9 @@ class PreparedJob:
     prefix: PrefixInfo | None = None  # its prefix group (prompt caching); also request.cache
     seed: BatchSeed | None = None  # what earlier batch rounds left this job
     _estimates: tuple[int, int] | None = None
-    cache_keys: dict[ModelRef, str | bytes] | None = None  # the response cache's, per model, once
+    # The response cache's keys, computed once: the first model's, then the fallbacks'.
+    cache_key: str | bytes | None = None
+    cache_keys: dict[ModelRef, str | bytes] | None = None
 
     def input_estimates(self) -> tuple[int, int]:
         """(worst case, estimate) of the request's input tokens, counted once per job."""

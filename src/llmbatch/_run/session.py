@@ -107,7 +107,7 @@ class RunSession:
         self._shared: Any = None  # a Redis client with --shared
         self._lock: OutputLock | None = None
         self._observers: list[EventSink] = []
-        self._keys: KeyMaker | None = None  # the response cache's keys, made on first use
+        self._keys = KeyMaker(config)  # the response cache's keys
         self._engine: Engine | None = None
         self._signals = 0
         self._todo = 0
@@ -142,10 +142,7 @@ class RunSession:
         ), breaker
 
     def _cache_key(self, ref: ModelRef, request: Request, job_id: str) -> bytes:
-        keys = self._keys
-        if keys is None:
-            keys = self._keys = KeyMaker(self.config)
-        return keys(ref, request, job_id)
+        return self._keys(ref, request, job_id)
 
     def is_cached(self, pj: PreparedJob) -> bool:
         """Whether the response cache holds an answer for the job (any model of its chain)."""
@@ -172,7 +169,7 @@ class RunSession:
         self.services_open = True
         if cache:
             self.services.cache = open_cache(cfg)
-            self.services.cache_key = self._cache_key
+            self.services.cache_key = self._keys
         self.budgets.add(await open_ledgers(cfg, self.clock))
         if cfg.shared:
             from llmbatch._budget.redis import connect as redis_connect
