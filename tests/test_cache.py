@@ -205,6 +205,21 @@ def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     assert contents.bytes > 0
 
 
+def test_big_answers_are_written_by_the_megabyte_not_only_by_the_count(tmp_path: Path) -> None:
+    """Vectors are ~30 KB each: 8,192 of them would hold ~250 MB until written."""
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, clock=lambda: 5.0)  # the clock stands still: no time bound
+    big = b"[" + b"0.125," * 5000 + b"0]"  # ~30 KB, like a 1,536-dimension vector
+    for i in range(300):  # ~9 MB
+        cache.store_encoded(f"k{i}", big, 0.0)
+    with sqlite3.connect(path) as db:
+        written = db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    assert 200 <= written < 300  # one batch went at 8 MB; the rest waits
+    cache.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM answers").fetchone()[0] == 300
+
+
 def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) -> None:
     """Caches written before keys were stored as 16 bytes hold the hex text: their answers
     stay reachable (converted once, in place), and a new file gets 16 KiB pages."""

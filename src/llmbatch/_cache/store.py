@@ -34,10 +34,11 @@ from llmbatch._cache.sqlfile import connect, default_cache_path, sidecar, stored
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
 
-# Answers a transaction (or a second's worth, whichever comes first). Keys are random,
-# so each commit rewrites most of the key index's pages: 8,192 costs a third less a
-# store than 2,048 (a batch is ~8 MB of answers held until written).
+# Answers a transaction (or 8 MB of them, or a second's worth, whichever comes first).
+# Keys are random, so each commit rewrites most of the key index's pages: 8,192 costs
+# a third less a store than 2,048. Vectors are ~30 KB each: the bytes bound holds them.
 _STORE_BATCH = 8192
+_STORE_BYTES = 8 * 2**20
 _PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
 _MARKS = {n: ",".join("?" * n) for n in (_PREFETCH_CHUNK, 256)}  # the usual IN lists
 
@@ -71,6 +72,7 @@ class ResponseCache:
         self._used: dict[bytes, float] = {}  # keys hit this run → when (written on close)
         # Answers not yet written, as their rows: one transaction per batch, not per answer.
         self._pending: dict[bytes, tuple[bytes, float, float | None, bytes, bool | None]] = {}
+        self._pending_bytes = 0
         # What prefetch() found (popped by lookup), and the keys it found absent.
         self._prefetched: dict[bytes, tuple[bytes, float]] = {}
         self._absent: set[bytes] = set()
@@ -181,7 +183,7 @@ class ResponseCache:
     def store_encoded(self, key: str | bytes, value: bytes, cost_usd: float | None) -> None:
         """Keep an answer already encoded (``encode_answer``); :meth:`store` for the rest.
 
-        Written in batches (8,192 answers, or a second): a crash loses at most those
+        Written in batches (8,192 answers, 8 MB, or a second): a crash loses at most those
         (one commit each: a commit costs milliseconds, an answer microseconds).
         """
         if self._db is None:
@@ -191,7 +193,12 @@ class ResponseCache:
         pending = self._pending
         pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))
         self._stores += 1
-        if len(pending) >= _STORE_BATCH or now - self._last_write >= 1.0:
+        self._pending_bytes += len(value)
+        if (
+            len(pending) >= _STORE_BATCH
+            or self._pending_bytes >= _STORE_BYTES
+            or now - self._last_write >= 1.0
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -202,6 +209,7 @@ class ResponseCache:
                 return
             rows = list(self._pending.values())
             self._pending.clear()
+            self._pending_bytes = 0
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value, "
