@@ -89,14 +89,14 @@ def test_a_counter_that_raises_is_turned_off_and_the_rest_go_on(
 
     stats, broken, reader = RunStats(), Broken(), ListSink()
     bus = EventBus([broken, stats, reader])
-    assert bus.counters == [broken, stats] and bus.reads_attempts
+    assert bus.counters == [broken, stats] and bus.has_readers
     bus.count_attempt(AttemptFigures(1.0, 0.5, "sim", "m", "ok", 1, 2, 0.0))
     bus.count_attempt(AttemptFigures(2.0, 1.5, "sim", "m", "ok", 1, 2, 0.0))
     assert stats.attempts == 2
     assert bus.sinks == [stats, reader] and bus.counters == [stats]
     assert "Broken failed and was turned off" in capsys.readouterr().err
     bus.remove(reader)
-    assert not bus.reads_attempts
+    assert not bus.has_readers
 
 
 def test_a_model_ref_hashes_once_and_anew_in_another_process() -> None:

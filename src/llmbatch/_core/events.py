@@ -157,7 +157,7 @@ class EventSink(Protocol):
 
 
 class AttemptFigures(NamedTuple):
-    """What the run's statistics and timeline need of one attempt (``AttemptCounter``)."""
+    """What the run's statistics and timeline need of one attempt (``CountingSink``)."""
 
     ts: float  # when it ended
     started_ts: float
@@ -174,14 +174,17 @@ class AttemptFigures(NamedTuple):
                    e.input_tokens, e.output_tokens, e.cost_usd)  # fmt: skip
 
 
-class AttemptCounter(Protocol):
-    """A sink that needs only an attempt's figures (the run's statistics, its timeline):
-    the runner calls ``count_attempt`` instead of building an ``AttemptEnded`` for it.
-    It still takes ``AttemptEnded`` through ``emit`` (from batch fetches, replays)."""
+class CountingSink(Protocol):
+    """A sink that needs only an attempt's figures and a job's result (the run's
+    statistics, its timeline): the engine calls ``count_attempt`` and ``count_job``
+    instead of building an ``AttemptEnded`` or a ``JobEnded`` for it. It still takes
+    both through ``emit`` (from batch fetches, replays)."""
 
     def emit(self, event: Event) -> None: ...
 
     def count_attempt(self, f: AttemptFigures) -> None: ...
+
+    def count_job(self, ts: float, result: JobResult) -> None: ...
 
 
 class ListSink:
@@ -199,7 +202,7 @@ class ListSink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
-def _counts(sink: EventSink) -> TypeGuard[AttemptCounter]:
+def _counts(sink: EventSink) -> TypeGuard[CountingSink]:
     return hasattr(sink, "count_attempt")
 
 
@@ -211,10 +214,10 @@ class EventBus:
     # Whether any sink reads AttemptStarted (``wants_started = True`` on the sink class):
     # the runner builds that event only then.
     wants_started: bool = False
-    # The sinks that count attempts from their figures (``AttemptCounter``), and whether
-    # any other sink reads AttemptEnded: the runner builds that event only then.
-    counters: list[AttemptCounter] = field(default_factory=list, init=False)
-    reads_attempts: bool = field(default=False, init=False)
+    # The sinks that count attempts and jobs from their figures (``CountingSink``), and
+    # whether any other sink reads events: AttemptEnded and JobEnded are built only then.
+    counters: list[CountingSink] = field(default_factory=list, init=False)
+    has_readers: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._wanted()
@@ -222,7 +225,7 @@ class EventBus:
     def _wanted(self) -> None:
         self.wants_started = any(getattr(s, "wants_started", False) for s in self.sinks)
         self.counters = [s for s in self.sinks if _counts(s)]
-        self.reads_attempts = len(self.counters) < len(self.sinks)
+        self.has_readers = len(self.counters) < len(self.sinks)
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
@@ -239,8 +242,8 @@ class EventBus:
             except Exception as exc:  # a watcher must never end a run
                 self._drop(sink, exc)
 
-    def emit_to_readers(self, event: AttemptEnded) -> None:
-        """An attempt's event, to the sinks that are not counting it by its figures."""
+    def emit_to_readers(self, event: AttemptEnded | JobEnded) -> None:
+        """An attempt's or a job's event, to the sinks that do not count it by its figures."""
         for sink in list(self.sinks):
             if not _counts(sink):
                 try:
@@ -253,6 +256,14 @@ class EventBus:
         for sink in self.counters:
             try:
                 sink.count_attempt(f)
+            except Exception as exc:
+                self._drop(sink, exc)
+
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """A job's result, to the counting sinks (see ``emit_to_readers``)."""
+        for sink in self.counters:
+            try:
+                sink.count_job(ts, result)
             except Exception as exc:
                 self._drop(sink, exc)
 

@@ -370,7 +370,7 @@ class JobRunner:
         ``AttemptEnded`` built only when some sink reads it (--log-json, --otlp, yours)."""
         bus = self.bus
         now = self.clock.time()
-        if bus.reads_attempts:
+        if bus.has_readers:
             bus.emit_to_readers(attempt_ended(tally, ref, sent, backoff, now))
         if bus.counters:
             out = sent.outcome

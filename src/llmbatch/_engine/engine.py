@@ -206,9 +206,14 @@ class Engine:
             return
         self.written += len(batch)
         now = self.services.clock.time()
-        emit = self.services.bus.emit
-        for r in batch:
-            emit(JobEnded(now, r))
+        bus = self.services.bus
+        if bus.has_readers:  # a JobEnded only for the sinks that read events
+            for r in batch:
+                bus.emit_to_readers(JobEnded(now, r))
+        if bus.counters:
+            count = bus.count_job
+            for r in batch:
+                count(now, r)
 
     def _output_failed(self, reason: StopReason, message: str | None) -> None:
         if message is not None:

@@ -180,7 +180,7 @@ class RunStats:
         if isinstance(event, AttemptEnded):
             self.add_attempt(event)
         elif isinstance(event, JobEnded):
-            self.add(event.result, with_attempts=False)
+            self.count_job(event.ts, event.result)
 
     def _model(self, provider: str | None, model: str | None) -> ModelStats:
         key = f"{provider}:{model}" if provider else "(none)"
@@ -193,8 +193,13 @@ class RunStats:
         """One request sent: counted under the model it went to, written or not."""
         self.count_attempt(AttemptFigures.of(e))
 
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """A result as it was written (``CountingSink``): its attempts were counted as
+        they ended."""
+        self.add(result, with_attempts=False)
+
     def count_attempt(self, f: AttemptFigures) -> None:
-        """:meth:`add_attempt` from the attempt's figures (``AttemptCounter``: the runner
+        """:meth:`add_attempt` from the attempt's figures (``CountingSink``: the runner
         builds no AttemptEnded for the statistics)."""
         self.attempts += 1
         if f.outcome != "ok":

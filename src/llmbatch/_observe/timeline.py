@@ -288,9 +288,7 @@ class TimelineRecorder:
         if isinstance(event, AttemptEnded):
             self.count_attempt(AttemptFigures.of(event))
         elif isinstance(event, JobEnded):
-            self.saw_run = True
-            self._buckets.row(event.ts)[_DONE] += 1
-            self._jobs.add(event.result)
+            self.count_job(event.ts, event.result)
         elif isinstance(event, RunStarted):
             self._started = event.ts
             if self._buckets.t0 is None:
@@ -299,8 +297,14 @@ class TimelineRecorder:
             self.saw_run = True
             self._buckets.end = event.ts
 
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """One job's result, as written (``CountingSink``)."""
+        self.saw_run = True
+        self._buckets.row(ts)[_DONE] += 1
+        self._jobs.add(result)
+
     def count_attempt(self, f: AttemptFigures) -> None:
-        """One attempt, from its figures (``AttemptCounter``)."""
+        """One attempt, from its figures (``CountingSink``)."""
         row = self._buckets.row(f.ts)
         row[_ENDED] += 1
         if f.outcome == "ok":
