@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import llmbatch
-from llmbatch._core.events import AttemptEnded, AttemptFigures, EventBus, ListSink
+from llmbatch._core.events import AttemptEnded, AttemptFigures, EventBus, JobEnded, ListSink
 from llmbatch._core.models import ModelRef
 from llmbatch._engine.events import attempt_ended
 from llmbatch._observe.stats import RunStats
@@ -52,6 +52,7 @@ def test_no_attempt_event_is_built_when_no_sink_reads_it(
     assert len(built) == 4  # a sink reads them: one event an attempt
     ended = sink.of(AttemptEnded)
     assert [e.outcome for e in ended] == ["rate_limited", "ok", "ok", "ok"]
+    assert sorted(e.result.id for e in sink.of(JobEnded)) == [r.id for r in results]
     assert sum(r.attempts for r in results) == 4
 
 
