@@ -13,7 +13,7 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from llmbatch._cache.key import cache_key, cache_key_for
+from llmbatch._cache.key import KeyMaker, cache_key, cache_key_for
 from llmbatch._cache.records import CachedAnswer, hit_result
 from llmbatch._cache.sqlfile import clear_cache, default_cache_path
 from llmbatch._cache.store import ResponseCache, open_cache
@@ -38,7 +38,7 @@ def req(**kw: Any) -> Request:
     return Request(**base)
 
 
-def key(request: Request, job: str = "a", **kw: Any) -> str:
+def key(request: Request, job: str = "a", **kw: Any) -> bytes:
     args: dict[str, Any] = {
         "provider": "anthropic",
         "base_url": "https://api.anthropic.com",
@@ -116,8 +116,45 @@ def test_provider_base_url_and_model_are_in_the_key(where: dict[str, str]) -> No
 
 def test_key_is_a_sha256_and_holds_no_prompt() -> None:
     k = key(req(temperature=0.0))
-    assert len(k) == 64 and int(k, 16) >= 0
-    assert "2 + 2" not in k
+    assert len(k) == 16  # the digest's first 16 bytes: the key as the file stores it
+    assert b"2 + 2" not in k
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        req(temperature=0.0),
+        req(temperature=0.7),
+        req(),
+        Request(
+            messages=[{"role": "user", "content": 'é ✓ \n "q"', "z": 1, "a": [3, {"y": 2}]}],
+            system="be brief",
+            max_tokens=17,
+            temperature=0,
+            schema={"type": "object", "properties": {"b": {}, "a": {}}},
+        ),
+    ],
+)
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_the_run_s_key_maker_hashes_what_cache_key_hashes(
+    request_: Request, provider: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyMaker encodes a model's fixed parts once; the keys are the same bytes as
+    cache_key's (old cache files keep answering)."""
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:1/v1/")
+    cfg = RunConfig(jobs=Path("j.jsonl"))
+    ref = ModelRef(provider, "some-model")
+    s = cfg.providers[provider]
+    for job in ("a", 'j"2'):
+        want = cache_key(
+            provider, s.resolved_base_url(), "some-model", request_, job,
+            settings=[s.kind, s.structured_output, s.max_tokens_field],
+            temperature_sent=s.sends_temperature,
+        )  # fmt: skip
+        maker = KeyMaker(cfg)
+        got = maker(ref, request_, job)
+        assert got == want and got.shared == want.shared
+        assert maker(ref, request_, job) == want  # and again, from the encoded parts
 
 
 def test_key_for_config_uses_the_resolved_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,6 +205,21 @@ def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     assert contents.bytes > 0
 
 
+def test_big_answers_are_written_by_the_megabyte_not_only_by_the_count(tmp_path: Path) -> None:
+    """Vectors are ~30 KB each: 8,192 of them would hold ~250 MB until written."""
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path, clock=lambda: 5.0)  # the clock stands still: no time bound
+    big = b"[" + b"0.125," * 5000 + b"0]"  # ~30 KB, like a 1,536-dimension vector
+    for i in range(300):  # ~9 MB
+        cache.store_encoded(f"k{i}", big, 0.0)
+    with sqlite3.connect(path) as db:
+        written = db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    assert 200 <= written < 300  # one batch went at 8 MB; the rest waits
+    cache.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM answers").fetchone()[0] == 300
+
+
 def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) -> None:
     """Caches written before keys were stored as 16 bytes hold the hex text: their answers
     stay reachable (converted once, in place), and a new file gets 16 KiB pages."""
@@ -175,10 +227,11 @@ def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) ->
     k = key(req())
     ResponseCache(path).close()  # the schema, then an entry as an older llmbatch wrote it
     with sqlite3.connect(path) as db:
+        db.execute("CREATE INDEX answers_used ON answers(used)")  # an older file's index
         db.execute(
             "INSERT INTO answers (key, created, used, hits, cost_usd, value, shared) "
             "VALUES (?, 1.0, 1.0, 0, 0.0021, ?, 0)",
-            (str(k), answer().to_json()),
+            (k.hex() + "0" * 32, answer().to_json()),  # the whole sha256, in hex
         )
     cache = ResponseCache(path)
     assert cache.contains(k)
@@ -189,10 +242,12 @@ def test_a_file_with_text_keys_is_converted_and_still_answers(tmp_path: Path) ->
     with sqlite3.connect(path) as db:
         kinds = {row[0] for row in db.execute("SELECT typeof(key) FROM answers")}
         assert kinds == {"blob"}
-        assert db.execute(
-            "SELECT hits FROM answers WHERE key = ?", (bytes.fromhex(k[:32]),)
-        ).fetchone() == (1,)
+        assert db.execute("SELECT hits FROM answers WHERE key = ?", (bytes(k),)).fetchone() == (1,)
         assert db.execute("PRAGMA page_size").fetchone()[0] == 16384
+        # The index on `used` is gone (every store paid for it; prune scans instead).
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == [
+            ("sqlite_autoindex_answers_1",)
+        ]
     again = ResponseCache(path)
     again.prefetch([k, key(req(), job="b"), key(req(), job="c")])
     assert again.lookup(key(req(), job="b")) is not None

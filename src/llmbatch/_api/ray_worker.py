@@ -124,7 +124,7 @@ class EngineWorker:
         # The driver counts what the report needs from each part's digest: the session's
         # own statistics would only count every job twice here.
         for sink in (session.stats, session.timeline):
-            session.bus.sinks.remove(sink)
+            session.bus.remove(sink)
         if events:
             self.said = []
             session.bus.add(_Kept(self.said))

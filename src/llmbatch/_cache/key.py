@@ -35,12 +35,11 @@ def canonical_request(request: Request) -> dict[str, Any]:
     }
 
 
-class CacheKey(str):
-    """A key (the sha256 in hex) that knows whether its answer is shared across job ids
-    (for ``cache stats``) and how the cache file stores it."""
+class CacheKey(bytes):
+    """A key as the cache file stores it (the sha256's first 16 bytes) that knows whether
+    its answer is shared across job ids (for ``cache stats``)."""
 
     shared: bool | None = None
-    stored: bytes = b""  # the digest's first 16 bytes: the key in the cache file
 
 
 def is_deterministic(request: Request, *, temperature_sent: bool = True) -> bool:
@@ -78,23 +77,65 @@ def cache_key(
         "settings": settings,
         "job": None if shared else job_id,
     }
-    data = orjson.dumps(material, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-    digest = hashlib.sha256(data).digest()
-    key = CacheKey(digest.hex())
-    key.shared = shared
-    key.stored = digest[:16]
-    return key
+    data = orjson.dumps(material, option=_SORTED)
+    return _key(data, shared)
+
+
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
+class _SharedKey(CacheKey):
+    shared = True
+
+
+class _OwnKey(CacheKey):
+    shared = False
+
+
+def _key(data: bytes, shared: bool) -> CacheKey:
+    return (_SharedKey if shared else _OwnKey)(hashlib.sha256(data).digest()[:16])
 
 
 def cache_key_for(config: RunConfig, ref: ModelRef, request: Request, job_id: str) -> CacheKey:
     """:func:`cache_key` with the provider's base URL and wire settings taken from ``config``."""
-    s = config.providers[ref.provider]
-    return cache_key(
-        ref.provider,
-        s.resolved_base_url(),
-        ref.model,
-        request,
-        job_id,
-        settings=[s.kind, s.structured_output, s.max_tokens_field],
-        temperature_sent=s.sends_temperature,
-    )
+    return KeyMaker(config)(ref, request, job_id)
+
+
+class KeyMaker:
+    """:func:`cache_key_for` for a run: the same bytes hashed, but what is fixed for a model
+    (provider, base URL, model, wire settings) is encoded once, not once a job."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._fixed: dict[ModelRef, tuple[bytes, bytes, bytes, bool]] = {}
+
+    def __call__(self, ref: ModelRef, request: Request, job_id: str) -> CacheKey:
+        fixed = self._fixed.get(ref)
+        if fixed is None:
+            fixed = self._fixed[ref] = self._encode_fixed(ref)
+        head, middle, tail, temperature_sent = fixed
+        shared = temperature_sent and request.temperature == 0
+        data = b"".join(
+            (
+                head,
+                b"null" if shared else orjson.dumps(job_id),
+                middle,
+                orjson.dumps(canonical_request(request), option=_SORTED),
+                tail,
+            )
+        )
+        return _key(data, shared)
+
+    def _encode_fixed(self, ref: ModelRef) -> tuple[bytes, bytes, bytes, bool]:
+        """:func:`cache_key`'s material around the job and the request, as orjson sorts
+        it: ``base_url``, ``job``, ``model``, ``provider``, ``request``, ``settings``, ``v``."""
+        s = self.config.providers[ref.provider]
+        settings = [s.kind, s.structured_output, s.max_tokens_field]
+
+        def enc(value: Any) -> bytes:
+            return orjson.dumps(value, option=_SORTED)
+
+        head = b'{"base_url":' + enc(s.resolved_base_url().rstrip("/")) + b',"job":'
+        middle = b',"model":' + enc(ref.model) + b',"provider":' + enc(ref.provider)
+        tail = b',"settings":' + enc(settings) + b',"v":' + enc(KEY_VERSION) + b"}"
+        return head, middle + b',"request":', tail, s.sends_temperature

@@ -28,21 +28,11 @@ class CachedAnswer:
     created: float = 0.0  # wall clock; set by the cache on store
 
     def to_json(self) -> bytes:
-        """The answer as the cache stores it. Copied to its own size: orjson's bytes keep
-        the buffer they were built in (8 KiB for a short answer, 128 KiB for a vector),
-        and the cache holds up to a batch of them until it writes."""
-        raw = orjson.dumps(
-            {
-                "text": self.text,
-                "parsed": self.parsed,
-                "usage": self.usage.to_dict(),
-                "cost_usd": self.cost_usd,
-                "stop_reason": self.stop_reason,
-                "model": self.model,
-                "provider": self.provider,
-            }
-        )
-        return bytes(memoryview(raw))
+        """The answer as the cache stores it (:func:`encode_answer`)."""
+        return encode_answer(
+            self.text, self.parsed, self.usage, self.cost_usd, self.stop_reason,
+            self.model, self.provider,
+        )  # fmt: skip
 
     @classmethod
     def from_json(cls, raw: bytes, created: float) -> CachedAnswer:
@@ -57,6 +47,33 @@ class CachedAnswer:
             provider=str(d.get("provider")),
             created=created,
         )
+
+
+def encode_answer(
+    text: str,
+    parsed: Any,
+    usage: Usage,
+    cost_usd: float | None,
+    stop_reason: str | None,
+    model: str,
+    provider: str,
+) -> bytes:
+    """An answer as the cache stores it (what :meth:`CachedAnswer.from_json` reads).
+    Copied to its own size: orjson's bytes keep the buffer they were built in (8 KiB
+    for a short answer, 128 KiB for a vector), and the cache holds a batch of them
+    until it writes."""
+    raw = orjson.dumps(
+        {
+            "text": text,
+            "parsed": parsed,
+            "usage": usage.to_dict(),
+            "cost_usd": cost_usd,
+            "stop_reason": stop_reason,
+            "model": model,
+            "provider": provider,
+        }
+    )
+    return bytes(memoryview(raw))
 
 
 @dataclass(frozen=True, slots=True)

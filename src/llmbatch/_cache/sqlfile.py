@@ -19,8 +19,10 @@ CREATE TABLE IF NOT EXISTS answers (
     value BLOB NOT NULL,
     shared INTEGER
 );
-CREATE INDEX IF NOT EXISTS answers_used ON answers(used);
 """
+# Files made before 2026-12 kept an index on ``used`` for ``cache prune``: every store
+# paid for it (about a fifth of a store), and a prune is rare; it scans the table now.
+DROP_OLD_INDEX = "DROP INDEX IF EXISTS answers_used"
 
 
 PAGE_SIZE = 16384  # of a new cache file
@@ -64,6 +66,8 @@ def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         # Keys are random: a big cache touches pages all over; keep more of them at hand.
         db.execute("PRAGMA cache_size = -16384")  # KiB
         db.executescript(SCHEMA)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'answers_used'").fetchone():
+            db.execute(DROP_OLD_INDEX)
         _add_shared_column(db)
         _convert_text_keys(db)
     except BaseException:
@@ -72,13 +76,13 @@ def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
     return db
 
 
-def stored_key(key: str) -> bytes:
+def stored_key(key: str | bytes) -> bytes:
     """A key as the file stores it: 16 bytes of the sha256 (a smaller index than the
-    64-character hex: stores cost about a third less). A plain string key becomes the
-    same bytes a CacheKey of that hex would; any other string, its UTF-8."""
-    stored = getattr(key, "stored", b"")
-    if stored:
-        return stored
+    64-character hex: stores cost about a third less). Bytes (a ``CacheKey``) are that
+    already; a 64-character hex string becomes its first 16 bytes; any other string,
+    its UTF-8."""
+    if isinstance(key, bytes):
+        return key
     if len(key) == 64:
         try:
             return bytes.fromhex(key[:32])

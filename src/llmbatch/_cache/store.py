@@ -34,8 +34,13 @@ from llmbatch._cache.sqlfile import connect, default_cache_path, sidecar, stored
 if TYPE_CHECKING:
     from llmbatch._config.settings import RunConfig
 
-_STORE_BATCH = 2048  # answers a transaction (or a second's worth, whichever comes first)
+# Answers a transaction (or 8 MB of them, or a second's worth, whichever comes first).
+# Keys are random, so each commit rewrites most of the key index's pages: 8,192 costs
+# a third less a store than 2,048. Vectors are ~30 KB each: the bytes bound holds them.
+_STORE_BATCH = 8192
+_STORE_BYTES = 8 * 2**20
 _PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
+_MARKS = {n: ",".join("?" * n) for n in (_PREFETCH_CHUNK, 256)}  # the usual IN lists
 
 
 def _warn_stderr(message: str) -> None:
@@ -63,12 +68,14 @@ class ResponseCache:
         self._hits = 0
         self._saved = 0.0
         self._stores = 0
-        self._used: dict[str, float] = {}  # keys hit this run → when (written back on close)
-        # Answers not yet written: one transaction per batch, not one per answer.
-        self._pending: dict[str, tuple[float, float | None, bytes, bool | None]] = {}
+        # Keys are kept as the file stores them (``stored_key``: a CacheKey is that already).
+        self._used: dict[bytes, float] = {}  # keys hit this run → when (written on close)
+        # Answers not yet written, as their rows: one transaction per batch, not per answer.
+        self._pending: dict[bytes, tuple[bytes, float, float | None, bytes, bool | None]] = {}
+        self._pending_bytes = 0
         # What prefetch() found (popped by lookup), and the keys it found absent.
-        self._prefetched: dict[str, tuple[bytes, float]] = {}
-        self._absent: set[str] = set()
+        self._prefetched: dict[bytes, tuple[bytes, float]] = {}
+        self._absent: set[bytes] = set()
         self._last_write = clock()
         with self._guard("open"):
             self._db = connect(self.path, self._busy_timeout_s)
@@ -102,60 +109,62 @@ class ResponseCache:
 
     # -- the run's side ---------------------------------------------------------
 
-    def prefetch(self, keys: Iterable[str]) -> None:
+    def prefetch(self, keys: Iterable[str | bytes]) -> None:
         """Look many keys up in one query; :meth:`lookup` then answers them from memory.
 
         The engine prefetches the keys of the next few hundred jobs: one SELECT for
         them all instead of one per job.
         """
         db = self._db
-        wanted = {stored_key(k): k for k in keys if k not in self._pending}
+        pending = self._pending
+        stored = [k if isinstance(k, bytes) else stored_key(k) for k in keys]
+        wanted = [k for k in stored if k not in pending]
         if not wanted or db is None:
             return
         with self._guard("lookup"):
-            stored = list(wanted)
-            for i in range(0, len(stored), _PREFETCH_CHUNK):
-                part = stored[i : i + _PREFETCH_CHUNK]
-                marks = ",".join("?" * len(part))
+            for i in range(0, len(wanted), _PREFETCH_CHUNK):
+                part = wanted[i : i + _PREFETCH_CHUNK]
+                marks = _MARKS.get(len(part)) or ",".join("?" * len(part))
                 rows = db.execute(
                     f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
                 ).fetchall()
-                self._absent.update(wanted[k] for k in part)
+                self._absent.update(part)
                 for key, value, created in rows:
-                    name = wanted[key]
-                    self._prefetched[name] = (value, created)
-                    self._absent.discard(name)
+                    self._prefetched[key] = (value, created)
+                    self._absent.discard(key)
 
-    def contains(self, key: str) -> bool:
+    def contains(self, key: str | bytes) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit)."""
         db = self._db
         if db is None:
             return False
-        if key in self._pending:
+        k = stored_key(key)
+        if k in self._pending:
             return True
         found = False
         with self._guard("lookup"):
-            row = db.execute("SELECT 1 FROM answers WHERE key = ?", (stored_key(key),)).fetchone()
+            row = db.execute("SELECT 1 FROM answers WHERE key = ?", (k,)).fetchone()
             found = row is not None
         return found
 
-    def lookup(self, key: str) -> CachedAnswer | None:
+    def lookup(self, key: str | bytes) -> CachedAnswer | None:
         """The answer stored under ``key``, or None (a miss, or the cache is off)."""
         db = self._db
         if db is None:
             return None
-        pending = self._pending.get(key)
+        k = key if isinstance(key, bytes) else stored_key(key)
+        pending = self._pending.get(k)
         if pending is not None:
-            row: tuple[bytes, float] | None = (pending[2], pending[0])
-        elif key in self._absent:
-            self._absent.discard(key)
+            row: tuple[bytes, float] | None = (pending[3], pending[1])
+        elif k in self._absent:
+            self._absent.discard(k)
             return None  # prefetched: not in the file
         else:
-            row = self._prefetched.pop(key, None)
+            row = self._prefetched.pop(k, None)
             if row is None:
                 with self._guard("lookup"):
                     row = db.execute(
-                        "SELECT value, created FROM answers WHERE key = ?", (stored_key(key),)
+                        "SELECT value, created FROM answers WHERE key = ?", (k,)
                     ).fetchone()
         if row is None:
             return None
@@ -164,22 +173,32 @@ class ResponseCache:
             found = CachedAnswer.from_json(row[0], row[1])
             self._hits += 1
             self._saved += found.cost_usd or 0.0
-            self._used[key] = self._now()
+            self._used[k] = self._now()
         return found
 
-    def store(self, key: str, answer: CachedAnswer) -> None:
-        """Keep a complete, valid answer (the caller has validated it).
+    def store(self, key: str | bytes, answer: CachedAnswer) -> None:
+        """Keep a complete, valid answer (the caller has validated it)."""
+        self.store_encoded(key, answer.to_json(), answer.cost_usd)
 
-        Written in batches (2,048 answers, or a second): a crash loses at most those
+    def store_encoded(self, key: str | bytes, value: bytes, cost_usd: float | None) -> None:
+        """Keep an answer already encoded (``encode_answer``); :meth:`store` for the rest.
+
+        Written in batches (8,192 answers, 8 MB, or a second): a crash loses at most those
         (one commit each: a commit costs milliseconds, an answer microseconds).
         """
         if self._db is None:
             return
+        k = key if isinstance(key, bytes) else stored_key(key)
         now = self._now()
-        shared = getattr(key, "shared", None)
-        self._pending[key] = (now, answer.cost_usd, answer.to_json(), shared)
+        pending = self._pending
+        pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))
         self._stores += 1
-        if len(self._pending) >= _STORE_BATCH or now - self._last_write >= 1.0:
+        self._pending_bytes += len(value)
+        if (
+            len(pending) >= _STORE_BATCH
+            or self._pending_bytes >= _STORE_BYTES
+            or now - self._last_write >= 1.0
+        ):
             self.flush()
 
     def flush(self) -> None:
@@ -188,15 +207,13 @@ class ResponseCache:
             self._last_write = self._now()
             if self._db is None or not self._pending:
                 return
-            rows = [
-                (stored_key(k), t, t, cost, blob, sh)
-                for k, (t, cost, blob, sh) in self._pending.items()
-            ]
+            rows = list(self._pending.values())
             self._pending.clear()
+            self._pending_bytes = 0
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
                 "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value, "
-                "shared) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                "shared) VALUES (?1, ?2, ?2, 0, ?3, ?4, ?5)",
                 rows,
             )
             self._db.execute("COMMIT")
@@ -214,7 +231,7 @@ class ResponseCache:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?",
-                    [(when, stored_key(key)) for key, when in self._used.items()],
+                    [(when, key) for key, when in self._used.items()],
                 )
                 self._db.execute("COMMIT")
                 self._used.clear()

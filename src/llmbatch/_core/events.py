@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeGuard
 
 from llmbatch._core.states import BreakerState
 
@@ -156,6 +156,37 @@ class EventSink(Protocol):
     def emit(self, event: Event) -> None: ...
 
 
+class AttemptFigures(NamedTuple):
+    """What the run's statistics and timeline need of one attempt (``CountingSink``)."""
+
+    ts: float  # when it ended
+    started_ts: float
+    provider: str
+    model: str
+    outcome: str  # "ok" or an error.type, as AttemptEnded's
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+
+    @classmethod
+    def of(cls, e: AttemptEnded) -> AttemptFigures:
+        return cls(e.ts, e.started_ts, e.provider, e.model, e.outcome,
+                   e.input_tokens, e.output_tokens, e.cost_usd)  # fmt: skip
+
+
+class CountingSink(Protocol):
+    """A sink that needs only an attempt's figures and a job's result (the run's
+    statistics, its timeline): the engine calls ``count_attempt`` and ``count_job``
+    instead of building an ``AttemptEnded`` or a ``JobEnded`` for it. It still takes
+    both through ``emit`` (from batch fetches, replays)."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def count_attempt(self, f: AttemptFigures) -> None: ...
+
+    def count_job(self, ts: float, result: JobResult) -> None: ...
+
+
 class ListSink:
     """Keeps every event: for tests."""
 
@@ -171,6 +202,10 @@ class ListSink:
         return [e for e in self.events if isinstance(e, kind)]
 
 
+def _counts(sink: EventSink) -> TypeGuard[CountingSink]:
+    return hasattr(sink, "count_attempt")
+
+
 @dataclass
 class EventBus:
     """Fans each event out to every sink; a sink that raises is dropped, once, loudly."""
@@ -179,15 +214,25 @@ class EventBus:
     # Whether any sink reads AttemptStarted (``wants_started = True`` on the sink class):
     # the runner builds that event only then.
     wants_started: bool = False
+    # The sinks that count attempts and jobs from their figures (``CountingSink``), and
+    # whether any other sink reads events: AttemptEnded and JobEnded are built only then.
+    counters: list[CountingSink] = field(default_factory=list, init=False)
+    has_readers: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self._wanted()
 
     def _wanted(self) -> None:
         self.wants_started = any(getattr(s, "wants_started", False) for s in self.sinks)
+        self.counters = [s for s in self.sinks if _counts(s)]
+        self.has_readers = len(self.counters) < len(self.sinks)
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
+        self._wanted()
+
+    def remove(self, sink: EventSink) -> None:
+        self.sinks.remove(sink)
         self._wanted()
 
     def emit(self, event: Event) -> None:
@@ -195,9 +240,39 @@ class EventBus:
             try:
                 sink.emit(event)
             except Exception as exc:  # a watcher must never end a run
-                self.sinks.remove(sink)
-                self._wanted()
-                sys.stderr.write(
-                    f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
-                    f"{type(exc).__name__}: {exc}\n"
-                )
+                self._drop(sink, exc)
+
+    def emit_to_readers(self, event: AttemptEnded | JobEnded) -> None:
+        """An attempt's or a job's event, to the sinks that do not count it by its figures."""
+        for sink in list(self.sinks):
+            if not _counts(sink):
+                try:
+                    sink.emit(event)
+                except Exception as exc:
+                    self._drop(sink, exc)
+
+    def count_attempt(self, f: AttemptFigures) -> None:
+        """An attempt's figures, to the counting sinks (see ``emit_to_readers``)."""
+        for sink in self.counters:
+            try:
+                sink.count_attempt(f)
+            except Exception as exc:
+                self._drop(sink, exc)
+
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """A job's result, to the counting sinks (see ``emit_to_readers``)."""
+        for sink in self.counters:
+            try:
+                sink.count_job(ts, result)
+            except Exception as exc:
+                self._drop(sink, exc)
+
+    def _drop(self, sink: EventSink, exc: Exception) -> None:
+        """A watcher must never end a run: one that raised is turned off, loudly."""
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+        self._wanted()
+        sys.stderr.write(
+            f"llmbatch: warning: {type(sink).__name__} failed and was turned off: "
+            f"{type(exc).__name__}: {exc}\n"
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BUILTIN_PROVIDERS = ("anthropic", "openai", "gemini", "sim", "azure", "bedrock")
 
@@ -25,9 +25,24 @@ class ModelRef:
 
     provider: str
     model: str
+    # Its hash and its text, computed once: a ref keys the limits, breakers, prices and
+    # cache keys of every job, several times each. Not pickled (another process hashes
+    # anew).
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+    _text: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.provider, self.model)))
+        object.__setattr__(self, "_text", f"{self.provider}:{self.model}")
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[ModelRef], tuple[str, str]]:
+        return ModelRef, (self.provider, self.model)
 
     def __str__(self) -> str:
-        return f"{self.provider}:{self.model}"
+        return self._text
 
 
 class ModelSpecError(ValueError):

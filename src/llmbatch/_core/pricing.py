@@ -49,6 +49,11 @@ class Price:
     cache_write: Rate
     source: str = "genai-prices"
 
+    def plain_cost(self, input_tokens: int, output_tokens: int) -> float:
+        """What input and output tokens cost with no prompt cache (a worst case, say)."""
+        n = input_tokens
+        return (n * self.input.at(n) + output_tokens * self.output.at(n)) / 1_000_000
+
     def cost(self, usage: Usage) -> float:
         n = usage.input_tokens
         if not (usage.cache_read_tokens or usage.cache_write_tokens):  # most answers

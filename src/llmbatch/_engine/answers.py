@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 
-from llmbatch._cache.records import CachedAnswer, hit_result
+from llmbatch._cache.records import encode_answer, hit_result
 from llmbatch._cache.store import ResponseCache
 from llmbatch._core.clock import Clock
 from llmbatch._core.events import CacheHit, EventBus
@@ -32,24 +32,30 @@ class AnswerCache:
     """The runner's side of the response cache (``cache`` None: no cache)."""
 
     cache: ResponseCache | None
-    key_of: Callable[[ModelRef, Request, str], str] | None
+    key_of: Callable[[ModelRef, Request, str], str | bytes] | None
     clock: Clock
     bus: EventBus
-    _flights: dict[str, anyio.Event] = field(default_factory=dict)  # shareable asks in flight
+    _flights: dict[str | bytes, anyio.Event] = field(default_factory=dict)  # shareable, in flight
 
     @property
     def on(self) -> bool:
         return self.cache is not None and self.key_of is not None
 
-    def key(self, pj: PreparedJob, ref: ModelRef) -> str:
+    def key(self, pj: PreparedJob, ref: ModelRef) -> str | bytes:
         """The cache key of the job's own question to ``ref``, computed once."""
+        key_of = self.key_of
+        assert key_of is not None
+        if ref is pj.chain[0]:
+            key = pj.cache_key
+            if key is None:
+                key = pj.cache_key = key_of(ref, pj.request, pj.job.id)
+            return key
         keys = pj.cache_keys
         if keys is None:
             keys = pj.cache_keys = {}
         key = keys.get(ref)
         if key is None:
-            assert self.key_of is not None
-            key = keys[ref] = self.key_of(ref, pj.request, pj.job.id)
+            key = keys[ref] = key_of(ref, pj.request, pj.job.id)
         return key
 
     def prefetch(self, jobs: list[PreparedJob]) -> None:
@@ -78,10 +84,10 @@ class AnswerCache:
         """A complete, valid answer, kept under the job's own question."""
         if self.cache is None or self.key_of is None or answer.stop_reason in CUT:
             return
-        kept = CachedAnswer(
+        value = encode_answer(
             answer.text, parsed, answer.usage, cost, answer.stop_reason, ref.model, ref.provider
         )
-        self.cache.store(self.key(pj, ref), kept)
+        self.cache.store_encoded(self.key(pj, ref), value, cost)
 
     def shareable(self, pj: PreparedJob) -> bool:
         """Whether the job's answer is shared across ids (so in-flight twins may wait)."""

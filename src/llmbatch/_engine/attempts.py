@@ -23,7 +23,7 @@ import anyio
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
 from llmbatch._core.clock import Clock
-from llmbatch._core.events import AttemptStarted, BudgetStopped, EventBus
+from llmbatch._core.events import AttemptFigures, AttemptStarted, BudgetStopped, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
@@ -172,8 +172,8 @@ class JobRunner:
                 request = repair_request(request, answer.text, problem)
                 tries = 0  # a repair is a new question, with its own retries
                 continue
-            return tally.result(
-                Status.FAILED, ref, error=ResultError.schema_invalid(problem), **_common(answer)
+            return tally.answered(
+                Status.FAILED, ref, answer, error=ResultError.schema_invalid(problem)
             )
         return None
 
@@ -218,7 +218,7 @@ class JobRunner:
     def _ok(self, tally: Tally, ref: ModelRef, answer: Answer, parsed: Any) -> JobResult:
         """A complete, valid answer: kept in the cache, then the job's result."""
         self.answers.keep(tally.pj, ref, answer, parsed, tally.cost)
-        return tally.result(Status.OK, ref, parsed=parsed, **_common(answer))
+        return tally.answered(Status.OK, ref, answer, parsed)
 
     def reservation(
         self, ref: ModelRef, request: Request, tally: Tally | None = None
@@ -231,7 +231,7 @@ class JobRunner:
             worst_in = estimate_input_tokens(request, conservative=True)
             est_in = estimate_input_tokens(request)
         price = self.prices.price(ref)
-        cost = 0.0 if price is None else price.cost(Usage(worst_in, out_tokens))
+        cost = 0.0 if price is None else price.plain_cost(worst_in, out_tokens)
         return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
 
     async def _attempt(
@@ -366,8 +366,28 @@ class JobRunner:
         return tally.result(Status.FAILED, ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
-        if self.bus.sinks:  # none in a Ray worker: the driver counts from the results
-            self.bus.emit(attempt_ended(tally, ref, sent, backoff, self.clock.time()))
+        """The attempt, to the sinks: its figures to those that count them, and an
+        ``AttemptEnded`` built only when some sink reads it (--log-json, --otlp, yours)."""
+        bus = self.bus
+        now = self.clock.time()
+        if bus.has_readers:
+            bus.emit_to_readers(attempt_ended(tally, ref, sent, backoff, now))
+        if bus.counters:
+            out = sent.outcome
+            u = sent.usage or _NO_USAGE
+            outcome = out.error_type if isinstance(out, ProviderError) else "ok"
+            bus.count_attempt(
+                AttemptFigures(
+                    now,
+                    sent.started,
+                    ref.provider,
+                    ref.model,
+                    outcome,
+                    u.input_tokens,
+                    u.output_tokens,
+                    sent.cost,
+                )  # fmt: skip
+            )
 
 
 async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:
@@ -377,15 +397,6 @@ async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:
 
 _RETRY = object()  # _after_error: the wait is over, try the same model again
 _NO_USAGE = Usage()
-
-
-def _common(answer: Answer) -> dict[str, Any]:
-    return {
-        "output": answer.text,
-        "latency_ms": answer.latency_ms,
-        "ttft_ms": answer.ttft_ms,
-        "stop_reason": answer.stop_reason,
-    }
 
 
 def _usage_of(err: object) -> Usage | None:

@@ -69,7 +69,7 @@ class EmbedState:
     def __init__(
         self,
         cache: ResponseCache | None = None,
-        cache_key: Callable[[ModelRef, int | None, str], str] | None = None,
+        cache_key: Callable[[ModelRef, int | None, str], str | bytes] | None = None,
         keep_bytes: int = 8 << 20,
     ) -> None:
         self.seen: dict[GroupKey, dict[int, tuple[EmbedPack, int]]] = {}

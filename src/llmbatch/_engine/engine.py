@@ -72,7 +72,7 @@ class Services:
     # A gate and a breaker for a model not seen before (in-process, or shared in Redis).
     open_limits: Callable[[ModelRef], tuple[RateLimiter, Breaker]]
     cache: ResponseCache | None = None
-    cache_key: Callable[[ModelRef, Request, str], str] | None = None
+    cache_key: Callable[[ModelRef, Request, str], str | bytes] | None = None
     gates: dict[ModelRef, RateLimiter] = field(default_factory=dict)
     breakers: dict[ModelRef, Breaker] = field(default_factory=dict)
 
@@ -206,9 +206,14 @@ class Engine:
             return
         self.written += len(batch)
         now = self.services.clock.time()
-        emit = self.services.bus.emit
-        for r in batch:
-            emit(JobEnded(now, r))
+        bus = self.services.bus
+        if bus.has_readers:  # a JobEnded only for the sinks that read events
+            for r in batch:
+                bus.emit_to_readers(JobEnded(now, r))
+        if bus.counters:
+            count = bus.count_job
+            for r in batch:
+                count(now, r)
 
     def _output_failed(self, reason: StopReason, message: str | None) -> None:
         if message is not None:

@@ -60,7 +60,9 @@ class PreparedJob:
     prefix: PrefixInfo | None = None  # its prefix group (prompt caching); also request.cache
     seed: BatchSeed | None = None  # what earlier batch rounds left this job
     _estimates: tuple[int, int] | None = None
-    cache_keys: dict[ModelRef, str] | None = None  # the response cache's, per model, once
+    # The response cache's keys, computed once: the first model's, then the fallbacks'.
+    cache_key: str | bytes | None = None
+    cache_keys: dict[ModelRef, str | bytes] | None = None
 
     def input_estimates(self) -> tuple[int, int]:
         """(worst case, estimate) of the request's input tokens, counted once per job."""
@@ -168,19 +170,19 @@ class Planner:
 
     def prepare(self, job: Job) -> PreparedJob:
         cfg = self.config
-        r = job.request
         chain = self.chain_of(job)
         model = chain[0]
-        request = Request(
-            messages=r.messages,
-            system=r.system if r.system is not None else cfg.system,
-            model=model,
-            max_tokens=r.max_tokens or cfg.max_tokens,
-            temperature=r.temperature if r.temperature is not None else cfg.temperature,
-            schema=r.schema if r.schema is not None else cfg.schema,
-            wire_format=r.wire_format,
-            body=r.body,
-        )
+        # The parsed request (the job's own: the parser made it) takes the run's
+        # defaults in place: no second request a job.
+        request = job.request
+        request.model = model
+        if request.system is None:
+            request.system = cfg.system
+        request.max_tokens = request.max_tokens or cfg.max_tokens
+        if request.temperature is None:
+            request.temperature = cfg.temperature
+        if request.schema is None:
+            request.schema = cfg.schema
         fp = request.fingerprint = fingerprint(model, request)
         pj = PreparedJob(job, request, chain, fp)
         if self.last_plan is not None:  # the groups are counted: each job takes its own

@@ -77,6 +77,25 @@ class Tally:
             prefix_group=self.pj.prefix.key if self.pj.prefix is not None else None,
         )
 
+    def answered(
+        self,
+        status: Status,
+        ref: ModelRef,
+        answer: Answer,
+        parsed: Any = None,
+        error: ResultError | None = None,
+    ) -> JobResult:
+        """The result of a job that got an answer (valid: ok; else ``error`` says why)."""
+        pj = self.pj
+        job = pj.job
+        return JobResult(
+            job.id, status, answer.text, parsed, ref.provider, ref.model, self.usage,
+            self.cost, answer.latency_ms, answer.ttft_ms, self.attempts, error,
+            job.metadata, answer.stop_reason, pj.fingerprint, self.errors, self.repairs,
+            self.fallbacks, job.input,
+            prefix_group=pj.prefix.key if pj.prefix is not None else None,
+        )  # fmt: skip
+
 
 class NotWritten:
     """The job ends without a result line: it runs again on the next run."""

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from llmbatch._core.events import AttemptEnded, Event, JobEnded
+from llmbatch._core.events import AttemptEnded, AttemptFigures, Event, JobEnded
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
@@ -180,7 +180,7 @@ class RunStats:
         if isinstance(event, AttemptEnded):
             self.add_attempt(event)
         elif isinstance(event, JobEnded):
-            self.add(event.result, with_attempts=False)
+            self.count_job(event.ts, event.result)
 
     def _model(self, provider: str | None, model: str | None) -> ModelStats:
         key = f"{provider}:{model}" if provider else "(none)"
@@ -191,12 +191,22 @@ class RunStats:
 
     def add_attempt(self, e: AttemptEnded) -> None:
         """One request sent: counted under the model it went to, written or not."""
+        self.count_attempt(AttemptFigures.of(e))
+
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """A result as it was written (``CountingSink``): its attempts were counted as
+        they ended."""
+        self.add(result, with_attempts=False)
+
+    def count_attempt(self, f: AttemptFigures) -> None:
+        """:meth:`add_attempt` from the attempt's figures (``CountingSink``: the runner
+        builds no AttemptEnded for the statistics)."""
         self.attempts += 1
-        if e.outcome != "ok":
-            self.errors[e.outcome] += 1
-        m = self._model(e.provider, e.model)
+        if f.outcome != "ok":
+            self.errors[f.outcome] += 1
+        m = self._model(f.provider, f.model)
         m.attempts += 1
-        self._spend(m, f"{e.provider}:{e.model}", e.input_tokens, e.output_tokens, e.cost_usd)
+        self._spend(m, f"{f.provider}:{f.model}", f.input_tokens, f.output_tokens, f.cost_usd)
 
     def _spend(
         self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None

@@ -15,6 +15,7 @@ from typing import Any
 
 from llmbatch._core.events import (
     AttemptEnded,
+    AttemptFigures,
     Event,
     JobEnded,
     RunEnded,
@@ -285,23 +286,9 @@ class TimelineRecorder:
 
     def emit(self, event: Event) -> None:
         if isinstance(event, AttemptEnded):
-            row = self._buckets.row(event.ts)
-            row[_ENDED] += 1
-            if event.outcome == "ok":
-                row[_OK] += 1
-            elif event.outcome == "rate_limited":
-                row[_429] += 1
-            else:
-                row[_OTHER] += 1
-            row[_IN] += event.input_tokens
-            row[_OUT] += event.output_tokens
-            row[_COST] += event.cost_usd or 0.0
-            # Counted from the attempt's end, so the runner need not build AttemptStarted.
-            self._buckets.row(event.started_ts)[_STARTED] += 1
+            self.count_attempt(AttemptFigures.of(event))
         elif isinstance(event, JobEnded):
-            self.saw_run = True
-            self._buckets.row(event.ts)[_DONE] += 1
-            self._jobs.add(event.result)
+            self.count_job(event.ts, event.result)
         elif isinstance(event, RunStarted):
             self._started = event.ts
             if self._buckets.t0 is None:
@@ -309,6 +296,28 @@ class TimelineRecorder:
         elif isinstance(event, RunEnded):
             self.saw_run = True
             self._buckets.end = event.ts
+
+    def count_job(self, ts: float, result: JobResult) -> None:
+        """One job's result, as written (``CountingSink``)."""
+        self.saw_run = True
+        self._buckets.row(ts)[_DONE] += 1
+        self._jobs.add(result)
+
+    def count_attempt(self, f: AttemptFigures) -> None:
+        """One attempt, from its figures (``CountingSink``)."""
+        row = self._buckets.row(f.ts)
+        row[_ENDED] += 1
+        if f.outcome == "ok":
+            row[_OK] += 1
+        elif f.outcome == "rate_limited":
+            row[_429] += 1
+        else:
+            row[_OTHER] += 1
+        row[_IN] += f.input_tokens
+        row[_OUT] += f.output_tokens
+        row[_COST] += f.cost_usd or 0.0
+        # Counted from the attempt's end, so the runner need not build AttemptStarted.
+        self._buckets.row(f.started_ts)[_STARTED] += 1
 
     def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
         """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is

@@ -253,14 +253,13 @@ class EmbedRun(RunSession):
                 "Gemini or compatible provider (or sim). Nothing was sent."
             )
 
-    def _embed_key(self, ref: ModelRef, dims: int | None, text: str) -> str:
-        from llmbatch._cache.key import cache_key_for
+    def _embed_key(self, ref: ModelRef, dims: int | None, text: str) -> bytes:
         from llmbatch._core.jobs import Request
 
         request = Request(messages=[{"role": "user", "content": text}], max_tokens=dims or 0)
         request.body = {"embeddings": True, "dimensions": dims}
         request.temperature = 0  # a vector is the same for everyone: shared across ids
-        return cache_key_for(self.config, ref, request, "")
+        return self._cache_key(ref, request, "")
 
     def _prepare_output(self) -> None:
         cfg = self.config

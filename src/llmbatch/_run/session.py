@@ -24,7 +24,7 @@ from llmbatch._budget.context import Budgets, Stopper
 from llmbatch._budget.ledger import BudgetLedger, RunBudget
 from llmbatch._budget.open import open_ledgers
 from llmbatch._budget.windows import rfc3339
-from llmbatch._cache.key import cache_key_for
+from llmbatch._cache.key import KeyMaker
 from llmbatch._cache.store import open_cache
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -107,6 +107,7 @@ class RunSession:
         self._shared: Any = None  # a Redis client with --shared
         self._lock: OutputLock | None = None
         self._observers: list[EventSink] = []
+        self._keys = KeyMaker(config)  # the response cache's keys
         self._engine: Engine | None = None
         self._signals = 0
         self._todo = 0
@@ -140,8 +141,8 @@ class RunSession:
             gate, cfg.limits_for(ref), self._shared, prefix, breaker=breaker
         ), breaker
 
-    def _cache_key(self, ref: ModelRef, request: Request, job_id: str) -> str:
-        return cache_key_for(self.config, ref, request, job_id)
+    def _cache_key(self, ref: ModelRef, request: Request, job_id: str) -> bytes:
+        return self._keys(ref, request, job_id)
 
     def is_cached(self, pj: PreparedJob) -> bool:
         """Whether the response cache holds an answer for the job (any model of its chain)."""
@@ -168,7 +169,7 @@ class RunSession:
         self.services_open = True
         if cache:
             self.services.cache = open_cache(cfg)
-            self.services.cache_key = self._cache_key
+            self.services.cache_key = self._keys
         self.budgets.add(await open_ledgers(cfg, self.clock))
         if cfg.shared:
             from llmbatch._budget.redis import connect as redis_connect

@@ -51,6 +51,7 @@ _CORPUS = random.Random(1).choices(_VOCAB, k=8192)
 # The stream as one string, and where each word starts in it: an answer is one slice.
 _TEXT = " ".join(_CORPUS) + " "
 _STARTS = list(itertools.accumulate((len(w) + 1 for w in _CORPUS), initial=0))
+_CAPITALS = [w[0].upper() for w in _CORPUS]  # each word's first letter, capitalised
 
 
 def _env_float(name: str, default: float) -> float:
@@ -173,5 +174,6 @@ def _words(seed: int, n: int) -> str:
         start, n = 0, len(_CORPUS)
     else:
         start = seed % (len(_CORPUS) - n)
-    words = _TEXT[_STARTS[start] : _STARTS[start + n] - 1]
-    return words[0].upper() + words[1:] + "."
+    at = _STARTS[start]
+    # The first word capitalised, then the rest: one slice and one join.
+    return "".join((_CAPITALS[start], _TEXT[at + 1 : _STARTS[start + n] - 1], "."))
