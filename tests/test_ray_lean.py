@@ -64,22 +64,25 @@ def test_a_ray_without_one_of_them_is_left_as_it_is() -> None:
 
 
 def test_a_failed_lean_start_falls_back_to_rays_own() -> None:
-    calls: list[tuple[str, bool]] = []
+    calls: list[tuple[str, bool, Any]] = []
 
     class Ray(SimpleNamespace):
         def init(self, **kwargs: Any) -> None:
             lean = _Node.__dict__["start_monitor"] is ray_cluster._skip
-            calls.append(("init", lean))
+            calls.append(("init", lean, kwargs.get("_system_config")))
             if lean:
                 raise RuntimeError("this Ray does not start without its monitor")
 
         def shutdown(self) -> None:
-            calls.append(("shutdown", _Node.__dict__["start_monitor"] is ray_cluster._skip))
+            lean = _Node.__dict__["start_monitor"] is ray_cluster._skip
+            calls.append(("shutdown", lean, None))
 
     ray = Ray(_private=SimpleNamespace(node=SimpleNamespace(Node=_Node)))
     ray_cluster._init_local(ray, object_store_memory=1)
-    # Lean first; what it left shut down; then Ray's own start, with Node as it was.
-    assert calls == [("init", True), ("shutdown", False), ("init", False)]
+    # Lean first (no task events either); what it left shut down; then Ray's own start,
+    # with Node as it was and Ray's own settings.
+    lean_config = {"task_events_report_interval_ms": 0}
+    assert calls == [("init", True, lean_config), ("shutdown", False, None), ("init", False, None)]
     assert _Node().start_monitor() == "monitor"
 
 
