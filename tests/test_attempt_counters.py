@@ -32,7 +32,7 @@ def test_no_attempt_event_is_built_when_no_sink_reads_it(
         built.append(args)
         return real(*args)
 
-    monkeypatch.setattr("llmbatch._engine.attempts.attempt_ended", counting)
+    monkeypatch.setattr("llmbatch._engine.events.attempt_ended", counting)
 
     async def quiet() -> llmbatch.RunReport:
         async with llmbatch.Runner(provider=_script(), model="m1", concurrency=1) as runner:

@@ -23,7 +23,7 @@ import anyio
 from llmbatch._budget.context import Budgets, Held, Stopper
 from llmbatch._budget.ledger import Refusal
 from llmbatch._core.clock import Clock
-from llmbatch._core.events import AttemptFigures, AttemptStarted, BudgetStopped, EventBus
+from llmbatch._core.events import AttemptStarted, BudgetStopped, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
@@ -35,7 +35,7 @@ from llmbatch._core.states import Status
 from llmbatch._core.stops import HARD_STOPS, StopReason
 from llmbatch._core.usage import Usage
 from llmbatch._engine.answers import AnswerCache
-from llmbatch._engine.events import attempt_ended
+from llmbatch._engine.events import emit_attempt
 from llmbatch._engine.plan import BatchSeed, PreparedJob
 from llmbatch._engine.policy import Repair, RetryPolicy, Step, after_schema_miss
 from llmbatch._engine.settings import EngineSettings
@@ -366,28 +366,7 @@ class JobRunner:
         return tally.result(Status.FAILED, ref, error=ResultError.budget())
 
     def _emit_attempt(self, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None) -> None:
-        """The attempt, to the sinks: its figures to those that count them, and an
-        ``AttemptEnded`` built only when some sink reads it (--log-json, --otlp, yours)."""
-        bus = self.bus
-        now = self.clock.time()
-        if bus.has_readers:
-            bus.emit_to_readers(attempt_ended(tally, ref, sent, backoff, now))
-        if bus.counters:
-            out = sent.outcome
-            u = sent.usage or _NO_USAGE
-            outcome = out.error_type if isinstance(out, ProviderError) else "ok"
-            bus.count_attempt(
-                AttemptFigures(
-                    now,
-                    sent.started,
-                    ref.provider,
-                    ref.model,
-                    outcome,
-                    u.input_tokens,
-                    u.output_tokens,
-                    sent.cost,
-                )  # fmt: skip
-            )
+        emit_attempt(self.bus, tally, ref, sent, backoff, self.clock.time())
 
 
 async def _within(sending: Awaitable[Answer], limit_s: float) -> Answer:

@@ -1,10 +1,11 @@
-"""The ``AttemptEnded`` event of one request, as the runner emits it."""
+"""One request's end, as the runner tells the sinks: its figures to those that count
+them, an ``AttemptEnded`` to those that read events."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from llmbatch._core.events import AttemptEnded
+from llmbatch._core.events import AttemptEnded, AttemptFigures, EventBus
 from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.jobs import Request
 from llmbatch._core.models import ModelRef
@@ -13,6 +14,31 @@ from llmbatch._engine.tally import Sent, Tally
 from llmbatch.providers._base import Answer
 
 _NO_USAGE = Usage()
+
+
+def emit_attempt(
+    bus: EventBus, tally: Tally, ref: ModelRef, sent: Sent, backoff: float | None, now: float
+) -> None:
+    """The attempt, to the sinks: its figures to those that count them, and an
+    ``AttemptEnded`` built only when some sink reads it (--log-json, --otlp, yours)."""
+    if bus.has_readers:
+        bus.emit_to_readers(attempt_ended(tally, ref, sent, backoff, now))
+    if bus.counters:
+        out = sent.outcome
+        u = sent.usage or _NO_USAGE
+        outcome = out.error_type if isinstance(out, ProviderError) else "ok"
+        bus.count_attempt(
+            AttemptFigures(
+                now,
+                sent.started,
+                ref.provider,
+                ref.model,
+                outcome,
+                u.input_tokens,
+                u.output_tokens,
+                sent.cost,
+            )  # fmt: skip
+        )
 
 
 def attempt_ended(
