@@ -171,13 +171,15 @@ class Engine:
         stopper = self.stopper
         run = self.runner.run
         gates = self.services.gates
+        known: list[ModelRef] | None = None  # the last chain with limits (chains are shared)
         for pj in jobs:
             if stopper.stopping:
                 return  # not run: stays resumable
-            for ref in pj.chain:
-                if ref not in gates:
-                    self.services.limits_for(pj.chain)
-                    break
+            chain = pj.chain
+            if chain is not known:
+                if any(ref not in gates for ref in chain):
+                    self.services.limits_for(chain)
+                known = chain
             result = await run(pj)
             if result is not None:
                 self._keep(result)
