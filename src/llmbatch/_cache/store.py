@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 _STORE_BATCH = 8192
 _STORE_BYTES = 8 * 2**20
 _PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
-_MARKS = {n: ",".join("?" * n) for n in (_PREFETCH_CHUNK, 256)}  # the usual IN lists
 
 
 def _warn_stderr(message: str) -> None:
@@ -117,14 +116,13 @@ class ResponseCache:
         """
         db = self._db
         pending = self._pending
-        stored = [k if isinstance(k, bytes) else stored_key(k) for k in keys]
-        wanted = [k for k in stored if k not in pending]
+        wanted = [k for k in map(stored_key, keys) if k not in pending]
         if not wanted or db is None:
             return
         with self._guard("lookup"):
             for i in range(0, len(wanted), _PREFETCH_CHUNK):
                 part = wanted[i : i + _PREFETCH_CHUNK]
-                marks = _MARKS.get(len(part)) or ",".join("?" * len(part))
+                marks = ",".join("?" * len(part))
                 rows = db.execute(
                     f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
                 ).fetchall()
@@ -152,7 +150,7 @@ class ResponseCache:
         db = self._db
         if db is None:
             return None
-        k = key if isinstance(key, bytes) else stored_key(key)
+        k = stored_key(key)
         pending = self._pending.get(k)
         if pending is not None:
             row: tuple[bytes, float] | None = (pending[3], pending[1])
@@ -188,7 +186,7 @@ class ResponseCache:
         """
         if self._db is None:
             return
-        k = key if isinstance(key, bytes) else stored_key(key)
+        k = stored_key(key)
         now = self._now()
         pending = self._pending
         pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))

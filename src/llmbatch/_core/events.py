@@ -217,6 +217,7 @@ class EventBus:
     # The sinks that count attempts and jobs from their figures (``CountingSink``), and
     # whether any other sink reads events: AttemptEnded and JobEnded are built only then.
     counters: list[CountingSink] = field(default_factory=list, init=False)
+    readers: list[EventSink] = field(default_factory=list, init=False)
     has_readers: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -225,7 +226,8 @@ class EventBus:
     def _wanted(self) -> None:
         self.wants_started = any(getattr(s, "wants_started", False) for s in self.sinks)
         self.counters = [s for s in self.sinks if _counts(s)]
-        self.has_readers = len(self.counters) < len(self.sinks)
+        self.readers = [s for s in self.sinks if not _counts(s)]
+        self.has_readers = bool(self.readers)
 
     def add(self, sink: EventSink) -> None:
         self.sinks.append(sink)
@@ -244,12 +246,11 @@ class EventBus:
 
     def emit_to_readers(self, event: AttemptEnded | JobEnded) -> None:
         """An attempt's or a job's event, to the sinks that do not count it by its figures."""
-        for sink in list(self.sinks):
-            if not _counts(sink):
-                try:
-                    sink.emit(event)
-                except Exception as exc:
-                    self._drop(sink, exc)
+        for sink in self.readers:
+            try:
+                sink.emit(event)
+            except Exception as exc:
+                self._drop(sink, exc)
 
     def count_attempt(self, f: AttemptFigures) -> None:
         """An attempt's figures, to the counting sinks (see ``emit_to_readers``)."""
