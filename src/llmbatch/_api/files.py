@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-import anyio
-
 from llmbatch._api.options import configured, custom_providers, file_flags
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.loop import run_loop
 from llmbatch._core.models import ModelRef
 from llmbatch._core.schema import check_schema
 from llmbatch._observe.progress import NoProgress, ProgressSink, make_progress
@@ -74,7 +73,7 @@ def run_file(
         pass
     else:
         raise RuntimeError(_IN_LOOP)
-    return anyio.run(lambda: arun_file(jobs, output, **options))
+    return run_loop(lambda: arun_file(jobs, output, **options))
 
 
 async def arun_file(

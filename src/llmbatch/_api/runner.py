@@ -27,6 +27,7 @@ from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import UsageError
+from llmbatch._core.loop import run_loop
 from llmbatch._core.models import ModelRef
 from llmbatch._core.results import JobResult
 from llmbatch._engine.engine import ResultSink
@@ -301,4 +302,4 @@ def run(
         async with Runner(model, **options) as runner:
             return await runner.run(requests)
 
-    return anyio.run(main)
+    return run_loop(main)

@@ -29,6 +29,7 @@ from llmbatch._cli.batch_render import (
 )
 from llmbatch._cli.common import _flags
 from llmbatch._cli.options import ApiOpt, ConfigOpt, JobsArg, JsonOpt
+from llmbatch._core.loop import run_loop
 
 if TYPE_CHECKING:
     from llmbatch._batch.context import BatchContext
@@ -96,7 +97,6 @@ def submit(
     flags = _flags(locals(), skip={"jobs", "batch_size", "as_json", "config"})
 
     def go() -> int:
-        import anyio
 
         from llmbatch._batch.submit import submit as do_submit
         from llmbatch._cli.common import _configured
@@ -105,9 +105,9 @@ def submit(
             if _embeds(cfg):
                 from llmbatch._batch.embed_cmds import submit_embed_file
 
-                rep = anyio.run(lambda: submit_embed_file(cfg, batch_size=batch_size))
+                rep = run_loop(lambda: submit_embed_file(cfg, batch_size=batch_size))
             else:
-                rep = anyio.run(lambda: do_submit(cfg, batch_size=batch_size))
+                rep = run_loop(lambda: do_submit(cfg, batch_size=batch_size))
         say_submitted(rep, as_json)
         return rep.exit_code
 
@@ -122,7 +122,6 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     4 while any batch is in progress, 6 when jobs wait to be submitted again."""
 
     def go() -> int:
-        import anyio
 
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.status import batch_status
@@ -136,7 +135,7 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
                     _err(f"no batches recorded for {output}")
                 return await batch_status(ctx), _pending(ctx), ctx.notes
 
-        rows, pending, notes = anyio.run(main)
+        rows, pending, notes = run_loop(main)
         render_rows(rows, as_json, pending)
         for note in notes:
             _err(note)
@@ -202,7 +201,6 @@ def fetch(
     Exit 0 all ok, 1 some failed, 3 budget, 4 while any batch is open."""
 
     def go() -> int:
-        import anyio
 
         from llmbatch._batch.fetch import fetch as do_fetch
 
@@ -211,9 +209,9 @@ def fetch(
         if _embed_output(cfg):
             from llmbatch._batch.embed_cmds import fetch_embed_output
 
-            rep = anyio.run(lambda: fetch_embed_output(cfg, wait=wait, poll=poll))
+            rep = run_loop(lambda: fetch_embed_output(cfg, wait=wait, poll=poll))
         else:
-            rep = anyio.run(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
+            rep = run_loop(lambda: do_fetch(cfg, wait=wait, poll=poll, max_attempts=max_attempts))
         if as_json:
             import orjson
 
@@ -233,7 +231,6 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     """Cancel every open batch; a later fetch keeps what finished."""
 
     def go() -> int:
-        import anyio
 
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.status import batch_cancel
@@ -244,7 +241,7 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
             async with batch_context(cfg) as ctx:
                 return await batch_cancel(ctx), ctx.notes
 
-        rows, notes = anyio.run(main)
+        rows, notes = run_loop(main)
         render_rows(rows, as_json)
         from llmbatch._cli.common import _err
 
@@ -276,7 +273,6 @@ def forget(
     base URL): its jobs go back to pending. Exit 0, or 2 (nothing changed)."""
 
     def go() -> int:
-        import anyio
 
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.forget import forget as do_forget
@@ -289,7 +285,7 @@ def forget(
                 await do_forget(ctx, batch_id, force=force)
                 return ctx.notes
 
-        for note in anyio.run(main):
+        for note in run_loop(main):
             _err(note)
         return 0
 

@@ -82,11 +82,10 @@ def _status_rows(
     scope: str | None, ledger: Path | None, shared: str | None
 ) -> list[dict[str, object]]:
     if shared:
-        import anyio
-
         from llmbatch._budget.redis import redis_status
+        from llmbatch._core.loop import run_loop
 
-        uses = anyio.run(redis_status, shared, scope)
+        uses = run_loop(lambda: redis_status(shared, scope))
     else:
         from llmbatch._budget.sqlite_status import ledger_status
         from llmbatch._budget.windows import default_ledger_path
@@ -116,11 +115,10 @@ def reset(
 
     def go() -> int:
         if shared:
-            import anyio
-
             from llmbatch._budget.redis import redis_reset
+            from llmbatch._core.loop import run_loop
 
-            anyio.run(redis_reset, shared, scope)
+            run_loop(lambda: redis_reset(shared, scope))
         else:
             from llmbatch._budget.sqlite_status import reset_scope
             from llmbatch._budget.windows import default_ledger_path

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Unpack
 
-import anyio
-
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.events import EventSink
 from llmbatch._core.exceptions import ConfigError, InputError, ResumeConflict, UsageError
+from llmbatch._core.loop import run_loop
 from llmbatch._engine.engine import ResultSink
 from llmbatch._engine.plan import BatchSeed, Plan, Planner
 from llmbatch._engine.sinks import OutputSink
@@ -162,7 +161,7 @@ def run_jobs(
     :raises InputError: invalid job lines (nothing was sent).
     :raises UsageError: bad settings, missing keys, resume conflicts (nothing was sent).
     """
-    return anyio.run(
+    return run_loop(
         lambda: run_jobs_async(
             config,
             progress=progress,
