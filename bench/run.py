@@ -364,6 +364,11 @@ def print_engine(engine: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    # The runs measured, not the compiler: where the environment forbids writing
+    # bytecode (this machine's shells do), every child, and each of the dozen Pythons a
+    # Ray start makes, would compile its modules anew (a cold --ray run: 10 s, not 3).
+    # `make bench` clears it too; this covers `python bench/run.py`.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     sections = chosen_sections()
     started = time.perf_counter()
     results: dict[str, Any] = {
