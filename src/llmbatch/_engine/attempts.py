@@ -91,7 +91,14 @@ class JobRunner:
             if answers.shareable(pj):
                 return await answers.single_flight(pj, lambda: self._run(pj, seed))
         if seed is None:  # the common case, one coroutine less
-            return await self._on_chain(Tally(pj), pj.chain, None)
+            chain = pj.chain
+            if len(chain) == 1:  # one model, no fallback: straight to its attempts
+                tally = Tally(pj)
+                outcome = await self._on_model(tally, chain[0], False)
+                if outcome is None:
+                    return tally.result(Status.FAILED, chain[0])
+                return None if outcome is NOT_WRITTEN else outcome  # type: ignore[return-value]
+            return await self._on_chain(Tally(pj), chain, None)
         return await self._run(pj, seed)
 
     async def _run(self, pj: PreparedJob, seed: BatchSeed | None) -> JobResult | None:
