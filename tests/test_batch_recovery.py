@@ -228,11 +228,11 @@ def test_an_ended_candidate_is_proven_by_its_custom_ids(
         async def no_recover(ctx: Any, chunk: Any) -> None:
             return None
 
-        monkeypatch.setattr("llmbatch._batch.submitter.recover_chunk", no_recover)
+        monkeypatch.setattr("llmbatch._batch.context.recover_chunk", no_recover)
         try:
             await submit(cfg, clock=clock, client_factory=factory)
         finally:
-            monkeypatch.setattr("llmbatch._batch.submitter.recover_chunk", real)
+            monkeypatch.setattr("llmbatch._batch.context.recover_chunk", real)
 
     with pytest.raises(ProviderTimeout):
         anyio.run(interrupted)

@@ -295,6 +295,46 @@ def test_a_chunk_never_sent_settles_to_nothing(tmp_path: Path) -> None:
     assert [(c.local, cost, tokens) for c, cost, tokens in state.to_settle()] == [("c1", 0, 0)]
 
 
+@pytest.mark.parametrize("embed", [False, True])
+async def test_a_create_that_reached_no_provider_is_abandoned_unsent(
+    tmp_path: Path, embed: bool
+) -> None:
+    """Chat and embedding submissions create their batches through one create_chunk: a
+    create refused before any connection leaves a chunk that settles to nothing."""
+    from dataclasses import dataclass
+
+    from llmbatch._batch.context import BatchContext, create_chunk
+    from llmbatch._core.exceptions import ProviderError
+
+    @dataclass
+    class Line:
+        row: dict[str, Any]
+        line: bytes
+        cost: float
+        tokens: int
+
+    class Unreachable:
+        async def create(self, key: str, lines: list[bytes]) -> Any:
+            err = ProviderError("connection refused")
+            err.nothing_sent = True
+            raise err
+
+    output = tmp_path / "out.jsonl"
+    state = BatchState.load(output, writable=True)
+    ctx = BatchContext(RunConfig(jobs=tmp_path / "j.jsonl", output=output), state, FakeClock())
+    booking = {"store": "sqlite", "path": str(tmp_path / "l"), "scope": "s", "id": "x"}
+    chunk = [Line({"cid": "c-0", "id": "a"}, b'{"x": 1}', 0.5, 10)]
+    with pytest.raises(ProviderError):
+        await create_chunk(
+            ctx, ModelRef("openai", OA), Unreachable(), chunk,  # type: ignore[arg-type]
+            price=None, nonce="n", booked=[booking],
+            extra={"inputs": 1, "embed": True} if embed else None,
+        )  # fmt: skip
+    [record] = BatchState.load(output).chunks.values()
+    assert (record.state, record.unsent, record.reserve_cost) == ("abandoned", True, 0.5)
+    assert [cost for _, cost, _ in BatchState.load(output).to_settle()] == [0.0]
+
+
 def test_a_redis_booking_waits_for_a_fetch_that_reaches_redis(
     fb: FakeBatch, tmp_path: Path, redis_server: RedisServer
 ) -> None:

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
 from llmbatch._config.settings import RunConfig
+from llmbatch._core.batch_price import price_to_json
 from llmbatch._core.batch_types import BatchClient, BatchInfo
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
 from llmbatch._core.exceptions import NotFound, ProviderError, UsageError
+from llmbatch._core.models import ModelRef
+from llmbatch._core.pricing import Price
 from llmbatch._io.batch_state import BatchState, Chunk
 from llmbatch._io.lock import OutputLock
 
@@ -255,6 +258,71 @@ def lose(ctx: BatchContext, chunk: Chunk, reason: str) -> None:
         "back to pending. If the provider ran it, it may have cost up to "
         f"${chunk.reserve_cost:.4f} (its worst case), never fetched here."
     )
+
+
+class ChunkLine(Protocol):
+    """One line of a chunk: what goes to the provider, and what fetch needs back."""
+
+    row: dict[str, Any]
+    line: bytes
+    cost: float
+    tokens: int
+
+
+async def create_chunk(
+    ctx: BatchContext,
+    ref: ModelRef,
+    client: BatchClient,
+    chunk: Sequence[ChunkLine],
+    *,
+    price: Price | None,
+    nonce: str,
+    booked: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """One chunk's jobs and intent written, then its batch created; its batch id.
+
+    A create that reached no provider is abandoned as unsent (its window bookings
+    free again: it cost nothing); one that may have (a timeout after the provider
+    took it) is looked for before giving up (``recover_chunk``). ``extra``: more
+    fields for the intent (an embedding chunk's input count)."""
+    state = ctx.state
+    local = state.new_local()
+    state.write_jobs(local, [p.row for p in chunk])
+    state.append(
+        {
+            "ev": "intent",
+            "local": local,
+            "provider": ref.provider,
+            "model": ref.model,
+            "count": len(chunk),
+            **(extra or {}),
+            "bytes": sum(len(p.line) for p in chunk),
+            "at": ctx.clock.time(),
+            "reserve_cost": sum(p.cost for p in chunk),
+            "reserve_tokens": sum(p.tokens for p in chunk),
+            "price": price_to_json(price),
+            "nonce": nonce,
+            **({"bookings": booked} if booked else {}),
+        }
+    )
+    record = state.chunks[local]
+    try:
+        info = await ctx.call(
+            client.create, state.key(record), [p.line for p in chunk], idempotent=False
+        )
+    except ProviderError as exc:
+        if exc.nothing_sent:  # no connection was made: nothing to find again
+            state.append(
+                {"ev": "abandoned", "local": local, "reason": "not sent: no connection",
+                 "unsent": True}
+            )  # fmt: skip
+            raise
+        if await recover_chunk(ctx, record) is None:
+            raise
+        return record.batch_id or ""
+    state.append(created_event(record, info))
+    return info.id
 
 
 def created_event(

@@ -27,14 +27,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from llmbatch._batch.context import BatchContext, ClientFactory, created_event, recover_chunk
+from llmbatch._batch.context import BatchContext, ClientFactory, create_chunk
 from llmbatch._batch.submitted import SubmitReport, SubmittedBatch
 from llmbatch._batch.windows import fit_windows
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
-from llmbatch._core.batch_price import batch_price, price_to_json
+from llmbatch._core.batch_price import batch_price
 from llmbatch._core.batch_types import BatchClient
 from llmbatch._core.embed import BATCH_INPUTS, EmbedCaps, EmbedJob, EmbedPack, encode_vector
-from llmbatch._core.exceptions import ProviderError, UsageError
+from llmbatch._core.exceptions import UsageError
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price, PriceBook, Rate
 from llmbatch._core.usage import Usage
@@ -294,45 +294,12 @@ class EmbedSubmitter:
     async def _create(
         self, ref: ModelRef, chunk: list[_Line], booked: list[dict[str, Any]]
     ) -> None:
-        ctx = self.ctx
-        state = ctx.state
-        client = ctx.client(ref.provider)
-        local = state.new_local()
-        state.write_jobs(local, [p.row for p in chunk])
         inputs = sum(p.inputs for p in chunk)
-        state.append(
-            {
-                "ev": "intent",
-                "local": local,
-                "provider": ref.provider,
-                "model": ref.model,
-                "count": len(chunk),
-                "inputs": inputs,
-                "embed": True,
-                "bytes": sum(len(p.line) for p in chunk),
-                "at": ctx.clock.time(),
-                "reserve_cost": sum(p.cost for p in chunk),
-                "reserve_tokens": sum(p.tokens for p in chunk),
-                "price": price_to_json(self.prices.get(ref)),
-                "nonce": self.nonce,
-                **({"bookings": booked} if booked else {}),
-            }
-        )
-        record = state.chunks[local]
-        try:
-            info = await ctx.call(
-                client.create, state.key(record), [p.line for p in chunk], idempotent=False
-            )
-        except ProviderError as exc:
-            if exc.nothing_sent:
-                state.append({"ev": "abandoned", "local": local, "reason": "not sent"})
-                raise
-            if await recover_chunk(ctx, record) is None:
-                raise
-            batch_id = record.batch_id or ""
-        else:
-            state.append(created_event(record, info))
-            batch_id = info.id
+        batch_id = await create_chunk(
+            self.ctx, ref, self.ctx.client(ref.provider), chunk,
+            price=self.prices.get(ref), nonce=self.nonce, booked=booked,
+            extra={"inputs": inputs, "embed": True},
+        )  # fmt: skip
         self.batches.append(SubmittedBatch(ref.provider, ref.model, batch_id, len(chunk)))
         self.jobs += sum(p.lines for p in chunk)
         self.inputs += inputs

@@ -12,16 +12,15 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from llmbatch._batch.context import BatchContext, created_event, recover_chunk
+from llmbatch._batch.context import BatchContext, create_chunk
 from llmbatch._batch.lines import custom_id, request_body
 from llmbatch._batch.repair import stored_request
 from llmbatch._batch.submitted import SubmittedBatch
 from llmbatch._batch.warmup import warms_group
 from llmbatch._batch.windows import fit_windows
 from llmbatch._budget.ledger import BudgetLedger, Hold, Refusal, RunBudget
-from llmbatch._core.batch_price import batch_price, price_to_json
+from llmbatch._core.batch_price import batch_price
 from llmbatch._core.batch_types import BatchClient
-from llmbatch._core.exceptions import ProviderError
 from llmbatch._core.jobs import LineError, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price
@@ -227,47 +226,9 @@ class Submitter:
         chunk: list[Pending],
         booked: list[dict[str, Any]],
     ) -> None:
-        state = self.ctx.state
-        local = state.new_local()
-        state.write_jobs(local, [p.row for p in chunk])
-        state.append(
-            {
-                "ev": "intent",
-                "local": local,
-                "provider": ref.provider,
-                "model": ref.model,
-                "count": len(chunk),
-                "bytes": sum(len(p.line) for p in chunk),
-                "at": self.ctx.clock.time(),
-                "reserve_cost": sum(p.cost for p in chunk),
-                "reserve_tokens": sum(p.tokens for p in chunk),
-                "price": price_to_json(self.prices.get(ref)),
-                "nonce": self.nonce,
-                **({"bookings": booked} if booked else {}),
-            }
-        )
-        record = state.chunks[local]
-        try:
-            info = await self.ctx.call(
-                client.create, state.key(record), [p.line for p in chunk], idempotent=False
-            )
-        except ProviderError as exc:
-            if exc.nothing_sent:  # no connection was made: nothing to find again
-                state.append(
-                    {
-                        "ev": "abandoned",
-                        "local": local,
-                        "reason": "not sent: no connection",
-                        "unsent": True,
-                    }
-                )
-                raise
-            # It may exist anyway (a timeout after the provider took it): look before giving up.
-            if await recover_chunk(self.ctx, record) is None:
-                raise
-            info_id = record.batch_id or ""
-        else:
-            state.append(created_event(record, info))
-            info_id = info.id
+        info_id = await create_chunk(
+            self.ctx, ref, client, chunk,
+            price=self.prices.get(ref), nonce=self.nonce, booked=booked,
+        )  # fmt: skip
         self.batches.append(SubmittedBatch(ref.provider, ref.model, info_id, len(chunk)))
         self.jobs += len(chunk)
