@@ -92,6 +92,9 @@ class _OwnKey(CacheKey):
     shared = False
 
 
+KEY_TYPES = (_SharedKey, _OwnKey)  # what a CacheKey is made as
+
+
 def _key(data: bytes, shared: bool) -> CacheKey:
     return (_SharedKey if shared else _OwnKey)(hashlib.sha256(data).digest()[:16])
 
