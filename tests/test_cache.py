@@ -469,3 +469,24 @@ def test_cache_stats_on_a_corrupt_file_says_so_and_clear_mends_it(tmp_path: Path
     assert res.exit_code == 0
     path.write_bytes(b"garbage" * 1000)
     assert clear_cache(path) == 7000 and not path.exists()  # the library's own call
+
+
+def test_hits_are_written_as_the_run_goes_not_only_at_close(tmp_path: Path) -> None:
+    """A rerun answered from the cache records its hits a batch at a time, as stores are
+    written: memory stays flat, and a killed run keeps most of its hits counted."""
+    path = tmp_path / "c.sqlite"
+    now = [100.0]
+    cache = ResponseCache(path, clock=lambda: now[0])
+    for i in range(3):
+        cache.store(f"k{i}", answer())
+    cache.flush()
+    assert cache.lookup("k0") is not None and cache.lookup("k1") is not None
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT sum(hits) FROM answers").fetchone()[0] == 0  # kept for now
+    now[0] += 2.0  # a second later: the next hit writes what was kept
+    assert cache.lookup("k2") is not None
+    with sqlite3.connect(path) as db:
+        rows = dict(db.execute("SELECT key, hits FROM answers").fetchall())
+        used = {u for (u,) in db.execute("SELECT used FROM answers")}
+    assert sorted(rows.values()) == [1, 1, 1] and used == {100.0, 102.0}
+    cache.close()

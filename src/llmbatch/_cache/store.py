@@ -68,7 +68,7 @@ class ResponseCache:
         self._saved = 0.0
         self._stores = 0
         # Keys are kept as the file stores them (``stored_key``: a CacheKey is that already).
-        self._used: dict[bytes, float] = {}  # keys hit this run → when (written on close)
+        self._used: dict[bytes, float] = {}  # keys hit since the last write → when
         # Answers not yet written, as their rows: one transaction per batch, not per answer.
         self._pending: dict[bytes, tuple[bytes, float, float | None, bytes, bool | None]] = {}
         self._pending_bytes = 0
@@ -167,11 +167,16 @@ class ResponseCache:
         if row is None:
             return None
         found: CachedAnswer | None = None
+        due = False
         with self._guard("lookup"):
             found = CachedAnswer.from_json(row[0], row[1])
             self._hits += 1
             self._saved += found.cost_usd or 0.0
-            self._used[k] = self._now()
+            now = self._used[k] = self._now()
+            # A run of hits keeps no more in memory than a run of stores.
+            due = len(self._used) >= _STORE_BATCH or now - self._last_write >= 1.0
+        if due:
+            self.flush()
         return found
 
     def store(self, key: str | bytes, answer: CachedAnswer) -> None:
@@ -200,39 +205,35 @@ class ResponseCache:
             self.flush()
 
     def flush(self) -> None:
-        """Write the answers kept since the last write, in one transaction."""
+        """Write the answers kept and the hits counted since the last write (when, for
+        ``cache stats`` and ``prune``), in one transaction."""
         with self._guard("store"):
             self._last_write = self._now()
-            if self._db is None or not self._pending:
+            db = self._db
+            if db is None or not (self._pending or self._used):
                 return
             rows = list(self._pending.values())
             self._pending.clear()
             self._pending_bytes = 0
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, value, "
-                "shared) VALUES (?1, ?2, ?2, 0, ?3, ?4, ?5)",
-                rows,
-            )
-            self._db.execute("COMMIT")
+            used = [(when, key) for key, when in self._used.items()]
+            self._used.clear()
+            db.execute("BEGIN IMMEDIATE")
+            if rows:
+                db.executemany(
+                    "INSERT OR REPLACE INTO answers (key, created, used, hits, cost_usd, "
+                    "value, shared) VALUES (?1, ?2, ?2, 0, ?3, ?4, ?5)",
+                    rows,
+                )
+            if used:
+                db.executemany("UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?", used)
+            db.execute("COMMIT")
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(self._hits, self._saved, self._stores, self.warning)
 
     def close(self) -> None:
-        """Record this run's hits (for ``cache stats`` and ``prune``), then let go of the file."""
+        """Write what is kept (answers, hits), then let go of the file."""
         self.flush()
-        with self._guard("close"):
-            if self._db is None:
-                return
-            if self._used:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(
-                    "UPDATE answers SET used = ?, hits = hits + 1 WHERE key = ?",
-                    [(when, key) for key, when in self._used.items()],
-                )
-                self._db.execute("COMMIT")
-                self._used.clear()
         db, self._db = self._db, None
         if db is not None:
             db.close()

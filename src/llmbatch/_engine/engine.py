@@ -48,6 +48,8 @@ from llmbatch._limits.ratelimit import RateLimiter
 from llmbatch.providers._base import Provider
 
 _PREFETCH = 256  # jobs looked up in the response cache at once
+_TURN = 64  # jobs a worker runs at most before the loop turns
+_WRITE_AT = 1024  # results kept for one write at most
 
 
 class ResultSink(Protocol):
@@ -172,6 +174,7 @@ class Engine:
         run = self.runner.run
         gates = self.services.gates
         known: list[ModelRef] | None = None  # the last chain with limits (chains are shared)
+        turn = 0
         for pj in jobs:
             if stopper.stopping:
                 return  # not run: stays resumable
@@ -183,14 +186,23 @@ class Engine:
             result = await run(pj)
             if result is not None:
                 self._keep(result)
+            turn += 1
+            if turn == _TURN:
+                # Jobs answered at once (cache hits) never wait: the loop still turns, so
+                # results are written, a signal is heard and the progress drawn.
+                turn = 0
+                await asyncio.sleep(0)
 
     def _keep(self, result: JobResult) -> None:
         buffer = self._buffer
         buffer.append(result)
-        if len(buffer) == 1 and self._loop is not None:
+        n = len(buffer)
+        if n == 1 and self._loop is not None:
             # Written once this turn of the loop is over: everything that finished in it
             # goes in one write(), before any new request is sent.
             self._loop.call_soon(self._flush)
+        elif n >= _WRITE_AT:  # a turn of cache hits: written as it goes, memory flat
+            self._flush()
 
     def _flush(self) -> None:
         batch = self._buffer
