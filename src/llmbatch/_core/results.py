@@ -132,7 +132,10 @@ class JobResult:
             line["batch"] = self.batch
         if self.prefix_group:
             line["prefix_group"] = self.prefix_group
-        return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        try:  # str keys: orjson's fast path (a third of the encoding)
+            return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:  # a key that is not exactly str (an enum, a number in metadata)
+            return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
 
     @classmethod
     def from_written(cls, d: dict[str, Any]) -> JobResult:

@@ -22,9 +22,12 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
     A UTF-8 byte order mark before the first line (spreadsheet exports) is dropped.
     """
-    for lineno, raw in enumerate(stream, 1):
-        if lineno == 1:
-            raw = raw.removeprefix(b"\xef\xbb\xbf")
+    first = stream.readline().removeprefix(b"\xef\xbb\xbf")
+    if not first:
+        return
+    if first.strip():
+        yield 1, first
+    for lineno, raw in enumerate(stream, 2):
         if raw.strip():
             yield lineno, raw
 
@@ -71,13 +74,14 @@ def validate_file(
     summary = ValidationSummary(display)
     seen: set[int] = set()
     duplicate_ids: set[str] = set()
+    parse, problems = parser.parse, summary.problems
+    lines = valid = lineno = 0
     for lineno, raw in job_records(path, columns):
-        summary.lines += 1
-        summary.last_line = lineno
+        lines += 1
         try:
-            job = parser.parse(raw, lineno)
+            job = parse(raw, lineno)
         except LineError as exc:
-            summary.problems.append(LineProblem(display, lineno, str(exc)))
+            problems.append(LineProblem(display, lineno, str(exc)))
             continue
         key = hash(job.id)
         if key in seen:
@@ -86,9 +90,10 @@ def validate_file(
         seen.add(key)
         problem = on_job(job) if on_job is not None else None
         if problem is not None:
-            summary.problems.append(LineProblem(display, lineno, problem))
+            problems.append(LineProblem(display, lineno, problem))
         else:
-            summary.valid += 1
+            valid += 1
+    summary.lines, summary.valid, summary.last_line = lines, valid, lineno
     if duplicate_ids:
         # Rare: a second, cheap pass finds where each repeated id first stood.
         _report_duplicates(path, parser, display, duplicate_ids, summary, columns)

@@ -17,6 +17,7 @@ from llmbatch._core.pricing import PriceBook
 from llmbatch._core.results import JobResult
 
 _BUCKETS_PER_E = 100  # bucket width: 1% in value
+_log1p = math.log1p
 
 
 class Histogram:
@@ -31,8 +32,11 @@ class Histogram:
         self.max = 0.0
 
     def add(self, value: float) -> None:
-        value = max(0.0, value)
-        self.buckets[int(math.log1p(value) * _BUCKETS_PER_E)] += 1
+        if value < 0.0:
+            value = 0.0
+        buckets = self.buckets
+        bucket = int(_log1p(value) * _BUCKETS_PER_E)
+        buckets[bucket] = buckets.get(bucket, 0) + 1
         self.count += 1
         self.total += value
         if value > self.max:
@@ -206,10 +210,16 @@ class RunStats:
             self.errors[f.outcome] += 1
         m = self._model(f.provider, f.model)
         m.attempts += 1
-        self._spend(m, f"{f.provider}:{f.model}", f.input_tokens, f.output_tokens, f.cost_usd)
+        self._spend(m, f.provider, f.model, f.input_tokens, f.output_tokens, f.cost_usd)
 
     def _spend(
-        self, m: ModelStats, key: str, input_tokens: int, output_tokens: int, cost: float | None
+        self,
+        m: ModelStats,
+        provider: str | None,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        cost: float | None,
     ) -> None:
         self.input_tokens += input_tokens
         self.output_tokens += output_tokens
@@ -218,7 +228,7 @@ class RunStats:
         if cost is None:
             if input_tokens or output_tokens:
                 m.priced = False
-                self.unpriced_models.add(key)
+                self.unpriced_models.add(f"{provider}:{model}" if provider else "(none)")
         else:
             self.cost_usd += cost
             m.cost_usd += cost
@@ -262,13 +272,12 @@ class RunStats:
         """A result line's attempts and spend (``add`` counts the rest): for results read
         back, or run elsewhere (``run --ray``'s workers)."""
         m = self._model(r.provider, r.model)
-        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
         self.attempts += r.attempts
         m.attempts += r.attempts
         for kind, n in r.attempt_errors.items():
             self.errors[kind] += n
         u = r.usage
-        self._spend(m, key, u.input_tokens, u.output_tokens, r.cost_usd)
+        self._spend(m, r.provider, r.model, u.input_tokens, u.output_tokens, r.cost_usd)
 
     def _prompt_cache(self, r: JobResult) -> None:
         u = r.usage
