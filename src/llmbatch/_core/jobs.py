@@ -121,24 +121,30 @@ class JobParser:
         if prompt is not None and messages is not None:
             raise LineError('give "prompt" or "messages", not both')
         if messages is None:
-            if not isinstance(prompt, str) or not prompt.strip():
+            if not isinstance(prompt, str) or not prompt or prompt.isspace():
                 raise LineError('"prompt" must be a non-empty string')
             messages = [{"role": "user", "content": prompt}]
         else:
             messages = _check_messages(messages)
-        system = obj.get("system")
-        if system is not None and not isinstance(system, str | list):
+        get = obj.get
+        system = get("system")
+        if system is not None and not isinstance(system, (str, list)):
             raise LineError('"system" must be a string or a list of content blocks')
-        request = Request(
-            messages=messages,
-            system=system,
-            model=self._model(obj.get("model")),
-            max_tokens=_max_tokens(obj.get("max_tokens")),
-            temperature=_temperature(obj.get("temperature")),
-            schema=_schema(obj.get("schema")),
-            fallback=self._fallback(obj.get("fallback")),
-        )
-        return Job(job_id_field(obj.get("id"), lineno), lineno, request, obj.get("metadata"))
+        # Most lines give none of these: a call each only for those they give.
+        model = max_tokens = temperature = schema = fallback = None
+        if (value := get("model")) is not None:
+            model = self._model(value)
+        if (value := get("max_tokens")) is not None:
+            max_tokens = _max_tokens(value)
+        if (value := get("temperature")) is not None:
+            temperature = _temperature(value)
+        if (value := get("schema")) is not None:
+            schema = _schema(value)
+        if (value := get("fallback")) is not None:
+            fallback = self._fallback(value)
+        # Request's first seven fields, in order (positional: a third cheaper than by name).
+        request = Request(messages, system, model, max_tokens, temperature, schema, fallback)
+        return Job(job_id_field(get("id"), lineno), lineno, request, get("metadata"))
 
     def _record(self, obj: dict[str, Any], lineno: int) -> Job:
         assert self.template is not None
@@ -264,9 +270,11 @@ def model_field(spec: Any, providers: Collection[str]) -> ModelRef | None:
 
 def job_id_field(value: Any, lineno: int) -> str:
     """A line's id (``line-N`` when it has none), as every job shape reads it."""
+    if type(value) is str and value:  # the usual id: as it is
+        return value
     if value is None:
         return f"line-{lineno}"
-    if isinstance(value, bool) or not isinstance(value, str | int):
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise LineError("the job id must be a string or an integer")
     text = str(value)
     if not text:
@@ -310,6 +318,12 @@ def estimate_input_tokens(request: Request, *, conservative: bool = False) -> in
     """
     # Runs a few times per attempt: a plain loop, no intermediate lists.
     messages = request.messages
+    if request.system is None and len(messages) == 1:
+        content = messages[0].get("content")
+        if type(content) is str:  # one prompt, the usual job: the same counts, sooner
+            if conservative:
+                return (len(content) if content.isascii() else len(content.encode())) + 12
+            return max(1, -(-len(content) // 4) + 12)
     overhead = 4 * len(messages) + 8
     if conservative:
         size = _byte_len(request.system)

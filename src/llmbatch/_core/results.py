@@ -110,8 +110,8 @@ class JobResult:
             "model": self.model,
             "usage": self.usage.to_dict(),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
-            "latency_ms": _ms(self.latency_ms),
-            "ttft_ms": _ms(self.ttft_ms),
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 1),
+            "ttft_ms": None if self.ttft_ms is None else round(self.ttft_ms, 1),
             "attempts": self.attempts,
             "error": None if self.error is None else self.error.to_dict(),
             "metadata": self.metadata,
@@ -255,10 +255,6 @@ def usage_of(value: Any) -> Usage:
         _count(value.get("cache_write_1h_tokens")),
         _count(value.get("reasoning_tokens")),
     )
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 # -- the writer -----------------------------------------------------------------------

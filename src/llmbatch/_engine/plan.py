@@ -185,10 +185,10 @@ class Planner:
             request.schema = cfg.schema
         fp = request.fingerprint = fingerprint(model, request)
         pj = PreparedJob(job, request, chain, fp)
-        if self.last_plan is not None:  # the groups are counted: each job takes its own
+        if self.last_plan is not None and (cands := self.prefix_candidates(model, request)):
+            # The groups are counted: each job takes its own.
             settings = cfg.providers[model.provider]
             routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
-            cands = self.prefix_candidates(model, request)
             chosen = self.prefixes.choose(cands, settings.kind, model.model, job.id, routed)
             if chosen is not None and chosen.mark and settings.kind == "gemini":
                 chosen = self._gemini_explicit(model, chosen)

@@ -51,7 +51,7 @@ class FileSource:
 
     def lines(self) -> Iterator[tuple[int, bytes, Job]]:
         """(line number, raw line, job) of each job to run: what ``__iter__`` prepares."""
-        done = self.existing.done if self.existing else None
+        done = self.existing.done if self.existing and len(self.existing.done) else None
         plan, planner = self.plan, self.planner
         invalid, last_line = plan.invalid_lines, plan.last_line
         parse, owns = planner.parser.parse, planner.owns

@@ -118,13 +118,9 @@ class SimProvider:
         else:
             total = await self._sleep(1.0, time_limit)
         latency_ms = (time.perf_counter() - started) * 1000
-        return Answer(
-            text=text,
-            usage=Usage(input_tokens=in_tokens, output_tokens=out_tokens),
-            stop_reason=stop_reason,
-            latency_ms=latency_ms,
-            ttft_ms=min(total * 0.3, latency_ms),
-        )
+        # Answer(text, usage, stop_reason, latency_ms, ttft_ms), by position.
+        usage = Usage(in_tokens, out_tokens)
+        return Answer(text, usage, stop_reason, latency_ms, min(total * 0.3, latency_ms))
 
     def _seed(self, model: str, request: Request) -> int:
         """The answer's seed: the plan's fingerprint of the request (a repair turn, which
