@@ -176,6 +176,27 @@ def test_a_utf8_bom_before_the_first_line_is_accepted(tmp_path: Path) -> None:
     assert cfg.schema == {"type": "object"} and cfg.model == ModelRef("sim", "m")
 
 
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"", []),
+        (b"\xef\xbb\xbf", []),
+        (b"\n \t\r\n\x0b\x0c\n", []),
+        (b"\xef\xbb\xbf\n{}\n", [(2, b"{}\n")]),
+        (b"\xef\xbb\xbf{}", [(1, b"{}")]),
+        (b'{"a": 1}\r\n\r\n  \n{"b": 2}', [(1, b'{"a": 1}\r\n'), (4, b'{"b": 2}')]),
+    ],
+)
+def test_lines_keep_their_numbers_past_blank_ones_and_a_bom(
+    data: bytes, expected: list[tuple[int, bytes]]
+) -> None:
+    import io
+
+    from llmbatch._io.jobfile import iter_lines
+
+    assert list(iter_lines(io.BytesIO(data))) == expected
+
+
 def test_a_null_template_field_is_called_null_not_missing() -> None:
     parser = JobParser(template=Template("Q: {q} ({meta.lang})"))
     with pytest.raises(LineError, match=r"template field \{q\} is null in this record"):

@@ -91,7 +91,12 @@ class AnswerCache:
 
     def shareable(self, pj: PreparedJob) -> bool:
         """Whether the job's answer is shared across ids (so in-flight twins may wait)."""
-        return self.on and bool(getattr(self.key(pj, pj.chain[0]), "shared", False))
+        if not self.on:
+            return False
+        key = pj.cache_key  # made by hit() (or prefetch) already, as a rule
+        if key is None:
+            key = self.key(pj, pj.chain[0])
+        return bool(getattr(key, "shared", False))
 
     async def single_flight(
         self, pj: PreparedJob, ask: Callable[[], Awaitable[JobResult | None]]
