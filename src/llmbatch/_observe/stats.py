@@ -174,6 +174,10 @@ class RunStats:
     prefix_groups: dict[str, PrefixGroupStats] = field(default_factory=dict)
     prompt_cache_saved_usd: float = 0.0
     prompt_cache_premium_usd: float = 0.0
+    # ``by_model``'s entries by (provider, model): found without formatting the key.
+    _pairs: dict[tuple[str | None, str | None], ModelStats] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def done(self) -> int:
@@ -187,10 +191,14 @@ class RunStats:
             self.count_job(event.ts, event.result)
 
     def _model(self, provider: str | None, model: str | None) -> ModelStats:
+        m = self._pairs.get((provider, model))
+        if m is not None:
+            return m
         key = f"{provider}:{model}" if provider else "(none)"
         m = self.by_model.get(key)
         if m is None:
             m = self.by_model[key] = ModelStats()
+        self._pairs[provider, model] = m
         return m
 
     def add_attempt(self, e: AttemptEnded) -> None:
@@ -236,30 +244,34 @@ class RunStats:
     def add(self, r: JobResult, *, with_attempts: bool = True) -> None:
         """One result line; ``with_attempts``: also count its attempts and spend (when
         reading a results file; a live run counts those from its attempt events)."""
-        if r.status == "ok":
+        ok = r.status == "ok"
+        if ok:
             self.ok += 1
         else:
             self.failed += 1
             if r.error:
                 self.failures[r.error.type] += 1
         u = r.usage
-        self.cache_read_tokens += u.cache_read_tokens
-        self.cache_write_tokens += u.cache_write_tokens
-        self._prompt_cache(r)
-        self.repairs += r.repairs
-        if r.repairs and r.status == "ok":
-            self.repaired_jobs += 1  # repaired = made valid by a re-ask; not "re-asked in vain"
+        if u.cache_read_tokens or u.cache_write_tokens or r.prefix_group is not None:
+            self.cache_read_tokens += u.cache_read_tokens
+            self.cache_write_tokens += u.cache_write_tokens
+            self._prompt_cache(r)
+        if r.repairs:
+            self.repairs += r.repairs
+            if ok:
+                self.repaired_jobs += 1  # made valid by a re-ask; not "re-asked in vain"
         self.fallbacks += r.fallbacks
         if r.cache and r.cache.get("hit"):
             self.cache_hits += 1
             self.cache_saved_usd += float(r.cache.get("saved_usd") or 0.0)
-        if r.latency_ms is not None and r.status == "ok":
-            self.latency.add(r.latency_ms)
-        if r.ttft_ms is not None and r.status == "ok":
-            self.ttft.add(r.ttft_ms)
+        if ok:
+            if r.latency_ms is not None:
+                self.latency.add(r.latency_ms)
+            if r.ttft_ms is not None:
+                self.ttft.add(r.ttft_ms)
         m = self._model(r.provider, r.model)
         m.jobs += 1
-        if r.status == "ok":
+        if ok:
             m.ok += 1
         else:
             m.failed += 1
