@@ -126,6 +126,9 @@ def engine_row(
     results = tmp / f"engine-{n}.results.jsonl"
     cache_file = tmp / f"engine-{n}.cache.sqlite"
     flags = ["--cache", str(cache_file)] if cache else ["--no-cache"]
+    # The last run's writes (a cache file is ~200 MB at 200k) go to disk first: the
+    # kernel would otherwise charge their writeback to this run's system time.
+    os.sync()
     m = child(
         llmbatch_run(jobs, "sim:claude-haiku-4-5", results, "-c", "256", *flags),
         {"LLMBATCH_SIM_LATENCY_MS": "0", **env},
