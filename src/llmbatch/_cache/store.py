@@ -150,7 +150,7 @@ class ResponseCache:
         db = self._db
         if db is None:
             return None
-        k = stored_key(key)
+        k = key if isinstance(key, bytes) else stored_key(key)  # a CacheKey: as it is
         pending = self._pending.get(k)
         if pending is not None:
             row: tuple[bytes, float] | None = (pending[3], pending[1])
@@ -191,7 +191,7 @@ class ResponseCache:
         """
         if self._db is None:
             return
-        k = stored_key(key)
+        k = key if isinstance(key, bytes) else stored_key(key)
         now = self._now()
         pending = self._pending
         pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))

@@ -248,7 +248,7 @@ class Planner:
         plan = Plan()
         self.last_plan = None
         self.prefixes = self._prefix_groups()
-        done = self.existing.done if self.existing else None
+        done = self.existing.done if self.existing and len(self.existing.done) else None
         limit_line = 0
 
         seen_chains: set[int] = set()
