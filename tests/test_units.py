@@ -331,3 +331,21 @@ def test_anthropic_hint_takes_the_scarcest_token_count() -> None:
     assert hint is not None and hint.requests_limit == 4000
     assert hint.tokens_remaining == 0
     assert hint.tokens_reset_s is not None and 15 < hint.tokens_reset_s <= 21
+
+
+@pytest.mark.parametrize(
+    "text", ["", "a", "Question 7: what is 7 + 7?", "x" * 1001, "héllo wörld", "日本語" * 50]
+)
+def test_a_one_prompt_request_is_estimated_as_the_general_count_says(text: str) -> None:
+    """The one-prompt shortcut of ``estimate_input_tokens`` gives the general loop's
+    figures: four characters a token (or UTF-8 bytes, conservatively) plus 12."""
+    import math
+
+    from llmbatch._core.jobs import Request, estimate_input_tokens
+
+    one = Request(messages=[{"role": "user", "content": text}])
+    # The same request as the general loop sees it: a content list of one text block.
+    blocks = Request(messages=[{"role": "user", "content": [{"type": "text", "text": text}]}])
+    assert estimate_input_tokens(one) == estimate_input_tokens(blocks)
+    assert estimate_input_tokens(one) == max(1, math.ceil(len(text) / 4) + 12)
+    assert estimate_input_tokens(one, conservative=True) == len(text.encode()) + 12
