@@ -349,3 +349,23 @@ def test_a_one_prompt_request_is_estimated_as_the_general_count_says(text: str) 
     assert estimate_input_tokens(one) == estimate_input_tokens(blocks)
     assert estimate_input_tokens(one) == max(1, math.ceil(len(text) / 4) + 12)
     assert estimate_input_tokens(one, conservative=True) == len(text.encode()) + 12
+
+
+@pytest.mark.parametrize("cap", [None, 1.0])
+def test_an_attempt_s_spend_is_counted_with_or_without_a_cap(cap: float | None) -> None:
+    """With no cap anywhere an attempt holds nothing, but what it spent is still the
+    run's: resume, ``--ray``'s split and the report read it."""
+    from llmbatch._budget.context import Budgets, Stopper
+    from llmbatch._budget.ledger import RunBudget
+    from llmbatch._core.clock import SYSTEM_CLOCK
+
+    run = RunBudget(max_cost=cap)
+    budgets = Budgets([run], SYSTEM_CLOCK, Stopper())
+    for cost in (0.25, 0.125):
+        held = budgets.reserve_now(0.5, 100)
+        assert held is not None and budgets.in_flight == 1
+        assert run.reserved_cost == (0.5 if cap else 0.0)  # a cap holds the worst case
+        held.spend(cost, 10)
+        assert budgets.settle_now(held)
+    assert (run.spent_cost, run.spent_tokens, budgets.in_flight) == (0.375, 20, 0)
+    assert run.reserved_cost == 0.0 and run.holds == 0

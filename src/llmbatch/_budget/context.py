@@ -48,6 +48,9 @@ class Stopper:
                 self._waits.discard(scope)
 
 
+_NOTHING_HELD: list[tuple[BudgetLedger, Hold]] = []  # never changed: shared by every Held
+
+
 @dataclass(slots=True)
 class Held:
     """Room held in every ledger for one attempt; ``spend`` books what it really cost."""
@@ -75,15 +78,21 @@ class Budgets:
     _settled: anyio.Event | None = None  # made on the event loop, when first awaited
     # Every ledger answers without awaiting (the run's own caps): the fast path holds.
     _sync: bool | None = None
+    # The one ledger is the run's own, with no cap: nothing to hold, only spend to count.
+    _counting: RunBudget | None = None
 
     def _all_sync(self) -> bool:
         if self._sync is None:
             self._sync = all(isinstance(ledger, RunBudget) for ledger in self.ledgers)
+            only = self.ledgers[0] if len(self.ledgers) == 1 else None
+            plain = isinstance(only, RunBudget) and not only.capped
+            self._counting = only if plain else None  # type: ignore[assignment]
         return self._sync
 
     def add(self, ledgers: list[BudgetLedger]) -> None:
         self.ledgers.extend(ledgers)
         self._sync = None
+        self._counting = None
 
     def reserve_now(self, cost: float, tokens: int) -> Held | None:
         """Hold room without awaiting when every ledger is in-process and has room.
@@ -92,6 +101,9 @@ class Budgets:
         """
         if not self._all_sync():
             return None
+        if self._counting is not None:  # no cap anywhere: nothing to hold
+            self.in_flight += 1
+            return Held(_NOTHING_HELD, cost, tokens)
         holds: list[tuple[BudgetLedger, Hold]] = []
         for ledger in self.ledgers:
             answer = ledger.reserve_now(cost, tokens)  # type: ignore[attr-defined]
@@ -108,10 +120,20 @@ class Budgets:
         if not self._all_sync():
             return False
         cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
+        if held.holds is _NOTHING_HELD:
+            self._count_spent(cost, tokens)
+            self._settled_one()
+            return True
         for ledger, hold in held.holds:
             ledger.settle_now(hold, cost, tokens)  # type: ignore[attr-defined]
         self._settled_one()
         return True
+
+    def _count_spent(self, cost: float, tokens: int) -> None:
+        """What an attempt that held nothing (no cap anywhere) spent, in the run's ledger."""
+        run = self._counting or next(x for x in self.ledgers if isinstance(x, RunBudget))
+        run.spent_cost += cost
+        run.spent_tokens += tokens
 
     def _settled_one(self) -> None:
         self.in_flight -= 1
@@ -183,6 +205,8 @@ class Budgets:
     async def settle(self, held: Held) -> None:
         # Unknown outcome (cancelled mid-request): count the worst case, never less.
         cost, tokens = held.spent if held.spent is not None else (held.cost, held.tokens)
+        if held.holds is _NOTHING_HELD:
+            self._count_spent(cost, tokens)
         with anyio.CancelScope(shield=True):
             for ledger, hold in held.holds:
                 if isinstance(ledger, RunBudget):
