@@ -190,9 +190,11 @@ class ModelGate:
     def settle(self, reserved_in: int, reserved_out: int, real_in: int, real_out: int) -> None:
         """Correct token reservations with what the provider counted (once per attempt)."""
         self._settled += 1
-        self.tokens.correct((real_in + real_out) - (reserved_in + reserved_out))
-        self.input_tokens.correct(real_in - reserved_in)
-        self.output_tokens.correct(real_out - reserved_out)
+        tokens, inputs, outputs = self.tokens, self.input_tokens, self.output_tokens
+        if tokens.rate or inputs.rate or outputs.rate:  # only a token pace books tokens
+            tokens.correct((real_in + real_out) - (reserved_in + reserved_out))
+            inputs.correct(real_in - reserved_in)
+            outputs.correct(real_out - reserved_out)
 
     def on_success(self, hint: RateLimitHint | None) -> None:
         if hint is not None:
