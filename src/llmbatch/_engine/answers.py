@@ -36,10 +36,10 @@ class AnswerCache:
     clock: Clock
     bus: EventBus
     _flights: dict[str | bytes, anyio.Event] = field(default_factory=dict)  # shareable, in flight
+    on: bool = field(init=False)  # a cache and a way to key it: asked twice a job
 
-    @property
-    def on(self) -> bool:
-        return self.cache is not None and self.key_of is not None
+    def __post_init__(self) -> None:
+        self.on = self.cache is not None and self.key_of is not None
 
     def key(self, pj: PreparedJob, ref: ModelRef) -> str | bytes:
         """The cache key of the job's own question to ``ref``, computed once."""
