@@ -369,3 +369,13 @@ def test_an_attempt_s_spend_is_counted_with_or_without_a_cap(cap: float | None) 
         assert budgets.settle_now(held)
     assert (run.spent_cost, run.spent_tokens, budgets.in_flight) == (0.375, 20, 0)
     assert run.reserved_cost == 0.0 and run.holds == 0
+
+
+def test_a_histogram_counts_negative_and_nan_values_as_zero() -> None:
+    from llmbatch._observe.stats import Histogram
+
+    h = Histogram()
+    for value in (float("nan"), -1.0, 0.0, 2.5):
+        h.add(value)
+    assert (h.count, h.total, h.max) == (4, 2.5, 2.5)
+    assert h.buckets[0] == 3 and h.percentile(50) < 0.01  # the first bucket's middle

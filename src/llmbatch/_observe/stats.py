@@ -32,7 +32,7 @@ class Histogram:
         self.max = 0.0
 
     def add(self, value: float) -> None:
-        if value < 0.0:
+        if not value > 0.0:  # negative, zero or NaN: counted as 0, as max(0.0, value) did
             value = 0.0
         buckets = self.buckets
         bucket = int(_log1p(value) * _BUCKETS_PER_E)
