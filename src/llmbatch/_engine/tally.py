@@ -50,26 +50,38 @@ class Tally:
     def failed_attempt(self, error_type: str) -> None:
         self.errors[error_type] = self.errors.get(error_type, 0) + 1
 
-    def result(self, status: Status, ref: ModelRef, **kw: Any) -> JobResult:
-        """The job's result line (the tally is done with: its counts go in as they are)."""
+    def result(
+        self,
+        status: Status,
+        ref: ModelRef,
+        *,
+        error: ResultError | None = None,
+        output: str | None = None,
+    ) -> JobResult:
+        """The result line of a job that got no usable answer (``answered`` for one that
+        did); a failed one keeps the last error and text unless ``error``/``output`` say
+        otherwise. The tally is done with: its counts go in as they are."""
         job = self.pj.job
         failed = status is Status.FAILED
+        if failed:
+            error = error if error is not None else self.last_error
+            output = output if output is not None else self.last_text
         return JobResult(
             id=job.id,
             status=status,
-            output=kw.get("output", self.last_text if failed else None),
-            parsed=kw.get("parsed"),
+            output=output,
+            parsed=None,
             provider=ref.provider,
             model=ref.model,
             usage=self.usage,
             cost_usd=self.cost,
-            latency_ms=kw.get("latency_ms"),
-            ttft_ms=kw.get("ttft_ms"),
+            latency_ms=None,
+            ttft_ms=None,
             attempts=self.attempts,
-            error=kw.get("error", self.last_error if failed else None),
+            error=error,
             metadata=job.metadata,
             input=job.input,
-            stop_reason=kw.get("stop_reason"),
+            stop_reason=None,
             fingerprint=self.pj.fingerprint,
             attempt_errors=self.errors,
             repairs=self.repairs,
