@@ -173,8 +173,7 @@ class ResponseCache:
             self._hits += 1
             self._saved += found.cost_usd or 0.0
             now = self._used[k] = self._now()
-            # A run of hits keeps no more in memory than a run of stores.
-            due = len(self._used) >= _STORE_BATCH or now - self._last_write >= 1.0
+            due = self._due(now)  # a run of hits keeps no more in memory than one of stores
         if due:
             self.flush()
         return found
@@ -197,12 +196,18 @@ class ResponseCache:
         pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))
         self._stores += 1
         self._pending_bytes += len(value)
-        if (
-            len(pending) >= _STORE_BATCH
+        if self._due(now):
+            self.flush()
+
+    def _due(self, now: float) -> bool:
+        """Whether what is kept goes to the file now: a batch of answers or of hits,
+        8 MB of answers, or a second since the last write."""
+        return (
+            len(self._pending) >= _STORE_BATCH
+            or len(self._used) >= _STORE_BATCH
             or self._pending_bytes >= _STORE_BYTES
             or now - self._last_write >= 1.0
-        ):
-            self.flush()
+        )
 
     def flush(self) -> None:
         """Write the answers kept and the hits counted since the last write (when, for
