@@ -20,6 +20,11 @@ _BUCKETS_PER_E = 100  # bucket width: 1% in value
 _log1p = math.log1p
 
 
+def _model_key(provider: str | None, model: str | None) -> str:
+    """A model's name in ``by_model`` and ``unpriced_models``: ``provider:model``."""
+    return f"{provider}:{model}" if provider else "(none)"
+
+
 class Histogram:
     """Counts of non-negative values in log buckets; exact count, sum and max."""
 
@@ -194,7 +199,7 @@ class RunStats:
         m = self._pairs.get((provider, model))
         if m is not None:
             return m
-        key = f"{provider}:{model}" if provider else "(none)"
+        key = _model_key(provider, model)
         m = self.by_model.get(key)
         if m is None:
             m = self.by_model[key] = ModelStats()
@@ -236,7 +241,7 @@ class RunStats:
         if cost is None:
             if input_tokens or output_tokens:
                 m.priced = False
-                self.unpriced_models.add(f"{provider}:{model}" if provider else "(none)")
+                self.unpriced_models.add(_model_key(provider, model))
         else:
             self.cost_usd += cost
             m.cost_usd += cost
@@ -342,7 +347,7 @@ class RunStats:
             self.failures[r.error.type] -= 1
             if self.failures[r.error.type] <= 0:
                 del self.failures[r.error.type]
-        key = f"{r.provider}:{r.model}" if r.provider else "(none)"
+        key = _model_key(r.provider, r.model)
         m = self.by_model.get(key)
         if m is not None:
             m.jobs -= 1
