@@ -22,13 +22,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
     A UTF-8 byte order mark before the first line (spreadsheet exports) is dropped.
     """
-    first = stream.readline().removeprefix(b"\xef\xbb\xbf")
-    if not first:
-        return
-    if not first.isspace():
-        yield 1, first
-    for lineno, raw in enumerate(stream, 2):
-        if not raw.isspace():  # a blank line (what strip() would empty), without a copy
+    for lineno, raw in enumerate(stream, 1):
+        if lineno == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        if raw and not raw.isspace():  # blank: what strip() would empty, without a copy
             yield lineno, raw
 
 
