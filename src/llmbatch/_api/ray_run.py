@@ -226,10 +226,8 @@ class RayRun(FileRun):
         self.timeline.add_jobs(now, digest.count, digest.jobs)
         if self._observers:  # --log-json, --otlp: a JobEnded a job, as a local run has
             self._say(part.events)
-            for line in part.data.splitlines():
-                event = JobEnded(now, JobResult.from_line(orjson.loads(line)))
-                for observer in self._observers:
-                    observer.emit(event)
+            lines = part.data.splitlines()
+            self._say(tuple(JobEnded(now, JobResult.from_line(orjson.loads(x))) for x in lines))
         done = stats.done
         projected = stats.cost_usd / done * self._todo if done else None
         self.progress.update(stats, stats.cost_usd, projected)

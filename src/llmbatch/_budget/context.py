@@ -85,8 +85,7 @@ class Budgets:
         if self._sync is None:
             self._sync = all(isinstance(ledger, RunBudget) for ledger in self.ledgers)
             only = self.ledgers[0] if len(self.ledgers) == 1 else None
-            plain = isinstance(only, RunBudget) and not only.capped
-            self._counting = only if plain else None  # type: ignore[assignment]
+            self._counting = only if isinstance(only, RunBudget) and not only.capped else None
         return self._sync
 
     def add(self, ledgers: list[BudgetLedger]) -> None:

@@ -97,7 +97,6 @@ def submit(
     flags = _flags(locals(), skip={"jobs", "batch_size", "as_json", "config"})
 
     def go() -> int:
-
         from llmbatch._batch.submit import submit as do_submit
         from llmbatch._cli.common import _configured
 
@@ -122,7 +121,6 @@ def status(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     4 while any batch is in progress, 6 when jobs wait to be submitted again."""
 
     def go() -> int:
-
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.status import batch_status
         from llmbatch._cli.common import _err
@@ -201,7 +199,6 @@ def fetch(
     Exit 0 all ok, 1 some failed, 3 budget, 4 while any batch is open."""
 
     def go() -> int:
-
         from llmbatch._batch.fetch import fetch as do_fetch
 
         caps = {"max_cost": max_cost, "max_total_tokens": max_total_tokens}
@@ -231,7 +228,6 @@ def cancel(output: OutputArg, as_json: JsonOpt = False, config: ConfigOpt = None
     """Cancel every open batch; a later fetch keeps what finished."""
 
     def go() -> int:
-
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.status import batch_cancel
 
@@ -273,7 +269,6 @@ def forget(
     base URL): its jobs go back to pending. Exit 0, or 2 (nothing changed)."""
 
     def go() -> int:
-
         from llmbatch._batch.context import batch_context
         from llmbatch._batch.forget import forget as do_forget
         from llmbatch._cli.common import _err
