@@ -189,6 +189,44 @@ def test_store_then_lookup_round_trips(tmp_path: Path) -> None:
     cache.close()
 
 
+def test_an_answer_is_stored_without_its_empty_fields_and_both_forms_read_back() -> None:
+    """No ``parsed``, no token count of 0: a tenth of a short answer's bytes. Rows written
+    whole (by earlier versions) read the same."""
+    bare = CachedAnswer("4", None, Usage(12, 3), 0.0021, "end_turn", "m", "anthropic")
+    stored = orjson.loads(bare.to_json())
+    assert "parsed" not in stored
+    assert stored["usage"] == {"input_tokens": 12, "output_tokens": 3}
+    whole = orjson.dumps(
+        {"text": "4", "parsed": None, "usage": Usage(12, 3).to_dict(), "cost_usd": 0.0021,
+         "stop_reason": "end_turn", "model": "m", "provider": "anthropic"}
+    )  # fmt: skip
+    assert CachedAnswer.from_json(bare.to_json(), 0.0) == CachedAnswer.from_json(whole, 0.0)
+    cached = Usage(20, 3, cache_read_tokens=8, cache_write_tokens=0, reasoning_tokens=2)
+    rich = CachedAnswer("{}", {"n": 4}, cached, None, "end_turn", "m", "openai")
+    assert CachedAnswer.from_json(rich.to_json(), 0.0) == rich
+
+
+def test_prefetch_answers_lookups_from_memory_and_the_file_answers_the_rest(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.sqlite"
+    ResponseCache(path).close()
+    cache = ResponseCache(path)
+    other = ResponseCache(path)  # another run stores after this one prefetched
+    cache.prefetch([b"present", b"absent"])
+    assert cache.lookup(b"absent") is None  # found absent by the prefetch
+    other.store(b"present", answer("from the other run"))
+    other.store(b"unasked", answer("asked later"))
+    other.close()
+    assert cache.lookup(b"present") is None  # the prefetch saw the file before that store
+    found = cache.lookup(b"unasked")  # never prefetched: asked of the file
+    assert found is not None and found.text == "asked later"
+    cache.prefetch([b"present"])
+    found = cache.lookup(b"present")
+    assert found is not None and found.text == "from the other run"
+    cache.close()
+
+
 def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     first = ResponseCache(path)

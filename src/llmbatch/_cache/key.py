@@ -110,24 +110,28 @@ class KeyMaker:
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self._fixed: dict[ModelRef, tuple[bytes, bytes, bytes, bool]] = {}
+        self._fixed: dict[ModelRef, tuple[Any, bytes, bytes, bool]] = {}
 
     def __call__(self, ref: ModelRef, request: Request, job_id: str) -> CacheKey:
         fixed = self._fixed.get(ref)
         if fixed is None:
-            fixed = self._fixed[ref] = self._encode_fixed(ref)
-        head, middle, tail, temperature_sent = fixed
+            head, middle, tail, sent = self._encode_fixed(ref)
+            # The head hashed once: each key copies that state (cheaper than a new hash).
+            fixed = self._fixed[ref] = (hashlib.sha256(head), middle, tail, sent)
+        hashed_head, middle, tail, temperature_sent = fixed
         shared = temperature_sent and request.temperature == 0
-        data = b"".join(
-            (
-                head,
-                b"null" if shared else orjson.dumps(job_id),
-                middle,
-                orjson.dumps(canonical_request(request), option=_SORTED),
-                tail,
+        h = hashed_head.copy()
+        h.update(
+            b"".join(
+                (
+                    b"null" if shared else orjson.dumps(job_id),
+                    middle,
+                    orjson.dumps(canonical_request(request), option=_SORTED),
+                    tail,
+                )
             )
         )
-        return _key(data, shared)
+        return (_SharedKey if shared else _OwnKey)(h.digest()[:16])
 
     def _encode_fixed(self, ref: ModelRef) -> tuple[bytes, bytes, bytes, bool]:
         """:func:`cache_key`'s material around the job and the request, as orjson sorts

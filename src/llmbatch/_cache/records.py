@@ -27,7 +27,7 @@ class CachedAnswer:
     provider: str
     created: float = 0.0  # wall clock; set by the cache on store
 
-    def to_json(self) -> bytes:
+    def to_json(self) -> bytearray:
         """The answer as the cache stores it (:func:`encode_answer`)."""
         return encode_answer(
             self.text, self.parsed, self.usage, self.cost_usd, self.stop_reason,
@@ -35,7 +35,7 @@ class CachedAnswer:
         )  # fmt: skip
 
     @classmethod
-    def from_json(cls, raw: bytes, created: float) -> CachedAnswer:
+    def from_json(cls, raw: bytes | bytearray, created: float) -> CachedAnswer:
         d = orjson.loads(raw)
         return cls(
             text=d["text"],
@@ -57,23 +57,28 @@ def encode_answer(
     stop_reason: str | None,
     model: str,
     provider: str,
-) -> bytes:
+) -> bytearray:
     """An answer as the cache stores it (what :meth:`CachedAnswer.from_json` reads).
+
     Copied to its own size: orjson's bytes keep the buffer they were built in (8 KiB
     for a short answer, 128 KiB for a vector), and the cache holds a batch of them
-    until it writes."""
-    raw = orjson.dumps(
-        {
-            "text": text,
-            "parsed": parsed,
-            "usage": usage.to_dict(),
-            "cost_usd": cost_usd,
-            "stop_reason": stop_reason,
-            "model": model,
-            "provider": provider,
-        }
-    )
-    return bytes(memoryview(raw))
+    until it writes. The copy is a bytearray: the one blob type sqlite3 binds as it
+    is (bytes go through its adapter registry first).
+
+    What is empty is left out (no ``parsed``, token counts of 0), a tenth of the
+    bytes of a short answer; :meth:`CachedAnswer.from_json`, in this version and
+    earlier ones, reads a missing field as empty."""
+    answer = {
+        "text": text,
+        "usage": usage.to_compact_dict(),
+        "cost_usd": cost_usd,
+        "stop_reason": stop_reason,
+        "model": model,
+        "provider": provider,
+    }
+    if parsed is not None:
+        answer["parsed"] = parsed
+    return bytearray(orjson.dumps(answer))
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from llmbatch._cache.fileid import APPLICATION_ID, CacheFile, identify
 from llmbatch._cache.key import KEY_TYPES
@@ -41,11 +43,18 @@ def bind_plainly() -> None:
     a bool, a key) is first offered to adapters, and with none registered it goes
     through two failed attribute lookups (one builds an exception) before it is bound
     as it is: a tenth of a cache store. An adapter registered here gives the same value
-    back (a key as its bytes, a bool as 0 or 1) in one dict lookup; one the process
-    registered already is left alone."""
-    for kind, plain in ((bytes, bytes), (bool, int), *((k, bytes) for k in KEY_TYPES)):
+    back (a key as its bytes, a bool as 0 or 1, None as NULL) in one dict lookup; one
+    the process registered already is left alone. (The store's own rows avoid even
+    that: their blobs are bytearrays, which sqlite3 binds straight.)"""
+    plainly: list[tuple[type, Callable[[Any], Any]]] = [(bytes, bytes), (bool, int)]
+    plainly += [(type(None), _none), *((k, bytes) for k in KEY_TYPES)]
+    for kind, plain in plainly:
         if (kind, sqlite3.PrepareProtocol) not in sqlite3.adapters:
             sqlite3.register_adapter(kind, plain)
+
+
+def _none(value: None) -> None:
+    return None
 
 
 def connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:

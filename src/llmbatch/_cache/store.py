@@ -16,6 +16,7 @@ rest of the run with one warning, and the run goes on without it.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import sys
 import threading
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 _STORE_BATCH = 8192
 _STORE_BYTES = 8 * 2**20
 _PREFETCH_CHUNK = 500  # keys a query (SQLite allows 32,766 parameters; stay well under)
+_UNASKED = (b"", 0.0)  # lookup(): a key prefetch() did not look up
 
 
 def _warn_stderr(message: str) -> None:
@@ -70,11 +72,13 @@ class ResponseCache:
         # Keys are kept as the file stores them (``stored_key``: a CacheKey is that already).
         self._used: dict[bytes, float] = {}  # keys hit since the last write → when
         # Answers not yet written, as their rows: one transaction per batch, not per answer.
-        self._pending: dict[bytes, tuple[bytes, float, float | None, bytes, bool | None]] = {}
+        # Blobs go in as bytearrays: sqlite3 binds those as they are, while bytes (a key,
+        # an answer) first go through its adapter registry, a tenth of a store.
+        self._pending: dict[bytes, tuple[bytearray, float, float | None, bytearray, int | None]]
+        self._pending = {}
         self._pending_bytes = 0
-        # What prefetch() found (popped by lookup), and the keys it found absent.
-        self._prefetched: dict[bytes, tuple[bytes, float]] = {}
-        self._absent: set[bytes] = set()
+        # What prefetch() looked up, popped by lookup(): the row, or None if it is absent.
+        self._prefetched: dict[bytes, tuple[bytes, float] | None] = {}
         self._last_write = clock()
         with self._guard("open"):
             self._db = connect(self.path, self._busy_timeout_s)
@@ -124,12 +128,13 @@ class ResponseCache:
                 part = wanted[i : i + _PREFETCH_CHUNK]
                 marks = ",".join("?" * len(part))
                 rows = db.execute(
-                    f"SELECT key, value, created FROM answers WHERE key IN ({marks})", part
+                    f"SELECT key, value, created FROM answers WHERE key IN ({marks})",
+                    list(map(bytearray, part)),  # bound as they are (see ``_pending``)
                 ).fetchall()
-                self._absent.update(part)
+                prefetched = self._prefetched
+                prefetched.update(zip(part, itertools.repeat(None)))
                 for key, value, created in rows:
-                    self._prefetched[key] = (value, created)
-                    self._absent.discard(key)
+                    prefetched[key] = (value, created)
 
     def contains(self, key: str | bytes) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit)."""
@@ -153,13 +158,12 @@ class ResponseCache:
         k = key if isinstance(key, bytes) else stored_key(key)  # a CacheKey: as it is
         pending = self._pending.get(k)
         if pending is not None:
-            row: tuple[bytes, float] | None = (pending[3], pending[1])
-        elif k in self._absent:
-            self._absent.discard(k)
-            return None  # prefetched: not in the file
+            row: tuple[bytes | bytearray, float] | None = (pending[3], pending[1])
         else:
-            row = self._prefetched.pop(k, None)
+            row = self._prefetched.pop(k, _UNASKED)
             if row is None:
+                return None  # prefetched: not in the file
+            if row is _UNASKED:
                 with self._guard("lookup"):
                     row = db.execute(
                         "SELECT value, created FROM answers WHERE key = ?", (k,)
@@ -182,7 +186,9 @@ class ResponseCache:
         """Keep a complete, valid answer (the caller has validated it)."""
         self.store_encoded(key, answer.to_json(), answer.cost_usd)
 
-    def store_encoded(self, key: str | bytes, value: bytes, cost_usd: float | None) -> None:
+    def store_encoded(
+        self, key: str | bytes, value: bytes | bytearray, cost_usd: float | None
+    ) -> None:
         """Keep an answer already encoded (``encode_answer``); :meth:`store` for the rest.
 
         Written in batches (8,192 answers, 8 MB, or a second): a crash loses at most those
@@ -193,7 +199,12 @@ class ResponseCache:
         k = key if isinstance(key, bytes) else stored_key(key)
         now = self._now()
         pending = self._pending
-        pending[k] = (k, now, cost_usd, value, getattr(key, "shared", None))
+        shared = getattr(key, "shared", None)
+        pending[k] = (
+            bytearray(k), now, cost_usd,
+            value if type(value) is bytearray else bytearray(value),
+            None if shared is None else int(shared),
+        )  # fmt: skip
         self._stores += 1
         self._pending_bytes += len(value)
         if self._due(now):
@@ -220,7 +231,7 @@ class ResponseCache:
             rows = list(self._pending.values())
             self._pending.clear()
             self._pending_bytes = 0
-            used = [(when, key) for key, when in self._used.items()]
+            used = [(when, bytearray(key)) for key, when in self._used.items()]
             self._used.clear()
             db.execute("BEGIN IMMEDIATE")
             if rows:

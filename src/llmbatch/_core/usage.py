@@ -55,6 +55,19 @@ class Usage:
             out["reasoning_tokens"] = self.reasoning_tokens
         return out
 
+    def to_compact_dict(self) -> dict[str, int]:
+        """:meth:`to_dict` without the fields that are 0 (input and output always):
+        what the response cache stores; :meth:`from_dict` reads both."""
+        out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cache_read_tokens or self.cache_write_tokens:
+            out["cache_read_tokens"] = self.cache_read_tokens
+            out["cache_write_tokens"] = self.cache_write_tokens
+        if self.cache_write_1h_tokens:
+            out["cache_write_1h_tokens"] = self.cache_write_1h_tokens
+        if self.reasoning_tokens:
+            out["reasoning_tokens"] = self.reasoning_tokens
+        return out
+
     @classmethod
     def from_dict(cls, d: Any) -> Usage:
         if not isinstance(d, dict):
