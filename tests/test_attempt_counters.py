@@ -3,6 +3,7 @@ is built only when some sink reads it, and either way the report counts the same
 
 from __future__ import annotations
 
+import copy
 import pickle
 from typing import Any
 
@@ -100,10 +101,15 @@ def test_a_counter_that_raises_is_turned_off_and_the_rest_go_on(
     assert not bus.has_readers
 
 
-def test_a_model_ref_hashes_once_and_anew_in_another_process() -> None:
+def test_a_model_ref_is_one_object_per_name_here_and_anew_in_another_process() -> None:
     ref = ModelRef("sim", "m1")
-    copied = pickle.loads(pickle.dumps(ref))
-    assert copied == ref and hash(copied) == hash(ref) == hash(("sim", "m1"))
+    assert ModelRef("sim", "m1") is ref and ModelRef("sim", "m2") != ref
     assert {ref: 1}[ModelRef("sim", "m1")] == 1
-    # What was pickled is the provider and the model, never the hash of this process.
+    assert pickle.loads(pickle.dumps(ref)) is ref
+    assert copy.copy(ref) is ref and copy.deepcopy({"r": ref})["r"] is ref
+    # What is pickled is the provider and the model, never this process's hash or id.
     assert pickle.dumps(ref).count(str(hash(ref)).encode()) == 0
+    assert (ref.provider, ref.model, str(ref)) == ("sim", "m1", "sim:m1")
+    assert repr(ref) == "ModelRef(provider='sim', model='m1')"
+    with pytest.raises(AttributeError, match="immutable"):
+        ref.model = "m2"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
 
 BUILTIN_PROVIDERS = ("anthropic", "openai", "gemini", "sim", "azure", "bedrock")
 
@@ -19,30 +18,54 @@ _INFERRED_PREFIXES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class ModelRef:
-    """A model at a provider, e.g. ``anthropic:claude-haiku-4-5``."""
+    """A model at a provider, e.g. ``anthropic:claude-haiku-4-5``. Immutable.
 
+    One object per (provider, model): ``ModelRef("sim", "m") is ModelRef("sim", "m")``.
+    So equality and hashing are the object's own, done in C: a ref keys the limits,
+    breakers, prices and cache keys of every job, several times each, and a hash
+    method of ours would be a Python call each time. Pickled as its two names, so
+    another process finds (or makes) its own.
+    """
+
+    __slots__ = ("_text", "model", "provider")
     provider: str
     model: str
-    # Its hash and its text, computed once: a ref keys the limits, breakers, prices and
-    # cache keys of every job, several times each. Not pickled (another process hashes
-    # anew).
-    _hash: int = field(default=0, init=False, repr=False, compare=False)
-    _text: str = field(default="", init=False, repr=False, compare=False)
+    _text: str
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash((self.provider, self.model)))
-        object.__setattr__(self, "_text", f"{self.provider}:{self.model}")
+    def __new__(cls, provider: str, model: str) -> ModelRef:
+        ref = _REFS.get((provider, model))
+        if ref is None:
+            ref = object.__new__(cls)
+            object.__setattr__(ref, "provider", provider)
+            object.__setattr__(ref, "model", model)
+            object.__setattr__(ref, "_text", f"{provider}:{model}")
+            ref = _REFS.setdefault((provider, model), ref)  # two threads: one wins
+        return ref
 
-    def __hash__(self) -> int:
-        return self._hash
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ModelRef is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ModelRef is immutable: cannot delete {name!r}")
 
     def __reduce__(self) -> tuple[type[ModelRef], tuple[str, str]]:
         return ModelRef, (self.provider, self.model)
 
+    def __copy__(self) -> ModelRef:
+        return self
+
+    def __deepcopy__(self, memo: object) -> ModelRef:
+        return self
+
+    def __repr__(self) -> str:
+        return f"ModelRef(provider={self.provider!r}, model={self.model!r})"
+
     def __str__(self) -> str:
         return self._text
+
+
+_REFS: dict[tuple[str, str], ModelRef] = {}  # every ModelRef made, by its names
 
 
 class ModelSpecError(ValueError):
