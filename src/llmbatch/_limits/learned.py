@@ -88,7 +88,8 @@ class RateLearner:
         self._log.sent(now)
         assert self._window is not None
         self._window.sends += 1
-        self._count(now, 3)
+        if self._trial is not None:
+            self._count(now, 3)
         return change
 
     def succeeded(self, now: float) -> RateChange | None:
@@ -127,6 +128,11 @@ class RateLearner:
             # the cut by so few.
             return self._cut(now, 0.0, trial=False, sampled=False) or change
         return change
+
+    @property
+    def holding(self) -> bool:
+        """Whether a hold is measuring what gets through (``answered`` may end it)."""
+        return self._measure is not None
 
     def answered(self, now: float, in_flight: int) -> RateChange | None:
         """After an answer: if all sent before a hold are in and too few got through to
@@ -320,7 +326,8 @@ class RateLearner:
                 self._recent.append(PACE)
         else:
             self._window.noise += 1
-        self._count(now, kind)
+        if self._trial is not None:
+            self._count(now, kind)
         return change
 
     def _run_needed(self) -> int:

@@ -127,6 +127,9 @@ class ModelGate:
     ) -> None:
         self.given_rpm = limits.rpm
         self.given_tpm = limits.tpm
+        # No given request rate: the rate is learned (from 429s and headers). Fixed for
+        # the gate's life, so a plain attribute (read twice an attempt).
+        self.adaptive = limits.rpm is None
         self.name = name  # "provider:model", for events
         self._clock = clock
         self._on_change = on_change
@@ -146,10 +149,6 @@ class ModelGate:
         return Pacer(None if per_minute is None else per_minute / 60.0, 1.0, clock=self._clock)
 
     @property
-    def adaptive(self) -> bool:
-        return self.given_rpm is None
-
-    @property
     def learned_ceiling(self) -> float | None:
         """The request rate the headers stated (per second, with the margin)."""
         return self.learner.ceiling
@@ -161,8 +160,8 @@ class ModelGate:
             if pacer.rate is not None or pacer.paused_until > now:
                 return False
         self.stats.sent += 1
-        if self.adaptive:
-            self._learned(self.learner.sent(now))
+        if self.adaptive and (change := self.learner.sent(now)) is not None:
+            self._learned(change)
         return True
 
     async def acquire(self, input_tokens: int, output_tokens: int) -> None:
@@ -200,8 +199,11 @@ class ModelGate:
         if hint is not None:
             self._apply_hint(hint)
         if self.adaptive:
-            self._learned(self.learner.succeeded(self._clock.monotonic()))
-            self._answered()
+            now = self._clock.monotonic()
+            if (change := self.learner.succeeded(now)) is not None:
+                self._learned(change)
+            if self.learner.holding:
+                self._answered(now)
 
     def on_rate_limited(self, retry_after: float | None, hint: RateLimitHint | None) -> None:
         self.stats.rate_limited += 1
@@ -234,15 +236,15 @@ class ModelGate:
                 self.requests.pause(min(until - now, PAUSE_CAP_S))
                 self.learner.paused(now, self.requests.paused_until)
         self._learned(change)
-        self._answered()
+        self._answered(self._clock.monotonic())
 
-    def _answered(self) -> None:
+    def _answered(self, now: float) -> None:
         """A hold whose requests are all answered without enough successes measured
         nothing: it ends now."""
         in_flight = max(0, self.stats.sent - self._settled)
-        change = self.learner.answered(self._clock.monotonic(), in_flight)
+        change = self.learner.answered(now, in_flight)
         if change is not None:
-            self.requests.paused_until = min(self.requests.paused_until, self._clock.monotonic())
+            self.requests.paused_until = min(self.requests.paused_until, now)
         self._learned(change)
 
     def _learned(self, change: RateChange | None) -> None:
