@@ -12,7 +12,6 @@ to schema jobs invalid, so the repair path runs.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import math
@@ -20,6 +19,8 @@ import os
 import random
 import statistics
 import time
+import types
+from collections.abc import Generator
 
 import anyio
 import orjson
@@ -113,7 +114,7 @@ class SimProvider:
             stop_reason = "max_tokens"
         in_tokens = estimate_input_tokens(request)
         if self.latency_ms <= 0:
-            await asyncio.sleep(0)  # one turn of the loop, as an answer at once would take
+            await _one_turn()  # as an answer at once would take
             total = 0.0
         else:
             total = await self._sleep(1.0, time_limit)
@@ -152,7 +153,7 @@ class SimProvider:
         A draw past ``time_limit`` sleeps that long and times out, as a slow server would.
         """
         if self.latency_ms <= 0:
-            await asyncio.sleep(0)  # one turn of the loop, as an answer at once would take
+            await _one_turn()  # as an answer at once would take
             return 0.0
         sigma = 0.45
         mu = math.log(self.latency_ms * share) - sigma * sigma / 2
@@ -166,6 +167,12 @@ class SimProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+@types.coroutine
+def _one_turn() -> Generator[None, None, None]:
+    """One turn of the loop: what ``asyncio.sleep(0)`` does, without its own frame."""
+    yield
 
 
 def _words(seed: int, n: int) -> str:
