@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from llmbatch._core.headers import (
     parse_retry_after,
 )
 from llmbatch._core.models import ModelRef, ModelSpecError, parse_model_spec
+from llmbatch._core.pricing import Price, Rate
 from llmbatch._core.results import JobResult
 from llmbatch._core.schema import extract_json, sample_instance, validate_answer
 from llmbatch._core.states import Status
@@ -379,3 +381,18 @@ def test_a_histogram_counts_negative_and_nan_values_as_zero() -> None:
         h.add(value)
     assert (h.count, h.total, h.max) == (4, 2.5, 2.5)
     assert h.buckets[0] == 3 and h.percentile(50) < 0.01  # the first bucket's middle
+
+
+def test_a_price_with_tiers_and_one_without_cost_what_their_rates_say() -> None:
+    flat = Price.flat(1.0, 5.0)
+    assert flat.plain_cost(1_000, 200) == pytest.approx((1_000 * 1.0 + 200 * 5.0) / 1e6)
+    assert flat.cost(Usage(1_000, 200)) == flat.plain_cost(1_000, 200)
+    # Above 200k input tokens the whole request is billed at the higher rate.
+    tiered = Price(Rate(3.0, ((200_000, 6.0),)), Rate(15.0, ((200_000, 22.5),)),
+                   Rate(0.3), Rate(3.75))  # fmt: skip
+    assert tiered.plain_cost(1_000, 100) == pytest.approx((1_000 * 3.0 + 100 * 15.0) / 1e6)
+    assert tiered.cost(Usage(300_000, 100)) == pytest.approx((300_000 * 6.0 + 100 * 22.5) / 1e6)
+    assert tiered.plain_cost(300_000, 100) == tiered.cost(Usage(300_000, 100))
+    assert replace(flat, output=Rate(1.0, ((10, 2.0),))).plain_cost(20, 20) == pytest.approx(
+        (20 * 1.0 + 20 * 2.0) / 1e6
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -48,15 +48,26 @@ class Price:
     cache_read: Rate
     cache_write: Rate
     source: str = "genai-prices"
+    # (input, output) per token-million when neither has tiers (most prices): a cost is
+    # then two products, with no call to ``Rate.at`` (costs are figured twice a request).
+    _flat: tuple[float, float] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (self.input.tiers or self.output.tiers):
+            object.__setattr__(self, "_flat", (self.input.base, self.output.base))
 
     def plain_cost(self, input_tokens: int, output_tokens: int) -> float:
         """What input and output tokens cost with no prompt cache (a worst case, say)."""
         n = input_tokens
+        if self._flat is not None:
+            return (n * self._flat[0] + output_tokens * self._flat[1]) / 1_000_000
         return (n * self.input.at(n) + output_tokens * self.output.at(n)) / 1_000_000
 
     def cost(self, usage: Usage) -> float:
         n = usage.input_tokens
         if not (usage.cache_read_tokens or usage.cache_write_tokens):  # most answers
+            if self._flat is not None:
+                return (n * self._flat[0] + usage.output_tokens * self._flat[1]) / 1_000_000
             return (n * self.input.at(n) + usage.output_tokens * self.output.at(n)) / 1_000_000
         uncached = max(0, n - usage.cache_read_tokens - usage.cache_write_tokens)
         long_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
