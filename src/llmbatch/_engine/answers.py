@@ -69,7 +69,8 @@ class AnswerCache:
         if cache is None or self.key_of is None:
             return None
         for ref in pj.chain:
-            found = cache.lookup(self.key(pj, ref))
+            key = pj.cache_key if ref is pj.chain[0] else None  # made by prefetch, as a rule
+            found = cache.lookup(key if key is not None else self.key(pj, ref))
             if found is not None:
                 now = self.clock.time()
                 self.bus.emit(CacheHit(now, pj.job.id, ref.provider, ref.model, found.cost_usd))
@@ -87,7 +88,8 @@ class AnswerCache:
         value = encode_answer(
             answer.text, parsed, answer.usage, cost, answer.stop_reason, ref.model, ref.provider
         )
-        self.cache.store_encoded(self.key(pj, ref), value, cost)
+        key = pj.cache_key if ref is pj.chain[0] else None
+        self.cache.store_encoded(key if key is not None else self.key(pj, ref), value, cost)
 
     def shareable(self, pj: PreparedJob) -> bool:
         """Whether the job's answer is shared across ids (so in-flight twins may wait)."""
