@@ -227,6 +227,54 @@ def test_prefetch_answers_lookups_from_memory_and_the_file_answers_the_rest(
     cache.close()
 
 
+def _queries(cache: ResponseCache) -> list[str]:
+    """The SELECTs the cache sends from now on (a trace on its connection)."""
+    sent: list[str] = []
+    db = cache._db
+    assert db is not None
+    db.set_trace_callback(lambda sql: sent.append(sql) if sql.startswith("SELECT") else None)
+    return sent
+
+
+def test_a_new_file_is_not_asked_for_jobs_own_keys_until_another_run_writes(
+    tmp_path: Path,
+) -> None:
+    """A job's own key (a sampled answer) is asked for only by its job, before its answer
+    is kept: a file that held nothing when the run began cannot have it, until another
+    run writes to the file."""
+    path = tmp_path / "c.sqlite"
+    own = [key(req(), job=f"j{i}") for i in range(3)]
+    shared = key(req(temperature=0.0), job="j0")
+    assert {type(k).__name__ for k in own} == {"_OwnKey"} and getattr(shared, "shared", None)
+    cache = ResponseCache(path)
+    sent = _queries(cache)
+    cache.prefetch(own)
+    assert cache.lookup(own[0]) is None
+    assert not [q for q in sent if "IN (" in q]  # not asked
+    cache.prefetch([shared])
+    assert [q for q in sent if "IN (" in q]  # a shared key may be anyone's: asked
+    cache.store(own[1], answer("kept"))
+    found = cache.lookup(own[1])
+    assert found is not None and found.text == "kept"
+    other = ResponseCache(path)  # another run keeps an answer for job j2
+    other.store(own[2], answer("from the other run"))
+    other.close()
+    sent.clear()
+    cache.prefetch([own[2]])
+    assert [q for q in sent if "IN (" in q]  # the file changed: asked again
+    found = cache.lookup(own[2])
+    assert found is not None and found.text == "from the other run"
+    cache.close()
+    # A file that holds answers is asked for every key.
+    again = ResponseCache(path)
+    sent = _queries(again)
+    again.prefetch([own[1], key(req(), job="j9")])
+    assert [q for q in sent if "IN (" in q]
+    found = again.lookup(own[1])
+    assert found is not None and found.text == "kept"
+    again.close()
+
+
 def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     first = ResponseCache(path)

@@ -93,6 +93,9 @@ class _OwnKey(CacheKey):
 
 
 KEY_TYPES = (_SharedKey, _OwnKey)  # what a CacheKey is made as
+# A key made for one job id (a sampled answer): in a run, only its own job asks for it,
+# once, before its answer is kept (the cache skips asking a new file for it).
+OwnKey = _OwnKey
 
 
 def _key(data: bytes, shared: bool) -> CacheKey:

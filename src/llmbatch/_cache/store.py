@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from llmbatch._cache.fileid import check_cache_file
+from llmbatch._cache.key import OwnKey
 from llmbatch._cache.records import CacheContents, CachedAnswer, CacheStatistics
 from llmbatch._cache.sqlfile import connect, default_cache_path, sidecar, stored_key
 
@@ -80,8 +81,15 @@ class ResponseCache:
         # What prefetch() looked up, popped by lookup(): the row, or None if it is absent.
         self._prefetched: dict[bytes, tuple[bytes, float] | None] = {}
         self._last_write = clock()
+        # Whether the file held no answer when this run opened it and no other run has
+        # written since (SQLite's data_version counts their commits): then a job's own
+        # key (``OwnKey``) cannot be in it, and is not asked for.
+        self._new = False
+        self._version = 0
         with self._guard("open"):
-            self._db = connect(self.path, self._busy_timeout_s)
+            self._db = db = connect(self.path, self._busy_timeout_s)
+            self._new = db.execute("SELECT 1 FROM answers LIMIT 1").fetchone() is None
+            self._version = db.execute("PRAGMA data_version").fetchone()[0]
 
     @property
     def usable(self) -> bool:
@@ -119,9 +127,18 @@ class ResponseCache:
         them all instead of one per job.
         """
         db = self._db
+        if db is None:
+            return
         pending = self._pending
         wanted = [k for k in map(stored_key, keys) if k not in pending]
-        if not wanted or db is None:
+        if self._still_new(db):
+            # Jobs' own keys are known absent without asking: only their jobs ask for
+            # them, before they are kept, and nobody else has written to the file.
+            own = [k for k in wanted if type(k) is OwnKey]
+            if own:
+                self._prefetched.update(zip(own, itertools.repeat(None)))
+                wanted = [k for k in wanted if type(k) is not OwnKey]
+        if not wanted:
             return
         with self._guard("lookup"):
             for i in range(0, len(wanted), _PREFETCH_CHUNK):
@@ -135,6 +152,14 @@ class ResponseCache:
                 prefetched.update(zip(part, itertools.repeat(None)))
                 for key, value, created in rows:
                     prefetched[key] = (value, created)
+
+    def _still_new(self, db: sqlite3.Connection) -> bool:
+        """Whether the file still holds only this run's answers (see ``_new``)."""
+        if self._new:
+            with self._guard("lookup"):
+                if db.execute("PRAGMA data_version").fetchone()[0] != self._version:
+                    self._new = False  # another run wrote: ask the file from now on
+        return self._new
 
     def contains(self, key: str | bytes) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit)."""
