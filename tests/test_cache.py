@@ -133,6 +133,8 @@ def test_key_is_a_sha256_and_holds_no_prompt() -> None:
             temperature=0,
             schema={"type": "object", "properties": {"b": {}, "a": {}}},
         ),
+        # Built in Python with a key that is not a string: orjson's slower path.
+        req(body={"model": "m", 2: "two", "messages": []}),
     ],
 )
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
