@@ -133,6 +133,8 @@ class Planner:
         self.prefixes = self._prefix_groups()
         self._template_head = template.static_head if template is not None else None
         self._chains: dict[tuple[ModelRef | None, tuple[ModelRef, ...] | None], list[ModelRef]] = {}
+        # Models whose provider keeps no prompt cache (the offline one): no prefix to find.
+        self._no_prefixes: set[ModelRef] = set()
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
     # -- per-job resolution ---------------------------------------------------
@@ -185,7 +187,11 @@ class Planner:
             request.schema = cfg.schema
         fp = request.fingerprint = fingerprint(model, request)
         pj = PreparedJob(job, request, chain, fp)
-        if self.last_plan is not None and (cands := self.prefix_candidates(model, request)):
+        if (
+            self.last_plan is not None
+            and model not in self._no_prefixes
+            and (cands := self.prefix_candidates(model, request))
+        ):
             # The groups are counted: each job takes its own.
             settings = cfg.providers[model.provider]
             routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
@@ -222,6 +228,7 @@ class Planner:
         is (the run's ``--system`` filling a missing one), shortest first."""
         kind = self.config.providers[model.provider].kind
         if kind == "sim":
+            self._no_prefixes.add(model)
             return []  # the offline provider keeps no prompt cache: nothing to group or warm
         return candidates(model, kind, request, self._template_head, self.config.system)
 
@@ -282,7 +289,10 @@ class Planner:
                 return None
             plan.todo += 1
             limit_line = job.line
-            self.prefixes.count(self.prefix_candidates(chain[0], job.request))
+            if chain[0] in self._no_prefixes:
+                self.prefixes.todo += 1  # counted as count() would, with no candidate
+            else:
+                self.prefixes.count(self.prefix_candidates(chain[0], job.request))
             return None
 
         summary = validate_file(
