@@ -105,7 +105,12 @@ def fingerprint(ref: ModelRef, request: Request) -> str:
         ],
         option=orjson.OPT_SORT_KEYS,
     )
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    h = _FINGERPRINT.copy()  # a copy of a fresh state: cheaper than a new hash's arguments
+    h.update(data)
+    return h.hexdigest()
+
+
+_FINGERPRINT = hashlib.blake2b(digest_size=8)
 
 
 class Planner:
@@ -133,6 +138,7 @@ class Planner:
         self.prefixes = self._prefix_groups()
         self._template_head = template.static_head if template is not None else None
         self._chains: dict[tuple[ModelRef | None, tuple[ModelRef, ...] | None], list[ModelRef]] = {}
+        self._default_chain: list[ModelRef] | None = None  # the chain of a job naming no model
         # Models whose provider keeps no prompt cache (the offline one): no prefix to find.
         self._no_prefixes: set[ModelRef] = set()
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
@@ -150,6 +156,8 @@ class Planner:
         Jobs share a handful of chains: each is built once (do not change the list).
         """
         r = job.request
+        if r.model is None and r.fallback is None and self._default_chain is not None:
+            return self._default_chain  # most jobs: the run's model and fallbacks
         memo_key = (r.model, None if r.fallback is None else tuple(r.fallback))
         chain = self._chains.get(memo_key)
         if chain is not None:
@@ -168,6 +176,8 @@ class Planner:
             if ref not in chain:
                 chain.append(ref)
         self._chains[memo_key] = chain
+        if memo_key == (None, None):
+            self._default_chain = chain
         return chain
 
     def prepare(self, job: Job) -> PreparedJob:
@@ -257,6 +267,7 @@ class Planner:
         self.prefixes = self._prefix_groups()
         done = self.existing.done if self.existing and len(self.existing.done) else None
         limit_line = 0
+        sharded = cfg.shard is not None
 
         seen_chains: set[int] = set()
 
@@ -270,7 +281,7 @@ class Planner:
                 problem = self._check_job_schema(job.request.schema)
                 if problem:
                     return problem
-            if not self.owns(job):
+            if sharded and not self.owns(job):
                 return None
             if id(chain) not in seen_chains:
                 seen_chains.add(id(chain))
