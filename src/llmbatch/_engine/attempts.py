@@ -28,7 +28,7 @@ from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
 from llmbatch._core.jobs import Request, estimate_input_tokens
 from llmbatch._core.models import ModelRef
-from llmbatch._core.pricing import PriceBook
+from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._core.results import JobResult, ResultError
 from llmbatch._core.schema import validate_answer
 from llmbatch._core.states import Status
@@ -227,17 +227,15 @@ class JobRunner:
         self.answers.keep(tally.pj, ref, answer, parsed, tally.cost)
         return tally.answered(Status.OK, ref, answer, parsed)
 
-    def reservation(
-        self, ref: ModelRef, request: Request, tally: Tally | None = None
-    ) -> Reservation:
-        """Worst case for the budget; the providers' own count for the rate limits."""
+    def reservation(self, request: Request, tally: Tally, price: Price | None) -> Reservation:
+        """Worst case for the budget (at ``price``, the model's); the providers' own count
+        for the rate limits."""
         out_tokens = request.max_tokens or self.settings.max_tokens
-        if tally is not None and request is tally.pj.request:
+        if request is tally.pj.request:
             worst_in, est_in = tally.pj.input_estimates()
-        else:
+        else:  # a repair turn
             worst_in = estimate_input_tokens(request, conservative=True)
             est_in = estimate_input_tokens(request)
-        price = self.prices.price(ref)
         cost = 0.0 if price is None else price.plain_cost(worst_in, out_tokens)
         return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
 
@@ -269,7 +267,8 @@ class JobRunner:
     async def _attempt_now(
         self, tally: Tally, ref: ModelRef, request: Request, repair: bool
     ) -> Sent | Refusal | None:
-        res = self.reservation(ref, request, tally)
+        price = self.prices.price(ref)  # for the reservation and for what the answer cost
+        res = self.reservation(request, tally, price)
         held: Held | Refusal | None = self.budgets.reserve_now(res.cost, res.budget_tokens)
         if held is None:  # a shared ledger, or no room yet: the path that may wait
             held = await self.budgets.reserve(res.cost, res.budget_tokens)
@@ -299,8 +298,9 @@ class JobRunner:
             except Exception as exc:
                 outcome = self._foreign(exc)
             usage = outcome.usage if isinstance(outcome, Answer) else _usage_of(outcome)
-            cost = self.prices.cost(ref, usage) if usage is not None else 0.0
+            cost: float | None = 0.0  # no usage: nothing spent; unpriced: not known
             if usage is not None:
+                cost = None if price is None else price.cost(usage)
                 tally.add_spend(usage, cost)
             real = usage or _NO_USAGE
             held.spend(cost or 0.0, real.input_tokens + real.output_tokens)
