@@ -61,6 +61,26 @@ def test_cache_is_opt_in(tmp_path: Path) -> None:
     assert again[0].cache is not None and again[0].cache["hit"]
 
 
+def test_a_runner_s_second_call_takes_what_its_first_kept_in_a_new_cache(
+    tmp_path: Path,
+) -> None:
+    """A new cache file is not asked for jobs' own keys within one call; a later call of
+    the same runner asks it (the first call's answers are there to take)."""
+
+    async def main() -> tuple[list[llmbatch.Result], list[llmbatch.Result]]:
+        async with llmbatch.Runner(model=SIM, cache=tmp_path / "new.sqlite") as runner:
+            first = await runner.run([{"id": f"j{i}", "prompt": f"q{i}"} for i in range(300)])
+            assert runner.session.services.cache is not None
+            runner.session.services.cache.flush()  # on the file, not only in memory
+            again = await runner.run([{"id": f"j{i}", "prompt": f"q{i}"} for i in range(300)])
+            return first, again
+
+    first, again = asyncio.run(main())
+    assert all(r.cache is None for r in first)
+    assert all(r.cache is not None and r.cache["hit"] for r in again)
+    assert [r.output for r in again] == [r.output for r in first]
+
+
 def test_bad_requests_named_by_index_nothing_sent() -> None:
     mock = MockProvider()
     with pytest.raises(llmbatch.InputError) as info:

@@ -277,6 +277,25 @@ def test_a_new_file_is_not_asked_for_jobs_own_keys_until_another_run_writes(
     again.close()
 
 
+def test_once_it_kept_answers_a_new_set_of_jobs_asks_the_file_for_every_key(
+    tmp_path: Path,
+) -> None:
+    cache = ResponseCache(tmp_path / "c.sqlite")
+    k = key(req(), job="j1")
+    cache.new_jobs()  # nothing kept yet: a job's own key is known absent
+    cache.prefetch([k])
+    assert cache.lookup(k) is None
+    cache.store(k, answer("kept"))
+    cache.flush()  # in the file, no longer in memory
+    cache.new_jobs()  # the same jobs again (a runner's second call)
+    sent = _queries(cache)
+    cache.prefetch([k])
+    assert [q for q in sent if "IN (" in q]
+    found = cache.lookup(k)
+    assert found is not None and found.text == "kept"
+    cache.close()
+
+
 def test_answers_survive_the_run_and_hits_are_recorded(tmp_path: Path) -> None:
     path = tmp_path / "c.sqlite"
     first = ResponseCache(path)

@@ -81,9 +81,10 @@ class ResponseCache:
         # What prefetch() looked up, popped by lookup(): the row, or None if it is absent.
         self._prefetched: dict[bytes, tuple[bytes, float] | None] = {}
         self._last_write = clock()
-        # Whether the file held no answer when this run opened it and no other run has
-        # written since (SQLite's data_version counts their commits): then a job's own
-        # key (``OwnKey``) cannot be in it, and is not asked for.
+        # Whether the file held no answer when this run opened it, no other run has
+        # written since (SQLite's data_version counts their commits) and this cache has
+        # kept nothing for an earlier set of jobs (``new_jobs``): then a job's own key
+        # (``OwnKey``) cannot be in it, and is not asked for.
         self._new = False
         self._version = 0
         with self._guard("open"):
@@ -152,6 +153,13 @@ class ResponseCache:
                 prefetched.update(zip(part, itertools.repeat(None)))
                 for key, value, created in rows:
                     prefetched[key] = (value, created)
+
+    def new_jobs(self) -> None:
+        """A new set of jobs begins (an engine run). Within one set a job asks for its
+        own key once, before it keeps an answer under it; an answer this cache kept for
+        an earlier set may be asked for again now, so the file is asked for every key."""
+        if self._stores:
+            self._new = False
 
     def _still_new(self, db: sqlite3.Connection) -> bool:
         """Whether the file still holds only this run's answers (see ``_new``)."""

@@ -144,6 +144,7 @@ class Engine:
         """Run every job ``source`` yields (``size``: how many, if known) into ``sink``."""
         jobs = iter(source)
         if self.services.cache is not None:
+            self.services.cache.new_jobs()
             jobs = self._prefetched(jobs)
         self._sink = sink
         self._loop = asyncio.get_running_loop()
