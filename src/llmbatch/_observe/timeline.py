@@ -139,13 +139,17 @@ class Timeline:
 class _Buckets:
     """The adaptive time series: at most MAX_BUCKETS rows; the width doubles when full."""
 
-    __slots__ = ("end", "rows", "t0", "width")
+    __slots__ = ("end", "hi", "last", "lo", "rows", "t0", "width")
 
     def __init__(self) -> None:
         self.t0: float | None = None
         self.width = FIRST_BUCKET_S
         self.rows: list[list[float]] = []
         self.end: float | None = None
+        # The last row handed out and the times it spans (``lo <= ts < hi``): most
+        # timestamps fall in it, and the recorder tests that before it calls row().
+        self.lo = self.hi = 0.0
+        self.last: list[float] = []
 
     def row(self, ts: float) -> list[float]:
         t0 = self.t0
@@ -158,7 +162,10 @@ class _Buckets:
         rows = self.rows
         while len(rows) <= i:
             rows.append([0.0] * len(FIELDS))
-        return rows[i]
+        self.lo = t0 + i * self.width
+        self.hi = self.lo + self.width
+        self.last = rows[i]
+        return self.last
 
     def _widen(self) -> None:
         rows = self.rows
@@ -168,6 +175,7 @@ class _Buckets:
             merged.append([sum(col) for col in zip(*pair, strict=False)])
         self.rows = merged
         self.width *= 2
+        self.lo = self.hi = 0.0  # the rows moved: the next row() finds its own
 
     def freeze(self) -> Series | None:
         if self.t0 is None:
@@ -300,12 +308,15 @@ class TimelineRecorder:
     def count_job(self, ts: float, result: JobResult) -> None:
         """One job's result, as written (``CountingSink``)."""
         self.saw_run = True
-        self._buckets.row(ts)[_DONE] += 1
+        b = self._buckets
+        (b.last if b.lo <= ts < b.hi else b.row(ts))[_DONE] += 1
         self._jobs.add(result)
 
     def count_attempt(self, f: AttemptFigures) -> None:
         """One attempt, from its figures (``CountingSink``)."""
-        row = self._buckets.row(f.ts)
+        b = self._buckets
+        ts = f.ts
+        row = b.last if b.lo <= ts < b.hi else b.row(ts)
         row[_ENDED] += 1
         if f.outcome == "ok":
             row[_OK] += 1
@@ -317,7 +328,8 @@ class TimelineRecorder:
         row[_OUT] += f.output_tokens
         row[_COST] += f.cost_usd or 0.0
         # Counted from the attempt's end, so the runner need not build AttemptStarted.
-        self._buckets.row(f.started_ts)[_STARTED] += 1
+        ts = f.started_ts
+        (b.last if b.lo <= ts < b.hi else b.row(ts))[_STARTED] += 1
 
     def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
         """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is
