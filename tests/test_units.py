@@ -23,7 +23,6 @@ from llmbatch._core.headers import (
     parse_reset,
     parse_retry_after,
 )
-from llmbatch._core.jobs import Request, estimate_input_tokens, input_token_estimates
 from llmbatch._core.models import ModelRef, ModelSpecError, parse_model_spec
 from llmbatch._core.pricing import Price, Rate
 from llmbatch._core.results import JobResult
@@ -396,21 +395,4 @@ def test_a_price_with_tiers_and_one_without_cost_what_their_rates_say() -> None:
     assert tiered.plain_cost(300_000, 100) == tiered.cost(Usage(300_000, 100))
     assert replace(flat, output=Rate(1.0, ((10, 2.0),))).plain_cost(20, 20) == pytest.approx(
         (20 * 1.0 + 20 * 2.0) / 1e6
-    )
-
-
-@pytest.mark.parametrize(
-    "request_",
-    [
-        Request(messages=[{"role": "user", "content": "What is 2 + 2?"}]),
-        Request(messages=[{"role": "user", "content": "héllo wörld ✓"}]),
-        Request(messages=[{"role": "user", "content": "x"}], system="be brief"),
-        Request(messages=[{"role": "user", "content": [{"type": "text", "text": "a b"}]}]),
-        Request(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]),
-    ],
-)
-def test_both_input_estimates_at_once_are_the_two_estimates(request_: Request) -> None:
-    assert input_token_estimates(request_) == (
-        estimate_input_tokens(request_, conservative=True),
-        estimate_input_tokens(request_),
     )

@@ -336,18 +336,6 @@ def estimate_input_tokens(request: Request, *, conservative: bool = False) -> in
     return max(1, math.ceil(chars / 4) + overhead)
 
 
-def input_token_estimates(request: Request) -> tuple[int, int]:
-    """(``estimate_input_tokens(request, conservative=True)``, ``estimate_input_tokens(
-    request)``): a budget's worst case and the rate limits' count, in one call."""
-    messages = request.messages
-    if request.system is None and len(messages) == 1:
-        content = messages[0].get("content")
-        if type(content) is str:  # one prompt, the usual job
-            size = len(content) if content.isascii() else len(content.encode())
-            return size + 12, max(1, -(-len(content) // 4) + 12)
-    return estimate_input_tokens(request, conservative=True), estimate_input_tokens(request)
-
-
 def _byte_len(content: Any) -> int:
     if isinstance(content, str):
         # ASCII text is one byte a character: no need to encode it to count.

@@ -26,7 +26,7 @@ from llmbatch._core.clock import Clock
 from llmbatch._core.events import AttemptStarted, BudgetStopped, EventBus
 from llmbatch._core.exceptions import OtherProviderError, ProviderError
 from llmbatch._core.headers import RateLimitHint
-from llmbatch._core.jobs import Request, input_token_estimates
+from llmbatch._core.jobs import Request, estimate_input_tokens
 from llmbatch._core.models import ModelRef
 from llmbatch._core.pricing import Price, PriceBook
 from llmbatch._core.results import JobResult, ResultError
@@ -234,7 +234,8 @@ class JobRunner:
         if request is tally.pj.request:
             worst_in, est_in = tally.pj.input_estimates()
         else:  # a repair turn
-            worst_in, est_in = input_token_estimates(request)
+            worst_in = estimate_input_tokens(request, conservative=True)
+            est_in = estimate_input_tokens(request)
         cost = 0.0 if price is None else price.plain_cost(worst_in, out_tokens)
         return Reservation(cost, worst_in + out_tokens, est_in, out_tokens)
 

@@ -13,7 +13,7 @@ from llmbatch._budget.open import check_ledger
 from llmbatch._config.paths import check_run_paths
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.exceptions import InputError, LineProblem, ResumeConflict, UsageError
-from llmbatch._core.jobs import Job, JobParser, LineError, Request, input_token_estimates
+from llmbatch._core.jobs import Job, JobParser, LineError, Request, estimate_input_tokens
 from llmbatch._core.keys import check_base_url, check_key
 from llmbatch._core.models import ModelRef
 from llmbatch._core.prefix import PrefixInfo
@@ -68,7 +68,10 @@ class PreparedJob:
         """(worst case, estimate) of the request's input tokens, counted once per job."""
         if self._estimates is None:
             r = self.request
-            self._estimates = input_token_estimates(r)
+            self._estimates = (
+                estimate_input_tokens(r, conservative=True),
+                estimate_input_tokens(r),
+            )
         return self._estimates
 
 
