@@ -300,10 +300,9 @@ class Planner:
                 return None
             plan.todo += 1
             limit_line = job.line
-            if chain[0] in self._no_prefixes:
-                self.prefixes.todo += 1  # counted as count() would, with no candidate
-            else:
-                self.prefixes.count(self.prefix_candidates(chain[0], job.request))
+            head = chain[0]
+            no_prefix = head in self._no_prefixes
+            self.prefixes.count([] if no_prefix else self.prefix_candidates(head, job.request))
             return None
 
         summary = validate_file(

@@ -147,11 +147,13 @@ class _Buckets:
         self.rows: list[list[float]] = []
         self.end: float | None = None
         # The last row handed out and the times it spans (``lo <= ts < hi``): most
-        # timestamps fall in it, and the recorder tests that before it calls row().
+        # timestamps fall in it (three a job), found then without an index.
         self.lo = self.hi = 0.0
         self.last: list[float] = []
 
     def row(self, ts: float) -> list[float]:
+        if self.lo <= ts < self.hi:
+            return self.last
         t0 = self.t0
         if t0 is None:
             t0 = self.t0 = ts
@@ -308,15 +310,12 @@ class TimelineRecorder:
     def count_job(self, ts: float, result: JobResult) -> None:
         """One job's result, as written (``CountingSink``)."""
         self.saw_run = True
-        b = self._buckets
-        (b.last if b.lo <= ts < b.hi else b.row(ts))[_DONE] += 1
+        self._buckets.row(ts)[_DONE] += 1
         self._jobs.add(result)
 
     def count_attempt(self, f: AttemptFigures) -> None:
         """One attempt, from its figures (``CountingSink``)."""
-        b = self._buckets
-        ts = f.ts
-        row = b.last if b.lo <= ts < b.hi else b.row(ts)
+        row = self._buckets.row(f.ts)
         row[_ENDED] += 1
         if f.outcome == "ok":
             row[_OK] += 1
@@ -328,8 +327,7 @@ class TimelineRecorder:
         row[_OUT] += f.output_tokens
         row[_COST] += f.cost_usd or 0.0
         # Counted from the attempt's end, so the runner need not build AttemptStarted.
-        ts = f.started_ts
-        (b.last if b.lo <= ts < b.hi else b.row(ts))[_STARTED] += 1
+        self._buckets.row(f.started_ts)[_STARTED] += 1
 
     def add_jobs(self, ts: float, count: int, jobs: JobsDigest) -> None:
         """``count`` jobs ended at ``ts``, run elsewhere (``run --ray``): ``jobs`` is
