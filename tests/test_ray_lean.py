@@ -86,6 +86,29 @@ def test_a_failed_lean_start_falls_back_to_rays_own() -> None:
     assert _Node().start_monitor() == "monitor"
 
 
+def test_a_joining_driver_sends_no_task_events_and_leaves_the_setting_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str | None] = []
+
+    class Ray(SimpleNamespace):
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, **kwargs: Any) -> None:
+            seen.append(os.environ.get(ray_cluster._TASK_EVENTS))
+
+    monkeypatch.setitem(sys.modules, "ray", Ray())
+    monkeypatch.delenv(ray_cluster._TASK_EVENTS, raising=False)
+    assert ray_cluster.connect("127.0.0.1:6379", quiet=True)
+    assert seen == ["0"]  # read by Ray as it connects ...
+    assert ray_cluster._TASK_EVENTS not in os.environ  # ... and gone after
+    monkeypatch.setenv(ray_cluster._TASK_EVENTS, "1000")  # the user's own: kept
+    ray_cluster.connect("auto", quiet=True)
+    assert seen == ["0", "1000"]
+    assert os.environ[ray_cluster._TASK_EVENTS] == "1000"
+
+
 # A driver of its own (this process may have joined a Ray already): the node's processes,
 # as Ray lists them, recorded once Ray is up; then the run goes on as the CLI runs it.
 _DRIVER = """
