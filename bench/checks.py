@@ -142,6 +142,18 @@ def ray_checks(r: dict[str, Any]) -> list[Check]:
             r["ray_warm_vs_local"] >= 1.0,
         ),
         (
+            "--ray ADDRESS jobs/s past its fixed cost ≥ one local process past its own",
+            f"{r['ray_warm']['past_start_jobs_per_s']:,.0f} vs "
+            f"{r['local']['past_start_jobs_per_s']:,.0f}",
+            r["ray_warm"]["past_start_jobs_per_s"] >= r["local"]["past_start_jobs_per_s"],
+        ),
+        (
+            "the shortest a cold --ray run can be here: Ray's start + the ceiling (info)",
+            f"{r['ray_best_cold_s']} s vs local {r['local']['wall_s']} s "
+            f"({r['ray_best_cold_vs_local']:.2f}×)",
+            True,
+        ),
+        (
             f"--ray ADDRESS: every one of {n:,} jobs written once",
             f"{r['ray_warm']['written']:,}",
             r["ray_warm"]["written"] == n,

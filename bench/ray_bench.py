@@ -6,12 +6,19 @@ against one local process on the same cores, two ways:
   --num-cpus 2``, started before and stopped after by this section), as cluster users
   run it.
 
-Each way's fixed cost is measured too: the same command over 10 jobs.
+Each way's fixed cost is measured too: the same command over 10 jobs; and the jobs/s
+past it, (n - 10) / (wall - fixed), for the local process as well.
+
+And the ceiling (``bench/ray_ceiling.py``): two actors on the running cluster, each the
+``--ray`` worker's engine over half of the jobs read where it runs, with no driver at
+all. Ray's start (the cold fixed cost) plus n jobs at that rate is the shortest a cold
+``--ray`` run can be here, whatever the driver does: ``ray_best_cold_vs_local``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import PY, child, write_prompts
+from common import BENCH, PY, child, write_prompts
 
 SIM = "sim:claude-haiku-4-5"
 SAME = ["-c", "64", "--no-cache"]  # --ray uses no response cache: neither does local
@@ -90,6 +97,26 @@ def ray_head(env: dict[str, str], tiny: Path, tmp: Path) -> Iterator[str]:
                 current.unlink()
 
 
+def _ceiling(jobs: Path, n: int, address: str, env: dict[str, str], tmp: Path) -> dict[str, Any]:
+    """Two actors, each the worker's engine over its half of the jobs, no driver."""
+    lines = jobs.read_bytes().splitlines(keepends=True)
+    halves = [tmp / "ray-half-a.jsonl", tmp / "ray-half-b.jsonl"]
+    halves[0].write_bytes(b"".join(lines[: n // 2]))
+    halves[1].write_bytes(b"".join(lines[n // 2 :]))
+    cmd = [PY, str(BENCH / "ray_ceiling.py"), address, *map(str, halves)]
+    done = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, check=True)
+    for half in halves:
+        half.unlink()
+    out: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    out["jobs_per_s"] = round(n / out["wall_s"], 1)
+    return out
+
+
+def _past_start(m: dict[str, Any], n: int, fixed_s: float) -> float:
+    """Jobs a second once the run's fixed cost (its 10-job wall) is paid."""
+    return round((n - 10) / max(1e-9, m["wall_s"] - fixed_s), 1)
+
+
 def section_ray(tmp: Path, n: int) -> dict[str, Any]:
     jobs, tiny = tmp / "ray.jsonl", tmp / "ray-tiny.jsonl"
     write_prompts(jobs, n)
@@ -100,15 +127,23 @@ def section_ray(tmp: Path, n: int) -> dict[str, Any]:
     results = tmp / "ray.results.jsonl"
     cold = ["--ray", "--ray-workers", "2"]
     out["local"] = _measure(jobs, n, results, env)
+    out["local_fixed_s"] = _measure(tiny, 10, results, env)["wall_s"]
     out["ray"] = _measure(jobs, n, results, env, *cold)
     out["ray_fixed_s"] = _measure(tiny, 10, results, env, *cold)["wall_s"]
     with ray_head(env, tiny, tmp) as address:
         warm = ["--ray", address, "--ray-workers", "2"]
         out["ray_warm"] = _measure(jobs, n, results, env, *warm)
         out["ray_warm_fixed_s"] = _measure(tiny, 10, results, env, *warm)["wall_s"]
+        out["ray_ceiling"] = _ceiling(jobs, n, address, env, tmp)
     local = out["local"]["jobs_per_s"]
     out["ray_vs_local"] = round(out["ray"]["jobs_per_s"] / local, 3)
     out["ray_warm_vs_local"] = round(out["ray_warm"]["jobs_per_s"] / local, 3)
+    for key, fixed in (("local", "local_fixed_s"), ("ray", "ray_fixed_s"),
+                       ("ray_warm", "ray_warm_fixed_s")):  # fmt: skip
+        out[key]["past_start_jobs_per_s"] = _past_start(out[key], n, out[fixed])
+    best_cold_s = out["ray_fixed_s"] + n / out["ray_ceiling"]["jobs_per_s"]
+    out["ray_best_cold_s"] = round(best_cold_s, 2)
+    out["ray_best_cold_vs_local"] = round(out["local"]["wall_s"] / best_cold_s, 3)
     jobs.unlink()
     tiny.unlink()
     return out

@@ -310,18 +310,22 @@ def print_tables(results: dict[str, Any], checks: list[tuple[str, str, bool]]) -
                     )
     if "ray" in results:
         r = results["ray"]
-        head = "wall s | jobs/s | CPU s (command) | vs local | fixed s"
+        head = "wall s | jobs/s | CPU s (command) | vs local | fixed s | jobs/s past it"
         print(f"\n| {r['jobs']:,} sim jobs | {head} |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         rows = (
-            ("local process", "local", None, None),
+            ("local process", "local", None, "local_fixed_s"),
             ("--ray (starts Ray)", "ray", "ray_vs_local", "ray_fixed_s"),
             ("--ray ADDRESS (running)", "ray_warm", "ray_warm_vs_local", "ray_warm_fixed_s"),
         )
         for label, key, ratio, fixed in rows:
             m = r[key]
             print(f"| {label} | {m['wall_s']} | {m['jobs_per_s']:,.0f} | {m['cpu_s']} | "
-                  f"{r[ratio] if ratio else 1.0}× | {r[fixed] if fixed else '-'} |")  # fmt: skip
+                  f"{r[ratio] if ratio else 1.0}× | {r[fixed]} | "
+                  f"{m['past_start_jobs_per_s']:,.0f} |")  # fmt: skip
+        c = r["ray_ceiling"]
+        print(f"| ceiling: 2 actors, no driver | {c['wall_s']} | {c['jobs_per_s']:,.0f} | "
+              f"{sum(a['cpu_s'] for a in c['actors']):.2f} (actors) | - | - | - |")  # fmt: skip
     if "cpu" in results:
         print("\n| plain HTTP | client | CPU ms/request | wall s |")
         print("|---|---|---:|---:|")
