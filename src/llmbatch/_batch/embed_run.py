@@ -16,12 +16,16 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from llmbatch._batch.context import ClientFactory, batch_context, default_client_factory
 from llmbatch._batch.embed_fetch import EmbedFetcher, EmbedFetchTotals
 from llmbatch._batch.embed_submit import embeddings_client_factory, submit_embeddings
-from llmbatch._batch.run import cancel_all, check_batch_mode, start_fresh, submitted_at
+from llmbatch._batch.run import (
+    cancel_all,
+    check_batch_mode,
+    locked_and_watched,
+    start_fresh,
+    submitted_at,
+)
 from llmbatch._batch.submitted import SubmitReport
 from llmbatch._config.settings import RunConfig
 from llmbatch._core.clock import SYSTEM_CLOCK, Clock
@@ -146,18 +150,10 @@ async def run_embed_batches(
         clock=clock,
     )
     factory = embeddings_client_factory(client_factory or default_client_factory)
-    run.lock()
-    try:
-        async with anyio.create_task_group() as tg:
-            if run.handles_signals:
-                tg.start_soon(run.watch_signals)
-            try:
-                report = await _batches_then_online(run, deadline, poll, batch_size, factory, tell)
-            finally:
-                tg.cancel_scope.cancel()
-        return report, run
-    finally:
-        run.unlock()
+    report = await locked_and_watched(
+        run, lambda: _batches_then_online(run, deadline, poll, batch_size, factory, tell)
+    )
+    return report, run
 
 
 async def _batches_then_online(

@@ -14,7 +14,7 @@ while its batch is.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from llmbatch._io.batch_state import BatchState
 from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
 from llmbatch._run.online import FileRun
+from llmbatch._run.session import RunSession
 
 if TYPE_CHECKING:
     from llmbatch._observe.progress import ProgressSink
@@ -109,18 +110,27 @@ async def run_with_batches(
         sinks=sinks,
         clock=clock,
     )
+    report = await locked_and_watched(
+        run, lambda: _batches_then_online(run, deadline, poll, batch_size, client_factory, tell)
+    )
+    return report, run
+
+
+async def locked_and_watched(
+    run: RunSession, body: Callable[[], Awaitable[RunReport]]
+) -> RunReport:
+    """``body`` with the run's output locked and, if it handles them, its signals watched:
+    a batched run (``run_with_batches``, ``run_embed_batches``) from start to end."""
     run.lock()
     try:
         async with anyio.create_task_group() as tg:
             if run.handles_signals:
                 tg.start_soon(run.watch_signals)
             try:
-                report = await _batches_then_online(
-                    run, deadline, poll, batch_size, client_factory, tell
-                )
+                report = await body()
             finally:
                 tg.cancel_scope.cancel()
-        return report, run
+        return report
     finally:
         run.unlock()
 
