@@ -143,7 +143,7 @@ def test_a_local_ray_starts_lean_and_runs_every_job(tmp_path: Path) -> None:
         pytest.skip("ray is not installed (pip install 'llmbatch[ray]')")
     jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(300))
     out, seen = tmp_path / "out.jsonl", tmp_path / "processes.json"
-    args = ["run", str(jobs), "-m", "sim:claude-haiku-4-5", "-o", str(out), "--quiet"]
+    args = ["run", str(jobs), "-m", "sim:claude-haiku-4-5", "-o", str(out)]  # progress on
     env = {**os.environ, "LLMBATCH_SIM_LATENCY_MS": "0"}
     done = subprocess.run(
         [sys.executable, "-c", _DRIVER, str(seen), *args, "--ray", "--ray-workers", "2"],
@@ -152,6 +152,12 @@ def test_a_local_ray_starts_lean_and_runs_every_job(tmp_path: Path) -> None:
         timeout=180,
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+    said = done.stderr.decode()
+    # What it waited for, said as it waited (stderr is no terminal: a line each) ...
+    assert "llmbatch: starting a local Ray…\n" in said
+    assert "llmbatch: Ray workers ready: 2/2\n" in said
+    # ... and not Ray's note that its own local cluster turned token authentication on.
+    assert "Token authentication is enabled" not in said
     node = json.loads(seen.read_text())
     assert node["started"]  # this run started its Ray
     assert {"gcs_server", "raylet"} <= set(node["processes"])

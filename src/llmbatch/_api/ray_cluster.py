@@ -38,7 +38,14 @@ def connect(address: str, *, quiet: bool = False) -> bool:
     }
     try:
         if address == "local":  # a new Ray of its own, whatever `ray start` left running
-            _init_local(ray, object_store_memory=_OBJECT_STORE, **kwargs)
+            # It turns token authentication on by default, and says so as it starts;
+            # nobody else reaches it, and it is gone when the run ends: not said here.
+            auth = logging.getLogger(_AUTH_LOGGER)
+            auth.addFilter(_no_default_token_note)
+            try:
+                _init_local(ray, object_store_memory=_OBJECT_STORE, **kwargs)
+            finally:
+                auth.removeFilter(_no_default_token_note)
         else:
             with _driver_sends_no_task_events():
                 ray.init(address=address, **kwargs)
@@ -120,6 +127,13 @@ def _skip(self: Any, *args: Any, **kwargs: Any) -> None:
 
 def _no_signal_warning(record: Any) -> bool:
     return "SIGTERM handler is not set" not in str(record.getMessage())
+
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _no_default_token_note(record: Any) -> bool:
+    return "Token authentication is enabled for this Ray cluster" not in str(record.getMessage())
 
 
 def cpus_of(ray: Any) -> float:

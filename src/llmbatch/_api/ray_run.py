@@ -37,6 +37,7 @@ from llmbatch._core.stops import StopReason
 from llmbatch._engine.plan import BatchSeed, Plan
 from llmbatch._engine.sinks import OutputSink
 from llmbatch._io.resume import ExistingOutput
+from llmbatch._observe.progress import show_status
 from llmbatch._report.batch import BatchPart
 from llmbatch._report.report import RunReport
 from llmbatch._run.online import FileRun
@@ -102,20 +103,35 @@ class RayRun(FileRun):
         actors: list[_Actor] = []
         notes: list[str] = []
         try:
+            where = "starting a local Ray" if self.address == "local" else "joining Ray"
+            show_status(self.progress, f"{where}…")
             handles = await anyio.to_thread.run_sync(self._cluster.result)
             if not plan.todo:
                 return  # all done already: no actor is opened
             actors = [_Actor(h) for h in handles[: max(1, min(len(handles), plan.todo))]]
-            configs, budget = self._actor_configs(len(actors))
-            opening = zip(actors, configs, strict=True)
-            events = bool(self._observers)  # --log-json, --otlp: the workers' events too
-            await _gather([a.handle.open.remote(c, budget, events) for a, c in opening])
+            await self._open_actors(actors)
             blocks = read_blocks(self.planner, plan, existing, notes, len(actors))
             await self._dispatch(actors, BlockQueue(blocks), sink)
         finally:
+            show_status(self.progress, None)
             sink.close()
             self.notes.extend(notes)
             await self._close_actors(actors)
+
+    async def _open_actors(self, actors: list[_Actor]) -> None:
+        """Each actor's engine opened with its config, the count shown as they open (on
+        a cluster that adds nodes for them, this is where the run waits)."""
+        configs, budget = self._actor_configs(len(actors))
+        events = bool(self._observers)  # --log-json, --otlp: the workers' events too
+        n = len(actors)
+        show_status(self.progress, f"Ray workers ready: 0/{n}")
+        opening = [
+            a.handle.open.remote(c, budget, events) for a, c in zip(actors, configs, strict=True)
+        ]
+        for ready, ref in enumerate(opening, 1):  # all asked at once, counted in order
+            await ref
+            show_status(self.progress, f"Ray workers ready: {ready}/{n}")
+        show_status(self.progress, None)
 
     def _actor_configs(self, n: int) -> tuple[list[RunConfig], ClusterBudget | None]:
         spent = (self.run_budget.spent_cost, self.run_budget.spent_tokens)
@@ -334,7 +350,3 @@ def _share(limits: ModelLimits, n: int) -> ModelLimits:
         input_tpm=part(limits.input_tpm),
         output_tpm=part(limits.output_tpm),
     )
-
-
-async def _gather(refs: list[Any]) -> list[Any]:
-    return [await ref for ref in refs]

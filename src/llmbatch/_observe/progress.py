@@ -22,6 +22,14 @@ class ProgressSink(Protocol):
     def stop(self) -> None: ...
 
 
+def show_status(progress: ProgressSink, text: str | None) -> None:
+    """What the run waits for before its first job (Ray starting, workers opening), on a
+    sink that shows it (``status``); None clears it. A sink without one shows nothing."""
+    status = getattr(progress, "status", None)
+    if status is not None:
+        status(text)
+
+
 class NoProgress:
     def start(self, total: int) -> None:
         return None
@@ -33,6 +41,9 @@ class NoProgress:
         return None
 
     def stop(self) -> None:
+        return None
+
+    def status(self, text: str | None) -> None:
         return None
 
 
@@ -100,6 +111,12 @@ class PlainProgress(_Counts):
             self._last = now
             self._print()
 
+    def status(self, text: str | None) -> None:
+        """Said at once, a line of its own (cron and CI logs keep it)."""
+        if text:
+            self._stream.write(f"llmbatch: {text}\n")
+            self._stream.flush()
+
     def _print(self) -> None:
         elapsed = time.monotonic() - self.started
         self._stream.write(
@@ -131,7 +148,7 @@ class RichProgress(_Counts):
         )
 
         self._progress = Progress(
-            TextColumn("[bold]llmbatch"),
+            TextColumn("[bold]llmbatch[/]{task.fields[status]}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("[green]{task.fields[ok]} ok[/] [red]{task.fields[failed]} failed[/]"),
@@ -145,7 +162,7 @@ class RichProgress(_Counts):
             transient=False,
         )
         self._task = self._progress.add_task(
-            "run", total=0, ok=0, failed=0, rate="", spend="$0", start=False
+            "run", total=0, ok=0, failed=0, rate="", spend="$0", status="", start=False
         )
 
     def start(self, total: int) -> None:
@@ -167,6 +184,13 @@ class RichProgress(_Counts):
             rate=f"{self.rate():.1f}/s",
             spend=self.spend_text(),
         )
+
+    def status(self, text: str | None) -> None:
+        """Shown beside the name until cleared (None)."""
+        from rich.markup import escape
+
+        status = f" [cyan]{escape(text)}[/]" if text else ""
+        self._progress.update(self._task, status=status)
 
     def stop(self) -> None:
         self.tick()
