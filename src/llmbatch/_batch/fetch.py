@@ -272,19 +272,7 @@ async def fetch(
         f = _Fetcher(ctx, max_attempts or config.max_attempts, bus)
         if not ctx.state.chunks:
             ctx.notes.append(f"no batches recorded for {config.output}")
-        while True:
-            still = await f.poll()
-            # The batches that ended: their real cost replaces their window bookings.
-            await settle_windows(ctx.state, config.shared, ctx.notes)
-            if not still or not wait:
-                break
-            if session is None:
-                await clock.sleep(poll)
-                continue
-            with session.stopper.interruptible():
-                await clock.sleep(poll)
-            if session.stopper.stopping:
-                break
+        still = await _poll(ctx, f, wait=wait, poll=poll, clock=clock, session=session)
         fixed = RepairReport()
         refused = f.refused
         if repair and ctx.state.pending_repairs(f.line_fp):
@@ -309,6 +297,32 @@ async def fetch(
             refused=refused,
             pending=pending_jobs(ctx),  # the output read again: repairs wrote lines too
         )
+
+
+async def _poll(
+    ctx: BatchContext,
+    f: _Fetcher,
+    *,
+    wait: bool,
+    poll: float,
+    clock: Clock,
+    session: RunSession | None,
+) -> int:
+    """Fetch what ended (with ``wait``, every ``poll`` seconds until none is open, or a
+    signal stops the run); how many batches are still open."""
+    while True:
+        still = await f.poll()
+        # The batches that ended: their real cost replaces their window bookings.
+        await settle_windows(ctx.state, ctx.config.shared, ctx.notes)
+        if not still or not wait:
+            return still
+        if session is None:
+            await clock.sleep(poll)
+            continue
+        with session.stopper.interruptible():
+            await clock.sleep(poll)
+        if session.stopper.stopping:
+            return still
 
 
 def _say(ctx: BatchContext, f: _Fetcher) -> None:

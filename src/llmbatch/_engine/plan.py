@@ -256,12 +256,7 @@ class Planner:
     def plan(self) -> Plan:
         """Read the output (for resume) and check every job line. Sends nothing."""
         cfg = self.config
-        if cfg.output is not None and not cfg.fresh and is_parquet(cfg.output):
-            self.existing = read_existing_results(cfg.output, retry_failed=cfg.retry_failed)
-        elif cfg.output is not None and not cfg.fresh:
-            self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
-            if cfg.shard is not None:
-                add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
+        self._read_existing()
         plan = Plan()
         self.last_plan = None
         self.prefixes = self._prefix_groups()
@@ -317,6 +312,18 @@ class Planner:
         plan.total_valid = summary.valid
         self.last_plan = plan
         return plan
+
+    def _read_existing(self) -> None:
+        """What the output holds already (nothing with ``--fresh`` or no output file)."""
+        cfg = self.config
+        if cfg.output is None or cfg.fresh:
+            return
+        if is_parquet(cfg.output):
+            self.existing = read_existing_results(cfg.output, retry_failed=cfg.retry_failed)
+            return
+        self.existing = read_existing(cfg.output, retry_failed=cfg.retry_failed)
+        if cfg.shard is not None:
+            add_sibling_done(self.existing, cfg.output, retry_failed=cfg.retry_failed)
 
     def check(self, plan: Plan, *, require_keys: bool = True) -> None:
         """Refuse before anything is sent: bad lines, changed jobs, missing keys, unpriced caps.
