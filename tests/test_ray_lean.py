@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,11 +101,16 @@ def test_a_joining_driver_sends_no_task_events_and_leaves_the_setting_as_it_was(
 
     monkeypatch.setitem(sys.modules, "ray", Ray())
     monkeypatch.delenv(ray_cluster._TASK_EVENTS, raising=False)
-    assert ray_cluster.connect("127.0.0.1:6379", quiet=True)
-    assert seen == ["0"]  # read by Ray as it connects ...
-    assert ray_cluster._TASK_EVENTS not in os.environ  # ... and gone after
-    monkeypatch.setenv(ray_cluster._TASK_EVENTS, "1000")  # the user's own: kept
-    ray_cluster.connect("auto", quiet=True)
+    with socket.socket() as cluster:  # a port that answers: the join goes on to Ray
+        cluster.bind(("127.0.0.1", 0))
+        cluster.listen()
+        address = f"127.0.0.1:{cluster.getsockname()[1]}"
+        assert ray_cluster.connect(address, quiet=True)
+        assert seen == ["0"]  # read by Ray as it connects ...
+        assert ray_cluster._TASK_EVENTS not in os.environ  # ... and gone after
+        monkeypatch.setenv(ray_cluster._TASK_EVENTS, "1000")  # the user's own: kept
+        monkeypatch.setenv("RAY_ADDRESS", address)
+        ray_cluster.connect("auto", quiet=True)
     assert seen == ["0", "1000"]
     assert os.environ[ray_cluster._TASK_EVENTS] == "1000"
 

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from llmbatch._api.ray_address import join_target, unreachable
 from llmbatch._api.ray_worker import EngineWorker
 from llmbatch._core.exceptions import UsageError
 
@@ -47,6 +48,7 @@ def connect(address: str, *, quiet: bool = False) -> bool:
             finally:
                 auth.removeFilter(_no_default_token_note)
         else:
+            _refuse_if_nothing_answers(address)
             with _driver_sends_no_task_events():
                 ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -56,6 +58,18 @@ def connect(address: str, *, quiet: bool = False) -> bool:
             "or pass --ray alone for a local Ray. Nothing was sent."
         ) from None
     return True
+
+
+def _refuse_if_nothing_answers(address: str) -> None:
+    """At once, where no cluster's port answers (Ray itself would retry for minutes)."""
+    target = join_target(address)
+    if target is None:
+        return
+    host, port = target
+    problem = unreachable(host, port)
+    if problem is not None:
+        where = f" at {host}:{port}" if address == "auto" else " there"
+        raise ConnectionError(f"nothing answers{where}: {problem}")
 
 
 # What a local Ray's head starts that a run of llmbatch's own never uses: the autoscaler
