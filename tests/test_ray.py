@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +292,24 @@ def test_log_json_has_the_workers_attempts(tmp_path: Path, ray_cluster: str) -> 
     kinds = [e["event"] for e in events]
     assert kinds.count("run_start") == kinds.count("run_end") == 1  # the driver's run alone
     assert kinds.index("run_start") < kinds.index("attempt") and kinds[-1] == "run_end"
+
+
+def test_an_actors_own_error_is_said_as_a_local_run_says_it(
+    tmp_path: Path, ray_cluster: str, fake: FakeAPI
+) -> None:
+    # The actors open the --shared store; one that cannot be reached stops the run with
+    # llmbatch's own message and exit code, not Ray's traceback of the actor.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # nothing listens there once this is closed
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(20))
+    out = tmp_path / "out.jsonl"
+    shared = f"redis://127.0.0.1:{closed}/0"
+    done = run_cli(
+        "run", str(jobs), "-m", MODEL, "-o", str(out), "--quiet",
+        "--ray", "--ray-workers", "2", "--shared", shared, env=fake_env(fake),
+    )  # fmt: skip
+    assert done.code == 5, done.output  # the shared store: budgets fail closed
+    assert done.stderr.startswith(f"llmbatch: --shared {shared}: "), done.stderr
+    assert "ray::" not in done.stderr and "Traceback" not in done.stderr
+    assert fake.count() == 0  # nothing was sent

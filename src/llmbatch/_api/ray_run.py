@@ -31,7 +31,7 @@ from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
 from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
 from llmbatch._config.settings import ModelLimits, RunConfig
 from llmbatch._core.events import Event, JobEnded
-from llmbatch._core.exceptions import OutputError, UsageError
+from llmbatch._core.exceptions import LLMBatchError, OutputError, UsageError
 from llmbatch._core.results import JobResult
 from llmbatch._core.stops import StopReason
 from llmbatch._engine.plan import BatchSeed, Plan
@@ -129,7 +129,10 @@ class RayRun(FileRun):
             a.handle.open.remote(c, budget, events) for a, c in zip(actors, configs, strict=True)
         ]
         for ready, ref in enumerate(opening, 1):  # all asked at once, counted in order
-            await ref
+            try:
+                await ref
+            except Exception as exc:  # said as a local run says it, not as Ray's traceback
+                raise _own_error(exc) from None
             show_status(self.progress, f"Ray workers ready: {ready}/{n}")
         show_status(self.progress, None)
 
@@ -292,6 +295,13 @@ def _give_back(queue: BlockQueue, block: Block, written: _Written) -> None:
     left = block.without(written.linenos())
     if left is not None:
         queue.returned.append(left)
+
+
+def _own_error(exc: Exception) -> Exception:
+    """llmbatch's own error an actor raised (an unreachable ``--shared`` store, say), out
+    of the Ray error that carries it with the actor's traceback; any other as it is."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, LLMBatchError) else exc
 
 
 def split_config(
