@@ -1,11 +1,13 @@
 """``--ray ADDRESS`` where no cluster runs is refused at once, saying so (Ray's own join
-retries for minutes): the address is resolved as Ray resolves it, its port tried."""
+retries for minutes): the address is resolved as Ray resolves it, its port tried. And a
+rolling budget is not taken to a cluster whose nodes would each hold their own ledger."""
 
 from __future__ import annotations
 
 import socket
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +16,8 @@ import pytest
 from llmbatch._api import ray_cluster
 from llmbatch._api.ray_address import join_target, unreachable
 from llmbatch._core.exceptions import UsageError
+from tests.conftest import fake_env, prompts, run_cli, write_jsonl
+from tests.fakeapi import FakeAPI
 
 
 def _closed_port() -> int:
@@ -82,3 +86,41 @@ def test_a_join_where_a_port_answers_goes_on_to_ray(monkeypatch: pytest.MonkeyPa
         address = f"127.0.0.1:{listening.getsockname()[1]}"
         assert ray_cluster.connect(address, quiet=True)
     assert joined == [address]
+
+
+def test_a_rolling_budget_on_a_joined_cluster_needs_shared(tmp_path: Path, fake: FakeAPI) -> None:
+    # Without --shared a rolling budget lives in a SQLite file: one machine's. A joined
+    # cluster may be many machines, each spending the whole budget: refused, sent nothing.
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", prompts(5))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(jobs), "-m", "anthropic:claude-haiku-4-5", "-o", str(out), "--quiet"]
+    done = run_cli(*args, "--ray", "auto", "--budget-per-hour", "1", env=fake_env(fake))
+    assert done.code == 2, done.output
+    assert done.stderr.startswith(
+        "llmbatch: --budget-per-hour with --ray auto: a cluster's nodes need a ledger they "
+        "all share"
+    ), done.stderr
+    assert "Add --shared redis://HOST:PORT/DB" in done.stderr
+    assert fake.count() == 0 and not out.exists()
+
+
+def test_process_refuses_a_rolling_budget_on_several_nodes_without_shared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from llmbatch.ray import process
+
+    class Ray(SimpleNamespace):  # a cluster of two nodes, as Ray lists them
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 4.0}
+
+        def nodes(self) -> list[dict[str, Any]]:
+            return [{"Alive": True}, {"Alive": True}, {"Alive": False}]
+
+    monkeypatch.setitem(sys.modules, "ray", Ray())
+
+    class Dataset:  # never reached: refused before any work is planned
+        def map_batches(self, *args: Any, **kwargs: Any) -> None:
+            raise AssertionError("planned despite the refusal")
+
+    with pytest.raises(UsageError, match=r"tokens_per_day= on a Ray cluster of 2 nodes"):
+        process(Dataset(), model="sim:claude-haiku-4-5", tokens_per_day=1000)

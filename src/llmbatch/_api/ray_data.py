@@ -16,10 +16,11 @@ from typing import Any, TypeVar
 
 import orjson
 
-from llmbatch._api.ray_run import cpus_of, split_config
+from llmbatch._api.ray_run import cpus_of, split_config, unshared_windows
 from llmbatch._api.ray_worker import ClusterBudget, EngineWorker, worker_env
 from llmbatch._api.runner import Runner
 from llmbatch._config.settings import RunConfig
+from llmbatch._core.exceptions import UsageError
 from llmbatch._core.jobs import LineError
 
 T = TypeVar("T")
@@ -135,6 +136,20 @@ def _add_row(
         columns[name].append(value)
 
 
+def _check_windows_are_shared(config: RunConfig, ray: Any) -> None:
+    """A rolling budget on a cluster of several nodes needs ``shared=``: without it each
+    node would hold its own SQLite ledger, and spend the whole budget."""
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    unshared = unshared_windows(config)
+    if nodes > 1 and unshared:
+        names = ", ".join(f"{flag.removeprefix('--').replace('-', '_')}=" for flag in unshared)
+        raise UsageError(
+            f"llmbatch.ray.process: {names} on a Ray cluster of {nodes} nodes needs a "
+            "ledger every node shares: pass shared='redis://HOST:PORT/DB' (the SQLite "
+            "ledger is one machine's file)"
+        )
+
+
 def process(
     dataset: Any,
     model: str | None = None,
@@ -156,6 +171,7 @@ def process(
         raise TypeError("llmbatch.ray.process: provider= objects cannot go to Ray workers")
     config = Runner(model, **options).config
     cpus = cpus_of(ray)
+    _check_windows_are_shared(config, ray)
     n = workers or int(cpus)
     configs, budget, _ = split_config(config, n)
     return dataset.map_batches(

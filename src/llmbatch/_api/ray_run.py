@@ -29,6 +29,7 @@ import orjson
 from llmbatch._api.ray_blocks import Block, BlockQueue, read_blocks
 from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
 from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
+from llmbatch._budget.windows import windows_from_config
 from llmbatch._config.settings import ModelLimits, RunConfig
 from llmbatch._core.events import Event, JobEnded
 from llmbatch._core.exceptions import LLMBatchError, OutputError, UsageError
@@ -43,7 +44,7 @@ from llmbatch._report.report import RunReport
 from llmbatch._run.online import FileRun
 from llmbatch._run.session import SessionOptions
 
-__all__ = ["RayRun", "connect", "cpus_of", "split_config"]
+__all__ = ["RayRun", "connect", "cpus_of", "split_config", "unshared_windows"]
 
 _QUEUED = 2  # blocks per actor at once: the next one waits there, ready
 
@@ -71,6 +72,7 @@ class RayRun(FileRun):
             raise UsageError("--ray writes the output file itself: give --output a file")
         if importlib.util.find_spec("ray") is None:  # said before anything is touched
             raise UsageError("--ray needs Ray: pip install 'llmbatch[ray]'. Nothing was sent.")
+        _check_windows_are_shared(config, address)
         super().__init__(config, **kw)
         self.address = address
         self.want_workers = workers
@@ -295,6 +297,29 @@ def _give_back(queue: BlockQueue, block: Block, written: _Written) -> None:
     left = block.without(written.linenos())
     if left is not None:
         queue.returned.append(left)
+
+
+def unshared_windows(config: RunConfig) -> list[str]:
+    """The rolling budgets (``--budget-per-hour`` and the like) a run holds in its SQLite
+    ledger: a file every spender must share, so one machine's. With ``--shared`` they
+    are held in Redis, for every node: then none."""
+    if config.shared:
+        return []
+    return sorted({window.flag for window in windows_from_config(config)})
+
+
+def _check_windows_are_shared(config: RunConfig, address: str) -> None:
+    """A local Ray started by the run is this machine; a cluster joined may be many
+    machines (or grow to be), each with a ledger file of its own."""
+    flags = unshared_windows(config)
+    if not flags or address == "local":
+        return
+    raise UsageError(
+        f"{', '.join(flags)} with --ray {address}: a cluster's nodes need a ledger they all "
+        "share, and the SQLite ledger is one machine's file. Add --shared "
+        "redis://HOST:PORT/DB (the windows are then held in Redis for every node), or run "
+        "with --ray alone (a local Ray on this machine). Nothing was sent."
+    )
 
 
 def _own_error(exc: Exception) -> Exception:
