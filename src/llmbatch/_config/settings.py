@@ -294,10 +294,12 @@ FLEX_TIMEOUT_S = 900.0
 
 def _stem(path: Path) -> str:
     name = path.name
+    for compressed in (".gz", ".bz2", ".xz"):  # jobs.jsonl.gz → jobs.results.jsonl
+        name = name.removesuffix(compressed)
     for suffix in (".jsonl", ".ndjson", ".json"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
-    return path.stem
+    return Path(name).stem
 
 
 def _relative(base: Path, value: str, from_flag: bool) -> Path:

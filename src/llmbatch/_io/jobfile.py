@@ -123,14 +123,37 @@ def _report_duplicates(
 
 
 def open_jobs(path: Path) -> BinaryIO:
+    """The jobs file's lines, decompressed when it is gzip, bzip2 or xz (told by its first
+    bytes, whatever its name)."""
     try:
-        return path.open("rb")
+        stream = path.open("rb")
     except FileNotFoundError:
         raise UsageError(f"jobs file not found: {path}") from None
     except IsADirectoryError:
         raise UsageError(f"jobs path is a directory, not a JSONL file: {path}") from None
     except PermissionError:
         raise UsageError(f"cannot read jobs file (permission denied): {path}") from None
+    head = stream.read(6)
+    stream.seek(0)
+    for magic, module in _COMPRESSED:
+        if head.startswith(magic):
+            import importlib
+
+            stream.close()  # opened again by name: closing the reader closes the file
+            opened: BinaryIO = importlib.import_module(module).open(path, "rb")
+            return opened
+    if head.startswith(_ZSTD):
+        stream.close()
+        raise UsageError(
+            f"{path} is zstd-compressed, which this Python cannot read: decompress it first, "
+            f"or pipe it in (zstd -dc {path} | llmbatch run - …)"
+        )
+    return stream
+
+
+# What a compressed jobs file starts with, and the module that reads it (all standard).
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "lzma"))
+_ZSTD = b"\x28\xb5\x2f\xfd"
 
 
 def spooled_jobs_source(jobs: str) -> BinaryIO | None:
