@@ -131,8 +131,12 @@ def test_killed_driver_resumes_nothing_lost_nothing_twice(
     report = tmp_path / "report.json"
     done = run_cli(*args, "--ray", "--ray-workers", "2", "--report", str(report))
     assert done.code == 0, done.output
-    notes = json.loads(report.read_text())["notes"]
-    assert any("split evenly across 2 workers" in note for note in notes)  # no --shared
+    said = json.loads(report.read_text())
+    assert any("split evenly across 2 workers" in note for note in said["notes"])  # no --shared
+    # The rate limits in force are the two actors' (the driver holds none): both ran
+    # jobs, though the rest fits in one block each, and every request was counted.
+    limits = said["limits"][MODEL]
+    assert limits["workers"] == 2 and limits["sent"] == 600 - first
     ids = ids_of(out)
     assert len(ids) == len(set(ids)) == 600  # nothing lost, nothing written twice
     assert all(line["status"] == "ok" for line in read_jsonl(out))

@@ -86,8 +86,11 @@ def read_blocks(
 
 
 def _size(left: int, actors: int) -> int:
-    """Full blocks while much is left; then smaller, so no actor is left alone at the end."""
-    return max(MIN_BLOCK, min(BLOCK, left // (4 * max(1, actors))))
+    """Full blocks while much is left; then smaller, so no actor is left alone at the end;
+    and never so big that a few jobs go to one actor while another has none."""
+    actors = max(1, actors)
+    floor = min(MIN_BLOCK, -(-left // actors))  # a small run: one block each, even
+    return max(1, floor, min(BLOCK, left // (4 * actors)))
 
 
 @dataclass

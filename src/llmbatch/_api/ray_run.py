@@ -28,6 +28,7 @@ import orjson
 
 from llmbatch._api.ray_blocks import Block, BlockQueue, read_blocks
 from llmbatch._api.ray_cluster import ClusterStart, connect, cpus_of
+from llmbatch._api.ray_limits import merge_limits
 from llmbatch._api.ray_worker import BlockDone, ClusterBudget, Part, worker_env
 from llmbatch._budget.windows import windows_from_config
 from llmbatch._config.settings import ModelLimits, RunConfig
@@ -78,6 +79,7 @@ class RayRun(FileRun):
         self.want_workers = workers
         self.split_note: str | None = None
         self._cluster: ClusterStart | None = None
+        self._actor_limits: list[dict[str, dict[str, Any]]] = []  # each one's, as it closed
 
     async def run_locked(
         self, *, opened: bool = False, batch: BatchPart | None = None
@@ -91,6 +93,10 @@ class RayRun(FileRun):
             return await super().run_locked(opened=opened, batch=batch)
         finally:
             await anyio.to_thread.run_sync(cluster.close)
+
+    def limits_in_force(self) -> dict[str, dict[str, Any]]:
+        """The actors' limiters, as one (this process holds none)."""
+        return merge_limits(self._actor_limits)
 
     async def open_services(self, *, cache: bool = True) -> None:
         self.services_open = True  # the actors open theirs; this process only writes
@@ -169,8 +175,8 @@ class RayRun(FileRun):
                 tg.start_soon(self.watch_signals)
             tg.start_soon(pass_stop)
             async with anyio.create_task_group() as feeders:
-                for actor in actors:
-                    for _ in range(_QUEUED):
+                for _ in range(_QUEUED):  # round by round: each actor's first block first
+                    for actor in actors:
                         feeders.start_soon(feed, actor)
             tg.cancel_scope.cancel()
 
@@ -270,6 +276,7 @@ class RayRun(FileRun):
                 return
             said = {*self.notes, self.fatal}  # a worker's fatal note is the run's already
             self.notes.extend(n for n in closed["notes"] if n not in said)
+            self._actor_limits.append(closed.get("limits") or {})
 
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             async with anyio.create_task_group() as tg:

@@ -256,12 +256,13 @@ class EngineWorker:
             self.runner.session.stop(StopReason(reason))
 
     async def close(self) -> dict[str, Any]:
-        """Close the runner; its notes for the driver's report."""
+        """Close the runner; its notes and its limits in force for the driver's report."""
         runner = self.runner
         if runner is None:
-            return {"notes": []}
+            return {"notes": [], "limits": {}}
         await runner.aclose()
-        return {"notes": [*self.notes, *runner.report().notes]}
+        report = runner.report()
+        return {"notes": [*self.notes, *report.notes], "limits": report.limits}
 
 
 class _Kept:

@@ -299,7 +299,6 @@ class RunSession:
             notes.extend(f"{provider.name}: {note}" for note in sorted(provider.notes))
         if self.fatal:
             notes.insert(0, self.fatal)
-        described = {str(ref): gate.describe() for ref, gate in self.services.gates.items()}
         report = build_report(
             self.stats,
             skipped_done=skipped_done,
@@ -308,13 +307,18 @@ class RunSession:
             wall_s=self.clock.monotonic() - self._started,
             stopped_by=self.stopper.stopped_by,
             invalid_lines=sorted(invalid_lines),
-            limits={name: d for name, d in described.items() if d.get("sent")},
+            limits=self.limits_in_force(),
             output=str(self.config.output) if self.config.output else None,
             notes=notes,
             failed_earlier=failed_earlier,
         )
         report = replace(report, resets_at=rfc3339(self.resets_at), batch=batch)
         return report
+
+    def limits_in_force(self) -> dict[str, dict[str, Any]]:
+        """Each model's limiter as the report says it: those that sent anything."""
+        described = {str(ref): gate.describe() for ref, gate in self.services.gates.items()}
+        return {name: dict(d) for name, d in described.items() if d.get("sent")}
 
     def cancel(self) -> None:
         """A hard stop of the engine run in flight (its requests too), if any."""
