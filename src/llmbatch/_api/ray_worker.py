@@ -13,6 +13,7 @@ one write and decodes nothing; only the driver writes the output.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from array import array
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 
 from llmbatch._api.runner import Runner
 from llmbatch._budget.ledger import BudgetLedger
@@ -34,6 +36,7 @@ from llmbatch._core.events import (
 )
 from llmbatch._core.jobs import LineError
 from llmbatch._core.results import JobResult
+from llmbatch._engine.feed import JobFeed
 from llmbatch._engine.plan import Planner, PreparedJob
 from llmbatch._engine.sinks import CallbackSink
 from llmbatch._observe.digest import ResultDigest
@@ -102,6 +105,11 @@ class EngineWorker:
         self.planner = Planner(config) if config is not None else None
         self.notes: list[str] = []
         self.said: list[Event] | None = None  # events kept for the driver (open(events=True))
+        # The actor's one engine run over the blocks it is given (``_feed_block``).
+        self._feed: JobFeed | None = None
+        self._engine: asyncio.Task[None] | None = None
+        self._blocks: dict[str, _Open] = {}  # job id → its block, until answered
+        self._failed: Exception | None = None
 
     async def open(
         self,
@@ -188,28 +196,65 @@ class EngineWorker:
         numbers.frombytes(linenos)
         jobs, line_of = self._prepared(zip(numbers, data.split(b"\n"), strict=True))
         send, receive = anyio.create_memory_object_stream[Sequence[JobResult]](math.inf)
-
-        async def drive() -> None:
-            with send:
-                await runner.run_into(jobs, CallbackSink(send.send_nowait))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(drive)
-            async with receive:
-                async for results in receive:
-                    # What finishes in the next moment goes in the same part: each part
-                    # costs the driver a Ray object, and a kill loses at most that moment.
-                    batch, n = [results], len(results)
-                    with anyio.move_on_after(_PART_S):
-                        while n < _PART_LINES:
-                            try:
-                                more = await receive.receive()
-                            except anyio.EndOfStream:
-                                break
-                            batch.append(more)
-                            n += len(more)
-                    yield self._part(batch, line_of)
+        self._feed_block(jobs, line_of, _Open(send, len(jobs)))
+        async with receive:
+            async for results in receive:
+                # What finishes in the next moment goes in the same part: each part
+                # costs the driver a Ray object, and a kill loses at most that moment.
+                batch, n = [results], len(results)
+                with anyio.move_on_after(_PART_S):
+                    while n < _PART_LINES:
+                        try:
+                            more = await receive.receive()
+                        except anyio.EndOfStream:
+                            break
+                        batch.append(more)
+                        n += len(more)
+                yield self._part(batch, line_of)
+        if self._failed is not None:  # the engine itself failed: the driver's to handle
+            raise self._failed
         yield BlockDone([], self._stopped_by(), session.fatal, self._said())
+
+    def _feed_block(self, jobs: list[PreparedJob], line_of: dict[str, int], block: _Open) -> None:
+        """The block's jobs into the actor's one engine run (started with the first):
+        a block's jobs start as soon as slots free up, not after the last retry of the
+        block before it; their results come back to the block through ``_route``."""
+        if not jobs:
+            block.send.close()
+            return
+        for job_id in line_of:
+            self._blocks[job_id] = block
+        if self._feed is None:
+            self._feed = JobFeed()
+            self._engine = asyncio.get_running_loop().create_task(self._run_feed(self._feed))
+        self._feed.add(jobs)
+
+    async def _run_feed(self, feed: JobFeed) -> None:
+        """The actor's engine run: as long as the feed, or until the run stops; every
+        block still open ends with it (its jobs not run go back to the driver)."""
+        assert self.runner is not None
+        try:
+            await self.runner.run_into(feed, CallbackSink(self._route))
+        except Exception as exc:
+            self._failed = exc
+        finally:
+            for block in {id(b): b for b in self._blocks.values()}.values():
+                block.send.close()
+            self._blocks.clear()
+
+    def _route(self, results: Sequence[JobResult]) -> None:
+        """Each result to its block; a block whose every job is answered is closed."""
+        blocks = self._blocks
+        got: dict[_Open, list[JobResult]] = {}
+        for r in results:
+            block = blocks.pop(r.id, None)
+            if block is not None:
+                got.setdefault(block, []).append(r)
+        for block, answered in got.items():
+            block.send.send_nowait(answered)
+            block.left -= len(answered)
+            if block.left <= 0:
+                block.send.close()
 
     def _said(self) -> tuple[Event, ...]:
         """The events kept since the last part (none unless the driver asked)."""
@@ -260,9 +305,20 @@ class EngineWorker:
         runner = self.runner
         if runner is None:
             return {"notes": [], "limits": {}}
+        if self._feed is not None and self._engine is not None:
+            self._feed.close()  # what was given is done by now: the run ends
+            await self._engine
         await runner.aclose()
         report = runner.report()
         return {"notes": [*self.notes, *report.notes], "limits": report.limits}
+
+
+@dataclass(eq=False, slots=True)
+class _Open:
+    """A block being run: where its results go, and how many it still waits for."""
+
+    send: MemoryObjectSendStream[Sequence[JobResult]]
+    left: int
 
 
 class _Kept:

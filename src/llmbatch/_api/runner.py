@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence, Sized
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -255,15 +255,20 @@ class Runner:
         await self.run_into(jobs, sink)
         return sink.results
 
-    async def run_into(self, jobs: Sequence[PreparedJob], sink: ResultSink) -> None:
+    async def run_into(
+        self, jobs: Iterable[PreparedJob], sink: ResultSink, *, size: int | None = None
+    ) -> None:
         """Prepared jobs run in the caller's task, each batch of results into ``sink``
-        (as it finishes; ``sink.write`` must not block)."""
+        (as it finishes; ``sink.write`` must not block). ``jobs`` may be open-ended (a
+        ``JobFeed``: the run lasts until it is closed); ``size``: how many, if known."""
         if not self._opened or self._closed:
             raise UsageError("use the Runner inside `async with llmbatch.Runner(...) as runner:`")
         output = self._output
+        if size is None and isinstance(jobs, Sized):
+            size = len(jobs)
         async with self._lock:
             await self._session.run_engine(
-                jobs, sink if output is None else _Tee(sink, output), size=len(jobs)
+                jobs, sink if output is None else _Tee(sink, output), size=size
             )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +39,7 @@ from llmbatch._core.retry import Backoff
 from llmbatch._core.stops import StopReason
 from llmbatch._engine.answers import AnswerCache
 from llmbatch._engine.attempts import JobRunner
+from llmbatch._engine.feed import WAIT
 from llmbatch._engine.plan import PreparedJob
 from llmbatch._engine.policy import RetryPolicy
 from llmbatch._engine.settings import EngineSettings
@@ -143,9 +144,13 @@ class Engine:
     ) -> Outcome:
         """Run every job ``source`` yields (``size``: how many, if known) into ``sink``."""
         jobs = iter(source)
+        # An open-ended source (``JobFeed``) says WAIT while it has no job yet: its jobs
+        # are looked up in the response cache one by one, as they come.
+        waiter: Callable[[], Awaitable[None]] | None = getattr(source, "wait_for_jobs", None)
         if self.services.cache is not None:
             self.services.cache.new_jobs()
-            jobs = self._prefetched(jobs)
+            if waiter is None:
+                jobs = self._prefetched(jobs)
         self._sink = sink
         self._loop = asyncio.get_running_loop()
         n = self.settings.concurrency if size is None else min(self.settings.concurrency, size)
@@ -156,7 +161,7 @@ class Engine:
                     self._scope.cancel()
                 async with anyio.create_task_group() as tg:
                     for _ in range(self.workers):
-                        tg.start_soon(self._worker, jobs)
+                        tg.start_soon(self._worker, jobs, waiter)
         finally:
             self._flush()
         r = self.runner
@@ -170,7 +175,9 @@ class Engine:
             self.runner.answers.prefetch(chunk)
             yield from chunk
 
-    async def _worker(self, jobs: Iterator[PreparedJob]) -> None:
+    async def _worker(
+        self, jobs: Iterator[PreparedJob], waiter: Callable[[], Awaitable[None]] | None
+    ) -> None:
         stopper = self.stopper
         run = self.runner.run
         gates = self.services.gates
@@ -179,6 +186,10 @@ class Engine:
         for pj in jobs:
             if stopper.stopping:
                 return  # not run: stays resumable
+            if pj is WAIT and waiter is not None:  # an open-ended source, none there yet
+                with stopper.interruptible():
+                    await waiter()
+                continue
             chain = pj.chain
             if chain is not known:
                 if any(ref not in gates for ref in chain):
