@@ -57,3 +57,26 @@ async def test_a_blocks_retry_tail_does_not_hold_the_next_block(
     await worker.close()
     assert answered == {"a": 8, "b": 8}
     assert ended == ["b", "a"]  # the second block ran while the first one's job waited
+
+
+async def test_an_engine_that_failed_fails_every_block_and_hangs_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMBATCH_SIM_LATENCY_MS", "0")
+    config = build_config(model="sim:claude-haiku-4-5", fallback=[], schema=None,
+                          output=None, cache=False, shared=None, customs={},
+                          one_provider=False, options={})  # fmt: skip
+    worker = EngineWorker()
+    await worker.open(config)
+    assert worker.runner is not None
+
+    async def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the engine broke")
+
+    monkeypatch.setattr(worker.runner, "run_into", broken)
+    for first_line in (1, 3):  # the block it broke on, and the next one given
+        block = _block(first_line, [{"prompt": "a"}, {"prompt": "b"}])
+        with anyio.fail_after(10), pytest.raises(RuntimeError, match="the engine broke"):
+            async for _ in worker.stream_block(*block):
+                pass
+    await worker.close()

@@ -219,12 +219,14 @@ class EngineWorker:
         """The block's jobs into the actor's one engine run (started with the first):
         a block's jobs start as soon as slots free up, not after the last retry of the
         block before it; their results come back to the block through ``_route``."""
+        if self._failed is not None:  # the engine failed on an earlier block: said again
+            raise self._failed
         if not jobs:
             block.send.close()
             return
         for job_id in line_of:
             self._blocks[job_id] = block
-        if self._feed is None:
+        if self._feed is None or (self._engine is not None and self._engine.done()):
             self._feed = JobFeed()
             self._engine = asyncio.get_running_loop().create_task(self._run_feed(self._feed))
         self._feed.add(jobs)
