@@ -240,7 +240,7 @@ class EngineWorker:
         except Exception as exc:
             self._failed = exc
         finally:
-            for block in {id(b): b for b in self._blocks.values()}.values():
+            for block in set(self._blocks.values()):  # each open block once
                 block.send.close()
             self._blocks.clear()
 

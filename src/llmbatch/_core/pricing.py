@@ -66,9 +66,7 @@ class Price:
     def cost(self, usage: Usage) -> float:
         n = usage.input_tokens
         if not (usage.cache_read_tokens or usage.cache_write_tokens):  # most answers
-            if self._flat is not None:
-                return (n * self._flat[0] + usage.output_tokens * self._flat[1]) / 1_000_000
-            return (n * self.input.at(n) + usage.output_tokens * self.output.at(n)) / 1_000_000
+            return self.plain_cost(n, usage.output_tokens)
         uncached = max(0, n - usage.cache_read_tokens - usage.cache_write_tokens)
         long_writes = min(usage.cache_write_1h_tokens, usage.cache_write_tokens)
         return (

@@ -139,8 +139,6 @@ class Planner:
         self._template_head = template.static_head if template is not None else None
         self._chains: dict[tuple[ModelRef | None, tuple[ModelRef, ...] | None], list[ModelRef]] = {}
         self._default_chain: list[ModelRef] | None = None  # the chain of a job naming no model
-        # Models whose provider keeps no prompt cache (the offline one): no prefix to find.
-        self._no_prefixes: set[ModelRef] = set()
         self.last_plan: Plan | None = None  # what plan() found last (the CLI reads held_back)
 
     # -- per-job resolution ---------------------------------------------------
@@ -199,7 +197,6 @@ class Planner:
         pj = PreparedJob(job, request, chain, fp)
         if (
             self.last_plan is not None
-            and model not in self._no_prefixes
             and (cands := self.prefix_candidates(model, request))
         ):
             # The groups are counted: each job takes its own.
@@ -238,7 +235,6 @@ class Planner:
         is (the run's ``--system`` filling a missing one), shortest first."""
         kind = self.config.providers[model.provider].kind
         if kind == "sim":
-            self._no_prefixes.add(model)
             return []  # the offline provider keeps no prompt cache: nothing to group or warm
         return candidates(model, kind, request, self._template_head, self.config.system)
 
@@ -295,9 +291,7 @@ class Planner:
                 return None
             plan.todo += 1
             limit_line = job.line
-            head = chain[0]
-            no_prefix = head in self._no_prefixes
-            self.prefixes.count([] if no_prefix else self.prefix_candidates(head, job.request))
+            self.prefixes.count(self.prefix_candidates(chain[0], job.request))
             return None
 
         summary = validate_file(
