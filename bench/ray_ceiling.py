@@ -17,8 +17,6 @@ from typing import Any
 
 import ray
 
-BLOCK = 4096  # as run --ray's blocks (_api/ray_blocks.BLOCK)
-
 
 @ray.remote(num_cpus=1)
 class Half:
@@ -42,6 +40,7 @@ class Half:
     async def run(self, path: str) -> dict[str, Any]:
         from array import array
 
+        from llmbatch._api.ray_blocks import BLOCK  # run --ray's full block
         from llmbatch._api.ray_worker import Part
 
         lines = _lines(path)  # read at once, before its CPU is counted
