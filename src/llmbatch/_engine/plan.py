@@ -195,10 +195,7 @@ class Planner:
             request.schema = cfg.schema
         fp = request.fingerprint = fingerprint(model, request)
         pj = PreparedJob(job, request, chain, fp)
-        if (
-            self.last_plan is not None
-            and (cands := self.prefix_candidates(model, request))
-        ):
+        if self.last_plan is not None and (cands := self.prefix_candidates(model, request)):
             # The groups are counted: each job takes its own.
             settings = cfg.providers[model.provider]
             routed = model.provider == "openai" or "openai.azure.com" in (settings.base_url or "")
